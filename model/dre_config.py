@@ -1,0 +1,152 @@
+"""One configuration object for the DRE, shared by the golden model and the RTL.
+
+Every size of the hardware is an elaboration parameter collected here, so that the bit-exact
+reference (``model/dre_ref.py``) and the Amaranth components (``hw/``) are always built from the
+same numbers.  Values are checked in ``__post_init__``; a bad value raises :class:`ConfigError`
+with one readable message naming the parameter, its value and what is allowed.
+
+Runtime values (tau_t, tau_s, margin, k_min, k_max, ...) are *not* here: they live in the
+register block and are checked where they are used.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+
+class ConfigError(ValueError):
+    """A configuration value is out of range; the message says which and why."""
+
+
+def _clog2(n: int) -> int:
+    """Bits needed to hold the values 0 .. n-1 (at least 1)."""
+    return max(1, (n - 1).bit_length())
+
+
+@dataclass(frozen=True)
+class DREConfig:
+    """Elaboration parameters of the DRE (all integers).
+
+    d             key/query length (head dimension), lanes of the dot products
+    lanes         lanes processed per cycle; one plane of one key takes ceil(d/lanes) cycles
+    bq            query width, signed two's complement
+    bk            key / quantised-centroid width, signed two's complement
+    n_max         centroid-table entries = most candidates one retrieval scores
+    k_cap         largest K_max the selector supports (size of its top-K structure)
+    grid_max      most tokens per frame (h*w), size of the per-position owner table
+    count_bits    width of a cluster's member count
+    tau_frac_bits F: tau_t and tau_s are unsigned fixed point with F fraction bits, 0 <= tau <= 1
+    log_frac_bits fraction bits of the fixed-point log2(n) used for the size bias
+    bias_bits     width of a signed bias b_j and of the margin M
+    """
+
+    d: int = 64
+    lanes: int = 16
+    bq: int = 8
+    bk: int = 8
+    n_max: int = 256
+    k_cap: int = 16
+    grid_max: int = 196
+    count_bits: int = 16
+    tau_frac_bits: int = 8
+    log_frac_bits: int = 8
+    bias_bits: int = 24
+
+    # ---- validation -------------------------------------------------------------------------
+    _RANGES = {
+        "d": (1, 4096),
+        "lanes": (1, 4096),
+        "bq": (2, 16),
+        "bk": (2, 16),
+        "n_max": (1, 65536),
+        "k_cap": (1, 256),
+        "grid_max": (1, 65536),
+        "count_bits": (1, 32),
+        "tau_frac_bits": (1, 16),
+        "log_frac_bits": (0, 16),
+        "bias_bits": (2, 48),
+    }
+
+    def __post_init__(self):
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if not isinstance(v, int) or isinstance(v, bool):
+                raise ConfigError(f"{f.name} must be an integer, got {v!r}")
+            lo, hi = self._RANGES[f.name]
+            if not lo <= v <= hi:
+                raise ConfigError(f"{f.name}={v} is out of range; allowed {lo} <= {f.name} <= {hi}")
+        if self.lanes > self.d:
+            raise ConfigError(f"lanes={self.lanes} exceeds d={self.d}; need 1 <= lanes <= d")
+        if self.d % self.lanes:
+            raise ConfigError(
+                f"d={self.d} is not a multiple of lanes={self.lanes}; "
+                f"choose lanes from the divisors of d"
+            )
+        if self.k_cap > self.n_max:
+            raise ConfigError(f"k_cap={self.k_cap} exceeds n_max={self.n_max}")
+
+    # ---- derived sizes ----------------------------------------------------------------------
+    @property
+    def groups(self) -> int:
+        """Cycles one plane (or one dot product) of one key takes: d / lanes."""
+        return self.d // self.lanes
+
+    @property
+    def index_bits(self) -> int:
+        """Width of a centroid-table index (cluster id)."""
+        return _clog2(self.n_max)
+
+    @property
+    def count_max(self) -> int:
+        return (1 << self.count_bits) - 1
+
+    # ---- construction from text -------------------------------------------------------------
+    @classmethod
+    def names(cls) -> list[str]:
+        return [f.name for f in fields(cls)]
+
+    def replace(self, **changes) -> DREConfig:
+        unknown = sorted(set(changes) - set(self.names()))
+        if unknown:
+            raise ConfigError(
+                f"unknown parameter(s) {', '.join(unknown)}; valid: {', '.join(self.names())}"
+            )
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def from_overrides(cls, items: list[str] | None = None, base: DREConfig | None = None):
+        """Build from ``["d=128", "lanes=16"]`` (the CLI's ``--set``)."""
+        base = base or cls()
+        changes = {}
+        for item in items or []:
+            name, sep, value = item.partition("=")
+            name = name.strip()
+            if not sep or not name:
+                raise ConfigError(f"--set expects NAME=VALUE, got {item!r}")
+            try:
+                changes[name] = int(value, 0)
+            except ValueError:
+                raise ConfigError(f"{name} must be an integer, got {value.strip()!r}") from None
+        return base.replace(**changes)
+
+    def to_dict(self) -> dict[str, int]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    def to_json(self, path: str | Path | None = None) -> str:
+        text = json.dumps(self.to_dict(), indent=2) + "\n"
+        if path is not None:
+            Path(path).write_text(text)
+        return text
+
+    @classmethod
+    def from_json(cls, path: str | Path) -> DREConfig:
+        try:
+            data = json.loads(Path(path).read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ConfigError(f"cannot read DRE config {path}: {exc}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"DRE config {path} must hold a JSON object")
+        return cls().replace(**data)

@@ -1,0 +1,1 @@
+"""Verification: cocotb 2 testbenches, scoreboards against ``model/``, and benchmarks."""

@@ -1,0 +1,128 @@
+"""Build an Amaranth component into Verilog and run a cocotb 2 testbench on it.
+
+One function, :func:`run`, used by every co-simulation (pytest and the benchmarks):
+
+* the component is converted with ``amaranth.back.verilog`` and written to a build directory
+  keyed by a hash of the Verilog, so identical configurations are built once and reused;
+* Verilator (default) or Icarus builds it, with the waivers of ``verif/waivers.vlt``;
+* the cocotb test module runs with ``extra_env`` (how configurations reach the testbench);
+* the result XML is read back: zero tests or any failure raises :class:`SimulationFailed`.
+
+``WAVES=1`` in the environment (or ``waves=True``) dumps an FST waveform (Verilator) or a VCD
+(Icarus) next to the build, and its path is printed.  ``SIM=icarus`` picks Icarus.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+from amaranth.back import verilog
+from cocotb_tools.check_results import get_results
+from cocotb_tools.runner import get_runner
+
+from verif import toolenv
+
+ROOT = Path(__file__).resolve().parent.parent
+BUILD = ROOT / "build" / "sim"
+WAIVERS = Path(__file__).resolve().parent / "waivers.vlt"
+
+
+class SimulationFailed(AssertionError):
+    """The simulation ran no test, crashed, or a cocotb test failed."""
+
+
+def to_verilog(component, name: str) -> str:
+    """Verilog text of an Amaranth component, with top-level module ``name``."""
+    return verilog.convert(component, name=name, emit_src=False)
+
+
+def _flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() not in ("", "0", "false", "no")
+
+
+def _have_lz4() -> bool:
+    """Verilator's FST writer needs the lz4 headers (Debian: liblz4-dev)."""
+    return any(Path(p, "lz4.h").exists() for p in ("/usr/include", "/usr/local/include"))
+
+
+def run(
+    component,
+    name: str,
+    test_module: str,
+    *,
+    extra_env: Mapping[str, str] | None = None,
+    sim: str | None = None,
+    waves: bool | None = None,
+    testcase: str | None = None,
+    seed: int | None = None,
+    build_root: Path = BUILD,
+) -> Path:
+    """Simulate ``component`` as top ``name`` under cocotb module ``test_module``.
+
+    Returns the results XML path.  Raises :class:`SimulationFailed` if no test ran or any failed.
+    """
+    sim = sim or os.environ.get("SIM", "verilator")
+    if sim not in ("verilator", "icarus"):
+        raise ValueError(f"unknown simulator {sim!r}; choose 'verilator' or 'icarus'")
+    waves = _flag("WAVES") if waves is None else waves
+    toolenv.apply()
+    toolenv.require("verilator" if sim == "verilator" else "iverilog")
+
+    text = to_verilog(component, name)
+    key = hashlib.sha1(text.encode()).hexdigest()[:12]
+    build_dir = build_root / f"{name}-{sim}-{key}{'-waves' if waves else ''}"
+    build_dir.mkdir(parents=True, exist_ok=True)
+    src = build_dir / f"{name}.v"
+    if not src.exists() or src.read_text() != text:
+        src.write_text(text)
+
+    runner = get_runner(sim)
+    build_args: list[str] = []
+    sources = [src]
+    if sim == "verilator":
+        sources = [WAIVERS, src]
+        build_args += ["-O3", "--x-assign", "fast", "--x-initial", "fast"]
+        if waves:
+            if _have_lz4():
+                build_args += ["--trace-fst", "--trace-structs"]
+            else:
+                print("[waves] lz4.h not found: writing VCD instead of FST "
+                      "(apt-get install liblz4-dev for FST)")
+    runner.build(
+        sources=sources,
+        hdl_toplevel=name,
+        build_dir=build_dir,
+        build_args=build_args,
+        timescale=("1ns", "1ps"),
+        waves=waves,
+    )
+    results = build_dir / f"results-{test_module.rsplit('.', 1)[-1]}-{os.getpid()}.xml"
+    env = {k: str(v) for k, v in (extra_env or {}).items()}
+    runner.test(
+        test_module=test_module,
+        hdl_toplevel=name,
+        build_dir=build_dir,
+        test_dir=build_dir,
+        extra_env=env,
+        waves=waves,
+        testcase=testcase,
+        seed=seed,
+        results_xml=str(results),
+        timescale=("1ns", "1ps"),
+    )
+    if waves:
+        fst = sim == "verilator" and _have_lz4()
+        dump = build_dir / ("dump.fst" if fst else "dump.vcd" if sim == "verilator" else f"{name}.fst")
+        print(f"[waves] {dump}")
+    n_tests, n_failed = get_results(results)
+    if n_tests == 0:
+        raise SimulationFailed(f"{name}: cocotb ran no test from {test_module}")
+    if n_failed:
+        raise SimulationFailed(
+            f"{name}: {n_failed} of {n_tests} cocotb tests failed in {test_module} "
+            f"(build dir {build_dir}; rerun with WAVES=1 for an FST dump)"
+        )
+    return results

@@ -1,0 +1,123 @@
+"""Candidate-key storage of the DRE, organised by bit-plane: one plane of one key is one read."""
+
+from __future__ import annotations
+
+from amaranth import Cat, Module, Signal, signed
+from amaranth.lib import data, wiring
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
+
+from model.dre_config import DREConfig
+
+
+class PlaneReadSignature(wiring.Signature):
+    """Read side of a :class:`PlaneStore`, as seen by its user (the selector core).
+
+    Members (directions from the reader's side):
+
+    ``en``, ``addr``, ``plane`` (Out) -> ``word`` (In, ``d`` bits): one cycle after a cycle with
+    ``en`` high, ``word`` holds bit ``plane`` of every element of key ``addr`` (bit ``i`` = element
+    ``i``).  While ``en`` is low ``word`` holds its value.
+
+    ``bias_en``, ``bias_addr`` (Out) -> ``bias`` (In, signed ``bias_bits``): the same, for the bias.
+    """
+
+    def __init__(self, cfg: DREConfig):
+        self.cfg = cfg
+        super().__init__(
+            {
+                "en": Out(1),
+                "addr": Out(range(cfg.n_max)),
+                "plane": Out(range(cfg.bk)),
+                "word": In(cfg.d),
+                "bias_en": Out(1),
+                "bias_addr": Out(range(cfg.n_max)),
+                "bias": In(signed(cfg.bias_bits)),
+            }
+        )
+
+
+class PlaneWriteSignature(wiring.Signature):
+    """Write side of a :class:`PlaneStore` (directions from the writer's side).
+
+    In a cycle with ``en`` high, entry ``addr`` takes the whole key ``key`` (``d`` elements,
+    signed ``bk`` bits each: every plane at once) and its ``bias``.
+    """
+
+    def __init__(self, cfg: DREConfig):
+        self.cfg = cfg
+        super().__init__(
+            {
+                "en": Out(1),
+                "addr": Out(range(cfg.n_max)),
+                "key": Out(data.ArrayLayout(signed(cfg.bk), cfg.d)),
+                "bias": Out(signed(cfg.bias_bits)),
+            }
+        )
+
+
+class PlaneStore(wiring.Component):
+    """``n_max`` candidate keys and biases, stored as ``bk`` bit-plane memories.
+
+    Storage: memory ``p`` (``p = 0 .. bk-1``) has ``n_max`` words of ``d`` bits; bit ``i`` of word
+    ``j`` is bit ``p`` of ``key[j][i]`` in two's complement (``p = bk-1`` is the sign plane).  A
+    separate ``n_max x bias_bits`` memory holds the signed biases.  All are
+    :class:`amaranth.lib.memory.Memory` (block RAM / SRAM macros after synthesis).
+
+    Interface
+    ---------
+    write : In(PlaneWriteSignature(cfg))
+        One whole key (all ``bk`` planes) and its bias per cycle; no backpressure.
+    read : In(PlaneReadSignature(cfg))
+        Plane read with one cycle of latency, one read per cycle; only the addressed plane's
+        memory is enabled.  Bias read on its own port, same timing.
+
+    Read-during-write of the same entry returns the *old* contents (ports are not transparent).
+    Contents after reset are zero.
+    """
+
+    def __init__(self, cfg: DREConfig):
+        if not isinstance(cfg, DREConfig):
+            raise TypeError(f"PlaneStore needs a DREConfig, got {cfg!r}")
+        self.cfg = cfg
+        super().__init__(
+            {"write": In(PlaneWriteSignature(cfg)), "read": In(PlaneReadSignature(cfg))}
+        )
+
+    def elaborate(self, platform):
+        m = Module()
+        cfg = self.cfg
+        words = []
+        for p in range(cfg.bk):
+            mem = m.submodules[f"plane{p}"] = Memory(shape=cfg.d, depth=cfg.n_max, init=[])
+            wr = mem.write_port()
+            rd = mem.read_port()
+            m.d.comb += [
+                wr.en.eq(self.write.en),
+                wr.addr.eq(self.write.addr),
+                wr.data.eq(Cat(self.write.key[i][p] for i in range(cfg.d))),
+                rd.en.eq(self.read.en & (self.read.plane == p)),
+                rd.addr.eq(self.read.addr),
+            ]
+            words.append(rd.data)
+        # The output mux follows the plane of the last enabled read, registered like the data.
+        plane_q = Signal(range(cfg.bk))
+        with m.If(self.read.en):
+            m.d.sync += plane_q.eq(self.read.plane)
+        with m.Switch(plane_q):
+            for p in range(cfg.bk):
+                with m.Case(p):
+                    m.d.comb += self.read.word.eq(words[p])
+
+        bias_mem = m.submodules.bias = Memory(shape=signed(cfg.bias_bits), depth=cfg.n_max, init=[])
+        bwr = bias_mem.write_port()
+        brd = bias_mem.read_port()
+        m.d.comb += [
+            bwr.en.eq(self.write.en),
+            bwr.addr.eq(self.write.addr),
+            bwr.data.eq(self.write.bias),
+            brd.en.eq(self.read.bias_en),
+            brd.addr.eq(self.read.bias_addr),
+            self.read.bias.eq(brd.data),
+        ]
+        return m

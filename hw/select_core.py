@@ -121,8 +121,10 @@ class SelectCore(wiring.Component):
     * after plane 0 the top-K structure holds the survivors' exact scores in output order; the
       records are shifted out of it while they qualify.
 
-    Cycles per retrieval: ``1 + 2*groups + sum_p (alive_p * groups + dropped_p + 5)`` for the
-    compute part (``dropped_p``: candidates found dropped at the start of pass ``p``), then one
+    Cycles per retrieval: ``1 + 2*groups + sum_p (alive_p * groups + dropped_p + 5 - x_p)`` for
+    the compute part (``alive_p``: candidates that read plane ``p``; ``dropped_p``: candidates
+    found dropped at the start of pass ``p``, one cycle each; ``x_p = 1`` if the last candidate
+    of the pass's list is a dropped one, as the write-back stage is then not needed), then one
     beat per cycle of output while ``ready`` is high.  ``cycles`` in the trailer counts from the
     query handshake (cycle c0) to the first output beat (cycle c1): ``c1 - c0``.
     """

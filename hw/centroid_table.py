@@ -1,0 +1,149 @@
+"""Centroid table of the clustering unit: per cluster the exact key sum, ``|S|^2`` and the count."""
+
+from __future__ import annotations
+
+from amaranth import Module, signed, unsigned
+from amaranth.lib import data, wiring
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
+
+from model.dre_cluster import ClusterWidths
+from model.dre_config import ConfigError, DREConfig
+
+
+def chunk_shape(cfg: DREConfig) -> range:
+    """Shape of a chunk index ``0 .. G-1`` (at least one bit, so that no port is 0 bits wide)."""
+    return range(max(2, cfg.groups))
+
+
+def sum_chunk_layout(cfg: DREConfig) -> data.ArrayLayout:
+    """``lanes`` signed sum elements: one row of the sum memory."""
+    return data.ArrayLayout(signed(ClusterWidths.of(cfg).sum), cfg.lanes)
+
+
+def meta_layout(cfg: DREConfig) -> data.StructLayout:
+    """``|S|^2`` and member count of one cluster."""
+    wd = ClusterWidths.of(cfg)
+    return data.StructLayout({"norm": unsigned(wd.sum_norm), "count": unsigned(cfg.count_bits)})
+
+
+class SumReadSignature(wiring.Signature):
+    """A read port of the sum memory, from the reader's side.
+
+    ``id``, ``chunk`` (Out) -> ``data`` (In): one cycle after ``id``/``chunk`` are presented,
+    ``data`` holds elements ``chunk*lanes .. chunk*lanes + lanes-1`` of ``S_id``.  Always enabled.
+    """
+
+    def __init__(self, cfg: DREConfig):
+        super().__init__(
+            {
+                "id": Out(range(cfg.n_max)),
+                "chunk": Out(chunk_shape(cfg)),
+                "data": In(sum_chunk_layout(cfg)),
+            }
+        )
+
+
+class MetaReadSignature(wiring.Signature):
+    """A read port of the meta memory: ``id`` (Out) -> ``data`` (In, ``norm``, ``count``), one
+    cycle of latency, always enabled."""
+
+    def __init__(self, cfg: DREConfig):
+        super().__init__({"id": Out(range(cfg.n_max)), "data": In(meta_layout(cfg))})
+
+
+class SumWriteSignature(wiring.Signature):
+    """Write of one chunk of ``S_id`` in a cycle with ``en`` high (from the writer's side)."""
+
+    def __init__(self, cfg: DREConfig):
+        super().__init__(
+            {
+                "en": Out(1),
+                "id": Out(range(cfg.n_max)),
+                "chunk": Out(chunk_shape(cfg)),
+                "data": Out(sum_chunk_layout(cfg)),
+            }
+        )
+
+
+class MetaWriteSignature(wiring.Signature):
+    """Write of ``|S_id|^2`` and ``n_id`` in a cycle with ``en`` high."""
+
+    def __init__(self, cfg: DREConfig):
+        super().__init__(
+            {"en": Out(1), "id": Out(range(cfg.n_max)), "data": Out(meta_layout(cfg))}
+        )
+
+
+class CentroidTable(wiring.Component):
+    """``n_max`` clusters: exact key sum ``S`` (``d`` x ``bk + count_bits`` signed), ``|S|^2`` and
+    the member count ``n``, in two :class:`amaranth.lib.memory.Memory`.
+
+    Organisation: the *sum memory* has ``n_max * G`` rows (``G = d / lanes``) of ``lanes``
+    elements; row ``id * G + chunk`` holds elements ``chunk*lanes ..`` of ``S_id``.  The *meta
+    memory* has ``n_max`` rows of ``(norm, count)``.  The quantised centroid is not stored here: it
+    is computed from ``S`` and ``n`` by the write-back engine and kept by the retrieval datapath's
+    plane store.  Contents after reset are zero, but the clustering unit never relies on it (it
+    writes a new cluster's row before reading it).
+
+    Interface (all read ports synchronous, always enabled, one cycle of latency)
+    ------------------------------------------------------------------------------
+    cand : In(SumReadSignature) x ``ports``, cand_meta : In(MetaReadSignature) x ``ports``
+        The candidates' reads of the cosine test.
+    upd : In(SumReadSignature)
+        Read half of the read-modify-write that adds a key to a sum.
+    wb : In(SumReadSignature), wb_meta : In(MetaReadSignature)
+        The write-back engine's reads.
+    wr : In(SumWriteSignature), wr_meta : In(MetaWriteSignature)
+        One chunk and one meta row per cycle; no backpressure.
+
+    No port is transparent: a read of a row written in the same cycle returns the old contents
+    (the clustering unit schedules its sum updates at least one cycle ahead of the reads).
+    """
+
+    def __init__(self, cfg: DREConfig, ports: int = 3):
+        if not isinstance(cfg, DREConfig):
+            raise ConfigError(f"cfg must be a DREConfig, got {type(cfg).__name__}")
+        if not isinstance(ports, int) or ports < 1:
+            raise ConfigError(f"ports={ports!r} must be an integer >= 1")
+        self.cfg = cfg
+        self.ports = ports
+        super().__init__(
+            {
+                "cand": In(SumReadSignature(cfg)).array(ports),
+                "cand_meta": In(MetaReadSignature(cfg)).array(ports),
+                "upd": In(SumReadSignature(cfg)),
+                "wb": In(SumReadSignature(cfg)),
+                "wb_meta": In(MetaReadSignature(cfg)),
+                "wr": In(SumWriteSignature(cfg)),
+                "wr_meta": In(MetaWriteSignature(cfg)),
+            }
+        )
+
+    def elaborate(self, platform):
+        cfg = self.cfg
+        G = cfg.groups
+        m = Module()
+        m.submodules.sums = sums = Memory(
+            shape=sum_chunk_layout(cfg), depth=cfg.n_max * G, init=[]
+        )
+        m.submodules.meta = meta = Memory(shape=meta_layout(cfg), depth=cfg.n_max, init=[])
+
+        def row(port):
+            return port.id * G + port.chunk if G > 1 else port.id
+
+        wp = sums.write_port()
+        m.d.comb += [wp.en.eq(self.wr.en), wp.addr.eq(row(self.wr)), wp.data.eq(self.wr.data)]
+        mw = meta.write_port()
+        m.d.comb += [
+            mw.en.eq(self.wr_meta.en),
+            mw.addr.eq(self.wr_meta.id),
+            mw.data.eq(self.wr_meta.data),
+        ]
+        for port in (*self.cand, self.upd, self.wb):
+            rp = sums.read_port()
+            m.d.comb += [rp.addr.eq(row(port)), port.data.eq(rp.data)]
+        for port in (*self.cand_meta, self.wb_meta):
+            rp = meta.read_port()
+            m.d.comb += [rp.addr.eq(port.id), port.data.eq(rp.data)]
+        return m

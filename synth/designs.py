@@ -30,18 +30,43 @@ from amaranth.lib import wiring
 
 from model.dre_config import ConfigError, DREConfig
 
-#: (design name, module, kind).  ``kind`` is "unit" or "top" (the whole DRE).
+#: (design name, module, kind).  ``kind``: "top" (the whole DRE), "unit" (a subsystem the DRE
+#: is built from: retrieval, clustering), or "part" (a component inside a unit: linted, and
+#: synthesised only when named with ``--designs``; its area is in its unit's per-module split).
 REGISTRY: list[tuple[str, str, str]] = [
-    ("plane_store", "hw.plane_store", "unit"),
-    ("bitplane_dot", "hw.bitplane_dot", "unit"),
-    ("selector", "hw.selector", "unit"),
-    ("centroid_table", "hw.centroid_table", "unit"),
-    ("cluster_unit", "hw.cluster_unit", "unit"),
     ("dre", "hw.dre", "top"),
+    ("selector", "hw.selector", "unit"),
+    ("cluster_unit", "hw.cluster_unit", "unit"),
+    ("plane_store", "hw.plane_store", "part"),
+    ("select_core", "hw.select_core", "part"),
+    ("bitplane_dot", "hw.bitplane_dot", "part"),
+    ("topk", "hw.topk", "part"),
+    ("centroid_table", "hw.centroid_table", "part"),
+    ("cluster_cosine", "hw.cluster_cosine", "part"),
+    ("cluster_similarity", "hw.cluster_similarity", "part"),
+    ("cluster_writeback", "hw.cluster_writeback", "part"),
 ]
 
-#: Module -> factory ``cfg -> component``, for components not built as ``Cls(cfg)``.
-FACTORIES: dict[str, Callable[[DREConfig], wiring.Component]] = {}
+
+def _bitplane_dot(cfg: DREConfig) -> wiring.Component:
+    from hw.bitplane_dot import BitplaneDot
+
+    return BitplaneDot(cfg.d, cfg.lanes, cfg.bq)
+
+
+def _topk(cfg: DREConfig) -> wiring.Component:
+    from hw.select_core import score_shape
+    from hw.topk import TopK
+
+    return TopK(cfg.k_cap, score_shape(cfg), cfg.index_bits)
+
+
+#: Module -> factory ``cfg -> component``, for components not built as ``Cls(cfg)`` (with the
+#: parameters their parent unit gives them).
+FACTORIES: dict[str, Callable[[DREConfig], wiring.Component]] = {
+    "hw.bitplane_dot": _bitplane_dot,
+    "hw.topk": _topk,
+}
 
 #: Named configurations.  Modest on purpose: nextpnr on two cores must finish in minutes.
 CONFIGS: dict[str, DREConfig] = {
@@ -151,9 +176,13 @@ def designs(
 
 
 def default_selection(found: list[Design]) -> list[Design]:
-    """The whole DRE when it exists (its hierarchy gives the per-unit split), else every unit."""
-    tops = [d for d in found if d.kind == "top"]
-    return tops or found
+    """The whole DRE when it exists (its hierarchy gives the per-unit split), else the units
+    (else, while no unit exists, the parts)."""
+    for kind in ("top", "unit", "part"):
+        chosen = [d for d in found if d.kind == kind]
+        if chosen:
+            return chosen
+    return []
 
 
 def select(found: list[Design], names: Iterable[str] | None) -> list[Design]:

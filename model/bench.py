@@ -363,6 +363,7 @@ def plot(rows, knobs, path: Path, title: str):
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     for pol, marker in (("resv", "o"), ("rekv", "s"), ("window", "^")):
@@ -372,6 +373,7 @@ def plot(rows, knobs, path: Path, title: str):
         axes[1].plot(xs, [p[2] for p in pts], marker=marker, label=pol)
     for ax, ylabel in zip(axes, ("attention recall", "relative L2 output error"), strict=True):
         ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set_xlabel("past tokens attended per head and frame")
         ax.set_ylabel(ylabel)
         ax.grid(True, which="both", alpha=0.3)

@@ -70,9 +70,7 @@ class MetaWriteSignature(wiring.Signature):
     """Write of ``|S_id|^2`` and ``n_id`` in a cycle with ``en`` high."""
 
     def __init__(self, cfg: DREConfig):
-        super().__init__(
-            {"en": Out(1), "id": Out(range(cfg.n_max)), "data": Out(meta_layout(cfg))}
-        )
+        super().__init__({"en": Out(1), "id": Out(range(cfg.n_max)), "data": Out(meta_layout(cfg))})
 
 
 class CentroidTable(wiring.Component):
@@ -124,9 +122,7 @@ class CentroidTable(wiring.Component):
         cfg = self.cfg
         G = cfg.groups
         m = Module()
-        m.submodules.sums = sums = Memory(
-            shape=sum_chunk_layout(cfg), depth=cfg.n_max * G, init=[]
-        )
+        m.submodules.sums = sums = Memory(shape=sum_chunk_layout(cfg), depth=cfg.n_max * G, init=[])
         m.submodules.meta = meta = Memory(shape=meta_layout(cfg), depth=cfg.n_max, init=[])
 
         def row(port):

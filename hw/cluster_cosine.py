@@ -14,8 +14,8 @@ class CosineTest(wiring.Component):
     """``cos(k, S) >= T / 2^F`` for a key ``k`` and a key sum ``S``, as ``model.dre_cluster``
     defines it (:func:`model.dre_cluster.cosine_passes`)::
 
-        passed = (T == 0)                                                  if |k|^2 == 0 or |S|^2 == 0
-        passed = k.S >= 0 and (k.S)^2 * 2^(2F) >= T^2 * |k|^2 * |S|^2      otherwise
+        passed = (T == 0)                                        if |k|^2 == 0 or |S|^2 == 0
+        passed = k.S >= 0 and (k.S)^2 2^(2F) >= T^2 |k|^2 |S|^2  otherwise
 
     Interface
     ---------

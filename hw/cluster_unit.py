@@ -179,7 +179,9 @@ class ClusterUnit(wiring.Component):
             ]
         meta = [table.cand_meta[i].data for i in range(3)]
         eligible = Signal(3)  # exists and not saturated
-        m.d.comb += eligible.eq(Cat(cand_ex[i] & (meta[i].count != cfg.count_max) for i in range(3)))
+        m.d.comb += eligible.eq(
+            Cat(cand_ex[i] & (meta[i].count != cfg.count_max) for i in range(3))
+        )
 
         # ---- dot products: one chunk of lanes per cycle --------------------------------------
         key_chunk = Signal(data.ArrayLayout(signed(cfg.bk), L))
@@ -262,21 +264,18 @@ class ClusterUnit(wiring.Component):
         # ---- the token controller ------------------------------------------------------------
         with m.FSM():
             with m.State("ACCEPT"):
-                m.d.comb += self.idle.eq(drained)
-                with m.If(clear_pending):
-                    with m.If(drained):
-                        m.d.sync += [
-                            clear_pending.eq(self.clear),
-                            n_used.eq(0),
-                            temporal_ok.eq(0),
-                            self.error.eq(0),
-                            pos.eq(0),
-                            col.eq(0),
-                            row.eq(0),
-                            last_valid.eq(0),
-                        ]
-                with m.Else():
-                    m.d.comb += self.keys.ready.eq(1)
+                m.d.comb += [self.idle.eq(drained), self.keys.ready.eq(~clear_pending)]
+                with m.If(clear_pending & drained):  # carry out a clear request
+                    m.d.sync += [
+                        clear_pending.eq(self.clear),
+                        n_used.eq(0),
+                        temporal_ok.eq(0),
+                        self.error.eq(0),
+                        pos.eq(0),
+                        col.eq(0),
+                        row.eq(0),
+                        last_valid.eq(0),
+                    ]
                 with m.If(self.keys.valid & ~clear_pending):
                     m.d.sync += [
                         key.eq(self.keys.payload),
@@ -310,15 +309,14 @@ class ClusterUnit(wiring.Component):
                     with m.Else():
                         m.next = "CANDIDATES"
 
-            with m.State("DROP"):
-                with m.If(result_free):
-                    m.d.sync += [
-                        self.result.valid.eq(1),
-                        self.result.payload.id.eq(0),
-                        self.result.payload.status.eq(DROPPED),
-                        self.result.payload.last.eq(0),
-                    ]
-                    m.next = "ACCEPT"
+            with m.State("DROP"), m.If(result_free):
+                m.d.sync += [
+                    self.result.valid.eq(1),
+                    self.result.payload.id.eq(0),
+                    self.result.payload.status.eq(DROPPED),
+                    self.result.payload.last.eq(0),
+                ]
+                m.next = "ACCEPT"
 
             with m.State("CANDIDATES"):  # owner map data arrives
                 m.d.sync += [

@@ -56,10 +56,12 @@ class ClusterWriteback(wiring.Component):
     busy : Out(1)
         An id was taken and its write has not happened yet (high in the write's cycle too).
 
-    Timing: per cluster ``1 + G * (bk + 2) + 1`` cycles (``G = d / lanes``): one cycle to read
-    the count, then per chunk one cycle to load ``lanes`` sums and ``bk + 1`` division steps,
-    then the write.  The sums and the count are read while the cluster is processed: if the
-    clustering unit updates it meanwhile, it queues the id again, so the last write of an entry
+    Timing: ``G * (bk + 3) + 3`` cycles per cluster (``G = d / lanes``), from the cycle that takes
+    the id to the cycle of the write, both included: take the id, read the count, then per chunk
+    one cycle to load ``lanes`` sums, ``bk + 1`` division steps and one cycle to store, then the
+    write.  The next id is taken in the cycle after the write.  The sums and the count are read
+    while the cluster is processed: if the clustering unit updates it meanwhile, it queues the
+    id again, so the last write of an entry
     always carries its final value.
     """
 

@@ -35,8 +35,9 @@ class BitplaneDot(wiring.Component):
         Query; must be held stable while a dot product is under way.
     word : In(d)
         The bit-plane (bit ``i`` multiplies ``q[i]``); held stable for the ``groups`` cycles.
-    group : In(range(groups))
-        Lane group served this cycle: elements ``group*lanes .. group*lanes + lanes - 1``.
+    group : In(range(max(2, groups)))
+        Lane group served this cycle: elements ``group*lanes .. group*lanes + lanes - 1``
+        (values ``>= groups`` select nothing; 1 bit wide, always 0, when ``groups == 1``).
     en : In(1)
         A group is presented this cycle: the accumulator takes ``total`` at the clock edge.
     first : In(1)
@@ -61,7 +62,7 @@ class BitplaneDot(wiring.Component):
             {
                 "q": In(data.ArrayLayout(signed(bq), d)),
                 "word": In(d),
-                "group": In(range(self.groups)),
+                "group": In(range(max(2, self.groups))),  # at least 1 bit wide
                 "en": In(1),
                 "first": In(1),
                 "partial": Out(signed(bq + lanes.bit_length())),

@@ -7,7 +7,7 @@ from amaranth.lib import data, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-from model.dre_config import DREConfig
+from model.dre_config import ConfigError, DREConfig
 
 
 class PlaneReadSignature(wiring.Signature):
@@ -79,6 +79,10 @@ class PlaneStore(wiring.Component):
     def __init__(self, cfg: DREConfig):
         if not isinstance(cfg, DREConfig):
             raise TypeError(f"PlaneStore needs a DREConfig, got {cfg!r}")
+        if cfg.n_max < 2:
+            raise ConfigError(
+                f"PlaneStore: n_max={cfg.n_max} must be >= 2 (a 1-entry memory has no address)"
+            )
         self.cfg = cfg
         super().__init__(
             {"write": In(PlaneWriteSignature(cfg)), "read": In(PlaneReadSignature(cfg))}

@@ -10,7 +10,7 @@ from amaranth.lib.wiring import In, Out
 from hw.bitplane_dot import BitplaneDot, dot_shape
 from hw.plane_store import PlaneReadSignature
 from hw.topk import TopK
-from model.dre_config import DREConfig
+from model.dre_config import ConfigError, DREConfig
 
 CYCLES_BITS = 32
 
@@ -132,6 +132,10 @@ class SelectCore(wiring.Component):
     def __init__(self, cfg: DREConfig):
         if not isinstance(cfg, DREConfig):
             raise TypeError(f"SelectCore needs a DREConfig, got {cfg!r}")
+        if cfg.n_max < 2:
+            raise ConfigError(
+                f"SelectCore: n_max={cfg.n_max} must be >= 2 (a 1-entry memory has no address)"
+            )
         self.cfg = cfg
         super().__init__(
             {
@@ -159,8 +163,8 @@ class SelectCore(wiring.Component):
 
         # ---- query registers --------------------------------------------------------------
         qy = Signal(query_layout(cfg))
-        kmin_i = Signal(range(cfg.k_cap))  # k_min - 1, valid after the checks
-        kmax_i = Signal(range(cfg.k_cap))
+        kmin_i = Signal(range(max(2, cfg.k_cap)))  # k_min - 1, valid after the checks
+        kmax_i = Signal(range(max(2, cfg.k_cap)))
         q_pos = Signal(dot_shape(cfg.d, cfg.bq))
         q_neg = Signal(dot_shape(cfg.d, cfg.bq))
         err = Signal(ERROR_LAYOUT)
@@ -178,7 +182,7 @@ class SelectCore(wiring.Component):
         rq_neg = Signal(sshape)  # (2^p - 1) * Qneg: L of this pass
         thr = Signal(tshape)  # T, then (in emit) max(score) - margin
         thr_valid = Signal()
-        g = Signal(range(groups))
+        g = Signal(range(max(2, groups)))  # lane group (1 bit, always 0, if groups == 1)
         init_neg = Signal()
 
         # pipeline registers

@@ -1,0 +1,183 @@
+"""Cycles per retrieval of the selector, early exit on and off (``python -m verif.bench_select``).
+
+Keys and queries come from the golden model's streaming run: :class:`model.llm.TinyLLM` prefills
+a synthetic video (``model.video``), :class:`model.resv.ReSVCache` clusters every layer's keys per
+KV head, and at each of the last frames the per-head mean query retrieves over the centroid table.
+Centroids and queries are quantised with :mod:`model.quant` (symmetric, per head, ``bk`` / ``bq``
+bits); the bias is ``ln(n_j)`` in the same integer score units
+(``round(ln(n_j) * sqrt(d) / (s_q * s_k))``), and so is the ReSV margin.
+
+Every retrieval runs in Verilator (``verif/tb_select.py``, bench mode), twice: early exit on and
+off (``no_exit``).  The scoreboard checks each one against ``model.dre_ref.select`` as usual, so
+the figures are for bit-exact results.  Printed per point (N, d, lanes, bk): retrievals, mean
+selected, mean cycles with and without early exit, their ratio, the work fraction
+``planes_read / (N * bk)`` with early exit, and the floor ``N * bk * d/lanes`` (every plane of
+every candidate read once, one lane group per cycle).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from hw.selector import Selector
+from model.dre_config import DREConfig
+from model.llm import KVStore, LLMConfig, TinyLLM, group_mean_query
+from model.quant import quantize, symmetric_scale
+from model.resv import ReSVCache, ReSVConfig
+from model.video import PatchEmbedding, open_video
+from verif.runner import run
+
+POINTS = [  # (N, d, lanes, bk)
+    (64, 64, 16, 8),
+    (256, 64, 16, 8),
+    (256, 64, 16, 4),
+    (256, 128, 16, 8),
+    (256, 128, 4, 8),
+]
+
+
+def realistic_cases(
+    n: int, d: int, bq: int, bk: int, k_cap: int, frames: int, last: int, seed: int, bias_bits: int
+) -> list[dict]:
+    """Retrieval problems from a ReSV streaming run with a centroid table of ``n`` entries."""
+    llm = TinyLLM(LLMConfig(head_dim=d, d_model=4 * d, mlp_hidden=8 * d, seed=seed))
+    cfg = llm.cfg
+    grid = (14, 14)
+    embed = PatchEmbedding(grid, cfg.d_model, patch=8, seed=seed)
+    video = open_video(None, frames=frames, seed=seed)
+    resv = ReSVConfig(table_size=n, k_max=k_cap)
+    caches = [ReSVCache(resv, cfg.kv_heads, d) for _ in range(cfg.layers)]
+    store = KVStore(cfg)
+    cases = []
+    for t in range(frames):
+        _, traces = llm.prefill_frame(embed(video.frame(t)), grid, store)
+        for li, tr in enumerate(traces):
+            if t >= frames - last:
+                query = group_mean_query(tr.q, cfg.q_per_kv)
+                for h, head in enumerate(caches[li].heads):
+                    if head.n_clusters < 2:
+                        continue
+                    c = head.centroids.double()
+                    sk = symmetric_scale(c, bk)
+                    sq = symmetric_scale(query[h], bq)
+                    unit = math.sqrt(d) / float(sq * sk)  # float score * unit = integer score
+                    hi = (1 << (bias_bits - 1)) - 1
+                    bias = [min(hi, round(math.log(int(x)) * unit)) for x in head.counts]
+                    cases.append(
+                        {
+                            "keys": quantize(c, bk, sk).tolist(),
+                            "bias": bias,
+                            "q": quantize(query[h], bq, sq).tolist(),
+                            "margin": min((1 << bias_bits) - 1, round(resv.margin * unit)),
+                            "k_min": resv.k_min,
+                            "k_max": min(resv.k_max, k_cap),
+                        }
+                    )
+            caches[li].add_frame(tr.k, tr.v, grid)
+    return cases
+
+
+def bench_point(n, d, lanes, bk, args) -> dict:
+    cfg = DREConfig(d=d, lanes=lanes, bk=bk, bq=args.bq, n_max=n, k_cap=args.k_cap)
+    problems = realistic_cases(
+        n, d, cfg.bq, bk, cfg.k_cap, args.frames, args.last, args.seed, cfg.bias_bits
+    )
+    bench = []
+    for i, pr in enumerate(problems):
+        queries = []
+        for no_exit in (0, 1):
+            queries.append(
+                {
+                    "q": pr["q"],
+                    "margin": pr["margin"],
+                    "k_min": pr["k_min"],
+                    "k_max": pr["k_max"],
+                    "no_exit": no_exit,
+                    "tag": f"{i}:{no_exit}",
+                }
+            )
+        bench.append({"keys": pr["keys"], "bias": pr["bias"], "queries": queries})
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "summary.json"
+        spec = {"cfg": cfg.to_dict(), "seed": args.seed, "bench": bench, "out": str(out)}
+        run(
+            Selector(cfg),
+            "selector",
+            "verif.tb_select",
+            extra_env={"VREX_SELECT": json.dumps(spec)},
+        )
+        log = json.loads(out.read_text())["log"]
+    by_tag = {e["tag"]: e for e in log}
+    ee, full, work, n_used = [], [], [], []
+    for i, pr in enumerate(problems):
+        a, b = by_tag[f"{i}:0"], by_tag[f"{i}:1"]
+        nn = len(pr["keys"])
+        ee.append(a["cycles"])
+        full.append(b["cycles"])
+        work.append(a["planes_read"] / (nn * bk))
+        n_used.append(nn)
+    mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
+    n_mean = mean(n_used)
+    return {
+        "N": n,
+        "N_used": n_mean,
+        "d": d,
+        "lanes": lanes,
+        "bk": bk,
+        "retrievals": len(problems),
+        "cycles_ee": mean(ee),
+        "cycles_full": mean(full),
+        "work": mean(work),
+        "floor": n_mean * bk * (d // lanes),
+    }
+
+
+def format_table(rows: list[dict]) -> str:
+    head = (
+        "| N (table) | N used | d | lanes | bk | retrievals | cycles, early exit | "
+        "cycles, no exit | speed-up | work fraction | floor N*bk*d/lanes |"
+    )
+    lines = [head, "|" + "---|" * 11]
+    for r in rows:
+        lines.append(
+            f"| {r['N']} | {r['N_used']:.0f} | {r['d']} | {r['lanes']} | {r['bk']} | "
+            f"{r['retrievals']} | {r['cycles_ee']:.0f} | {r['cycles_full']:.0f} | "
+            f"{r['cycles_full'] / r['cycles_ee']:.2f}x | {r['work']:.3f} | {r['floor']:.0f} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--frames", type=int, default=12, help="video frames streamed (default 12)")
+    ap.add_argument("--last", type=int, default=2, help="retrieve at the last LAST frames")
+    ap.add_argument("--bq", type=int, default=8)
+    ap.add_argument("--k-cap", type=int, default=16)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--quick", action="store_true", help="first point only")
+    args = ap.parse_args(argv)
+    torch.manual_seed(args.seed)
+    rows = []
+    t0 = time.time()
+    for n, d, lanes, bk in POINTS[:1] if args.quick else POINTS:
+        rows.append(bench_point(n, d, lanes, bk, args))
+        print(f"[bench_select] N={n} d={d} lanes={lanes} bk={bk} done", file=sys.stderr)
+    print(
+        f"# python -m verif.bench_select --frames {args.frames} --last {args.last} "
+        f"--seed {args.seed}; keys/queries: TinyLLM + ReSV stream, quantised (model.quant); "
+        f"{time.time() - t0:.0f} s"
+    )
+    print(format_table(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

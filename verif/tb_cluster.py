@@ -17,7 +17,7 @@ Scenarios (each starts with a ``clear``; every one runs with random input gaps a
 ``opposite``    alternating opposite keys, in space and in time (sums cancel to zero)
 ``full``        a small table that fills up: forced merges, and saturated counts (drops)
 ``extreme``     the most negative code, zero keys and tau 0 / 1
-``errors``      each runtime error (grid too large or empty, table size 0 or > n_max, tau > 1):
+``errors``      each runtime error (grid above grid_max, table size 0 or > n_max, tau > 1):
                 every token dropped, ``error`` set until ``clear``
 ``grid``        the grid changes between frames (no temporal candidate after a change)
 
@@ -369,6 +369,7 @@ async def cluster_scenarios(dut):
                 setattr(ref, k, v)
             if err is not None:  # a bad frame first: everything after it is dropped too
                 await tb.frame(ref, *err)
+                stats["tokens"] += len(err[0])
                 if dut.error.value != 1 or not ref.error:
                     tb.mismatches.append(f"{name}: error flag not set by {regs}")
                 ref.table_size, ref.tau_t, ref.tau_s = 1, 0, 0

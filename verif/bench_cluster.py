@@ -1,0 +1,132 @@
+"""Clustering-unit benchmark: ``python -m verif.bench_cluster [--frames 64] [--grids 14x14 27x27]``.
+
+Streams ``--frames`` frames of synthetic video keys (layer 0, KV head 0 of model.llm.TinyLLM on
+model.video.SyntheticVideo, quantised to ``bk`` bits; ``verif.tb_cluster.video_keys``) through
+:class:`hw.cluster_unit.ClusterUnit` in Verilator, scored token by token against
+:class:`model.dre_cluster.ClusterRef` (a mismatch fails the run), with tau_t = 0.9, tau_s = 0.8
+and the whole table in use.  No backpressure and no input gaps in this run
+(``"bench": true`` in the testbench spec), so the cycles are the unit's own.
+
+Printed per grid: cycles per token and per frame (RTL, from the first token of a frame to its
+last result), new clusters per frame and the table occupancy after the stream (from the
+reference, with the RTL's own counts of new / forced / dropped results next to the reference's),
+and mismatches.  ``--set NAME=VALUE`` changes the DREConfig (default: DREConfig() with
+grid_max large enough for the largest grid).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+from hw.cluster_unit import ClusterUnit
+from model.dre_config import ConfigError, DREConfig
+from verif.runner import SimulationFailed, run
+
+
+def _grid(text: str) -> tuple[int, int]:
+    try:
+        h, w = (int(x) for x in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"grid must look like 14x14, got {text!r}") from None
+    if h < 1 or w < 1:
+        raise argparse.ArgumentTypeError(f"grid {text!r} must be at least 1x1")
+    return h, w
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--frames", type=int, default=64)
+    ap.add_argument("--grids", type=_grid, nargs="+", default=[(14, 14), (27, 27)])
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--set", action="append", default=[], metavar="NAME=VALUE")
+    args = ap.parse_args(argv)
+    try:
+        base = DREConfig(grid_max=max(h * w for h, w in args.grids))
+        cfg = DREConfig.from_overrides(args.set, base=base)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"[bench_cluster] DREConfig {cfg.to_dict()}")
+    print(
+        f"[bench_cluster] {args.frames} frames of synthetic video, tau_t 0.9, tau_s 0.8, "
+        f"table_size {cfg.n_max}, G = d/lanes = {cfg.groups}"
+    )
+    rows = []
+    for h, w in args.grids:
+        with tempfile.TemporaryDirectory() as tmp:
+            out = Path(tmp) / "summary.json"
+            spec = {
+                "cfg": cfg.to_dict(),
+                "seed": args.seed,
+                "scenarios": ["video"],
+                "video_frames": args.frames,
+                "video_grid": [h, w],
+                "video_seed": args.seed,
+                "bench": True,
+                "out": str(out),
+            }
+            try:
+                run(
+                    ClusterUnit(cfg),
+                    "cluster_unit",
+                    "verif.tb_cluster",
+                    extra_env={"VREX_CLUSTER": json.dumps(spec)},
+                )
+            except SimulationFailed as exc:
+                print(f"error: {exc}", file=sys.stderr)
+                return 1
+            s = json.loads(out.read_text())
+        v = s["scenarios"]["video"]
+        P = h * w
+        rows.append(
+            {
+                "grid": f"{h}x{w}",
+                "tokens": v["tokens"],
+                "cyc/token": sum(v["cycles"]) / v["tokens"],
+                "cyc/frame": statistics.mean(v["cycles"]),
+                "new/frame": statistics.mean(v["clusters"]),
+                "new/frame (f>0)": statistics.mean(v["clusters"][1:])
+                if len(v["clusters"]) > 1
+                else float("nan"),
+                "occupancy": v["occupancy"],
+                "forced": v["forced"],
+                "dropped": v["dropped"],
+                "rtl new/forced/dropped": "{new}/{forced}/{dropped}".format(
+                    **v["rtl_status_counts"]
+                ),
+                "mismatches": s["mismatches"],
+                "P": P,
+            }
+        )
+    head = [
+        "grid",
+        "tokens",
+        "cyc/token",
+        "cyc/frame",
+        "new/frame",
+        "new/frame (f>0)",
+        "occupancy",
+        "forced",
+        "dropped",
+        "rtl new/forced/dropped",
+        "mismatches",
+    ]
+    print("| " + " | ".join(head) + " |")
+    print("|" + "---|" * len(head))
+    for r in rows:
+        cells = []
+        for k in head:
+            x = r[k]
+            cells.append(f"{x:.2f}" if isinstance(x, float) else str(x))
+        print("| " + " | ".join(cells) + " |")
+    print(f"[bench_cluster] documented throughput: G + 6 = {cfg.groups + 6} cycles per token")
+    return 0 if all(r["mismatches"] == 0 for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

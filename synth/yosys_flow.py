@@ -11,7 +11,8 @@ and their sizes, from which :class:`Area` computes NAND2 gate equivalents with t
    turned into flip-flops nor counted as logic; its ports stay connected.
 3. the ``fine`` part of ``synth`` without its ABC step, then ``dfflegalize`` to plain D
    flip-flops (with async reset/set where the design has them; clock enables and synchronous
-   resets become gates), and ``abc -g`` to the gate set of :data:`synth.gates.ABC_GATES`.
+   resets become gates), and ``abc -g`` (with :data:`ABC_SCRIPT`) to the gate set of
+   :data:`synth.gates.ABC_GATES`.
 4. ``stat -json`` per module.  The hierarchy is *not* flattened, so each Amaranth submodule
    keeps its own numbers (the cost: no constant propagation across module boundaries).
 
@@ -34,6 +35,11 @@ from pathlib import Path
 from synth import gates
 
 MEMORY_CELL = "$__vrex_memory"
+
+#: ABC script for the gate mapping: Yosys' default for ``-g`` less its slowest steps (``&fraig
+#: -x``, ``scorr``, ``&dch -f``), which take tens of minutes on the clustering unit's wide
+#: multipliers under WebAssembly; ``dc2`` still restructures and ``&nf`` maps for area/delay.
+ABC_SCRIPT = "+strash;dc2;&get,-n;&nf;&put"
 
 
 class ToolError(RuntimeError):
@@ -215,7 +221,7 @@ opt -full
 techmap
 opt -fast
 dfflegalize {dff}
-abc -g {gates.ABC_GATES}
+abc -script {ABC_SCRIPT} -g {gates.ABC_GATES}
 opt -fast
 opt_clean -purge
 tee -q -o stat.json stat -json

@@ -166,9 +166,9 @@ def test_adder_cells_and_ge(tmp_path):
     res = synth_generic(verilog_of(RegisteredAdder(w), "add"), "add", tmp_path)
     a = res.total
     assert a.n_ff == w + 1
-    logic = {c: n for c, n in a.cells.items() if not gates.is_flipflop(c)}
-    # a ripple of w full adders needs at least one XOR/XNOR per sum bit
-    assert sum(n for c, n in logic.items() if c in ("$_XOR_", "$_XNOR_")) >= w
+    # the w + 1 sum bits are distinct, non-constant functions of >= 2 inputs, none the
+    # complement of another: each needs its own driving gate
+    assert a.n_cells - a.n_ff >= w + 1
     assert a.ge_logic == pytest.approx(recomputed_ge(a.cells))
     assert res.units() == [("add (own logic)", res.own["add"])]
 

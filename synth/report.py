@@ -29,7 +29,14 @@ from model.dre_config import ConfigError, DREConfig
 from synth import designs as registry
 from synth import gates
 from synth.ecp5_flow import RESOURCES, Ecp5Result, nextpnr_version, synth_ecp5
-from synth.yosys_flow import Area, GenericResult, ToolError, env_summary, synth_generic
+from synth.yosys_flow import (
+    ABC_SCRIPT,
+    Area,
+    GenericResult,
+    ToolError,
+    env_summary,
+    synth_generic,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -140,7 +147,8 @@ def render(rows: list[Row], meta: dict[str, str], quick: bool) -> str:
         "## Summary",
         "",
         "Generic synthesis: Yosys `synth -booth`, flip-flops legalised to plain DFF "
-        "(enable and sync reset become gates), `abc -g " + gates.ABC_GATES + "`, hierarchy "
+        "(enable and sync reset become gates), `abc -g " + gates.ABC_GATES + "` with the "
+        "light script `" + ABC_SCRIPT + "`, hierarchy "
         "kept.  GE = NAND2 gate equivalents from the Nangate 45 nm X1 cell areas "
         "(table below and `synth/gates.py`).  Memories are kept out of the gate count and "
         f"reported in bits; *SRAM* counts {gates.SRAM_GE_PER_BIT:.3f} GE/bit, *flop memories* "

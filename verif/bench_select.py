@@ -108,12 +108,10 @@ def bench_point(n, d, lanes, bk, args) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "summary.json"
         spec = {"cfg": cfg.to_dict(), "seed": args.seed, "bench": bench, "out": str(out)}
-        run(
-            Selector(cfg),
-            "selector",
-            "verif.tb_select",
-            extra_env={"VREX_SELECT": json.dumps(spec)},
-        )
+        spec_file = Path(tmp) / "spec.json"
+        spec_file.write_text(json.dumps(spec))
+        env = {"VREX_SELECT": f"@{spec_file}"}
+        run(Selector(cfg), "selector", "verif.tb_select", extra_env=env)
         log = json.loads(out.read_text())["log"]
     by_tag = {e["tag"]: e for e in log}
     ee, full, work, n_used = [], [], [], []

@@ -1,6 +1,7 @@
 """cocotb testbench of hw.selector.Selector, scored bit for bit against model.dre_ref.select.
 
-Configuration arrives in the environment variable ``VREX_SELECT`` (JSON)::
+Configuration arrives in the environment variable ``VREX_SELECT``: JSON, or ``@path`` of a JSON
+file (an environment string is limited to 128 KiB)::
 
     {"cfg": {...DREConfig fields...}, "seed": 1, "random": 200, "n_hi": 64,
      "bench": null | [{"keys": [[...]], "bias": [...], "queries": [{...}]}, ...],
@@ -333,7 +334,11 @@ async def error_queries(tb, keys, bias):
 
 @cocotb.test()
 async def run_select(dut):
-    spec = json.loads(os.environ["VREX_SELECT"])
+    text = os.environ["VREX_SELECT"]
+    if text.startswith("@"):  # large specs (the benchmark's keys) come in a file
+        with open(text[1:]) as f:
+            text = f.read()
+    spec = json.loads(text)
     cfg = DREConfig().replace(**spec["cfg"])
     seed = spec.get("seed", 1)
     rng = random.Random(seed)

@@ -213,8 +213,8 @@ def test_selector_small_retrievals(seed):
 # ---- Verilator co-simulation (cocotb, verif/tb_select.py) ---------------------------------------
 SHORT = [
     # (config, random retrievals, largest N)
-    (dict(d=16, lanes=4, bk=4, n_max=32, k_cap=8), 300, 32),
-    (dict(d=64, lanes=16, bk=8, n_max=64, k_cap=16), 120, 64),
+    (dict(d=16, lanes=4, bk=4, n_max=32, k_cap=8), 200, 32),
+    (dict(d=64, lanes=16, bk=8, n_max=64, k_cap=16), 80, 64),
 ]
 LONG = [
     (dict(d=16, lanes=16, bk=4, n_max=64, k_cap=8), 10000, 24),  # the 10k-retrieval soak

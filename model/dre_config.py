@@ -15,6 +15,7 @@ import dataclasses
 import json
 from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import ClassVar
 
 
 class ConfigError(ValueError):
@@ -56,7 +57,7 @@ class DREConfig:
     bias_bits: int = 24
 
     # ---- validation -------------------------------------------------------------------------
-    _RANGES = {
+    _RANGES: ClassVar[dict[str, tuple[int, int]]] = {
         "d": (1, 4096),
         "lanes": (1, 4096),
         "bq": (2, 16),

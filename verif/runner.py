@@ -97,8 +97,10 @@ def run(
             if _have_lz4():
                 build_args += ["--trace-fst", "--trace-structs"]
             else:
-                print("[waves] lz4.h not found: writing VCD instead of FST "
-                      "(apt-get install liblz4-dev for FST)")
+                print(
+                    "[waves] lz4.h not found: writing VCD instead of FST "
+                    "(apt-get install liblz4-dev for FST)"
+                )
     runner.build(
         sources=sources,
         hdl_toplevel=name,
@@ -123,7 +125,10 @@ def run(
     )
     if waves:
         fst = sim == "verilator" and _have_lz4()
-        dump = build_dir / ("dump.fst" if fst else "dump.vcd" if sim == "verilator" else f"{name}.fst")
+        if sim == "verilator":
+            dump = build_dir / ("dump.fst" if fst else "dump.vcd")
+        else:
+            dump = build_dir / f"{name}.fst"
         print(f"[waves] {dump}")
     n_tests, n_failed = get_results(results)
     if n_tests == 0:

@@ -27,86 +27,15 @@ from collections import deque
 
 import cocotb
 from cocotb.clock import Clock
-from cocotb.triggers import ReadOnly, RisingEdge
-from cocotb.utils import get_sim_time
+from cocotb.triggers import RisingEdge
 
 from hw.select_core import ERROR_LAYOUT, Kind, query_layout, result_layout
 from hw.selector import key_layout
 from model.dre_config import DREConfig
 from model.dre_ref import select
+from verif.streams import StreamSink, StreamSource, pack, unpack
 
 PERIOD_NS = 10
-
-
-def pack(layout, fields: dict) -> int:
-    return layout.const(fields).as_value().value
-
-
-def unpack(layout, raw: int) -> dict:
-    out = {}
-    for name, field in layout:
-        v = (raw >> field.offset) & ((1 << field.width) - 1)
-        shape = field.shape
-        if hasattr(shape, "signed") and shape.signed and v >> (field.width - 1):
-            v -= 1 << field.width
-        out[name] = v
-    return out
-
-
-class StreamSource:
-    """Drives ``<name>__valid/payload``; a beat is sent when valid and ready meet at an edge."""
-
-    def __init__(self, dut, name: str, rng: random.Random, idle: float):
-        self.clk = dut.clk
-        self.valid = getattr(dut, f"{name}__valid")
-        self.ready = getattr(dut, f"{name}__ready")
-        self.payload = getattr(dut, f"{name}__payload")
-        self.rng, self.idle = rng, idle
-        self.valid.value = 0
-
-    async def send(self, value: int) -> int:
-        """Send one beat; return the sim time (ns) of the clock edge that took it."""
-        while self.rng.random() < self.idle:
-            await RisingEdge(self.clk)
-        self.payload.value = value
-        self.valid.value = 1
-        while True:
-            await ReadOnly()
-            if self.ready.value == 1:
-                await RisingEdge(self.clk)
-                break
-            await RisingEdge(self.ready)  # ready is low for long stretches: skip them
-        self.valid.value = 0
-        return get_sim_time("ns")
-
-
-class StreamSink:
-    """Takes beats from ``<name>__valid/payload`` with ``ready`` random every cycle."""
-
-    def __init__(self, dut, name: str, rng: random.Random, stall: float):
-        self.clk = dut.clk
-        self.valid = getattr(dut, f"{name}__valid")
-        self.ready = getattr(dut, f"{name}__ready")
-        self.payload = getattr(dut, f"{name}__payload")
-        self.rng, self.stall = rng, stall
-        self.ready.value = 0
-
-    async def recv(self) -> tuple[int, int]:
-        """Next beat: (payload, sim time in ns of the first cycle it was valid)."""
-        await ReadOnly()
-        if self.valid.value != 1:
-            await RisingEdge(self.valid)
-            await ReadOnly()
-        first_valid = get_sim_time("ns")
-        while True:
-            await RisingEdge(self.clk)
-            self.ready.value = int(self.rng.random() >= self.stall)
-            await ReadOnly()
-            if self.ready.value == 1 and self.valid.value == 1:
-                raw = self.payload.value.to_unsigned()
-                await RisingEdge(self.clk)
-                self.ready.value = 0
-                return raw, first_valid
 
 
 class TB:

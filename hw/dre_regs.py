@@ -1,0 +1,207 @@
+"""Register map of the DRE top level (:class:`hw.dre.DRE`) and its register bus.
+
+Pure Python (no hardware here): the map is the one description that the RTL, the testbenches,
+``python -m hw.export`` (JSON beside the Verilog, ``--regmap`` for a Markdown table) and
+``docs/dre.md`` all use, so that host software and documentation cannot drift from the RTL.
+
+Bus
+---
+:class:`RegisterBusSignature` (directions from the host's side): ``addr`` (word address),
+``w_en`` / ``w_data`` (32 bits) write in the cycle they are high; ``r_en`` reads, and ``r_data``
+holds the word one cycle later (and keeps it until the next read).  Writes to read-only or
+unmapped words are ignored; reads of unmapped words return 0.  No wait states, no errors.
+
+Map
+---
+Word addresses are fixed, independent of the configuration (a host driver needs no per-config
+table).  A register of ``words = 2`` occupies ``addr`` (bits 31..0) and ``addr + 1`` (bits 63..32).
+Reading the low word of a two-word register latches its high word; a following read of the high
+word returns the latched value, so a 48-bit counter is read consistently low word first.
+Fields are exactly as wide as the RTL needs for the configuration (:func:`register_map`); bits
+above a field's width read as 0 and are ignored on writes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from amaranth.lib import wiring
+from amaranth.lib.wiring import In, Out
+
+from model.dre_cluster import ClusterWidths
+from model.dre_config import DREConfig
+
+DATA_BITS = 32
+ADDR_BITS = 6
+#: value of the ID register: ASCII "VREX"
+ID_VALUE = 0x56524558
+#: width of every performance counter (wraps around; at 1 GHz it lasts 3 days)
+COUNTER_BITS = 48
+
+#: CMD register bits (write 1 to act; reads as 0)
+CMD_CLEAR_TABLE = 1 << 0  # empty the centroid table and owner map, reset the cluster error
+CMD_CLEAR_COUNTERS = 1 << 1  # zero every performance counter
+CMD_CLEAR_ERRORS = 1 << 2  # zero the sticky retrieval error flags in STATUS
+
+#: STATUS register bits
+STATUS_CLUSTER_IDLE = 0  # every accepted key is clustered and written back
+STATUS_SELECT_BUSY = 1  # a retrieval is under way
+STATUS_CLUSTER_ERROR = 2  # sticky runtime error of the clustering unit (bad grid/table/tau)
+STATUS_SELECT_ERROR = 3  # bits 3..7: sticky OR of the retrieval error flags of every trailer
+#: names of the retrieval error flags, in bit order from STATUS_SELECT_ERROR
+SELECT_ERROR_NAMES = ("n_zero", "n_over", "k_max_zero", "k_max_over", "k_min_bad")
+
+
+class RegisterBusSignature(wiring.Signature):
+    """The DRE's register port, seen from the host (see the module docstring)."""
+
+    def __init__(self):
+        super().__init__(
+            {
+                "addr": Out(ADDR_BITS),
+                "w_en": Out(1),
+                "w_data": Out(DATA_BITS),
+                "r_en": Out(1),
+                "r_data": In(DATA_BITS),
+            }
+        )
+
+
+@dataclass(frozen=True)
+class Register:
+    """One register: ``name``, word ``addr``, ``words`` (1 or 2), field ``width`` in bits,
+    ``access`` ("ro" read-only, "rw" read-write, "w1" write-one-to-act, reads 0), ``reset``
+    value and a one-line ``doc``."""
+
+    name: str
+    addr: int
+    words: int
+    width: int
+    access: str
+    reset: int
+    doc: str
+
+    def to_dict(self) -> dict:
+        return {
+            "name": self.name,
+            "addr": self.addr,
+            "words": self.words,
+            "width": self.width,
+            "access": self.access,
+            "reset": self.reset,
+            "doc": self.doc,
+        }
+
+
+#: counters in address order, with what they count
+COUNTERS = (
+    ("TOKENS", "keys accepted on the keys stream"),
+    ("CLUSTERS", "assignments with status new (clusters created)"),
+    ("FORCED", "assignments with status forced (table full)"),
+    ("DROPPED", "assignments with status dropped"),
+    ("QUERIES", "queries accepted on the queries stream"),
+    ("PLANES_READ", "sum of planes_read over the retrieval trailers"),
+    ("SELECT_CYCLES", "sum of cycles over the retrieval trailers"),
+    ("BUSY_CYCLES", "cycles in which clustering or retrieval was busy"),
+)
+
+
+def register_map(cfg: DREConfig) -> list[Register]:
+    """The registers of :class:`hw.dre.DRE` for ``cfg``, in address order."""
+    wd = ClusterWidths.of(cfg)
+    one = 1 << cfg.tau_frac_bits
+    kb = cfg.k_cap.bit_length() + 1
+    regs = [
+        Register("ID", 0x00, 1, 32, "ro", ID_VALUE, 'constant 0x56524558, ASCII "VREX"'),
+        Register("D", 0x01, 1, 16, "ro", cfg.d, "parameter d (key and query length)"),
+        Register("LANES", 0x02, 1, 16, "ro", cfg.lanes, "parameter lanes"),
+        Register("BQ", 0x03, 1, 8, "ro", cfg.bq, "parameter bq (query bits)"),
+        Register("BK", 0x04, 1, 8, "ro", cfg.bk, "parameter bk (key bits)"),
+        Register("N_MAX", 0x05, 1, 17, "ro", cfg.n_max, "parameter n_max (table entries)"),
+        Register("K_CAP", 0x06, 1, 9, "ro", cfg.k_cap, "parameter k_cap (largest k_max)"),
+        Register("GRID_MAX", 0x07, 1, 17, "ro", cfg.grid_max, "parameter grid_max"),
+        Register("CTRL", 0x08, 1, 1, "rw", 0, "bit 0 no_exit: retrieval reads every plane"),
+        Register("CMD", 0x09, 1, 3, "w1", 0, "bit 0 clear table, 1 clear counters, 2 clear errors"),
+        Register(
+            "STATUS",
+            0x0A,
+            1,
+            8,
+            "ro",
+            1,
+            "0 cluster idle, 1 select busy, 2 cluster error, 3..7 sticky retrieval errors",
+        ),
+        Register(
+            "N_CLUSTERS",
+            0x0B,
+            1,
+            cfg.n_max.bit_length(),
+            "ro",
+            0,
+            "clusters allocated since the last clear (the N of every retrieval)",
+        ),
+        Register("GRID_W", 0x0C, 1, 16, "rw", cfg.grid_max, "frame width in tokens"),
+        Register("GRID_H", 0x0D, 1, 16, "rw", 1, "frame height in tokens"),
+        Register(
+            "TAU_T",
+            0x0E,
+            1,
+            wd.tau,
+            "rw",
+            one,
+            f"temporal threshold, round(tau_t * 2^{cfg.tau_frac_bits})",
+        ),
+        Register(
+            "TAU_S",
+            0x0F,
+            1,
+            wd.tau,
+            "rw",
+            one,
+            f"spatial threshold, round(tau_s * 2^{cfg.tau_frac_bits})",
+        ),
+        Register(
+            "TABLE_SIZE",
+            0x10,
+            1,
+            cfg.n_max.bit_length(),
+            "rw",
+            cfg.n_max,
+            "centroid-table entries in use (1 .. n_max)",
+        ),
+        Register(
+            "BIAS_SCALE",
+            0x11,
+            2,
+            wd.bias_scale,
+            "rw",
+            0,
+            "size-bias scale: bias = log2(n) * BIAS_SCALE",
+        ),
+        Register("MARGIN", 0x13, 2, cfg.bias_bits, "rw", 0, "retrieval margin, in score units"),
+        Register("K_MIN", 0x15, 1, kb, "rw", 1, "retrieval k_min (1 .. k_max)"),
+        Register("K_MAX", 0x16, 1, kb, "rw", cfg.k_cap, "retrieval k_max (1 .. k_cap)"),
+    ]
+    for i, (name, doc) in enumerate(COUNTERS):
+        regs.append(Register(name, 0x20 + 2 * i, 2, COUNTER_BITS, "ro", 0, doc))
+    for r in regs:  # the fixed map holds every configuration DREConfig accepts
+        assert r.width <= DATA_BITS * r.words and r.addr + r.words <= 1 << ADDR_BITS, r
+    return regs
+
+
+def by_name(cfg: DREConfig) -> dict[str, Register]:
+    return {r.name: r for r in register_map(cfg)}
+
+
+def markdown(cfg: DREConfig) -> str:
+    """The register map as a Markdown table (``python -m hw.export --regmap``)."""
+    lines = [
+        "| addr | name | words | width | access | reset | description |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in register_map(cfg):
+        lines.append(
+            f"| 0x{r.addr:02x} | {r.name} | {r.words} | {r.width} | {r.access} | "
+            f"{r.reset:#x} | {r.doc} |"
+        )
+    return "\n".join(lines) + "\n"

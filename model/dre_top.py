@@ -1,0 +1,231 @@
+"""Bit-exact reference of the whole DRE (``hw/dre.py``) and the integer stream that drives it.
+
+:class:`DRERef` composes the unit references exactly as the top level composes the units:
+:class:`model.dre_cluster.ClusterRef` clusters each frame's keys; every cluster a frame touched
+gets its quantised centroid and size bias written into the *plane store* (the entries retrieval
+reads); a query is scored by :func:`model.dre_select.select` over entries ``0 .. N-1`` with
+``N`` the clusters allocated so far and ``margin``, ``k_min``, ``k_max``, ``no_exit`` from the
+registers.  Out-of-range runtime values give the selector's error flags and no selection.
+
+:func:`integer_stream` turns the golden model's streaming run into what the DRE sees: the keys of
+one layer and one KV head of :class:`model.llm.TinyLLM` for each frame of a video (synthetic or a
+folder of real frames), and a few queries per frame, quantised with :mod:`model.quant` (one
+symmetric scale per stream, taken from the first frame) and the ReSV knobs converted to the
+DRE's fixed-point registers.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from model.dre_cluster import DROPPED, ClusterRef, tau_fixed
+from model.dre_config import ConfigError, DREConfig
+from model.dre_select import Selection, select
+
+#: retrieval error flags in bit order (``hw.select_core.ERROR_LAYOUT``)
+ERROR_FLAGS = ("n_zero", "n_over", "k_max_zero", "k_max_over", "k_min_bad")
+
+
+@dataclass
+class Registers:
+    """The runtime registers of the DRE (integers, as written into the register block)."""
+
+    grid_w: int = 14
+    grid_h: int = 14
+    tau_t: int = 0
+    tau_s: int = 0
+    table_size: int = 0  # 0: n_max
+    bias_scale: int = 0
+    margin: int = 0
+    k_min: int = 1
+    k_max: int = 16
+    no_exit: int = 0
+
+
+@dataclass(frozen=True)
+class Retrieval:
+    """What the DRE answers to one query: the selection (None on an error) and the flags."""
+
+    selection: Selection | None
+    error: int  # bit i: ERROR_FLAGS[i]
+    n: int  # candidates scored (N_CLUSTERS at the query)
+
+    @property
+    def records(self) -> list[tuple[int, int]]:
+        s = self.selection
+        return [] if s is None else list(zip(s.indices, s.scores, strict=True))
+
+    @property
+    def planes_read(self) -> int:
+        return 0 if self.selection is None else self.selection.planes_read
+
+
+class DRERef:
+    """The DRE top level in integers: clustering, the plane store, retrieval."""
+
+    def __init__(self, cfg: DREConfig, regs: Registers | None = None):
+        if not isinstance(cfg, DREConfig):
+            raise ConfigError(f"cfg must be a DREConfig, got {type(cfg).__name__}")
+        self.cfg = cfg
+        self.regs = regs or Registers(k_max=cfg.k_cap)
+        self.cluster = ClusterRef(cfg)
+        self.store: dict[int, tuple[list[int], int]] = {}  # entry -> (centroid, bias)
+
+    def clear(self) -> None:
+        self.cluster.clear()  # the plane store keeps its contents; N = 0 hides them
+
+    def add_frame(self, keys: Sequence[Sequence[int]]) -> tuple[list[int], list[int]]:
+        """Cluster one frame (``GRID_H * GRID_W`` keys); returns per key (ids, status)."""
+        r, c = self.regs, self.cluster
+        c.table_size = r.table_size or self.cfg.n_max
+        c.tau_t, c.tau_s, c.bias_scale = r.tau_t, r.tau_s, r.bias_scale
+        ids, status = c.add_frame(keys, r.grid_h, r.grid_w)
+        for i in sorted({i for i, s in zip(ids, status, strict=True) if s != DROPPED}):
+            self.store[i] = (c.centroid(i), c.bias(i))  # the write-back of a touched cluster
+        return ids, status
+
+    @property
+    def n_clusters(self) -> int:
+        return self.cluster.n_clusters
+
+    def retrieve(self, q: Sequence[int]) -> Retrieval:
+        cfg, r, n = self.cfg, self.regs, self.n_clusters
+        flags = (
+            n == 0,
+            n > cfg.n_max,
+            r.k_max == 0,
+            r.k_max > cfg.k_cap,
+            r.k_min == 0 or r.k_min > r.k_max,
+        )
+        error = sum(int(f) << i for i, f in enumerate(flags))
+        if error:
+            return Retrieval(None, error, n)
+        keys = [self.store[j][0] for j in range(n)]
+        bias = [self.store[j][1] for j in range(n)]
+        sel = select(
+            q,
+            keys,
+            bias,
+            r.margin,
+            r.k_max,
+            r.k_min,
+            bq=cfg.bq,
+            bk=cfg.bk,
+            early_exit=not r.no_exit,
+        )
+        return Retrieval(sel, 0, n)
+
+
+# ---- the integer stream from the golden model -----------------------------------------------
+@dataclass
+class StreamFrame:
+    """One frame as the DRE sees it: ``keys [P][d]`` and ``queries [Q][d]`` (integers)."""
+
+    keys: list[list[int]]
+    queries: list[list[int]]
+
+
+@dataclass
+class IntegerStream:
+    """Registers derived from the float ReSV knobs and the scales, and the frames."""
+
+    regs: Registers
+    key_scale: float
+    query_scale: float
+    frames: list[StreamFrame] = field(default_factory=list)
+
+
+def integer_stream(
+    cfg: DREConfig,
+    *,
+    frames: int = 64,
+    grid: tuple[int, int] = (14, 14),
+    source: str | None = None,
+    layer: int = 0,
+    head: int = 0,
+    queries_per_frame: int = 2,
+    tau_t: float = 0.9,
+    tau_s: float = 0.8,
+    margin: float = 3.0,
+    k_min: int = 1,
+    k_max: int | None = None,
+    table_size: int | None = None,
+    seed: int = 0,
+    progress=None,
+) -> IntegerStream:
+    """Quantised keys and queries of one layer / KV head of a TinyLLM streaming run.
+
+    Per frame: the head's ``h*w`` keys (after RoPE) and ``queries_per_frame`` queries: the
+    group-mean query of the frame (the retrieval query of SPEC step 4), then single query
+    tokens of the frame (query head 0 of the group, tokens chosen by a seeded generator).
+    Keys use ``bk`` bits and queries ``bq`` bits, each with one symmetric scale from the first
+    frame (later values saturate).  ``bias_scale = round(ln 2 * unit)`` and
+    ``margin = round(margin * unit)`` with ``unit = sqrt(d) / (s_q * s_k)`` (one attention
+    logit in integer score units), so the size bias is ``ln n`` in logits as in ReSV.
+    """
+    from model.llm import KVStore, LLMConfig, TinyLLM
+    from model.quant import quantize, symmetric_scale
+    from model.video import PatchEmbedding, open_video
+
+    h, w = grid
+    if h * w > cfg.grid_max:
+        raise ConfigError(f"grid {h}x{w} has {h * w} tokens; grid_max={cfg.grid_max}")
+    if queries_per_frame < 1:
+        raise ConfigError(f"queries_per_frame={queries_per_frame} must be >= 1")
+    llm_cfg = LLMConfig(head_dim=cfg.d, d_model=4 * cfg.d, mlp_hidden=8 * cfg.d, seed=seed)
+    if not 0 <= layer < llm_cfg.layers:
+        raise ConfigError(f"layer={layer}; the LLM slice has layers 0 .. {llm_cfg.layers - 1}")
+    if not 0 <= head < llm_cfg.kv_heads:
+        raise ConfigError(f"head={head}; the LLM slice has KV heads 0 .. {llm_cfg.kv_heads - 1}")
+    llm, store = TinyLLM(llm_cfg), KVStore(llm_cfg)
+    embed = PatchEmbedding(grid, llm_cfg.d_model, seed=seed)
+    video = open_video(source, frames=frames, seed=seed)
+    gen = torch.Generator().manual_seed(seed)
+    g = llm_cfg.q_per_kv
+    out, sk, sq = [], None, None
+    for t, frame in enumerate(video):
+        if t >= frames:
+            break
+        _, traces = llm.prefill_frame(embed(frame), grid, store)
+        tr = traces[layer]
+        k = tr.k[head].detach().double()
+        qg = tr.q[head * g : (head + 1) * g].detach().double()  # [g, P, d]
+        mean_q = qg.reshape(-1, cfg.d).mean(dim=0)
+        picks = torch.randint(0, h * w, (queries_per_frame - 1,), generator=gen)
+        qs = torch.stack([mean_q, *[qg[0, int(p)] for p in picks]])
+        if sk is None:
+            sk, sq = symmetric_scale(k, cfg.bk), symmetric_scale(qs, cfg.bq)
+        out.append(StreamFrame(quantize(k, cfg.bk, sk).tolist(), quantize(qs, cfg.bq, sq).tolist()))
+        if progress is not None:
+            progress(t)
+    if not out:
+        raise ConfigError("the video source gave no frames")
+    unit = math.sqrt(cfg.d) / float(sq * sk)
+    bias_hi = (1 << (cfg.bias_bits - 1)) - 1
+    regs = Registers(
+        grid_w=w,
+        grid_h=h,
+        tau_t=tau_fixed(tau_t, cfg.tau_frac_bits),
+        tau_s=tau_fixed(tau_s, cfg.tau_frac_bits),
+        table_size=table_size or cfg.n_max,
+        bias_scale=min(bias_hi, round(math.log(2) * unit)),
+        margin=min((1 << cfg.bias_bits) - 1, round(margin * unit)),
+        k_min=k_min,
+        k_max=cfg.k_cap if k_max is None else k_max,
+    )
+    return IntegerStream(regs, float(sk), float(sq), out)
+
+
+__all__ = [
+    "ERROR_FLAGS",
+    "DRERef",
+    "IntegerStream",
+    "Registers",
+    "Retrieval",
+    "StreamFrame",
+    "integer_stream",
+]

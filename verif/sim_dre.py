@@ -1,0 +1,321 @@
+"""The RTL regression of the whole DRE against the golden model: ``python -m verif.sim_dre``.
+
+``make sim`` runs this.  It streams a video (synthetic by default, or ``--frames-folder`` with
+PNG/JPEG frames or a ``.npy`` array) through the golden model's LLM slice
+(:class:`model.llm.TinyLLM`, one layer and KV head, ``--layer`` / ``--head``), quantises keys
+and queries as the reference does (:func:`model.dre_top.integer_stream`), computes every
+expected assignment and selection with :class:`model.dre_top.DRERef`, then drives the keys and
+queries through the Verilated top level :class:`hw.dre.DRE` with cocotb
+(``verif/tb_dre.py``), which checks every assignment, every selected (index, score), every
+``planes_read`` and error flag, and at the end the performance counters, bit for bit.
+
+Prints one progress line per frame and a final table; the exit status is non-zero on any
+mismatch (and 2 on a bad option).  ``WAVES=1`` (or ``--waves``) dumps an FST waveform,
+``SIM=icarus`` (or ``--sim icarus``) runs Icarus Verilog instead of Verilator.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+from model.dre_config import ConfigError, DREConfig
+
+ROOT = Path(__file__).resolve().parent.parent
+OUT_DIR = ROOT / "build" / "sim_dre"
+
+
+def _grid(text: str) -> tuple[int, int]:
+    try:
+        h, w = (int(x) for x in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"grid must look like 14x14, got {text!r}") from None
+    if h < 1 or w < 1:
+        raise argparse.ArgumentTypeError(f"grid {text!r} must be at least 1x1")
+    return h, w
+
+
+def parse_args(argv):
+    ap = argparse.ArgumentParser(
+        prog="python -m verif.sim_dre", description=__doc__.split("\n\n")[0].strip("`")
+    )
+    ap.add_argument("--frames", type=int, default=64, help="frames to stream (default 64)")
+    ap.add_argument("--grid", type=_grid, default=(14, 14), help="token grid HxW (default 14x14)")
+    ap.add_argument(
+        "--frames-folder",
+        default=None,
+        metavar="PATH",
+        help="real frames: a folder of PNG/JPEG files or a .npy array",
+    )
+    ap.add_argument(
+        "--config",
+        default=None,
+        metavar="JSON",
+        help="DREConfig JSON (as written by python -m hw.export)",
+    )
+    ap.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="override one DREConfig parameter (repeatable)",
+    )
+    ap.add_argument("--layer", type=int, default=0)
+    ap.add_argument("--head", type=int, default=0)
+    ap.add_argument("--queries", type=int, default=2, help="queries per frame (default 2)")
+    ap.add_argument("--tau-t", type=float, default=0.9)
+    ap.add_argument("--tau-s", type=float, default=0.8)
+    ap.add_argument("--margin", type=float, default=3.0, help="ReSV margin in attention logits")
+    ap.add_argument("--k-min", type=int, default=1)
+    ap.add_argument("--k-max", type=int, default=None, help="default: k_cap")
+    ap.add_argument("--table-size", type=int, default=None, help="default: n_max")
+    ap.add_argument(
+        "--clear-at",
+        type=int,
+        action="append",
+        default=[],
+        metavar="FRAME",
+        help="write CMD.clear_table before this frame (repeatable)",
+    )
+    ap.add_argument("--no-exit", action="store_true", help="disable early exit (CTRL.no_exit)")
+    ap.add_argument(
+        "--stall",
+        type=float,
+        default=0.0,
+        help="probability of ready low on the output streams (default 0)",
+    )
+    ap.add_argument(
+        "--gap",
+        type=float,
+        default=0.0,
+        help="probability of an idle cycle before an input beat (default 0)",
+    )
+    ap.add_argument(
+        "--seed",
+        type=int,
+        default=None,
+        help="seed of the video, weights and query picks (default $VREX_SEED or 1)",
+    )
+    ap.add_argument("--sim", choices=("verilator", "icarus"), default=None)
+    ap.add_argument("--waves", action="store_true", help="dump waveforms (same as WAVES=1)")
+    ap.add_argument("--out", default=None, metavar="JSON", help="write the summary here")
+    return ap.parse_args(argv)
+
+
+def build_spec(cfg: DREConfig, args, log=print) -> tuple[dict, dict]:
+    """The stimulus with every expected response, and golden-model totals for the table."""
+    from model.dre_top import DRERef, integer_stream
+
+    t0 = time.perf_counter()
+
+    def progress(t):
+        if (t + 1) % 16 == 0 or t + 1 == args.frames:
+            log(f"[sim_dre] golden model: frame {t + 1}/{args.frames} prefilled")
+
+    stream = integer_stream(
+        cfg,
+        frames=args.frames,
+        grid=args.grid,
+        source=args.frames_folder,
+        layer=args.layer,
+        head=args.head,
+        queries_per_frame=args.queries,
+        tau_t=args.tau_t,
+        tau_s=args.tau_s,
+        margin=args.margin,
+        k_min=args.k_min,
+        k_max=args.k_max,
+        table_size=args.table_size,
+        seed=args.seed,
+        progress=progress,
+    )
+    stream.regs.no_exit = int(args.no_exit)
+    ref = DRERef(cfg, stream.regs)
+    totals = dict.fromkeys(("TOKENS", "CLUSTERS", "FORCED", "DROPPED", "QUERIES", "PLANES_READ"), 0)
+    work = [0, 0]  # planes read, planes in the candidates scored
+
+    def answer(q):
+        r = ref.retrieve(q)
+        totals["QUERIES"] += 1
+        totals["PLANES_READ"] += r.planes_read
+        if r.selection is not None:
+            work[0] += r.planes_read
+            work[1] += r.n * cfg.bk
+        return {"q": q, "records": r.records, "planes_read": r.planes_read, "error": r.error}
+
+    pre = [answer(stream.frames[0].queries[0])]  # N = 0: the error trailer, no selection
+    frames = []
+    for t, fr in enumerate(stream.frames):
+        if t in args.clear_at:
+            ref.clear()
+        ids, status = ref.add_frame(fr.keys)
+        totals["TOKENS"] += len(ids)
+        for name, code in (("CLUSTERS", 1), ("FORCED", 2), ("DROPPED", 3)):
+            totals[name] += status.count(code)
+        frames.append(
+            {
+                "keys": fr.keys,
+                "ids": ids,
+                "status": status,
+                "error": ref.cluster.error,
+                "clear": t in args.clear_at,
+                "queries": [answer(q) for q in fr.queries],
+            }
+        )
+    regs = vars(stream.regs).copy()
+    spec = {
+        "cfg": cfg.to_dict(),
+        "seed": args.seed,
+        "stall": args.stall,
+        "gap": args.gap,
+        "regs": regs,
+        "pre_queries": pre,
+        "frames": frames,
+        "totals": totals,
+    }
+    golden = {
+        "clusters": ref.n_clusters,
+        "work": work,
+        "seconds": time.perf_counter() - t0,
+        "key_scale": stream.key_scale,
+        "query_scale": stream.query_scale,
+    }
+    return spec, golden
+
+
+def table(rows: list[tuple[str, str]]) -> str:
+    w = max(len(k) for k, _ in rows)
+    v = max(len(x) for _, x in rows)
+    lines = [
+        f"| {'quantity'.ljust(w)} | {'value'.rjust(v)} |",
+        f"|{'-' * (w + 2)}|{'-' * (v + 2)}|",
+    ]
+    lines += [f"| {k.ljust(w)} | {x.rjust(v)} |" for k, x in rows]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.seed is None:
+        args.seed = int(os.environ.get("VREX_SEED", "1"))
+    try:
+        base = DREConfig.from_json(args.config) if args.config else DREConfig()
+        cfg = DREConfig.from_overrides(args.set, base=base)
+        h, w = args.grid
+        if args.frames < 1:
+            raise ConfigError(f"--frames={args.frames} must be >= 1")
+        if h * w > cfg.grid_max:
+            raise ConfigError(
+                f"--grid {h}x{w} has {h * w} tokens, more than grid_max={cfg.grid_max}; "
+                f"use --set grid_max={h * w}"
+            )
+        for name in ("stall", "gap"):
+            if not 0 <= getattr(args, name) < 1:
+                raise ConfigError(f"--{name}={getattr(args, name)} must be in [0, 1)")
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+    from hw.dre import DRE
+    from model.video import VideoError
+    from verif.runner import SimulationFailed, run
+
+    print(f"[sim_dre] DREConfig {cfg.to_dict()}")
+    print(
+        f"[sim_dre] {args.frames} frames {h}x{w} from "
+        f"{args.frames_folder or 'the synthetic video'}, TinyLLM layer {args.layer} KV head "
+        f"{args.head}, {args.queries} queries per frame, seed {args.seed}"
+    )
+    try:
+        spec, golden = build_spec(cfg, args)
+    except (ConfigError, VideoError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    regs = spec["regs"]
+    print(
+        f"[sim_dre] registers: tau_t {regs['tau_t']} tau_s {regs['tau_s']} (/2^"
+        f"{cfg.tau_frac_bits}), table {regs['table_size']}, bias_scale {regs['bias_scale']}, "
+        f"margin {regs['margin']}, k {regs['k_min']}..{regs['k_max']}; golden model "
+        f"{golden['seconds']:.1f} s"
+    )
+    OUT_DIR.mkdir(parents=True, exist_ok=True)
+    spec_path = OUT_DIR / f"spec-{os.getpid()}.json"
+    out_path = Path(args.out) if args.out else OUT_DIR / f"summary-{os.getpid()}.json"
+    spec["out"] = str(out_path.resolve())
+    spec_path.write_text(json.dumps(spec))
+    print("[sim_dre] RTL: building and running the Verilated DRE (progress per frame below)")
+    t0 = time.perf_counter()
+    failed = None
+    try:
+        run(
+            DRE(cfg),
+            "dre",
+            "verif.tb_dre",
+            extra_env={"VREX_DRE": f"@{spec_path}"},
+            sim=args.sim,
+            waves=True if args.waves else None,
+            testcase="dre_stream",
+            seed=args.seed,
+        )
+    except SimulationFailed as exc:
+        failed = str(exc)
+    finally:
+        spec_path.unlink(missing_ok=True)
+    total_s = time.perf_counter() - t0
+    if not out_path.exists():
+        print(f"error: the simulation ended without a summary: {failed}", file=sys.stderr)
+        return 1
+    s = json.loads(out_path.read_text())
+    if not args.out:
+        out_path.unlink()
+
+    frames = s["frames"]
+    tokens = sum(f["tokens"] for f in frames)
+    n_queries = sum(f["queries"] for f in frames)
+    cyc = [f["cycles"] for f in frames]
+    t = spec["totals"]
+    rc = s["retrieval_cycles"][1:]  # the first is the N = 0 error trailer
+    selected = sum(len(q["records"]) for f in spec["frames"] for q in f["queries"])
+    work = golden["work"]
+    rows = [
+        ("frames", f"{len(frames)}"),
+        ("tokens", f"{tokens}"),
+        ("clusters (in table at end)", f"{golden['clusters']}"),
+        ("new / forced / dropped", f"{t['CLUSTERS']} / {t['FORCED']} / {t['DROPPED']}"),
+        ("retrievals (incl. 1 error check)", f"{s['retrievals']}"),
+        (
+            "mean selected per retrieval",
+            f"{selected / n_queries:.2f}",
+        ),
+        ("mismatches", f"{s['mismatches']}"),
+        ("cycles per frame (mean)", f"{sum(cyc) / len(cyc):.0f}"),
+        ("cycles per retrieval (mean)", f"{sum(rc) / max(1, len(rc)):.0f}"),
+        ("work fraction (planes read / N*bk)", f"{work[0] / max(1, work[1]):.3f}"),
+        ("simulated cycles", f"{s['sim_cycles']}"),
+        ("simulated cycles per wall second", f"{s['sim_cycles'] / max(1e-9, s['wall_s']):.0f}"),
+        ("wall time, RTL run incl. build (s)", f"{total_s:.1f}"),
+    ]
+    print()
+    print(table(rows))
+    for m in s.get("first_mismatches", []):
+        print(f"  mismatch: {m}")
+    if failed or s["mismatches"]:
+        print(
+            f"[sim_dre] FAILED (seed {args.seed}; rerun with --seed {args.seed} WAVES=1 "
+            f"for a waveform): {failed or ''}",
+            file=sys.stderr,
+        )
+        return 1
+    print(
+        f"[sim_dre] PASS: {s['assignments']} assignments and {s['retrievals']} retrievals "
+        f"bit-exact with the golden model"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

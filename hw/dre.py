@@ -67,11 +67,20 @@ class DRE(wiring.Component):
     takes the cycles its trailer reports (``docs/select.md``) plus one cycle to start.
     """
 
-    def __init__(self, cfg: DREConfig):
+    @staticmethod
+    def check_config(cfg: DREConfig) -> None:
+        """Raise :class:`ConfigError` if ``cfg`` cannot be built (before anything is built)."""
         if not isinstance(cfg, DREConfig):
             raise ConfigError(f"cfg must be a DREConfig, got {type(cfg).__name__}")
         if cfg.n_max < 2:
             raise ConfigError(f"DRE: n_max={cfg.n_max} must be >= 2 (the table needs an address)")
+
+    def __init__(self, cfg: DREConfig):
+        try:
+            self.check_config(cfg)
+        except ConfigError:
+            self._MustUse__silence = True  # a rejected component is not an unused one
+            raise
         self.cfg = cfg
         self.register_map = dre_regs.register_map(cfg)
         super().__init__(

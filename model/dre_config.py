@@ -144,10 +144,13 @@ class DREConfig:
 
     @classmethod
     def from_json(cls, path: str | Path) -> DREConfig:
+        """Read ``{"d": 64, ...}`` or an export's ``{"config": {...}, ...}``."""
         try:
             data = json.loads(Path(path).read_text())
         except (OSError, json.JSONDecodeError) as exc:
             raise ConfigError(f"cannot read DRE config {path}: {exc}") from None
+        if isinstance(data, dict) and isinstance(data.get("config"), dict):
+            data = data["config"]  # the JSON python -m hw.export writes beside the Verilog
         if not isinstance(data, dict):
             raise ConfigError(f"DRE config {path} must hold a JSON object")
         return cls().replace(**data)

@@ -110,19 +110,18 @@ def run(
         waves=waves,
     )
     results = build_dir / f"results-{test_module.rsplit('.', 1)[-1]}-{os.getpid()}.xml"
+    results.unlink(missing_ok=True)  # never read a stale file of an earlier run
     env = {k: str(v) for k, v in (extra_env or {}).items()}
-    runner.test(
-        test_module=test_module,
-        hdl_toplevel=name,
-        build_dir=build_dir,
-        test_dir=build_dir,
-        extra_env=env,
-        waves=waves,
-        testcase=testcase,
-        seed=seed,
-        results_xml=str(results),
-        timescale=("1ns", "1ps"),
-    )
+    # Under pytest, cocotb's runner checks the results itself and calls sys.exit() on a failure;
+    # turn that into the SimulationFailed below (with the counts read from the results file).
+    try:
+        _test(runner, results, test_module, name, build_dir, env, waves, testcase, seed)
+    except SystemExit as exc:
+        if not results.exists():
+            raise SimulationFailed(
+                f"{name}: the simulator exited with status {exc.code} and wrote no results "
+                f"(build dir {build_dir})"
+            ) from None
     if waves:
         fst = sim == "verilator" and _have_lz4()
         if sim == "verilator":
@@ -139,3 +138,18 @@ def run(
             f"(build dir {build_dir}; rerun with WAVES=1 for an FST dump)"
         )
     return results
+
+
+def _test(runner, results, test_module, name, build_dir, env, waves, testcase, seed):
+    runner.test(
+        test_module=test_module,
+        hdl_toplevel=name,
+        build_dir=build_dir,
+        test_dir=build_dir,
+        extra_env=env,
+        waves=waves,
+        testcase=testcase,
+        seed=seed,
+        results_xml=str(results),
+        timescale=("1ns", "1ps"),
+    )

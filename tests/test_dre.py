@@ -323,3 +323,11 @@ def test_make_sim_icarus(tmp_path):
     assert (
         sim_dre.main(_sim_args(tmp_path, "--frames", "2", "--grid", "4x4", "--sim", "icarus")) == 0
     )
+
+
+def test_docs_register_map_matches_the_code():
+    """docs/dre.md quotes the register map generated from hw/dre_regs.py, unchanged."""
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "dre.md").read_text()
+    assert dre_regs.markdown(DREConfig()) in doc, "regenerate with python -m hw.export --regmap"

@@ -25,7 +25,7 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from amaranth import ClockDomain, Elaboratable, Module, Signal
+from amaranth import ClockDomain, Elaboratable, Module, Signal, Value
 from amaranth.back import verilog
 from amaranth.lib.wiring import Flow
 
@@ -57,7 +57,7 @@ class RegisteredIO(Elaboratable):
         self.clk = Signal(name="clk")
         self.rst = Signal(name="rst")
         self._ports = [
-            (member.flow, value, Signal(len(value), name="__".join(map(str, path))))
+            (member.flow, value, Signal(len(Value.cast(value)), name="__".join(map(str, path))))
             for path, member, value in dut.signature.flatten(dut)
         ]
         #: every top-level port, for ``verilog.convert(..., ports=)``
@@ -72,7 +72,8 @@ class RegisteredIO(Elaboratable):
         m.d.sync += rst_q.eq(self.rst)
         m.d.comb += cd.rst.eq(rst_q)
         for flow, value, pin in self._ports:
-            q = Signal(len(value), name=HARNESS + pin.name, reset_less=True, attrs={"keep": 1})
+            width = len(Value.cast(value))
+            q = Signal(width, name=HARNESS + pin.name, reset_less=True, attrs={"keep": 1})
             if flow == Flow.In:
                 m.d.sync += q.eq(pin)
                 m.d.comb += value.eq(q)

@@ -314,17 +314,6 @@ def test_make_sim_default_config_64_frames(tmp_path):
     assert sim_dre.main(["--out", str(tmp_path / "summary.json")]) == 0
 
 
-@pytest.mark.regress
-@pytest.mark.cocotb
-def test_make_sim_icarus(tmp_path):
-    """The second simulator on the small configuration."""
-    assert shutil.which("iverilog"), "iverilog not found: apt-get install iverilog"
-    toolenv.apply()
-    assert (
-        sim_dre.main(_sim_args(tmp_path, "--frames", "2", "--grid", "4x4", "--sim", "icarus")) == 0
-    )
-
-
 def test_docs_register_map_matches_the_code():
     """docs/dre.md quotes the register map generated from hw/dre_regs.py, unchanged."""
     from pathlib import Path

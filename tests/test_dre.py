@@ -234,6 +234,18 @@ def _sim_args(tmp_path, *extra):
     return [*cfg_args, "--out", str(tmp_path / "summary.json"), *extra]
 
 
+def _run_tb(spec_path, testcase: str):
+    """One cocotb test of verif/tb_dre.py on the SMALL DRE, with the spec in a file."""
+    toolenv.apply()
+    run(
+        DRE(SMALL),
+        "dre",
+        "verif.tb_dre",
+        extra_env={"VREX_DRE": f"@{spec_path}"},
+        testcase=testcase,
+    )
+
+
 @pytest.mark.cocotb
 def test_make_sim_short_with_backpressure(tmp_path, seed):
     """The `make sim` flow on a small configuration: random gaps and backpressure on every
@@ -281,13 +293,7 @@ def test_scoreboard_catches_a_wrong_expectation(tmp_path, seed):
     path = tmp_path / "spec.json"
     path.write_text(json.dumps(spec))
     with pytest.raises(SimulationFailed):
-        run(
-            DRE(SMALL),
-            "dre",
-            "verif.tb_dre",
-            extra_env={"VREX_DRE": f"@{path}"},
-            testcase="dre_stream",
-        )
+        _run_tb(path, "dre_stream")
     s = json.loads((tmp_path / "summary.json").read_text())
     assert s["mismatches"] == 1 and "selection" in s["first_mismatches"][0]
 
@@ -297,13 +303,7 @@ def test_register_block(tmp_path, seed):
     toolenv.apply()
     path = tmp_path / "spec.json"
     path.write_text(json.dumps({"cfg": SMALL.to_dict(), "seed": seed}))
-    run(
-        DRE(SMALL),
-        "dre",
-        "verif.tb_dre",
-        extra_env={"VREX_DRE": f"@{path}"},
-        testcase="dre_registers",
-    )
+    _run_tb(path, "dre_registers")
 
 
 @pytest.mark.regress

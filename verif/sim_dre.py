@@ -23,20 +23,11 @@ import sys
 import time
 from pathlib import Path
 
+from model.bench import parse_grid
 from model.dre_config import ConfigError, DREConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT_DIR = ROOT / "build" / "sim_dre"
-
-
-def _grid(text: str) -> tuple[int, int]:
-    try:
-        h, w = (int(x) for x in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"grid must look like 14x14, got {text!r}") from None
-    if h < 1 or w < 1:
-        raise argparse.ArgumentTypeError(f"grid {text!r} must be at least 1x1")
-    return h, w
 
 
 def parse_args(argv):
@@ -44,7 +35,7 @@ def parse_args(argv):
         prog="python -m verif.sim_dre", description=__doc__.split("\n\n")[0].strip("`")
     )
     ap.add_argument("--frames", type=int, default=64, help="frames to stream (default 64)")
-    ap.add_argument("--grid", type=_grid, default=(14, 14), help="token grid HxW (default 14x14)")
+    ap.add_argument("--grid", type=parse_grid, default=(14, 14), help="token grid HxW (14x14)")
     ap.add_argument(
         "--frames-folder",
         default=None,

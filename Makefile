@@ -52,7 +52,7 @@ sim: setup
 	$(TOOLS) $(PY) -m verif.sim_dre $(SIMARGS)
 
 synth: setup
-	$(TOOLS) $(PY) -m synth.report --out docs/synth.md
+	$(TOOLS) $(PY) -m synth.report --designs dre selector --out docs/synth.md
 
 export: setup
 	$(PY) -m hw.export --out build/dre.v

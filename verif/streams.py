@@ -4,7 +4,8 @@ In the style of cocotbext-axi: a :class:`StreamSource` drives ``<name>__valid`` 
 ``<name>__payload`` of an ``amaranth.lib.stream`` input (random idle gaps between beats), a
 :class:`StreamSink` takes beats from an output with ``ready`` random every cycle (or held high
 when ``stall`` is 0, so that a beat can be taken every cycle).  :func:`pack` / :func:`unpack`
-convert between Amaranth layouts and the integers cocotb sees on a port.
+convert between Amaranth layouts and the integers cocotb sees on a port; :func:`reset` is the
+reset sequence every testbench uses.
 """
 
 from __future__ import annotations
@@ -13,6 +14,15 @@ import random
 
 from cocotb.triggers import ReadOnly, RisingEdge
 from cocotb.utils import get_sim_time
+
+
+async def reset(dut, cycles: int = 3) -> None:
+    """Hold ``dut.rst`` high for ``cycles`` clock edges, then release it for one more edge."""
+    dut.rst.value = 1
+    for _ in range(cycles):
+        await RisingEdge(dut.clk)
+    dut.rst.value = 0
+    await RisingEdge(dut.clk)
 
 
 def pack(layout, fields: dict) -> int:

@@ -41,7 +41,7 @@ from hw.select_core import Kind
 from hw.select_core import result_layout as selection_layout
 from model.dre_cluster import STATUS_NAMES
 from model.dre_config import DREConfig
-from verif.streams import StreamSink, StreamSource, pack_signed, unpack
+from verif.streams import StreamSink, StreamSource, pack_signed, reset, unpack
 
 PERIOD_NS = 10
 MAX_REPORTED = 20  # mismatch messages printed in full; the rest are counted
@@ -88,11 +88,7 @@ class TB:
         self.mismatches.append(text)
 
     async def reset(self):
-        self.dut.rst.value = 1
-        for _ in range(3):
-            await RisingEdge(self.dut.clk)
-        self.dut.rst.value = 0
-        await RisingEdge(self.dut.clk)
+        await reset(self.dut)
 
     # ---- register bus -------------------------------------------------------------------------
     async def write_word(self, addr: int, value: int):

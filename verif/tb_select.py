@@ -33,7 +33,7 @@ from hw.select_core import ERROR_LAYOUT, Kind, query_layout, result_layout
 from hw.selector import key_layout
 from model.dre_config import DREConfig
 from model.dre_ref import select
-from verif.streams import StreamSink, StreamSource, pack, unpack
+from verif.streams import StreamSink, StreamSource, pack, reset, unpack
 
 PERIOD_NS = 10
 
@@ -52,11 +52,7 @@ class TB:
         cocotb.start_soon(Clock(dut.clk, PERIOD_NS, unit="ns").start())
 
     async def reset(self):
-        self.dut.rst.value = 1
-        for _ in range(3):
-            await RisingEdge(self.dut.clk)
-        self.dut.rst.value = 0
-        await RisingEdge(self.dut.clk)
+        await reset(self.dut)
 
     def schedule_cycles(self, alive: tuple[int, ...]) -> tuple[int, int]:
         """Bounds on compute cycles of one retrieval from the schedule in SelectCore's docstring.

@@ -233,7 +233,8 @@ def render(rows: list[Row], meta: dict[str, str], quick: bool) -> str:
             synth = ", ".join(f"{c} {n:,}" for c, n in sorted(e.synth_cells.items()))
             lines += [
                 f"ECP5 ({e.device}): **does not fit**; nextpnr: `{e.pnr_error.strip()}`.  "
-                f"Yosys `synth_ecp5` mapped it to: {synth}.",
+                f"Yosys `synth_ecp5`{'' if e.abc9 else ' -noabc9 (ABC9 crashed)'} mapped it "
+                f"to: {synth}.",
                 "",
             ]
         elif r.ecp5 is not None:
@@ -241,6 +242,8 @@ def render(rows: list[Row], meta: dict[str, str], quick: bool) -> str:
             synth = ", ".join(f"{c} {n:,}" for c, n in sorted(e.synth_cells.items()))
             avail = ", ".join(f"{RESOURCES[k]} {e.used[k]:,}/{e.available[k]:,}" for k in RESOURCES)
             lines += [f"ECP5 ({e.device}) placed: {avail}.  Yosys cells: {synth}."]
+            if not e.abc9:
+                lines.append("Mapped with `synth_ecp5 -noabc9` (ABC9 crashed on this design).")
             clocks = ", ".join(f"`{c}` {f:.1f} MHz" for c, f in sorted(e.fmax.items()))
             if clocks:
                 lines.append(f"Fmax: {clocks}.")

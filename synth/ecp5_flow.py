@@ -122,7 +122,7 @@ class Ecp5Result:
     #: (LUT4 = LUT4 + 2 per CCU2C carry cell) and ``available`` is empty
     placed: bool = True
     pnr_error: str = ""
-    #: False when synth_ecp5 ran with -noabc9 because ABC9 crashed
+    #: False when LUTs were mapped with classic ABC because ABC9 crashed
     abc9: bool = True
 
     @property
@@ -160,15 +160,16 @@ def synth_ecp5(
     t0 = time.monotonic()
     abc9 = True
     try:
-        _synth(top, "", workdir, timeout)
+        _synth(top, "abc9", workdir, timeout)
     except ToolError as exc:
         # Yosys 0.70's ABC9 re-integration trips an internal assertion on the larger DREs
-        # (`GetSize(conn.first) == GetSize(conn.second)` in rtlil.cc); the classic ABC flow
-        # maps them.  Only that failure is retried, and the report says so.
+        # (`GetSize(conn.first) == GetSize(conn.second)` in rtlil.cc), and synth_ecp5 has no
+        # -noabc9 any more: run its script up to LUT mapping, map with classic `abc -lut 4`,
+        # then run the rest.  Only that failure is retried, and the report says so.
         if "Assert" not in str(exc):
             raise
         abc9 = False
-        _synth(top, " -noabc9", workdir, timeout)
+        _synth(top, "abc", workdir, timeout)
     t1 = time.monotonic()
     log = workdir / "nextpnr.log"
     pnr_error = ""
@@ -268,11 +269,20 @@ def _nextpnr(device, package, freq_mhz, seed, workdir, log, timeout) -> None:
     )
 
 
-def _synth(top: str, flags: str, workdir: Path, timeout: float) -> None:
+def _synth(top: str, mapper: str, workdir: Path, timeout: float) -> None:
+    """synth_ecp5 into ecp5.json; ``mapper`` "abc9" (its default) or "abc" (classic LUT map)."""
+    if mapper == "abc9":
+        steps = f"synth_ecp5 -top {top} -json ecp5.json\n"
+    else:
+        steps = (
+            f"synth_ecp5 -top {top} -run begin:map_luts\n"
+            "techmap -map +/lattice/latches_map.v\n"
+            "abc -lut 4\n"
+            "clean\n"
+            f"synth_ecp5 -top {top} -run map_cells: -json ecp5.json\n"
+        )
     yosys(
-        f"read_verilog -sv design.v\n"
-        f"synth_ecp5 -top {top}{flags} -json ecp5.json\n"
-        f"tee -q -o ecp5_stat.json stat -json\n",
+        f"read_verilog -sv design.v\n{steps}tee -q -o ecp5_stat.json stat -json\n",
         workdir,
         "ecp5_synth",
         timeout,

@@ -233,8 +233,8 @@ def render(rows: list[Row], meta: dict[str, str], quick: bool) -> str:
             synth = ", ".join(f"{c} {n:,}" for c, n in sorted(e.synth_cells.items()))
             lines += [
                 f"ECP5 ({e.device}): **does not fit**; nextpnr: `{e.pnr_error.strip()}`.  "
-                f"Yosys `synth_ecp5`{'' if e.abc9 else ' -noabc9 (ABC9 crashed)'} mapped it "
-                f"to: {synth}.",
+                f"Yosys `synth_ecp5`{'' if e.abc9 else ' (LUTs by classic ABC: ABC9 crashed)'} "
+                f"mapped it to: {synth}.",
                 "",
             ]
         elif r.ecp5 is not None:
@@ -243,7 +243,7 @@ def render(rows: list[Row], meta: dict[str, str], quick: bool) -> str:
             avail = ", ".join(f"{RESOURCES[k]} {e.used[k]:,}/{e.available[k]:,}" for k in RESOURCES)
             lines += [f"ECP5 ({e.device}) placed: {avail}.  Yosys cells: {synth}."]
             if not e.abc9:
-                lines.append("Mapped with `synth_ecp5 -noabc9` (ABC9 crashed on this design).")
+                lines.append("LUTs mapped with classic `abc -lut 4` (ABC9 crashed on this design).")
             clocks = ", ".join(f"`{c}` {f:.1f} MHz" for c, f in sorted(e.fmax.items()))
             if clocks:
                 lines.append(f"Fmax: {clocks}.")

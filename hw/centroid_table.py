@@ -86,8 +86,8 @@ class CentroidTable(wiring.Component):
 
     Interface (all read ports synchronous, always enabled, one cycle of latency)
     ------------------------------------------------------------------------------
-    cand : In(SumReadSignature) x ``ports``, cand_meta : In(MetaReadSignature) x ``ports``
-        The candidates' reads of the cosine test.
+    cand : In(SumReadSignature) x ``ports``, cand_meta : In(MetaReadSignature) x ``meta_ports``
+        The candidates' reads of the cosine test (``meta_ports`` defaults to ``ports``).
     upd : In(SumReadSignature)
         Read half of the read-modify-write that adds a key to a sum.
     wb : In(SumReadSignature), wb_meta : In(MetaReadSignature)
@@ -95,21 +95,27 @@ class CentroidTable(wiring.Component):
     wr : In(SumWriteSignature), wr_meta : In(MetaWriteSignature)
         One chunk and one meta row per cycle; no backpressure.
 
-    No port is transparent: a read of a row written in the same cycle returns the old contents
-    (the clustering unit schedules its sum updates at least one cycle ahead of the reads).
+    Every read port is transparent: a read of a row written in the same cycle returns the new
+    contents (the clustering unit relies on it: a sum update that starts writing in the cycle a
+    dot product starts reading is seen by all its chunks, and so is a ``|S|^2``/count written by
+    the decision in the cycle the next token's candidates are read).  On an FPGA or ASIC this is
+    a bypass multiplexer per read port.
     """
 
-    def __init__(self, cfg: DREConfig, ports: int = 3):
+    def __init__(self, cfg: DREConfig, ports: int = 3, meta_ports: int | None = None):
         if not isinstance(cfg, DREConfig):
             raise ConfigError(f"cfg must be a DREConfig, got {type(cfg).__name__}")
         if not isinstance(ports, int) or ports < 1:
             raise ConfigError(f"ports={ports!r} must be an integer >= 1")
+        meta_ports = ports if meta_ports is None else meta_ports
+        if not isinstance(meta_ports, int) or meta_ports < 1:
+            raise ConfigError(f"meta_ports={meta_ports!r} must be an integer >= 1")
         self.cfg = cfg
-        self.ports = ports
+        self.ports, self.meta_ports = ports, meta_ports
         super().__init__(
             {
                 "cand": In(SumReadSignature(cfg)).array(ports),
-                "cand_meta": In(MetaReadSignature(cfg)).array(ports),
+                "cand_meta": In(MetaReadSignature(cfg)).array(meta_ports),
                 "upd": In(SumReadSignature(cfg)),
                 "wb": In(SumReadSignature(cfg)),
                 "wb_meta": In(MetaReadSignature(cfg)),
@@ -137,9 +143,9 @@ class CentroidTable(wiring.Component):
             mw.data.eq(self.wr_meta.data),
         ]
         for port in (*self.cand, self.upd, self.wb):
-            rp = sums.read_port()
+            rp = sums.read_port(transparent_for=(wp,))
             m.d.comb += [rp.addr.eq(row(port)), port.data.eq(rp.data)]
         for port in (*self.cand_meta, self.wb_meta):
-            rp = meta.read_port()
+            rp = meta.read_port(transparent_for=(mw,))
             m.d.comb += [rp.addr.eq(port.id), port.data.eq(rp.data)]
         return m

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from amaranth import Cat, Module, Mux, Signal, signed, unsigned
+from amaranth import Cat, Module, Mux, Signal, Value, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.memory import Memory
@@ -18,6 +18,14 @@ from model.dre_config import ConfigError, DREConfig
 
 #: Candidates in test order: temporal, left, up.
 TEMPORAL, LEFT, UP = 0, 1, 2
+
+
+def token_period(cfg: DREConfig) -> int:
+    """Cycles between tokens at full rate (no input gaps, no backpressure):
+    ``max(G, ceil((G + 4) / 2), 3)`` with ``G = d / lanes``, i.e. ``G`` for ``G >= 4``
+    (``docs/cluster.md`` derives it)."""
+    G = cfg.groups
+    return max(G, (G + 5) // 2, 3)
 
 
 def key_layout(cfg: DREConfig) -> data.ArrayLayout:
@@ -67,16 +75,25 @@ class ClusterUnit(wiring.Component):
 
     Timing
     ------
-    A token takes ``G + 6`` cycles (``G = d / lanes``) from its acceptance to its decision, and
-    the next token is accepted in the cycle after: throughput one token per ``G + 6`` cycles.
-    ``accept (1) | owner-map read (1) | G chunk reads, 3 dot products of lanes each | last
-    accumulate (1) | cosine test and most-similar, 2 stages | decide (1)``.  The three candidates
-    are tested in parallel (three read ports), but the next token cannot start its dot products
-    before this token's decision: its *left* candidate is this token's cluster (a loop-carried
-    dependence).  The sum update of a token (``S += k``, ``G`` read-modify-write cycles) overlaps
-    the next token's owner read and dot products and always stays at least one chunk ahead of
-    them, so they read updated sums.  ``|S|^2`` and ``n`` are written at the decision.
-    Write-backs run in the background from a queue of updated clusters (each id at most once).
+    Throughput one token per ``token_period(cfg) = max(G, ceil((G + 4) / 2), 3)`` cycles
+    (``G = d / lanes``; ``G`` for ``G >= 4``, 4 at the default d = 64, lanes = 16), latency
+    ``G + 6`` cycles from acceptance to the result.  Stages: ``accept | IN: owner-map reads |
+    G chunk reads (5 sums, k.k_prev, |k|^2) | last accumulate | T1: resolve + cosine stage 1 |
+    T2: cosine stage 2 | DEC``.  Token ``t+1`` starts its dot products as soon as the read ports
+    are free and token ``t-1`` is decided, i.e. while token ``t`` is still being decided.  Its
+    *left* candidate (and its up / temporal candidate on a grid 1 wide / of 1 token) is ``t``'s
+    cluster, not known yet: ``t+1`` reads the sums of all three of ``t``'s candidates and
+    computes ``k_{t+1}.k_t``; at T1, once ``t`` is decided, it takes ``k_{t+1}.S_c + k_{t+1}.k_t``
+    for the candidate ``c`` that ``t`` joined, or ``k_{t+1}.k_t`` if ``t`` opened a cluster.
+    ``t``'s sum update starts writing after ``t+1``'s reads began, so ``t+1`` never sees it and
+    corrects any of its own candidates equal to ``t``'s cluster by ``k_{t+1}.k_t``; every
+    earlier update is complete in time (transparent table ports).  ``|S|^2`` and counts come from
+    the table (transparent reads, written at the decision) or, for ``t``'s cluster, from the
+    decision's own registers.  Candidates two tokens back (grid width 2, frames of 2 tokens)
+    come from the decision history instead of the owner map.  The decision waits for a free
+    ``result`` register and a free sum-update engine (``G`` cycles per update).  Write-backs run
+    in the background from a queue of updated clusters (each id at most once).
+    ``docs/cluster.md`` has the schedule and the hazard argument.
     """
 
     def __init__(self, cfg: DREConfig):
@@ -107,13 +124,17 @@ class ClusterUnit(wiring.Component):
         G, L = cfg.groups, cfg.lanes
         m = Module()
 
-        m.submodules.table = table = CentroidTable(cfg, ports=3)
+        # Sum read ports: 0 own temporal, 1 own up, 2..4 the previous token's three candidates.
+        m.submodules.table = table = CentroidTable(cfg, ports=5, meta_ports=2)
         m.submodules.writeback = wb = ClusterWriteback(cfg)
         m.submodules.queue = queue = SyncFIFOBuffered(width=cfg.index_bits, depth=cfg.n_max)
         cos = [CosineTest(cfg) for _ in range(3)]
         for i, c in enumerate(cos):
             m.submodules[f"cosine{i}"] = c
         m.submodules.similar = similar = MostSimilar(cfg, 3)
+
+        def pick(pair, bit):  # one of two banks by a parity bit
+            return Mux(bit, pair[1], pair[0])
 
         # ---- owner map: per grid position, (valid, cluster) of the last visit ---------------
         owner_layout = data.StructLayout({"valid": 1, "id": range(cfg.n_max)})
@@ -122,26 +143,15 @@ class ClusterUnit(wiring.Component):
         own_t = owner.read_port()  # temporal: this position, previous frame
         own_u = owner.read_port()  # up: the position one row above, this frame
 
-        # ---- registers ------------------------------------------------------------------------
-        key = Signal(key_layout(cfg))
+        # ---- acceptance and frame registers ---------------------------------------------------
         pos, col, row = Signal(16), Signal(16), Signal(16)  # next token's position
-        tok_pos, tok_col, tok_row = Signal(16), Signal(16), Signal(16)  # current token's
-        tok_last = Signal()
         f_w, f_h, f_size = Signal(16), Signal(16), Signal(32)  # sampled at the frame start
         f_tau_t, f_tau_s = Signal(wd.tau), Signal(wd.tau)
         f_table = Signal(range(cfg.n_max + 1))
         f_temporal = Signal()  # this frame has a temporal candidate
         temporal_ok, prev_w, prev_h = Signal(), Signal(16), Signal(16)
-        last_id, last_valid = Signal(range(cfg.n_max)), Signal()  # the left candidate
         n_used = Signal(range(cfg.n_max + 1))
         clear_pending = Signal()
-        cand_id = [Signal(range(cfg.n_max), name=f"cand{i}_id") for i in range(3)]
-        cand_ex = Signal(3)  # candidate exists
-        dot = [Signal(signed(wd.dot), name=f"dot{i}") for i in range(3)]
-        key_norm = Signal(unsigned(wd.key_norm))
-        chunk = Signal(chunk_shape(cfg))
-        acc_en = Signal()  # a chunk's sums arrive this cycle
-        acc_chunk = Signal(chunk_shape(cfg))
 
         m.d.comb += self.n_clusters.eq(n_used)
         with m.If(self.clear):
@@ -155,7 +165,14 @@ class ClusterUnit(wiring.Component):
         # ---- frame configuration at a frame start (combinational view) -------------------------
         start = pos == 0
         cur_w = Mux(start, self.grid_w, f_w)
+        cur_h = Mux(start, self.grid_h, f_h)
         cur_size = Mux(start, self.grid_w * self.grid_h, f_size)
+        cur_tau_t = Mux(start, self.tau_t, f_tau_t)
+        cur_tau_s = Mux(start, self.tau_s, f_tau_s)
+        cur_table = Mux(start, self.table_size, f_table)
+        cur_temporal = Mux(
+            start, temporal_ok & (self.grid_w == prev_w) & (self.grid_h == prev_h), f_temporal
+        )
         one = 1 << cfg.tau_frac_bits
         bad = (
             (self.grid_w * self.grid_h == 0)
@@ -167,63 +184,279 @@ class ClusterUnit(wiring.Component):
         )
         error_now = self.error | (start & bad)
 
-        # ---- owner map reads (addresses presented at acceptance) -----------------------------
-        m.d.comb += [own_t.addr.eq(pos), own_u.addr.eq(pos - cur_w)]
+        # ---- IN stage: one accepted token, its owner-map reads under way --------------------
+        in_valid, in_aged, in_err = Signal(), Signal(), Signal()
+        in_key = Signal(key_layout(cfg))
+        in_pos, in_upos, in_last = Signal(16), Signal(16), Signal()
+        in_tau_t, in_tau_s = Signal(wd.tau), Signal(wd.tau)
+        in_table = Signal(range(cfg.n_max + 1))
+        in_ex = Signal(3)  # candidate slot exists by position (temporal, left, up)
+        in_d1 = Signal(3)  # the slot names the token just before (distance 1)
+        in_d2 = Signal(3)  # the slot names the token two before (distance 2)
+        m.d.comb += [own_t.addr.eq(in_pos), own_u.addr.eq(in_upos)]
 
-        # ---- table reads of the candidates ---------------------------------------------------
-        for i in range(3):
-            m.d.comb += [
-                table.cand[i].id.eq(cand_id[i]),
-                table.cand[i].chunk.eq(chunk),
-                table.cand_meta[i].id.eq(cand_id[i]),
+        accept = Signal()
+        m.d.comb += [
+            self.keys.ready.eq(~in_valid & ~clear_pending),
+            accept.eq(self.keys.valid & self.keys.ready),
+        ]
+        with m.If(accept):
+            m.d.sync += [
+                in_valid.eq(1),
+                in_aged.eq(0),
+                in_err.eq(error_now),
+                in_key.eq(self.keys.payload),
+                in_pos.eq(pos),
+                in_upos.eq(pos - cur_w),
+                in_last.eq(pos + 1 == cur_size),
+                in_tau_t.eq(cur_tau_t),
+                in_tau_s.eq(cur_tau_s),
+                in_table.eq(cur_table),
+                in_ex.eq(Cat(cur_temporal, col != 0, row != 0)),
+                in_d1.eq(Cat(cur_size == 1, 1, cur_w == 1)),
+                in_d2.eq(Cat(cur_size == 2, 0, cur_w == 2)),
             ]
-        meta = [table.cand_meta[i].data for i in range(3)]
-        eligible = Signal(3)  # exists and not saturated
-        m.d.comb += eligible.eq(
-            Cat(cand_ex[i] & (meta[i].count != cfg.count_max) for i in range(3))
-        )
+            with m.If(start):
+                m.d.sync += [
+                    f_w.eq(self.grid_w),
+                    f_h.eq(self.grid_h),
+                    f_size.eq(self.grid_w * self.grid_h),
+                    f_tau_t.eq(self.tau_t),
+                    f_tau_s.eq(self.tau_s),
+                    f_table.eq(self.table_size),
+                    f_temporal.eq(cur_temporal),
+                    self.error.eq(error_now),
+                ]
+            # Advance the position; a complete frame without error gives the next one a
+            # temporal candidate (every accepted token is decided, nothing aborts a frame).
+            with m.If(pos + 1 == cur_size):
+                m.d.sync += [pos.eq(0), col.eq(0), row.eq(0)]
+                with m.If(~error_now):
+                    m.d.sync += [temporal_ok.eq(1), prev_w.eq(cur_w), prev_h.eq(cur_h)]
+            with m.Elif(col + 1 == cur_w):
+                m.d.sync += [pos.eq(pos + 1), col.eq(0), row.eq(row + 1)]
+            with m.Else():
+                m.d.sync += [pos.eq(pos + 1), col.eq(col + 1)]
+        with m.Elif(in_valid):
+            m.d.sync += in_aged.eq(1)  # the owner data of in_pos / in_upos is valid from now on
 
-        # ---- dot products: one chunk of lanes per cycle --------------------------------------
-        key_chunk = Signal(data.ArrayLayout(signed(cfg.bk), L))
-        if G > 1:
-            m.d.comb += key_chunk.eq(key.as_value().word_select(acc_chunk, L * cfg.bk))
-        else:
-            m.d.comb += key_chunk.eq(key)
+        # ---- decision history -----------------------------------------------------------------
+        # dec0: the last decided token (its cluster, whether it joined one), dec1 the one before.
+        dec0_id, dec1_id = Signal(range(cfg.n_max)), Signal(range(cfg.n_max))
+        dec0_ok, dec1_ok = Signal(), Signal()
+        pd_new, pd_merge = Signal(), Signal()  # the last decision opened / joined a cluster
+        pd_which = Signal(range(3))  # its candidate slot (joined / forced)
+        pd_norm = Signal(unsigned(wd.sum_norm))  # |S|^2 and count it wrote
+        pd_count = Signal(unsigned(cfg.count_bits))
+        n_undec = Signal(range(3))  # tokens whose dot products started, not yet decided
+        par_next = Signal()  # bank of the next token to start
+
+        # ---- per-token banks (two tokens between start and decision at most) ----------------
+        def bank(shape, name):
+            return [Signal(shape, name=f"{name}{b}") for b in range(2)]
+
+        b_key = bank(key_layout(cfg), "b_key")
+        b_pos, b_last = bank(16, "b_pos"), bank(1, "b_last")
+        b_tau_t, b_tau_s = bank(wd.tau, "b_tau_t"), bank(wd.tau, "b_tau_s")
+        b_table = bank(range(cfg.n_max + 1), "b_table")
+        b_ex, b_prev, b_pend = bank(3, "b_ex"), bank(3, "b_prev"), bank(1, "b_pend")
+        b_id = [bank(range(cfg.n_max), f"b_id{i}_") for i in range(3)]
+
+        # ---- start of a token's dot products ----------------------------------------------------
+        rd_busy = Signal()  # chunk reads 1 .. G-1 of the started token pending
+        rd_chunk = Signal(chunk_shape(cfg))
+        go = Signal()
+        m.d.comb += go.eq(in_valid & in_aged & ~in_err & ~rd_busy & (n_undec <= 1))
+        pend = n_undec == 1  # the token before is not decided: its sum update is not seen
+        hist_id = Mux(pend, dec0_id, dec1_id)
+        hist_ok = Mux(pend, dec0_ok, dec1_ok)
+        go_ids = [
+            Mux(in_d2[0], hist_id, own_t.data.id),
+            Mux(in_d2[2], hist_id, own_u.data.id),
+        ]
+        ok_t = Mux(in_d2[0], hist_ok, own_t.data.valid)
+        ok_u = Mux(in_d2[2], hist_ok, own_u.data.valid)
+        pb = ~par_next  # bank of the token before
+        for j in range(3):
+            spec = Mux(pick(b_prev, pb)[j], dec0_id, pick(b_id[j], pb))
+            go_ids.append(Mux(pend, spec, dec0_id))
+        rd_ids = [Signal(range(cfg.n_max), name=f"rd_id{i}") for i in range(5)]
+        for i in range(5):
+            m.d.comb += [
+                table.cand[i].id.eq(Mux(go, go_ids[i], rd_ids[i])),
+                table.cand[i].chunk.eq(Mux(go, 0, rd_chunk)),
+            ]
+        with m.If(go):
+            m.d.sync += [
+                in_valid.eq(0),
+                par_next.eq(~par_next),
+                rd_busy.eq(G > 1),
+                rd_chunk.eq(1 % max(2, G)),
+                *(r.eq(v) for r, v in zip(rd_ids, go_ids, strict=True)),
+            ]
+            for b in range(2):
+                with m.If(par_next == b):
+                    m.d.sync += [
+                        b_key[b].eq(in_key),
+                        b_pos[b].eq(in_pos),
+                        b_last[b].eq(in_last),
+                        b_tau_t[b].eq(in_tau_t),
+                        b_tau_s[b].eq(in_tau_s),
+                        b_table[b].eq(in_table),
+                        b_ex[b].eq(
+                            Cat(
+                                in_ex[0] & (in_d1[0] | ok_t),
+                                in_ex[1],
+                                in_ex[2] & (in_d1[2] | ok_u),
+                            )
+                        ),
+                        b_prev[b].eq(in_d1),
+                        b_pend[b].eq(pend),
+                        b_id[0][b].eq(go_ids[0]),
+                        b_id[2][b].eq(go_ids[1]),
+                    ]
+        with m.If(rd_busy):
+            m.d.sync += rd_chunk.eq(rd_chunk + 1)
+            with m.If(rd_chunk == G - 1):
+                m.d.sync += rd_busy.eq(0)
+
+        # ---- dot products: one chunk of lanes per cycle, 5 sums + k.k_prev + |k|^2 ---------
+        acc_en, acc_first, acc_last = Signal(), Signal(), Signal()
+        acc_chunk = Signal(chunk_shape(cfg))
+        acc_par, full_par, acc_full = Signal(), Signal(), Signal()
+        m.d.sync += [
+            acc_en.eq(go | rd_busy),
+            acc_first.eq(go),
+            acc_last.eq(Mux(go, G == 1, rd_chunk == G - 1)),
+            acc_chunk.eq(Mux(go, 0, rd_chunk)),
+        ]
+        with m.If(go):
+            m.d.sync += acc_par.eq(par_next)
+        acc = [Signal(signed(wd.dot), name=f"acc{i}") for i in range(5)]
+        acc_kk = Signal(signed(wd.key_norm + 1))  # k . k_prev
+        acc_kn = Signal(unsigned(wd.key_norm))  # |k|^2
+
+        def key_chunk(key, chunk, name):
+            kc = Signal(data.ArrayLayout(signed(cfg.bk), L), name=name)
+            if G > 1:
+                m.d.comb += kc.eq(Value.cast(key).word_select(chunk, L * cfg.bk))
+            else:
+                m.d.comb += kc.eq(key)
+            return kc
+
+        kc = key_chunk(pick(b_key, acc_par), acc_chunk, "kc")
+        kp = key_chunk(pick(b_key, ~acc_par), acc_chunk, "kp")
         with m.If(acc_en):
-            for i in range(3):
+            for i in range(5):
                 s = table.cand[i].data
-                m.d.sync += dot[i].eq(dot[i] + sum(key_chunk[l] * s[l] for l in range(L)))
-            m.d.sync += key_norm.eq(key_norm + sum(key_chunk[l] * key_chunk[l] for l in range(L)))
-        m.d.sync += acc_en.eq(0)
-
-        # ---- cosine tests and the most similar candidate (2-stage pipelines) ----------------
-        for i, c in enumerate(cos):
-            m.d.comb += [
-                c.dot.eq(dot[i]),
-                c.key_norm.eq(key_norm),
-                c.sum_norm.eq(meta[i].norm),
-                c.tau.eq(f_tau_t if i == TEMPORAL else f_tau_s),
+                part = sum(kc[l] * s[l] for l in range(L))
+                m.d.sync += acc[i].eq(Mux(acc_first, 0, acc[i]) + part)
+            m.d.sync += [
+                acc_kk.eq(Mux(acc_first, 0, acc_kk) + sum(kc[l] * kp[l] for l in range(L))),
+                acc_kn.eq(Mux(acc_first, 0, acc_kn) + sum(kc[l] * kc[l] for l in range(L))),
             ]
-            m.d.comb += [similar.dot[i].eq(dot[i]), similar.norm[i].eq(meta[i].norm)]
-        m.d.comb += similar.valid.eq(eligible)
-        passed = Cat(eligible[i] & cos[i].passed for i in range(3))
+
+        # ---- test section: T1 (resolve + stage 1) | T2 (stage 2) | DEC ------------------------
+        tst = Signal(range(4))  # 0 idle, 1 T2 next... (see below)
+        IDLE, T2, DEC = 0, 1, 2
+        tst_par = Signal()
+        t1 = Signal()
+        m.d.comb += t1.eq(acc_full & (tst == IDLE))
+        with m.If(acc_en & acc_last):
+            m.d.sync += [acc_full.eq(1), full_par.eq(acc_par)]
+        with m.Elif(t1):
+            m.d.sync += acc_full.eq(0)
+
+        # meta reads of the own candidates: addresses one cycle before T1 (acc_par is then the
+        # token that reaches T1 next), transparent, so the last decision's write is seen.
+        for k, i in enumerate((TEMPORAL, UP)):
+            m.d.comb += table.cand_meta[k].id.eq(pick(b_id[i], acc_par))
+        B = full_par
+        t_pend = pick(b_pend, B)
+        t_ex, t_prev = pick(b_ex, B), pick(b_prev, B)
+        kk = acc_kk
+        spec_sel = Signal(signed(wd.dot))
+        with m.Switch(pd_which):
+            for j in range(3):
+                with m.Case(j):
+                    m.d.comb += spec_sel.eq(acc[2 + j])
+        prev_dot = Signal(signed(wd.dot))
+        m.d.comb += prev_dot.eq(Mux(t_pend, Mux(pd_new, kk, spec_sel + kk), acc[2]))
+        r_id = [Signal(range(cfg.n_max), name=f"r_id{i}") for i in range(3)]
+        r_dot = [Signal(signed(wd.dot), name=f"r_dot{i}") for i in range(3)]
+        r_norm = [Signal(unsigned(wd.sum_norm), name=f"r_norm{i}") for i in range(3)]
+        r_count = [Signal(unsigned(cfg.count_bits), name=f"r_count{i}") for i in range(3)]
+        r_elig = Signal(3)
+        r_kn = Signal(unsigned(wd.key_norm))
+        eligible = []
+        for i in range(3):
+            is_prev = t_prev[i]
+            ex = t_ex[i] & (~is_prev | dec0_ok)
+            if i == LEFT:  # always the token before
+                cid, dot, norm, count = dec0_id, prev_dot, pd_norm, pd_count
+            else:
+                own = pick(b_id[i], B)
+                meta = table.cand_meta[0 if i == TEMPORAL else 1].data
+                corr = t_pend & pd_merge & dec0_ok & (dec0_id == own)
+                own_dot = acc[0 if i == TEMPORAL else 1] + Mux(corr, kk, 0)
+                cid = Mux(is_prev, dec0_id, own)
+                dot = Signal(signed(wd.dot), name=f"t1_dot{i}")
+                m.d.comb += dot.eq(Mux(is_prev, prev_dot, own_dot))
+                norm = Mux(is_prev, pd_norm, meta.norm)
+                count = Mux(is_prev, pd_count, meta.count)
+            el = Signal(name=f"t1_elig{i}")
+            m.d.comb += el.eq(ex & (count != cfg.count_max))
+            eligible.append(el)
+            tau = pick(b_tau_t, B) if i == TEMPORAL else pick(b_tau_s, B)
+            m.d.comb += [
+                cos[i].dot.eq(dot),
+                cos[i].key_norm.eq(acc_kn),
+                cos[i].sum_norm.eq(norm),
+                cos[i].tau.eq(tau),
+                similar.dot[i].eq(dot),
+                similar.norm[i].eq(norm),
+            ]
+            with m.If(t1):
+                m.d.sync += [r_id[i].eq(cid), r_dot[i].eq(dot), r_norm[i].eq(norm)]
+                m.d.sync += r_count[i].eq(count)
+        m.d.comb += similar.valid.eq(Cat(*eligible))
+        with m.If(t1):
+            m.d.sync += [r_elig.eq(Cat(*eligible)), r_kn.eq(acc_kn), tst_par.eq(B), tst.eq(T2)]
+        with m.If(tst == T2):
+            m.d.sync += tst.eq(DEC)
+
+        # The cosine and most-similar pipelines run freely: keep their DEC-cycle outputs while
+        # the decision waits (result backpressure, or the sum update engine still busy).
+        dec_fresh = Signal()
+        m.d.sync += dec_fresh.eq(tst == T2)
+        held_passed, held_best = Signal(3), Signal(range(3))
+        live_passed = Cat(c.passed for c in cos)
+        passed = Signal(3)
+        best = Signal(range(3))
+        m.d.comb += [
+            passed.eq(Mux(dec_fresh, live_passed, held_passed) & r_elig),
+            best.eq(Mux(dec_fresh, similar.best, held_best)),
+        ]
+        m.d.sync += [held_passed.eq(Mux(dec_fresh, live_passed, held_passed)), held_best.eq(best)]
 
         # ---- sum update engine: S += k over G chunks, read-modify-write --------------------
         upd_rd, upd_wr = Signal(), Signal()
         upd_chunk, upd_wchunk = Signal(chunk_shape(cfg)), Signal(chunk_shape(cfg))
         upd_id, upd_new = Signal(range(cfg.n_max)), Signal()
         upd_key = Signal(key_layout(cfg))
-        m.d.comb += [table.upd.id.eq(upd_id), table.upd.chunk.eq(upd_chunk)]
-        m.d.sync += [upd_wr.eq(upd_rd), upd_wchunk.eq(upd_chunk)]
+        upd_start = Signal()
+        choice = Signal(range(cfg.n_max))
+        rd_upd_chunk = Mux(upd_start, 0, upd_chunk)
+        m.d.comb += [
+            table.upd.id.eq(Mux(upd_start, choice, upd_id)),
+            table.upd.chunk.eq(rd_upd_chunk),
+        ]
+        m.d.sync += [upd_wr.eq(upd_start | upd_rd), upd_wchunk.eq(rd_upd_chunk)]
         with m.If(upd_rd):
             m.d.sync += upd_chunk.eq(upd_chunk + 1)
             with m.If(upd_chunk == G - 1):
-                m.d.sync += [upd_rd.eq(0), upd_chunk.eq(0)]
-        upd_key_chunk = Signal(data.ArrayLayout(signed(cfg.bk), L))
-        if G > 1:
-            m.d.comb += upd_key_chunk.eq(upd_key.as_value().word_select(upd_wchunk, L * cfg.bk))
-        else:
-            m.d.comb += upd_key_chunk.eq(upd_key)
+                m.d.sync += upd_rd.eq(0)
+        upd_key_chunk = key_chunk(upd_key, upd_wchunk, "upd_key_chunk")
         m.d.comb += [
             table.wr.en.eq(upd_wr),
             table.wr.id.eq(upd_id),
@@ -260,163 +493,117 @@ class ClusterUnit(wiring.Component):
         wiring.connect(m, wiring.flipped(self.writeback), wb.write)
 
         drained = ~upd_rd & ~upd_wr & (queue.level == 0) & ~wb.busy
+        empty = ~in_valid & (n_undec == 0)
+        m.d.comb += self.idle.eq(empty & drained)
 
-        # ---- the token controller ------------------------------------------------------------
-        with m.FSM():
-            with m.State("ACCEPT"):
-                m.d.comb += [self.idle.eq(drained), self.keys.ready.eq(~clear_pending)]
-                with m.If(clear_pending & drained):  # carry out a clear request
-                    m.d.sync += [
-                        clear_pending.eq(self.clear),
-                        n_used.eq(0),
-                        temporal_ok.eq(0),
-                        self.error.eq(0),
-                        pos.eq(0),
-                        col.eq(0),
-                        row.eq(0),
-                        last_valid.eq(0),
-                    ]
-                with m.If(self.keys.valid & ~clear_pending):
-                    m.d.sync += [
-                        key.eq(self.keys.payload),
-                        tok_pos.eq(pos),
-                        tok_col.eq(col),
-                        tok_row.eq(row),
-                        tok_last.eq(pos + 1 == cur_size),
-                    ]
-                    with m.If(start):
-                        m.d.sync += [
-                            f_w.eq(self.grid_w),
-                            f_h.eq(self.grid_h),
-                            f_size.eq(self.grid_w * self.grid_h),
-                            f_tau_t.eq(self.tau_t),
-                            f_tau_s.eq(self.tau_s),
-                            f_table.eq(self.table_size),
-                            f_temporal.eq(
-                                temporal_ok & (self.grid_w == prev_w) & (self.grid_h == prev_h)
-                            ),
-                            self.error.eq(error_now),
-                        ]
-                    # Advance the position.
-                    with m.If(pos + 1 == cur_size):
-                        m.d.sync += [pos.eq(0), col.eq(0), row.eq(0)]
-                    with m.Elif(col + 1 == cur_w):
-                        m.d.sync += [pos.eq(pos + 1), col.eq(0), row.eq(row + 1)]
-                    with m.Else():
-                        m.d.sync += [pos.eq(pos + 1), col.eq(col + 1)]
-                    with m.If(error_now):
-                        m.next = "DROP"
-                    with m.Else():
-                        m.next = "CANDIDATES"
+        # ---- the decision -------------------------------------------------------------------
+        status = Signal(2)
+        full = n_used >= pick(b_table, tst_par)
+        with m.If(passed[TEMPORAL]):
+            m.d.comb += [status.eq(JOINED), choice.eq(r_id[TEMPORAL])]
+        with m.Elif(passed[LEFT]):
+            m.d.comb += [status.eq(JOINED), choice.eq(r_id[LEFT])]
+        with m.Elif(passed[UP]):
+            m.d.comb += [status.eq(JOINED), choice.eq(r_id[UP])]
+        with m.Elif(~full):
+            m.d.comb += [status.eq(NEW), choice.eq(n_used)]
+        with m.Elif(r_elig != 0):
+            m.d.comb += status.eq(FORCED)
+            with m.Switch(best):
+                for i in range(3):
+                    with m.Case(i):
+                        m.d.comb += choice.eq(r_id[i])
+        with m.Else():
+            m.d.comb += [status.eq(DROPPED), choice.eq(0)]
+        which = Signal(range(3))  # the candidate joined (JOINED / FORCED)
+        with m.If(status == FORCED):
+            m.d.comb += which.eq(best)
+        with m.Elif(passed[TEMPORAL]):
+            m.d.comb += which.eq(TEMPORAL)
+        with m.Elif(passed[LEFT]):
+            m.d.comb += which.eq(LEFT)
+        with m.Else():
+            m.d.comb += which.eq(UP)
+        dot_w = Signal(signed(wd.dot))
+        norm_w = Signal(unsigned(wd.sum_norm))
+        count_w = Signal(unsigned(cfg.count_bits))
+        with m.Switch(which):
+            for i in range(3):
+                with m.Case(i):
+                    m.d.comb += [dot_w.eq(r_dot[i]), norm_w.eq(r_norm[i]), count_w.eq(r_count[i])]
+        dropped = status == DROPPED
+        new = status == NEW
+        new_norm = Signal(unsigned(wd.sum_norm))
+        new_count = Signal(unsigned(cfg.count_bits))
+        m.d.comb += [
+            new_norm.eq(Mux(new, r_kn, norm_w + 2 * dot_w + r_kn)),
+            new_count.eq(Mux(new, 1, count_w + 1)),
+        ]
+        decide = Signal()
+        m.d.comb += [
+            decide.eq((tst == DEC) & result_free & ~upd_rd),
+            upd_start.eq(decide & ~dropped),
+        ]
+        with m.If(decide):
+            m.d.sync += [
+                tst.eq(IDLE),
+                self.result.valid.eq(1),
+                self.result.payload.id.eq(choice),
+                self.result.payload.status.eq(status),
+                self.result.payload.last.eq(pick(b_last, tst_par)),
+                dec0_id.eq(choice),
+                dec0_ok.eq(~dropped),
+                dec1_id.eq(dec0_id),
+                dec1_ok.eq(dec0_ok),
+                pd_new.eq(new),
+                pd_merge.eq((status == JOINED) | (status == FORCED)),
+                pd_which.eq(which),
+                pd_norm.eq(new_norm),
+                pd_count.eq(new_count),
+            ]
+            m.d.comb += [
+                own_wr.en.eq(1),
+                own_wr.addr.eq(pick(b_pos, tst_par)),
+                own_wr.data.valid.eq(~dropped),
+                own_wr.data.id.eq(choice),
+                table.wr_meta.en.eq(~dropped),
+                table.wr_meta.id.eq(choice),
+                table.wr_meta.data.norm.eq(new_norm),
+                table.wr_meta.data.count.eq(new_count),
+            ]
+            with m.If(new):
+                m.d.sync += n_used.eq(n_used + 1)
+        with m.If(upd_start):
+            m.d.sync += [
+                upd_rd.eq(G > 1),
+                upd_chunk.eq(1 % max(2, G)),
+                upd_id.eq(choice),
+                upd_new.eq(new),
+                upd_key.eq(pick(b_key, tst_par)),
+            ]
+        m.d.sync += n_undec.eq(n_undec + go - decide)
 
-            with m.State("DROP"), m.If(result_free):
-                m.d.sync += [
-                    self.result.valid.eq(1),
-                    self.result.payload.id.eq(0),
-                    self.result.payload.status.eq(DROPPED),
-                    self.result.payload.last.eq(0),
-                ]
-                m.next = "ACCEPT"
+        # ---- error tokens: answered once everything before them is decided -------------------
+        with m.If(in_valid & in_err & (n_undec == 0) & result_free):
+            m.d.sync += [
+                in_valid.eq(0),
+                self.result.valid.eq(1),
+                self.result.payload.id.eq(0),
+                self.result.payload.status.eq(DROPPED),
+                self.result.payload.last.eq(0),
+            ]
 
-            with m.State("CANDIDATES"):  # owner map data arrives
-                m.d.sync += [
-                    cand_id[TEMPORAL].eq(own_t.data.id),
-                    cand_id[LEFT].eq(last_id),
-                    cand_id[UP].eq(own_u.data.id),
-                    cand_ex.eq(
-                        Cat(
-                            f_temporal & own_t.data.valid,
-                            (tok_col != 0) & last_valid,
-                            (tok_row != 0) & own_u.data.valid,
-                        )
-                    ),
-                    chunk.eq(0),
-                    key_norm.eq(0),
-                    *(d.eq(0) for d in dot),
-                ]
-                m.next = "DOT"
-
-            with m.State("DOT"):  # present chunk reads; the sums arrive one cycle later
-                m.d.sync += [acc_en.eq(1), acc_chunk.eq(chunk), chunk.eq(chunk + 1)]
-                with m.If(chunk == G - 1):
-                    m.d.sync += chunk.eq(0)
-                    m.next = "LAST"
-            with m.State("LAST"):  # the last chunk is accumulated
-                m.next = "TEST1"
-            with m.State("TEST1"):  # dot products final: cosine stage 1
-                m.next = "TEST2"
-            with m.State("TEST2"):  # cosine stage 2
-                m.next = "DECIDE"
-
-            with m.State("DECIDE"):
-                status = Signal(2)
-                choice = Signal(range(cfg.n_max))
-                full = n_used >= f_table
-                with m.If(passed[TEMPORAL]):
-                    m.d.comb += [status.eq(JOINED), choice.eq(cand_id[TEMPORAL])]
-                with m.Elif(passed[LEFT]):
-                    m.d.comb += [status.eq(JOINED), choice.eq(cand_id[LEFT])]
-                with m.Elif(passed[UP]):
-                    m.d.comb += [status.eq(JOINED), choice.eq(cand_id[UP])]
-                with m.Elif(~full):
-                    m.d.comb += [status.eq(NEW), choice.eq(n_used)]
-                with m.Elif(eligible != 0):
-                    m.d.comb += status.eq(FORCED)
-                    with m.Switch(similar.best):
-                        for i in range(3):
-                            with m.Case(i):
-                                m.d.comb += choice.eq(cand_id[i])
-                with m.Else():
-                    m.d.comb += [status.eq(DROPPED), choice.eq(0)]
-                which = Signal(range(3))  # the candidate joined (JOINED / FORCED)
-                with m.If(status == FORCED):
-                    m.d.comb += which.eq(similar.best)
-                with m.Elif(passed[TEMPORAL]):
-                    m.d.comb += which.eq(TEMPORAL)
-                with m.Elif(passed[LEFT]):
-                    m.d.comb += which.eq(LEFT)
-                with m.Else():
-                    m.d.comb += which.eq(UP)
-                dot_w = Signal(signed(wd.dot))
-                meta_w = Signal.like(meta[0])
-                with m.Switch(which):
-                    for i in range(3):
-                        with m.Case(i):
-                            m.d.comb += [dot_w.eq(dot[i]), meta_w.eq(meta[i])]
-                dropped = status == DROPPED
-                new = status == NEW
-                with m.If(result_free):
-                    m.d.sync += [
-                        self.result.valid.eq(1),
-                        self.result.payload.id.eq(choice),
-                        self.result.payload.status.eq(status),
-                        self.result.payload.last.eq(tok_last),
-                        last_id.eq(choice),
-                        last_valid.eq(~dropped & ~tok_last),
-                    ]
-                    m.d.comb += [
-                        own_wr.en.eq(1),
-                        own_wr.addr.eq(tok_pos),
-                        own_wr.data.valid.eq(~dropped),
-                        own_wr.data.id.eq(choice),
-                        table.wr_meta.en.eq(~dropped),
-                        table.wr_meta.id.eq(choice),
-                        table.wr_meta.data.norm.eq(
-                            Mux(new, key_norm, meta_w.norm + 2 * dot_w + key_norm)
-                        ),
-                        table.wr_meta.data.count.eq(Mux(new, 1, meta_w.count + 1)),
-                    ]
-                    with m.If(~dropped):
-                        m.d.sync += [
-                            upd_rd.eq(1),
-                            upd_chunk.eq(0),
-                            upd_id.eq(choice),
-                            upd_new.eq(new),
-                            upd_key.eq(key),
-                        ]
-                    with m.If(new):
-                        m.d.sync += n_used.eq(n_used + 1)
-                    with m.If(tok_last):
-                        m.d.sync += [temporal_ok.eq(1), prev_w.eq(f_w), prev_h.eq(f_h)]
-                    m.next = "ACCEPT"
+        # ---- clear: once every accepted token is finished and written back ------------------
+        with m.If(clear_pending & empty & drained):
+            m.d.sync += [
+                clear_pending.eq(self.clear),
+                n_used.eq(0),
+                temporal_ok.eq(0),
+                self.error.eq(0),
+                pos.eq(0),
+                col.eq(0),
+                row.eq(0),
+                dec0_ok.eq(0),
+                dec1_ok.eq(0),
+            ]
         return m

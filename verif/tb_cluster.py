@@ -22,6 +22,11 @@ Scenarios (each starts with a ``clear``; every one runs with random input gaps a
 ``errors``      each runtime error (grid above grid_max, table size 0 or > n_max, tau > 1):
                 every token dropped, ``error`` set until ``clear``
 ``grid``        the grid changes between frames (no temporal candidate after a change)
+``narrow``      grids 1x1, Nx1, 1xN, 2xN, Nx2 (the temporal, left or up candidate is the token
+                just before or two before: the pipeline's read-after-write cases), near-equal
+                keys (consecutive tokens join the same cluster), also with a full table
+``throughput``  random near-equal frames without input gaps or backpressure (whatever the
+                spec says); its cycles per frame are what the tests pin
 
 Checked: every result (id, status, ``last``) against the reference as it arrives; after each
 scenario (once ``idle``) the last write-back of every cluster (quantised centroid and bias)
@@ -333,6 +338,45 @@ def scenario_frames(name: str, cfg: DREConfig, rng: random.Random, spec: dict):
             regs, (eh, ew) = item
             keys = [_rand_key(rng, cfg) for _ in range(min(eh * ew, 2 * cfg.grid_max + 2))]
             yield dict(regs, error_frame=(keys, eh, ew)), [(f, h, w)]
+    elif name == "narrow":
+        lo, hi = -(1 << (cfg.bk - 1)), (1 << (cfg.bk - 1)) - 1
+        base = _rand_key(rng, cfg, lo + 2, hi - 2)
+        shapes = [(1, 1), (4, 1), (1, 4), (2, 1), (1, 2), (3, 2), (2, 3), (2, 2)]
+        for nh, nw in shapes:
+            if nh * nw > cfg.grid_max:
+                continue
+
+            def key():
+                r = rng.random()
+                if r < 0.15:
+                    return _rand_key(rng, cfg)
+                if r < 0.25:
+                    return [-x for x in base]
+                return [min(hi, max(lo, x + rng.randint(-1, 1))) for x in base]
+
+            fr = [[key() for _ in range(nh * nw)] for _ in range(frames)]
+            taus = dict(
+                tau_t=rng.choice([one, rng.randint(one // 2, one)]), tau_s=rng.randint(0, one)
+            )
+            yield dict(table_size=cfg.n_max, **taus), [(f, nh, nw) for f in fr]
+            yield dict(table_size=2, tau_t=one, tau_s=one), [(f, nh, nw) for f in fr]
+    elif name == "throughput":
+        base = _rand_key(rng, cfg)
+        fr = [
+            [
+                _rand_key(rng, cfg)
+                if rng.random() < 0.2
+                else [x + rng.randint(-1, 1) for x in base]
+                for _ in range(P)
+            ]
+            for _ in range(frames)
+        ]
+        lo, hi = -(1 << (cfg.bk - 1)), (1 << (cfg.bk - 1)) - 1
+        fr = [[[min(hi, max(lo, x)) for x in k] for k in f] for f in fr]
+        yield (
+            dict(table_size=cfg.n_max, tau_t=round(0.9 * one), tau_s=round(0.7 * one)),
+            [(f, h, w) for f in fr],
+        )
     elif name == "grid":
         f1 = [_rand_key(rng, cfg, -1, 1) for _ in range(P)]
         h2, w2 = (w, h) if h != w else (h, max(1, w - 1))
@@ -366,7 +410,7 @@ async def cluster_scenarios(dut):
         tb.tally = [0, 0, 0, 0]
         for regs, frames in scenario_frames(name, cfg, rng, spec):
             await tb.clear()
-            if spec.get("bench"):  # the benchmark measures the unit alone
+            if spec.get("bench") or name == "throughput":  # the unit's own cycles
                 tb.gap = tb.stall = 0.0
             else:
                 tb.gap = rng.choice([0.0, 0.0, 0.2, 0.5])

@@ -24,24 +24,15 @@ import tempfile
 from pathlib import Path
 
 from hw.cluster_unit import ClusterUnit, token_period
+from model.bench import parse_grid
 from model.dre_config import ConfigError, DREConfig
 from verif.runner import SimulationFailed, run
-
-
-def _grid(text: str) -> tuple[int, int]:
-    try:
-        h, w = (int(x) for x in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"grid must look like 14x14, got {text!r}") from None
-    if h < 1 or w < 1:
-        raise argparse.ArgumentTypeError(f"grid {text!r} must be at least 1x1")
-    return h, w
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--frames", type=int, default=64)
-    ap.add_argument("--grids", type=_grid, nargs="+", default=[(14, 14), (27, 27)])
+    ap.add_argument("--grids", type=parse_grid, nargs="+", default=[(14, 14), (27, 27)])
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--set", action="append", default=[], metavar="NAME=VALUE")
     args = ap.parse_args(argv)

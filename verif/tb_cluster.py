@@ -58,6 +58,7 @@ from cocotb.triggers import FallingEdge, RisingEdge
 
 from model.dre_cluster import STATUS_NAMES, ClusterRef, ClusterWidths
 from model.dre_config import DREConfig
+from verif.streams import pack_signed, unpack_signed
 
 PERIOD_NS = 10
 ROOT = Path(__file__).resolve().parent.parent
@@ -92,19 +93,6 @@ def video_keys(frames: int, grid: tuple[int, int], d: int, bk: int, seed: int = 
 
 
 # ---- bit packing -------------------------------------------------------------------------------
-def pack_signed(values, bits: int) -> int:
-    mask = (1 << bits) - 1
-    return sum((int(v) & mask) << (i * bits) for i, v in enumerate(values))
-
-
-def unpack_signed(raw: int, bits: int, n: int) -> list[int]:
-    out = []
-    for i in range(n):
-        v = (raw >> (i * bits)) & ((1 << bits) - 1)
-        out.append(v - (1 << bits) if v >> (bits - 1) else v)
-    return out
-
-
 # ---- the testbench -----------------------------------------------------------------------------
 class TB:
     def __init__(self, dut, cfg: DREConfig, rng: random.Random):

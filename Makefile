@@ -14,7 +14,7 @@ TOOLS  := eval "$$($(PY) -m verif.toolenv --shell)" &&
 PYTEST := $(PY) -m pytest
 JOBS   ?= 2
 
-.PHONY: help setup test regress sim synth export bench lint clean
+.PHONY: help setup test regress sim synth export bench system lint clean
 
 help:
 	@echo "make setup    create $(VENV) and install pinned packages (idempotent)"
@@ -24,6 +24,7 @@ help:
 	@echo "make synth    Yosys + nextpnr-ecp5 area/Fmax report -> docs/synth.md"
 	@echo "make export   Verilog of the default DRE -> build/dre.v"
 	@echo "make bench    golden-model streaming benchmark (python -m model.bench)"
+	@echo "make system   system model: FPS, GB and mJ per frame, Orin-class vs V-Rex-class -> build/"
 	@echo "make lint     ruff + verilator --lint-only -Wall on exported Verilog"
 	@echo "make clean    remove build output (keeps $(VENV))"
 
@@ -59,6 +60,9 @@ export: setup
 
 bench: setup
 	$(PY) -m model.bench $(BENCHARGS)
+
+system: setup
+	$(PY) -m model.system $(SYSARGS)
 
 lint: setup
 	$(PY) -m ruff check .

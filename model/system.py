@@ -1,0 +1,914 @@
+"""System performance model: frames per second, DRAM bytes and energy of streaming prefill.
+
+``python -m model.system`` turns the repository's measured pieces (the DRE's cycle schedule and
+early-exit work fraction, its synthesised gate count, the golden model's byte model) and the
+profiles in ``model/profiles/*.toml`` (devices, LLMs, stream, precision, policies; every number
+with its source or marked as an assumption) into a per-frame cost of *iterative prefill*: each
+incoming frame's ``P`` visual tokens run through every layer, attending to the past (all of it,
+or a retrieved budget) and to themselves.
+
+Per frame and phase (all layers summed; ``docs/system.md`` derives every term):
+
+* ``linear``: weight bytes (every linear layer read once per frame), INT8 ops
+  ``2 * params * P``, activation bytes where the device spills them to DRAM;
+* ``attention``: KV bytes fetched (full: the whole past; ReKV / ReSV: ``min(budget, past)``
+  tokens per KV head) plus the new frame's KV written, FP16 FLOPs
+  ``4 * Hq * d * P * (attended + (P + 1) / 2)``;
+* ``select``: what deciding the fetch costs.  ReKV: the frame-mean-key index read from DRAM and
+  scored.  ReSV on a GPU: the centroid table read and scored, plus clustering, whose raster-order
+  dependence makes it ``P`` sequential steps per layer.  ReSV on the accelerator: the DRE's
+  retrieval cycles (on the critical path) from the measured schedule; clustering and write-back
+  run in the DRE's background and only bound the frame time if they exceed it.
+
+Time per phase is a roofline ``max(compute / (peak * util), bytes / (bw * util))`` plus fixed
+per-kernel overheads; phases run one after the other.  Energy = DRAM bytes x pJ/B + ops x pJ/op +
+static power x time + the DRE's activity-based energy.  Outputs: one table (FPS, ms by phase,
+GB, mJ per frame at the end of streams of 1, 5, 10, 30, 60 minutes, and the ratios against full
+attention on the Orin-class device), ``system.csv`` and ``system.png`` under ``--out``, then the
+DRE's area and power share and the table-state figures.  ``--calibrate`` times attention with
+torch on whatever device is present (never run by the tests).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+import sys
+import time
+import tomllib
+from dataclasses import MISSING, dataclass, field, fields, replace
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PROFILES = Path(__file__).resolve().parent / "profiles"
+POLICIES = ("full", "rekv", "resv")
+PHASES = ("vision", "linear", "attention", "select")
+MINUTES = (1, 5, 10, 30, 60)
+#: fixed kernels per layer on a GPU (each costs ``kernel_overhead``): linear phase (norm, fused
+#: QKV, RoPE, O, norm, gate/up, activation, down), attention (one fused kernel), selection
+#: (ReKV: score, top-k, gather; ReSV: score, budget fill, gather, one persistent clustering kernel)
+KERNELS = {"linear": 8, "attention": 1, "rekv": 3, "resv": 4, "full": 0}
+
+
+class ProfileError(ValueError):
+    """A profile file or value is malformed; the message names the file, entry and field."""
+
+
+# ---- profiles ---------------------------------------------------------------------------------
+def load_profiles(path: Path) -> tuple[dict[str, dict], dict[str, dict[str, str]]]:
+    """Read a profile file: ``{section: {field: value}}`` and ``{section: {field: source}}``.
+
+    Every field other than ``name`` / ``kind`` must be ``{ value = <number>, unit = "...",
+    source = "..." }`` with a non-empty source."""
+    try:
+        raw = tomllib.loads(Path(path).read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ProfileError(f"cannot read profile {path}: {exc}") from None
+    values: dict[str, dict] = {}
+    sources: dict[str, dict[str, str]] = {}
+    for sec, body in raw.items():
+        if not isinstance(body, dict):
+            raise ProfileError(f"{path}: [{sec}] must be a table")
+        values[sec], sources[sec] = {}, {}
+        for key, item in body.items():
+            if key in ("name", "kind"):
+                values[sec][key] = item
+                continue
+            ok = isinstance(item, dict) and set(item) >= {"value", "source"}
+            v = item.get("value") if isinstance(item, dict) else None
+            if not ok or isinstance(v, bool) or not isinstance(v, int | float):
+                raise ProfileError(
+                    f"{path}: [{sec}] {key} must be {{ value = <number>, unit = ..., "
+                    f"source = ... }}, got {item!r}"
+                )
+            if not str(item["source"]).strip():
+                raise ProfileError(f"{path}: [{sec}] {key} has an empty source")
+            values[sec][key] = v
+            sources[sec][key] = str(item["source"])
+    return values, sources
+
+
+def _build(cls, sec: str, data: dict, path: Path):
+    names = {f.name for f in fields(cls)}
+    required = {f.name for f in fields(cls) if f.default is MISSING} - {"key"}
+    missing = sorted(required - set(data))
+    unknown = sorted(set(data) - names)
+    if missing or unknown:
+        raise ProfileError(f"{path}: [{sec}] missing {missing} / unknown {unknown}")
+    obj = cls(key=sec, **data)
+    for f in fields(cls):
+        v = getattr(obj, f.name)
+        if isinstance(v, int | float) and not isinstance(v, bool) and v < 0:
+            raise ProfileError(f"{path}: [{sec}] {f.name}={v} must be >= 0")
+    return obj
+
+
+@dataclass(frozen=True)
+class Device:
+    key: str
+    name: str
+    kind: str  # "gpu" or "accelerator"
+    dram_bw: float
+    dram_capacity: float
+    peak_int8: float
+    peak_fp16: float
+    board_power: float
+    static_power: float
+    compute_util: float
+    bw_util: float
+    pj_per_op_int8: float
+    pj_per_flop_fp16: float
+    dram_pj_per_byte: float
+    activation_spill: int
+    serial_step: float
+    kernel_overhead: float
+    npu_mac_units: float = 0
+    npu_clock: float = 0
+    npu_ge_per_mac: float = 0
+    npu_sram_bytes: float = 0
+    dre_instances: int = 0
+    dre_clock: float = 0
+    dre_table_state: int = 1
+
+    @property
+    def has_dre(self) -> bool:
+        return self.dre_instances > 0
+
+
+@dataclass(frozen=True)
+class LLM:
+    key: str
+    name: str
+    layers: int
+    hidden: int
+    q_heads: int
+    kv_heads: int
+    head_dim: int
+    mlp: int
+    vocab: int
+    tied_embeddings: int
+    vision_layers: int
+    vision_hidden: int
+    vision_mlp: int
+    vision_merge: int
+
+    @property
+    def kv_dim(self) -> int:
+        return self.kv_heads * self.head_dim
+
+    @property
+    def linear_params_per_layer(self) -> int:
+        """Q and O (hidden x Hq d), K and V (hidden x Hkv d), gate, up, down (hidden x mlp)."""
+        h, qd = self.hidden, self.q_heads * self.head_dim
+        return 2 * h * qd + 2 * h * self.kv_dim + 3 * h * self.mlp
+
+    @property
+    def vision_params(self) -> int:
+        """ViT blocks (QKV + O ``4 h^2``, MLP ``2 h m``) and the patch merger (``4h x 4h`` and
+        ``4h x hidden``, for 2 x 2 merging); patch embedding and norms left out."""
+        h, mg = self.vision_hidden, self.vision_merge
+        blocks = self.vision_layers * (4 * h * h + 2 * h * self.vision_mlp)
+        return blocks + (mg * h) ** 2 + mg * h * self.hidden
+
+    @property
+    def params(self) -> int:
+        """Linear layers + embedding (+ LM head when untied); norms and biases left out."""
+        emb = self.vocab * self.hidden * (1 if self.tied_embeddings else 2)
+        return self.layers * self.linear_params_per_layer + emb
+
+
+@dataclass(frozen=True)
+class Setup:
+    """Stream, precision, policy and DRE parameters (``system.toml``), flattened."""
+
+    tokens_per_frame: int
+    fps: float
+    weight_bytes: float
+    kv_bytes: float
+    act_bytes: float
+    index_bytes: float
+    count_bytes: float
+    addr_bytes: float
+    budget_rekv: int
+    budget_resv: int
+    table_size: int
+    new_clusters_per_frame: float
+    updated_clusters_per_frame: float
+    queries_per_head: int
+    lanes: int
+    bq: int
+    bk: int
+    count_bits: int
+    bias_bits: int
+    k_cap: int
+    work_fraction: float
+    survivors: float
+    logic_ge: float
+    logic_ge_growth: float
+    sram_ge_per_bit: float
+    nand2_um2: float
+    activity: float
+    fj_per_ge_toggle: float
+    pj_per_sram_bit: float
+    leak_nw_per_ge: float
+    leak_nw_per_sram_bit: float
+
+    def budget(self, policy: str) -> int | None:
+        return {"rekv": self.budget_rekv, "resv": self.budget_resv}.get(policy)
+
+
+@dataclass
+class Profiles:
+    devices: dict[str, Device]
+    models: dict[str, LLM]
+    setup: Setup
+    sources: dict[str, dict[str, str]] = field(default_factory=dict)
+
+
+def load_all(folder: Path = PROFILES) -> Profiles:
+    dv, ds = load_profiles(folder / "devices.toml")
+    mv, ms = load_profiles(folder / "models.toml")
+    sv, ss = load_profiles(folder / "system.toml")
+    ints = {
+        "dre_instances",
+        "activation_spill",
+        "dre_table_state",
+        "layers",
+        "hidden",
+        "q_heads",
+        "kv_heads",
+        "head_dim",
+        "mlp",
+        "vocab",
+        "tied_embeddings",
+        "vision_layers",
+        "vision_hidden",
+        "vision_mlp",
+        "vision_merge",
+    }
+
+    def cast(d):
+        return {k: int(v) if k in ints else v for k, v in d.items()}
+
+    devices = {k: _build(Device, k, cast(v), folder / "devices.toml") for k, v in dv.items()}
+    models = {k: _build(LLM, k, cast(v), folder / "models.toml") for k, v in mv.items()}
+    flat = {k: v for sec in sv.values() for k, v in sec.items()}
+    int_setup = {"tokens_per_frame", "budget_rekv", "budget_resv", "table_size"}
+    int_setup |= {"queries_per_head", "lanes", "bq", "bk", "count_bits", "bias_bits", "k_cap"}
+    flat = {k: int(v) if k in int_setup else v for k, v in flat.items()}
+    try:
+        setup = Setup(**flat)
+    except TypeError as exc:
+        raise ProfileError(f"{folder / 'system.toml'}: {exc}") from None
+    for m in models.values():
+        if m.q_heads % m.kv_heads or m.head_dim % setup.lanes:
+            raise ProfileError(f"model {m.key}: q_heads % kv_heads and head_dim % lanes must be 0")
+    sources = {}
+    for part in (ds, ms, ss):
+        sources.update(part)
+    return Profiles(devices, models, setup, sources)
+
+
+# ---- the DRE: cycles, memories, energy --------------------------------------------------------
+def dre_retrieval_cycles(n: float, d: int, lanes: int, bk: int, planes_read: float, survivors):
+    """Compute cycles of one retrieval over ``n`` table entries (``hw/select_core.py`` schedule).
+
+    ``1 + 2G + sum_p (alive_p G + dropped_p + 5 - x_p)`` with ``G = d / lanes``; the alive counts
+    sum to ``planes_read`` and the drops to ``n - survivors`` (alive at the last pass).  ``x_p``
+    (at most one cycle per pass with drops) is left out: this is the schedule's upper bound."""
+    g = d // lanes
+    return 1 + 2 * g + g * planes_read + (n - survivors) + 5 * bk
+
+
+def dre_expected_retrieval_cycles(n: float, d: int, s: Setup) -> float:
+    """Retrieval cycles over ``n`` entries with the measured early-exit work fraction."""
+    if n <= 0:
+        return 0.0
+    surv = min(n, s.survivors)
+    return dre_retrieval_cycles(n, d, s.lanes, s.bk, s.work_fraction * n * s.bk, surv)
+
+
+def token_period(d: int, lanes: int) -> int:
+    """Clustering cycles per token, ``max(G, ceil((G + 4) / 2), 3)`` (``hw/cluster_unit.py``)."""
+    g = d // lanes
+    return max(g, (g + 5) // 2, 3)
+
+
+def dre_cluster_cycles(p: int, d: int, s: Setup) -> float:
+    """Busy cycles of one frame's clustering in one table: ``token_period * (P - 1) + G + 8``
+    (``tests/test_hw_cluster.py``) or the write-back of the updated clusters, ``G (bk + 3) + 3``
+    each (``docs/cluster.md``), whichever is longer (they overlap)."""
+    g = d // s.lanes
+    cluster = token_period(d, s.lanes) * (p - 1) + g + 8
+    writeback = s.updated_clusters_per_frame * (g * (s.bk + 3) + 3)
+    return max(cluster, writeback)
+
+
+def dre_memory_bits(
+    d: int,
+    n_max: int,
+    grid: int,
+    bk: int = 8,
+    bq: int = 8,
+    count_bits: int = 16,
+    bias_bits: int = 24,
+) -> dict[str, int]:
+    """Bits of every DRE memory (``make synth`` memory table, ``docs/synth.md``).
+
+    ``state`` memories hold one (layer, head) table; ``scratch`` ones are per engine."""
+    idx = max(1, (n_max - 1).bit_length())
+    k_max = 1 << (bk - 1)
+    s_max = ((1 << count_bits) - 1) * k_max
+    sum_norm = (d * s_max * s_max).bit_length()
+    score = max(bias_bits, bq + bk + d.bit_length()) + 2
+    return {
+        "owner": grid * (idx + 1),  # state
+        "meta": n_max * (count_bits + sum_norm),  # state: count, |S|^2
+        "sums": n_max * d * (bk + count_bits),  # state: exact key sums
+        "bias": n_max * bias_bits,  # state (plane store)
+        "planes": bk * n_max * d,  # state (plane store)
+        "queue": (n_max - 1) * idx,  # scratch: write-back queue
+        "alive": 2 * n_max * idx,  # scratch: ping-pong alive lists
+        "partial": n_max * score,  # scratch: partial scores
+    }
+
+
+STATE_MEMORIES = ("owner", "meta", "sums", "bias", "planes")
+
+
+def dre_state_bits(d: int, s: Setup, grid: int) -> int:
+    """Bits of one (layer, KV head) table: what must be on chip or swapped."""
+    m = dre_memory_bits(d, s.table_size, grid, s.bk, s.bq, s.count_bits, s.bias_bits)
+    return sum(m[k] for k in STATE_MEMORIES)
+
+
+def dre_scratch_bits(d: int, s: Setup, grid: int) -> int:
+    m = dre_memory_bits(d, s.table_size, grid, s.bk, s.bq, s.count_bits, s.bias_bits)
+    return sum(v for k, v in m.items() if k not in STATE_MEMORIES)
+
+
+def dre_frame_sram_bits(n: float, p: int, d: int, s: Setup) -> float:
+    """SRAM bits read and written by one DRE table per frame: retrieval (each plane read is
+    ``d`` bits, with a partial score and an alive-list entry read and written), clustering (per
+    token 5 sum reads and one sum write of ``d`` elements, 3 meta reads) and write-back (per
+    updated cluster a sum read, a plane-store and bias write)."""
+    idx = max(1, (s.table_size - 1).bit_length())
+    sb = s.bk + s.count_bits
+    score = max(s.bias_bits, s.bq + s.bk + d.bit_length()) + 2
+    meta = s.count_bits + (d * ((1 << s.count_bits) - 1) ** 2 * (1 << (s.bk - 1)) ** 2).bit_length()
+    planes = s.work_fraction * n * s.bk * s.queries_per_head
+    retrieval = planes * (d + 2 * score + 2 * idx)
+    cluster = p * (6 * d * sb + 3 * meta)
+    writeback = s.updated_clusters_per_frame * (d * sb + d * s.bk + s.bias_bits)
+    return retrieval + cluster + writeback
+
+
+# ---- per-frame cost ---------------------------------------------------------------------------
+@dataclass
+class Phase:
+    """One phase of a frame: DRAM bytes, INT8 ops, FP16 FLOPs, fixed seconds, and its time."""
+
+    dram: float = 0.0
+    int8: float = 0.0
+    fp16: float = 0.0
+    fixed: float = 0.0
+    seconds: float = 0.0
+
+
+@dataclass
+class FrameCost:
+    phases: dict[str, Phase]
+    seconds: float  # frame time (serial phases, or the DRE's busy time if longer)
+    energy: float  # joules
+    dre_seconds: float = 0.0  # DRE busy time per frame (per instance, the busiest)
+    dre_energy: float = 0.0  # joules, dynamic + leakage
+    dre_leakage: float = 0.0  # joules, the leakage part
+    attended: int = 0  # past tokens per KV head and layer
+
+    @property
+    def dram(self) -> float:
+        return sum(p.dram for p in self.phases.values())
+
+
+def roofline(ph: Phase, dev: Device) -> float:
+    compute = ph.int8 / (dev.peak_int8 * dev.compute_util) + ph.fp16 / (
+        dev.peak_fp16 * dev.compute_util
+    )
+    memory = ph.dram / (dev.dram_bw * dev.bw_util)
+    return max(compute, memory) + ph.fixed
+
+
+def resv_clusters(t: int, s: Setup) -> float:
+    """Clusters per table after ``t`` frames: ``min(table, new_per_frame * t)``."""
+    return min(float(s.table_size), s.new_clusters_per_frame * t)
+
+
+def frame_cost(
+    m: LLM, dev: Device, s: Setup, policy: str, t: int, vision: bool = False
+) -> FrameCost:
+    """Cost of prefilling frame ``t`` (0-based; ``t * P`` past tokens) with ``policy``;
+    ``vision`` adds the vision encoder's phase (``P * vision_merge`` patches)."""
+    if policy not in POLICIES:
+        raise ValueError(f"policy {policy!r}; choose from {', '.join(POLICIES)}")
+    p, L, H, d = s.tokens_per_frame, m.layers, m.kv_heads, m.head_dim
+    past = t * p
+    heads = L * H  # (layer, KV head) pairs
+    kv_tok = 2 * d * s.kv_bytes  # one token's K and V in one head
+    entry = d * s.index_bytes + s.count_bytes
+    spill = dev.activation_spill
+    ph = {name: Phase() for name in PHASES}
+    fp16_weights = s.weight_bytes >= 2  # linear layers then run on the FP16 peak
+
+    if vision:
+        vis, vh, patches = ph["vision"], m.vision_hidden, p * m.vision_merge
+        vis.dram = m.vision_params * s.weight_bytes
+        vis.dram += spill * patches * m.vision_layers * (9 * vh + 4 * m.vision_mlp) * s.act_bytes
+        ops = 2 * m.vision_params * patches  # the merger runs on P tokens: counted as patches
+        setattr(vis, "fp16" if fp16_weights else "int8", ops)
+        vis.fp16 += 4 * vh * patches * patches * m.vision_layers  # full attention in the frame
+        vis.fixed = (KERNELS["linear"] + 1) * m.vision_layers * dev.kernel_overhead
+
+    lin = ph["linear"]
+    lin.dram = L * m.linear_params_per_layer * s.weight_bytes
+    lin.dram += spill * p * L * (13 * m.hidden + 2 * m.kv_dim + 6 * m.mlp) * s.act_bytes
+    setattr(lin, "fp16" if fp16_weights else "int8", 2 * L * m.linear_params_per_layer * p)
+    lin.fixed = KERNELS["linear"] * L * dev.kernel_overhead
+
+    budget = s.budget(policy)
+    attended = past if budget is None else min(budget, past)
+    att = ph["attention"]
+    att.dram = heads * (attended + p) * kv_tok  # fetch the attended past, write the new frame
+    att.fp16 = 4 * m.q_heads * d * p * (attended + (p + 1) / 2) * L
+    att.fixed = KERNELS["attention"] * L * dev.kernel_overhead
+
+    sel = ph["select"]
+    q = s.queries_per_head
+    dre_busy = dre_energy = 0.0
+    if policy == "rekv":
+        sel.dram = heads * (t + 1) * entry  # read t frame means, write the new one
+        sel.fp16 = heads * q * 2 * d * t
+        sel.fixed = KERNELS["rekv"] * L * dev.kernel_overhead
+    elif policy == "resv":
+        n = resv_clusters(t, s)
+        sel.dram = heads * attended * s.addr_bytes  # member lists of the selected clusters
+        if dev.has_dre:
+            per_dre = math.ceil(H / dev.dre_instances)  # heads of one layer on one DRE
+            ret = q * dre_expected_retrieval_cycles(n, d, s)
+            sel.fixed = L * per_dre * ret / dev.dre_clock
+            tables = math.ceil(heads / dev.dre_instances)
+            busy = tables * (ret + dre_cluster_cycles(p, d, s))
+            dre_busy = busy / dev.dre_clock
+            if not dev.dre_table_state:  # swap each table in and out once per frame
+                sel.dram += heads * 2 * dre_state_bits(d, s, p) / 8
+            logic = s.logic_ge * s.logic_ge_growth
+            bits_all = heads * dre_frame_sram_bits(n, p, d, s)
+            dre_energy = (
+                dev.dre_instances * busy * logic * s.activity * s.fj_per_ge_toggle * 1e-15
+                + bits_all * s.pj_per_sram_bit * 1e-12
+            )
+        else:
+            sel.dram += heads * (n * entry)  # read the centroid table to score it
+            sel.dram += heads * p * (3 + 1) * (d * 4 + s.count_bytes)  # 3 candidates read, 1 write
+            sel.dram += heads * s.updated_clusters_per_frame * entry  # re-quantised centroids
+            sel.fp16 = heads * (q * 2 * d * n + p * 8 * d)
+            sel.fixed = L * p * dev.serial_step + KERNELS["resv"] * L * dev.kernel_overhead
+    for phase in ph.values():
+        phase.seconds = roofline(phase, dev)
+    serial = sum(phase.seconds for phase in ph.values())
+    seconds = max(serial, dre_busy)
+    dre_leak = 0.0
+    if dev.has_dre and policy == "resv":
+        area = dre_area_ge(m, dev, s)
+        sram_bits = (area["scratch"] + area["tables"]) / s.sram_ge_per_bit
+        leak_w = (area["logic"] * s.leak_nw_per_ge + sram_bits * s.leak_nw_per_sram_bit) * 1e-9
+        dre_leak = leak_w * seconds
+        dre_energy += dre_leak
+    dram = sum(phase.dram for phase in ph.values())
+    int8 = sum(phase.int8 for phase in ph.values())
+    fp16 = sum(phase.fp16 for phase in ph.values())
+    energy = (
+        dram * dev.dram_pj_per_byte * 1e-12
+        + int8 * dev.pj_per_op_int8 * 1e-12
+        + fp16 * dev.pj_per_flop_fp16 * 1e-12
+        + dev.static_power * seconds
+        + dre_energy
+    )
+    return FrameCost(ph, seconds, energy, dre_busy, dre_energy, dre_leak, attended)
+
+
+def frame_at(minutes: float, s: Setup) -> int:
+    """Index of the frame that arrives at the end of a stream of ``minutes``."""
+    return round(minutes * 60 * s.fps)
+
+
+def kv_store_bytes(m: LLM, s: Setup, t: int) -> float:
+    return t * s.tokens_per_frame * m.layers * m.kv_heads * 2 * m.head_dim * s.kv_bytes
+
+
+# ---- area and power share ---------------------------------------------------------------------
+def dre_area_ge(m: LLM, dev: Device, s: Setup) -> dict[str, float]:
+    """GE of all DRE instances: logic, per-engine scratch memories, and the tables they hold on
+    chip (all of their (layer, head) tables when ``dre_table_state`` is 1, one otherwise)."""
+    n = dev.dre_instances
+    p = s.tokens_per_frame
+    tables = math.ceil(m.layers * m.kv_heads / n) if dev.dre_table_state else 1
+    logic = n * s.logic_ge * s.logic_ge_growth
+    scratch = n * dre_scratch_bits(m.head_dim, s, p) * s.sram_ge_per_bit
+    state = n * tables * dre_state_bits(m.head_dim, s, p) * s.sram_ge_per_bit
+    return {"logic": logic, "scratch": scratch, "tables": state, "total": logic + scratch + state}
+
+
+def npu_area_ge(dev: Device, s: Setup) -> float:
+    return dev.npu_mac_units * dev.npu_ge_per_mac + dev.npu_sram_bytes * 8 * s.sram_ge_per_bit
+
+
+# ---- report -----------------------------------------------------------------------------------
+@dataclass
+class Row:
+    model: str
+    device: str
+    policy: str
+    minutes: float
+    frame: int
+    cost: FrameCost
+    mean_fps: float
+    kv_gb: float
+    fits: bool
+    speedup: float = float("nan")
+    efficiency: float = float("nan")
+
+
+def evaluate(
+    prof: Profiles, models, devices, minutes=MINUTES, baseline="orin", vision=False
+) -> list[Row]:
+    s = prof.setup
+    rows = []
+    last = frame_at(max(minutes), s)
+    for mk in models:
+        m = prof.models[mk]
+        for dk in devices:
+            dev = prof.devices[dk]
+            for pol in POLICIES:
+                # mean FPS over the stream: frames / total time, summed frame by frame
+                elapsed, cum = 0.0, {}
+                for t in range(last + 1):
+                    elapsed += frame_cost(m, dev, s, pol, t, vision).seconds
+                    cum[t] = elapsed
+                for mins in minutes:
+                    t = frame_at(mins, s)
+                    kv = kv_store_bytes(m, s, t)
+                    fits = kv + m.params * s.weight_bytes <= dev.dram_capacity
+                    cost = frame_cost(m, dev, s, pol, t, vision)
+                    rows.append(Row(mk, dk, pol, mins, t, cost, (t + 1) / cum[t], kv / 1e9, fits))
+    base = {(r.model, r.minutes): r for r in rows if r.device == baseline and r.policy == "full"}
+    for r in rows:
+        b = base.get((r.model, r.minutes))
+        if b is not None:
+            r.speedup = b.cost.seconds / r.cost.seconds
+            r.efficiency = b.cost.energy / r.cost.energy
+    return rows
+
+
+def format_table(rows: list[Row], s: Setup) -> str:
+    vision = any(r.cost.phases["vision"].seconds for r in rows)
+    head = (
+        f"{'model':<11} {'device':<6} {'policy':<6} {'min':>3} {'past tok':>9} {'FPS':>6} "
+        + (f"{'vis ms':>7} " if vision else "")
+        + f"{'lin ms':>7} {'attn ms':>8} {'sel ms':>7} {'ms/fr':>8} {'GB/fr':>7} {'mJ/fr':>8} "
+        f"{'speedup':>8} {'energy x':>8} {'RT':>3} {'KV GB':>6}"
+    )
+    lines = [head, "-" * len(head)]
+    prev = None
+    for r in rows:
+        key = (r.model, r.device)
+        if prev is not None and key != prev:
+            lines.append("")
+        prev = key
+        c = r.cost
+        rt = "yes" if 1 / c.seconds >= s.fps else "no"
+        lines.append(
+            f"{r.model:<11} {r.device:<6} {r.policy:<6} {r.minutes:>3g} "
+            f"{r.frame * s.tokens_per_frame:>9,} {1 / c.seconds:>6.2f} "
+            + (f"{1e3 * c.phases['vision'].seconds:>7.1f} " if vision else "")
+            + f"{1e3 * c.phases['linear'].seconds:>7.1f} "
+            f"{1e3 * c.phases['attention'].seconds:>8.1f} "
+            f"{1e3 * c.phases['select'].seconds:>7.2f} {1e3 * c.seconds:>8.1f} "
+            f"{c.dram / 1e9:>7.2f} {1e3 * c.energy:>8.0f} {r.speedup:>7.2f}x "
+            f"{r.efficiency:>7.2f}x {rt:>3} {r.kv_gb:>5.1f}{'' if r.fits else '!'}"
+        )
+    return "\n".join(lines)
+
+
+CSV_FIELDS = [
+    *("model", "device", "policy", "minutes", "frame", "past_tokens", "attended", "fps"),
+    *("mean_fps", "ms_vision", "ms_linear", "ms_attention", "ms_select", "ms_frame"),
+    *("dre_busy_ms", "gb_frame", "gb_vision", "gb_linear", "gb_attention", "gb_select"),
+    *("mj_frame", "dre_mj", "speedup_vs_orin_full", "energy_eff_vs_orin_full", "kv_store_gb"),
+    "fits_dram",
+]
+
+
+def write_csv(rows: list[Row], s: Setup, path: Path):
+    with path.open("w", newline="") as fh:
+        wr = csv.writer(fh)
+        wr.writerow(CSV_FIELDS)
+        for r in rows:
+            c, ph = r.cost, r.cost.phases
+            vals = [
+                r.model,
+                r.device,
+                r.policy,
+                r.minutes,
+                r.frame,
+                r.frame * s.tokens_per_frame,
+                c.attended,
+                f"{1 / c.seconds:.4g}",
+                f"{r.mean_fps:.4g}",
+                *(f"{1e3 * ph[k].seconds:.4g}" for k in PHASES),
+                f"{1e3 * c.seconds:.4g}",
+                f"{1e3 * c.dre_seconds:.4g}",
+                f"{c.dram / 1e9:.4g}",
+                *(f"{ph[k].dram / 1e9:.4g}" for k in PHASES),
+                f"{1e3 * c.energy:.4g}",
+                f"{1e3 * c.dre_energy:.4g}",
+                f"{r.speedup:.4g}",
+                f"{r.efficiency:.4g}",
+                f"{r.kv_gb:.4g}",
+                int(r.fits),
+            ]
+            wr.writerow(vals)
+
+
+def plot(rows: list[Row], path: Path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    models = list(dict.fromkeys(r.model for r in rows))
+    fig, axes = plt.subplots(len(models), 2, figsize=(11, 4 * len(models)), squeeze=False)
+    styles = {"full": "o-", "rekv": "s--", "resv": "^-."}
+    for i, mk in enumerate(models):
+        mine = [r for r in rows if r.model == mk]
+        for dk in dict.fromkeys(r.device for r in mine):
+            for pol in POLICIES:
+                pts = [r for r in mine if r.device == dk and r.policy == pol]
+                xs = [r.minutes for r in pts]
+                label = f"{dk} {pol}"
+                axes[i][0].plot(xs, [1 / r.cost.seconds for r in pts], styles[pol], label=label)
+                axes[i][1].plot(xs, [1e3 * r.cost.energy for r in pts], styles[pol], label=label)
+        for ax, ylab in zip(axes[i], ("frames per second", "mJ per frame"), strict=True):
+            ax.set_xscale("log")
+            ax.set_yscale("log")
+            ax.set_xticks(MINUTES, [str(x) for x in MINUTES])
+            ax.set_xlabel("stream length (minutes)")
+            ax.set_ylabel(ylab)
+            ax.set_title(mk)
+            ax.grid(True, which="both", alpha=0.3)
+            ax.legend(fontsize=8)
+    fig.suptitle("Iterative prefill, frame at the end of the stream (python -m model.system)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def share_report(prof: Profiles, model: str, device: str, minutes: float) -> str:
+    """DRE area and power share against the NPU, and the table-state figures."""
+    s, m, dev = prof.setup, prof.models[model], prof.devices[device]
+    if not dev.has_dre:
+        return f"# {device} has no DRE"
+    um2 = s.nand2_um2 * 1e-6  # mm^2 per GE
+    npu = npu_area_ge(dev, s)
+    lines = [f"# DRE area and power share ({m.name}, {dev.dre_instances} DREs, 45 nm GE basis)"]
+    area_on = dre_area_ge(m, dev, s)
+    area_swap = dre_area_ge(m, replace(dev, dre_table_state=0), s)
+    lines.append(f"NPU: {npu / 1e6:.1f} M GE = {npu * um2:.1f} mm^2 (MACs + SRAM buffers)")
+    for label, ge in (
+        ("DRE logic only", area_on["logic"]),
+        ("DRE logic + scratch + one table each (swap)", area_swap["total"]),
+        ("DRE logic + scratch + every table on chip", area_on["total"]),
+    ):
+        lines.append(
+            f"{label:<46} {ge / 1e6:>7.2f} M GE = {ge * um2:>7.2f} mm^2, "
+            f"{100 * ge / (ge + npu):5.1f} % of NPU + DRE   (paper: 2.0 %)"
+        )
+    t = frame_at(minutes, s)
+    cost = frame_cost(m, dev, s, "resv", t)
+    p_dre = cost.dre_energy / cost.seconds
+    npu_energy = (
+        cost.energy
+        - cost.dram * dev.dram_pj_per_byte * 1e-12
+        - cost.dre_energy
+        - dev.static_power * cost.seconds
+    )
+    p_npu = npu_energy / cost.seconds + dev.static_power
+    p_leak = cost.dre_leakage / cost.seconds
+    lines.append(
+        f"power at {minutes:g} min, ReSV: DRE {1e3 * p_dre:.0f} mW = {1e3 * (p_dre - p_leak):.0f} "
+        f"dynamic + {1e3 * p_leak:.0f} leakage (activity {s.activity}, busy "
+        f"{1e3 * cost.dre_seconds:.2f} of {1e3 * cost.seconds:.1f} ms), NPU {p_npu:.1f} W "
+        f"(ops + static, DRAM excluded): {100 * p_dre / (p_dre + p_npu):.1f} % (paper: 2.2 %)"
+    )
+    state = dre_state_bits(m.head_dim, s, s.tokens_per_frame) / 8
+    heads = m.layers * m.kv_heads
+    mem = dre_memory_bits(m.head_dim, s.table_size, s.tokens_per_frame, s.bk, s.bq, s.count_bits,
+                          s.bias_bits)  # fmt: skip
+    lines.append(
+        f"# table state: one (layer, KV head) table of {s.table_size} entries, d {m.head_dim}: "
+        f"{state / 1024:.0f} KiB on chip (sums {mem['sums'] / 8192:.0f} KiB, plane store + bias "
+        f"{(mem['planes'] + mem['bias']) / 8192:.0f} KiB, counts and |S|^2 "
+        f"{mem['meta'] / 8192:.0f} KiB, owner map {mem['owner'] / 8192:.1f} KiB)"
+    )
+    swap = replace(dev, dre_table_state=0)
+    sw = frame_cost(m, swap, s, "resv", t)
+    lines.append(
+        f"profile assumes {'every table on chip' if dev.dre_table_state else 'swapping'}: "
+        f"{heads} tables = {heads * state / 2**20:.1f} MiB on chip; swapping them in and out "
+        f"each frame instead costs {heads * 2 * state / 1e9:.3f} GB/frame of DRAM "
+        f"(ReSV frame at {minutes:g} min: {1e3 * cost.seconds:.1f} -> {1e3 * sw.seconds:.1f} ms, "
+        f"{1e3 * cost.energy:.0f} -> {1e3 * sw.energy:.0f} mJ)"
+    )
+    return "\n".join(lines)
+
+
+# ---- calibration ------------------------------------------------------------------------------
+def calibrate(prof: Profiles, model: str, minutes, device_profile: str | None, reps: int) -> str:
+    """Time one layer's attention (full and gathered budget) with torch; compare to the model."""
+    import torch
+
+    s, m = prof.setup, prof.models[model]
+    dev_name = "cuda" if torch.cuda.is_available() else "cpu"
+    tdev = torch.device(dev_name)
+    dtype = torch.float16 if dev_name == "cuda" else torch.float32
+    if device_profile is None and dev_name == "cuda":
+        device_profile = "h100"
+    prof_dev = prof.devices.get(device_profile) if device_profile else None
+    p, h, g, d = s.tokens_per_frame, m.kv_heads, m.q_heads // m.kv_heads, m.head_dim
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    where = torch.cuda.get_device_name() if dev_name == "cuda" else "host CPU"
+    lines = [
+        f"# calibration on {dev_name} ({where}), {dtype}, one layer of {m.name}: {p} new tokens, "
+        f"{m.q_heads} q / {h} KV heads, times x {m.layers} layers; "
+        f"prediction for profile {device_profile or '(none)'}",
+        f"{'min':>4} {'past tok':>9} {'policy':<6} {'measured ms':>12} {'model ms':>9} "
+        f"{'error':>7}",
+    ]
+
+    def sync():
+        if dev_name == "cuda":
+            torch.cuda.synchronize()
+
+    if dev_name == "cpu" and prof_dev is not None:
+        lines.insert(
+            1, "# (the host CPU is not the profiled device: the error column only shows it runs)"
+        )
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+
+    def gathered(qq, k, v, sel):
+        idx = sel.unsqueeze(-1).expand(-1, -1, d)
+        return sdpa(qq, torch.gather(k, 1, idx), torch.gather(v, 1, idx))
+
+    for mins in minutes:
+        t = frame_at(mins, s)
+        n = t * p
+        k = torch.randn(h, n + p, d, generator=gen).to(tdev, dtype)
+        v = torch.randn(h, n + p, d, generator=gen).to(tdev, dtype)
+        qq = torch.randn(h, g * p, d, generator=gen).to(tdev, dtype)
+        budget = min(s.budget_resv, n)
+        ids = torch.stack([torch.randperm(n, generator=gen)[:budget] for _ in range(h)])
+        own = torch.arange(n, n + p).expand(h, p)
+        sel = torch.cat([ids, own], dim=1).to(tdev)
+        cases = (("full", sdpa, (qq, k, v)), ("resv", gathered, (qq, k, v, sel)))
+        for pol, fn, fargs in cases:
+            fn(*fargs)
+            sync()
+            t0 = time.perf_counter()
+            for _ in range(reps):
+                fn(*fargs)
+            sync()
+            meas = (time.perf_counter() - t0) / reps * m.layers
+            if prof_dev is not None:
+                pred = frame_cost(m, prof_dev, s, pol, t).phases["attention"].seconds
+                err = f"{100 * (meas - pred) / pred:+6.0f}%"
+                pred_s = f"{1e3 * pred:9.2f}"
+            else:
+                pred_s, err = f"{'-':>9}", f"{'-':>7}"
+            lines.append(f"{mins:>4g} {n:>9,} {pol:<6} {1e3 * meas:>12.2f} {pred_s} {err}")
+    return "\n".join(lines)
+
+
+# ---- command line -----------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m model.system", description=__doc__.split("\n")[0])
+    ap.add_argument("--models", nargs="+", default=["qwen2vl-7b", "qwen2vl-2b"])
+    ap.add_argument("--devices", nargs="+", default=["orin", "vrex"])
+    ap.add_argument("--minutes", nargs="+", type=float, default=list(MINUTES))
+    ap.add_argument("--budget", type=int, help="matched budget for ReKV and ReSV (tokens/head)")
+    ap.add_argument("--budget-rekv", type=int, help="ReKV budget, tokens per head and frame")
+    ap.add_argument("--budget-resv", type=int, help="ReSV budget, tokens per head and frame")
+    ap.add_argument("--tokens-per-frame", type=int, help="stream: visual tokens per frame")
+    ap.add_argument("--fps", type=float, help="stream: frames per second sampled")
+    ap.add_argument("--table-size", type=int, help="ReSV centroid-table entries")
+    ap.add_argument("--weight-bytes", type=float, help="bytes per weight (1 INT8, 2 FP16)")
+    ap.add_argument("--dre-instances", type=int, help="DREs on the accelerator")
+    ap.add_argument("--dre-clock", type=float, help="DRE clock, Hz")
+    ap.add_argument("--table-state", choices=("onchip", "swap"), help="where the tables live")
+    ap.add_argument("--vision", action="store_true", help="add the vision encoder's phase")
+    ap.add_argument("--profiles", type=Path, default=PROFILES, help="folder of the .toml files")
+    ap.add_argument("--out", type=Path, default=ROOT / "build", help="CSV/PNG folder (build/)")
+    ap.add_argument("--no-plot", action="store_true", help="skip the PNG")
+    ap.add_argument("--sources", action="store_true", help="print every number's source")
+    ap.add_argument("--calibrate", action="store_true", help="time attention with torch")
+    ap.add_argument("--calib-minutes", nargs="+", type=float, default=[1, 5, 10])
+    ap.add_argument("--calib-profile", help="device profile to compare with (h100 on CUDA)")
+    ap.add_argument("--calib-reps", type=int, default=5)
+    return ap
+
+
+def apply_overrides(prof: Profiles, args) -> Profiles:
+    s = prof.setup
+    ch = {}
+    if args.budget is not None:
+        ch["budget_rekv"] = ch["budget_resv"] = args.budget
+    names = ("budget_rekv", "budget_resv", "tokens_per_frame", "fps", "table_size", "weight_bytes")
+    for name in names:
+        v = getattr(args, name)
+        if v is not None:
+            ch[name] = v
+    for name, v in ch.items():
+        if v <= 0:
+            raise ProfileError(f"--{name.replace('_', '-')}={v} must be > 0")
+    prof.setup = replace(s, **ch)
+    dch = {}
+    if args.dre_instances is not None:
+        if args.dre_instances < 1:
+            raise ProfileError(f"--dre-instances={args.dre_instances} must be >= 1")
+        dch["dre_instances"] = args.dre_instances
+    if args.dre_clock is not None:
+        if args.dre_clock <= 0:
+            raise ProfileError(f"--dre-clock={args.dre_clock} must be > 0")
+        dch["dre_clock"] = args.dre_clock
+    if args.table_state is not None:
+        dch["dre_table_state"] = int(args.table_state == "onchip")
+    if dch:
+        prof.devices = {k: replace(d, **dch) if d.has_dre else d for k, d in prof.devices.items()}
+    return prof
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        prof = apply_overrides(load_all(args.profiles), args)
+        for mk in args.models:
+            if mk not in prof.models:
+                raise ProfileError(f"unknown model {mk!r}; profiles: {', '.join(prof.models)}")
+        for dk in args.devices + ([args.calib_profile] if args.calib_profile else []):
+            if dk not in prof.devices:
+                raise ProfileError(f"unknown device {dk!r}; profiles: {', '.join(prof.devices)}")
+        if any(x <= 0 for x in args.minutes + args.calib_minutes):
+            raise ProfileError("stream lengths (--minutes, --calib-minutes) must be > 0")
+    except ProfileError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    s = prof.setup
+    if args.sources:
+        for sec, items in prof.sources.items():
+            for k, src in items.items():
+                print(f"[{sec}] {k}: {src}")
+        return 0
+    if args.calibrate:
+        print(
+            calibrate(prof, args.models[0], args.calib_minutes, args.calib_profile, args.calib_reps)
+        )
+        return 0
+    t0 = time.perf_counter()
+    rows = evaluate(prof, args.models, args.devices, tuple(args.minutes), vision=args.vision)
+    print(
+        f"# python -m model.system: {s.tokens_per_frame} tokens/frame at {s.fps:g} fps; budgets "
+        f"ReKV {s.budget_rekv}, ReSV {s.budget_resv} tokens/head/frame; ReSV table {s.table_size}; "
+        f"weights {s.weight_bytes:g} B, KV {s.kv_bytes:g} B; frame at the end of each stream; "
+        f"ratios vs orin full attention"
+    )
+    print(format_table(rows, s))
+    if "vrex" in prof.devices:
+        dev = prof.devices["vrex"]
+        print(
+            f"# vrex: {dev.dre_instances} DREs at {dev.dre_clock / 1e6:g} MHz, lanes {s.lanes}, "
+            f"bk {s.bk}, work fraction {s.work_fraction}; RT = FPS >= {s.fps:g}; "
+            f"KV GB with '!' = KV store + weights exceed DRAM"
+        )
+        for mk in args.models:
+            print(share_report(prof, mk, "vrex", 10 if 10 in args.minutes else args.minutes[0]))
+    args.out.mkdir(parents=True, exist_ok=True)
+    write_csv(rows, s, args.out / "system.csv")
+    wrote = [str(args.out / "system.csv")]
+    if not args.no_plot:
+        plot(rows, args.out / "system.png")
+        wrote.append(str(args.out / "system.png"))
+    print(f"# wrote {' and '.join(wrote)} in {time.perf_counter() - t0:.1f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

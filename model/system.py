@@ -648,7 +648,9 @@ def plot(rows: list[Row], path: Path):
 
     models = list(dict.fromkeys(r.model for r in rows))
     fig, axes = plt.subplots(len(models), 2, figsize=(11, 4 * len(models)), squeeze=False)
-    styles = {"full": "o-", "rekv": "s--", "resv": "^-."}
+    styles = {"full": "o-", "rekv": "s--", "resv": "^-."}  # policy: marker and line style
+    devices = list(dict.fromkeys(r.device for r in rows))
+    colors = {dk: f"C{i}" for i, dk in enumerate(devices)}  # device: colour
     for i, mk in enumerate(models):
         mine = [r for r in rows if r.model == mk]
         for dk in dict.fromkeys(r.device for r in mine):
@@ -656,8 +658,9 @@ def plot(rows: list[Row], path: Path):
                 pts = [r for r in mine if r.device == dk and r.policy == pol]
                 xs = [r.minutes for r in pts]
                 label = f"{dk} {pol}"
-                axes[i][0].plot(xs, [1 / r.cost.seconds for r in pts], styles[pol], label=label)
-                axes[i][1].plot(xs, [1e3 * r.cost.energy for r in pts], styles[pol], label=label)
+                kw = dict(color=colors[dk], label=label)
+                axes[i][0].plot(xs, [1 / r.cost.seconds for r in pts], styles[pol], **kw)
+                axes[i][1].plot(xs, [1e3 * r.cost.energy for r in pts], styles[pol], **kw)
         for ax, ylab in zip(axes[i], ("frames per second", "mJ per frame"), strict=True):
             ax.set_xscale("log")
             ax.set_yscale("log")
@@ -814,6 +817,14 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--dre-instances", type=int, help="DREs on the accelerator")
     ap.add_argument("--dre-clock", type=float, help="DRE clock, Hz")
     ap.add_argument("--table-state", choices=("onchip", "swap"), help="where the tables live")
+    ap.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="WHERE.FIELD=VALUE",
+        help="override one profile number: WHERE is a device key (orin, vrex, h100), a model key "
+        "or 'setup' (stream, precision, policy, dre); e.g. --set vrex.peak_int8=20e12",
+    )
     ap.add_argument("--vision", action="store_true", help="add the vision encoder's phase")
     ap.add_argument("--profiles", type=Path, default=PROFILES, help="folder of the .toml files")
     ap.add_argument("--out", type=Path, default=ROOT / "build", help="CSV/PNG folder (build/)")
@@ -853,6 +864,32 @@ def apply_overrides(prof: Profiles, args) -> Profiles:
         dch["dre_table_state"] = int(args.table_state == "onchip")
     if dch:
         prof.devices = {k: replace(d, **dch) if d.has_dre else d for k, d in prof.devices.items()}
+    for item in args.set:
+        where, sep, value = item.partition("=")
+        sec, dot, name = where.strip().partition(".")
+        try:
+            number = float(value)
+        except ValueError:
+            number = None
+        if not sep or not dot or number is None or not math.isfinite(number) or number < 0:
+            raise ProfileError(f"--set expects WHERE.FIELD=<number >= 0>, got {item!r}")
+        if sec == "setup":
+            table, obj = None, prof.setup
+        elif sec in prof.devices:
+            table, obj = prof.devices, prof.devices[sec]
+        elif sec in prof.models:
+            table, obj = prof.models, prof.models[sec]
+        else:
+            known = ", ".join(["setup", *prof.devices, *prof.models])
+            raise ProfileError(f"--set {item}: unknown {sec!r}; choose from {known}")
+        types_ = {f.name: f.type for f in fields(obj)}
+        if name not in types_ or name in ("key", "name", "kind"):
+            raise ProfileError(f"--set {item}: {sec} has no number {name!r}")
+        number = int(number) if types_[name] == "int" else number
+        if table is None:
+            prof.setup = replace(obj, **{name: number})
+        else:
+            table[sec] = replace(obj, **{name: number})
     return prof
 
 

@@ -339,8 +339,28 @@ def test_cli_table_csv_png(tmp_path, capsys):
         (["--devices", "nope"], "unknown device"),
         (["--minutes", "0"], "stream lengths"),
         (["--dre-instances", "0"], "--dre-instances"),
+        (["--set", "foo.x=1"], "unknown 'foo'"),
+        (["--set", "vrex.zz=1"], "no number 'zz'"),
+        (["--set", "vrex.peak_int8=fast"], "--set expects"),
     ],
 )
 def test_cli_errors(tmp_path, capsys, argv, msg):
     assert sysm.main([*argv, "--out", str(tmp_path), "--no-plot"]) == 2
     assert msg in capsys.readouterr().err
+
+
+def test_cli_set_overrides_a_profile_number(tmp_path):
+    def vrex_linear_ms(extra):
+        assert sysm.main(["--out", str(tmp_path), "--no-plot", "--minutes", "1", *extra]) == 0
+        rows = csv.DictReader((tmp_path / "system.csv").open())
+        return {
+            float(r["ms_linear"])
+            for r in rows
+            if r["device"] == "vrex" and r["model"] == "qwen2vl-7b"
+        }
+
+    base = vrex_linear_ms([])
+    half = vrex_linear_ms(["--set", "vrex.peak_int8=42.5e12"])
+    # the accelerator's linear phase is compute-bound at INT8: half the peak, twice the time
+    assert len(base) == len(half) == 1
+    assert half.pop() == pytest.approx(2 * base.pop(), rel=1e-3)

@@ -462,9 +462,10 @@ def frame_cost(
             if not dev.dre_table_state:  # swap each table in and out once per frame
                 sel.dram += heads * 2 * dre_state_bits(d, s, p) / 8
             logic = s.logic_ge * s.logic_ge_growth
+            cycles_all = heads * (ret + dre_cluster_cycles(p, d, s))  # summed over the DREs
             bits_all = heads * dre_frame_sram_bits(n, p, d, s)
             dre_energy = (
-                dev.dre_instances * busy * logic * s.activity * s.fj_per_ge_toggle * 1e-15
+                cycles_all * logic * s.activity * s.fj_per_ge_toggle * 1e-15
                 + bits_all * s.pj_per_sram_bit * 1e-12
             )
         else:

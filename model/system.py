@@ -385,6 +385,8 @@ class FrameCost:
     dre_energy: float = 0.0  # joules, dynamic + leakage
     dre_leakage: float = 0.0  # joules, the leakage part
     attended: int = 0  # past tokens per KV head and layer
+    index_bytes: float = 0.0  # the policy's index (all layers and heads)
+    index_onchip: bool = False  # held on chip (else in DRAM, read as the select phase says)
 
     @property
     def dram(self) -> float:
@@ -444,8 +446,10 @@ def frame_cost(
 
     sel = ph["select"]
     q = s.queries_per_head
-    dre_busy = dre_energy = 0.0
+    dre_busy = dre_energy = index = 0.0
+    onchip = False
     if policy == "rekv":
+        index = heads * (t + 1) * entry  # grows with the stream: kept in DRAM
         sel.dram = heads * (t + 1) * entry  # read t frame means, write the new one
         sel.fp16 = heads * q * 2 * d * t
         sel.fixed = KERNELS["rekv"] * L * dev.kernel_overhead
@@ -453,6 +457,8 @@ def frame_cost(
         n = resv_clusters(t, s)
         sel.dram = heads * attended * s.addr_bytes  # member lists of the selected clusters
         if dev.has_dre:
+            onchip = bool(dev.dre_table_state)
+            index = heads * dre_state_bits(d, s, p) / 8
             per_dre = math.ceil(H / dev.dre_instances)  # heads of one layer on one DRE
             ret = q * dre_expected_retrieval_cycles(n, d, s)
             sel.fixed = L * per_dre * ret / dev.dre_clock
@@ -469,6 +475,7 @@ def frame_cost(
                 + bits_all * s.pj_per_sram_bit * 1e-12
             )
         else:
+            index = heads * n * (entry + 4 * d)  # centroids and exact FP32 sums, in DRAM
             sel.dram += heads * (n * entry)  # read the centroid table to score it
             sel.dram += heads * p * (3 + 1) * (d * 4 + s.count_bytes)  # 3 candidates read, 1 write
             sel.dram += heads * s.updated_clusters_per_frame * entry  # re-quantised centroids
@@ -495,7 +502,7 @@ def frame_cost(
         + dev.static_power * seconds
         + dre_energy
     )
-    return FrameCost(ph, seconds, energy, dre_busy, dre_energy, dre_leak, attended)
+    return FrameCost(ph, seconds, energy, dre_busy, dre_energy, dre_leak, attended, index, onchip)
 
 
 def frame_at(minutes: float, s: Setup) -> int:
@@ -577,7 +584,7 @@ def format_table(rows: list[Row], s: Setup) -> str:
         f"{'model':<11} {'device':<6} {'policy':<6} {'min':>3} {'past tok':>9} {'FPS':>6} "
         + (f"{'vis ms':>7} " if vision else "")
         + f"{'lin ms':>7} {'attn ms':>8} {'sel ms':>7} {'ms/fr':>8} {'GB/fr':>7} {'mJ/fr':>8} "
-        f"{'speedup':>8} {'energy x':>8} {'RT':>3} {'KV GB':>6}"
+        f"{'speedup':>8} {'energy x':>8} {'RT':>3} {'KV GB':>6} {'idx MB':>7}"
     )
     lines = [head, "-" * len(head)]
     prev = None
@@ -596,7 +603,8 @@ def format_table(rows: list[Row], s: Setup) -> str:
             f"{1e3 * c.phases['attention'].seconds:>8.1f} "
             f"{1e3 * c.phases['select'].seconds:>7.2f} {1e3 * c.seconds:>8.1f} "
             f"{c.dram / 1e9:>7.2f} {1e3 * c.energy:>8.0f} {r.speedup:>7.2f}x "
-            f"{r.efficiency:>7.2f}x {rt:>3} {r.kv_gb:>5.1f}{'' if r.fits else '!'}"
+            f"{r.efficiency:>7.2f}x {rt:>3} {r.kv_gb:>5.1f}{'' if r.fits else '!'} "
+            f"{c.index_bytes / 1e6:>6.1f}{'*' if c.index_onchip else ''}".rstrip()
         )
     return "\n".join(lines)
 
@@ -606,7 +614,7 @@ CSV_FIELDS = [
     *("mean_fps", "ms_vision", "ms_linear", "ms_attention", "ms_select", "ms_frame"),
     *("dre_busy_ms", "gb_frame", "gb_vision", "gb_linear", "gb_attention", "gb_select"),
     *("mj_frame", "dre_mj", "speedup_vs_orin_full", "energy_eff_vs_orin_full", "kv_store_gb"),
-    "fits_dram",
+    *("fits_dram", "index_mb", "index_onchip"),
 ]
 
 
@@ -637,6 +645,8 @@ def write_csv(rows: list[Row], s: Setup, path: Path):
                 f"{r.efficiency:.4g}",
                 f"{r.kv_gb:.4g}",
                 int(r.fits),
+                f"{c.index_bytes / 1e6:.4g}",
+                int(c.index_onchip),
             ]
             wr.writerow(vals)
 
@@ -934,7 +944,8 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"# vrex: {dev.dre_instances} DREs at {dev.dre_clock / 1e6:g} MHz, lanes {s.lanes}, "
             f"bk {s.bk}, work fraction {s.work_fraction}; RT = FPS >= {s.fps:g}; "
-            f"KV GB with '!' = KV store + weights exceed DRAM"
+            f"KV GB with '!' = KV store + weights exceed DRAM; idx MB = the policy's index "
+            f"(ReKV frame means, ReSV centroid tables), '*' = on chip"
         )
         for mk in args.models:
             print(share_report(prof, mk, "vrex", 10 if 10 in args.minutes else args.minutes[0]))

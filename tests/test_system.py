@@ -138,6 +138,8 @@ def test_select_phase_rekv():
     assert sel.dram == 2 * 4 * 12 == 96
     assert sel.fp16 == 2 * 2 * 4 * 3 == 48  # one query . 3 means of 4 elements, 2 pairs
     assert sel.seconds == pytest.approx(max(48 / 1000, 96 / 1000) + 3 * 2 * 0.001)
+    c = sysm.frame_cost(TOY_LLM, TOY_GPU, TOY_SETUP, "rekv", T)
+    assert c.index_bytes == 2 * 4 * 12 and not c.index_onchip  # 4 frame means in DRAM
 
 
 def test_select_phase_resv_gpu():
@@ -149,6 +151,8 @@ def test_select_phase_resv_gpu():
     assert sel.fp16 == 2 * (2 * 4 * 8 + 4 * 8 * 4) == 384
     # sequential clustering: 2 layers x 4 tokens x 0.01 s, plus 4 kernels x 2 layers
     assert sel.seconds == pytest.approx(928 / 1000 + 0.08 + 0.008)
+    # index in DRAM: 8 clusters x (12 B centroid and count + 4 x 4 B exact sums), 2 pairs
+    assert sysm.frame_cost(TOY_LLM, TOY_GPU, TOY_SETUP, "resv", T).index_bytes == 2 * 8 * 28
 
 
 def test_select_phase_resv_dre_and_energy():
@@ -161,6 +165,9 @@ def test_select_phase_resv_dre_and_energy():
     # DRE busy: 2 tables x (81 + max(clustering 3 x (4-1) + 1 + 8 = 18, write-back 2 x (1 x 11 + 3)
     # = 28)) = 218 cycles
     assert c.dre_seconds == pytest.approx(218 / 1000)
+    # tables on chip, per pair: owner 4 x (3 + 1) + meta 8 x (16 + 48) + sums 8 x 4 x 24
+    # + bias 8 x 24 + planes 8 x 8 x 4 = 1744 bits
+    assert c.index_onchip and c.index_bytes == 2 * 1744 / 8
     # frame: linear (no spill) max(9216 / 1e4, 1152 / 1000) = 1.152; attention 2176 / 1000
     assert c.phases["linear"].seconds == pytest.approx(1.152)
     assert c.seconds == pytest.approx(1.152 + 2.176 + sel.seconds)

@@ -37,11 +37,11 @@ from pathlib import Path
 
 import torch
 
-from model.baselines import FullAttention, KVPolicy, ReKVFrames, SlidingWindow
-from model.llm import KVStore, LLMConfig, TinyLLM, frame_attention, group_mean_query
+from model.baselines import FullAttention, KVPolicy, OracleTopB, ReKVFrames, SlidingWindow
+from model.llm import KVStore, LLMConfig, TinyLLM, frame_attention
 from model.metrics import output_error_per_head, past_recall_per_head, relative_l2
 from model.resv import ReSVCache, ReSVConfig
-from model.video import PatchEmbedding, VideoError, open_video
+from model.video import PatchEmbedding, open_video
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -112,6 +112,12 @@ def finish_policy(stats: Stats, policies: list[KVPolicy]):
         stats.clusters = sum(heads) / len(heads)
 
 
+def merged_tokens(policy: KVPolicy):
+    """ReSV's cluster summaries of its last retrieval, when it keeps them (else None)."""
+    cfg = getattr(policy, "cfg", None)
+    return policy.last_summaries if cfg is not None and cfg.summaries else None
+
+
 def progress(t: int, n: int, what: str):
     """Per-frame counter on stderr (one updating line on a terminal, else every 16 frames)."""
     if sys.stderr.isatty():
@@ -134,13 +140,14 @@ def run_teacher_forced(llm, embed, video, grid, factories: dict[str, PolicyFacto
         fetched = dict.fromkeys(factories, 0)
         for li, tr in enumerate(traces):
             ref_out, ref_probs = frame_attention(tr.q, tr.k_past, tr.v_past, tr.k, tr.v, None, True)
-            query = group_mean_query(tr.q, cfg.q_per_kv)
             for name, layer_policies in policies.items():
                 pol, st = layer_policies[li], stats[name]
                 t0 = time.perf_counter()
-                ids = pol.retrieve(query)
+                ids = pol.retrieve(tr.q)
                 st.seconds += time.perf_counter() - t0
-                out = frame_attention(tr.q, tr.k_past, tr.v_past, tr.k, tr.v, ids)
+                out = frame_attention(
+                    tr.q, tr.k_past, tr.v_past, tr.k, tr.v, ids, merged=merged_tokens(pol)
+                )
                 fetched[name] += evaluate_layer(
                     st, pol, li, tr, ids, out, ref_probs, ref_out, cfg.q_per_kv
                 )
@@ -173,9 +180,9 @@ def run_free_running(llm, embed, video, grid, factories: dict[str, PolicyFactory
 
         def select(li, q, k, v, policies=policies, st=st):
             t0 = time.perf_counter()
-            ids = policies[li].retrieve(group_mean_query(q, cfg.q_per_kv))
+            ids = policies[li].retrieve(q)
             st.seconds += time.perf_counter() - t0
-            return ids
+            return ids, merged_tokens(policies[li])
 
         for t, x in enumerate(tokens):
             progress(t, len(tokens), f"free-running: {name}")
@@ -231,40 +238,95 @@ def parse_grid(text: str) -> tuple[int, int]:
     return h, w
 
 
+def parse_budgets(text: str) -> list[int]:
+    try:
+        budgets = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"--budgets expects comma-separated token counts, e.g. 392,980,2940; got {text!r}"
+        ) from None
+    if not budgets or min(budgets) < 1:
+        raise argparse.ArgumentTypeError(f"--budgets {text}: each budget must be >= 1 token")
+    return budgets
+
+
+QUICK = {"frames": 8, "grid": (8, 8), "head_dim": 32}
+
+
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="python -m model.bench", description=__doc__.split("\n")[0])
-    ap.add_argument("--frames", type=int, default=64)
-    ap.add_argument("--grid", type=parse_grid, default=(14, 14), help="token grid HxW (14x14)")
+    ap = argparse.ArgumentParser(
+        prog="python -m model.bench",
+        description=__doc__.split("\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    ap.add_argument("--frames", type=int, default=64, help="frames to stream")
+    ap.add_argument("--grid", type=parse_grid, default=(14, 14), help="token grid HxW")
     ap.add_argument("--seed", type=int, default=0, help="video, embedding and weights seed")
-    ap.add_argument("--video", default=None, help="folder of PNG/JPEG frames or .npy (synthetic)")
-    ap.add_argument("--layers", type=int, default=2)
-    ap.add_argument("--kv-heads", type=int, default=2)
-    ap.add_argument("--q-per-kv", type=int, default=2)
-    ap.add_argument("--head-dim", type=int, default=64)
-    ap.add_argument("--rope", choices=("mrope", "1d"), default="mrope")
-    ap.add_argument("--qk-gain", type=float, default=LLMConfig.qk_gain)
+    ap.add_argument(
+        "--video",
+        default="synthetic",
+        help="'synthetic', 'photos' (scikit-image's bundled photographs), a folder of "
+        "PNG/JPEG frames or a .npy array",
+    )
+    ap.add_argument("--layers", type=int, default=2, help="LLM layers")
+    ap.add_argument("--kv-heads", type=int, default=2, help="KV heads per layer")
+    ap.add_argument("--q-per-kv", type=int, default=2, help="query heads per KV head")
+    ap.add_argument("--head-dim", type=int, default=64, help="head dimension d")
+    ap.add_argument("--rope", choices=("mrope", "1d"), default="mrope", help="rotary embedding")
+    ap.add_argument("--qk-gain", type=float, default=LLMConfig.qk_gain, help="attention peaking")
     d = ReSVConfig()
-    ap.add_argument("--tau-t", type=float, default=d.tau_t)
-    ap.add_argument("--tau-s", type=float, default=d.tau_s)
-    ap.add_argument("--margin", type=float, default=d.margin)
-    ap.add_argument("--k-min", type=int, default=d.k_min)
-    ap.add_argument("--k-max", type=int, default=d.k_max)
-    ap.add_argument("--table-size", type=int, default=d.table_size)
+    g = ap.add_argument_group("ReSV (see model/resv.py ReSVConfig)")
+    g.add_argument("--tau-t", type=float, default=d.tau_t, help="temporal cosine threshold")
+    g.add_argument("--tau-s", type=float, default=d.tau_s, help="spatial cosine threshold")
+    g.add_argument("--table-size", type=int, default=d.table_size, help="centroid table entries")
+    g.add_argument("--rule", choices=("budget", "margin"), default=d.rule, help="retrieval rule")
+    g.add_argument("--budget", type=int, default=d.budget, help="tokens per head and frame")
+    g.add_argument("--query-vectors", type=int, default=d.query_vectors, help="Q per head")
+    g.add_argument("--query-mode", choices=("blocks", "kmeans"), default=d.query_mode)
+    g.add_argument("--score", choices=("soft", "norm", "max"), default=d.score)
+    g.add_argument("--rerank", type=float, default=d.rerank, help="two-stage alpha (0: off)")
+    g.add_argument(
+        "--summaries",
+        action=argparse.BooleanOptionalAction,
+        default=d.summaries,
+        help="attend unselected clusters through their centroid and mean value",
+    )
+    g.add_argument("--margin", type=float, default=d.margin, help="margin rule: margin")
+    g.add_argument("--k-min", type=int, default=d.k_min, help="margin rule: clusters at least")
+    g.add_argument("--k-max", type=int, default=d.k_max, help="margin rule: clusters at most")
     ap.add_argument("--sinks", type=int, default=d.n_sink, help="attention sinks (all policies)")
-    ap.add_argument("--window", type=int, default=d.window_frames, help="ReSV/ReKV window frames")
+    ap.add_argument(
+        "--window", type=int, default=d.window_frames, help="local window frames (ReSV, ReKV)"
+    )
     ap.add_argument("--sw-window", type=int, default=4, help="sliding-window baseline frames")
     ap.add_argument("--rekv-k", type=int, default=4, help="ReKV frames retrieved")
-    ap.add_argument("--free-running", action="store_true", help="see the module docstring")
-    ap.add_argument("--sweep", action="store_true", help="recall vs tokens at equal budgets")
-    ap.add_argument("--quick", action="store_true", help="8 frames, 8x8 grid, small model")
+    m = ap.add_argument_group("modes (default: one teacher-forced table)")
+    m.add_argument("--free-running", action="store_true", help="see the module docstring")
+    m.add_argument(
+        "--budgets",
+        type=parse_budgets,
+        default=None,
+        help="matched budgets, e.g. 392,980,2940: every policy at each budget",
+    )
+    m.add_argument("--sweep", action="store_true", help="recall vs tokens at equal budgets")
+    m.add_argument("--quick", action="store_true", help="defaults of 8 frames, 8x8 grid, d 32")
     ap.add_argument("--out", type=Path, default=ROOT / "build", help="sweep CSV/PNG folder")
+    ap.add_argument("--csv", type=Path, default=None, help="--budgets: write one row per policy")
     return ap
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """Parse; ``--quick`` changes the defaults of --frames, --grid and --head-dim only."""
+    ap = build_parser()
+    args = ap.parse_args(argv)
     if args.quick:
-        args.frames, args.grid, args.head_dim = 8, (8, 8), 32
+        ap.set_defaults(**QUICK)
+        args = ap.parse_args(argv)
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     try:
         llm_cfg = LLMConfig(
             layers=args.layers,
@@ -280,17 +342,33 @@ def main(argv: list[str] | None = None) -> int:
         resv_cfg = ReSVConfig(
             tau_t=args.tau_t,
             tau_s=args.tau_s,
+            table_size=args.table_size,
+            n_sink=args.sinks,
+            window_frames=args.window,
+            rule=args.rule,
+            budget=args.budget,
+            query_vectors=args.query_vectors,
+            query_mode=args.query_mode,
+            score=args.score,
+            rerank=args.rerank,
+            summaries=args.summaries,
             margin=args.margin,
             k_min=args.k_min,
             k_max=args.k_max,
-            n_sink=args.sinks,
-            window_frames=args.window,
-            table_size=args.table_size,
         )
         if args.frames < 2:
             raise ValueError(f"--frames={args.frames} must be >= 2 (frame 0 has no past)")
+        if args.csv is not None and args.budgets is None:
+            raise ValueError("--csv writes the --budgets table: give --budgets too")
         video = open_video(args.video, frames=args.frames, seed=args.seed)
-    except (ValueError, VideoError) as exc:  # ConfigError and VideoError are ValueErrors
+        if len(video) < args.frames:
+            raise ValueError(
+                f"--frames={args.frames} but {args.video} holds only {len(video)} frames"
+            )
+        for path in [args.csv] if args.csv is not None else []:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.open("a").close()  # fail now, not after the run, if it cannot be written
+    except (ValueError, OSError) as exc:  # ConfigError and VideoError are ValueErrors
         print(f"error: {exc}", file=sys.stderr)
         return 2
     llm = TinyLLM(llm_cfg)
@@ -298,19 +376,23 @@ def main(argv: list[str] | None = None) -> int:
     h, dh = llm_cfg.kv_heads, llm_cfg.head_dim
     print(
         f"# frames={len(video)} grid={args.grid[0]}x{args.grid[1]} seed={args.seed} "
-        f"video={args.video or 'synthetic'} | LLM layers={llm_cfg.layers} kv_heads={h} "
+        f"video={args.video} | LLM layers={llm_cfg.layers} kv_heads={h} "
         f"q_per_kv={llm_cfg.q_per_kv} head_dim={dh} rope={llm_cfg.rope} "
         f"qk_gain={llm_cfg.qk_gain} | ReSV {resv_cfg}"
     )
     if args.sweep:
         return sweep(args, llm, embed, video, resv_cfg)
+    if args.budgets is not None:
+        return matched_budgets(args, llm, embed, video, resv_cfg)
     s, w = args.sinks, args.window
     factories = {
         "full": lambda: FullAttention(h, dh),
         f"window(sink={s},W={args.sw_window})": lambda: SlidingWindow(h, dh, s, args.sw_window),
         f"rekv(k={args.rekv_k},W={w})": lambda: ReKVFrames(h, dh, args.rekv_k, s, w),
-        f"resv(m={resv_cfg.margin:g},W={w})": lambda: ReSVCache(resv_cfg, h, dh),
+        f"{resv_cfg.label()}": lambda: ReSVCache(resv_cfg, h, dh),
     }
+    if resv_cfg.rule == "budget":
+        factories[f"oracle(B={resv_cfg.budget})"] = lambda: OracleTopB(h, dh, resv_cfg.budget, s, w)
     t0 = time.perf_counter()
     run = run_free_running if args.free_running else run_teacher_forced
     stats = run(llm, embed, video, args.grid, factories)
@@ -320,25 +402,138 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-SWEEP_MARGINS = (0.0, 0.5, 1.0, 2.0, 3.0, 4.0, 6.0, 8.0)
-SWEEP_REKV_K = (1, 2, 4, 8, 16, 32)
-SWEEP_WINDOW = (1, 2, 4, 8, 16, 32)
+# ---- matched budgets --------------------------------------------------------------------------
+
+BUDGET_POLICIES = ("full", "window", "rekv", "resv", "resv2", "oracle")
+RESV2_ALPHA = 2.0  # the two-stage variant pre-selects this many times the budget
+
+
+def budget_factories(args, h: int, dh: int, per_frame: int, budgets, resv_cfg: ReSVConfig):
+    """``{(policy, budget): factory}``: every policy at exactly each budget of past tokens
+    besides sinks and window.  ReKV takes ``k = round(B / P)`` whole frames and the window
+    baseline ``W = window + k`` frames (exactly ``B`` when ``P`` divides ``B``)."""
+    s, w = args.sinks, args.window
+    out: dict[tuple[str, int], PolicyFactory] = {("full", 0): lambda: FullAttention(h, dh)}
+    for b in budgets:
+        k = max(1, round(b / per_frame))
+        cfg = resv_cfg.replace(rule="budget", budget=b)
+        cfg2 = cfg.replace(rerank=RESV2_ALPHA)
+        out["window", b] = lambda k=k: SlidingWindow(h, dh, s, w + k)
+        out["rekv", b] = lambda k=k: ReKVFrames(h, dh, k, s, w)
+        out["resv", b] = lambda cfg=cfg: ReSVCache(cfg, h, dh)
+        out["resv2", b] = lambda cfg=cfg2: ReSVCache(cfg, h, dh)
+        out["oracle", b] = lambda b=b: OracleTopB(h, dh, b, s, w)
+    return out
+
+
+def matched_budgets(args, llm, embed, video, resv_cfg: ReSVConfig) -> int:
+    h, dh = llm.cfg.kv_heads, llm.cfg.head_dim
+    per_frame = args.grid[0] * args.grid[1]
+    inexact = [b for b in args.budgets if b % per_frame]
+    if inexact:
+        print(
+            f"# note: ReKV and the window take whole frames of {per_frame} tokens; at "
+            f"{', '.join(map(str, inexact))} they attend round(B/{per_frame}) frames (see tokens)"
+        )
+    factories = budget_factories(args, h, dh, per_frame, args.budgets, resv_cfg)
+    named = {f"{p}@{b}": f for (p, b), f in factories.items()}
+    t0 = time.perf_counter()
+    stats = run_teacher_forced(llm, embed, video, args.grid, named)
+    print(f"# matched budgets, teacher-forced, wall {time.perf_counter() - t0:.1f} s")
+    rows = {key: stats[f"{key[0]}@{key[1]}"].row() for key in factories}
+    full = rows["full", 0]
+    table = []
+    for b in args.budgets:
+        oracle = rows["oracle", b]["recall"]
+        rekv = rows["rekv", b]
+        print(f"\n## budget {b} tokens per head and frame (besides sinks and window)")
+        lines = [
+            f"{'policy':<8} {'recall':>7} {'of oracle':>9} {'out err':>8} {'tokens':>7} "
+            f"{'fetch KB/fr':>11} {'on-chip KB':>10} {'vs rekv':>8}"
+        ]
+        lines.append("-" * len(lines[0]))
+        for pol in BUDGET_POLICIES:
+            r = full if pol == "full" else rows[pol, b]
+            frac = r["recall"] / oracle if oracle > 0 else float("nan")
+            diff = r["recall"] - rekv["recall"]
+            lines.append(
+                f"{pol:<8} {r['recall']:>7.4f} {frac:>9.3f} {r['error']:>8.4f} "
+                f"{r['tokens']:>7.0f} {r['fetched_kb']:>11.1f} {r['onchip_kb']:>10.1f} "
+                f"{diff:>+8.4f}"
+            )
+            table.append({"policy": pol, "budget": b, "oracle_frac": frac, **r})
+        print("\n".join(lines))
+        res = rows["resv", b]
+        print(
+            f"resv - rekv at {b}: recall {res['recall'] - rekv['recall']:+.4f}, "
+            f"output error {res['error'] - rekv['error']:+.4f}"
+        )
+    if args.csv is not None:
+        write_budget_csv(args.csv, table, args)
+        print(f"# wrote {args.csv}")
+    return 0
+
+
+CSV_COLUMNS = (
+    "policy",
+    "budget",
+    "recall",
+    "out_err",
+    "tokens",
+    "fetched_kb",
+    "onchip_kb",
+    "oracle_frac",
+    "video",
+    "seed",
+    "frames",
+)
+
+
+def write_budget_csv(path: Path, table: list[dict], args) -> None:
+    with path.open("w", newline="") as fh:
+        wr = csv.writer(fh)
+        wr.writerow(CSV_COLUMNS)
+        for r in table:
+            figures = (r["recall"], r["error"], r["tokens"], r["fetched_kb"], r["onchip_kb"])
+            wr.writerow(
+                [
+                    r["policy"],
+                    r["budget"],
+                    *(f"{x:.6g}" for x in figures),
+                    f"{r['oracle_frac']:.6g}",
+                    args.video,
+                    args.seed,
+                    args.frames,
+                ]
+            )
+
+
+# ---- sweep --------------------------------------------------------------------------------------
+
+SWEEP_FRAMES = (1, 2, 4, 8, 16, 32)  # ReKV k, window W; ReSV and oracle at k x P tokens
+SWEEP_MARGINS = (0.0, 1.0, 3.0, 6.0)  # ReSV version 1 (margin rule), for reference
 
 
 def sweep(args, llm, embed, video, resv_cfg: ReSVConfig) -> int:
     h, dh, s, w = llm.cfg.kv_heads, llm.cfg.head_dim, args.sinks, args.window
+    per_frame = args.grid[0] * args.grid[1]
     factories: dict[str, PolicyFactory] = {}
     knobs: dict[str, tuple[str, str, float]] = {}
-    for m in SWEEP_MARGINS:
-        cfg = resv_cfg.replace(margin=m)
-        factories[f"resv(m={m:g})"] = lambda cfg=cfg: ReSVCache(cfg, h, dh)
-        knobs[f"resv(m={m:g})"] = ("resv", "margin", m)
-    for k in SWEEP_REKV_K:
+    for k in SWEEP_FRAMES:
+        b = k * per_frame
+        cfg = resv_cfg.replace(rule="budget", budget=b)
+        factories[f"resv(B={b})"] = lambda cfg=cfg: ReSVCache(cfg, h, dh)
+        knobs[f"resv(B={b})"] = ("resv", "budget", b)
+        factories[f"oracle(B={b})"] = lambda b=b: OracleTopB(h, dh, b, s, w)
+        knobs[f"oracle(B={b})"] = ("oracle", "budget", b)
         factories[f"rekv(k={k})"] = lambda k=k: ReKVFrames(h, dh, k, s, w)
         knobs[f"rekv(k={k})"] = ("rekv", "k", k)
-    for wf in SWEEP_WINDOW:
-        factories[f"window(W={wf})"] = lambda wf=wf: SlidingWindow(h, dh, s, wf)
-        knobs[f"window(W={wf})"] = ("window", "window_frames", wf)
+        factories[f"window(W={k})"] = lambda k=k: SlidingWindow(h, dh, s, k)
+        knobs[f"window(W={k})"] = ("window", "window_frames", k)
+    for m in SWEEP_MARGINS:
+        cfg = resv_cfg.replace(rule="margin", margin=m)
+        factories[f"resv-margin(m={m:g})"] = lambda cfg=cfg: ReSVCache(cfg, h, dh)
+        knobs[f"resv-margin(m={m:g})"] = ("resv-margin", "margin", m)
     t0 = time.perf_counter()
     stats = run_teacher_forced(llm, embed, video, args.grid, factories)
     print(f"# sweep, teacher-forced, wall {time.perf_counter() - t0:.1f} s")
@@ -366,11 +561,18 @@ def plot(rows, knobs, path: Path, title: str):
     import matplotlib.ticker
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-    for pol, marker in (("resv", "o"), ("rekv", "s"), ("window", "^")):
+    styles = (
+        ("oracle", "*", ":"),
+        ("resv", "o", "-"),
+        ("rekv", "s", "-"),
+        ("window", "^", "-"),
+        ("resv-margin", "x", "--"),
+    )
+    for pol, marker, line in styles:
         pts = sorted((r["tokens"], r["recall"], r["error"]) for n, r in rows if knobs[n][0] == pol)
         xs = [p[0] for p in pts]
-        axes[0].plot(xs, [p[1] for p in pts], marker=marker, label=pol)
-        axes[1].plot(xs, [p[2] for p in pts], marker=marker, label=pol)
+        axes[0].plot(xs, [p[1] for p in pts], marker=marker, linestyle=line, label=pol)
+        axes[1].plot(xs, [p[2] for p in pts], marker=marker, linestyle=line, label=pol)
     for ax, ylabel in zip(axes, ("attention recall", "relative L2 output error"), strict=True):
         ax.set_xscale("log")
         ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())

@@ -117,7 +117,13 @@ class LayerTrace:
     out: torch.Tensor
 
 
-Selector = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], list[torch.Tensor] | None]
+# Per KV head: merged tokens (keys [M, d], values [M, d], logit bias [M]) or None.
+Merged = list[tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None]
+# select(layer, q, k, v) -> per-KV-head past ids (None: all), optionally with merged tokens.
+Selector = Callable[
+    [int, torch.Tensor, torch.Tensor, torch.Tensor],
+    list[torch.Tensor] | tuple[list[torch.Tensor], Merged | None] | None,
+]
 
 
 def frame_attention(
@@ -128,14 +134,18 @@ def frame_attention(
     v_new: torch.Tensor,
     past_ids: list[torch.Tensor] | None = None,
     return_probs: bool = False,
+    merged: Merged | None = None,
 ):
     """Attention of a new frame's queries over (selected) past tokens and the frame itself.
 
     Query head ``g`` uses KV head ``g // (Hq // H)``.  New token ``i`` sees the past tokens
     ``past_ids[h]`` (all past tokens if ``past_ids`` is None) and new tokens ``0..i`` (causal).
+    ``merged[h]``, when given and not None, is ``(keys [M, d], values [M, d], bias [M])``: ``M``
+    merged tokens that every new token of head ``h`` also sees, with ``bias`` added to their
+    logits (ReSV's cluster summaries: centroid key, mean value, ``ln n``).
     Returns ``out [Hq, P, d]``, and with ``return_probs`` also the attention probabilities
     ``[Hq, P, M + P]`` (``M`` = number of past tokens attended by that head; with different
-    ``M`` per head, a list).
+    ``M`` per head, a list; merged tokens are not included).
     """
     hq, p, d = q.shape
     h = k_new.shape[0]
@@ -154,8 +164,18 @@ def frame_attention(
         logits = qg @ keys.T / math.sqrt(d)
         mask = torch.cat([torch.ones(p, kp.shape[0], dtype=torch.bool), causal], dim=1)
         logits = logits.masked_fill(~mask, float("-inf"))
-        a = torch.softmax(logits, dim=-1)
-        outs.append(a @ vals)
+        extra = merged[head] if merged is not None else None
+        if extra is not None:
+            mk, mv, bias = extra
+            both = torch.cat(
+                [logits, qg @ mk.T.to(qg.dtype) / math.sqrt(d) + bias.to(qg.dtype)], -1
+            )
+            a_all = torch.softmax(both, dim=-1)
+            a = a_all[..., : keys.shape[0]]
+            outs.append(a @ vals + a_all[..., keys.shape[0] :] @ mv.to(vals.dtype))
+        else:
+            a = torch.softmax(logits, dim=-1)
+            outs.append(a @ vals)
         probs.append(a)
     out = torch.cat(outs)
     if not return_probs:
@@ -246,7 +266,8 @@ class TinyLLM:
         """Prefill one frame's tokens ``x [P, d_model]`` (raster order on ``grid``).
 
         ``select(layer, q, k, v)`` returns, per KV head, the past token ids (LongTensor, into the
-        cache) this layer may attend to, or None for all.  Appends the frame's keys and values to
+        cache) this layer may attend to, or None for all; or a pair ``(ids, merged)`` with merged
+        tokens as :func:`frame_attention` takes them.  Appends the frame's keys and values to
         ``store`` and returns the final hidden states ``[P, d_model]`` and one
         :class:`LayerTrace` per layer.
         """
@@ -263,7 +284,10 @@ class TinyLLM:
             v = torch.einsum("pm,hmd->hpd", hidden, w["wv"])
             k_past, v_past = store.k[li], store.v[li]
             ids = select(li, q, k, v) if select is not None else None
-            out = frame_attention(q, k_past, v_past, k, v, ids)
+            merged = None
+            if isinstance(ids, tuple):
+                ids, merged = ids
+            out = frame_attention(q, k_past, v_past, k, v, ids, merged=merged)
             store.k[li] = torch.cat([k_past, k], dim=1)
             store.v[li] = torch.cat([v_past, v], dim=1)
             traces.append(LayerTrace(q, k, v, k_past, v_past, ids, out))

@@ -198,6 +198,196 @@ class SyntheticVideo:
 
 
 # ---------------------------------------------------------------------------------------------
+# Photo stream: real content from the photographs scikit-image ships inside its package
+# ---------------------------------------------------------------------------------------------
+
+# Bundled with scikit-image (files inside the installed package, nothing is downloaded).
+PHOTO_FILES = (
+    "astronaut.png",
+    "chelsea.png",
+    "coffee.png",
+    "rocket.jpg",
+    "motorcycle_left.png",
+    "horse.png",
+    "hubble_deep_field.jpg",
+    "retina.jpg",
+    "ihc.png",
+    "camera.png",
+    "coins.png",
+    "brick.png",
+    "grass.png",
+    "gravel.png",
+    "moon.png",
+)
+GIF_FILE = "no_time_for_that_tiny.gif"
+_PHOTO_SIDE = 224  # photos are resized once so that their shorter side has this many pixels
+
+
+def skimage_data_dir() -> Path:
+    """The ``data`` folder inside the installed scikit-image package."""
+    try:
+        import skimage
+    except ImportError:
+        raise VideoError("the photo stream needs scikit-image (pip install scikit-image)") from None
+    return Path(skimage.__file__).resolve().parent / "data"
+
+
+_PHOTO_CACHE: dict[str, torch.Tensor] = {}
+
+
+def _photo(name: str) -> torch.Tensor:
+    """Bundled photograph ``name`` as float32 ``[3, H, W]``, shorter side ``_PHOTO_SIDE``."""
+    if name not in _PHOTO_CACHE:
+        from PIL import Image
+
+        path = skimage_data_dir() / name
+        if not path.is_file():
+            raise VideoError(f"{path}: missing from the installed scikit-image")
+        with Image.open(path) as im:
+            im = im.convert("RGB")
+            scale = _PHOTO_SIDE / min(im.size)
+            size = (max(1, round(im.size[0] * scale)), max(1, round(im.size[1] * scale)))
+            im = im.resize(size, Image.Resampling.LANCZOS)
+            arr = np.asarray(im, dtype=np.float32) / 255.0
+        _PHOTO_CACHE[name] = torch.from_numpy(arr.transpose(2, 0, 1).copy())
+    return _PHOTO_CACHE[name]
+
+
+def _gif_frames() -> torch.Tensor:
+    """The animated GIF scikit-image ships, as float32 ``[T, 3, H, W]``."""
+    if GIF_FILE not in _PHOTO_CACHE:
+        from PIL import Image, ImageSequence
+
+        with Image.open(skimage_data_dir() / GIF_FILE) as im:
+            frames = [
+                np.asarray(f.convert("RGB"), dtype=np.float32) / 255.0
+                for f in ImageSequence.Iterator(im)
+            ]
+        _PHOTO_CACHE[GIF_FILE] = torch.from_numpy(np.stack(frames).transpose(0, 3, 1, 2).copy())
+    return _PHOTO_CACHE[GIF_FILE]
+
+
+class PhotoVideo:
+    """A real-content stream built from the photographs bundled with scikit-image.
+
+    The stream is a sequence of *shots* separated by hard cuts; each shot's length is drawn from
+    ``cut_every``.  A shot is a virtual camera over one bundled photograph (:data:`PHOTO_FILES`,
+    picked at random): a square crop whose centre pans at up to 1.5 output pixels per frame on
+    each axis (bouncing off the photo's borders) and whose size zooms in or out by up to 1 % per
+    frame (the crop starts at 35-80 % of the photo's shorter side and stays within 25-100 %).
+    One shot in eight instead plays the small animated GIF scikit-image ships
+    (:data:`GIF_FILE`, 24 frames, each shown for two frames, looping), scaled to the frame.
+    Gaussian sensor noise (``noise``) is added to every frame.  Photos are resized once (Lanczos)
+    so their shorter side is 224 pixels; a crop is sampled bilinearly at twice the output
+    resolution and averaged down 2x2.  ``frame(t)`` is a pure function of ``(seed, t)`` and the
+    constructor arguments.  The parameters were fixed before any policy was run on the stream.
+    """
+
+    def __init__(
+        self,
+        frames: int = 64,
+        height: int = 112,
+        width: int = 112,
+        seed: int = 0,
+        noise: float = 0.02,
+        cut_every: tuple[int, int] = (16, 48),
+    ):
+        for name, value, lo in (("frames", frames, 1), ("height", height, 8), ("width", width, 8)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < lo:
+                raise VideoError(f"{name}={value!r} must be an integer >= {lo}")
+        if not (isinstance(noise, int | float) and noise >= 0 and math.isfinite(noise)):
+            raise VideoError(f"noise={noise!r} must be a finite number >= 0")
+        lo, hi = cut_every
+        if not (isinstance(lo, int) and isinstance(hi, int) and 1 <= lo <= hi):
+            raise VideoError(f"cut_every={cut_every!r} must be (min, max) with 1 <= min <= max")
+        skimage_data_dir()  # fail early, with one message, if scikit-image is missing
+        self.frames, self.height, self.width = frames, height, width
+        self.seed, self.noise, self.cut_every = seed, noise, cut_every
+        rng = np.random.default_rng([seed, 10])
+        self.scene_starts = [0]
+        while self.scene_starts[-1] < frames:
+            self.scene_starts.append(self.scene_starts[-1] + int(rng.integers(lo, hi + 1)))
+        self.scene_starts.pop()
+        self._shots: dict[int, dict] = {}
+
+    @property
+    def cuts(self) -> list[int]:
+        """Frames at which a new shot starts (excluding frame 0)."""
+        return self.scene_starts[1:]
+
+    def __len__(self) -> int:
+        return self.frames
+
+    def shot(self, k: int) -> dict:
+        """Parameters of shot ``k``: the source (a file name) and the camera."""
+        if k not in self._shots:
+            rng = np.random.default_rng([self.seed, 11, k])
+            if rng.random() < 1 / 8:
+                self._shots[k] = {"source": GIF_FILE}
+            else:
+                img_name = PHOTO_FILES[int(rng.integers(len(PHOTO_FILES)))]
+                img = _photo(img_name)
+                short = min(img.shape[1:])
+                size = rng.uniform(0.35, 0.8) * short
+                self._shots[k] = {
+                    "source": img_name,
+                    "size": size,
+                    "zoom": math.exp(rng.uniform(-0.01, 0.01)),
+                    "centre": (
+                        rng.uniform(size / 2, img.shape[1] - size / 2),
+                        rng.uniform(size / 2, img.shape[2] - size / 2),
+                    ),
+                    # output pixels per frame, converted to photo pixels at render time
+                    "pan": (rng.uniform(-1.5, 1.5), rng.uniform(-1.5, 1.5)),
+                }
+        return self._shots[k]
+
+    def _render(self, shot: dict, u: int) -> torch.Tensor:
+        if shot["source"] == GIF_FILE:
+            gif = _gif_frames()
+            img = gif[(u // 2) % gif.shape[0]]
+            return F.interpolate(img[None], (self.height, self.width), mode="bilinear")[0]
+        img = _photo(shot["source"])
+        _, ph, pw = img.shape
+        short = min(ph, pw)
+        size = min(max(shot["size"] * shot["zoom"] ** u, 0.25 * short), float(short))
+        step = size / max(self.height, self.width)  # photo pixels per output pixel
+        cy = _bounce(shot["centre"][0], shot["pan"][0] * step, u, size / 2, ph - size / 2)
+        cx = _bounce(shot["centre"][1], shot["pan"][1] * step, u, size / 2, pw - size / 2)
+        sh, sw = size * self.height / max(self.height, self.width), size
+        sh, sw = (size, size * self.width / self.height) if self.height > self.width else (sh, sw)
+        # sample at twice the output resolution, then average 2x2 (a light anti-alias)
+        ys = (
+            cy
+            - sh / 2
+            + (torch.arange(2 * self.height, dtype=torch.float64) + 0.5) * sh / (2 * self.height)
+        )
+        xs = (
+            cx
+            - sw / 2
+            + (torch.arange(2 * self.width, dtype=torch.float64) + 0.5) * sw / (2 * self.width)
+        )
+        gy = (2 * ys / ph - 1).float()
+        gx = (2 * xs / pw - 1).float()
+        grid = torch.stack(torch.meshgrid(gy, gx, indexing="ij")[::-1], dim=-1)[None]
+        out = F.grid_sample(img[None], grid, mode="bilinear", align_corners=False)
+        return F.avg_pool2d(out, 2)[0]
+
+    def frame(self, t: int) -> torch.Tensor:
+        if not 0 <= t < self.frames:
+            raise IndexError(f"frame {t} out of range 0..{self.frames - 1}")
+        k = int(np.searchsorted(self.scene_starts, t, side="right")) - 1
+        img = self._render(self.shot(k), t - self.scene_starts[k]).double().numpy()
+        if self.noise:
+            rng = np.random.default_rng([self.seed, 12, t])
+            img = img + rng.normal(0.0, self.noise, img.shape)
+        return torch.from_numpy(np.clip(img, 0.0, 1.0).astype(np.float32))
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        return (self.frame(t) for t in range(self.frames))
+
+
+# ---------------------------------------------------------------------------------------------
 # Real frames
 # ---------------------------------------------------------------------------------------------
 
@@ -313,10 +503,12 @@ def load_frames(path: str | Path) -> torch.Tensor:
 
 
 def open_video(spec: str | Path | None, frames: int = 64, seed: int = 0):
-    """``None`` or ``"synthetic"``: :class:`SyntheticVideo`; else a path for :func:`load_frames`
-    (the first ``frames`` frames are used)."""
+    """``None`` or ``"synthetic"``: :class:`SyntheticVideo`; ``"photos"``: :class:`PhotoVideo`;
+    else a path for :func:`load_frames` (the first ``frames`` frames are used)."""
     if spec is None or str(spec) == "synthetic":
         return SyntheticVideo(frames=frames, seed=seed)
+    if str(spec) == "photos":
+        return PhotoVideo(frames=frames, seed=seed)
     return FrameArray(load_frames(spec)[:frames])
 
 

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from model.baselines import FullAttention, KVPolicy, ReKVFrames, SlidingWindow
+from model.baselines import FullAttention, KVPolicy, OracleTopB, ReKVFrames, SlidingWindow
 from model.dre_config import ConfigError
 from model.resv import ReSVCache, ReSVConfig
 
@@ -105,3 +105,44 @@ def test_bad_baseline_arguments():
     pol = FullAttention(H, D)
     with pytest.raises(ValueError, match="keys and values must be"):
         pol.add_frame(torch.zeros(H, P + 1, D), torch.zeros(H, P + 1, D), GRID)
+
+
+def test_oracle_hand_checked_case():
+    """One head, d = 1, no sinks, no window: past keys 0, 1, 2, 3 (ids 0..3), and two queries.
+
+    Logits are q * k (sqrt(d) = 1).  Query +1 over the past: softmax(0, 1, 2, 3), query -1:
+    softmax(0, -1, -2, -3).  With Z = 1 + e + e^2 + e^3 the summed mass of token k is
+    e^k / Z + e^-k / Z' -- token 3 gets 0.644 + 0.032, token 0 gets 0.032 + 0.644, token 2 gets
+    0.237 + 0.087, token 1 gets 0.087 + 0.237: 3 and 0 tie on top (0.676, lower id first), then
+    2 and 1 (0.324).  Budget 1 -> {0}; budget 2 -> {0, 3}; budget 3 -> {0, 1, 3}."""
+    for budget, want in ((0, []), (1, [0]), (2, [0, 3]), (3, [0, 1, 3]), (9, [0, 1, 2, 3])):
+        pol = OracleTopB(1, 1, budget, n_sink=0, window_frames=0)
+        pol.add_frame(torch.tensor([[[0.0], [1.0]]]), torch.zeros(1, 2, 1), (1, 2))
+        pol.add_frame(torch.tensor([[[2.0], [3.0]]]), torch.zeros(1, 2, 1), (1, 2))
+        q = torch.tensor([[[1.0], [-1.0]]])  # one query head, two tokens
+        assert pol.retrieve(q)[0].tolist() == want, budget
+        z = sum(math.exp(k) for k in range(4))
+        mass = pol.mass(q)[0].tolist()
+        assert mass == pytest.approx([(math.exp(k) + math.exp(3 - k)) / z for k in range(4)])
+
+
+def test_oracle_never_spends_budget_on_resident_tokens(seed):
+    gen = torch.Generator().manual_seed(seed)
+    pol = OracleTopB(H, D, budget=P, n_sink=2, window_frames=1)
+    stream(pol, gen, 4)
+    got = pol.retrieve(torch.randn(H * 2, P, D, generator=gen))
+    resident = set(range(2)) | set(range(3 * P, 4 * P))
+    for ids in got:
+        assert len(set(ids.tolist()) - resident) == P
+    assert pol.memory().fetched_bytes == H * P * 2 * D * 2
+
+
+def test_rekv_uses_the_mean_of_the_frames_queries(seed):
+    gen = torch.Generator().manual_seed(seed)
+    a, b = ReKVFrames(H, D, k=2, n_sink=0), ReKVFrames(H, D, k=2, n_sink=0)
+    g = torch.Generator().manual_seed(seed)
+    stream(a, gen, 5)
+    stream(b, g, 5)
+    q = torch.randn(2 * H, P, D, generator=gen)  # two query heads per KV head
+    mean = q.reshape(H, 2 * P, D).mean(dim=1)
+    assert [x.tolist() for x in a.retrieve(q)] == [x.tolist() for x in b.retrieve(mean)]

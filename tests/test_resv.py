@@ -11,7 +11,7 @@ import torch
 
 from model.baselines import KVPolicy
 from model.dre_config import ConfigError
-from model.resv import HeadClusters, ReSVCache, ReSVConfig
+from model.resv import HeadClusters, ReSVCache, ReSVConfig, query_vectors
 
 # ---- helpers -------------------------------------------------------------------------------
 
@@ -263,7 +263,7 @@ def brute_retrieve(keys_by_token, members, query, d, cfg, n_tokens, frame_len):
         c = torch.stack([keys_by_token[t] for t in m]).mean(0)
         scores.append((float(c @ query) / math.sqrt(d) + math.log(len(m)), j))
     ranked = sorted(scores, key=lambda sj: (-sj[0], sj[1]))
-    best = ranked[0][0]
+    best = ranked[0][0] if ranked else 0.0
     chosen = [j for s, j in ranked if s >= best - cfg.margin][: cfg.k_max]
     if len(chosen) < cfg.k_min:
         chosen = [j for _, j in ranked[: cfg.k_min]]
@@ -283,6 +283,7 @@ def test_retrieve_equals_brute_force_selection(seed, margin, k_min, k_max, windo
     cfg = ReSVConfig(
         tau_t=0.6,
         tau_s=0.6,
+        rule="margin",
         margin=margin,
         k_min=k_min,
         k_max=k_max,
@@ -316,7 +317,16 @@ def test_retrieve_equals_brute_force_selection(seed, margin, k_min, k_max, windo
 
 
 def test_retrieve_ties_go_to_lower_cluster_index():
-    cfg = ReSVConfig(tau_t=1.0, tau_s=1.0, margin=10.0, k_min=1, k_max=2, n_sink=0, window_frames=0)
+    cfg = ReSVConfig(
+        tau_t=1.0,
+        tau_s=1.0,
+        rule="margin",
+        margin=10.0,
+        k_min=1,
+        k_max=2,
+        n_sink=0,
+        window_frames=0,
+    )
     cache = ReSVCache(cfg, 1, 2)
     keys = torch.tensor([[[1.0, 0.0], [-1.0, 0.0], [1.0, 0.0], [0.0, 0.0]]])
     cache.add_frame(keys, keys, (1, 4))  # tau 1, no parallel neighbours: 4 single clusters
@@ -328,3 +338,219 @@ def test_retrieve_ties_go_to_lower_cluster_index():
     cache.cfg = cfg.replace(margin=0.0, k_max=3)
     assert cache.retrieve(q)[0].tolist() == [0, 1, 2]
     assert cache.last_selection[0] == [0, 1, 2]
+
+
+# ---- the token-budget rule (version 2) ------------------------------------------------------
+
+
+def brute_vectors(q_head, h, w, n_vec):
+    """Block means from the definition: block (r, c) holds grid cells with
+    floor(i R / h) = r and floor(j C / w) = c; R the largest divisor of Q with R*R <= Q."""
+    rows = max(r for r in range(1, n_vec + 1) if n_vec % r == 0 and r * r <= n_vec)
+    cols = n_vec // rows
+    out = []
+    for r in range(rows):
+        for c in range(cols):
+            cells = [
+                i * w + j
+                for i in range(h)
+                for j in range(w)
+                if (i * rows) // h == r and (j * cols) // w == c
+            ]
+            if cells:
+                out.append(q_head[:, cells].double().mean(dim=(0, 1)))
+    return out
+
+
+def brute_budget_selection(members, keys_by_token, vectors, d, budget, score):
+    """Scores from the written formulas with Python floats, then the greedy walk."""
+    cents = [torch.stack([keys_by_token[t] for t in m]).double().mean(0).tolist() for m in members]
+    counts = [len(m) for m in members]
+    s = [[sum(a * b for a, b in zip(v.tolist(), c, strict=True)) for c in cents] for v in vectors]
+    if score == "max":
+        sc = [max(row[j] for row in s) for j in range(len(cents))]
+    elif score == "norm":
+        sc = [max(row[j] - max(row) for row in s) for j in range(len(cents))]
+    else:
+        sc = []
+        for j in range(len(cents)):
+            total = 0.0
+            for row in s:
+                z = sum(
+                    n * math.exp((x - max(row)) / math.sqrt(d))
+                    for n, x in zip(counts, row, strict=True)
+                )
+                total += math.exp((row[j] - max(row)) / math.sqrt(d)) / z
+            sc.append(math.log(total))
+    order = sorted(range(len(cents)), key=lambda j: (-sc[j], j))
+    picks, taken = [], 0
+    for j in order:
+        if taken == budget:
+            break
+        take = min(counts[j], budget - taken)
+        picks.append((j, take))
+        taken += take
+    ids = [t for j, take in picks for t in members[j][::-1][:take]]
+    return picks, ids, sc
+
+
+@pytest.mark.parametrize(
+    ("score", "n_vec", "budget", "window"),
+    [
+        ("soft", 4, 20, 1),
+        ("norm", 2, 7, 0),
+        ("max", 1, 0, 2),
+        ("soft", 16, 1000, 1),
+        ("soft", 3, 9, 1),
+    ],
+)
+def test_budget_rule_equals_brute_force(seed, score, n_vec, budget, window):
+    gen = torch.Generator().manual_seed(seed)
+    h, w, d, heads, g, frames = 3, 4, 8, 2, 2, 5
+    cfg = ReSVConfig(
+        tau_t=0.7,
+        tau_s=0.7,
+        table_size=24,
+        n_sink=2,
+        window_frames=window,
+        budget=budget,
+        query_vectors=n_vec,
+        score=score,
+        summaries=False,
+    )
+    cache = ReSVCache(cfg, heads, d)
+    keys_by_token = [{} for _ in range(heads)]
+    base = torch.randn(heads, h * w, d, generator=gen)
+    for f in range(frames):
+        q = torch.randn(heads * g, h * w, d, generator=gen)
+        got = cache.retrieve(q)
+        n = f * h * w
+        resident = set(range(min(2, n))) | set(range(max(0, n - window * h * w), n))
+        for hd in range(heads):
+            members = cache.heads[hd].members
+            # the index holds exactly the tokens that have left the window
+            assert sorted(t for m in members for t in m) == list(range(max(0, n - window * h * w)))
+            vectors = brute_vectors(q[hd * g : (hd + 1) * g], h, w, n_vec)
+            if not members:
+                assert got[hd].tolist() == sorted(resident)
+                continue
+            picks, ids, _ = brute_budget_selection(
+                members, keys_by_token[hd], vectors, d, budget, score
+            )
+            assert cache.last_selection[hd] == picks
+            total = sum(len(m) for m in members)
+            assert sum(t for _, t in picks) == min(budget, total)
+            assert got[hd].tolist() == sorted(set(ids) | resident)
+        keys = base + 0.5 * torch.randn(heads, h * w, d, generator=gen)
+        cache.add_frame(keys, keys.clone(), (h, w))
+        for hd in range(heads):
+            keys_by_token[hd].update(enumerate(keys[hd].double(), start=f * h * w))
+
+
+def test_budget_truncates_the_last_cluster_to_its_newest_members():
+    cfg = ReSVConfig(tau_t=0.5, tau_s=0.5, n_sink=0, window_frames=0, budget=3, summaries=False)
+    cache = ReSVCache(cfg, 1, 2)
+    for _ in range(5):  # one grid cell, parallel keys: one cluster of 5 members
+        cache.add_frame(torch.ones(1, 1, 2), torch.ones(1, 1, 2), (1, 1))
+    assert cache.heads[0].members == [[0, 1, 2, 3, 4]]
+    assert cache.retrieve(torch.ones(1, 2))[0].tolist() == [2, 3, 4]
+    assert cache.last_selection[0] == [(0, 3)]
+
+
+def test_budget_ties_go_to_the_lower_cluster_index():
+    cfg = ReSVConfig(tau_t=1.0, tau_s=1.0, n_sink=0, window_frames=0, budget=2, summaries=False)
+    cache = ReSVCache(cfg, 1, 2)
+    keys = torch.tensor([[[1.0, 0.0], [-1.0, 0.0], [1.0, 0.0], [0.0, 0.0]]])
+    cache.add_frame(keys, keys, (1, 4))  # four single-member clusters
+    for score in ("soft", "norm", "max"):
+        cache.cfg = cfg.replace(score=score)
+        # q orthogonal to every key: all scores equal, the two lowest indices win
+        assert cache.retrieve(torch.tensor([[0.0, 1.0]]))[0].tolist() == [0, 1], score
+
+
+def test_query_vectors_blocks_by_hand():
+    # one query head, a 2x4 grid, token p holds the value p in every element
+    q = torch.arange(8.0)[None, :, None].expand(1, 8, 3)
+    got = query_vectors(q, (2, 4), 4, "blocks", 1, 0)
+    # Q = 4 -> 2x2 blocks: {0,1,4,5}, {2,3,6,7} above ... rows split 0 | 1, columns 01 | 23
+    assert got[:, 0].tolist() == [0.5, 2.5, 4.5, 6.5]
+    assert query_vectors(q, (2, 4), 1, "blocks", 1, 0)[:, 0].tolist() == [3.5]
+    # more blocks than cells: the empty ones are skipped
+    assert query_vectors(q, (2, 4), 16, "blocks", 1, 0).shape == (8, 3)
+
+
+def test_query_vectors_kmeans_is_seeded_and_finds_separated_groups():
+    gen = torch.Generator().manual_seed(0)
+    centres = torch.tensor([[10.0, 0.0], [-10.0, 0.0], [0.0, 10.0]])
+    pts = centres.repeat_interleave(20, 0) + 0.1 * torch.randn(60, 2, generator=gen)
+    q = pts[None]
+    a = query_vectors(q, None, 3, "kmeans", 10, 0)
+    assert torch.equal(a, query_vectors(q, None, 3, "kmeans", 10, 0))
+    dist = torch.cdist(a.float(), centres).min(dim=1).values
+    assert (dist < 0.5).all()
+
+
+def test_rerank_keeps_budget_tokens_of_the_preselection_and_counts_their_keys():
+    gen = torch.Generator().manual_seed(3)
+    d = 8
+    cfg = ReSVConfig(table_size=16, n_sink=0, window_frames=1, budget=10, summaries=False)
+    plain, two = ReSVCache(cfg.replace(budget=20), 1, d), ReSVCache(cfg.replace(rerank=2.0), 1, d)
+    for _ in range(6):
+        k = torch.randn(1, 16, d, generator=gen)
+        plain.add_frame(k, k, (4, 4))
+        two.add_frame(k, k, (4, 4))
+    q = torch.randn(1, 16, d, generator=gen)
+    window = set(range(80, 96))
+    pre = set(plain.retrieve(q)[0].tolist()) - window
+    got = set(two.retrieve(q)[0].tolist()) - window
+    assert len(got) == 10 and got <= pre
+    key_bytes = 20 * (d * 4 // 8 + 2)
+    assert two.memory().fetched_bytes == 10 * 2 * d * 2 + key_bytes
+
+
+def test_summaries_are_the_unselected_clusters_centroids_and_mean_values():
+    cfg = ReSVConfig(tau_t=1.0, tau_s=1.0, n_sink=0, window_frames=0, budget=1)
+    cache = ReSVCache(cfg, 1, 2)
+    # frame 0 opens clusters 0 and 1, frame 1 joins them temporally: {0, 2} and {1, 3}
+    keys = [torch.tensor([[[1.0, 0.0], [0.0, 1.0]]]), torch.tensor([[[2.0, 0.0], [0.0, 3.0]]])]
+    values = [torch.tensor([[[1.0, 2.0], [5.0, 6.0]]]), torch.tensor([[[3.0, 4.0], [7.0, 8.0]]])]
+    for k, v in zip(keys, values, strict=True):
+        cache.add_frame(k, v, (1, 2))
+    assert cache.heads[0].members == [[0, 2], [1, 3]]
+    cache.retrieve(torch.tensor([[1.0, 0.0]]))  # cluster 0 wins, its newest member is taken
+    assert cache.last_selection[0] == [(0, 1)]
+    mk, mv, bias = cache.last_summaries[0]
+    assert mk.tolist() == [[0.0, 2.0]] and mv.tolist() == [[6.0, 7.0]]
+    assert bias.tolist() == pytest.approx([math.log(2)])
+    # on chip: per cluster a centroid + count and a mean value
+    assert cache.memory().onchip_bytes == 2 * (2 * 2 + 4) + 2 * 2 * 2
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"rule": "topk"}, "rule='topk' must be one of budget, margin"),
+        ({"budget": -1}, "budget=-1 must be >= 0"),
+        ({"query_vectors": 0}, "query_vectors=0 must be >= 1"),
+        ({"query_mode": "grid"}, "query_mode='grid' must be one of blocks, kmeans"),
+        ({"score": "mean"}, "score='mean' must be one of soft, norm, max"),
+        ({"rerank": 0.5}, "rerank=0.5 must be 0 .off. or >= 1"),
+        ({"summaries": 1}, "summaries must be True or False"),
+    ],
+)
+def test_bad_v2_config_raises_one_readable_error(changes, message):
+    with pytest.raises(ConfigError, match=message):
+        ReSVConfig(**changes)
+
+
+def test_bad_frames_and_queries_give_one_readable_error():
+    cache = ReSVCache(ReSVConfig(), 1, 2)
+    bad = torch.tensor([[[float("nan"), 0.0]]])
+    with pytest.raises(ValueError, match="must be finite"):
+        cache.add_frame(bad, torch.zeros(1, 1, 2), (1, 1))
+    import numpy as np
+
+    with pytest.raises(ValueError, match="keys and values must be torch tensors"):
+        cache.add_frame(np.zeros((1, 1, 2)), np.zeros((1, 1, 2)), (1, 1))
+    with pytest.raises(ValueError, match=r"queries must be \[Hq, P, 2\]"):
+        cache.retrieve(torch.zeros(3, 5))

@@ -8,8 +8,11 @@ import torch
 from PIL import Image
 
 from model.video import (
+    GIF_FILE,
+    PHOTO_FILES,
     FrameArray,
     PatchEmbedding,
+    PhotoVideo,
     SyntheticVideo,
     VideoError,
     load_frames,
@@ -144,3 +147,39 @@ def test_bad_frame_sources_raise_one_readable_error(tmp_path, case):
 def test_bad_synthetic_parameters(kwargs):
     with pytest.raises(VideoError):
         SyntheticVideo(**kwargs)
+
+
+def test_photo_stream_is_deterministic_per_seed_and_real(seed):
+    seed %= 1000
+    a = PhotoVideo(frames=40, height=32, width=48, seed=seed)
+    b = PhotoVideo(frames=40, height=32, width=48, seed=seed)
+    fa = torch.stack([a.frame(t) for t in range(0, 40, 3)])
+    assert fa.shape == (14, 3, 32, 48) and fa.dtype == torch.float32
+    assert fa.min() >= 0.0 and fa.max() <= 1.0
+    assert torch.equal(fa, torch.stack([b.frame(t) for t in range(0, 40, 3)]))
+    assert all(16 <= y - x <= 48 for x, y in zip([0, *a.cuts], a.cuts, strict=False))
+    assert {a.shot(k)["source"] for k in range(len(a.scene_starts))} <= {*PHOTO_FILES, GIF_FILE}
+    c = PhotoVideo(frames=40, height=32, width=48, seed=seed + 1)
+    assert not torch.equal(fa, torch.stack([c.frame(t) for t in range(0, 40, 3)]))
+
+
+def test_photo_stream_moves_within_a_shot_and_cuts_between_shots():
+    v = PhotoVideo(frames=200, height=40, width=40, seed=1, noise=0.0)
+    assert len(v.cuts) >= 3
+    diffs = [float((v.frame(t) - v.frame(t - 1)).abs().mean()) for t in range(1, 200)]
+    at_cut = [diffs[c - 1] for c in v.cuts]
+    within = [x for t, x in enumerate(diffs, start=1) if t not in v.cuts]
+    assert sorted(within)[len(within) // 2] < min(at_cut)  # a cut changes more than a pan
+    assert sum(x > 0 for x in within) > len(within) // 2  # the camera moves
+
+
+def test_photo_stream_plays_the_bundled_gif():
+    v = PhotoVideo(frames=1000, height=16, width=16, seed=0)
+    gif_shots = [k for k in range(len(v.scene_starts)) if v.shot(k)["source"] == GIF_FILE]
+    assert gif_shots
+    start = v.scene_starts[gif_shots[0]]
+    assert not torch.equal(v.frame(start), v.frame(start + 2))  # the animation advances
+
+
+def test_open_video_photos():
+    assert isinstance(open_video("photos", frames=3, seed=2), PhotoVideo)

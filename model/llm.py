@@ -150,7 +150,8 @@ def frame_attention(
     hq, p, d = q.shape
     h = k_new.shape[0]
     group = hq // h
-    causal = torch.ones(p, p, dtype=torch.bool).tril()
+    future = torch.ones(p, p, dtype=torch.bool).triu(1)
+    scale = 1.0 / math.sqrt(d)
     outs, probs = [], []
     for head in range(h):
         if past_ids is None:
@@ -158,25 +159,21 @@ def frame_attention(
         else:
             ids = past_ids[head]
             kp, vp = k_past[head].index_select(0, ids), v_past[head].index_select(0, ids)
-        keys = torch.cat([kp, k_new[head]])
-        vals = torch.cat([vp, v_new[head]])
         qg = q[head * group : (head + 1) * group]
-        logits = qg @ keys.T / math.sqrt(d)
-        mask = torch.cat([torch.ones(p, kp.shape[0], dtype=torch.bool), causal], dim=1)
-        logits = logits.masked_fill(~mask, float("-inf"))
+        # One softmax over three blocks of logits (past, new causal, merged), normalised by
+        # their joint log-sum-exp, so that the keys and values are never concatenated.
+        blocks = [
+            (qg @ kp.T * scale, vp),
+            ((qg @ k_new[head].T * scale).masked_fill(future, float("-inf")), v_new[head]),
+        ]
         extra = merged[head] if merged is not None else None
         if extra is not None:
             mk, mv, bias = extra
-            both = torch.cat(
-                [logits, qg @ mk.T.to(qg.dtype) / math.sqrt(d) + bias.to(qg.dtype)], -1
-            )
-            a_all = torch.softmax(both, dim=-1)
-            a = a_all[..., : keys.shape[0]]
-            outs.append(a @ vals + a_all[..., keys.shape[0] :] @ mv.to(vals.dtype))
-        else:
-            a = torch.softmax(logits, dim=-1)
-            outs.append(a @ vals)
-        probs.append(a)
+            blocks.append((qg @ mk.T.to(qg.dtype) * scale + bias.to(qg.dtype), mv.to(qg.dtype)))
+        lse = torch.logsumexp(torch.stack([torch.logsumexp(x, -1) for x, _ in blocks]), 0)
+        weights = [torch.exp(x - lse[..., None]) for x, _ in blocks]
+        outs.append(sum(a @ v for a, (_, v) in zip(weights, blocks, strict=True)))
+        probs.append(torch.cat(weights[:2], dim=-1) if return_probs else None)
     out = torch.cat(outs)
     if not return_probs:
         return out

@@ -372,7 +372,7 @@ class ReSVCache:
         self.last_selection: list[list] = [[] for _ in range(kv_heads)]
         self.last_status: list[list[str]] = [[] for _ in range(kv_heads)]
         self._pending: list[tuple[torch.Tensor, torch.Tensor, tuple[int, int], torch.Tensor]] = []
-        self._keys4: list[torch.Tensor] = []  # rerank: per frame, [H, P, d] quantised keys
+        self._keys4 = torch.zeros(kv_heads, 0, head_dim)  # rerank: quantised keys [H, N, d]
         self._value_sums: list[np.ndarray | None] = [None] * kv_heads  # summaries
         self.last_summaries: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None] = [
             None
@@ -385,7 +385,8 @@ class ReSVCache:
             raise ValueError("keys and values must be finite (found NaN or infinity)")
         ids = self.ledger.push(grid)
         if self.cfg.rule == "budget" and self.cfg.rerank:
-            self._keys4.append(_quantize_rows(keys.detach(), self.cfg.rerank_bits).float())
+            k4 = _quantize_rows(keys.detach(), self.cfg.rerank_bits).float()
+            self._keys4 = torch.cat([self._keys4, k4], dim=1)
         self._pending.append((keys.detach(), values.detach(), grid, ids))
         while len(self._pending) > self.cfg.window_frames:
             self._cluster(*self._pending.pop(0))
@@ -489,10 +490,8 @@ class ReSVCache:
         cand = [t for c, take in sel for t in reversed(head.members[c][-take:])]
         if len(cand) <= cfg.budget:
             return sel, cand
-        p = led.grid[0] * led.grid[1]
         cand_t = torch.tensor(sorted(cand))
-        frames = torch.stack([self._keys4[int(t) // p][h, int(t) % p] for t in cand_t])
-        s = vectors.double() @ frames.double().T / math.sqrt(led.head_dim)
+        s = vectors.double() @ self._keys4[h, cand_t].double().T / math.sqrt(led.head_dim)
         s = torch.logsumexp(s - torch.logsumexp(s, dim=1, keepdim=True), dim=0)
         order = torch.sort(s, descending=True, stable=True).indices
         led.last_extra_bytes += len(cand) * (math.ceil(led.head_dim * cfg.rerank_bits / 8) + 2)

@@ -11,8 +11,9 @@ from model.dre_config import ConfigError
 from model.llm import KVStore, LLMConfig, TinyLLM, frame_attention, group_mean_query
 
 
-def brute_attention(q, k_past, v_past, k_new, v_new, past_ids):
-    """One query at a time, explicit key list, softmax by hand."""
+def brute_attention(q, k_past, v_past, k_new, v_new, past_ids, merged=None):
+    """One query at a time, explicit key list, softmax by hand (merged tokens: key, value and
+    a logit bias each)."""
     hq, p, d = q.shape
     h = k_new.shape[0]
     out = torch.zeros(hq, p, d, dtype=torch.float64)
@@ -22,6 +23,14 @@ def brute_attention(q, k_past, v_past, k_new, v_new, past_ids):
             keys = [k_past[kh, t] for t in past_ids[kh]] + [k_new[kh, j] for j in range(i + 1)]
             vals = [v_past[kh, t] for t in past_ids[kh]] + [v_new[kh, j] for j in range(i + 1)]
             logits = [float(q[g, i] @ key) / math.sqrt(d) for key in keys]
+            if merged is not None and merged[kh] is not None:
+                mk, mv, bias = merged[kh]
+                keys += list(mk)
+                vals += list(mv)
+                logits += [
+                    float(q[g, i] @ k) / math.sqrt(d) + float(b)
+                    for k, b in zip(mk, bias, strict=True)
+                ]
             m = max(logits)
             e = [math.exp(x - m) for x in logits]
             z = sum(e)
@@ -60,6 +69,23 @@ def test_restricted_attention_equals_brute_force_on_a_subset(seed):
     torch.testing.assert_close(
         got.double(), brute_attention(q, kp, vp, kn, vn, ids), rtol=1e-5, atol=1e-6
     )
+
+
+def test_merged_tokens_join_the_softmax_with_their_bias(seed):
+    gen = torch.Generator().manual_seed(seed)
+    q, kp, vp, kn, vn = random_frame(gen, n=9)
+    ids = [torch.tensor([1, 4]), torch.tensor([0, 2, 5])]
+    merged = [
+        (torch.randn(3, 8, generator=gen), torch.randn(3, 8, generator=gen), torch.rand(3) * 3),
+        None,
+    ]
+    got = frame_attention(q, kp, vp, kn, vn, ids, merged=merged)
+    want = brute_attention(q, kp, vp, kn, vn, ids, merged)
+    torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-6)
+    # head 1 has no merged tokens: as without
+    plain = frame_attention(q, kp, vp, kn, vn, ids)
+    torch.testing.assert_close(got[2:], plain[2:], rtol=0, atol=0)
+    assert not torch.allclose(got[:2], plain[:2])
 
 
 def test_probs_cover_past_and_causal_frame(seed):

@@ -13,8 +13,9 @@ random access (``source.frame(t)``), has a length (``len(source)``) and iterates
 :class:`FrameArray`, :func:`load_frames`, :func:`open_video`
     Real frames: a folder of PNG/JPEG files (sorted by name) or a ``.npy`` array of shape
     ``[T, H, W]`` (grey), ``[T, H, W, C]`` (C in 1, 3, 4; channels last) or ``[T, C, H, W]``
-    (C in 1, 3, 4; channels first).  Anything malformed raises :class:`VideoError` with one
-    readable message.
+    (C in 1, 3, 4; channels first); integer pixels are scaled by their type's range (8-bit:
+    255), float pixels must already lie in [0, 1].  Anything malformed raises
+    :class:`VideoError` with one readable message.
 
 :class:`PatchEmbedding`
     A fixed, seeded ViT-style patch embedding: the frame is average-pooled to
@@ -421,6 +422,11 @@ def _to_rgb(arr: np.ndarray, what: str) -> np.ndarray:
         arr = arr.astype(np.float64)
         if not np.isfinite(arr).all():
             raise VideoError(f"{what}: contains NaN or infinite values")
+        if arr.size and (arr.min() < 0.0 or arr.max() > 1.0):
+            raise VideoError(
+                f"{what}: float pixels must lie in [0, 1], found {arr.min():g}..{arr.max():g} "
+                "(divide 8-bit data by 255 or store it as uint8)"
+            )
     if arr.ndim == 2:
         arr = arr[:, :, None]
     if arr.ndim != 3 or arr.shape[2] not in (1, 3, 4):
@@ -470,6 +476,9 @@ def _load_folder(path: Path) -> np.ndarray:
 
 
 def _load_npy(path: Path) -> np.ndarray:
+    with path.open("rb") as fh:
+        if fh.read(6) != b"\x93NUMPY":
+            raise VideoError(f"{path}: not a .npy array file (no NumPy header)")
     try:
         arr = np.load(path, allow_pickle=False)
     except (OSError, ValueError, EOFError) as exc:

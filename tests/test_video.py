@@ -95,6 +95,8 @@ def bad_sources(tmp_path):
     np.save(tmp_path / "ndim5.npy", np.zeros((1, 2, 3, 4, 5)))
     np.save(tmp_path / "nan.npy", np.full((1, 4, 4), np.nan))
     (tmp_path / "garbage.npy").write_bytes(b"not numpy")
+    np.save(tmp_path / "hot.npy", np.full((1, 4, 4), 300.0))
+    np.save(tmp_path / "obj.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
     (tmp_path / "clip.txt").write_text("hello")
     bad_img = tmp_path / "badimg"
     bad_img.mkdir()
@@ -109,7 +111,9 @@ def bad_sources(tmp_path):
         "wrong ndim 2": (tmp_path / "ndim2.npy", "got 2 dimensions"),
         "wrong ndim 5": (tmp_path / "ndim5.npy", "got 5 dimensions"),
         "nan": (tmp_path / "nan.npy", "NaN"),
-        "garbage npy": (tmp_path / "garbage.npy", "not a readable .npy"),
+        "garbage npy": (tmp_path / "garbage.npy", "not a .npy array file"),
+        "float out of range": (tmp_path / "hot.npy", r"float pixels must lie in \[0, 1\]"),
+        "pickled npy": (tmp_path / "obj.npy", "not a readable .npy array"),
         "non-image file": (tmp_path / "clip.txt", "expected a folder"),
         "corrupt png": (bad_img, "not a readable PNG/JPEG"),
         "mixed sizes": (mixed, "frames differ in size: a.png is 4x4, b.png is 4x5"),

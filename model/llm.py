@@ -160,8 +160,8 @@ def frame_attention(
             ids = past_ids[head]
             kp, vp = k_past[head].index_select(0, ids), v_past[head].index_select(0, ids)
         qg = q[head * group : (head + 1) * group]
-        # One softmax over three blocks of logits (past, new causal, merged), normalised by
-        # their joint log-sum-exp, so that the keys and values are never concatenated.
+        # One softmax over the blocks of logits (past, new causal, merged): the logits are
+        # concatenated, the keys and values are not.
         blocks = [
             (qg @ kp.T * scale, vp),
             ((qg @ k_new[head].T * scale).masked_fill(future, float("-inf")), v_new[head]),
@@ -170,10 +170,10 @@ def frame_attention(
         if extra is not None:
             mk, mv, bias = extra
             blocks.append((qg @ mk.T.to(qg.dtype) * scale + bias.to(qg.dtype), mv.to(qg.dtype)))
-        lse = torch.logsumexp(torch.stack([torch.logsumexp(x, -1) for x, _ in blocks]), 0)
-        weights = [torch.exp(x - lse[..., None]) for x, _ in blocks]
-        outs.append(sum(a @ v for a, (_, v) in zip(weights, blocks, strict=True)))
-        probs.append(torch.cat(weights[:2], dim=-1) if return_probs else None)
+        a = torch.softmax(torch.cat([x for x, _ in blocks], dim=-1), dim=-1)
+        weights = a.split([x.shape[-1] for x, _ in blocks], dim=-1)
+        outs.append(sum(w @ v for w, (_, v) in zip(weights, blocks, strict=True)))
+        probs.append(a[..., : kp.shape[0] + p] if return_probs else None)
     out = torch.cat(outs)
     if not return_probs:
         return out

@@ -42,6 +42,7 @@ class DREConfig:
     tau_frac_bits F: tau_t and tau_s are unsigned fixed point with F fraction bits, 0 <= tau <= 1
     log_frac_bits fraction bits of the fixed-point log2(n) used for the size bias
     bias_bits     width of a signed bias b_j and of the margin M
+    q_max         most query vectors per retrieval of the v2 selector (token budget rule)
     """
 
     d: int = 64
@@ -55,6 +56,7 @@ class DREConfig:
     tau_frac_bits: int = 8
     log_frac_bits: int = 8
     bias_bits: int = 24
+    q_max: int = 4
 
     # ---- validation -------------------------------------------------------------------------
     _RANGES: ClassVar[dict[str, tuple[int, int]]] = {
@@ -69,6 +71,7 @@ class DREConfig:
         "tau_frac_bits": (1, 16),
         "log_frac_bits": (0, 16),
         "bias_bits": (2, 48),
+        "q_max": (1, 16),
     }
 
     def __post_init__(self):

@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 from amaranth import Cat, Module, Mux, Signal, signed, unsigned
-from amaranth.lib import data, enum, stream, wiring
+from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from hw.bitplane_dot import BitplaneDot, dot_shape
+from hw.layouts import CYCLES_BITS, Kind
 from hw.plane_store import PlaneReadSignature
 from hw.topk import TopK
 from model.dre_config import ConfigError, DREConfig
-
-CYCLES_BITS = 32
 
 
 def score_shape(cfg: DREConfig):
@@ -53,11 +52,6 @@ def query_layout(cfg: DREConfig) -> data.StructLayout:
             "no_exit": 1,
         }
     )
-
-
-class Kind(enum.Enum, shape=1):
-    RECORD = 0  #: one selected candidate: ``index``, ``score``
-    TRAILER = 1  #: end of a retrieval: ``planes_read``, ``cycles``, ``error``
 
 
 ERROR_LAYOUT = data.StructLayout(

@@ -37,23 +37,6 @@ def value_shape(cfg: DREConfig):
     return signed(cfg.bq + cfg.bk + cfg.d.bit_length() + 2)
 
 
-class CountReadSignature(wiring.Signature):
-    """Read port of the member counts, seen by the selector (directions from the reader).
-
-    ``en``, ``addr`` (Out) -> ``count`` (In, ``count_bits``): one cycle after a cycle with ``en``
-    high, ``count`` is the member count of entry ``addr`` (0 = empty entry).
-    """
-
-    def __init__(self, cfg: DREConfig):
-        super().__init__(
-            {
-                "en": Out(1),
-                "addr": Out(range(cfg.n_max)),
-                "count": In(unsigned(cfg.count_bits)),
-            }
-        )
-
-
 def _masked_max(m: Module, values: list, n_q, shape, name: str):
     """``max(values[0 .. n_q-1])`` (``n_q >= 1``) as a chain of compare-selects."""
     acc = values[0]
@@ -78,9 +61,8 @@ class SelectTokensCore(wiring.Component):
         ``RECORD`` beats (``id``, ``take``) in selection order, then one ``TRAILER``
         (``planes_read``, ``cycles``, ``error``).  ``ready`` may be low at any time.
     store : Out(PlaneReadSignature(cfg))
-        Plane reads (one plane of one entry, 1 cycle latency); the bias port is not used.
-    counts : Out(CountReadSignature(cfg))
-        Member counts (1 cycle latency).
+        Plane reads (one plane of one entry) and member counts, 1 cycle latency each; the bias
+        port is not used.  Connect to a :class:`PlaneStore` built with ``counts=True``.
     busy : Out(1)
         From the query handshake to the trailer's handshake; keys and counts must not change.
 
@@ -121,7 +103,6 @@ class SelectTokensCore(wiring.Component):
                 "query": In(stream.Signature(token_query_layout(cfg))),
                 "result": Out(stream.Signature(token_result_layout(cfg))),
                 "store": Out(PlaneReadSignature(cfg)),
-                "counts": Out(CountReadSignature(cfg)),
                 "busy": Out(1),
             }
         )
@@ -205,8 +186,8 @@ class SelectTokensCore(wiring.Component):
             self.store.addr.eq(s1_j),
             self.store.plane.eq(p),
             self.store.en.eq(advance & in_pass),
-            self.counts.addr.eq(s1_j),
-            self.counts.en.eq(advance),
+            self.store.count_addr.eq(s1_j),
+            self.store.count_en.eq(advance),
             part_rd.addr.eq(s1_j),
             part_rd.en.eq(advance),
         ]
@@ -217,7 +198,7 @@ class SelectTokensCore(wiring.Component):
 
         # S2, PASS: empty / dropped entries (one cycle) or the n_q * groups dot-product cycles
         s2_part = part_rd.data
-        s2_count = self.counts.count
+        s2_count = self.store.count
         raw = qy.raw_max
         su_terms = []
         for k in range(qm):
@@ -478,7 +459,7 @@ class SelectTokensCore(wiring.Component):
 
 
 class TokenSelector(wiring.Component):
-    """Standalone v2 selector: a :class:`PlaneStore`, a count memory, a key-load stream and a
+    """Standalone v2 selector: a :class:`PlaneStore` with counts, a key-load stream and a
     :class:`SelectTokensCore`.
 
     Interface
@@ -509,12 +490,8 @@ class TokenSelector(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         cfg = self.cfg
-        store = m.submodules.store = PlaneStore(cfg)
+        store = m.submodules.store = PlaneStore(cfg, counts=True)
         core = m.submodules.core = SelectTokensCore(cfg)
-        cmem = m.submodules.counts = Memory(
-            shape=unsigned(cfg.count_bits), depth=cfg.n_max, init=[]
-        )
-        c_wr, c_rd = cmem.write_port(), cmem.read_port()
         wiring.connect(m, core.store, store.read)
         write = self.keys.valid & self.keys.ready
         m.d.comb += [
@@ -523,12 +500,7 @@ class TokenSelector(wiring.Component):
             store.write.addr.eq(self.keys.payload.index),
             store.write.key.eq(self.keys.payload.key),
             store.write.bias.eq(0),
-            c_wr.en.eq(write),
-            c_wr.addr.eq(self.keys.payload.index),
-            c_wr.data.eq(self.keys.payload.count),
-            c_rd.en.eq(core.counts.en),
-            c_rd.addr.eq(core.counts.addr),
-            core.counts.count.eq(c_rd.data),
+            store.write.count.eq(self.keys.payload.count),
             core.query.payload.eq(self.query.payload),
             core.query.valid.eq(self.query.valid & ~self.keys.valid),
             self.query.ready.eq(core.query.ready & ~self.keys.valid),
@@ -538,4 +510,4 @@ class TokenSelector(wiring.Component):
         return m
 
 
-__all__ = ["CountReadSignature", "SelectTokensCore", "TokenSelector", "value_shape"]
+__all__ = ["SelectTokensCore", "TokenSelector", "value_shape"]

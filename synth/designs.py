@@ -36,9 +36,11 @@ from model.dre_config import ConfigError, DREConfig
 REGISTRY: list[tuple[str, str, str]] = [
     ("dre", "hw.dre", "top"),
     ("selector", "hw.selector", "unit"),
+    ("token_selector", "hw.token_selector", "unit"),
     ("cluster_unit", "hw.cluster_unit", "unit"),
     ("plane_store", "hw.plane_store", "part"),
     ("select_core", "hw.select_core", "part"),
+    ("select_tokens", "hw.select_tokens", "part"),
     ("bitplane_dot", "hw.bitplane_dot", "part"),
     ("topk", "hw.topk", "part"),
     ("centroid_table", "hw.centroid_table", "part"),

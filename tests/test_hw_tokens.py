@@ -16,7 +16,8 @@ import pytest
 from amaranth.sim import Simulator
 
 from hw.layouts import Kind, token_key_load_layout, token_query_layout
-from hw.select_tokens import SelectTokensCore, TokenSelector
+from hw.select_tokens import SelectTokensCore
+from hw.token_selector import TokenSelector
 from model.dre_config import ConfigError, DREConfig
 from model.dre_ref import select_tokens
 
@@ -55,10 +56,11 @@ def rand_problem(rng, cfg, n=None):
     )
 
 
-def run_retrievals(cfg, problems, rng, stall=0.0):
+def run_retrievals(cfg, problems, rng, stall=0.0, with_cycles=False):
     dut = TokenSelector(cfg)
     klay, qlay = token_key_load_layout(cfg), token_query_layout(cfg)
     results = []
+    cycles = []
 
     async def bench(ctx):
         for pr in problems:
@@ -94,11 +96,14 @@ def run_retrievals(cfg, problems, rng, stall=0.0):
                         break
                     got.append((payload.id, payload.take))
             results.append((got, trailer.planes_read, trailer.error.as_value().value))
+            cycles.append(trailer.cycles)
 
     sim = Simulator(dut)
     sim.add_clock(1e-6)
     sim.add_testbench(bench)
     sim.run()
+    if with_cycles:
+        return results, cycles
     return results
 
 
@@ -166,6 +171,28 @@ def test_token_selector_errors(seed):
     results = run_retrievals(cfg, [{**base, **c} for c, _ in cases], rng)
     for (_, flags), (got, planes, err) in zip(cases, results, strict=True):
         assert (got, planes, err) == ([], 0, flags)
+
+
+def test_cycles_without_early_exit_follow_the_formula(seed):
+    """Early exit off, every entry live, the budget takes everything: the trailer's ``cycles`` is
+    ``1 + 2*Q*g + bk*(N*Q*g + 5) + R*(N + 5) + N`` with ``R = ceil(N / k_cap)`` output rounds
+    (docs/select.md)."""
+    rng = random.Random(seed)
+    cfg = SMALL
+    g = cfg.groups
+    problems, want = [], []
+    for n, n_q in ((1, 1), (3, 2), (cfg.n_max, cfg.q_max), (5, 1)):
+        keys = [[rng.randint(-8, 7) for _ in range(cfg.d)] for _ in range(n)]
+        queries = [[rng.randint(-8, 7) for _ in range(cfg.d)] for _ in range(n_q)]
+        problems.append(
+            dict(keys=keys, counts=[1] * n, queries=queries, budget=n, no_exit=1, raw_max=0)
+        )
+        rounds = -(-n // cfg.k_cap)
+        want.append(1 + 2 * n_q * g + cfg.bk * (n * n_q * g + 5) + rounds * (n + 5) + n)
+    results, cycles = run_retrievals(cfg, problems, rng, with_cycles=True)
+    for pr, (got, _, _) in zip(problems, results, strict=True):
+        assert got == expected(cfg, pr)[0]
+    assert cycles == want
 
 
 @pytest.mark.filterwarnings("ignore::amaranth.hdl.UnusedElaboratable")

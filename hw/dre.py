@@ -9,10 +9,16 @@ from amaranth.lib.wiring import In, Out
 from hw import dre_regs
 from hw.cluster_unit import ClusterUnit
 from hw.cluster_unit import result_layout as assignment_layout
-from hw.layouts import Kind, key_layout, queries_layout, query_layout, token_result_layout
+from hw.layouts import (
+    Kind,
+    key_layout,
+    queries_layout,
+    query_layout,
+    select_result_layout,
+    token_result_layout,
+)
 from hw.plane_store import PlaneStore
 from hw.select_core import SelectCore
-from hw.select_core import result_layout as selection_layout
 from hw.select_tokens import SelectTokensCore
 from model.dre_cluster import DROPPED, FORCED, NEW
 from model.dre_config import ConfigError, DREConfig
@@ -23,7 +29,7 @@ RULES = ("v1", "v2")
 
 def selections_layout(cfg: DREConfig, rule: str = "v2"):
     """Payload of the ``selections`` stream for ``rule``."""
-    return token_result_layout(cfg) if rule == "v2" else selection_layout(cfg)
+    return token_result_layout(cfg) if rule == "v2" else select_result_layout(cfg)
 
 
 def queries_stream_layout(cfg: DREConfig, rule: str = "v2"):

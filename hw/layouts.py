@@ -51,6 +51,80 @@ def queries_layout(cfg: DREConfig) -> data.StructLayout:
     )
 
 
+# ---- v1 retrieval ----------------------------------------------------------------------------
+def k_field_bits(cfg: DREConfig) -> int:
+    """Width of the k_min / k_max query fields: one bit more than k_cap needs (k_max > k_cap)."""
+    return cfg.k_cap.bit_length() + 1
+
+
+def score_shape(cfg: DREConfig):
+    """Signed shape holding every v1 partial score and bound ``P``, ``L``, ``U`` exactly.
+
+    ``|bias| < 2^(bias_bits-1)``; the planes done so far add less than ``d * 2^(bq+bk-1)`` in
+    magnitude and ``r * |Q|`` is below ``d * 2^(bq+bk-2)``: the sum is below
+    ``2^(bias_bits-1) + 2^(bq+bk+bitlen(d))``, which ``max(bias_bits, bq+bk+bitlen(d)) + 2``
+    signed bits hold.
+    """
+    return signed(max(cfg.bias_bits, cfg.bq + cfg.bk + cfg.d.bit_length()) + 2)
+
+
+def select_query_layout(cfg: DREConfig) -> data.StructLayout:
+    """One v1 query beat: ``q``, the margin, k_min, k_max, the candidate count N and ``no_exit``.
+
+    ``no_exit = 1`` disables early exit (every candidate reads every plane); the selection is the
+    same, only ``planes_read`` and the cycle count change.
+    """
+    kb = k_field_bits(cfg)
+    return data.StructLayout(
+        {
+            "q": query_layout(cfg),
+            "margin": unsigned(cfg.bias_bits),
+            "k_min": unsigned(kb),
+            "k_max": unsigned(kb),
+            "n": unsigned(n_field_bits(cfg)),
+            "no_exit": 1,
+        }
+    )
+
+
+SELECT_ERROR_LAYOUT = data.StructLayout(
+    {
+        "n_zero": 1,  # N == 0
+        "n_over": 1,  # N > n_max
+        "k_max_zero": 1,  # k_max == 0
+        "k_max_over": 1,  # k_max > k_cap
+        "k_min_bad": 1,  # k_min == 0 or k_min > k_max
+    }
+)
+
+
+def select_result_layout(cfg: DREConfig) -> data.StructLayout:
+    """One v1 output beat: RECORD (``index``, ``score``) or TRAILER (``planes_read``,
+    ``cycles``, ``error``).  Fields not used by a ``kind`` are zero."""
+    return data.StructLayout(
+        {
+            "kind": Kind,
+            "index": unsigned(cfg.index_bits),
+            "score": score_shape(cfg),
+            "planes_read": unsigned((cfg.n_max * cfg.bk).bit_length()),
+            "cycles": unsigned(CYCLES_BITS),
+            "error": SELECT_ERROR_LAYOUT,
+        }
+    )
+
+
+def select_key_load_layout(cfg: DREConfig) -> data.StructLayout:
+    """One key-load beat of the standalone v1 selector: entry ``index`` takes ``key`` and
+    ``bias``."""
+    return data.StructLayout(
+        {
+            "index": unsigned(cfg.index_bits),
+            "key": key_layout(cfg),
+            "bias": signed(cfg.bias_bits),
+        }
+    )
+
+
 # ---- v2 retrieval ----------------------------------------------------------------------------
 def budget_bits(cfg: DREConfig) -> int:
     """Width of a token budget: any sum of ``n_max`` counts fits (a larger budget takes all)."""
@@ -123,15 +197,21 @@ def token_key_load_layout(cfg: DREConfig) -> data.StructLayout:
 
 __all__ = [
     "CYCLES_BITS",
+    "SELECT_ERROR_LAYOUT",
     "TOKEN_ERROR_LAYOUT",
     "Kind",
     "budget_bits",
+    "k_field_bits",
     "key_layout",
     "n_field_bits",
     "n_q_bits",
     "planes_read_bits",
     "queries_layout",
     "query_layout",
+    "score_shape",
+    "select_key_load_layout",
+    "select_query_layout",
+    "select_result_layout",
     "token_key_load_layout",
     "token_query_layout",
     "token_result_layout",

@@ -57,7 +57,7 @@ def _bitplane_dot(cfg: DREConfig) -> wiring.Component:
 
 
 def _topk(cfg: DREConfig) -> wiring.Component:
-    from hw.select_core import score_shape
+    from hw.layouts import score_shape
     from hw.topk import TopK
 
     return TopK(cfg.k_cap, score_shape(cfg), cfg.index_bits)

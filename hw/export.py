@@ -26,6 +26,7 @@ def parse_args(argv):
     ap.add_argument("--out", default="build/dre.v", help="Verilog file (default build/dre.v)")
     ap.add_argument("--name", default=None, help="top module name (default: the --out file's stem)")
     ap.add_argument("--config", default=None, metavar="JSON", help="start from this DREConfig")
+    ap.add_argument("--preset", default=None, help="start from a named DREConfig (video7b, ...)")
     ap.add_argument(
         "--set",
         action="append",
@@ -45,6 +46,10 @@ def parse_args(argv):
 
 def config_from(args) -> DREConfig:
     base = DREConfig.from_json(args.config) if args.config else DREConfig()
+    if args.preset:
+        from model.dre_config import preset
+
+        base = preset(args.preset)
     return DREConfig.from_overrides(args.set, base=base)
 
 

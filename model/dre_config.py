@@ -157,3 +157,19 @@ class DREConfig:
         if not isinstance(data, dict):
             raise ConfigError(f"DRE config {path} must hold a JSON object")
         return cls().replace(**data)
+
+
+#: Named configurations (``python -m hw.export --preset NAME``, ``verif.sim_dre --preset``,
+#: ``synth.report --configs NAME``).  ``video7b``: a 7B-class video LLM's KV head (d = 128), a
+#: 1024-entry centroid table, a 14 x 14 token grid per frame, 4 query vectors per retrieval.
+PRESETS: dict[str, DREConfig] = {
+    "default": DREConfig(),
+    "video7b": DREConfig(d=128, lanes=16, n_max=1024, k_cap=16, grid_max=196, q_max=4),
+}
+
+
+def preset(name: str) -> DREConfig:
+    """The named configuration; :class:`ConfigError` naming the choices otherwise."""
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset {name!r}; choose from {', '.join(PRESETS)}")
+    return PRESETS[name]

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from amaranth.back import verilog
 from amaranth.lib import wiring
 
-from model.dre_config import ConfigError, DREConfig
+from model.dre_config import PRESETS, ConfigError, DREConfig
 
 #: (design name, module, kind).  ``kind``: "top" (the whole DRE), "unit" (a subsystem the DRE
 #: is built from: retrieval, clustering), or "part" (a component inside a unit: linted, and
@@ -75,6 +75,7 @@ CONFIGS: dict[str, DREConfig] = {
     "small": DREConfig(d=32, lanes=8, n_max=64, k_cap=8, grid_max=64),
     "default": DREConfig(),
     "lanes32": DREConfig(lanes=32),
+    "video7b": PRESETS["video7b"],  # not in DEFAULT_CONFIGS: name it with --configs
 }
 DEFAULT_CONFIGS = ("small", "default", "lanes32")
 

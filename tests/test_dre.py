@@ -194,6 +194,29 @@ def test_export_errors_are_one_readable_line(tmp_path, capsys, args, message):
     assert err.count("\n") == 1
 
 
+@pytest.mark.regress
+def test_export_video7b_preset(tmp_path, capsys):
+    """The video7b configuration exports (d 128, table 1024, grid 196, q_max 4, v2 rule).
+    About 2 minutes of elaboration on two cores: behind the regress marker."""
+    out = tmp_path / "video7b.v"
+    assert export_main(["--preset", "video7b", "--out", str(out)]) == 0
+    meta = json.loads(out.with_suffix(".json").read_text())
+    c = meta["config"]
+    assert (c["d"], c["n_max"], c["grid_max"], c["q_max"], meta["rule"]) == (
+        128,
+        1024,
+        196,
+        4,
+        "v2",
+    )
+    assert "module video7b" in out.read_text()
+
+
+def test_export_unknown_preset(tmp_path, capsys):
+    assert export_main(["--preset", "video9z", "--out", str(tmp_path / "x.v")]) == 2
+    assert "unknown preset 'video9z'; choose from default, video7b" in capsys.readouterr().err
+
+
 def test_export_bad_config_file(tmp_path, capsys):
     bad = tmp_path / "bad.json"
     bad.write_text("{not json")

@@ -48,6 +48,7 @@ def parse_args(argv):
         metavar="JSON",
         help="DREConfig JSON (as written by python -m hw.export)",
     )
+    ap.add_argument("--preset", default=None, help="start from a named DREConfig (video7b, ...)")
     ap.add_argument(
         "--set",
         action="append",
@@ -220,6 +221,10 @@ def main(argv: list[str] | None = None) -> int:
         args.seed = int(os.environ.get("VREX_SEED", "1"))
     try:
         base = DREConfig.from_json(args.config) if args.config else DREConfig()
+        if args.preset:
+            from model.dre_config import preset
+
+            base = preset(args.preset)
         cfg = DREConfig.from_overrides(args.set, base=base)
         h, w = args.grid
         if args.frames < 1:

@@ -165,6 +165,7 @@ class ClusterWriteback(wiring.Component):
                     self.write.addr.eq(cid),
                     self.write.key.eq(centroid),
                     self.write.bias.eq(bias),
+                    self.write.count.eq(count),
                 ]
                 m.next = "IDLE"
         return m

@@ -2,28 +2,39 @@
 
 from __future__ import annotations
 
-from amaranth import Cat, Const, Module, Mux, Signal, signed
-from amaranth.lib import data, stream, wiring
+from amaranth import Cat, Const, Module, Mux, Signal
+from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from hw import dre_regs
 from hw.cluster_unit import ClusterUnit
 from hw.cluster_unit import result_layout as assignment_layout
+from hw.layouts import (
+    Kind,
+    key_layout,
+    queries_layout,
+    query_layout,
+    select_result_layout,
+    token_result_layout,
+)
 from hw.plane_store import PlaneStore
-from hw.select_core import Kind, SelectCore
-from hw.select_core import result_layout as selection_layout
+from hw.select_core import SelectCore
+from hw.select_tokens import SelectTokensCore
 from model.dre_cluster import DROPPED, FORCED, NEW
 from model.dre_config import ConfigError, DREConfig
 
-
-def key_layout(cfg: DREConfig) -> data.ArrayLayout:
-    """One key: ``d`` signed ``bk``-bit elements."""
-    return data.ArrayLayout(signed(cfg.bk), cfg.d)
+#: retrieval rules the top level can be built with (``DRE(cfg, rule=...)``)
+RULES = ("v1", "v2")
 
 
-def query_layout(cfg: DREConfig) -> data.ArrayLayout:
-    """One query: ``d`` signed ``bq``-bit elements."""
-    return data.ArrayLayout(signed(cfg.bq), cfg.d)
+def selections_layout(cfg: DREConfig, rule: str = "v2"):
+    """Payload of the ``selections`` stream for ``rule``."""
+    return token_result_layout(cfg) if rule == "v2" else select_result_layout(cfg)
+
+
+def queries_stream_layout(cfg: DREConfig, rule: str = "v2"):
+    """Payload of the ``queries`` stream for ``rule`` (v2: up to q_max vectors and ``n_q``)."""
+    return queries_layout(cfg) if rule == "v2" else query_layout(cfg)
 
 
 class DRE(wiring.Component):
@@ -32,8 +43,11 @@ class DRE(wiring.Component):
     The keys of each new frame are clustered into the centroid table (:class:`ClusterUnit`,
     bit-exact with :class:`model.dre_cluster.ClusterRef`); the clustering unit writes each updated
     cluster's quantised centroid and size bias into the plane store (:class:`PlaneStore`) that
-    the early-exit selector (:class:`SelectCore`, bit-exact with ``model.dre_select.select``)
-    scores queries against.  The whole block is bit-exact with :class:`model.dre_top.DRERef`.
+    the early-exit selector scores queries against: with ``rule="v2"`` (default)
+    :class:`hw.select_tokens.SelectTokensCore` (token budget, several query vectors, bit-exact with
+    ``model.dre_tokens.select_tokens``), with ``rule="v1"`` :class:`SelectCore` (bias, margin,
+    k_min / k_max, bit-exact with ``model.dre_select.select``).  The whole block is bit-exact with
+    :class:`model.dre_top.DRERef` (``retrieve_tokens`` / ``retrieve``).
     Design and timing: ``docs/dre.md``; register map: :mod:`hw.dre_regs`.
 
     Interface
@@ -43,12 +57,15 @@ class DRE(wiring.Component):
     assignments : Out(stream.Signature(hw.cluster_unit.result_layout(cfg)))
         Per key, in order: cluster ``id``, ``status`` (0 joined, 1 new, 2 forced, 3 dropped),
         ``last`` (last key of its frame).
-    queries : In(stream.Signature(query_layout(cfg)))
-        One retrieval per query, over the ``N_CLUSTERS`` clusters that exist when it starts,
-        with ``MARGIN``, ``K_MIN``, ``K_MAX`` and ``CTRL.no_exit`` from the registers.
-    selections : Out(stream.Signature(hw.select_core.result_layout(cfg)))
-        Per query: ``RECORD`` beats (cluster ``index``, exact ``score``) in selection order, then
-        one ``TRAILER`` (``planes_read``, ``cycles``, ``error`` flags).
+    queries : In(stream.Signature(queries_stream_layout(cfg, rule)))
+        One retrieval per beat, over the ``N_CLUSTERS`` clusters that exist when it starts.
+        v2: ``q`` (``q_max`` vectors) and ``n_q`` (how many count), with ``BUDGET``,
+        ``CTRL.no_exit`` and ``CTRL.raw_max`` from the registers; v1: one vector, with
+        ``MARGIN``, ``K_MIN``, ``K_MAX`` and ``CTRL.no_exit``.
+    selections : Out(stream.Signature(selections_layout(cfg, rule)))
+        Per query: ``RECORD`` beats in selection order (v2: cluster ``id`` and ``take``, tokens
+        taken from it; v1: cluster ``index``, exact ``score``), then one ``TRAILER``
+        (``planes_read``, ``cycles``, ``error`` flags).
     regs : In(hw.dre_regs.RegisterBusSignature())
         Runtime registers, status and performance counters (:func:`hw.dre_regs.register_map`).
     busy : Out(1)
@@ -75,20 +92,22 @@ class DRE(wiring.Component):
         if cfg.n_max < 2:
             raise ConfigError(f"DRE: n_max={cfg.n_max} must be >= 2 (the table needs an address)")
 
-    def __init__(self, cfg: DREConfig):
+    def __init__(self, cfg: DREConfig, *, rule: str = "v2"):
         try:
             self.check_config(cfg)
+            if rule not in RULES:
+                raise ConfigError(f"DRE: rule={rule!r}; allowed {', '.join(RULES)}")
         except ConfigError:
             self._MustUse__silence = True  # a rejected component is not an unused one
             raise
-        self.cfg = cfg
+        self.cfg, self.rule = cfg, rule
         self.register_map = dre_regs.register_map(cfg)
         super().__init__(
             {
                 "keys": In(stream.Signature(key_layout(cfg))),
                 "assignments": Out(stream.Signature(assignment_layout(cfg))),
-                "queries": In(stream.Signature(query_layout(cfg))),
-                "selections": Out(stream.Signature(selection_layout(cfg))),
+                "queries": In(stream.Signature(queries_stream_layout(cfg, rule))),
+                "selections": Out(stream.Signature(selections_layout(cfg, rule))),
                 "regs": In(dre_regs.RegisterBusSignature()),
                 "busy": Out(1),
             }
@@ -98,8 +117,9 @@ class DRE(wiring.Component):
         cfg = self.cfg
         m = Module()
         m.submodules.cluster = cu = ClusterUnit(cfg)
-        m.submodules.store = store = PlaneStore(cfg)
-        m.submodules.select = core = SelectCore(cfg)
+        v2 = self.rule == "v2"
+        m.submodules.store = store = PlaneStore(cfg, counts=v2)
+        m.submodules.select = core = SelectTokensCore(cfg) if v2 else SelectCore(cfg)
         wiring.connect(m, cu.writeback, store.write)
         wiring.connect(m, core.store, store.read)
 
@@ -182,13 +202,24 @@ class DRE(wiring.Component):
 
         # ---- retrieval -------------------------------------------------------------------------
         start_ok = cluster_idle & ~cmd[0]
+        cq = core.query.payload
+        if v2:
+            m.d.comb += [
+                cq.queries.eq(self.queries.payload.q),
+                cq.n_q.eq(self.queries.payload.n_q),
+                cq.budget.eq(rw["BUDGET"]),
+                cq.raw_max.eq(rw["CTRL"][1]),
+            ]
+        else:
+            m.d.comb += [
+                cq.q.eq(self.queries.payload),
+                cq.margin.eq(rw["MARGIN"]),
+                cq.k_min.eq(rw["K_MIN"]),
+                cq.k_max.eq(rw["K_MAX"]),
+            ]
         m.d.comb += [
-            core.query.payload.q.eq(self.queries.payload),
-            core.query.payload.margin.eq(rw["MARGIN"]),
-            core.query.payload.k_min.eq(rw["K_MIN"]),
-            core.query.payload.k_max.eq(rw["K_MAX"]),
-            core.query.payload.n.eq(cu.n_clusters),
-            core.query.payload.no_exit.eq(rw["CTRL"][0]),
+            cq.n.eq(cu.n_clusters),
+            cq.no_exit.eq(rw["CTRL"][0]),
             core.query.valid.eq(self.queries.valid & start_ok),
             self.queries.ready.eq(core.query.ready & start_ok),
         ]
@@ -219,8 +250,17 @@ class DRE(wiring.Component):
         with m.If(cmd[2]):
             m.d.sync += sel_err.eq(0)
         with m.Elif(trailer):
-            m.d.sync += sel_err.eq(sel_err | s.payload.error.as_value())
+            m.d.sync += sel_err.eq(
+                sel_err | s.payload.error.as_value()
+            )  # v2: 4 flags, zero-extended
         return m
 
 
-__all__ = ["DRE", "key_layout", "query_layout"]
+__all__ = [
+    "DRE",
+    "RULES",
+    "key_layout",
+    "queries_stream_layout",
+    "query_layout",
+    "selections_layout",
+]

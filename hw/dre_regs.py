@@ -48,8 +48,13 @@ STATUS_CLUSTER_IDLE = 0  # every accepted key is clustered and written back
 STATUS_SELECT_BUSY = 1  # a retrieval is under way
 STATUS_CLUSTER_ERROR = 2  # sticky runtime error of the clustering unit (bad grid/table/tau)
 STATUS_SELECT_ERROR = 3  # bits 3..7: sticky OR of the retrieval error flags of every trailer
-#: names of the retrieval error flags, in bit order from STATUS_SELECT_ERROR
+#: names of the retrieval error flags, in bit order from STATUS_SELECT_ERROR (v1 selection)
 SELECT_ERROR_NAMES = ("n_zero", "n_over", "k_max_zero", "k_max_over", "k_min_bad")
+#: the same for v2 (token budget) selection: bits 3..6
+TOKEN_ERROR_NAMES = ("n_zero", "n_over", "q_zero", "q_over")
+#: CTRL register bits
+CTRL_NO_EXIT = 1 << 0  # retrieval reads every plane (early exit off)
+CTRL_RAW_MAX = 1 << 1  # v2: score = max over queries of the raw dot product (no normalisation)
 
 
 class RegisterBusSignature(wiring.Signature):
@@ -120,7 +125,15 @@ def register_map(cfg: DREConfig) -> list[Register]:
         Register("N_MAX", 0x05, 1, 17, "ro", cfg.n_max, "parameter n_max (table entries)"),
         Register("K_CAP", 0x06, 1, 9, "ro", cfg.k_cap, "parameter k_cap (largest k_max)"),
         Register("GRID_MAX", 0x07, 1, 17, "ro", cfg.grid_max, "parameter grid_max"),
-        Register("CTRL", 0x08, 1, 1, "rw", 0, "bit 0 no_exit: retrieval reads every plane"),
+        Register(
+            "CTRL",
+            0x08,
+            1,
+            2,
+            "rw",
+            0,
+            "bit 0 no_exit: retrieval reads every plane; bit 1 raw_max (v2): no normalisation",
+        ),
         Register("CMD", 0x09, 1, 3, "w1", 0, "bit 0 clear table, 1 clear counters, 2 clear errors"),
         Register(
             "STATUS",
@@ -129,7 +142,8 @@ def register_map(cfg: DREConfig) -> list[Register]:
             8,
             "ro",
             1,
-            "0 cluster idle, 1 select busy, 2 cluster error, 3..7 sticky retrieval errors",
+            "0 cluster idle, 1 select busy, 2 cluster error, 3..7 sticky retrieval errors "
+            "(v2: 3..6)",
         ),
         Register(
             "N_CLUSTERS",
@@ -181,6 +195,16 @@ def register_map(cfg: DREConfig) -> list[Register]:
         Register("MARGIN", 0x13, 2, cfg.bias_bits, "rw", 0, "retrieval margin, in score units"),
         Register("K_MIN", 0x15, 1, kb, "rw", 1, "retrieval k_min (1 .. k_max)"),
         Register("K_MAX", 0x16, 1, kb, "rw", cfg.k_cap, "retrieval k_max (1 .. k_cap)"),
+        Register(
+            "BUDGET",
+            0x17,
+            2,
+            cfg.count_bits + cfg.n_max.bit_length(),
+            "rw",
+            0,
+            "v2 retrieval: tokens to select (0: none)",
+        ),
+        Register("Q_MAX", 0x19, 1, 8, "ro", cfg.q_max, "parameter q_max (v2 query vectors)"),
     ]
     for i, (name, doc) in enumerate(COUNTERS):
         regs.append(Register(name, 0x20 + 2 * i, 2, COUNTER_BITS, "ro", 0, doc))

@@ -26,6 +26,7 @@ def parse_args(argv):
     ap.add_argument("--out", default="build/dre.v", help="Verilog file (default build/dre.v)")
     ap.add_argument("--name", default=None, help="top module name (default: the --out file's stem)")
     ap.add_argument("--config", default=None, metavar="JSON", help="start from this DREConfig")
+    ap.add_argument("--preset", default=None, help="start from a named DREConfig (video7b, ...)")
     ap.add_argument(
         "--set",
         action="append",
@@ -34,15 +35,25 @@ def parse_args(argv):
         help=f"override a parameter ({', '.join(DREConfig.names())}); repeatable",
     )
     ap.add_argument("--regmap", action="store_true", help="print the register map (Markdown)")
+    ap.add_argument(
+        "--rule",
+        choices=("v1", "v2"),
+        default="v2",
+        help="retrieval rule of the selector: v2 token budget (default), v1 margin / k",
+    )
     return ap.parse_args(argv)
 
 
 def config_from(args) -> DREConfig:
     base = DREConfig.from_json(args.config) if args.config else DREConfig()
+    if args.preset:
+        from model.dre_config import preset
+
+        base = preset(args.preset)
     return DREConfig.from_overrides(args.set, base=base)
 
 
-def export(cfg: DREConfig, out: Path, name: str = "dre") -> tuple[Path, Path]:
+def export(cfg: DREConfig, out: Path, name: str = "dre", rule: str = "v2") -> tuple[Path, Path]:
     """Write ``out`` (Verilog) and ``out.with_suffix('.json')``; return both paths."""
     from amaranth.back import verilog
 
@@ -52,7 +63,7 @@ def export(cfg: DREConfig, out: Path, name: str = "dre") -> tuple[Path, Path]:
     if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
         raise ConfigError(f"top module name {name!r} is not a Verilog identifier (use --name)")
     DRE.check_config(cfg)
-    dre = DRE(cfg)
+    dre = DRE(cfg, rule=rule)
     text = verilog.convert(dre, name=name, emit_src=False)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text)
@@ -62,6 +73,7 @@ def export(cfg: DREConfig, out: Path, name: str = "dre") -> tuple[Path, Path]:
             {
                 "top": name,
                 "config": cfg.to_dict(),
+                "rule": rule,
                 "register_map": [r.to_dict() for r in dre_regs.register_map(cfg)],
                 "register_bus": {
                     "addr_bits": dre_regs.ADDR_BITS,
@@ -85,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
             print(dre_regs.markdown(cfg), end="")
             return 0
         name = args.name or Path(args.out).stem
-        v, meta = export(cfg, Path(args.out), name)
+        v, meta = export(cfg, Path(args.out), name, args.rule)
     except (ConfigError, json.JSONDecodeError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

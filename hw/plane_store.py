@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from amaranth import Cat, Module, Signal, signed
+from amaranth import Cat, Module, Signal, signed, unsigned
 from amaranth.lib import data, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
@@ -20,6 +20,9 @@ class PlaneReadSignature(wiring.Signature):
     ``i``).  While ``en`` is low ``word`` holds its value.
 
     ``bias_en``, ``bias_addr`` (Out) -> ``bias`` (In, signed ``bias_bits``): the same, for the bias.
+
+    ``count_en``, ``count_addr`` (Out) -> ``count`` (In, ``count_bits``): the same, for the member
+    count (read by the v2 selector; 0 when the store keeps no counts).
     """
 
     def __init__(self, cfg: DREConfig):
@@ -33,6 +36,9 @@ class PlaneReadSignature(wiring.Signature):
                 "bias_en": Out(1),
                 "bias_addr": Out(range(cfg.n_max)),
                 "bias": In(signed(cfg.bias_bits)),
+                "count_en": Out(1),
+                "count_addr": Out(range(cfg.n_max)),
+                "count": In(unsigned(cfg.count_bits)),
             }
         )
 
@@ -41,7 +47,7 @@ class PlaneWriteSignature(wiring.Signature):
     """Write side of a :class:`PlaneStore` (directions from the writer's side).
 
     In a cycle with ``en`` high, entry ``addr`` takes the whole key ``key`` (``d`` elements,
-    signed ``bk`` bits each: every plane at once) and its ``bias``.
+    signed ``bk`` bits each: every plane at once), its ``bias`` and its member ``count``.
     """
 
     def __init__(self, cfg: DREConfig):
@@ -52,6 +58,7 @@ class PlaneWriteSignature(wiring.Signature):
                 "addr": Out(range(cfg.n_max)),
                 "key": Out(data.ArrayLayout(signed(cfg.bk), cfg.d)),
                 "bias": Out(signed(cfg.bias_bits)),
+                "count": Out(unsigned(cfg.count_bits)),
             }
         )
 
@@ -61,24 +68,26 @@ class PlaneStore(wiring.Component):
 
     Storage: memory ``p`` (``p = 0 .. bk-1``) has ``n_max`` words of ``d`` bits; bit ``i`` of word
     ``j`` is bit ``p`` of ``key[j][i]`` in two's complement (``p = bk-1`` is the sign plane).  A
-    separate ``n_max x bias_bits`` memory holds the signed biases.  All are
+    separate ``n_max x bias_bits`` memory holds the signed biases and, with ``counts=True``, an
+    ``n_max x count_bits`` memory the member counts (v2 selection).  All are
     :class:`amaranth.lib.memory.Memory` (block RAM / SRAM macros after synthesis).
 
     Interface
     ---------
     write : In(PlaneWriteSignature(cfg))
-        One whole key (all ``bk`` planes) and its bias per cycle; no backpressure.
+        One whole key (all ``bk`` planes), its bias and count per cycle; no backpressure.
     read : In(PlaneReadSignature(cfg))
         Plane read with one cycle of latency, one read per cycle; only the addressed plane's
-        memory is enabled.  Bias read on its own port, same timing.
+        memory is enabled.  Bias and count reads on their own ports, same timing.
 
     Read-during-write of the same entry returns the *old* contents (ports are not transparent).
     Contents after reset are zero.
     """
 
-    def __init__(self, cfg: DREConfig):
+    def __init__(self, cfg: DREConfig, *, counts: bool = False):
         if not isinstance(cfg, DREConfig):
             raise TypeError(f"PlaneStore needs a DREConfig, got {cfg!r}")
+        self.counts = bool(counts)
         if cfg.n_max < 2:
             raise ConfigError(
                 f"PlaneStore: n_max={cfg.n_max} must be >= 2 (a 1-entry memory has no address)"
@@ -124,4 +133,17 @@ class PlaneStore(wiring.Component):
             brd.addr.eq(self.read.bias_addr),
             self.read.bias.eq(brd.data),
         ]
+        if self.counts:
+            count_mem = m.submodules.counts = Memory(
+                shape=unsigned(cfg.count_bits), depth=cfg.n_max, init=[]
+            )
+            cwr, crd = count_mem.write_port(), count_mem.read_port()
+            m.d.comb += [
+                cwr.en.eq(self.write.en),
+                cwr.addr.eq(self.write.addr),
+                cwr.data.eq(self.write.count),
+                crd.en.eq(self.read.count_en),
+                crd.addr.eq(self.read.count_addr),
+                self.read.count.eq(crd.data),
+            ]
         return m

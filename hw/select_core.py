@@ -2,87 +2,23 @@
 
 from __future__ import annotations
 
-from amaranth import Cat, Module, Mux, Signal, signed, unsigned
-from amaranth.lib import data, enum, stream, wiring
+from amaranth import Cat, Module, Mux, Signal, signed
+from amaranth.lib import stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from hw.bitplane_dot import BitplaneDot, dot_shape
+from hw.layouts import (
+    CYCLES_BITS,
+    SELECT_ERROR_LAYOUT,
+    Kind,
+    score_shape,
+    select_query_layout,
+    select_result_layout,
+)
 from hw.plane_store import PlaneReadSignature
 from hw.topk import TopK
 from model.dre_config import ConfigError, DREConfig
-
-CYCLES_BITS = 32
-
-
-def score_shape(cfg: DREConfig):
-    """Signed shape holding every partial score and bound ``P``, ``L``, ``U`` exactly.
-
-    ``|bias| < 2^(bias_bits-1)``; the planes done so far add less than ``d * 2^(bq+bk-1)`` in
-    magnitude and ``r * |Q|`` is below ``d * 2^(bq+bk-2)``: the sum is below
-    ``2^(bias_bits-1) + 2^(bq+bk+bitlen(d))``, which ``max(bias_bits, bq+bk+bitlen(d)) + 2``
-    signed bits hold.
-    """
-    return signed(max(cfg.bias_bits, cfg.bq + cfg.bk + cfg.d.bit_length()) + 2)
-
-
-def k_field_bits(cfg: DREConfig) -> int:
-    """Width of the k_min / k_max query fields: one bit more than k_cap needs (k_max > k_cap)."""
-    return cfg.k_cap.bit_length() + 1
-
-
-def n_field_bits(cfg: DREConfig) -> int:
-    """Width of the N query field: one bit more than n_max needs (N > n_max is representable)."""
-    return cfg.n_max.bit_length() + 1
-
-
-def query_layout(cfg: DREConfig) -> data.StructLayout:
-    """One query beat: ``q``, the margin, k_min, k_max, the candidate count N and ``no_exit``.
-
-    ``no_exit = 1`` disables early exit (every candidate reads every plane); the selection is the
-    same, only ``planes_read`` and the cycle count change.
-    """
-    kb = k_field_bits(cfg)
-    return data.StructLayout(
-        {
-            "q": data.ArrayLayout(signed(cfg.bq), cfg.d),
-            "margin": unsigned(cfg.bias_bits),
-            "k_min": unsigned(kb),
-            "k_max": unsigned(kb),
-            "n": unsigned(n_field_bits(cfg)),
-            "no_exit": 1,
-        }
-    )
-
-
-class Kind(enum.Enum, shape=1):
-    RECORD = 0  #: one selected candidate: ``index``, ``score``
-    TRAILER = 1  #: end of a retrieval: ``planes_read``, ``cycles``, ``error``
-
-
-ERROR_LAYOUT = data.StructLayout(
-    {
-        "n_zero": 1,  # N == 0
-        "n_over": 1,  # N > n_max
-        "k_max_zero": 1,  # k_max == 0
-        "k_max_over": 1,  # k_max > k_cap
-        "k_min_bad": 1,  # k_min == 0 or k_min > k_max
-    }
-)
-
-
-def result_layout(cfg: DREConfig) -> data.StructLayout:
-    """One output beat.  Fields not used by a ``kind`` are zero."""
-    return data.StructLayout(
-        {
-            "kind": Kind,
-            "index": unsigned(cfg.index_bits),
-            "score": score_shape(cfg),
-            "planes_read": unsigned((cfg.n_max * cfg.bk).bit_length()),
-            "cycles": unsigned(CYCLES_BITS),
-            "error": ERROR_LAYOUT,
-        }
-    )
 
 
 class SelectCore(wiring.Component):
@@ -90,12 +26,12 @@ class SelectCore(wiring.Component):
 
     Interface
     ---------
-    query : In(stream.Signature(query_layout(cfg)))
+    query : In(stream.Signature(select_query_layout(cfg)))
         Accepted only when idle (``ready`` high in the idle state).  The runtime values are
         checked at the handshake; an out-of-range value (N = 0, N > n_max, k_max = 0,
         k_max > k_cap, k_min = 0, k_min > k_max) skips the retrieval: the output is just a
         trailer with the matching ``error`` flags set and ``planes_read = 0``.
-    result : Out(stream.Signature(result_layout(cfg)))
+    result : Out(stream.Signature(select_result_layout(cfg)))
         The selected candidates as ``RECORD`` beats (``index``, exact ``score``), score
         descending, ties to the lower index, then one ``TRAILER`` beat (``planes_read``,
         ``cycles``, ``error``).  ``result.ready`` may be low at any time; nothing is lost.
@@ -139,8 +75,8 @@ class SelectCore(wiring.Component):
         self.cfg = cfg
         super().__init__(
             {
-                "query": In(stream.Signature(query_layout(cfg))),
-                "result": Out(stream.Signature(result_layout(cfg))),
+                "query": In(stream.Signature(select_query_layout(cfg))),
+                "result": Out(stream.Signature(select_result_layout(cfg))),
                 "store": Out(PlaneReadSignature(cfg)),
                 "busy": Out(1),
             }
@@ -162,13 +98,13 @@ class SelectCore(wiring.Component):
         list_rd, list_wr = list_mem.read_port(), list_mem.write_port()
 
         # ---- query registers --------------------------------------------------------------
-        qy = Signal(query_layout(cfg))
+        qy = Signal(select_query_layout(cfg))
         kmin_i = Signal(range(max(2, cfg.k_cap)))  # k_min - 1, valid after the checks
         kmax_i = Signal(range(max(2, cfg.k_cap)))
         q_pos = Signal(dot_shape(cfg.d, cfg.bq))
         q_neg = Signal(dot_shape(cfg.d, cfg.bq))
-        err = Signal(ERROR_LAYOUT)
-        planes_read = Signal(result_layout(cfg).members["planes_read"])
+        err = Signal(SELECT_ERROR_LAYOUT)
+        planes_read = Signal(select_result_layout(cfg).members["planes_read"])
         cycles = Signal(CYCLES_BITS)
 
         # ---- pass state ---------------------------------------------------------------------
@@ -274,7 +210,7 @@ class SelectCore(wiring.Component):
             with m.State("IDLE"):
                 m.d.comb += self.query.ready.eq(1)
                 pl = self.query.payload
-                checks = Signal(ERROR_LAYOUT)
+                checks = Signal(SELECT_ERROR_LAYOUT)
                 m.d.comb += [
                     checks.n_zero.eq(pl.n == 0),
                     checks.n_over.eq(pl.n > n_max),

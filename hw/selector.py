@@ -2,31 +2,14 @@
 
 from __future__ import annotations
 
-from amaranth import Module, signed, unsigned
-from amaranth.lib import data, stream, wiring
+from amaranth import Module
+from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
+from hw.layouts import select_key_load_layout, select_query_layout, select_result_layout
 from hw.plane_store import PlaneStore
-from hw.select_core import (
-    ERROR_LAYOUT,
-    Kind,
-    SelectCore,
-    query_layout,
-    result_layout,
-    score_shape,
-)
+from hw.select_core import SelectCore
 from model.dre_config import DREConfig
-
-
-def key_layout(cfg: DREConfig) -> data.StructLayout:
-    """One key-load beat: entry ``index`` takes ``key`` (d signed bk-bit elements) and ``bias``."""
-    return data.StructLayout(
-        {
-            "index": unsigned(cfg.index_bits),
-            "key": data.ArrayLayout(signed(cfg.bk), cfg.d),
-            "bias": signed(cfg.bias_bits),
-        }
-    )
 
 
 class Selector(wiring.Component):
@@ -34,15 +17,15 @@ class Selector(wiring.Component):
 
     Interface
     ---------
-    keys : In(stream.Signature(key_layout(cfg)))
+    keys : In(stream.Signature(select_key_load_layout(cfg)))
         Writes one whole key and its bias per beat into the plane store.  ``ready`` is high
         while no retrieval is under way (``busy`` low), so a key write never changes the keys
         of a retrieval in flight.
-    query : In(stream.Signature(query_layout(cfg)))
+    query : In(stream.Signature(select_query_layout(cfg)))
         Starts a retrieval over entries ``0 .. N-1`` (see :class:`hw.select_core.SelectCore`).
         A key beat offered in the same cycle goes first: ``query.ready`` is low while
         ``keys.valid`` is high, so keys sent before a query are always written before it runs.
-    result : Out(stream.Signature(result_layout(cfg)))
+    result : Out(stream.Signature(select_result_layout(cfg)))
         ``RECORD`` beats (index, score) of the selection in output order, then one ``TRAILER``
         (planes_read, cycles, error flags).
     busy : Out(1)
@@ -57,9 +40,9 @@ class Selector(wiring.Component):
         self.cfg = cfg
         super().__init__(
             {
-                "keys": In(stream.Signature(key_layout(cfg))),
-                "query": In(stream.Signature(query_layout(cfg))),
-                "result": Out(stream.Signature(result_layout(cfg))),
+                "keys": In(stream.Signature(select_key_load_layout(cfg))),
+                "query": In(stream.Signature(select_query_layout(cfg))),
+                "result": Out(stream.Signature(select_result_layout(cfg))),
                 "busy": Out(1),
             }
         )
@@ -85,12 +68,4 @@ class Selector(wiring.Component):
         return m
 
 
-__all__ = [
-    "ERROR_LAYOUT",
-    "Kind",
-    "Selector",
-    "key_layout",
-    "query_layout",
-    "result_layout",
-    "score_shape",
-]
+__all__ = ["Selector"]

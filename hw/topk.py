@@ -9,8 +9,11 @@ from amaranth.lib.wiring import In, Out
 from model.dre_config import ConfigError
 
 
-def entry_layout(key_shape, index_bits: int) -> data.StructLayout:
-    return data.StructLayout({"valid": 1, "key": key_shape, "index": unsigned(index_bits)})
+def entry_layout(key_shape, index_bits: int, payload_shape=None) -> data.StructLayout:
+    fields = {"valid": 1, "key": key_shape, "index": unsigned(index_bits)}
+    if payload_shape is not None:
+        fields["payload"] = payload_shape
+    return data.StructLayout(fields)
 
 
 class TopK(wiring.Component):
@@ -26,6 +29,7 @@ class TopK(wiring.Component):
     clear : In(1)     empty the structure (wins over everything else)
     insert : In(1)    insert ``(key, index)`` (one per cycle, any rate)
     key, index : In   the pair to insert
+    payload : In      (only with ``payload_shape``) carried along with the pair, not compared
     shift : In(1)     pop ``entries[0]``: every entry moves up one place (do not combine with
                       ``insert``; ``insert`` wins)
     entries : Out(ArrayLayout(entry_layout, k))   the registered contents
@@ -36,23 +40,24 @@ class TopK(wiring.Component):
     cycle at any ``k``.
     """
 
-    def __init__(self, k: int, key_shape, index_bits: int):
+    def __init__(self, k: int, key_shape, index_bits: int, payload_shape=None):
         if not isinstance(k, int) or k < 1:
             raise ConfigError(f"TopK: k={k!r} must be an integer >= 1")
         if not isinstance(index_bits, int) or index_bits < 1:
             raise ConfigError(f"TopK: index_bits={index_bits!r} must be an integer >= 1")
         self.k = k
-        self.layout = entry_layout(key_shape, index_bits)
-        super().__init__(
-            {
-                "clear": In(1),
-                "insert": In(1),
-                "key": In(key_shape),
-                "index": In(index_bits),
-                "shift": In(1),
-                "entries": Out(data.ArrayLayout(self.layout, k)),
-            }
-        )
+        self.layout = entry_layout(key_shape, index_bits, payload_shape)
+        members = {
+            "clear": In(1),
+            "insert": In(1),
+            "key": In(key_shape),
+            "index": In(index_bits),
+            "shift": In(1),
+            "entries": Out(data.ArrayLayout(self.layout, k)),
+        }
+        if payload_shape is not None:
+            members["payload"] = In(payload_shape)
+        super().__init__(members)
 
     def elaborate(self, platform):
         m = Module()
@@ -63,6 +68,8 @@ class TopK(wiring.Component):
             m.d.comb += goes_before[i].eq(~e[i].valid | (self.key > e[i].key))
         new = Signal(self.layout)
         m.d.comb += [new.valid.eq(1), new.key.eq(self.key), new.index.eq(self.index)]
+        if "payload" in self.layout.members:
+            m.d.comb += new.payload.eq(self.payload)
 
         with m.If(self.clear):
             for i in range(k):

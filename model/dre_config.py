@@ -42,6 +42,7 @@ class DREConfig:
     tau_frac_bits F: tau_t and tau_s are unsigned fixed point with F fraction bits, 0 <= tau <= 1
     log_frac_bits fraction bits of the fixed-point log2(n) used for the size bias
     bias_bits     width of a signed bias b_j and of the margin M
+    q_max         most query vectors per retrieval of the v2 selector (token budget rule)
     """
 
     d: int = 64
@@ -55,6 +56,7 @@ class DREConfig:
     tau_frac_bits: int = 8
     log_frac_bits: int = 8
     bias_bits: int = 24
+    q_max: int = 4
 
     # ---- validation -------------------------------------------------------------------------
     _RANGES: ClassVar[dict[str, tuple[int, int]]] = {
@@ -69,6 +71,7 @@ class DREConfig:
         "tau_frac_bits": (1, 16),
         "log_frac_bits": (0, 16),
         "bias_bits": (2, 48),
+        "q_max": (1, 16),
     }
 
     def __post_init__(self):
@@ -154,3 +157,19 @@ class DREConfig:
         if not isinstance(data, dict):
             raise ConfigError(f"DRE config {path} must hold a JSON object")
         return cls().replace(**data)
+
+
+#: Named configurations (``python -m hw.export --preset NAME``, ``verif.sim_dre --preset``,
+#: ``synth.report --configs NAME``).  ``video7b``: a 7B-class video LLM's KV head (d = 128), a
+#: 1024-entry centroid table, a 14 x 14 token grid per frame, 4 query vectors per retrieval.
+PRESETS: dict[str, DREConfig] = {
+    "default": DREConfig(),
+    "video7b": DREConfig(d=128, lanes=16, n_max=1024, k_cap=16, grid_max=196, q_max=4),
+}
+
+
+def preset(name: str) -> DREConfig:
+    """The named configuration; :class:`ConfigError` naming the choices otherwise."""
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset {name!r}; choose from {', '.join(PRESETS)}")
+    return PRESETS[name]

@@ -1,11 +1,15 @@
 """Bit-exact integer reference of every DRE unit: the contract the RTL is checked against.
 
-* :func:`select` (``model/dre_select.py``): bit-plane scoring with early-exit top-K selection.
+* :func:`select` (``model/dre_select.py``): v1 retrieval, bit-plane scoring with early-exit
+  top-K selection (one query, bias, margin, k_min / k_max).
+* :func:`select_tokens` (``model/dre_tokens.py``): v2 retrieval, a token budget over entries
+  with member counts and several query vectors (normalised max), bit-plane early exit.
 * :class:`ClusterRef` (``model/dre_cluster.py``): temporal/spatial clustering with the
   centroid table the hardware keeps.
 """
 
 from model.dre_cluster import ClusterRef
-from model.dre_select import Selection, select
+from model.dre_select import SelectError, Selection, select
+from model.dre_tokens import TokenSelection, select_tokens
 
-__all__ = ["ClusterRef", "Selection", "select"]
+__all__ = ["ClusterRef", "SelectError", "Selection", "TokenSelection", "select", "select_tokens"]

@@ -25,9 +25,12 @@ import torch
 from model.dre_cluster import DROPPED, ClusterRef, tau_fixed
 from model.dre_config import ConfigError, DREConfig
 from model.dre_select import Selection, select
+from model.dre_tokens import TokenSelection, select_tokens
 
 #: retrieval error flags in bit order (``hw.select_core.ERROR_LAYOUT``)
 ERROR_FLAGS = ("n_zero", "n_over", "k_max_zero", "k_max_over", "k_min_bad")
+#: v2 (token budget) retrieval error flags in bit order (``hw.select_tokens.ERROR_LAYOUT``)
+TOKEN_ERROR_FLAGS = ("n_zero", "n_over", "q_zero", "q_over")
 
 
 @dataclass
@@ -44,6 +47,8 @@ class Registers:
     k_min: int = 1
     k_max: int = 16
     no_exit: int = 0
+    budget: int = 0  # v2: tokens per retrieval
+    raw_max: int = 0  # v2: 1 = score_j = max_c s[c, j] (no per-query normalisation)
 
 
 @dataclass(frozen=True)
@@ -64,8 +69,31 @@ class Retrieval:
         return 0 if self.selection is None else self.selection.planes_read
 
 
+@dataclass(frozen=True)
+class TokenRetrieval:
+    """What the v2 DRE answers to one retrieval: the selection (None on an error), the flags."""
+
+    selection: TokenSelection | None
+    error: int  # bit i: TOKEN_ERROR_FLAGS[i]
+    n: int  # entries scored (N_CLUSTERS at the query)
+
+    @property
+    def records(self) -> list[tuple[int, int]]:
+        s = self.selection
+        return [] if s is None else list(zip(s.ids, s.take, strict=True))
+
+    @property
+    def planes_read(self) -> int:
+        return 0 if self.selection is None else self.selection.planes_read
+
+
 class DRERef:
-    """The DRE top level in integers: clustering, the plane store, retrieval."""
+    """The DRE top level in integers: clustering, the plane store, retrieval.
+
+    :meth:`retrieve` is the v1 rule (one query, bias, margin, k_min / k_max);
+    :meth:`retrieve_tokens` the v2 rule (``1 .. q_max`` queries, member counts from the table,
+    ``budget`` tokens, ``raw_max`` off = normalised max).
+    """
 
     def __init__(self, cfg: DREConfig, regs: Registers | None = None):
         if not isinstance(cfg, DREConfig):
@@ -118,6 +146,27 @@ class DRERef:
             early_exit=not r.no_exit,
         )
         return Retrieval(sel, 0, n)
+
+    def retrieve_tokens(self, queries: Sequence[Sequence[int]]) -> TokenRetrieval:
+        """v2: select ``budget`` tokens from the table's clusters for ``queries`` ``[Q][d]``."""
+        cfg, r, n = self.cfg, self.regs, self.n_clusters
+        n_q = len(queries)
+        flags = (n == 0, n > cfg.n_max, n_q == 0, n_q > cfg.q_max)
+        error = sum(int(f) << i for i, f in enumerate(flags))
+        if error:
+            return TokenRetrieval(None, error, n)
+        sel = select_tokens(
+            queries,
+            [self.store[j][0] for j in range(n)],
+            self.cluster.counts[:n],
+            r.budget,
+            bq=cfg.bq,
+            bk=cfg.bk,
+            normalize=not r.raw_max,
+            early_exit=not r.no_exit,
+            k_cap=cfg.k_cap,
+        )
+        return TokenRetrieval(sel, 0, n)
 
 
 # ---- the integer stream from the golden model -----------------------------------------------
@@ -222,10 +271,12 @@ def integer_stream(
 
 __all__ = [
     "ERROR_FLAGS",
+    "TOKEN_ERROR_FLAGS",
     "DRERef",
     "IntegerStream",
     "Registers",
     "Retrieval",
     "StreamFrame",
+    "TokenRetrieval",
     "integer_stream",
 ]

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from amaranth.back import verilog
 from amaranth.lib import wiring
 
-from model.dre_config import ConfigError, DREConfig
+from model.dre_config import PRESETS, ConfigError, DREConfig
 
 #: (design name, module, kind).  ``kind``: "top" (the whole DRE), "unit" (a subsystem the DRE
 #: is built from: retrieval, clustering), or "part" (a component inside a unit: linted, and
@@ -36,9 +36,11 @@ from model.dre_config import ConfigError, DREConfig
 REGISTRY: list[tuple[str, str, str]] = [
     ("dre", "hw.dre", "top"),
     ("selector", "hw.selector", "unit"),
+    ("token_selector", "hw.token_selector", "unit"),
     ("cluster_unit", "hw.cluster_unit", "unit"),
     ("plane_store", "hw.plane_store", "part"),
     ("select_core", "hw.select_core", "part"),
+    ("select_tokens", "hw.select_tokens", "part"),
     ("bitplane_dot", "hw.bitplane_dot", "part"),
     ("topk", "hw.topk", "part"),
     ("centroid_table", "hw.centroid_table", "part"),
@@ -55,7 +57,7 @@ def _bitplane_dot(cfg: DREConfig) -> wiring.Component:
 
 
 def _topk(cfg: DREConfig) -> wiring.Component:
-    from hw.select_core import score_shape
+    from hw.layouts import score_shape
     from hw.topk import TopK
 
     return TopK(cfg.k_cap, score_shape(cfg), cfg.index_bits)
@@ -73,6 +75,7 @@ CONFIGS: dict[str, DREConfig] = {
     "small": DREConfig(d=32, lanes=8, n_max=64, k_cap=8, grid_max=64),
     "default": DREConfig(),
     "lanes32": DREConfig(lanes=32),
+    "video7b": PRESETS["video7b"],  # not in DEFAULT_CONFIGS: name it with --configs
 }
 DEFAULT_CONFIGS = ("small", "default", "lanes32")
 

@@ -194,6 +194,29 @@ def test_export_errors_are_one_readable_line(tmp_path, capsys, args, message):
     assert err.count("\n") == 1
 
 
+@pytest.mark.regress
+def test_export_video7b_preset(tmp_path, capsys):
+    """The video7b configuration exports (d 128, table 1024, grid 196, q_max 4, v2 rule).
+    About 2 minutes of elaboration on two cores: behind the regress marker."""
+    out = tmp_path / "video7b.v"
+    assert export_main(["--preset", "video7b", "--out", str(out)]) == 0
+    meta = json.loads(out.with_suffix(".json").read_text())
+    c = meta["config"]
+    assert (c["d"], c["n_max"], c["grid_max"], c["q_max"], meta["rule"]) == (
+        128,
+        1024,
+        196,
+        4,
+        "v2",
+    )
+    assert "module video7b" in out.read_text()
+
+
+def test_export_unknown_preset(tmp_path, capsys):
+    assert export_main(["--preset", "video9z", "--out", str(tmp_path / "x.v")]) == 2
+    assert "unknown preset 'video9z'; choose from default, video7b" in capsys.readouterr().err
+
+
 def test_export_bad_config_file(tmp_path, capsys):
     bad = tmp_path / "bad.json"
     bad.write_text("{not json")
@@ -234,11 +257,11 @@ def _sim_args(tmp_path, *extra):
     return [*cfg_args, "--out", str(tmp_path / "summary.json"), *extra]
 
 
-def _run_tb(spec_path, testcase: str):
+def _run_tb(spec_path, testcase: str, rule: str = "v2"):
     """One cocotb test of verif/tb_dre.py on the SMALL DRE, with the spec in a file."""
     toolenv.apply()
     run(
-        DRE(SMALL),
+        DRE(SMALL, rule=rule),
         "dre",
         "verif.tb_dre",
         extra_env={"VREX_DRE": f"@{spec_path}"},
@@ -248,9 +271,9 @@ def _run_tb(spec_path, testcase: str):
 
 @pytest.mark.cocotb
 def test_make_sim_short_with_backpressure(tmp_path, seed):
-    """The `make sim` flow on a small configuration: random gaps and backpressure on every
-    stream, a table that fills (forced merges), table_size below n_max, a clear mid-stream and
-    the N = 0 error query; zero mismatches and every counter as golden."""
+    """The `make sim` flow (v2 rule) on a small configuration: random gaps and backpressure on
+    every stream, a table that fills (forced merges), table_size below n_max, a clear
+    mid-stream and the N = 0 error query; zero mismatches and every counter as golden."""
     toolenv.apply()
     rc = sim_dre.main(
         _sim_args(
@@ -261,6 +284,8 @@ def test_make_sim_short_with_backpressure(tmp_path, seed):
             "5x6",
             "--queries",
             "3",
+            "--budget",
+            "20",
             "--table-size",
             "12",
             "--clear-at",
@@ -275,14 +300,17 @@ def test_make_sim_short_with_backpressure(tmp_path, seed):
     )
     s = json.loads((tmp_path / "summary.json").read_text())
     assert rc == 0 and s["mismatches"] == 0
-    assert s["assignments"] == 5 * 30 and s["retrievals"] == 1 + 5 * 3
+    assert s["assignments"] == 5 * 30 and s["retrievals"] == 1 + 5 * 2  # all 3 vectors, then 1
 
 
 @pytest.mark.cocotb
 def test_scoreboard_catches_a_wrong_expectation(tmp_path, seed):
-    """The comparison can fail: one expected score off by one gives exactly one mismatch."""
+    """The comparison can fail: one expected score off by one gives exactly one mismatch.  This
+    runs the v1 rule (``--rule v1``), so that `make test` builds and checks v1 too."""
     toolenv.apply()
-    args = sim_dre.parse_args(_sim_args(tmp_path, "--frames", "2", "--grid", "3x4"))
+    args = sim_dre.parse_args(
+        _sim_args(tmp_path, "--frames", "2", "--grid", "3x4", "--rule", "v1", "--queries", "2")
+    )
     args.seed = seed
     spec, _ = sim_dre.build_spec(SMALL, args, log=lambda _: None)
     q = spec["frames"][1]["queries"][0]
@@ -293,7 +321,7 @@ def test_scoreboard_catches_a_wrong_expectation(tmp_path, seed):
     path = tmp_path / "spec.json"
     path.write_text(json.dumps(spec))
     with pytest.raises(SimulationFailed):
-        _run_tb(path, "dre_stream")
+        _run_tb(path, "dre_stream", rule="v1")
     s = json.loads((tmp_path / "summary.json").read_text())
     assert s["mismatches"] == 1 and "selection" in s["first_mismatches"][0]
 

@@ -18,9 +18,9 @@ from amaranth import signed
 from amaranth.sim import Simulator
 
 from hw.bitplane_dot import BitplaneDot
+from hw.layouts import Kind, score_shape, select_key_load_layout, select_query_layout
 from hw.plane_store import PlaneStore
-from hw.select_core import Kind, query_layout, score_shape
-from hw.selector import Selector, key_layout
+from hw.selector import Selector
 from hw.topk import TopK
 from model.dre_config import ConfigError, DREConfig
 from model.dre_ref import select
@@ -171,7 +171,7 @@ def test_selector_small_retrievals(seed):
     rng = random.Random(seed)
     cfg = DREConfig(d=8, lanes=4, bq=4, bk=4, n_max=8, k_cap=4, bias_bits=8)
     dut = Selector(cfg)
-    klay, qlay = key_layout(cfg), query_layout(cfg)
+    klay, qlay = select_key_load_layout(cfg), select_query_layout(cfg)
     assert score_shape(cfg).signed
 
     async def bench(ctx):

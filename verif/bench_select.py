@@ -1,5 +1,9 @@
 """Cycles per retrieval of the selector, early exit on and off (``python -m verif.bench_select``).
 
+``--rule v2`` (default): the token-budget selector (:class:`hw.token_selector.TokenSelector`),
+``Q`` query vectors per retrieval, checked against ``model.dre_ref.select_tokens``; ``--rule
+v1``: the margin / k selector of the first version (:class:`hw.selector.Selector`).
+
 Keys and queries come from the golden model's streaming run: :class:`model.llm.TinyLLM` prefills
 a synthetic video (``model.video``), :class:`model.resv.ReSVCache` clusters every layer's keys per
 KV head, and at each of the last frames the per-head mean query retrieves over the centroid table.
@@ -28,6 +32,7 @@ from pathlib import Path
 import torch
 
 from hw.selector import Selector
+from hw.token_selector import TokenSelector
 from model.dre_config import DREConfig
 from model.llm import KVStore, LLMConfig, TinyLLM, group_mean_query
 from model.quant import quantize, symmetric_scale
@@ -35,13 +40,142 @@ from model.resv import ReSVCache, ReSVConfig
 from model.video import PatchEmbedding, open_video
 from verif.runner import run
 
-POINTS = [  # (N, d, lanes, bk)
+POINTS = [  # (N, d, lanes, bk): v1
     (64, 64, 16, 8),
     (256, 64, 16, 8),
     (256, 64, 16, 4),
     (256, 128, 16, 8),
     (256, 128, 4, 8),
 ]
+POINTS_V2 = [  # (N, d, lanes, bk)
+    (256, 64, 16, 8),
+    (1024, 64, 16, 8),
+    (256, 128, 16, 8),
+    (1024, 128, 16, 8),
+]
+
+
+def token_cases(
+    n: int, d: int, bq: int, bk: int, q_max: int, frames: int, last: int, seed: int, budget: int
+) -> list[dict]:
+    """v2 retrieval problems from a ReSV streaming run with a centroid table of ``n`` entries.
+
+    Per KV head at each of the last ``last`` frames: the centroids (quantised per head), their
+    member counts, and ``Q = q_max`` query vectors: the mean query of each query head of the
+    group over the frame, then single tokens' queries of the group's first query head (the
+    frame's first and last tokens, ...), quantised with one scale per retrieval.
+    """
+    llm = TinyLLM(LLMConfig(head_dim=d, d_model=4 * d, mlp_hidden=8 * d, seed=seed))
+    cfg = llm.cfg
+    grid = (14, 14)
+    embed = PatchEmbedding(grid, cfg.d_model, patch=8, seed=seed)
+    video = open_video(None, frames=frames, seed=seed)
+    resv = ReSVConfig(table_size=n, tau_t=0.95, tau_s=0.95)
+    caches = [ReSVCache(resv, cfg.kv_heads, d) for _ in range(cfg.layers)]
+    store = KVStore(cfg)
+    g = cfg.q_per_kv
+    cases = []
+    for t in range(frames):
+        _, traces = llm.prefill_frame(embed(video.frame(t)), grid, store)
+        for li, tr in enumerate(traces):
+            if t >= frames - last:
+                for h, head in enumerate(caches[li].heads):
+                    if head.n_clusters < 2:
+                        continue
+                    qg = tr.q[h * g : (h + 1) * g].detach().double()  # [g, P, d]
+                    vecs = [qg[i].mean(dim=0) for i in range(g)]
+                    tokens = [0, qg.shape[1] - 1, qg.shape[1] // 2, qg.shape[1] // 4]
+                    vecs += [qg[0, p] for p in tokens]
+                    qs = torch.stack(vecs[:q_max])
+                    c = head.centroids.double()
+                    cases.append(
+                        {
+                            "keys": quantize(c, bk, symmetric_scale(c, bk)).tolist(),
+                            "counts": [int(x) for x in head.counts],
+                            "queries": quantize(qs, bq, symmetric_scale(qs, bq)).tolist(),
+                            "budget": budget,
+                        }
+                    )
+            caches[li].add_frame(tr.k, tr.v, grid)
+    return cases
+
+
+def bench_point_v2(n, d, lanes, bk, args) -> dict:
+    cfg = DREConfig(
+        d=d, lanes=lanes, bk=bk, bq=args.bq, n_max=n, k_cap=args.k_cap, q_max=args.q_max
+    )
+    problems = token_cases(
+        n, d, cfg.bq, bk, cfg.q_max, args.frames, args.last, args.seed, args.budget
+    )
+    bench = []
+    for i, pr in enumerate(problems):
+        queries = [
+            {
+                "queries": pr["queries"],
+                "budget": pr["budget"],
+                "no_exit": no_exit,
+                "raw_max": 0,
+                "tag": f"{i}:{no_exit}",
+            }
+            for no_exit in (0, 1)
+        ]
+        bench.append({"keys": pr["keys"], "counts": pr["counts"], "queries": queries})
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "summary.json"
+        spec = {
+            "cfg": cfg.to_dict(),
+            "seed": args.seed,
+            "bench": bench,
+            "out": str(out),
+            "stall": 0.0,
+        }
+        spec_file = Path(tmp) / "spec.json"
+        spec_file.write_text(json.dumps(spec))
+        env = {"VREX_TOKENS": f"@{spec_file}"}
+        run(TokenSelector(cfg), "token_selector", "verif.tb_tokens", extra_env=env)
+        log = json.loads(out.read_text())["log"]
+    by_tag = {e["tag"]: e for e in log}
+    ee, full, work, n_used, q_used = [], [], [], [], []
+    for i, pr in enumerate(problems):
+        a, b = by_tag[f"{i}:0"], by_tag[f"{i}:1"]
+        nn, nq = len(pr["keys"]), len(pr["queries"])
+        ee.append(a["cycles"])
+        full.append(b["cycles"])
+        work.append(a["planes_read"] / (nq * nn * bk))
+        n_used.append(nn)
+        q_used.append(nq)
+    mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
+    n_mean = mean(n_used)
+    return {
+        "N": n,
+        "N_used": n_mean,
+        "d": d,
+        "lanes": lanes,
+        "bk": bk,
+        "Q": mean(q_used),
+        "budget": args.budget,
+        "retrievals": len(problems),
+        "cycles_ee": mean(ee),
+        "cycles_full": mean(full),
+        "work": mean(work),
+        "floor": mean(q_used) * n_mean * bk * (d // lanes),
+    }
+
+
+def format_table_v2(rows: list[dict]) -> str:
+    head = (
+        "| N (table) | N used | d | lanes | bk | Q | budget | retrievals | cycles, early exit | "
+        "cycles, no exit | speed-up | work fraction | floor Q*N*bk*d/lanes |"
+    )
+    lines = [head, "|" + "---|" * 13]
+    for r in rows:
+        lines.append(
+            f"| {r['N']} | {r['N_used']:.0f} | {r['d']} | {r['lanes']} | {r['bk']} | "
+            f"{r['Q']:.0f} | {r['budget']} | {r['retrievals']} | {r['cycles_ee']:.0f} | "
+            f"{r['cycles_full']:.0f} | {r['cycles_full'] / r['cycles_ee']:.2f}x | "
+            f"{r['work']:.3f} | {r['floor']:.0f} |"
+        )
+    return "\n".join(lines)
 
 
 def realistic_cases(
@@ -161,19 +295,25 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--k-cap", type=int, default=16)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--quick", action="store_true", help="first point only")
+    ap.add_argument("--rule", choices=("v1", "v2"), default="v2")
+    ap.add_argument("--q-max", type=int, default=4, help="v2: query vectors per retrieval")
+    ap.add_argument("--budget", type=int, default=256, help="v2: tokens per retrieval")
     args = ap.parse_args(argv)
     torch.manual_seed(args.seed)
     rows = []
     t0 = time.time()
-    for n, d, lanes, bk in POINTS[:1] if args.quick else POINTS:
-        rows.append(bench_point(n, d, lanes, bk, args))
+    v2 = args.rule == "v2"
+    points = POINTS_V2 if v2 else POINTS
+    for n, d, lanes, bk in points[:1] if args.quick else points:
+        rows.append((bench_point_v2 if v2 else bench_point)(n, d, lanes, bk, args))
         print(f"[bench_select] N={n} d={d} lanes={lanes} bk={bk} done", file=sys.stderr)
+    extra = f" --q-max {args.q_max} --budget {args.budget}" if v2 else " --rule v1"
     print(
         f"# python -m verif.bench_select --frames {args.frames} --last {args.last} "
-        f"--seed {args.seed}; keys/queries: TinyLLM + ReSV stream, quantised (model.quant); "
-        f"{time.time() - t0:.0f} s"
+        f"--seed {args.seed}{extra}; keys/queries: TinyLLM + ReSV stream, quantised "
+        f"(model.quant); {time.time() - t0:.0f} s"
     )
-    print(format_table(rows))
+    print(format_table_v2(rows) if v2 else format_table(rows))
     return 0
 
 

@@ -48,6 +48,7 @@ def parse_args(argv):
         metavar="JSON",
         help="DREConfig JSON (as written by python -m hw.export)",
     )
+    ap.add_argument("--preset", default=None, help="start from a named DREConfig (video7b, ...)")
     ap.add_argument(
         "--set",
         action="append",
@@ -57,7 +58,23 @@ def parse_args(argv):
     )
     ap.add_argument("--layer", type=int, default=0)
     ap.add_argument("--head", type=int, default=0)
-    ap.add_argument("--queries", type=int, default=2, help="queries per frame (default 2)")
+    ap.add_argument(
+        "--rule",
+        choices=("v1", "v2"),
+        default="v2",
+        help="retrieval rule: v2 token budget, several query vectors (default); v1 margin/k",
+    )
+    ap.add_argument(
+        "--queries",
+        type=int,
+        default=None,
+        help="query vectors per frame (default: q_max for v2, 2 for v1); v2 retrieves twice per "
+        "frame, with all of them and with the first alone",
+    )
+    ap.add_argument("--budget", type=int, default=256, help="v2: tokens per retrieval (256)")
+    ap.add_argument(
+        "--raw-max", action="store_true", help="v2: no per-query normalisation (CTRL.raw_max)"
+    )
     ap.add_argument("--tau-t", type=float, default=0.9)
     ap.add_argument("--tau-s", type=float, default=0.8)
     ap.add_argument("--margin", type=float, default=3.0, help="ReSV margin in attention logits")
@@ -114,7 +131,7 @@ def build_spec(cfg: DREConfig, args, log=print) -> tuple[dict, dict]:
         source=args.frames_folder,
         layer=args.layer,
         head=args.head,
-        queries_per_frame=args.queries,
+        queries_per_frame=args.queries,  # resolved in main
         tau_t=args.tau_t,
         tau_s=args.tau_s,
         margin=args.margin,
@@ -125,20 +142,28 @@ def build_spec(cfg: DREConfig, args, log=print) -> tuple[dict, dict]:
         progress=progress,
     )
     stream.regs.no_exit = int(args.no_exit)
+    stream.regs.budget = args.budget
+    stream.regs.raw_max = int(args.raw_max)
     ref = DRERef(cfg, stream.regs)
+    v2 = args.rule == "v2"
     totals = dict.fromkeys(("TOKENS", "CLUSTERS", "FORCED", "DROPPED", "QUERIES", "PLANES_READ"), 0)
     work = [0, 0]  # planes read, planes in the candidates scored
 
     def answer(q):
-        r = ref.retrieve(q)
+        r = ref.retrieve_tokens(q) if v2 else ref.retrieve(q)
         totals["QUERIES"] += 1
         totals["PLANES_READ"] += r.planes_read
         if r.selection is not None:
             work[0] += r.planes_read
-            work[1] += r.n * cfg.bk
+            work[1] += r.n * cfg.bk * (len(q) if v2 else 1)
         return {"q": q, "records": r.records, "planes_read": r.planes_read, "error": r.error}
 
-    pre = [answer(stream.frames[0].queries[0])]  # N = 0: the error trailer, no selection
+    def retrievals(queries):
+        """v1: one retrieval per query vector; v2: all vectors together, then the first alone."""
+        return [queries, queries[:1]] if v2 else queries
+
+    # N = 0 before the first frame: the error trailer, no selection
+    pre = [answer(retrievals(stream.frames[0].queries)[0])]
     frames = []
     for t, fr in enumerate(stream.frames):
         if t in args.clear_at:
@@ -154,12 +179,13 @@ def build_spec(cfg: DREConfig, args, log=print) -> tuple[dict, dict]:
                 "status": status,
                 "error": ref.cluster.error,
                 "clear": t in args.clear_at,
-                "queries": [answer(q) for q in fr.queries],
+                "queries": [answer(q) for q in retrievals(fr.queries)],
             }
         )
     regs = vars(stream.regs).copy()
     spec = {
         "cfg": cfg.to_dict(),
+        "rule": args.rule,
         "seed": args.seed,
         "stall": args.stall,
         "gap": args.gap,
@@ -195,6 +221,10 @@ def main(argv: list[str] | None = None) -> int:
         args.seed = int(os.environ.get("VREX_SEED", "1"))
     try:
         base = DREConfig.from_json(args.config) if args.config else DREConfig()
+        if args.preset:
+            from model.dre_config import preset
+
+            base = preset(args.preset)
         cfg = DREConfig.from_overrides(args.set, base=base)
         h, w = args.grid
         if args.frames < 1:
@@ -207,6 +237,12 @@ def main(argv: list[str] | None = None) -> int:
         for name in ("stall", "gap"):
             if not 0 <= getattr(args, name) < 1:
                 raise ConfigError(f"--{name}={getattr(args, name)} must be in [0, 1)")
+        if args.queries is None:
+            args.queries = cfg.q_max if args.rule == "v2" else 2
+        if args.rule == "v2" and not 1 <= args.queries <= cfg.q_max:
+            raise ConfigError(f"--queries={args.queries}; v2 takes 1 .. q_max={cfg.q_max}")
+        if not 0 <= args.budget < 1 << (cfg.count_bits + cfg.n_max.bit_length()):
+            raise ConfigError(f"--budget={args.budget} does not fit the BUDGET register")
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -215,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
     from model.video import VideoError
     from verif.runner import SimulationFailed, run
 
-    print(f"[sim_dre] DREConfig {cfg.to_dict()}")
+    print(f"[sim_dre] DREConfig {cfg.to_dict()}, retrieval rule {args.rule}")
     print(
         f"[sim_dre] {args.frames} frames {h}x{w} from "
         f"{args.frames_folder or 'the synthetic video'}, TinyLLM layer {args.layer} KV head "
@@ -230,7 +266,12 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"[sim_dre] registers: tau_t {regs['tau_t']} tau_s {regs['tau_s']} (/2^"
         f"{cfg.tau_frac_bits}), table {regs['table_size']}, bias_scale {regs['bias_scale']}, "
-        f"margin {regs['margin']}, k {regs['k_min']}..{regs['k_max']}; golden model "
+        + (
+            f"budget {regs['budget']} tokens, raw_max {regs['raw_max']}"
+            if args.rule == "v2"
+            else f"margin {regs['margin']}, k {regs['k_min']}..{regs['k_max']}"
+        )
+        + "; golden model "
         f"{golden['seconds']:.1f} s"
     )
     OUT_DIR.mkdir(parents=True, exist_ok=True)
@@ -243,7 +284,7 @@ def main(argv: list[str] | None = None) -> int:
     failed = None
     try:
         run(
-            DRE(cfg),
+            DRE(cfg, rule=args.rule),
             "dre",
             "verif.tb_dre",
             extra_env={"VREX_DRE": f"@{spec_path}"},
@@ -285,7 +326,7 @@ def main(argv: list[str] | None = None) -> int:
         ("mismatches", f"{s['mismatches']}"),
         ("cycles per frame (mean)", f"{sum(cyc) / len(cyc):.0f}"),
         ("cycles per retrieval (mean)", f"{sum(rc) / max(1, len(rc)):.0f}"),
-        ("work fraction (planes read / N*bk)", f"{work[0] / max(1, work[1]):.3f}"),
+        ("work fraction (planes read / Q*N*bk)", f"{work[0] / max(1, work[1]):.3f}"),
         ("simulated cycles", f"{s['sim_cycles']}"),
         ("simulated cycles per wall second", f"{s['sim_cycles'] / max(1e-9, s['wall_s']):.0f}"),
         ("wall time, RTL run incl. build (s)", f"{total_s:.1f}"),

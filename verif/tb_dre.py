@@ -9,6 +9,7 @@ as a JSON file named by the environment variable ``VREX_DRE``::
      "frames": [{"keys": [[...]], "ids": [...], "status": [...], "error": false, "clear": false,
                  "queries": [{"q": [...], "records": [[index, score], ...],
                               "planes_read": 0, "error": 0}]}],
+     "rule": "v2" | "v1",
      "pre_queries": [...queries before the first frame...],
      "totals": {"TOKENS": ..., ...}, "out": "summary.json"}
 
@@ -37,11 +38,11 @@ from cocotb.triggers import FallingEdge, RisingEdge
 
 from hw import dre_regs
 from hw.cluster_unit import result_layout as assignment_layout
-from hw.select_core import Kind
-from hw.select_core import result_layout as selection_layout
+from hw.dre import queries_stream_layout, selections_layout
+from hw.layouts import Kind
 from model.dre_cluster import STATUS_NAMES
 from model.dre_config import DREConfig
-from verif.streams import StreamSink, StreamSource, pack_signed, reset, unpack
+from verif.streams import StreamSink, StreamSource, pack, pack_signed, reset, unpack
 
 PERIOD_NS = 10
 MAX_REPORTED = 20  # mismatch messages printed in full; the rest are counted
@@ -57,11 +58,18 @@ def load_spec() -> dict:
 
 class TB:
     def __init__(
-        self, dut, cfg: DREConfig, rng: random.Random, stall: float = 0.0, gap: float = 0.0
+        self,
+        dut,
+        cfg: DREConfig,
+        rng: random.Random,
+        stall: float = 0.0,
+        gap: float = 0.0,
+        rule: str = "v2",
     ):
-        self.dut, self.cfg, self.rng = dut, cfg, rng
+        self.dut, self.cfg, self.rng, self.rule = dut, cfg, rng, rule
         self.regmap = dre_regs.by_name(cfg)
-        self.alay, self.slay = assignment_layout(cfg), selection_layout(cfg)
+        self.alay, self.slay = assignment_layout(cfg), selections_layout(cfg, rule)
+        self.qlay = queries_stream_layout(cfg, rule)
         self.keys = StreamSource(dut, "keys", rng, gap)
         self.queries = StreamSource(dut, "queries", rng, gap)
         self.assignments = StreamSink(dut, "assignments", rng, stall)
@@ -131,7 +139,9 @@ class TB:
             "k_max",
         ):
             await self.write(name.upper(), regs[name])
-        await self.write("CTRL", regs.get("no_exit", 0))
+        await self.write("BUDGET", regs.get("budget", 0))
+        ctrl = regs.get("no_exit", 0) * dre_regs.CTRL_NO_EXIT
+        await self.write("CTRL", ctrl + regs.get("raw_max", 0) * dre_regs.CTRL_RAW_MAX)
 
     # ---- scoreboards --------------------------------------------------------------------------
     async def assignment_monitor(self):
@@ -154,8 +164,9 @@ class TB:
         while True:
             raw, _ = await self.selections.recv()
             beat, records = unpack(self.slay, raw), []
+            fields = ("id", "take") if self.rule == "v2" else ("index", "score")
             while beat["kind"] == Kind.RECORD.value:
-                records.append([beat["index"], beat["score"]])
+                records.append([beat[fields[0]], beat[fields[1]]])
                 raw, _ = await self.selections.recv()
                 beat = unpack(self.slay, raw)
             self.last_trailer_ns = int(cocotb.utils.get_sim_time("ns"))
@@ -203,12 +214,20 @@ class TB:
                     "tag": f"{tag} query {i}",
                 }
             )
-            await self.queries.send(pack_signed(qd["q"], self.cfg.bq))
+            await self.queries.send(self.pack_query(qd["q"]))
+
+    def pack_query(self, q) -> int:
+        """v1: one vector; v2: ``q_max`` vectors (zero-padded) and their number."""
+        if self.rule != "v2":
+            return pack_signed(q, self.cfg.bq)
+        padded = list(q) + [[0] * self.cfg.d] * (self.cfg.q_max - len(q))
+        return pack(self.qlay, {"q": padded, "n_q": len(q)})
 
     def budget(self, tokens: int, queries: int) -> int:
         """Generous cycle limit for a frame (a hang must end the run, not stall it)."""
         cfg = self.cfg
-        per_query = 4 * cfg.n_max * cfg.bk * (cfg.groups + 2) + 64
+        per_query = 4 * cfg.n_max * cfg.bk * (cfg.q_max * cfg.groups + 2) + 64
+        per_query += 2 * cfg.n_max * (cfg.n_max // cfg.k_cap + 1)  # v2 output rounds
         return 50 * (tokens * (cfg.groups + 8) + 64) + queries * per_query + 10_000
 
 
@@ -218,7 +237,7 @@ async def dre_stream(dut):
     cfg = DREConfig().replace(**spec["cfg"])
     seed = spec.get("seed", 1)
     rng = random.Random(seed)
-    tb = TB(dut, cfg, rng, spec.get("stall", 0.0), spec.get("gap", 0.0))
+    tb = TB(dut, cfg, rng, spec.get("stall", 0.0), spec.get("gap", 0.0), spec.get("rule", "v1"))
     dut._log.info(f"seed={seed} (VREX_SEED replays it) cfg={cfg.to_dict()}")
     await tb.reset()
     await tb.program(spec["regs"])
@@ -299,7 +318,7 @@ async def dre_registers(dut):
     # every read-write register holds exactly its width; read-only ones ignore writes
     for r in regmap:
         if r.access == "ro":
-            if r.name in ("ID", "D", "LANES", "BQ", "BK", "N_MAX", "K_CAP", "GRID_MAX"):
+            if r.name in ("ID", "D", "LANES", "BQ", "BK", "N_MAX", "K_CAP", "GRID_MAX", "Q_MAX"):
                 await tb.write(r.name, ~r.reset & ((1 << (32 * r.words)) - 1))
                 assert await tb.read(r.name) == r.reset, f"{r.name} is read-only"
             continue

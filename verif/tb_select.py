@@ -29,8 +29,13 @@ import cocotb
 from cocotb.clock import Clock
 from cocotb.triggers import RisingEdge
 
-from hw.select_core import ERROR_LAYOUT, Kind, query_layout, result_layout
-from hw.selector import key_layout
+from hw.layouts import (
+    SELECT_ERROR_LAYOUT,
+    Kind,
+    select_key_load_layout,
+    select_query_layout,
+    select_result_layout,
+)
 from model.dre_config import DREConfig
 from model.dre_ref import select
 from verif.streams import StreamSink, StreamSource, pack, reset, unpack
@@ -41,7 +46,8 @@ PERIOD_NS = 10
 class TB:
     def __init__(self, dut, cfg: DREConfig, rng: random.Random):
         self.dut, self.cfg, self.rng = dut, cfg, rng
-        self.klay, self.qlay, self.rlay = key_layout(cfg), query_layout(cfg), result_layout(cfg)
+        self.klay = select_key_load_layout(cfg)
+        self.qlay, self.rlay = select_query_layout(cfg), select_result_layout(cfg)
         idle = rng.choice([0.0, 0.3])
         self.keys = StreamSource(dut, "keys", rng, idle)
         self.query = StreamSource(dut, "query", rng, idle)
@@ -98,7 +104,7 @@ class TB:
                 early_exit=not no_exit,
             )
         fields = dict(q=q, margin=margin, k_min=k_min, k_max=k_max, n=n, no_exit=no_exit)
-        entry = {"ref": ref, "err": pack(ERROR_LAYOUT, err), "tag": tag, "n": n}
+        entry = {"ref": ref, "err": pack(SELECT_ERROR_LAYOUT, err), "tag": tag, "n": n}
         self.expected.append(entry)
         entry["t_query"] = await self.query.send(pack(self.qlay, fields))
 

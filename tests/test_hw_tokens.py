@@ -1,0 +1,264 @@
+"""The v2 selector (hw.select_tokens) in amaranth.sim against model.dre_ref.select_tokens.
+
+Short runs of the whole TokenSelector: random and adversarial retrievals (ties, all-equal keys,
+budget 0 and beyond the total, one live entry, empty entries, Q = 1 .. q_max, raw and normalised
+maximum, early exit off), the error trailer, output backpressure, and a ranking small enough
+(``k_cap = 2``) that the output needs several rounds.  The Verilator co-simulation
+(``verif/tb_tokens.py``) runs the longer sets.
+"""
+
+from __future__ import annotations
+
+import gc
+import random
+
+import pytest
+from amaranth.sim import Simulator
+
+from hw.layouts import Kind, token_key_load_layout, token_query_layout
+from hw.select_tokens import SelectTokensCore
+from hw.token_selector import TokenSelector
+from model.dre_config import PRESETS, ConfigError, DREConfig
+from model.dre_ref import select_tokens
+
+SMALL = DREConfig(d=8, lanes=4, bq=4, bk=4, n_max=8, k_cap=2, q_max=3, count_bits=6)
+
+
+def rand_problem(rng, cfg, n=None):
+    n = n or rng.randint(1, cfg.n_max)
+    lo_k, hi_k = -(1 << (cfg.bk - 1)), (1 << (cfg.bk - 1)) - 1
+    lo_q, hi_q = -(1 << (cfg.bq - 1)), (1 << (cfg.bq - 1)) - 1
+    style = rng.choice(["full", "narrow", "equal", "spread", "spread"])
+    if style == "equal":
+        key = [rng.randint(lo_k, hi_k) for _ in range(cfg.d)]
+        keys = [key] * n
+    elif style == "spread":  # scores far apart: the bounds separate early, early exit drops
+        levels = [rng.randint(lo_k, hi_k) for _ in range(rng.choice([2, 3, n]))]  # ties
+        keys = [[rng.choice(levels)] * cfg.d for _ in range(n)]
+    else:
+        r = (lo_k, hi_k) if style == "full" else (-1, 1)
+        keys = [[rng.randint(*r) for _ in range(cfg.d)] for _ in range(n)]
+    cmax = (1 << cfg.count_bits) - 1
+    counts = [rng.choice([0, 1, 1, 2, rng.randint(0, cmax), cmax]) for _ in range(n)]
+    n_q = rng.randint(1, cfg.q_max)
+    queries = [[rng.randint(lo_q, hi_q) for _ in range(cfg.d)] for _ in range(n_q)]
+    if style == "spread":
+        queries = [[rng.choice([lo_q, hi_q])] * cfg.d for _ in range(n_q)]
+    total = sum(counts)
+    budget = rng.choice([0, 1, 1, 2, rng.randint(0, total + 2), total, total + 1])
+    return dict(
+        keys=keys,
+        counts=counts,
+        queries=queries,
+        budget=budget,
+        no_exit=int(rng.random() < 0.2),
+        raw_max=int(rng.random() < 0.3),
+    )
+
+
+def run_retrievals(cfg, problems, rng, stall=0.0, with_cycles=False):
+    dut = TokenSelector(cfg)
+    klay, qlay = token_key_load_layout(cfg), token_query_layout(cfg)
+    results = []
+    cycles = []
+
+    async def bench(ctx):
+        for pr in problems:
+            n = len(pr["keys"])
+            for j in range(n):
+                ctx.set(dut.keys.valid, 1)
+                fields = {"index": j, "key": pr["keys"][j], "count": pr["counts"][j]}
+                ctx.set(dut.keys.payload, klay.const(fields))
+                await ctx.tick()
+            ctx.set(dut.keys.valid, 0)
+            qs = pr["queries"] + [[0] * cfg.d] * (cfg.q_max - len(pr["queries"]))
+            fields = dict(
+                queries=qs,
+                n_q=pr.get("n_q", len(pr["queries"])),
+                budget=pr["budget"],
+                n=pr.get("n", n),
+                no_exit=pr["no_exit"],
+                raw_max=pr["raw_max"],
+            )
+            ctx.set(dut.query.valid, 1)
+            ctx.set(dut.query.payload, qlay.const(fields))
+            await ctx.tick().until(dut.query.ready)
+            ctx.set(dut.query.valid, 0)
+            got = []
+            while True:
+                ctx.set(dut.result.ready, int(rng.random() >= stall))
+                _, _, valid, ready, payload = await ctx.tick().sample(
+                    dut.result.valid, dut.result.ready, dut.result.payload
+                )
+                if valid and ready:
+                    if payload.kind == Kind.TRAILER:
+                        trailer = payload
+                        break
+                    got.append((payload.id, payload.take))
+            results.append((got, trailer.planes_read, trailer.error.as_value().value))
+            cycles.append(trailer.cycles)
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-6)
+    sim.add_testbench(bench)
+    sim.run()
+    if with_cycles:
+        return results, cycles
+    return results
+
+
+def expected(cfg, pr):
+    ref = select_tokens(
+        pr["queries"],
+        pr["keys"],
+        pr["counts"],
+        pr["budget"],
+        bq=cfg.bq,
+        bk=cfg.bk,
+        normalize=not pr["raw_max"],
+        early_exit=not pr["no_exit"],
+        k_cap=cfg.k_cap,
+    )
+    return list(zip(ref.ids, ref.take, strict=True)), ref.planes_read
+
+
+@pytest.mark.parametrize("stall", [0.0, 0.5])
+def test_token_selector_random(seed, stall):
+    rng = random.Random(seed)
+    cfg = SMALL
+    problems = [rand_problem(rng, cfg) for _ in range(12)]
+    problems.append(  # one live entry among empty ones, Q = q_max
+        dict(
+            keys=[[1] * cfg.d] * 5,
+            counts=[0, 0, 9, 0, 0],
+            queries=[[1] * cfg.d] * cfg.q_max,
+            budget=4,
+            no_exit=0,
+            raw_max=0,
+        )
+    )
+    problems.append(  # all equal, many rounds (k_cap = 2), everything taken
+        dict(
+            keys=[[3] * cfg.d] * cfg.n_max,
+            counts=[1] * cfg.n_max,
+            queries=[[-8] * cfg.d],
+            budget=100,
+            no_exit=0,
+            raw_max=0,
+        )
+    )
+    results = run_retrievals(cfg, problems, rng, stall)
+    for i, (pr, (got, planes, err)) in enumerate(zip(problems, results, strict=True)):
+        want, want_planes = expected(cfg, pr)
+        assert err == 0
+        assert got == want, (i, pr)
+        assert planes == want_planes, (i, pr)
+
+
+def test_token_selector_errors(seed):
+    rng = random.Random(seed)
+    cfg = SMALL
+    base = dict(keys=[[1] * cfg.d], counts=[1], queries=[[1] * cfg.d], budget=1, no_exit=0)
+    base["raw_max"] = 0
+    cases = [
+        (dict(n=0), 0b0001),
+        (dict(n=cfg.n_max + 1), 0b0010),
+        (dict(n_q=0), 0b0100),
+        (dict(n_q=cfg.q_max + 1), 0b1000),
+        (dict(n=0, n_q=0), 0b0101),
+        (dict(budget=0), 0),  # not an error: an empty selection, nothing read
+    ]
+    results = run_retrievals(cfg, [{**base, **c} for c, _ in cases], rng)
+    for (_, flags), (got, planes, err) in zip(cases, results, strict=True):
+        assert (got, planes, err) == ([], 0, flags)
+
+
+def test_cycles_without_early_exit_follow_the_formula(seed):
+    """Early exit off, every entry live, the budget takes everything: the trailer's ``cycles`` is
+    ``1 + 2*Q*g + bk*(N*Q*g + 5) + R*(N + 5) + N`` with ``R = ceil(N / k_cap)`` output rounds
+    (docs/select.md)."""
+    rng = random.Random(seed)
+    cfg = SMALL
+    g = cfg.groups
+    problems, want = [], []
+    for n, n_q in ((1, 1), (3, 2), (cfg.n_max, cfg.q_max), (5, 1)):
+        keys = [[rng.randint(-8, 7) for _ in range(cfg.d)] for _ in range(n)]
+        queries = [[rng.randint(-8, 7) for _ in range(cfg.d)] for _ in range(n_q)]
+        problems.append(
+            dict(keys=keys, counts=[1] * n, queries=queries, budget=n, no_exit=1, raw_max=0)
+        )
+        rounds = -(-n // cfg.k_cap)
+        want.append(1 + 2 * n_q * g + cfg.bk * (n * n_q * g + 5) + rounds * (n + 5) + n)
+    results, cycles = run_retrievals(cfg, problems, rng, with_cycles=True)
+    for pr, (got, _, _) in zip(problems, results, strict=True):
+        assert got == expected(cfg, pr)[0]
+    assert cycles == want
+
+
+@pytest.mark.filterwarnings("ignore::amaranth.hdl.UnusedElaboratable")
+def test_core_rejects_bad_config():
+    with pytest.raises(ConfigError, match="n_max=1"):
+        SelectTokensCore(DREConfig(n_max=1, k_cap=1))
+    with pytest.raises(TypeError):
+        SelectTokensCore("cfg")
+    gc.collect()
+
+
+# ---- Verilator co-simulation (cocotb, verif/tb_tokens.py) ---------------------------------------
+_SHORT_CFG = dict(d=16, lanes=4, bk=4, n_max=32, k_cap=4, q_max=4, count_bits=8)
+_VIDEO7B = PRESETS["video7b"].to_dict()
+SHORT = [
+    # (config, random retrievals, largest N, output stall probability; 0 checks `cycles`)
+    (_SHORT_CFG, 250, 32, 0.3),
+    (_SHORT_CFG, 100, 32, 0.0),
+]
+LONG = [
+    # the soak: >= 100,000 retrievals over small key sets (make regress)
+    (dict(d=8, lanes=8, bq=4, bk=4, n_max=16, k_cap=2, q_max=4, count_bits=6), 100000, 16, None),
+    (dict(d=64, lanes=16, bk=8, n_max=256, k_cap=16, q_max=4), 300, 256, None),
+    (_VIDEO7B, 60, 1024, None),  # the video7b configuration (its Verilator build takes minutes)
+    (dict(d=48, lanes=16, bq=5, bk=3, n_max=100, k_cap=5, q_max=3, count_bits=10), 2000, 100, 0.0),
+]
+
+
+def cosim(seed, cfg_fields, n_random, n_hi, stall, tmp_path):
+    import json
+
+    from verif.runner import run
+
+    cfg = DREConfig(**cfg_fields)
+    out = tmp_path / "summary.json"
+    spec = {"cfg": cfg.to_dict(), "seed": seed, "random": n_random, "n_hi": n_hi, "out": str(out)}
+    spec["stall"] = stall
+    run(
+        TokenSelector(cfg),
+        "token_selector",
+        "verif.tb_tokens",
+        extra_env={"VREX_TOKENS": json.dumps(spec)},
+    )
+    summary = json.loads(out.read_text())
+    print(
+        f"[tokens cosim] {cfg_fields} seed={seed}: {summary['compared']} retrievals, 0 mismatches"
+    )
+    assert summary["compared"] >= n_random
+
+
+def _id(case):
+    c = case[0]
+    return (
+        f"d{c['d']}-l{c['lanes']}-bk{c['bk']}-n{c['n_max']}-k{c['k_cap']}-q{c['q_max']}"
+        f"-r{case[1]}-s{case[3]}"
+    )
+
+
+@pytest.mark.cocotb
+@pytest.mark.parametrize("case", SHORT, ids=_id)
+def test_token_selector_verilator(seed, case, tmp_path):
+    cosim(seed, *case, tmp_path)
+
+
+@pytest.mark.cocotb
+@pytest.mark.regress
+@pytest.mark.parametrize("case", LONG, ids=_id)
+def test_token_selector_verilator_long(seed, case, tmp_path):
+    cosim(seed, *case, tmp_path)

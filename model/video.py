@@ -127,7 +127,58 @@ class _Scene:
         return img
 
 
-class SyntheticVideo:
+class _ShotStream:
+    """What the synthetic and the photo stream share: argument checks, the cuts between shots
+    (each shot's length drawn from ``cut_every`` with the generator keyed ``(seed, salt)``),
+    random access and the sensor noise (keyed ``(seed, salt + 2, t)``).  A subclass renders
+    frame ``u`` of shot ``k`` as float64 ``[3, height, width]`` in :meth:`render_shot`."""
+
+    salt = 0
+
+    def __init__(self, frames, height, width, seed, noise, cut_every):
+        for name, value, lo in (("frames", frames, 1), ("height", height, 8), ("width", width, 8)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < lo:
+                raise VideoError(f"{name}={value!r} must be an integer >= {lo}")
+        if not (isinstance(noise, int | float) and noise >= 0 and math.isfinite(noise)):
+            raise VideoError(f"noise={noise!r} must be a finite number >= 0")
+        lo, hi = cut_every
+        if not (isinstance(lo, int) and isinstance(hi, int) and 1 <= lo <= hi):
+            raise VideoError(f"cut_every={cut_every!r} must be (min, max) with 1 <= min <= max")
+        self.frames, self.height, self.width = frames, height, width
+        self.seed, self.noise, self.cut_every = seed, noise, cut_every
+        # Shot boundaries: scene_starts[k] is the first frame of shot k.
+        rng = np.random.default_rng([seed, self.salt])
+        self.scene_starts = [0]
+        while self.scene_starts[-1] < frames:
+            self.scene_starts.append(self.scene_starts[-1] + int(rng.integers(lo, hi + 1)))
+        self.scene_starts.pop()
+
+    @property
+    def cuts(self) -> list[int]:
+        """Frames at which a new shot starts (excluding frame 0)."""
+        return self.scene_starts[1:]
+
+    def __len__(self) -> int:
+        return self.frames
+
+    def render_shot(self, k: int, u: int) -> np.ndarray:
+        raise NotImplementedError
+
+    def frame(self, t: int) -> torch.Tensor:
+        if not 0 <= t < self.frames:
+            raise IndexError(f"frame {t} out of range 0..{self.frames - 1}")
+        k = int(np.searchsorted(self.scene_starts, t, side="right")) - 1
+        img = self.render_shot(k, t - self.scene_starts[k])
+        if self.noise:
+            rng = np.random.default_rng([self.seed, self.salt + 2, t])
+            img = img + rng.normal(0.0, self.noise, img.shape)
+        return torch.from_numpy(np.clip(img, 0.0, 1.0).astype(np.float32))
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        return (self.frame(t) for t in range(self.frames))
+
+
+class SyntheticVideo(_ShotStream):
     """Deterministic synthetic stream of ``frames`` frames of ``height x width`` pixels.
 
     Parameters
@@ -150,33 +201,11 @@ class SyntheticVideo:
         n_objects: int = 4,
         cut_every: tuple[int, int] = (24, 72),
     ):
-        for name, value, lo in (("frames", frames, 1), ("height", height, 8), ("width", width, 8)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < lo:
-                raise VideoError(f"{name}={value!r} must be an integer >= {lo}")
-        if not (isinstance(noise, int | float) and noise >= 0 and math.isfinite(noise)):
-            raise VideoError(f"noise={noise!r} must be a finite number >= 0")
         if not isinstance(n_objects, int) or n_objects < 0:
             raise VideoError(f"n_objects={n_objects!r} must be an integer >= 0")
-        lo, hi = cut_every
-        if not (isinstance(lo, int) and isinstance(hi, int) and 1 <= lo <= hi):
-            raise VideoError(f"cut_every={cut_every!r} must be (min, max) with 1 <= min <= max")
-        self.frames, self.height, self.width = frames, height, width
-        self.seed, self.noise, self.n_objects, self.cut_every = seed, noise, n_objects, cut_every
-        # Scene boundaries: starts[k] is the first frame of scene k.
-        rng = np.random.default_rng([seed, 0])
-        self.scene_starts = [0]
-        while self.scene_starts[-1] < frames:
-            self.scene_starts.append(self.scene_starts[-1] + int(rng.integers(lo, hi + 1)))
-        self.scene_starts.pop()
+        super().__init__(frames, height, width, seed, noise, cut_every)
+        self.n_objects = n_objects
         self._scenes: dict[int, _Scene] = {}
-
-    @property
-    def cuts(self) -> list[int]:
-        """Frames at which a new scene starts (excluding frame 0)."""
-        return self.scene_starts[1:]
-
-    def __len__(self) -> int:
-        return self.frames
 
     def _scene(self, k: int) -> _Scene:
         if k not in self._scenes:
@@ -184,18 +213,8 @@ class SyntheticVideo:
             self._scenes[k] = _Scene(rng, self.height, self.width, self.n_objects)
         return self._scenes[k]
 
-    def frame(self, t: int) -> torch.Tensor:
-        if not 0 <= t < self.frames:
-            raise IndexError(f"frame {t} out of range 0..{self.frames - 1}")
-        k = int(np.searchsorted(self.scene_starts, t, side="right")) - 1
-        img = self._scene(k).render(t - self.scene_starts[k])
-        if self.noise:
-            rng = np.random.default_rng([self.seed, 2, t])
-            img = img + rng.normal(0.0, self.noise, img.shape)
-        return torch.from_numpy(np.clip(img, 0.0, 1.0).astype(np.float32))
-
-    def __iter__(self) -> Iterator[torch.Tensor]:
-        return (self.frame(t) for t in range(self.frames))
+    def render_shot(self, k: int, u: int) -> np.ndarray:
+        return self._scene(k).render(u)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -268,7 +287,7 @@ def _gif_frames() -> torch.Tensor:
     return _PHOTO_CACHE[GIF_FILE]
 
 
-class PhotoVideo:
+class PhotoVideo(_ShotStream):
     """A real-content stream built from the photographs bundled with scikit-image.
 
     The stream is a sequence of *shots* separated by hard cuts; each shot's length is drawn from
@@ -284,6 +303,8 @@ class PhotoVideo:
     constructor arguments.  The parameters were fixed before any policy was run on the stream.
     """
 
+    salt = 10
+
     def __init__(
         self,
         frames: int = 64,
@@ -293,31 +314,9 @@ class PhotoVideo:
         noise: float = 0.02,
         cut_every: tuple[int, int] = (16, 48),
     ):
-        for name, value, lo in (("frames", frames, 1), ("height", height, 8), ("width", width, 8)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < lo:
-                raise VideoError(f"{name}={value!r} must be an integer >= {lo}")
-        if not (isinstance(noise, int | float) and noise >= 0 and math.isfinite(noise)):
-            raise VideoError(f"noise={noise!r} must be a finite number >= 0")
-        lo, hi = cut_every
-        if not (isinstance(lo, int) and isinstance(hi, int) and 1 <= lo <= hi):
-            raise VideoError(f"cut_every={cut_every!r} must be (min, max) with 1 <= min <= max")
+        super().__init__(frames, height, width, seed, noise, cut_every)
         skimage_data_dir()  # fail early, with one message, if scikit-image is missing
-        self.frames, self.height, self.width = frames, height, width
-        self.seed, self.noise, self.cut_every = seed, noise, cut_every
-        rng = np.random.default_rng([seed, 10])
-        self.scene_starts = [0]
-        while self.scene_starts[-1] < frames:
-            self.scene_starts.append(self.scene_starts[-1] + int(rng.integers(lo, hi + 1)))
-        self.scene_starts.pop()
         self._shots: dict[int, dict] = {}
-
-    @property
-    def cuts(self) -> list[int]:
-        """Frames at which a new shot starts (excluding frame 0)."""
-        return self.scene_starts[1:]
-
-    def __len__(self) -> int:
-        return self.frames
 
     def shot(self, k: int) -> dict:
         """Parameters of shot ``k``: the source (a file name) and the camera."""
@@ -374,18 +373,8 @@ class PhotoVideo:
         out = F.grid_sample(img[None], grid, mode="bilinear", align_corners=False)
         return F.avg_pool2d(out, 2)[0]
 
-    def frame(self, t: int) -> torch.Tensor:
-        if not 0 <= t < self.frames:
-            raise IndexError(f"frame {t} out of range 0..{self.frames - 1}")
-        k = int(np.searchsorted(self.scene_starts, t, side="right")) - 1
-        img = self._render(self.shot(k), t - self.scene_starts[k]).double().numpy()
-        if self.noise:
-            rng = np.random.default_rng([self.seed, 12, t])
-            img = img + rng.normal(0.0, self.noise, img.shape)
-        return torch.from_numpy(np.clip(img, 0.0, 1.0).astype(np.float32))
-
-    def __iter__(self) -> Iterator[torch.Tensor]:
-        return (self.frame(t) for t in range(self.frames))
+    def render_shot(self, k: int, u: int) -> np.ndarray:
+        return self._render(self.shot(k), u).double().numpy()
 
 
 # ---------------------------------------------------------------------------------------------

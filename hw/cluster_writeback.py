@@ -6,6 +6,7 @@ from amaranth import Cat, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
+from hw.arith import lut_mul
 from hw.centroid_table import MetaReadSignature, SumReadSignature, chunk_shape
 from hw.plane_store import PlaneWriteSignature
 from model.dre_cluster import ClusterWidths
@@ -53,15 +54,19 @@ class ClusterWriteback(wiring.Component):
         ``bias``; connects to :class:`hw.plane_store.PlaneStore`'s write port (no backpressure).
     bias_scale : In(unsigned(bias_bits - 1))
         Runtime register, read while a cluster is processed.
+    sum_grant : In(1)
+        The sum read port is free this cycle.  A sum read presented in a cycle without
+        ``sum_grant`` is not performed and is presented again in the next cycle (the port is
+        shared with the clustering unit's sum update, which has priority).
     busy : Out(1)
         An id was taken and its write has not happened yet (high in the write's cycle too).
 
     Timing: ``G * (bk + 3) + 3`` cycles per cluster (``G = d / lanes``), from the cycle that takes
-    the id to the cycle of the write, both included: take the id, read the count, then per chunk
-    one cycle to load ``lanes`` sums, ``bk + 1`` division steps and one cycle to store, then the
-    write.  The next id is taken in the cycle after the write.  The sums and the count are read
-    while the cluster is processed: if the clustering unit updates it meanwhile, it queues the
-    id again, so the last write of an entry
+    the id to the cycle of the write, both included, plus one cycle per sum read not granted:
+    take the id, read the count, then per chunk one cycle to load ``lanes`` sums, ``bk + 1``
+    division steps and one cycle to store, then the write.  The next id is taken in the cycle
+    after the write.  The sums and the count are read while the cluster is processed: if the
+    clustering unit updates it meanwhile, it queues the id again, so the last write of an entry
     always carries its final value.
     """
 
@@ -77,6 +82,7 @@ class ClusterWriteback(wiring.Component):
                 "meta": Out(MetaReadSignature(cfg)),
                 "write": Out(PlaneWriteSignature(cfg)),
                 "bias_scale": In(unsigned(self.widths.bias_scale)),
+                "sum_grant": In(1),
                 "busy": Out(1),
             }
         )
@@ -102,7 +108,7 @@ class ClusterWriteback(wiring.Component):
         # Bias of the count being processed (combinational from ``count``).
         log = log2_fixed(m, count, cfg.log_frac_bits)
         scaled = Signal(len(log) + wd.bias_scale)
-        m.d.comb += scaled.eq((log * self.bias_scale) >> cfg.log_frac_bits)
+        m.d.comb += scaled.eq(lut_mul(log, self.bias_scale) >> cfg.log_frac_bits)  # LUTs, no DSP
         top = (1 << (cfg.bias_bits - 1)) - 1
         bias_sat = Mux(scaled > top, top, scaled)
 
@@ -118,7 +124,13 @@ class ClusterWriteback(wiring.Component):
             with m.State("COUNT"):  # the meta read was presented in IDLE; sum chunk 0 now
                 m.d.comb += self.busy.eq(1)
                 m.d.sync += count.eq(self.meta.data.count)
-                m.next = "LOAD"
+                m.next = "FETCH"
+                with m.If(self.sum_grant):
+                    m.next = "LOAD"
+            with m.State("FETCH"):  # retry the sum read of chunk ``chunk`` until granted
+                m.d.comb += self.busy.eq(1)
+                with m.If(self.sum_grant):
+                    m.next = "LOAD"
             with m.State("LOAD"):  # sum chunk ``chunk`` arrives
                 m.d.comb += self.busy.eq(1)
                 m.d.sync += [bias.eq(bias_sat), step.eq(bk)]
@@ -157,7 +169,9 @@ class ClusterWriteback(wiring.Component):
                 with m.Else():
                     m.d.comb += self.sum.chunk.eq(chunk + 1)  # read the next chunk now
                     m.d.sync += chunk.eq(chunk + 1)
-                    m.next = "LOAD"
+                    m.next = "FETCH"
+                    with m.If(self.sum_grant):
+                        m.next = "LOAD"
             with m.State("WRITE"):
                 m.d.comb += [
                     self.busy.eq(1),

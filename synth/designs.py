@@ -43,7 +43,7 @@ REGISTRY: list[tuple[str, str, str]] = [
     ("topk", "hw.topk", "part"),
     ("centroid_table", "hw.centroid_table", "part"),
     ("cluster_cosine", "hw.cluster_cosine", "part"),
-    ("cluster_similarity", "hw.cluster_similarity", "part"),
+    ("cluster_exact", "hw.cluster_exact", "part"),
     ("cluster_writeback", "hw.cluster_writeback", "part"),
 ]
 

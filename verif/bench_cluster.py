@@ -10,8 +10,9 @@ and the whole table in use.  No backpressure and no input gaps in this run
 Printed per grid: cycles per token and per frame (RTL, from the first token of a frame to its
 last result), new clusters per frame and the table occupancy after the stream (from the
 reference, with the RTL's own counts of new / forced / dropped results next to the reference's),
-and mismatches.  ``--set NAME=VALUE`` changes the DREConfig (default: DREConfig() with
-grid_max large enough for the largest grid).
+the exact recomputes (decisions the mantissa screen left to the exact unit), and mismatches.
+``--set NAME=VALUE`` changes the DREConfig (default: DREConfig() with grid_max large enough for
+the largest grid).
 """
 
 from __future__ import annotations
@@ -90,6 +91,7 @@ def main(argv: list[str] | None = None) -> int:
                 "rtl new/forced/dropped": "{new}/{forced}/{dropped}".format(
                     **v["rtl_status_counts"]
                 ),
+                "exact recomputes": s["exact_recomputes"],
                 "mismatches": s["mismatches"],
                 "P": P,
             }
@@ -105,6 +107,7 @@ def main(argv: list[str] | None = None) -> int:
         "forced",
         "dropped",
         "rtl new/forced/dropped",
+        "exact recomputes",
         "mismatches",
     ]
     print("| " + " | ".join(head) + " |")

@@ -434,6 +434,7 @@ async def cluster_scenarios(dut):
             f"mismatches so far {len(tb.mismatches)}"
         )
     summary["mismatches"] = len(tb.mismatches)
+    summary["exact_recomputes"] = int(dut.exact_count.value)
     summary["results"] = tb.results
     if spec.get("out"):
         Path(spec["out"]).write_text(json.dumps(summary))

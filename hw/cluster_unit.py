@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from amaranth import Cat, Module, Mux, Signal, Value, signed, unsigned
 from amaranth.lib import data, stream, wiring
-from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
@@ -12,6 +11,7 @@ from hw.arith import lut_mul, tree_sum
 from hw.centroid_table import CentroidTable, chunk_shape
 from hw.cluster_cosine import PAIRS, ClusterCompare
 from hw.cluster_exact import ExactCompare
+from hw.cluster_queue import WritebackQueue
 from hw.cluster_writeback import ClusterWriteback
 from hw.plane_store import PlaneWriteSignature
 from model.dre_cluster import DROPPED, FORCED, JOINED, NEW, ClusterWidths
@@ -157,7 +157,7 @@ class ClusterUnit(wiring.Component):
         # The write-back engine reads the sums through the update engine's port when it is free.
         m.submodules.table = table = CentroidTable(cfg, ports=5, meta_ports=2, wb_port=False)
         m.submodules.writeback = wb = ClusterWriteback(cfg)
-        m.submodules.queue = queue = SyncFIFOBuffered(width=cfg.index_bits, depth=cfg.n_max)
+        m.submodules.queue = queue = WritebackQueue(cfg)
         m.submodules.compare = cmp = ClusterCompare(cfg, self.mantissa_bits)
         m.submodules.exact = exact = ExactCompare(cfg)
 
@@ -390,11 +390,18 @@ class ClusterUnit(wiring.Component):
             ]
 
         # ---- test section: T1 (resolve + stage 1) | T2 (stage 2) | DEC ------------------------
-        tst = Signal(range(4))  # 0 idle, 1 T2 next... (see below)
-        IDLE, T2, DEC = 0, 1, 2
-        tst_par = Signal()
+        tst_par = Signal()  # bank of the token in T2 / DEC
         t1 = Signal()
-        m.d.comb += t1.eq(acc_full & (tst == IDLE))
+        decide = Signal()
+        with m.FSM(name="test") as test_fsm:
+            with m.State("IDLE"), m.If(t1):  # T1 is this state's last cycle
+                m.next = "T2"
+            with m.State("T2"):
+                m.next = "DEC"
+            with m.State("DEC"), m.If(decide):  # until the decision (exact unit, backpressure)
+                m.next = "IDLE"
+        in_t2, in_dec = test_fsm.ongoing("T2"), test_fsm.ongoing("DEC")
+        m.d.comb += t1.eq(acc_full & test_fsm.ongoing("IDLE"))
         with m.If(acc_en & acc_last):
             m.d.sync += [acc_full.eq(1), full_par.eq(acc_par)]
         with m.Elif(t1):
@@ -450,14 +457,12 @@ class ClusterUnit(wiring.Component):
             cmp.tau_s.eq(pick(b_tau_s, B)),
         ]
         with m.If(t1):
-            m.d.sync += [r_elig.eq(Cat(*eligible)), r_kn.eq(acc_kn), tst_par.eq(B), tst.eq(T2)]
-        with m.If(tst == T2):
-            m.d.sync += tst.eq(DEC)
+            m.d.sync += [r_elig.eq(Cat(*eligible)), r_kn.eq(acc_kn), tst_par.eq(B)]
 
         # The mantissa screen runs freely: keep its DEC-cycle outputs while the decision waits
         # (an exact recompute, result backpressure, or the sum update engine still busy).
         dec_fresh = Signal()
-        m.d.sync += dec_fresh.eq(tst == T2)
+        m.d.sync += dec_fresh.eq(in_t2)
         live = (cmp.passed, cmp.sure, cmp.more, cmp.more_sure)
         held = [Signal(3, name=f"held_{n}") for n in ("pass", "sure", "more", "msure")]
         c_pass, c_sure, c_more, c_msure = cur = [
@@ -527,7 +532,7 @@ class ClusterUnit(wiring.Component):
         rc_item = Signal(range(6))
         rc_neg = Signal()  # a comparison of two negative dot products: more <=> L < R
         rc_start = Signal()
-        m.d.comb += [rc_start.eq((tst == DEC) & need & ~exact.busy), exact.start.eq(rc_start)]
+        m.d.comb += [rc_start.eq(in_dec & need & ~exact.busy), exact.start.eq(rc_start)]
         op = exact.operand
 
         def mag(v):
@@ -607,21 +612,11 @@ class ClusterUnit(wiring.Component):
             m.d.comb += table.wr.data[l].eq(old + upd_key_chunk[l])
 
         # ---- write-back queue: each cluster at most once (dirty bits) ------------------------
-        dirty = Signal(cfg.n_max)
-        push = upd_wr & (upd_wchunk == G - 1) & ~dirty.bit_select(upd_id, 1)
         m.d.comb += [
-            queue.w_en.eq(push),
-            queue.w_data.eq(upd_id),
-            wb.ids.valid.eq(queue.r_rdy),
-            wb.ids.payload.eq(queue.r_data),
-            queue.r_en.eq(wb.ids.ready),
+            queue.update.eq(upd_wr & (upd_wchunk == G - 1)),
+            queue.update_id.eq(upd_id),
         ]
-        popping = queue.r_rdy & wb.ids.ready
-        for j in range(cfg.n_max):
-            with m.If(push & (upd_id == j)):
-                m.d.sync += dirty[j].eq(1)
-            with m.Elif(popping & (queue.r_data == j)):
-                m.d.sync += dirty[j].eq(0)
+        wiring.connect(m, queue.ids, wb.ids)
         m.d.comb += [
             wb.sum.data.eq(table.upd.data),
             table.wb_meta.id.eq(wb.meta.id),
@@ -630,7 +625,7 @@ class ClusterUnit(wiring.Component):
         ]
         wiring.connect(m, wiring.flipped(self.writeback), wb.write)
 
-        drained = ~upd_rd & ~upd_wr & (queue.level == 0) & ~wb.busy
+        drained = ~upd_rd & ~upd_wr & queue.empty & ~wb.busy
         empty = ~in_valid & (n_undec == 0)
         m.d.comb += self.idle.eq(empty & drained)
 
@@ -669,14 +664,12 @@ class ClusterUnit(wiring.Component):
             new_norm.eq(Mux(new, r_kn, norm_w + 2 * dot_w + r_kn)),
             new_count.eq(Mux(new, 1, count_w + 1)),
         ]
-        decide = Signal()
         m.d.comb += [
-            decide.eq((tst == DEC) & ~need & result_free & ~upd_rd),
+            decide.eq(in_dec & ~need & result_free & ~upd_rd),
             upd_start.eq(decide & ~dropped),
         ]
         with m.If(decide):
             m.d.sync += [
-                tst.eq(IDLE),
                 self.result.valid.eq(1),
                 self.result.payload.id.eq(choice),
                 self.result.payload.status.eq(status),

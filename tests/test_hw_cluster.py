@@ -15,7 +15,7 @@ from hw.centroid_table import CentroidTable
 from hw.cluster_cosine import PAIRS, ClusterCompare
 from hw.cluster_exact import ExactCompare, exact_cycles, exact_widths
 from hw.cluster_unit import ClusterUnit, token_period
-from hw.cluster_writeback import ClusterWriteback, log2_fixed
+from hw.cluster_writeback import ClusterWriteback, log2_fixed, writeback_cycles
 from model.dre_cluster import ClusterWidths, quantise_centroid, size_bias
 from model.dre_cluster import log2_fixed as log2_model
 from model.dre_config import ConfigError, DREConfig
@@ -342,7 +342,7 @@ def test_writeback_engine_rounds_and_biases(seed, cfg, shared):
         keys = [[rng.choice([lo, hi, rng.randint(lo, hi)]) for _ in range(cfg.d)] for _ in range(n)]
         clusters[cid] = ([sum(c) for c in zip(*keys, strict=True)], n)
     scale = rng.randrange(1 << ClusterWidths.of(cfg).bias_scale)
-    period = G * (cfg.bk + 3) + 3  # documented in ClusterWriteback
+    period = writeback_cycles(cfg)  # documented in ClusterWriteback
 
     async def bench(ctx):
         for cid, (s, n) in clusters.items():

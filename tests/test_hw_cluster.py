@@ -24,6 +24,7 @@ from verif.runner import run
 SMALL = DREConfig(d=8, lanes=4, bk=4, n_max=16, k_cap=4, grid_max=16, count_bits=5)
 ONE_CHUNK = DREConfig(d=6, lanes=6, bk=6, n_max=8, k_cap=4, grid_max=12, count_bits=4)
 ALL = [
+    "frametime",
     "random",
     "identical",
     "equal",

@@ -365,6 +365,18 @@ def scenario_frames(name: str, cfg: DREConfig, rng: random.Random, spec: dict):
             dict(table_size=cfg.n_max, tau_t=round(0.9 * one), tau_s=round(0.7 * one)),
             [(f, h, w) for f in fr],
         )
+    elif name == "frametime":
+        # One frame after a clear per entry of spec["frametime"]: U random prototype keys, each
+        # on a run of consecutive tokens (raster order), tau 0.5: a run joins one cluster, runs
+        # of different prototypes (nearly orthogonal) open their own, so U clusters are updated.
+        fh, fw = _grid(rng, cfg, spec.get("frametime_grid", (14, 14)))
+        n = fh * fw
+        half = one // 2
+        for u in spec.get("frametime", [35]):
+            u = max(1, min(u, n, cfg.n_max))
+            protos = [_rand_key(rng, cfg) for _ in range(u)]
+            keys = [protos[p * u // n] for p in range(n)]
+            yield dict(table_size=cfg.n_max, tau_t=half, tau_s=half), [(keys, fh, fw)]
     elif name == "grid":
         f1 = [_rand_key(rng, cfg, -1, 1) for _ in range(P)]
         h2, w2 = (w, h) if h != w else (h, max(1, w - 1))
@@ -413,6 +425,7 @@ async def cluster_scenarios(dut):
                 if dut.error.value != 1 or not ref.error:
                     tb.mismatches.append(f"{name}: error flag not set by {regs}")
                 ref.table_size, ref.tau_t, ref.tau_s = 1, 0, 0
+            t0 = tb.cycle
             for keys, h, w in frames:
                 before = ref.n_clusters
                 cycles = await tb.frame(ref, keys, h, w)
@@ -422,6 +435,7 @@ async def cluster_scenarios(dut):
                 stats["clusters"].append(ref.n_clusters - before)
                 stats["grid"] = [h, w]
             await tb.wait_idle()
+            stats.setdefault("to_idle", []).append(tb.cycle - t0)  # first token to idle
             tb.check_table(ref, name)
             stats["forced"] += ref.forced
             stats["dropped"] += ref.dropped

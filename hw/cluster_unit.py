@@ -17,6 +17,9 @@ from hw.plane_store import PlaneWriteSignature
 from model.dre_cluster import DROPPED, FORCED, JOINED, NEW, ClusterWidths
 from model.dre_config import ConfigError, DREConfig
 
+#: Digit width of the exact unit's shift-and-add multiplier (cycles against LUTs).
+EXACT_DIGIT_BITS = 2
+
 #: Candidates in test order: temporal, left, up.
 TEMPORAL, LEFT, UP = 0, 1, 2
 
@@ -29,15 +32,18 @@ def token_period(cfg: DREConfig) -> int:
     return max(G, (G + 5) // 2, 3)
 
 
-def key_sum_product(k, s):
-    """``k * s`` for a key element and a sum element (both signed), as one product that fits an
-    18 x 18 DSP multiplier (``k`` times the low 17 bits of ``s``, zero-extended) plus, for sums
-    wider than 18 bits, ``k`` times the high bits in LUTs (:func:`hw.arith.lut_mul`).  Without the
-    split a synthesis tool spends two DSP blocks on every ``bk x (bk + count_bits)`` product."""
-    s = Value.cast(s)
-    if len(s) <= 18:
-        return k * s
-    return k * s[:17] + (lut_mul(k, s[17:].as_signed()) << 17)
+def key_sum_dot(k, s, lanes: int):
+    """``sum_l k[l] * s[l]`` over ``lanes`` key and sum elements (both signed), with each product
+    fitting one 18 x 18 DSP multiplier: for sums wider than 18 bits, ``k`` times the low 17 bits
+    of ``s`` (zero-extended) in the DSP blocks, ``k`` times the high bits in LUTs
+    (:func:`hw.arith.lut_mul`), the two partial dot products summed by separate adder trees and
+    added once.  Written as one product per lane, a synthesis tool spends two DSP blocks on every
+    ``bk x (bk + count_bits)`` product."""
+    if len(Value.cast(s[0])) <= 18:
+        return tree_sum([k[l] * s[l] for l in range(lanes)])
+    lo = tree_sum([k[l] * Value.cast(s[l])[:17] for l in range(lanes)])
+    hi = tree_sum([lut_mul(k[l], Value.cast(s[l])[17:].as_signed()) for l in range(lanes)])
+    return lo + (hi << 17)
 
 
 def key_layout(cfg: DREConfig) -> data.ArrayLayout:
@@ -116,7 +122,7 @@ class ClusterUnit(wiring.Component):
     come from the decision history instead of the owner map.  The decision waits for a free
     ``result`` register and a free sum-update engine (``G`` cycles per update), and for the
     exact unit when the mantissa screen left a result it needs inside its guard band
-    (:func:`hw.cluster_exact.exact_cycles` per recomputed result, 54 at the default; rare).
+    (:func:`hw.cluster_exact.exact_cycles` per recomputed result, 106 at the default; rare).
     Write-backs run in the background from a queue of updated clusters (each id at most once).
     ``docs/cluster.md`` has the schedule and the hazard argument.
     """
@@ -159,7 +165,7 @@ class ClusterUnit(wiring.Component):
         m.submodules.writeback = wb = ClusterWriteback(cfg)
         m.submodules.queue = queue = WritebackQueue(cfg)
         m.submodules.compare = cmp = ClusterCompare(cfg, self.mantissa_bits)
-        m.submodules.exact = exact = ExactCompare(cfg)
+        m.submodules.exact = exact = ExactCompare(cfg, EXACT_DIGIT_BITS)
 
         def pick(pair, bit):  # one of two banks by a parity bit
             return Mux(bit, pair[1], pair[0])
@@ -192,8 +198,8 @@ class ClusterUnit(wiring.Component):
 
         # ---- frame configuration at a frame start (combinational view) -------------------------
         start = pos == 0
-        grid_size = Signal(32)  # one 16 x 16 product, in LUTs (no DSP block)
-        m.d.comb += grid_size.eq(lut_mul(self.grid_w, self.grid_h))
+        grid_size = Signal(32)  # one 16 x 16 product (one DSP block)
+        m.d.comb += grid_size.eq(self.grid_w * self.grid_h)
         cur_w = Mux(start, self.grid_w, f_w)
         cur_h = Mux(start, self.grid_h, f_h)
         cur_size = Mux(start, grid_size, f_size)
@@ -379,7 +385,7 @@ class ClusterUnit(wiring.Component):
         with m.If(acc_en):
             for i in range(5):
                 s = table.cand[i].data
-                part = tree_sum([key_sum_product(kc[l], s[l]) for l in range(L)])
+                part = key_sum_dot(kc, s, L)
                 m.d.sync += acc[i].eq(Mux(acc_first, 0, acc[i]) + part)
             # The key x key products are small (bk x bk): shift-and-add in LUTs, no DSP blocks.
             kk_part = tree_sum([lut_mul(kc[l], kp[l]) for l in range(L)])

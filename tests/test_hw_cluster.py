@@ -327,7 +327,16 @@ class _WritebackHarness(Elaboratable):
 
 
 @pytest.mark.parametrize("shared", [False, True], ids=["own-port", "shared-port"])
-@pytest.mark.parametrize("cfg", [SMALL, ONE_CHUNK], ids=["G2", "G1"])
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        SMALL,
+        ONE_CHUNK,
+        DREConfig(d=16, lanes=4, bk=5, n_max=6, k_cap=4, grid_max=4, count_bits=4),
+        DREConfig(d=12, lanes=4, bk=6, n_max=6, k_cap=4, grid_max=4, count_bits=3),
+    ],
+    ids=["G2", "G1", "G4-2rounds", "G3-3rounds"],
+)
 def test_writeback_engine_rounds_and_biases(seed, cfg, shared):
     """Values against the reference's rounding and bias; with the port always granted, the
     documented cycle count exactly; with it refused at random (and pointed at other rows

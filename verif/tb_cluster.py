@@ -366,16 +366,21 @@ def scenario_frames(name: str, cfg: DREConfig, rng: random.Random, spec: dict):
             [(f, h, w) for f in fr],
         )
     elif name == "frametime":
-        # One frame after a clear per entry of spec["frametime"]: U random prototype keys, each
-        # on a run of consecutive tokens (raster order), tau 0.5: a run joins one cluster, runs
-        # of different prototypes (nearly orthogonal) open their own, so U clusters are updated.
+        # One frame after a clear per entry of spec["frametime"]: U segments of consecutive
+        # tokens within rows (row r holds floor((r+1)U/h) - floor(rU/h) of them), each with its
+        # own random key, tau 0.5: a segment's tokens join its first token's cluster (left
+        # neighbour, same key), segments' keys are nearly orthogonal, so U clusters are updated
+        # (the count printed is ClusterRef's).
         fh, fw = _grid(rng, cfg, spec.get("frametime_grid", (14, 14)))
         n = fh * fw
         half = one // 2
         for u in spec.get("frametime", [35]):
-            u = max(1, min(u, n, cfg.n_max))
-            protos = [_rand_key(rng, cfg) for _ in range(u)]
-            keys = [protos[p * u // n] for p in range(n)]
+            u = max(fh, min(u, n, cfg.n_max))
+            keys = []
+            for r in range(fh):
+                segs = (r + 1) * u // fh - r * u // fh
+                protos = [_rand_key(rng, cfg) for _ in range(segs)]
+                keys += [protos[j * segs // fw] for j in range(fw)]
             yield dict(table_size=cfg.n_max, tau_t=half, tau_s=half), [(keys, fh, fw)]
     elif name == "grid":
         f1 = [_rand_key(rng, cfg, -1, 1) for _ in range(P)]

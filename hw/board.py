@@ -125,10 +125,27 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from amaranth_boards.ulx3s import ULX3S_85F_Platform
 
+    class Platform(ULX3S_85F_Platform):  # builds only: programming needs no tool here
+        @property
+        def required_tools(self):
+            return [t for t in super().required_tools if t != "openFPGALoader"]
+
     os.environ.update(yowasp_env())
     t0 = time.monotonic()
     print(f"[bitstream] DREConfig {cfg.to_dict()}, {args.baud} baud, building in {args.build_dir}")
-    ULX3S_85F_Platform().build(top, name="top", build_dir=str(args.build_dir), do_program=False)
+    # Yosys 0.70's ABC9 trips an internal assertion on the DRE (as in synth/ecp5_flow.py): stop
+    # synth_ecp5 before LUT mapping, map with classic ABC, then run the rest of its script.
+    Platform().build(
+        top,
+        name="top",
+        build_dir=str(args.build_dir),
+        do_program=False,
+        synth_opts="-run begin:map_luts",
+        script_after_synth=(
+            "techmap -map +/lattice/latches_map.v\nabc -lut 4\nclean\n"
+            "synth_ecp5 -top top -run map_cells:"
+        ),
+    )
     bit = args.build_dir / "top.bit"
     print(
         f"[bitstream] wrote {bit} ({bit.stat().st_size:,} bytes) in {time.monotonic() - t0:.0f} s"

@@ -52,7 +52,8 @@ class ExactCompare(wiring.Component):
 
     Timing: :func:`exact_cycles` from ``start`` to ``done`` (both included): ``L`` and ``R``
     are each built as ``(x0 x1) x2`` by MSB-first digit steps ``acc = (acc << r) + base * digit``.
-    54 cycles at the default configuration (52-bit factors, 4-bit digits).
+    54 cycles at the default configuration with 4-bit digits (52-bit factors); 106 with the
+    2-bit digits ClusterUnit uses.
     """
 
     def __init__(self, cfg: DREConfig, digit_bits: int = 4):

@@ -14,7 +14,7 @@ TOOLS  := eval "$$($(PY) -m verif.toolenv --shell)" &&
 PYTEST := $(PY) -m pytest
 JOBS   ?= 2
 
-.PHONY: help setup test regress sim synth export bench system lint clean
+.PHONY: help setup test regress sim synth bitstream export bench system lint clean
 
 help:
 	@echo "make setup    create $(VENV) and install pinned packages (idempotent)"
@@ -22,6 +22,7 @@ help:
 	@echo "make sim      the main job: RTL regression against the golden model, with a summary"
 	@echo "make regress  long sweeps (pytest -m regress)"
 	@echo "make synth    Yosys + nextpnr-ecp5 area/Fmax report -> docs/synth.md"
+	@echo "make bitstream ULX3S 85F bitstream: DRE + UART bridge -> build/ulx3s/top.bit"
 	@echo "make export   Verilog of the default DRE -> build/dre.v"
 	@echo "make bench    golden-model streaming benchmark (python -m model.bench)"
 	@echo "make system   system model: FPS, GB and mJ per frame, Orin-class vs V-Rex-class -> build/"
@@ -53,7 +54,10 @@ sim: setup
 	$(TOOLS) $(PY) -m verif.sim_dre $(SIMARGS)
 
 synth: setup
-	$(TOOLS) $(PY) -m synth.report --designs dre selector --out docs/synth.md
+	$(TOOLS) $(PY) -m synth.report --designs dre selector --no-abc9 --out docs/synth.md
+
+bitstream: setup
+	$(PY) -m hw.board $(BOARDARGS)
 
 export: setup
 	$(PY) -m hw.export --out build/dre.v

@@ -91,7 +91,9 @@ class CentroidTable(wiring.Component):
     upd : In(SumReadSignature)
         Read half of the read-modify-write that adds a key to a sum.
     wb : In(SumReadSignature), wb_meta : In(MetaReadSignature)
-        The write-back engine's reads.
+        The write-back engine's reads (``wb`` only with ``wb_port=True``; without it, the user
+        shares ``upd`` between the sum update and the write-back, saving a replica of the sum
+        memory).
     wr : In(SumWriteSignature), wr_meta : In(MetaWriteSignature)
         One chunk and one meta row per cycle; no backpressure.
 
@@ -102,7 +104,13 @@ class CentroidTable(wiring.Component):
     a bypass multiplexer per read port.
     """
 
-    def __init__(self, cfg: DREConfig, ports: int = 3, meta_ports: int | None = None):
+    def __init__(
+        self,
+        cfg: DREConfig,
+        ports: int = 3,
+        meta_ports: int | None = None,
+        wb_port: bool = True,
+    ):
         if not isinstance(cfg, DREConfig):
             raise ConfigError(f"cfg must be a DREConfig, got {type(cfg).__name__}")
         if not isinstance(ports, int) or ports < 1:
@@ -111,18 +119,19 @@ class CentroidTable(wiring.Component):
         if not isinstance(meta_ports, int) or meta_ports < 1:
             raise ConfigError(f"meta_ports={meta_ports!r} must be an integer >= 1")
         self.cfg = cfg
-        self.ports, self.meta_ports = ports, meta_ports
-        super().__init__(
-            {
-                "cand": In(SumReadSignature(cfg)).array(ports),
-                "cand_meta": In(MetaReadSignature(cfg)).array(meta_ports),
-                "upd": In(SumReadSignature(cfg)),
-                "wb": In(SumReadSignature(cfg)),
-                "wb_meta": In(MetaReadSignature(cfg)),
-                "wr": In(SumWriteSignature(cfg)),
-                "wr_meta": In(MetaWriteSignature(cfg)),
-            }
-        )
+        self.ports, self.meta_ports, self.wb_port = ports, meta_ports, bool(wb_port)
+        members = {
+            "cand": In(SumReadSignature(cfg)).array(ports),
+            "cand_meta": In(MetaReadSignature(cfg)).array(meta_ports),
+            "upd": In(SumReadSignature(cfg)),
+            "wb": In(SumReadSignature(cfg)),
+            "wb_meta": In(MetaReadSignature(cfg)),
+            "wr": In(SumWriteSignature(cfg)),
+            "wr_meta": In(MetaWriteSignature(cfg)),
+        }
+        if not self.wb_port:
+            del members["wb"]
+        super().__init__(members)
 
     def elaborate(self, platform):
         cfg = self.cfg
@@ -132,7 +141,10 @@ class CentroidTable(wiring.Component):
         m.submodules.meta = meta = Memory(shape=meta_layout(cfg), depth=cfg.n_max, init=[])
 
         def row(port):
-            return port.id * G + port.chunk if G > 1 else port.id
+            if G == 1:
+                return port.id
+            # id * G as shifts and adds of the constant's bits (no multiplier cell)
+            return sum(port.id << b for b in range(G.bit_length()) if G >> b & 1) + port.chunk
 
         wp = sums.write_port()
         m.d.comb += [wp.en.eq(self.wr.en), wp.addr.eq(row(self.wr)), wp.data.eq(self.wr.data)]
@@ -142,7 +154,7 @@ class CentroidTable(wiring.Component):
             mw.addr.eq(self.wr_meta.id),
             mw.data.eq(self.wr_meta.data),
         ]
-        for port in (*self.cand, self.upd, self.wb):
+        for port in (*self.cand, self.upd, *((self.wb,) if self.wb_port else ())):
             rp = sums.read_port(transparent_for=(wp,))
             m.d.comb += [rp.addr.eq(row(port)), port.data.eq(rp.data)]
         for port in (*self.cand_meta, self.wb_meta):

@@ -1,73 +1,263 @@
-"""Division-free cosine threshold test of the clustering unit (``docs/clustering.md``)."""
+"""Mantissa screen of the clustering unit's decisions: the three cosine tests and the three
+most-similar comparisons, each answered "sure" or sent to the exact unit (``docs/cluster.md``)."""
 
 from __future__ import annotations
 
-from amaranth import Module, Signal, signed, unsigned
+from amaranth import Module, Mux, Signal, signed, unsigned
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
+from hw.arith import exp_shape, lut_mul, normalise
 from model.dre_cluster import ClusterWidths
 from model.dre_config import ConfigError, DREConfig
 
+#: The most-similar comparisons the screen makes, as (a, b): ``more[j]`` is
+#: ``more_similar(a, b)``, i.e. ``cos(k, S_a) > cos(k, S_b)``.
+PAIRS = ((1, 0), (2, 0), (2, 1))
+#: Threshold of each candidate (temporal, left, up): 0 ``tau_t``, 1 ``tau_s``.
+TAU_OF = (0, 1, 1)
 
-class CosineTest(wiring.Component):
-    """``cos(k, S) >= T / 2^F`` for a key ``k`` and a key sum ``S``, as ``model.dre_cluster``
-    defines it (:func:`model.dre_cluster.cosine_passes`)::
 
-        passed = (T == 0)                                        if |k|^2 == 0 or |S|^2 == 0
-        passed = k.S >= 0 and (k.S)^2 2^(2F) >= T^2 |k|^2 |S|^2  otherwise
+def band_compare(m: Module, am, ea, bm, eb, guard: int, name: str):
+    """Compare ``X = am 2^ea`` with ``Y = bm 2^eb`` knowing only that the true values lie in
+    ``[X, X (1 + 2^-guard))`` and ``[Y, Y (1 + 2^-guard))``, with ``am``, ``bm`` both in
+    ``[2^(w-2), 2^w)`` (``w = len(am)``).  Returns ``(gt, lt)``: ``gt`` the true left value is
+    certainly above the true right one, ``lt`` certainly below; neither: inside the guard band.
+
+    ``gt``: ``A > B + floor(B / 2^guard)`` implies ``A > B (1 + 2^-guard)``; ``lt``:
+    ``A + floor(A / 2^guard) + 1 <= B`` implies ``A (1 + 2^-guard) < B``, with ``A``, ``B`` the
+    two values aligned to the smaller exponent.  An exponent difference of 3 or more decides
+    alone (the mantissa products differ by less than a factor 4)."""
+    delta = Signal(signed(max(len(ea), len(eb)) + 1), name=f"{name}_delta")
+    m.d.comb += delta.eq(ea - eb)
+    w = len(am) + 2
+    a = Signal(w, name=f"{name}_a")
+    b = Signal(w, name=f"{name}_b")
+    sh_a = Mux(delta > 0, delta, 0)[:2]
+    sh_b = Mux(delta < 0, -delta, 0)[:2]
+    m.d.comb += [a.eq(am << sh_a), b.eq(bm << sh_b)]
+    gt = Signal(name=f"{name}_gt")
+    lt = Signal(name=f"{name}_lt")
+    with m.If(delta >= 3):
+        m.d.comb += gt.eq(1)
+    with m.Elif(delta <= -3):
+        m.d.comb += lt.eq(1)
+    with m.Else():
+        m.d.comb += [gt.eq(a > b + (b >> guard)), lt.eq(a + (a >> guard) + 1 <= b)]
+    return gt, lt
+
+
+class ClusterCompare(wiring.Component):
+    """The decisions of one token against its three candidates, on ``M``-bit mantissas.
+
+    For each candidate ``i`` (0 temporal with ``T = tau_t``, 1 left and 2 up with ``tau_s``) the
+    cosine test of :func:`model.dre_cluster.cosine_passes`::
+
+        pass <=> T == 0                                          if |k|^2 == 0 or |S_i|^2 == 0
+        pass <=> k.S_i >= 0 and (k.S_i)^2 2^(2F) >= T^2 |k|^2 |S_i|^2               otherwise
+
+    and for each pair ``(a, b)`` of :data:`PAIRS` the forced-merge comparison
+    :func:`model.dre_cluster.more_similar` (``dot_a |dot_a| |S_b|^2 > dot_b |dot_b| |S_a|^2``).
+    Signs, zeros, ``T = 0`` and identical candidates (same dot and norm) are decided exactly.
+    Otherwise the products are formed from normalised mantissas (:func:`hw.arith.normalise`,
+    ``M = mantissa_bits``); each true product lies in ``[p, p (1 + 2^-(M-1))^4)`` of its
+    mantissa estimate ``p`` (at most four truncations per side), so with the guard
+    ``2^-(M-4) >= (1 + 2^-(M-1))^4 - 1`` a comparison outside the band is exact
+    (:func:`band_compare`), and one inside it is reported not ``sure``: the clustering unit then
+    recomputes it with :class:`hw.cluster_exact.ExactCompare`.
 
     Interface
     ---------
-    dot : In(signed)         ``k.S``
-    key_norm : In(unsigned)  ``|k|^2``
-    sum_norm : In(unsigned)  ``|S|^2``
-    tau : In(unsigned)       ``T``, fixed point with ``F = tau_frac_bits`` fraction bits
-    passed : Out(1)          the result for the inputs of two cycles before
+    dot : In(signed) x 3, norm : In(unsigned) x 3
+        ``k.S_i`` and ``|S_i|^2`` of the three candidates.
+    key_norm : In(unsigned)
+        ``|k|^2``.
+    tau_t, tau_s : In(unsigned)
+        The thresholds ``T`` (``F = tau_frac_bits`` fraction bits).
+    passed, sure : Out(3)
+        Per candidate: the test's result, valid where ``sure`` is set.
+    more, more_sure : Out(3)
+        Per pair of :data:`PAIRS`: ``more_similar(a, b)``, valid where ``more_sure`` is set.
 
-    Timing: a free-running two-stage pipeline, no handshake; one test per cycle, latency 2.
-    Stage 1 registers ``(k.S)^2`` and ``T^2 |k|^2``; stage 2 multiplies by ``|S|^2`` and compares.
-    Multipliers are sized to their operands (``ClusterWidths``): ``dot x dot``, ``tau x tau``,
-    ``tau^2 x key_norm`` and ``(tau^2 key_norm) x sum_norm``.
+    Timing: free-running, no handshake; the outputs (combinational) answer the inputs of two
+    cycles before.  Stage 1: normalise ``|dot_i|``, ``|S_i|^2``, ``|k|^2`` and ``T^2`` (LUT
+    product), multiply ``T^2 |k|^2`` once per threshold.  Stage 2: ``(k.S_i)^2`` and
+    ``T^2 |k|^2 |S_i|^2`` per candidate.  Stage 3 (outputs): the band compares, and the
+    cross products ``(k.S_a)^2 |S_b|^2`` of the pairs (reusing stage 2's squares).  DSP-sized
+    products (``M x M``): 2 + 3 + 3 + 6 = 14.
     """
 
-    def __init__(self, cfg: DREConfig):
+    def __init__(self, cfg: DREConfig, mantissa_bits: int = 17):
         if not isinstance(cfg, DREConfig):
             raise ConfigError(f"cfg must be a DREConfig, got {type(cfg).__name__}")
-        self.cfg = cfg
+        if not isinstance(mantissa_bits, int) or not 6 <= mantissa_bits <= 32:
+            raise ConfigError(f"mantissa_bits={mantissa_bits!r} must be an integer in 6 .. 32")
+        self.cfg, self.mant = cfg, mantissa_bits
         wd = self.widths = ClusterWidths.of(cfg)
         super().__init__(
             {
-                "dot": In(signed(wd.dot)),
+                "dot": In(signed(wd.dot)).array(3),
+                "norm": In(unsigned(wd.sum_norm)).array(3),
                 "key_norm": In(unsigned(wd.key_norm)),
-                "sum_norm": In(unsigned(wd.sum_norm)),
-                "tau": In(unsigned(wd.tau)),
-                "passed": Out(1),
+                "tau_t": In(unsigned(wd.tau)),
+                "tau_s": In(unsigned(wd.tau)),
+                "passed": Out(3),
+                "sure": Out(3),
+                "more": Out(3),
+                "more_sure": Out(3),
             }
         )
 
     def elaborate(self, platform):
-        F = self.cfg.tau_frac_bits
-        wd = self.widths
+        cfg, wd, M = self.cfg, self.widths, self.mant
+        F = cfg.tau_frac_bits
+        guard = M - 4
+        es = exp_shape(max(wd.sum_norm, wd.dot, 2 * wd.tau) + 2 * M, M)
         m = Module()
-        # Stage 1.
-        dot2 = Signal(unsigned(2 * wd.dot))
-        tk = Signal(unsigned(2 * wd.tau + wd.key_norm))
-        s_norm = Signal.like(self.sum_norm)
-        nonneg = Signal()
-        zero = Signal()
-        tau_zero = Signal()
-        m.d.sync += [
-            dot2.eq(self.dot * self.dot),
-            tk.eq(self.tau * self.tau * self.key_norm),
-            s_norm.eq(self.sum_norm),
-            nonneg.eq(self.dot >= 0),
-            zero.eq((self.key_norm == 0) | (self.sum_norm == 0)),
-            tau_zero.eq(self.tau == 0),
-        ]
-        # Stage 2.
-        with m.If(zero):
-            m.d.sync += self.passed.eq(tau_zero)
-        with m.Else():
-            m.d.sync += self.passed.eq(nonneg & ((dot2 << (2 * F)) >= tk * s_norm))
+
+        def reg(shape, name):
+            return Signal(shape, name=name)
+
+        # ---- stage 1: normalise; T^2 |k|^2 per threshold ------------------------------------
+        mk, ek = normalise(m, self.key_norm, M, "kn")
+        s1_kz = reg(1, "s1_kz")  # |k|^2 == 0
+        m.d.sync += s1_kz.eq(self.key_norm == 0)
+        s1_z, s1_ez, s1_tz = [], [], []
+        for j, tau in enumerate((self.tau_t, self.tau_s)):
+            t2 = Signal(unsigned(2 * wd.tau), name=f"t2_{j}")
+            m.d.comb += t2.eq(lut_mul(tau, tau))
+            mt, et = normalise(m, t2, M, f"t2_{j}")
+            z, ez, tz = reg(2 * M, f"s1_z{j}"), reg(es, f"s1_ez{j}"), reg(1, f"s1_tz{j}")
+            m.d.sync += [z.eq(mt * mk), ez.eq(et + ek), tz.eq(tau == 0)]
+            s1_z.append(z)
+            s1_ez.append(ez)
+            s1_tz.append(tz)
+        s1 = []
+        for i in range(3):
+            dot, norm = self.dot[i], self.norm[i]
+            mag = Signal(unsigned(wd.dot), name=f"mag{i}")
+            m.d.comb += mag.eq(Mux(dot < 0, -dot, dot))
+            ma, ea = normalise(m, mag, M, f"dot{i}")
+            mn, en = normalise(m, norm, M, f"norm{i}")
+            r = {
+                "ma": reg(M, f"s1_ma{i}"),
+                "ea": reg(es, f"s1_ea{i}"),
+                "mn": reg(M, f"s1_mn{i}"),
+                "en": reg(es, f"s1_en{i}"),
+                "pos": reg(1, f"s1_pos{i}"),
+                "neg": reg(1, f"s1_neg{i}"),
+                "nz": reg(1, f"s1_nz{i}"),  # |S|^2 == 0
+            }
+            m.d.sync += [
+                r["ma"].eq(ma),
+                r["ea"].eq(ea),
+                r["mn"].eq(mn),
+                r["en"].eq(en),
+                r["pos"].eq(dot > 0),
+                r["neg"].eq(dot < 0),
+                r["nz"].eq(norm == 0),
+            ]
+            s1.append(r)
+        s1_eq = []
+        for a, b in PAIRS:
+            e = reg(1, f"s1_eq{a}{b}")
+            m.d.sync += e.eq((self.dot[a] == self.dot[b]) & (self.norm[a] == self.norm[b]))
+            s1_eq.append(e)
+
+        # ---- stage 2: (k.S)^2 and T^2 |k|^2 |S|^2 ---------------------------------------------
+        mtk, etk = [], []
+        for j in range(2):
+            top = s1_z[j][2 * M - 1]
+            v = Signal(M, name=f"mtk{j}")
+            e = Signal(es, name=f"etk{j}")
+            m.d.comb += [
+                v.eq(Mux(top, s1_z[j] >> M, s1_z[j] >> (M - 1))),
+                e.eq(s1_ez[j] + Mux(top, M, M - 1)),
+            ]
+            mtk.append(v)
+            etk.append(e)
+        s2 = []
+        for i in range(3):
+            r1, j = s1[i], TAU_OF[i]
+            r = {
+                "p": reg(2 * M, f"s2_p{i}"),
+                "ex": reg(es, f"s2_ex{i}"),
+                "q": reg(2 * M, f"s2_q{i}"),
+                "ey": reg(es, f"s2_ey{i}"),
+                "mn": reg(M, f"s2_mn{i}"),
+                "ea": reg(es, f"s2_ea{i}"),
+                "en": reg(es, f"s2_en{i}"),
+                "pos": reg(1, f"s2_pos{i}"),
+                "neg": reg(1, f"s2_neg{i}"),
+                "zero": reg(1, f"s2_zero{i}"),  # |k|^2 == 0 or |S|^2 == 0
+                "tz": reg(1, f"s2_tz{i}"),
+            }
+            m.d.sync += [
+                r["p"].eq(r1["ma"] * r1["ma"]),
+                r["ex"].eq(2 * r1["ea"] + 2 * F),
+                r["q"].eq(mtk[j] * r1["mn"]),
+                r["ey"].eq(etk[j] + r1["en"]),
+                r["mn"].eq(r1["mn"]),
+                r["ea"].eq(r1["ea"]),
+                r["en"].eq(r1["en"]),
+                r["pos"].eq(r1["pos"]),
+                r["neg"].eq(r1["neg"]),
+                r["zero"].eq(s1_kz | r1["nz"]),
+                r["tz"].eq(s1_tz[j]),
+            ]
+            s2.append(r)
+        s2_eq = [reg(1, f"s2_eq{a}{b}") for a, b in PAIRS]
+        m.d.sync += [d.eq(s) for d, s in zip(s2_eq, s1_eq, strict=True)]
+
+        # ---- stage 3: the cosine tests --------------------------------------------------------
+        for i, r in enumerate(s2):
+            gt, lt = band_compare(m, r["p"], r["ex"], r["q"], r["ey"], guard, f"cos{i}")
+            with m.If(r["zero"]):
+                m.d.comb += [self.passed[i].eq(r["tz"]), self.sure[i].eq(1)]
+            with m.Elif(r["neg"]):
+                m.d.comb += [self.passed[i].eq(0), self.sure[i].eq(1)]
+            with m.Elif(r["tz"]):
+                m.d.comb += [self.passed[i].eq(1), self.sure[i].eq(1)]
+            with m.Elif(~r["pos"]):  # k.S == 0 < T^2 |k|^2 |S|^2
+                m.d.comb += [self.passed[i].eq(0), self.sure[i].eq(1)]
+            with m.Else():
+                m.d.comb += [self.passed[i].eq(gt), self.sure[i].eq(gt | lt)]
+
+        # ---- stage 3: the most-similar comparisons --------------------------------------------
+        p1, ep1 = [], []
+        for i, r in enumerate(s2):  # top M bits of (k.S)^2's mantissa product
+            top = r["p"][2 * M - 1]
+            v = Signal(M, name=f"p1_{i}")
+            e = Signal(es, name=f"ep1_{i}")
+            m.d.comb += [
+                v.eq(Mux(top, r["p"] >> M, r["p"] >> (M - 1))),
+                e.eq(2 * r["ea"] + Mux(top, M, M - 1)),
+            ]
+            p1.append(v)
+            ep1.append(e)
+        for j, (a, b) in enumerate(PAIRS):
+            ra, rb = s2[a], s2[b]
+            la = Signal(2 * M, name=f"sim{a}{b}_la")  # ~ (k.S_a)^2 |S_b|^2
+            lb = Signal(2 * M, name=f"sim{a}{b}_lb")  # ~ (k.S_b)^2 |S_a|^2
+            ela = Signal(es, name=f"sim{a}{b}_ela")
+            elb = Signal(es, name=f"sim{a}{b}_elb")
+            m.d.comb += [
+                la.eq(p1[a] * rb["mn"]),
+                lb.eq(p1[b] * ra["mn"]),
+                ela.eq(ep1[a] + rb["en"]),
+                elb.eq(ep1[b] + ra["en"]),
+            ]
+            gt, lt = band_compare(m, la, ela, lb, elb, guard, f"sim{a}{b}")
+            sa_pos, sa_neg, sb_pos, sb_neg = ra["pos"], ra["neg"], rb["pos"], rb["neg"]
+            with m.If(s2_eq[j] | (~sa_pos & ~sa_neg & ~sb_pos & ~sb_neg)):  # equal: not more
+                m.d.comb += [self.more[j].eq(0), self.more_sure[j].eq(1)]
+            with m.Elif(sa_pos & sb_pos):
+                m.d.comb += [self.more[j].eq(gt), self.more_sure[j].eq(gt | lt)]
+            with m.Elif(sa_neg & sb_neg):  # -La > -Lb <=> Lb > La
+                m.d.comb += [self.more[j].eq(lt), self.more_sure[j].eq(gt | lt)]
+            with m.Else():  # signs differ: the sign decides
+                m.d.comb += [
+                    self.more[j].eq(sa_pos | (~sa_neg & sb_neg)),
+                    self.more_sure[j].eq(1),
+                ]
         return m

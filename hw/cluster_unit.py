@@ -4,17 +4,21 @@ from __future__ import annotations
 
 from amaranth import Cat, Module, Mux, Signal, Value, signed, unsigned
 from amaranth.lib import data, stream, wiring
-from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
+from hw.arith import lut_mul, tree_sum
 from hw.centroid_table import CentroidTable, chunk_shape
-from hw.cluster_cosine import CosineTest
-from hw.cluster_similarity import MostSimilar
+from hw.cluster_cosine import PAIRS, ClusterCompare
+from hw.cluster_exact import ExactCompare
+from hw.cluster_queue import WritebackQueue
 from hw.cluster_writeback import ClusterWriteback
 from hw.plane_store import PlaneWriteSignature
 from model.dre_cluster import DROPPED, FORCED, JOINED, NEW, ClusterWidths
 from model.dre_config import ConfigError, DREConfig
+
+#: Digit width of the exact unit's shift-and-add multiplier (cycles against LUTs).
+EXACT_DIGIT_BITS = 2
 
 #: Candidates in test order: temporal, left, up.
 TEMPORAL, LEFT, UP = 0, 1, 2
@@ -26,6 +30,20 @@ def token_period(cfg: DREConfig) -> int:
     (``docs/cluster.md`` derives it)."""
     G = cfg.groups
     return max(G, (G + 5) // 2, 3)
+
+
+def key_sum_dot(k, s, lanes: int):
+    """``sum_l k[l] * s[l]`` over ``lanes`` key and sum elements (both signed), with each product
+    fitting one 18 x 18 DSP multiplier: for sums wider than 18 bits, ``k`` times the low 17 bits
+    of ``s`` (zero-extended) in the DSP blocks, ``k`` times the high bits in LUTs
+    (:func:`hw.arith.lut_mul`), the two partial dot products summed by separate adder trees and
+    added once.  Written as one product per lane, a synthesis tool spends two DSP blocks on every
+    ``bk x (bk + count_bits)`` product."""
+    if len(Value.cast(s[0])) <= 18:
+        return tree_sum([k[l] * s[l] for l in range(lanes)])
+    lo = tree_sum([k[l] * Value.cast(s[l])[:17] for l in range(lanes)])
+    hi = tree_sum([lut_mul(k[l], Value.cast(s[l])[17:].as_signed()) for l in range(lanes)])
+    return lo + (hi << 17)
 
 
 def key_layout(cfg: DREConfig) -> data.ArrayLayout:
@@ -72,14 +90,25 @@ class ClusterUnit(wiring.Component):
         top level waits for before a retrieval).
     n_clusters : Out
         Clusters allocated since the last clear.
+    exact_count : Out(32)
+        Decisions recomputed by the exact unit since reset (wraps); a performance counter.
+
+    Parameters
+    ----------
+    cfg : DREConfig
+    mantissa_bits : int
+        ``M`` of the decision screen (:class:`hw.cluster_cosine.ClusterCompare`), 6 .. 32;
+        17 (the default) keeps every screen product within one 18 x 18 DSP multiplier.  Smaller
+        values widen the guard band (tests use 6 to send many decisions to the exact unit).
 
     Timing
     ------
     Throughput one token per ``token_period(cfg) = max(G, ceil((G + 4) / 2), 3)`` cycles
+    (without exact recomputes)
     (``G = d / lanes``; ``G`` for ``G >= 4``, 4 at the default d = 64, lanes = 16), latency
     ``G + 6`` cycles from acceptance to the result.  Stages: ``accept | IN: owner-map reads |
-    G chunk reads (5 sums, k.k_prev, |k|^2) | last accumulate | T1: resolve + cosine stage 1 |
-    T2: cosine stage 2 | DEC``.  Token ``t+1`` starts its dot products as soon as the read ports
+    G chunk reads (5 sums, k.k_prev, |k|^2) | last accumulate | T1: resolve + screen stage 1 |
+    T2: screen stage 2 | DEC``.  Token ``t+1`` starts its dot products as soon as the read ports
     are free and token ``t-1`` is decided, i.e. while token ``t`` is still being decided.  Its
     *left* candidate (and its up / temporal candidate on a grid 1 wide / of 1 token) is ``t``'s
     cluster, not known yet: ``t+1`` reads the sums of all three of ``t``'s candidates and
@@ -91,15 +120,20 @@ class ClusterUnit(wiring.Component):
     the table (transparent reads, written at the decision) or, for ``t``'s cluster, from the
     decision's own registers.  Candidates two tokens back (grid width 2, frames of 2 tokens)
     come from the decision history instead of the owner map.  The decision waits for a free
-    ``result`` register and a free sum-update engine (``G`` cycles per update).  Write-backs run
-    in the background from a queue of updated clusters (each id at most once).
+    ``result`` register and a free sum-update engine (``G`` cycles per update), and for the
+    exact unit when the mantissa screen left a result it needs inside its guard band
+    (:func:`hw.cluster_exact.exact_cycles` per recomputed result, 106 at the default; rare).
+    Write-backs run in the background from a queue of updated clusters (each id at most once).
     ``docs/cluster.md`` has the schedule and the hazard argument.
     """
 
-    def __init__(self, cfg: DREConfig):
+    def __init__(self, cfg: DREConfig, mantissa_bits: int = 17):
         if not isinstance(cfg, DREConfig):
             raise ConfigError(f"cfg must be a DREConfig, got {type(cfg).__name__}")
+        if not isinstance(mantissa_bits, int) or not 6 <= mantissa_bits <= 32:
+            raise ConfigError(f"mantissa_bits={mantissa_bits!r} must be an integer in 6 .. 32")
         self.cfg = cfg
+        self.mantissa_bits = mantissa_bits
         wd = self.widths = ClusterWidths.of(cfg)
         super().__init__(
             {
@@ -116,6 +150,7 @@ class ClusterUnit(wiring.Component):
                 "error": Out(1),
                 "idle": Out(1),
                 "n_clusters": Out(range(cfg.n_max + 1)),
+                "exact_count": Out(32),
             }
         )
 
@@ -125,13 +160,12 @@ class ClusterUnit(wiring.Component):
         m = Module()
 
         # Sum read ports: 0 own temporal, 1 own up, 2..4 the previous token's three candidates.
-        m.submodules.table = table = CentroidTable(cfg, ports=5, meta_ports=2)
+        # The write-back engine reads the sums through the update engine's port when it is free.
+        m.submodules.table = table = CentroidTable(cfg, ports=5, meta_ports=2, wb_port=False)
         m.submodules.writeback = wb = ClusterWriteback(cfg)
-        m.submodules.queue = queue = SyncFIFOBuffered(width=cfg.index_bits, depth=cfg.n_max)
-        cos = [CosineTest(cfg) for _ in range(3)]
-        for i, c in enumerate(cos):
-            m.submodules[f"cosine{i}"] = c
-        m.submodules.similar = similar = MostSimilar(cfg, 3)
+        m.submodules.queue = queue = WritebackQueue(cfg)
+        m.submodules.compare = cmp = ClusterCompare(cfg, self.mantissa_bits)
+        m.submodules.exact = exact = ExactCompare(cfg, EXACT_DIGIT_BITS)
 
         def pick(pair, bit):  # one of two banks by a parity bit
             return Mux(bit, pair[1], pair[0])
@@ -164,9 +198,11 @@ class ClusterUnit(wiring.Component):
 
         # ---- frame configuration at a frame start (combinational view) -------------------------
         start = pos == 0
+        grid_size = Signal(32)  # one 16 x 16 product (one DSP block)
+        m.d.comb += grid_size.eq(self.grid_w * self.grid_h)
         cur_w = Mux(start, self.grid_w, f_w)
         cur_h = Mux(start, self.grid_h, f_h)
-        cur_size = Mux(start, self.grid_w * self.grid_h, f_size)
+        cur_size = Mux(start, grid_size, f_size)
         cur_tau_t = Mux(start, self.tau_t, f_tau_t)
         cur_tau_s = Mux(start, self.tau_s, f_tau_s)
         cur_table = Mux(start, self.table_size, f_table)
@@ -175,8 +211,8 @@ class ClusterUnit(wiring.Component):
         )
         one = 1 << cfg.tau_frac_bits
         bad = (
-            (self.grid_w * self.grid_h == 0)
-            | (self.grid_w * self.grid_h > cfg.grid_max)
+            (grid_size == 0)
+            | (grid_size > cfg.grid_max)
             | (self.table_size == 0)
             | (self.table_size > cfg.n_max)
             | (self.tau_t > one)
@@ -220,7 +256,7 @@ class ClusterUnit(wiring.Component):
                 m.d.sync += [
                     f_w.eq(self.grid_w),
                     f_h.eq(self.grid_h),
-                    f_size.eq(self.grid_w * self.grid_h),
+                    f_size.eq(grid_size),
                     f_tau_t.eq(self.tau_t),
                     f_tau_s.eq(self.tau_s),
                     f_table.eq(self.table_size),
@@ -349,19 +385,29 @@ class ClusterUnit(wiring.Component):
         with m.If(acc_en):
             for i in range(5):
                 s = table.cand[i].data
-                part = sum(kc[l] * s[l] for l in range(L))
+                part = key_sum_dot(kc, s, L)
                 m.d.sync += acc[i].eq(Mux(acc_first, 0, acc[i]) + part)
+            # The key x key products are small (bk x bk): shift-and-add in LUTs, no DSP blocks.
+            kk_part = tree_sum([lut_mul(kc[l], kp[l]) for l in range(L)])
+            kn_part = tree_sum([lut_mul(kc[l], kc[l]) for l in range(L)])
             m.d.sync += [
-                acc_kk.eq(Mux(acc_first, 0, acc_kk) + sum(kc[l] * kp[l] for l in range(L))),
-                acc_kn.eq(Mux(acc_first, 0, acc_kn) + sum(kc[l] * kc[l] for l in range(L))),
+                acc_kk.eq(Mux(acc_first, 0, acc_kk) + kk_part),
+                acc_kn.eq(Mux(acc_first, 0, acc_kn) + kn_part),
             ]
 
         # ---- test section: T1 (resolve + stage 1) | T2 (stage 2) | DEC ------------------------
-        tst = Signal(range(4))  # 0 idle, 1 T2 next... (see below)
-        IDLE, T2, DEC = 0, 1, 2
-        tst_par = Signal()
+        tst_par = Signal()  # bank of the token in T2 / DEC
         t1 = Signal()
-        m.d.comb += t1.eq(acc_full & (tst == IDLE))
+        decide = Signal()
+        with m.FSM(name="test") as test_fsm:
+            with m.State("IDLE"), m.If(t1):  # T1 is this state's last cycle
+                m.next = "T2"
+            with m.State("T2"):
+                m.next = "DEC"
+            with m.State("DEC"), m.If(decide):  # until the decision (exact unit, backpressure)
+                m.next = "IDLE"
+        in_t2, in_dec = test_fsm.ongoing("T2"), test_fsm.ongoing("DEC")
+        m.d.comb += t1.eq(acc_full & test_fsm.ongoing("IDLE"))
         with m.If(acc_en & acc_last):
             m.d.sync += [acc_full.eq(1), full_par.eq(acc_par)]
         with m.Elif(t1):
@@ -407,37 +453,141 @@ class ClusterUnit(wiring.Component):
             el = Signal(name=f"t1_elig{i}")
             m.d.comb += el.eq(ex & (count != cfg.count_max))
             eligible.append(el)
-            tau = pick(b_tau_t, B) if i == TEMPORAL else pick(b_tau_s, B)
-            m.d.comb += [
-                cos[i].dot.eq(dot),
-                cos[i].key_norm.eq(acc_kn),
-                cos[i].sum_norm.eq(norm),
-                cos[i].tau.eq(tau),
-                similar.dot[i].eq(dot),
-                similar.norm[i].eq(norm),
-            ]
+            m.d.comb += [cmp.dot[i].eq(dot), cmp.norm[i].eq(norm)]
             with m.If(t1):
                 m.d.sync += [r_id[i].eq(cid), r_dot[i].eq(dot), r_norm[i].eq(norm)]
                 m.d.sync += r_count[i].eq(count)
-        m.d.comb += similar.valid.eq(Cat(*eligible))
-        with m.If(t1):
-            m.d.sync += [r_elig.eq(Cat(*eligible)), r_kn.eq(acc_kn), tst_par.eq(B), tst.eq(T2)]
-        with m.If(tst == T2):
-            m.d.sync += tst.eq(DEC)
-
-        # The cosine and most-similar pipelines run freely: keep their DEC-cycle outputs while
-        # the decision waits (result backpressure, or the sum update engine still busy).
-        dec_fresh = Signal()
-        m.d.sync += dec_fresh.eq(tst == T2)
-        held_passed, held_best = Signal(3), Signal(range(3))
-        live_passed = Cat(c.passed for c in cos)
-        passed = Signal(3)
-        best = Signal(range(3))
         m.d.comb += [
-            passed.eq(Mux(dec_fresh, live_passed, held_passed) & r_elig),
-            best.eq(Mux(dec_fresh, similar.best, held_best)),
+            cmp.key_norm.eq(acc_kn),
+            cmp.tau_t.eq(pick(b_tau_t, B)),
+            cmp.tau_s.eq(pick(b_tau_s, B)),
         ]
-        m.d.sync += [held_passed.eq(Mux(dec_fresh, live_passed, held_passed)), held_best.eq(best)]
+        with m.If(t1):
+            m.d.sync += [r_elig.eq(Cat(*eligible)), r_kn.eq(acc_kn), tst_par.eq(B)]
+
+        # The mantissa screen runs freely: keep its DEC-cycle outputs while the decision waits
+        # (an exact recompute, result backpressure, or the sum update engine still busy).
+        dec_fresh = Signal()
+        m.d.sync += dec_fresh.eq(in_t2)
+        live = (cmp.passed, cmp.sure, cmp.more, cmp.more_sure)
+        held = [Signal(3, name=f"held_{n}") for n in ("pass", "sure", "more", "msure")]
+        c_pass, c_sure, c_more, c_msure = cur = [
+            Signal(3, name=f"cur_{n}") for n in ("pass", "sure", "more", "msure")
+        ]
+        for c, lv, h in zip(cur, live, held, strict=True):
+            m.d.comb += c.eq(Mux(dec_fresh, lv, h))
+            m.d.sync += h.eq(c)
+
+        # Resolution: the first eligible candidate whose test passes; if none and the table is
+        # full, the most similar (walk 0 -> 1 -> 2: more(1, 0), then more(2, best)).  A result
+        # the walk needs that the screen left unsure is recomputed exactly (`need`, item 0-2:
+        # cosine test i; 3-5: the comparison PAIRS[item - 3]); the decision waits for it.
+        el = r_elig
+        cos_need = Signal()
+        cos_item = Signal(range(3))
+        joined = Signal()
+        join_idx = Signal(range(3))
+        with m.If(el[0] & ~c_sure[0]):
+            m.d.comb += [cos_need.eq(1), cos_item.eq(0)]
+        with m.Elif(el[0] & c_pass[0]):
+            m.d.comb += [joined.eq(1), join_idx.eq(0)]
+        with m.Elif(el[1] & ~c_sure[1]):
+            m.d.comb += [cos_need.eq(1), cos_item.eq(1)]
+        with m.Elif(el[1] & c_pass[1]):
+            m.d.comb += [joined.eq(1), join_idx.eq(1)]
+        with m.Elif(el[2] & ~c_sure[2]):
+            m.d.comb += [cos_need.eq(1), cos_item.eq(2)]
+        with m.Elif(el[2] & c_pass[2]):
+            m.d.comb += [joined.eq(1), join_idx.eq(2)]
+        full = n_used >= pick(b_table, tst_par)
+        best01 = Signal(range(3))  # best of candidates 0 and 1 (0 if neither is eligible)
+        best = Signal(range(3))
+        need10 = Signal()  # the first comparison is unsure
+        need2 = Signal()  # the second one is
+        item2 = Signal(range(6))
+        j10, j20, j21 = (3 + PAIRS.index(p) for p in ((1, 0), (2, 0), (2, 1)))
+        with m.If(el[0] & el[1]):
+            m.d.comb += [
+                need10.eq(~c_msure[j10 - 3]),
+                best01.eq(Mux(c_more[j10 - 3], 1, 0)),
+            ]
+        with m.Elif(el[1]):
+            m.d.comb += best01.eq(1)
+        with m.If(el[2] & (el[0] | el[1])):
+            vs1 = best01 == 1
+            more2 = Mux(vs1, c_more[j21 - 3], c_more[j20 - 3])
+            sure2 = Mux(vs1, c_msure[j21 - 3], c_msure[j20 - 3])
+            m.d.comb += [
+                need2.eq(~sure2),
+                item2.eq(Mux(vs1, j21, j20)),
+                best.eq(Mux(more2, 2, best01)),
+            ]
+        with m.Elif(el[2]):
+            m.d.comb += best.eq(2)
+        with m.Else():
+            m.d.comb += best.eq(best01)
+        forced = ~cos_need & ~joined & full & (el != 0)
+        need = Signal()
+        need_item = Signal(range(6))
+        m.d.comb += [
+            need.eq(cos_need | (forced & (need10 | need2))),
+            need_item.eq(Mux(cos_need, cos_item, Mux(need10, j10, item2))),
+        ]
+
+        # ---- exact recompute of one unsure result (shared, time-multiplexed) ----------------
+        rc_item = Signal(range(6))
+        rc_neg = Signal()  # a comparison of two negative dot products: more <=> L < R
+        rc_start = Signal()
+        m.d.comb += [rc_start.eq(in_dec & need & ~exact.busy), exact.start.eq(rc_start)]
+        op = exact.operand
+
+        def mag(v):
+            return Mux(v < 0, -v, v)[:op]
+
+        t_sq = [lut_mul(pick(b_tau_t, tst_par), pick(b_tau_t, tst_par))]
+        t_sq.append(lut_mul(pick(b_tau_s, tst_par), pick(b_tau_s, tst_par)))
+        with m.Switch(Mux(rc_start, need_item, rc_item)):
+            for i in range(3):  # (k.S)^2 2^(2F) >= T^2 |k|^2 |S|^2
+                with m.Case(i):
+                    m.d.comb += [
+                        exact.x[0].eq(mag(r_dot[i])),
+                        exact.x[1].eq(mag(r_dot[i])),
+                        exact.x[2].eq(1 << (2 * cfg.tau_frac_bits)),
+                        exact.y[0].eq(t_sq[0 if i == TEMPORAL else 1]),
+                        exact.y[1].eq(r_kn),
+                        exact.y[2].eq(r_norm[i]),
+                    ]
+            for j, (a, b) in enumerate(PAIRS):  # (k.S_a)^2 |S_b|^2 vs (k.S_b)^2 |S_a|^2
+                with m.Case(3 + j):
+                    m.d.comb += [
+                        exact.x[0].eq(mag(r_dot[a])),
+                        exact.x[1].eq(mag(r_dot[a])),
+                        exact.x[2].eq(r_norm[b]),
+                        exact.y[0].eq(mag(r_dot[b])),
+                        exact.y[1].eq(mag(r_dot[b])),
+                        exact.y[2].eq(r_norm[a]),
+                    ]
+        with m.If(rc_start):
+            neg = Signal()
+            with m.Switch(need_item):
+                for j, (a, _) in enumerate(PAIRS):
+                    with m.Case(3 + j):
+                        m.d.comb += neg.eq(r_dot[a] < 0)
+            m.d.sync += [
+                rc_item.eq(need_item),
+                rc_neg.eq(neg),
+                self.exact_count.eq(self.exact_count + 1),
+            ]
+        with m.If(exact.done), m.Switch(rc_item):  # overrides the hold above
+            for i in range(3):
+                with m.Case(i):
+                    m.d.sync += [held[0][i].eq(exact.ge), held[1][i].eq(1)]
+            for j in range(3):
+                with m.Case(3 + j):
+                    m.d.sync += [
+                        held[2][j].eq(Mux(rc_neg, exact.lt, exact.gt)),
+                        held[3][j].eq(1),
+                    ]
 
         # ---- sum update engine: S += k over G chunks, read-modify-write --------------------
         upd_rd, upd_wr = Signal(), Signal()
@@ -448,8 +598,9 @@ class ClusterUnit(wiring.Component):
         choice = Signal(range(cfg.n_max))
         rd_upd_chunk = Mux(upd_start, 0, upd_chunk)
         m.d.comb += [
-            table.upd.id.eq(Mux(upd_start, choice, upd_id)),
-            table.upd.chunk.eq(rd_upd_chunk),
+            table.upd.id.eq(Mux(upd_start, choice, Mux(upd_rd, upd_id, wb.sum.id))),
+            table.upd.chunk.eq(Mux(upd_start | upd_rd, rd_upd_chunk, wb.sum.chunk)),
+            wb.sum_grant.eq(~upd_start & ~upd_rd),
         ]
         m.d.sync += [upd_wr.eq(upd_start | upd_rd), upd_wchunk.eq(rd_upd_chunk)]
         with m.If(upd_rd):
@@ -467,63 +618,43 @@ class ClusterUnit(wiring.Component):
             m.d.comb += table.wr.data[l].eq(old + upd_key_chunk[l])
 
         # ---- write-back queue: each cluster at most once (dirty bits) ------------------------
-        dirty = Signal(cfg.n_max)
-        push = upd_wr & (upd_wchunk == G - 1) & ~dirty.bit_select(upd_id, 1)
         m.d.comb += [
-            queue.w_en.eq(push),
-            queue.w_data.eq(upd_id),
-            wb.ids.valid.eq(queue.r_rdy),
-            wb.ids.payload.eq(queue.r_data),
-            queue.r_en.eq(wb.ids.ready),
+            queue.update.eq(upd_wr & (upd_wchunk == G - 1)),
+            queue.update_id.eq(upd_id),
         ]
-        popping = queue.r_rdy & wb.ids.ready
-        for j in range(cfg.n_max):
-            with m.If(push & (upd_id == j)):
-                m.d.sync += dirty[j].eq(1)
-            with m.Elif(popping & (queue.r_data == j)):
-                m.d.sync += dirty[j].eq(0)
+        wiring.connect(m, queue.ids, wb.ids)
         m.d.comb += [
-            table.wb.id.eq(wb.sum.id),
-            table.wb.chunk.eq(wb.sum.chunk),
-            wb.sum.data.eq(table.wb.data),
+            wb.sum.data.eq(table.upd.data),
             table.wb_meta.id.eq(wb.meta.id),
             wb.meta.data.eq(table.wb_meta.data),
             wb.bias_scale.eq(self.bias_scale),
         ]
         wiring.connect(m, wiring.flipped(self.writeback), wb.write)
 
-        drained = ~upd_rd & ~upd_wr & (queue.level == 0) & ~wb.busy
+        drained = ~upd_rd & ~upd_wr & queue.empty & ~wb.busy
         empty = ~in_valid & (n_undec == 0)
         m.d.comb += self.idle.eq(empty & drained)
 
         # ---- the decision -------------------------------------------------------------------
         status = Signal(2)
-        full = n_used >= pick(b_table, tst_par)
-        with m.If(passed[TEMPORAL]):
-            m.d.comb += [status.eq(JOINED), choice.eq(r_id[TEMPORAL])]
-        with m.Elif(passed[LEFT]):
-            m.d.comb += [status.eq(JOINED), choice.eq(r_id[LEFT])]
-        with m.Elif(passed[UP]):
-            m.d.comb += [status.eq(JOINED), choice.eq(r_id[UP])]
+        which = Signal(range(3))  # the candidate joined (JOINED / FORCED)
+        with m.If(joined):
+            m.d.comb += [status.eq(JOINED), which.eq(join_idx)]
         with m.Elif(~full):
-            m.d.comb += [status.eq(NEW), choice.eq(n_used)]
-        with m.Elif(r_elig != 0):
-            m.d.comb += status.eq(FORCED)
-            with m.Switch(best):
+            m.d.comb += status.eq(NEW)
+        with m.Elif(el != 0):
+            m.d.comb += [status.eq(FORCED), which.eq(best)]
+        with m.Else():
+            m.d.comb += status.eq(DROPPED)
+        with m.Switch(status):
+            with m.Case(NEW):
+                m.d.comb += choice.eq(n_used)
+            with m.Case(DROPPED):
+                m.d.comb += choice.eq(0)
+            with m.Default(), m.Switch(which):
                 for i in range(3):
                     with m.Case(i):
                         m.d.comb += choice.eq(r_id[i])
-        with m.Else():
-            m.d.comb += [status.eq(DROPPED), choice.eq(0)]
-        which = Signal(range(3))  # the candidate joined (JOINED / FORCED)
-        with m.If(status == FORCED):
-            m.d.comb += which.eq(best)
-        with m.Elif(passed[TEMPORAL]):
-            m.d.comb += which.eq(TEMPORAL)
-        with m.Elif(passed[LEFT]):
-            m.d.comb += which.eq(LEFT)
-        with m.Else():
-            m.d.comb += which.eq(UP)
         dot_w = Signal(signed(wd.dot))
         norm_w = Signal(unsigned(wd.sum_norm))
         count_w = Signal(unsigned(cfg.count_bits))
@@ -539,14 +670,12 @@ class ClusterUnit(wiring.Component):
             new_norm.eq(Mux(new, r_kn, norm_w + 2 * dot_w + r_kn)),
             new_count.eq(Mux(new, 1, count_w + 1)),
         ]
-        decide = Signal()
         m.d.comb += [
-            decide.eq((tst == DEC) & result_free & ~upd_rd),
+            decide.eq(in_dec & ~need & result_free & ~upd_rd),
             upd_start.eq(decide & ~dropped),
         ]
         with m.If(decide):
             m.d.sync += [
-                tst.eq(IDLE),
                 self.result.valid.eq(1),
                 self.result.payload.id.eq(choice),
                 self.result.payload.status.eq(status),

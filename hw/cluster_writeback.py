@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from amaranth import Cat, Module, Mux, Signal, signed, unsigned
-from amaranth.lib import data, stream, wiring
+from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from hw.centroid_table import MetaReadSignature, SumReadSignature, chunk_shape
@@ -31,14 +31,29 @@ def log2_fixed(m: Module, n, frac_bits: int, name: str = "log2"):
     return out
 
 
+def chunks_per_round(cfg: DREConfig) -> int:
+    """Chunks of ``lanes`` elements the write-back engine divides at once: 2 (``2 lanes``
+    dividers) when ``G = d / lanes`` is even, else 1."""
+    return 2 if cfg.groups % 2 == 0 else 1
+
+
+def writeback_cycles(cfg: DREConfig) -> int:
+    """Cycles per cluster of :class:`ClusterWriteback` with every sum read granted, from the
+    cycle that takes the id to the cycle of the write, both included:
+    ``2 + G + R (bk + 1)`` with ``R = G / chunks_per_round`` rounds (24 at the default)."""
+    rounds = cfg.groups // chunks_per_round(cfg)
+    return 2 + cfg.groups + rounds * (cfg.bk + 1)
+
+
 class ClusterWriteback(wiring.Component):
     """Computes, for each cluster id it is given, the quantised centroid and the size bias, and
     writes them to the retrieval datapath's plane store.
 
-    * centroid: per lane ``round(S_i / n)`` half away from zero
-      (:func:`model.dre_cluster.quantise_centroid`), by ``lanes`` restoring dividers that produce
-      the ``bk + 1`` bits of ``floor(2|S_i| / n)`` (``|S_i| <= n 2^(bk-1)``, so that is all the
-      quotient has), then ``(q + 1) >> 1`` and the sign;
+    * centroid: per element ``round(S_i / n)`` half away from zero
+      (:func:`model.dre_cluster.quantise_centroid`: ``sign(S_i) floor((floor(2|S_i|/n) + 1)/2)``,
+      which equals ``sign(S_i) floor((2|S_i| + n) / (2n))``), by ``d`` non-restoring dividers
+      (one per element) that produce the ``bk`` bits of that quotient (``|S_i| <= n 2^(bk-1)``,
+      so it has no more), then the sign;
     * bias: ``min((log2_fixed(n) * bias_scale) >> LF, 2^(bias_bits-1) - 1)``
       (:func:`model.dre_cluster.size_bias`).
 
@@ -53,16 +68,23 @@ class ClusterWriteback(wiring.Component):
         ``bias``; connects to :class:`hw.plane_store.PlaneStore`'s write port (no backpressure).
     bias_scale : In(unsigned(bias_bits - 1))
         Runtime register, read while a cluster is processed.
+    sum_grant : In(1)
+        The sum read port is free this cycle.  A sum read presented in a cycle without
+        ``sum_grant`` is not performed and is presented again in the next cycle (the port is
+        shared with the clustering unit's sum update, which has priority).
     busy : Out(1)
         An id was taken and its write has not happened yet (high in the write's cycle too).
 
-    Timing: ``G * (bk + 3) + 3`` cycles per cluster (``G = d / lanes``), from the cycle that takes
-    the id to the cycle of the write, both included: take the id, read the count, then per chunk
-    one cycle to load ``lanes`` sums, ``bk + 1`` division steps and one cycle to store, then the
-    write.  The next id is taken in the cycle after the write.  The sums and the count are read
-    while the cluster is processed: if the clustering unit updates it meanwhile, it queues the
-    id again, so the last write of an entry
-    always carries its final value.
+    Timing: :func:`writeback_cycles` ``= G + bk + 3`` cycles per cluster (``G = d / lanes``;
+    15 at the default) from the cycle that takes the id to the cycle of the write, both
+    included, plus one cycle per sum read not granted: take the id (IDLE), read the count and
+    chunk 0 (COUNT), chunks 1 .. G-1 (FETCH), the last chunk arrives (LAST), ``bk`` division
+    steps on all ``d`` elements at once (DIVIDE), sign and write (WRITE).  A chunk is loaded as
+    it arrives: ``lanes`` magnitudes ``2|S_i| + n`` are formed per cycle and routed to their
+    dividers.  The next
+    id is taken in the cycle after the write.  The sums and the count are read while the
+    cluster is processed: if the clustering unit updates it meanwhile, it queues the id again,
+    so the last write of an entry always carries its final value.
     """
 
     def __init__(self, cfg: DREConfig):
@@ -77,24 +99,31 @@ class ClusterWriteback(wiring.Component):
                 "meta": Out(MetaReadSignature(cfg)),
                 "write": Out(PlaneWriteSignature(cfg)),
                 "bias_scale": In(unsigned(self.widths.bias_scale)),
+                "sum_grant": In(1),
                 "busy": Out(1),
             }
         )
 
     def elaborate(self, platform):
         cfg, wd = self.cfg, self.widths
-        G, L, bk = cfg.groups, cfg.lanes, cfg.bk
+        G, L, bk, d = cfg.groups, cfg.lanes, cfg.bk, cfg.d
+        per, rounds = chunks_per_round(cfg), G // chunks_per_round(cfg)
+        D = per * L  # dividers
         m = Module()
 
         cid = Signal(range(cfg.n_max))
         count = Signal(cfg.count_bits)
-        chunk = Signal(chunk_shape(cfg))
-        step = Signal(range(bk + 1))  # division step: quotient bit ``step`` is decided
-        rem = [Signal(unsigned(wd.sum + 1), name=f"rem{i}") for i in range(L)]
-        quo = [Signal(unsigned(bk + 1), name=f"quo{i}") for i in range(L)]
-        neg = Signal(L)
-        centroid = Signal(data.ArrayLayout(signed(bk), cfg.d))
+        chunk = Signal(chunk_shape(cfg))  # the next sum chunk to read
+        last_round = Signal()
+        step = Signal(range(bk))  # division step: quotient bit ``step`` is decided
+        # Signed partial remainder: R0 = 2|S| + n < 2^(sum + 1) + 2^count_bits; |R| < 2n 2^bk after.
+        rw = max(wd.sum + 2, cfg.count_bits + 1 + bk) + 1
+        rem = [Signal(signed(rw), name=f"rem{i}") for i in range(D)]
+        quo = [Signal(unsigned(bk), name=f"quo{i}") for i in range(D)]
+        neg = Signal(D)
+        cen = Signal(d * bk)  # the centroid, filled one round (D elements) at a time
         bias = Signal(signed(cfg.bias_bits))
+        ld, ld_slot = Signal(), Signal(range(max(2, per)))  # a granted read's data arrives
 
         # Read addresses: the data of the address presented in a cycle arrives in the next one.
         m.d.comb += [self.sum.id.eq(cid), self.sum.chunk.eq(chunk), self.meta.id.eq(cid)]
@@ -106,8 +135,40 @@ class ClusterWriteback(wiring.Component):
         top = (1 << (cfg.bias_bits - 1)) - 1
         bias_sat = Mux(scaled > top, top, scaled)
 
-        divisor = Signal(unsigned(cfg.count_bits + bk + 1))
-        m.d.comb += divisor.eq(count << step)
+        # Non-restoring division of 2|S| + n by 2n, quotient bits MSB first: one shared shifted
+        # divisor ``2n << step`` and its negation; per element one adder, the operand chosen by
+        # the sign of its partial remainder.
+        shifted = Signal(signed(rw))
+        minus = Signal(signed(rw))
+        m.d.comb += [shifted.eq(count << (step + 1)), minus.eq(-shifted)]
+
+        # Loading: the chunk read in the previous (granted) cycle: ``lanes`` dividends formed
+        # once, routed to the dividers of its slot in the round.
+        m.d.sync += ld.eq(0)
+        dividend = [Signal(signed(rw), name=f"dividend{i}") for i in range(L)]
+        for i in range(L):
+            s_i = self.sum.data[i]
+            m.d.comb += dividend[i].eq((Mux(s_i < 0, -s_i, s_i) << 1) + count)
+        with m.If(ld):
+            for j in range(per):
+                with m.If(ld_slot == j):
+                    for i in range(L):
+                        e = j * L + i
+                        m.d.sync += [neg[e].eq(self.sum.data[i] < 0), rem[e].eq(dividend[i])]
+        results = Signal(D * bk)  # this round's signed quotients
+        for i in range(D):
+            m.d.comb += results[i * bk : (i + 1) * bk].eq(Mux(neg[i], -quo[i], quo[i]))
+
+        def fetch():  # present chunk ``chunk``; on a grant its data arrives next cycle
+            with m.If(self.sum_grant):
+                m.d.sync += [ld.eq(1), ld_slot.eq(chunk % per if per > 1 else 0)]
+                with m.If(chunk != G - 1):
+                    m.d.sync += chunk.eq(chunk + 1)
+                m.d.sync += last_round.eq(chunk == G - 1)
+                with m.If((chunk % per == per - 1) if per > 1 else 1):
+                    m.next = "LAST"
+                with m.Else():
+                    m.next = "FETCH"
 
         with m.FSM():
             with m.State("IDLE"):
@@ -115,56 +176,41 @@ class ClusterWriteback(wiring.Component):
                 with m.If(self.ids.valid):
                     m.d.sync += [cid.eq(self.ids.payload), chunk.eq(0)]
                     m.next = "COUNT"
-            with m.State("COUNT"):  # the meta read was presented in IDLE; sum chunk 0 now
+            with m.State("COUNT"):  # the meta read was presented in IDLE; chunk 0 now
                 m.d.comb += self.busy.eq(1)
                 m.d.sync += count.eq(self.meta.data.count)
-                m.next = "LOAD"
-            with m.State("LOAD"):  # sum chunk ``chunk`` arrives
+                m.next = "FETCH"
+                fetch()
+            with m.State("FETCH"):
                 m.d.comb += self.busy.eq(1)
-                m.d.sync += [bias.eq(bias_sat), step.eq(bk)]
-                for i in range(L):
-                    s = self.sum.data[i]
-                    m.d.sync += [
-                        neg[i].eq(s < 0),
-                        rem[i].eq(Mux(s < 0, -s, s) << 1),
-                        quo[i].eq(0),
-                    ]
+                fetch()
+            with m.State("LAST"):  # the round's last chunk is loaded at this cycle's edge
+                m.d.comb += self.busy.eq(1)
+                m.d.sync += [bias.eq(bias_sat), step.eq(bk - 1)]
                 m.next = "DIVIDE"
             with m.State("DIVIDE"):
                 m.d.comb += self.busy.eq(1)
-                for i in range(L):  # quotient bits MSB first: shift them in
-                    fits = rem[i] >= divisor
-                    m.d.sync += quo[i].eq(Cat(fits, quo[i][:-1]))
-                    with m.If(fits):
-                        m.d.sync += rem[i].eq(rem[i] - divisor)
+                for i in range(D):  # quotient bit = sign of the new partial remainder
+                    nxt = rem[i] + Mux(rem[i] < 0, shifted, minus)
+                    m.d.sync += [rem[i].eq(nxt), quo[i].eq(Cat(nxt >= 0, quo[i][:-1]))]
                 m.d.sync += step.eq(step - 1)
                 with m.If(step == 0):
-                    m.next = "STORE"
-            with m.State("STORE"):
+                    m.next = "NEXT"
+                    with m.If(last_round):
+                        m.next = "WRITE"
+            with m.State("NEXT"):  # keep this round's results; read the next round's first chunk
                 m.d.comb += self.busy.eq(1)
-                for i in range(L):
-                    mag = (quo[i] + 1) >> 1
-                    value = Mux(neg[i], -mag, mag)
-                    if G > 1:
-                        with m.Switch(chunk):
-                            for g in range(G):
-                                with m.Case(g):
-                                    m.d.sync += centroid[g * L + i].eq(value)
-                    else:
-                        m.d.sync += centroid[i].eq(value)
-                with m.If(chunk == G - 1):
-                    m.next = "WRITE"
-                with m.Else():
-                    m.d.comb += self.sum.chunk.eq(chunk + 1)  # read the next chunk now
-                    m.d.sync += chunk.eq(chunk + 1)
-                    m.next = "LOAD"
+                if rounds > 1:
+                    m.d.sync += cen.eq(Cat(cen[D * bk :], results))
+                m.next = "FETCH"
+                fetch()
             with m.State("WRITE"):
                 m.d.comb += [
                     self.busy.eq(1),
                     self.write.en.eq(1),
                     self.write.addr.eq(cid),
-                    self.write.key.eq(centroid),
                     self.write.bias.eq(bias),
+                    self.write.key.eq(Cat(cen[D * bk :], results) if rounds > 1 else results),
                     self.write.count.eq(count),
                 ]
                 m.next = "IDLE"

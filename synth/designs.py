@@ -45,8 +45,13 @@ REGISTRY: list[tuple[str, str, str]] = [
     ("topk", "hw.topk", "part"),
     ("centroid_table", "hw.centroid_table", "part"),
     ("cluster_cosine", "hw.cluster_cosine", "part"),
-    ("cluster_similarity", "hw.cluster_similarity", "part"),
+    ("cluster_exact", "hw.cluster_exact", "part"),
+    ("cluster_queue", "hw.cluster_queue", "part"),
     ("cluster_writeback", "hw.cluster_writeback", "part"),
+    ("board", "hw.board", "part"),
+    ("uart_bridge", "hw.uart_bridge", "part"),
+    ("uart_rx", "hw.uart_rx", "part"),
+    ("uart_tx", "hw.uart_tx", "part"),
 ]
 
 
@@ -63,11 +68,47 @@ def _topk(cfg: DREConfig) -> wiring.Component:
     return TopK(cfg.k_cap, score_shape(cfg), cfg.index_bits)
 
 
+def _board(cfg: DREConfig) -> wiring.Component:
+    from hw.board import CLOCK_HZ, BridgedDRE
+
+    return BridgedDRE(cfg, round(CLOCK_HZ / 115200))
+
+
+def _uart_bridge(cfg: DREConfig) -> wiring.Component:
+    from host.dre_driver import Widths
+    from hw.uart_bridge import UartBridge
+
+    w = Widths.of(cfg)
+    return UartBridge(
+        key_width=w.key,
+        query_width=w.query,
+        assignment_width=w.assignment,
+        selection_width=w.selection,
+        divisor=217,
+    )
+
+
+def _uart_rx(cfg: DREConfig) -> wiring.Component:
+    from hw.uart_rx import UartRx
+
+    return UartRx(217)
+
+
+def _uart_tx(cfg: DREConfig) -> wiring.Component:
+    from hw.uart_tx import UartTx
+
+    return UartTx(217)
+
+
 #: Module -> factory ``cfg -> component``, for components not built as ``Cls(cfg)`` (with the
 #: parameters their parent unit gives them).
 FACTORIES: dict[str, Callable[[DREConfig], wiring.Component]] = {
     "hw.bitplane_dot": _bitplane_dot,
     "hw.topk": _topk,
+    "hw.board": _board,
+    "hw.uart_bridge": _uart_bridge,
+    "hw.uart_rx": _uart_rx,
+    "hw.uart_tx": _uart_tx,
 }
 
 #: Named configurations.  Modest on purpose: nextpnr on two cores must finish in minutes.

@@ -150,26 +150,31 @@ def synth_ecp5(
     freq_mhz: float = 100.0,
     seed: int = 1,
     timeout: float = 1800,
+    abc9: bool = True,
 ) -> Ecp5Result:
     """Synthesise ``component`` (a ``wiring.Component``) for ECP5 inside the timing harness
-    and place-and-route it in ``workdir``; the top module is named ``top``."""
+    and place-and-route it in ``workdir``; the top module is named ``top``.  ``abc9=False`` maps
+    the LUTs with classic ``abc -lut 4`` from the start (ABC9 takes ~10 minutes on the default
+    DRE on two cores; classic ABC a fraction of that, at some cost in LUTs and delay)."""
     workdir.mkdir(parents=True, exist_ok=True)
     for stale in ("ecp5.json", "ecp5_stat.json", "pnr_report.json"):
         (workdir / stale).unlink(missing_ok=True)
     (workdir / "design.v").write_text(harness_verilog(component, top))
     t0 = time.monotonic()
-    abc9 = True
-    try:
-        _synth(top, "abc9", workdir, timeout)
-    except ToolError as exc:
-        # Yosys 0.70's ABC9 re-integration trips an internal assertion on the larger DREs
-        # (`GetSize(conn.first) == GetSize(conn.second)` in rtlil.cc), and synth_ecp5 has no
-        # -noabc9 any more: run its script up to LUT mapping, map with classic `abc -lut 4`,
-        # then run the rest.  Only that failure is retried, and the report says so.
-        if "Assert" not in str(exc):
-            raise
-        abc9 = False
+    if not abc9:
         _synth(top, "abc", workdir, timeout)
+    else:
+        try:
+            _synth(top, "abc9", workdir, timeout)
+        except ToolError as exc:
+            # Yosys 0.70's ABC9 re-integration trips an internal assertion on the larger DREs
+            # (`GetSize(conn.first) == GetSize(conn.second)` in rtlil.cc), and synth_ecp5 has no
+            # -noabc9 any more: run its script up to LUT mapping, map with classic `abc -lut 4`,
+            # then run the rest.  Only that failure is retried, and the report says so.
+            if "Assert" not in str(exc):
+                raise
+            abc9 = False
+            _synth(top, "abc", workdir, timeout)
     t1 = time.monotonic()
     log = workdir / "nextpnr.log"
     pnr_error = ""

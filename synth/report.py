@@ -233,7 +233,7 @@ def render(rows: list[Row], meta: dict[str, str], quick: bool) -> str:
             synth = ", ".join(f"{c} {n:,}" for c, n in sorted(e.synth_cells.items()))
             lines += [
                 f"ECP5 ({e.device}): **does not fit**; nextpnr: `{e.pnr_error.strip()}`.  "
-                f"Yosys `synth_ecp5`{'' if e.abc9 else ' (LUTs by classic ABC: ABC9 crashed)'} "
+                f"Yosys `synth_ecp5`{'' if e.abc9 else ' (LUTs by classic ABC)'} "
                 f"mapped it to: {synth}.",
                 "",
             ]
@@ -243,7 +243,10 @@ def render(rows: list[Row], meta: dict[str, str], quick: bool) -> str:
             avail = ", ".join(f"{RESOURCES[k]} {e.used[k]:,}/{e.available[k]:,}" for k in RESOURCES)
             lines += [f"ECP5 ({e.device}) placed: {avail}.  Yosys cells: {synth}."]
             if not e.abc9:
-                lines.append("LUTs mapped with classic `abc -lut 4` (ABC9 crashed on this design).")
+                lines.append(
+                    "LUTs mapped with classic `abc -lut 4` (`--no-abc9`, or ABC9 crashed on this "
+                    "design)."
+                )
             clocks = ", ".join(f"`{c}` {f:.1f} MHz" for c, f in sorted(e.fmax.items()))
             if clocks:
                 lines.append(f"Fmax: {clocks}.")
@@ -280,6 +283,7 @@ def run(
     device: str,
     package: str,
     timeout: float,
+    abc9: bool = True,
 ) -> list[Row]:
     found = registry.designs()
     chosen = registry.default_selection(found) if names is None else registry.select(found, names)
@@ -313,6 +317,7 @@ def run(
                         package=package,
                         freq_mhz=freq,
                         timeout=timeout,
+                        abc9=abc9,
                     )
                     f = e.fmax_mhz
                     if not e.placed:
@@ -346,6 +351,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", default="85k", help="nextpnr-ecp5 device flag, e.g. 25k, 85k")
     ap.add_argument("--package", default="CABGA381")
     ap.add_argument("--timeout", type=float, default=1800, help="seconds per tool run")
+    ap.add_argument(
+        "--no-abc9",
+        action="store_true",
+        help="map ECP5 LUTs with classic abc (faster on the big designs than ABC9)",
+    )
     ap.add_argument("--workdir", type=Path, default=ROOT / "build" / "synth")
     args = ap.parse_args(argv)
     argv_used = sys.argv[1:] if argv is None else argv
@@ -368,6 +378,7 @@ def main(argv: list[str] | None = None) -> int:
             device=args.device,
             package=args.package,
             timeout=args.timeout,
+            abc9=not args.no_abc9,
         )
     except (ConfigError, registry.DesignError, ToolError) as exc:
         print(f"error: {exc}", file=sys.stderr)

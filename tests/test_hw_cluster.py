@@ -8,14 +8,14 @@ import random
 from fractions import Fraction
 
 import pytest
-from amaranth import Elaboratable, Module, Signal
+from amaranth import Elaboratable, Module, Mux, Signal
 from amaranth.sim import Simulator
 
 from hw.centroid_table import CentroidTable
-from hw.cluster_cosine import CosineTest
-from hw.cluster_similarity import MostSimilar
+from hw.cluster_cosine import PAIRS, ClusterCompare
+from hw.cluster_exact import ExactCompare, exact_cycles, exact_widths
 from hw.cluster_unit import ClusterUnit, token_period
-from hw.cluster_writeback import ClusterWriteback, log2_fixed
+from hw.cluster_writeback import ClusterWriteback, log2_fixed, writeback_cycles
 from model.dre_cluster import ClusterWidths, quantise_centroid, size_bias
 from model.dre_cluster import log2_fixed as log2_model
 from model.dre_config import ConfigError, DREConfig
@@ -24,6 +24,7 @@ from verif.runner import run
 SMALL = DREConfig(d=8, lanes=4, bk=4, n_max=16, k_cap=4, grid_max=16, count_bits=5)
 ONE_CHUNK = DREConfig(d=6, lanes=6, bk=6, n_max=8, k_cap=4, grid_max=12, count_bits=4)
 ALL = [
+    "frametime",
     "random",
     "identical",
     "equal",
@@ -79,92 +80,163 @@ def _cos_brute(dot, k2, s2, T, F):
     return dot >= 0 and Fraction(dot * dot, k2 * s2) >= Fraction(T * T, 1 << (2 * F))
 
 
-def test_cosine_test_against_brute_force(seed):
-    cfg = SMALL
-    wd = ClusterWidths.of(cfg)
-    rng = random.Random(seed)
-    F = cfg.tau_frac_bits
-    dut = CosineTest(cfg)
+def _more_brute(dot_a, n_a, dot_b, n_b):
+    """cos(k, S_a) > cos(k, S_b) as rationals of signed cos^2 (a zero |S|^2 counts as 1)."""
+    return Fraction(dot_a * abs(dot_a), max(n_a, 1)) > Fraction(dot_b * abs(dot_b), max(n_b, 1))
+
+
+def _compare_cases(cfg, rng, n):
+    """Per case: three candidate sums against one key, and the two thresholds.  Mixed in: exact
+    ties (equal sums, sums scaled by 2 or 3: same cosine, other norm), parallel sums with
+    tau = 1 (the test is an equality), zero sums and keys, extreme values."""
+    lo, hi = -(1 << (cfg.bk - 1)), (1 << (cfg.bk - 1)) - 1
+    one = 1 << cfg.tau_frac_bits
     cases = []
-    for _ in range(2000):
-        k = [rng.randint(-8, 7) for _ in range(cfg.d)]
-        n = rng.randint(1, cfg.count_max)
-        s = [rng.randint(-8 * n, 7 * n) for _ in range(cfg.d)]
-        if rng.random() < 0.3:  # (anti)parallel and zero vectors, thresholds at the edges
-            f = rng.choice([-2, -1, 0, 1, 3])
-            s = [f * x for x in k]
-        dot = sum(a * b for a, b in zip(k, s, strict=True))
-        cases.append(
-            (dot, sum(a * a for a in k), sum(b * b for b in s), rng.choice([0, 1, 128, 256, 255]))
-        )
-    # extremes of the widths
-    kmin, smin = -8, -8 * cfg.count_max
-    cases.append((cfg.d * kmin * smin, cfg.d * 64, cfg.d * smin * smin, 256))
-    cases.append((-cfg.d * kmin * -smin, cfg.d * 64, cfg.d * smin * smin, 0))
-    assert all(abs(c[0]) < 1 << (wd.dot - 1) for c in cases)
-
-    async def bench(ctx):
-        got = []
-        for i in range(len(cases) + 2):
-            if i < len(cases):
-                dot, k2, s2, T = cases[i]
-                ctx.set(dut.dot, dot)
-                ctx.set(dut.key_norm, k2)
-                ctx.set(dut.sum_norm, s2)
-                ctx.set(dut.tau, T)
-            await ctx.tick()
-            if i >= 1:
-                got.append(ctx.get(dut.passed))
-        # Inputs set before tick i+1 give ``passed`` after tick i+2, i.e. ``got[i]``.
-        for (dot, k2, s2, T), p in zip(cases, got, strict=False):
-            assert p == _cos_brute(dot, k2, s2, T, F), (dot, k2, s2, T)
-
-    _simulate(dut, bench)
-
-
-# ---- most similar -----------------------------------------------------------------------------
-def _best_brute(dots, norms, valid):
-    """The valid candidate of highest signed cos^2 (= dot|dot|/|S|^2), ties to the lowest index."""
-    best = None
-    for i in range(3):
-        if not valid[i]:
-            continue
-        c = Fraction(dots[i] * abs(dots[i]), max(norms[i], 1))
-        if best is None or c > best[0]:
-            best = (c, i)
-    return 0 if best is None else best[1]
-
-
-def test_most_similar_against_brute_force(seed):
-    cfg = SMALL
-    rng = random.Random(seed)
-    dut = MostSimilar(cfg, 3)
-    cases = []
-    for _ in range(1500):
-        k = [rng.randint(-8, 7) for _ in range(cfg.d)]
-        sums = [[rng.randint(-20, 20) for _ in range(cfg.d)] for _ in range(3)]
-        if rng.random() < 0.3:
-            sums[rng.randrange(3)] = list(sums[rng.randrange(3)])  # exact ties
-        if rng.random() < 0.2:
-            sums[rng.randrange(3)] = [0] * cfg.d
+    for _ in range(n):
+        k = [rng.randint(lo, hi) for _ in range(cfg.d)]
+        if rng.random() < 0.05:
+            k = [0] * cfg.d
+        nn = rng.choice([1, 2, rng.randint(1, cfg.count_max)])
+        sums = []
+        for _ in range(3):
+            r = rng.random()
+            if r < 0.2:
+                s = [rng.choice([-1, 1, 2, 3]) * x for x in k]  # (anti)parallel
+            elif r < 0.3:
+                s = [0] * cfg.d
+            elif r < 0.4:
+                s = [rng.choice([lo, hi]) * cfg.count_max for _ in range(cfg.d)]
+            else:
+                base = [x * nn + rng.randint(-nn, nn) for x in k]
+                s = [max(lo * cfg.count_max, min(hi * cfg.count_max, x)) for x in base]
+            sums.append(s)
+        if rng.random() < 0.4:  # same cosine: a copy, or a multiple that still fits
+            a, b = rng.sample(range(3), 2)
+            f = rng.choice([1, 1, 2, 3])
+            if all(abs(f * x) <= -lo * cfg.count_max for x in sums[a]):
+                sums[b] = [f * x for x in sums[a]]
+        taus = [rng.choice([0, 1, one, one - 1, one // 2, rng.randint(0, one)]) for _ in range(2)]
         dots = [sum(a * b for a, b in zip(k, s, strict=True)) for s in sums]
         norms = [sum(b * b for b in s) for s in sums]
-        cases.append((dots, norms, [rng.random() < 0.7 for _ in range(3)]))
+        cases.append((dots, norms, sum(x * x for x in k), taus))
+    return cases
+
+
+def _run_compare(cfg, mant, cases):
+    """Returns per case (passed, sure, more, more_sure) of a ClusterCompare."""
+    dut = ClusterCompare(cfg, mant)
+    got = []
 
     async def bench(ctx):
-        got = []
         for i in range(len(cases) + 2):
             if i < len(cases):
-                dots, norms, valid = cases[i]
+                dots, norms, k2, (tt, ts) = cases[i]
                 for j in range(3):
                     ctx.set(dut.dot[j], dots[j])
                     ctx.set(dut.norm[j], norms[j])
-                ctx.set(dut.valid, sum(v << j for j, v in enumerate(valid)))
+                ctx.set(dut.key_norm, k2)
+                ctx.set(dut.tau_t, tt)
+                ctx.set(dut.tau_s, ts)
             await ctx.tick()
-            if i >= 1:
-                got.append(ctx.get(dut.best))
-        for case, b in zip(cases, got, strict=False):  # latency 2, as above
-            assert b == _best_brute(*case), case
+            if i >= 1:  # inputs set before tick i+1 are answered after tick i+2
+                got.append(
+                    tuple(ctx.get(x) for x in (dut.passed, dut.sure, dut.more, dut.more_sure))
+                )
+
+    _simulate(dut, bench)
+    return got[: len(cases)]
+
+
+def _check_compare(cfg, cases, got):
+    """Every answer the screen calls sure is the exact one; returns the unsure counts."""
+    F = cfg.tau_frac_bits
+    unsure_cos = unsure_more = 0
+    for (dots, norms, k2, taus), (passed, sure, more, msure) in zip(cases, got, strict=True):
+        for i in range(3):
+            want = _cos_brute(dots[i], k2, norms[i], taus[0 if i == 0 else 1], F)
+            if sure >> i & 1:
+                assert (passed >> i & 1) == want, (i, dots, norms, k2, taus)
+            else:
+                unsure_cos += 1
+        for j, (a, b) in enumerate(PAIRS):
+            want = _more_brute(dots[a], norms[a], dots[b], norms[b])
+            if msure >> j & 1:
+                assert (more >> j & 1) == want, (a, b, dots, norms)
+            else:
+                unsure_more += 1
+    return unsure_cos, unsure_more
+
+
+@pytest.mark.parametrize(
+    "cfg,mant",
+    [(DREConfig(), 17), (SMALL, 17), (SMALL, 6)],
+    ids=["default-M17", "small-M17", "small-M6"],
+)
+def test_compare_screen_is_exact_when_sure(seed, cfg, mant):
+    rng = random.Random(seed)
+    cases = _compare_cases(cfg, rng, 400)
+    unsure_cos, unsure_more = _check_compare(cfg, cases, _run_compare(cfg, mant, cases))
+    # The band is narrow: most answers are sure (the cases are biased towards ties, so not all).
+    assert unsure_cos + unsure_more < 0.5 * 6 * len(cases)
+
+
+def test_compare_screen_band_cases_are_unsure():
+    """Decisions that are exact equalities (cos == tau, equal cosines of different sums) and
+    near-equalities closer than the band must be left to the exact unit."""
+    cfg = DREConfig()
+    one = 1 << cfg.tau_frac_bits
+    k = [(-1) ** i * (17 + 3 * i) for i in range(cfg.d)]
+    k2 = sum(x * x for x in k)
+    s1 = [5 * x for x in k]  # parallel: cos = 1 == tau = 1
+    s2 = [10 * x for x in k]  # same cosine as s1, other norm
+    s3 = [5 * x for x in k]
+    s3[0] += 1  # cos slightly below 1: below tau = 1 by ~1e-6 (inside the band)
+    sums = [s1, s2, s3]
+    dots = [sum(a * b for a, b in zip(k, s, strict=True)) for s in sums]
+    norms = [sum(b * b for b in s) for s in sums]
+    cases = [(dots, norms, k2, (one, one))]
+    ((passed, sure, more, msure),) = _run_compare(cfg, 17, cases)
+    _check_compare(cfg, cases, [(passed, sure, more, msure)])
+    assert sure == 0b000, bin(sure)  # 1 == 1 twice, 1 - 1e-6 vs 1 once
+    assert msure & 0b001 == 0  # more(1, 0): equal cosines, different norms
+
+
+def test_exact_compare_against_integers(seed):
+    cfg = DREConfig()
+    rng = random.Random(seed)
+    dut = ExactCompare(cfg)
+    operand, _ = exact_widths(cfg)
+    top = (1 << operand) - 1
+    cases = []
+    for _ in range(12):
+        x = [rng.choice([0, 1, top, rng.randint(0, top), rng.randint(0, 1 << 20)]) for _ in "xyz"]
+        y = list(x) if rng.random() < 0.3 else [rng.randint(0, top) for _ in "xyz"]
+        if rng.random() < 0.3:
+            y = [x[1], x[2], x[0]]  # equal products, other order
+        cases.append((x, y))
+
+    async def bench(ctx):
+        for x, y in cases:
+            for i in range(3):
+                ctx.set(dut.x[i], x[i])
+                ctx.set(dut.y[i], y[i])
+            ctx.set(dut.start, 1)
+            await ctx.tick()
+            ctx.set(dut.start, 0)
+            cycles = 1
+            while not ctx.get(dut.done):
+                assert ctx.get(dut.busy)
+                await ctx.tick()
+                cycles += 1
+            assert cycles + 1 == exact_cycles(cfg)  # start to done, both included
+            lhs, rhs = x[0] * x[1] * x[2], y[0] * y[1] * y[2]
+            assert (ctx.get(dut.ge), ctx.get(dut.gt), ctx.get(dut.lt)) == (
+                lhs >= rhs,
+                lhs > rhs,
+                lhs < rhs,
+            ), (x, y)
+            await ctx.tick()
+            assert not ctx.get(dut.busy)
 
     _simulate(dut, bench)
 
@@ -229,17 +301,24 @@ def test_centroid_table_read_write_timing(seed):
 
 # ---- write-back engine ------------------------------------------------------------------------
 class _WritebackHarness(Elaboratable):
+    """The engine on a table whose sum port is lent to someone else (``other_*``) in cycles
+    without ``grant``, as the clustering unit's update engine takes it."""
+
     def __init__(self, cfg):
         self.table = CentroidTable(cfg, ports=1)
         self.wb = ClusterWriteback(cfg)
+        self.grant = Signal(init=1)
+        self.other_id = Signal(range(cfg.n_max))
+        self.other_chunk = Signal(range(max(2, cfg.groups)))
 
     def elaborate(self, platform):
         m = Module()
         m.submodules.table, m.submodules.wb = self.table, self.wb
         t, w = self.table, self.wb
         m.d.comb += [
-            t.wb.id.eq(w.sum.id),
-            t.wb.chunk.eq(w.sum.chunk),
+            w.sum_grant.eq(self.grant),
+            t.wb.id.eq(Mux(self.grant, w.sum.id, self.other_id)),
+            t.wb.chunk.eq(Mux(self.grant, w.sum.chunk, self.other_chunk)),
             w.sum.data.eq(t.wb.data),
             t.wb_meta.id.eq(w.meta.id),
             w.meta.data.eq(t.wb_meta.data),
@@ -247,8 +326,21 @@ class _WritebackHarness(Elaboratable):
         return m
 
 
-@pytest.mark.parametrize("cfg", [SMALL, ONE_CHUNK], ids=["G2", "G1"])
-def test_writeback_engine_rounds_and_biases(seed, cfg):
+@pytest.mark.parametrize("shared", [False, True], ids=["own-port", "shared-port"])
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        SMALL,
+        ONE_CHUNK,
+        DREConfig(d=16, lanes=4, bk=5, n_max=6, k_cap=4, grid_max=4, count_bits=4),
+        DREConfig(d=12, lanes=4, bk=6, n_max=6, k_cap=4, grid_max=4, count_bits=3),
+    ],
+    ids=["G2", "G1", "G4-2rounds", "G3-3rounds"],
+)
+def test_writeback_engine_rounds_and_biases(seed, cfg, shared):
+    """Values against the reference's rounding and bias; with the port always granted, the
+    documented cycle count exactly; with it refused at random (and pointed at other rows
+    meanwhile), the same values and at least that many cycles."""
     rng = random.Random(seed)
     h = _WritebackHarness(cfg)
     t, wb = h.table, h.wb
@@ -260,7 +352,7 @@ def test_writeback_engine_rounds_and_biases(seed, cfg):
         keys = [[rng.choice([lo, hi, rng.randint(lo, hi)]) for _ in range(cfg.d)] for _ in range(n)]
         clusters[cid] = ([sum(c) for c in zip(*keys, strict=True)], n)
     scale = rng.randrange(1 << ClusterWidths.of(cfg).bias_scale)
-    period = G * (cfg.bk + 3) + 3  # documented in ClusterWriteback
+    period = writeback_cycles(cfg)  # documented in ClusterWriteback
 
     async def bench(ctx):
         for cid, (s, n) in clusters.items():
@@ -287,14 +379,22 @@ def test_writeback_engine_rounds_and_biases(seed, cfg):
             ctx.set(wb.ids.valid, 0)
             while not ctx.get(wb.write.en):
                 assert ctx.get(wb.busy)
+                if shared:
+                    ctx.set(h.grant, rng.random() < 0.5)
+                    ctx.set(h.other_id, rng.randrange(cfg.n_max))
+                    ctx.set(h.other_chunk, rng.randrange(G))
                 await ctx.tick()
                 start += 1
+            ctx.set(h.grant, 1)
             s, n = clusters[cid]
             assert ctx.get(wb.write.addr) == cid
             key = ctx.get(wb.write.key)
             assert [key[i] for i in range(cfg.d)] == quantise_centroid(s, n)
             assert ctx.get(wb.write.bias) == size_bias(n, scale, cfg)
-            assert start + 2 == period  # from the accepting cycle to the write's, inclusive
+            if shared:
+                assert start + 2 >= period
+            else:
+                assert start + 2 == period  # from the accepting cycle to the write's, inclusive
             await ctx.tick()
             assert not ctx.get(wb.write.en) and not ctx.get(wb.busy)
 
@@ -307,11 +407,11 @@ def test_components_reject_bad_parameters():
 
 
 # ---- Verilator co-simulation --------------------------------------------------------------------
-def _cosim(cfg, seed, scenarios, tmp_path, **spec):
+def _cosim(cfg, seed, scenarios, tmp_path, mantissa_bits=17, **spec):
     out = tmp_path / "summary.json"
     env = {"cfg": cfg.to_dict(), "seed": seed, "scenarios": scenarios, "out": str(out), **spec}
     run(
-        ClusterUnit(cfg),
+        ClusterUnit(cfg, mantissa_bits),
         "cluster_unit",
         "verif.tb_cluster",
         extra_env={"VREX_CLUSTER": json.dumps(env)},
@@ -348,6 +448,25 @@ def test_cluster_unit_small(seed, tmp_path):
     s = _cosim(SMALL, seed, ALL, tmp_path, frames=5, grid=[4, 4], video_frames=8, video_grid=[4, 4])
     assert s["results"] == sum(v["tokens"] for v in s["scenarios"].values())
     assert s["scenarios"]["full"]["forced"] > 0 and s["scenarios"]["full"]["dropped"] > 0
+
+
+@pytest.mark.cocotb
+def test_cluster_unit_guard_band(seed, tmp_path):
+    """With 6-bit mantissas many decisions fall inside the screen's guard band (ties, cos == tau,
+    forced merges among near-equal candidates): each goes through the exact unit, and every result
+    must still equal ClusterRef's."""
+    s = _cosim(
+        SMALL,
+        seed,
+        ["random", "identical", "equal", "full", "extreme", "narrow", "video"],
+        tmp_path,
+        mantissa_bits=6,
+        frames=4,
+        grid=[4, 4],
+        video_frames=6,
+        video_grid=[4, 4],
+    )
+    assert s["exact_recomputes"] >= 20, s["exact_recomputes"]
 
 
 @pytest.mark.regress

@@ -10,8 +10,9 @@ and the whole table in use.  No backpressure and no input gaps in this run
 Printed per grid: cycles per token and per frame (RTL, from the first token of a frame to its
 last result), new clusters per frame and the table occupancy after the stream (from the
 reference, with the RTL's own counts of new / forced / dropped results next to the reference's),
-and mismatches.  ``--set NAME=VALUE`` changes the DREConfig (default: DREConfig() with
-grid_max large enough for the largest grid).
+the exact recomputes (decisions the mantissa screen left to the exact unit), and mismatches.
+``--set NAME=VALUE`` changes the DREConfig (default: DREConfig() with grid_max large enough for
+the largest grid).
 """
 
 from __future__ import annotations
@@ -35,7 +36,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--grids", type=parse_grid, nargs="+", default=[(14, 14), (27, 27)])
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--set", action="append", default=[], metavar="NAME=VALUE")
+    ap.add_argument(
+        "--frame-time",
+        type=int,
+        nargs="+",
+        metavar="U",
+        help="instead: frame time (clustering + write-back) of one 14x14 frame per U clusters "
+        "updated, e.g. --frame-time 35 196",
+    )
     args = ap.parse_args(argv)
+    if args.frame_time:
+        return frame_time(args)
     try:
         base = DREConfig(grid_max=max(h * w for h, w in args.grids))
         cfg = DREConfig.from_overrides(args.set, base=base)
@@ -90,6 +101,7 @@ def main(argv: list[str] | None = None) -> int:
                 "rtl new/forced/dropped": "{new}/{forced}/{dropped}".format(
                     **v["rtl_status_counts"]
                 ),
+                "exact recomputes": s["exact_recomputes"],
                 "mismatches": s["mismatches"],
                 "P": P,
             }
@@ -105,6 +117,7 @@ def main(argv: list[str] | None = None) -> int:
         "forced",
         "dropped",
         "rtl new/forced/dropped",
+        "exact recomputes",
         "mismatches",
     ]
     print("| " + " | ".join(head) + " |")
@@ -120,6 +133,47 @@ def main(argv: list[str] | None = None) -> int:
         f"= {token_period(cfg)} cycles per token"
     )
     return 0 if all(r["mismatches"] == 0 for r in rows) else 1
+
+
+def frame_time(args) -> int:
+    """One 14 x 14 frame after a clear per ``U``: cycles from its first token to its last result
+    (clustering) and to ``idle`` (every write-back done), scored against ClusterRef."""
+    try:
+        cfg = DREConfig.from_overrides(args.set, base=DREConfig())
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"[bench_cluster] frame time, DREConfig {cfg.to_dict()}")
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "summary.json"
+        spec = {
+            "cfg": cfg.to_dict(),
+            "seed": args.seed,
+            "scenarios": ["frametime"],
+            "frametime": args.frame_time,
+            "bench": True,
+            "out": str(out),
+        }
+        try:
+            run(
+                ClusterUnit(cfg),
+                "cluster_unit",
+                "verif.tb_cluster",
+                extra_env={"VREX_CLUSTER": json.dumps(spec)},
+            )
+        except SimulationFailed as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        s = json.loads(out.read_text())
+    v = s["scenarios"]["frametime"]
+    head = ["clusters updated", "tokens", "clustering cycles", "frame time (to idle)"]
+    print("| " + " | ".join([*head, "write-back tail"]) + " |")
+    print("|---|---|---|---|---|")
+    n = v["tokens"] // max(1, v["frames"])
+    for u, c, t in zip(v["clusters"], v["cycles"], v["to_idle"], strict=True):
+        print(f"| {u} | {n} | {c} | {t} | {t - c} |")
+    print(f"[bench_cluster] mismatches {s['mismatches']}, exact recomputes {s['exact_recomputes']}")
+    return 0 if s["mismatches"] == 0 else 1
 
 
 if __name__ == "__main__":

@@ -365,6 +365,23 @@ def scenario_frames(name: str, cfg: DREConfig, rng: random.Random, spec: dict):
             dict(table_size=cfg.n_max, tau_t=round(0.9 * one), tau_s=round(0.7 * one)),
             [(f, h, w) for f in fr],
         )
+    elif name == "frametime":
+        # One frame after a clear per entry of spec["frametime"]: U segments of consecutive
+        # tokens within rows (row r holds floor((r+1)U/h) - floor(rU/h) of them), each with its
+        # own random key, tau 0.5: a segment's tokens join its first token's cluster (left
+        # neighbour, same key), segments' keys are nearly orthogonal, so U clusters are updated
+        # (the count printed is ClusterRef's).
+        fh, fw = _grid(rng, cfg, spec.get("frametime_grid", (14, 14)))
+        n = fh * fw
+        half = one // 2
+        for u in spec.get("frametime", [35]):
+            u = max(fh, min(u, n, cfg.n_max))
+            keys = []
+            for r in range(fh):
+                segs = (r + 1) * u // fh - r * u // fh
+                protos = [_rand_key(rng, cfg) for _ in range(segs)]
+                keys += [protos[j * segs // fw] for j in range(fw)]
+            yield dict(table_size=cfg.n_max, tau_t=half, tau_s=half), [(keys, fh, fw)]
     elif name == "grid":
         f1 = [_rand_key(rng, cfg, -1, 1) for _ in range(P)]
         h2, w2 = (w, h) if h != w else (h, max(1, w - 1))
@@ -413,6 +430,7 @@ async def cluster_scenarios(dut):
                 if dut.error.value != 1 or not ref.error:
                     tb.mismatches.append(f"{name}: error flag not set by {regs}")
                 ref.table_size, ref.tau_t, ref.tau_s = 1, 0, 0
+            t0 = tb.cycle
             for keys, h, w in frames:
                 before = ref.n_clusters
                 cycles = await tb.frame(ref, keys, h, w)
@@ -422,6 +440,7 @@ async def cluster_scenarios(dut):
                 stats["clusters"].append(ref.n_clusters - before)
                 stats["grid"] = [h, w]
             await tb.wait_idle()
+            stats.setdefault("to_idle", []).append(tb.cycle - t0)  # first token to idle
             tb.check_table(ref, name)
             stats["forced"] += ref.forced
             stats["dropped"] += ref.dropped
@@ -434,6 +453,7 @@ async def cluster_scenarios(dut):
             f"mismatches so far {len(tb.mismatches)}"
         )
     summary["mismatches"] = len(tb.mismatches)
+    summary["exact_recomputes"] = int(dut.exact_count.value)
     summary["results"] = tb.results
     if spec.get("out"):
         Path(spec["out"]).write_text(json.dumps(summary))

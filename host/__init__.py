@@ -1,0 +1,1 @@
+"""Host-side software for the board build."""

@@ -59,7 +59,7 @@ class Widths:
         from amaranth import Shape
 
         from hw.cluster_unit import result_layout
-        from hw.select_core import result_layout as selection_layout
+        from hw.layouts import select_result_layout as selection_layout
 
         return cls(
             key=cfg.d * cfg.bk,
@@ -136,8 +136,9 @@ def unpack_assignment(cfg: DREConfig, raw: int) -> tuple[int, int, int]:
 
 
 def unpack_selection(cfg: DREConfig, raw: int) -> dict:
-    """Fields of an 'S' payload (``hw.select_core.result_layout``), signed ones sign-extended."""
-    from hw.select_core import result_layout
+    """Fields of an 'S' payload (``hw.layouts.select_result_layout``, the v1 selector's beats),
+    signed ones sign-extended."""
+    from hw.layouts import select_result_layout as result_layout
 
     out = {}
     for name, field in result_layout(cfg):
@@ -216,7 +217,7 @@ class DREDriver:
 
     def retrieve(self, q: Sequence[int]) -> tuple[list[tuple[int, int]], dict]:
         """One query: the ``(index, score)`` records in selection order and the trailer."""
-        from hw.select_core import Kind
+        from hw.layouts import Kind
 
         self.port.write(encode_query(self.cfg, q))
         records = []

@@ -59,7 +59,9 @@ class BridgedDRE(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        m.submodules.dre = dre = DRE(self.cfg)
+        # The bridge and host driver speak the version-1 retrieval streams (one query, (index,
+        # score) records); the v2 token streams are not bridged yet.
+        m.submodules.dre = dre = DRE(self.cfg, rule="v1")
         m.submodules.bridge = br = UartBridge(**self._bridge_args())
         m.d.comb += [
             br.rx.eq(self.rx),

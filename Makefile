@@ -28,6 +28,9 @@ help:
 	@echo "make system   system model: FPS, GB and mJ per frame, Orin-class vs V-Rex-class -> build/"
 	@echo "make lint     ruff + verilator --lint-only -Wall on exported Verilog"
 	@echo "make clean    remove build output (keeps $(VENV))"
+	@echo "arguments: make sim SIMARGS='...' (python -m verif.sim_dre --help),"
+	@echo "           make bench BENCHARGS='...' (python -m model.bench --help),"
+	@echo "           make system SYSARGS='...' (python -m model.system --help)"
 
 setup: $(STAMP)
 

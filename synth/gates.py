@@ -1,9 +1,10 @@
 """NAND2 gate equivalents (GE) for the generic Yosys gate set, and for memories.
 
-No open standard-cell Liberty file is installable here (see ``../shared/TOOLCHAIN.md``), so ASIC
-area is estimated the classic way: the design is mapped by Yosys/ABC to a small set of generic
-gates and flip-flops (:mod:`synth.yosys_flow`), and each cell is given the area of the matching
-cell of a real, public library, expressed in NAND2 equivalents (1 GE = the area of a 2-input NAND).
+No open standard-cell Liberty file is installable here (no PyPI package checked carries one),
+so ASIC area is estimated the classic way: the design is mapped by Yosys/ABC to a small set of
+generic gates and flip-flops (:mod:`synth.yosys_flow`), and each cell is given the area of the
+matching cell of a real, public library, expressed in NAND2 equivalents (1 GE = the area of a
+2-input NAND).
 
 Source of the areas
 -------------------

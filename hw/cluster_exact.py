@@ -36,7 +36,8 @@ def exact_cycles(cfg: DREConfig, digit_bits: int = 4) -> int:
 class ExactCompare(wiring.Component):
     """Compares ``L = x0 x1 x2`` with ``R = y0 y1 y2`` (unsigned) exactly, with one shared
     shift-and-add multiplier that takes ``digit_bits`` bits of a factor per cycle (built from
-    LUTs and carry chains, no DSP block).
+    LUTs and carry chains, no DSP block).  Each product must fit the ``product`` bits of
+    :func:`exact_widths`, as every product of a cosine test does; a wider one wraps.
 
     Interface
     ---------

@@ -205,15 +205,25 @@ def test_exact_compare_against_integers(seed):
     cfg = DREConfig()
     rng = random.Random(seed)
     dut = ExactCompare(cfg)
-    operand, _ = exact_widths(cfg)
+    operand, product = exact_widths(cfg)
     top = (1 << operand) - 1
+
+    def fits(f):  # the unit's contract: every product of three factors fits `product` bits
+        return f[0] * f[1] * f[2] < 1 << product
+
+    def draw(pick):
+        while not fits(f := [pick() for _ in "xyz"]):
+            pass
+        return f
+
     cases = []
     for _ in range(12):
-        x = [rng.choice([0, 1, top, rng.randint(0, top), rng.randint(0, 1 << 20)]) for _ in "xyz"]
-        y = list(x) if rng.random() < 0.3 else [rng.randint(0, top) for _ in "xyz"]
+        x = draw(lambda: rng.choice([0, 1, top, rng.randint(0, top), rng.randint(0, 1 << 20)]))
+        y = list(x) if rng.random() < 0.3 else draw(lambda: rng.randint(0, top))
         if rng.random() < 0.3:
             y = [x[1], x[2], x[0]]  # equal products, other order
         cases.append((x, y))
+    cases += [([top, 1, 1], [1, top, 1]), ([top, 1, 1], [1, 1, top - 1]), ([top, 0, top], [0] * 3)]
 
     async def bench(ctx):
         for x, y in cases:

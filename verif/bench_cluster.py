@@ -30,6 +30,26 @@ from model.dre_config import ConfigError, DREConfig
 from verif.runner import SimulationFailed, run
 
 
+def run_bench(cfg: DREConfig, spec: dict) -> dict | None:
+    """Run ``verif.tb_cluster`` on :class:`ClusterUnit` with ``spec`` (plus the config and
+    ``"bench": true``) and return the summary it writes; None (with the error printed) if the
+    simulation failed."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "summary.json"
+        spec = {"cfg": cfg.to_dict(), **spec, "bench": True, "out": str(out)}
+        try:
+            run(
+                ClusterUnit(cfg),
+                "cluster_unit",
+                "verif.tb_cluster",
+                extra_env={"VREX_CLUSTER": json.dumps(spec)},
+            )
+        except SimulationFailed as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return None
+        return json.loads(out.read_text())
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--frames", type=int, default=64)
@@ -60,29 +80,18 @@ def main(argv: list[str] | None = None) -> int:
     )
     rows = []
     for h, w in args.grids:
-        with tempfile.TemporaryDirectory() as tmp:
-            out = Path(tmp) / "summary.json"
-            spec = {
-                "cfg": cfg.to_dict(),
+        s = run_bench(
+            cfg,
+            {
                 "seed": args.seed,
                 "scenarios": ["video"],
                 "video_frames": args.frames,
                 "video_grid": [h, w],
                 "video_seed": args.seed,
-                "bench": True,
-                "out": str(out),
-            }
-            try:
-                run(
-                    ClusterUnit(cfg),
-                    "cluster_unit",
-                    "verif.tb_cluster",
-                    extra_env={"VREX_CLUSTER": json.dumps(spec)},
-                )
-            except SimulationFailed as exc:
-                print(f"error: {exc}", file=sys.stderr)
-                return 1
-            s = json.loads(out.read_text())
+            },
+        )
+        if s is None:
+            return 1
         v = s["scenarios"]["video"]
         P = h * w
         rows.append(
@@ -144,27 +153,11 @@ def frame_time(args) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(f"[bench_cluster] frame time, DREConfig {cfg.to_dict()}")
-    with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "summary.json"
-        spec = {
-            "cfg": cfg.to_dict(),
-            "seed": args.seed,
-            "scenarios": ["frametime"],
-            "frametime": args.frame_time,
-            "bench": True,
-            "out": str(out),
-        }
-        try:
-            run(
-                ClusterUnit(cfg),
-                "cluster_unit",
-                "verif.tb_cluster",
-                extra_env={"VREX_CLUSTER": json.dumps(spec)},
-            )
-        except SimulationFailed as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 1
-        s = json.loads(out.read_text())
+    s = run_bench(
+        cfg, {"seed": args.seed, "scenarios": ["frametime"], "frametime": args.frame_time}
+    )
+    if s is None:
+        return 1
     v = s["scenarios"]["frametime"]
     head = ["clusters updated", "tokens", "clustering cycles", "frame time (to idle)"]
     print("| " + " | ".join([*head, "write-back tail"]) + " |")

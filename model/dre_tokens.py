@@ -19,6 +19,29 @@ Live entries are ordered by (score descending, index ascending) and walked in th
 ``ids`` / ``take`` list the entries with ``take_j > 0`` in walk order, so
 ``sum(take) == min(budget, sum(counts))``; the selected entries are a prefix of the order.
 
+The soft score (``score="soft"``)
+---------------------------------
+The fixed-point form of the golden model's default score (``ReSVConfig.score = "soft"``:
+``log sum_c exp(s_cj - log sum_i n_i exp(s_ci))``), in base 2 with ``FB`` fractional bits.
+A per-retrieval ``gain`` ``g`` (``1 <= g < 2^GAIN_BITS``) folds the quantisation scales, ``log2 e``
+and ``1/sqrt(d)`` into one integer (:func:`soft_gain`)::
+
+    u[c, j]  = ((M_c - s[c, j]) * g) >> GAIN_SHIFT        (>= 0; log2 units / 2^FB)
+    e[c, j]  = EXP2(u[c, j])                              (2^E at u = 0)
+    S_c      = sum_{i in live} counts[i] * e[c, i]        (exact; >= 2^E)
+    Z_c      = LOG2(S_c) - E * 2^FB                       (>= 0)
+    score_j  = sum_c EXP2(u[c, j] + Z_c)                  (integer, ~ 2^E * sum_c p_cj)
+
+    EXP2(x)  = T[x mod 2^FB] >> (x >> FB)     T[f] = round(2^E * 2^(-f / 2^FB))
+    LOG2(x)  = p * 2^FB + LT[m]               p = floor(log2 x), m = the M bits below the
+                                              leading one (truncated), LT[m] = round(2^FB *
+                                              log2(1 + m / 2^M))
+
+``score_j / 2^E`` approximates the attention one member of entry ``j`` is predicted to receive,
+summed over the queries; ranking by it equals ranking by the golden model's log score up to the
+tables' rounding.  The soft score has no early exit (its normaliser ``S_c`` depends on every
+entry): ``planes_read = Q * live * bk``, or 0 for ``budget == 0``.
+
 Bit-plane schedule and early exit
 ---------------------------------
 Planes ``p = bk-1 .. 0`` (sign plane first, weight ``-2^(bk-1)``).  In the pass over plane ``p``
@@ -49,7 +72,9 @@ never read a plane.  ``planes_read`` counts plane reads per query: ``Q * sum_p a
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from functools import cache
 
 import torch
 
@@ -57,6 +82,79 @@ from model.dre_select import WIDTH_RANGE, SelectError, _as_int_tensor, _check_ra
 
 #: largest member count accepted (keeps every sum far inside int64)
 COUNT_LIMIT = 1 << 40
+
+#: the scores :func:`select_tokens` implements
+SCORES = ("norm", "max", "soft")
+#: soft score: fractional bits of the base-2 log domain
+SOFT_FB = 8
+#: soft score: ``EXP2(0) = 2^SOFT_E``
+SOFT_E = 20
+#: soft score: mantissa bits below the leading one that index the LOG2 table
+SOFT_M = 10
+#: soft score: ``u = ((M_c - s) * gain) >> GAIN_SHIFT``
+GAIN_SHIFT = 16
+#: soft score: ``1 <= gain < 2^GAIN_BITS``
+GAIN_BITS = 18
+
+
+@cache
+def exp2_table() -> tuple[int, ...]:
+    """``T[f] = round(2^E * 2^(-f / 2^FB))`` for ``f < 2^FB`` (``T[0] = 2^E``, all < 2^(E+1))."""
+    return tuple(
+        math.floor(2.0**SOFT_E * 2.0 ** (-f / (1 << SOFT_FB)) + 0.5) for f in range(1 << SOFT_FB)
+    )
+
+
+@cache
+def log2_table() -> tuple[int, ...]:
+    """``LT[m] = round(2^FB * log2(1 + m / 2^M))`` for ``m < 2^M`` (all in ``[0, 2^FB]``)."""
+    return tuple(
+        math.floor((1 << SOFT_FB) * math.log2(1 + m / (1 << SOFT_M)) + 0.5)
+        for m in range(1 << SOFT_M)
+    )
+
+
+def exp2_fixed(x: torch.Tensor) -> torch.Tensor:
+    """``EXP2`` of int64 ``x >= 0`` (elementwise): ``T[x mod 2^FB] >> (x >> FB)``."""
+    table = torch.tensor(exp2_table(), dtype=torch.int64)
+    shift = torch.clamp(x >> SOFT_FB, max=SOFT_E + 1)  # T < 2^(E+1): larger shifts give 0
+    return table[x & ((1 << SOFT_FB) - 1)] >> shift
+
+
+def log2_fixed(x: int) -> int:
+    """``LOG2`` of an integer ``x >= 1``: ``p * 2^FB + LT[m]`` (``m`` truncated)."""
+    p = x.bit_length() - 1
+    m = ((x << SOFT_M) >> p) & ((1 << SOFT_M) - 1)
+    return (p << SOFT_FB) + log2_table()[m]
+
+
+def soft_gain(q_scale: float, k_scale: float, d: int) -> int:
+    """The ``gain`` that turns ``q_int . k_int`` into base-2 logits of ``q . k / sqrt(d)``.
+
+    ``q = q_int * q_scale``, ``k = k_int * k_scale``; ``round(q_scale * k_scale * log2(e) /
+    sqrt(d) * 2^(FB + GAIN_SHIFT))``, checked to lie in ``[1, 2^GAIN_BITS)``.
+    """
+    g = round(q_scale * k_scale * math.log2(math.e) / math.sqrt(d) * 2 ** (SOFT_FB + GAIN_SHIFT))
+    if not 1 <= g < 1 << GAIN_BITS:
+        raise SelectError(
+            f"soft gain {g} (q_scale={q_scale:g}, k_scale={k_scale:g}, d={d}) is outside "
+            f"[1, 2^{GAIN_BITS}); rescale the queries or keys"
+        )
+    return g
+
+
+def soft_scores(s: torch.Tensor, counts: list[int], gain: int) -> list[int]:
+    """``score_j`` of the soft rule for exact dot products ``s`` ``[Q, A]`` of live entries."""
+    m = s.max(dim=1, keepdim=True).values
+    u = ((m - s) * gain) >> GAIN_SHIFT  # [Q, A], >= 0
+    e = exp2_fixed(u)
+    n = torch.tensor(counts, dtype=torch.int64)
+    z = []
+    for c in range(s.shape[0]):  # S_c can exceed int64: sum in Python integers
+        total = sum(a * b for a, b in zip(n.tolist(), e[c].tolist(), strict=True))
+        z.append(log2_fixed(total) - (SOFT_E << SOFT_FB))
+    w = exp2_fixed(u + torch.tensor(z, dtype=torch.int64)[:, None])
+    return w.sum(dim=0).tolist()
 
 
 @dataclass(frozen=True)
@@ -116,6 +214,8 @@ def select_tokens(
     early_exit: bool = True,
     k_cap: int | None = None,
     strict: bool = True,
+    score: str | None = None,
+    gain: int | None = None,
 ) -> TokenSelection:
     """Select up to ``budget`` tokens from the entries of ``keys`` (see the module docstring).
 
@@ -123,8 +223,10 @@ def select_tokens(
     ``counts``: ``[N]`` ints >= 0; ``budget >= 0``.  ``early_exit`` only changes
     ``planes_read`` / ``alive``, never ``ids`` / ``take``.  ``k_cap``: slots of the hardware's
     ranking (changes only ``planes_read``).  ``strict=False`` replaces the drop test
-    ``SU < T`` by ``SU <= T`` (wrong; kept so that a test can show it).  Raises
-    :class:`SelectError` on malformed or out-of-range input.
+    ``SU < T`` by ``SU <= T`` (wrong; kept so that a test can show it).  ``score``: one of
+    :data:`SCORES`; ``None`` means ``"norm"`` if ``normalize`` else ``"max"``.  ``"soft"`` needs
+    ``gain`` (:func:`soft_gain`) and has no early exit.  Raises :class:`SelectError` on malformed
+    or out-of-range input.
     """
     for name, bits in (("bq", bq), ("bk", bk)):
         if not isinstance(bits, int) or not WIDTH_RANGE[0] <= bits <= WIDTH_RANGE[1]:
@@ -152,11 +254,28 @@ def select_tokens(
     for name, v in (("normalize", normalize), ("early_exit", early_exit), ("strict", strict)):
         if not isinstance(v, bool):
             raise SelectError(f"{name} must be a bool, got {v!r}")
+    if score is None:
+        score = "norm" if normalize else "max"
+    if score not in SCORES:
+        raise SelectError(f"score={score!r} must be one of {', '.join(SCORES)}")
+    normalize = score == "norm"
+    if score == "soft":
+        if gain is None:
+            raise SelectError("score='soft' needs a gain (model.dre_tokens.soft_gain)")
+        _check_int("gain", gain, 1)
+        if gain >= 1 << GAIN_BITS:
+            raise SelectError(f"gain={gain} must be below 2^{GAIN_BITS}")
+    elif gain is not None:
+        raise SelectError(f"gain is only used by score='soft', not score={score!r}")
 
     cnt = counts_t.tolist()
     live = [j for j in range(n) if cnt[j] > 0]
-    if (budget == 0 and early_exit) or not live:
+    if (budget == 0 and (early_exit or score == "soft")) or not live:
         return TokenSelection((), (), 0, (0,) * bk, ())
+    if score == "soft":  # no early exit: every live entry reads every plane
+        exact = qs @ keys_t[live].T  # [Q, live]
+        ranked = soft_scores(exact, [cnt[j] for j in live], gain)
+        return _walk(live, ranked, cnt, budget, n_q * len(live) * bk, (len(live),) * bk)
 
     q_pos = qs.clamp(min=0).sum(dim=1)  # [Q]
     q_neg = qs.clamp(max=0).sum(dim=1)
@@ -191,25 +310,43 @@ def select_tokens(
     exact = partial[:, alive]
     if normalize and len(alive):  # never empty with the strict test (docs/select.md)
         exact = exact - exact.max(dim=1, keepdim=True).values
-    score = exact.max(dim=0).values.tolist() if len(alive) else []
-    order = sorted(range(len(alive)), key=lambda i: (-score[i], int(alive[i])))
+    score_v = exact.max(dim=0).values.tolist() if len(alive) else []
+    return _walk(
+        alive.tolist(), score_v, cnt, budget, n_q * sum(alive_per_pass), tuple(alive_per_pass)
+    )
+
+
+def _walk(
+    entries: list[int], score: list[int], cnt: list[int], budget: int, planes: int, alive: tuple
+) -> TokenSelection:
+    """The budget walk over ``entries`` in (score descending, index ascending) order."""
+    order = sorted(range(len(entries)), key=lambda i: (-score[i], entries[i]))
     ids, take, scores, taken = [], [], [], 0
     for i in order:
         if taken == budget:
             break
-        j = int(alive[i])
+        j = entries[i]
         t_j = min(cnt[j], budget - taken)
         ids.append(j)
         take.append(t_j)
         scores.append(score[i])
         taken += t_j
-    return TokenSelection(
-        tuple(ids),
-        tuple(take),
-        n_q * sum(alive_per_pass),
-        tuple(alive_per_pass),
-        tuple(scores),
-    )
+    return TokenSelection(tuple(ids), tuple(take), planes, alive, tuple(scores))
 
 
-__all__ = ["COUNT_LIMIT", "TokenSelection", "budget_threshold", "select_tokens"]
+__all__ = [
+    "COUNT_LIMIT",
+    "GAIN_BITS",
+    "GAIN_SHIFT",
+    "SCORES",
+    "SOFT_E",
+    "SOFT_FB",
+    "SOFT_M",
+    "TokenSelection",
+    "budget_threshold",
+    "exp2_fixed",
+    "log2_fixed",
+    "select_tokens",
+    "soft_gain",
+    "soft_scores",
+]

@@ -336,6 +336,21 @@ def query_vectors(
     return torch.stack(out)
 
 
+def cluster_scores(
+    score: str, vectors: torch.Tensor, centroids: torch.Tensor, counts: torch.Tensor
+) -> torch.Tensor:
+    """Score ``[n]`` of clusters ``centroids`` ``[n, d]`` with ``counts`` ``[n]`` for the query
+    vectors ``[Q, d]`` (float64), by ``score`` (``ReSVConfig.score``)."""
+    s = vectors.double() @ centroids.double().T  # [Q, n]
+    if score == "max":
+        return s.max(dim=0).values
+    if score == "norm":
+        return (s - s.max(dim=1, keepdim=True).values).max(dim=0).values
+    s = s / math.sqrt(centroids.shape[1])
+    lse = torch.logsumexp(s + torch.log(counts.double()), dim=1, keepdim=True)
+    return torch.logsumexp(s - lse, dim=0)
+
+
 def _quantize_rows(x: torch.Tensor, bits: int) -> torch.Tensor:
     """Symmetric per-row quantisation to ``bits`` bits, returned dequantised (float64)."""
     top = 2 ** (bits - 1) - 1
@@ -426,14 +441,7 @@ class ReSVCache:
         head = self.heads[h]
         if head.n_clusters == 0:
             return torch.zeros(0, dtype=torch.float64)
-        s = vectors.double() @ head.centroids.T  # [Q, n]
-        if self.cfg.score == "max":
-            return s.max(dim=0).values
-        if self.cfg.score == "norm":
-            return (s - s.max(dim=1, keepdim=True).values).max(dim=0).values
-        s = s / math.sqrt(self.ledger.head_dim)
-        lse = torch.logsumexp(s + torch.log(head.counts.double()), dim=1, keepdim=True)
-        return torch.logsumexp(s - lse, dim=0)
+        return cluster_scores(self.cfg.score, vectors, head.centroids, head.counts)
 
     def select_budget(self, h: int, vectors: torch.Tensor, budget: int) -> list[tuple[int, int]]:
         """``(cluster, tokens taken)`` in selection order; the takes sum to

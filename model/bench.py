@@ -40,7 +40,7 @@ import torch
 from model.baselines import FullAttention, KVPolicy, OracleTopB, ReKVFrames, SlidingWindow
 from model.llm import KVStore, LLMConfig, TinyLLM, frame_attention
 from model.metrics import output_error_per_head, past_recall_per_head, relative_l2
-from model.resv import ReSVCache, ReSVConfig
+from model.resv import SCORES, ReSVCache, ReSVConfig
 from model.video import PatchEmbedding, open_video
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -300,7 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--budget", type=int, default=d.budget, help="tokens per head and frame")
     g.add_argument("--query-vectors", type=int, default=d.query_vectors, help="Q per head")
     g.add_argument("--query-mode", choices=("blocks", "kmeans"), default=d.query_mode)
-    g.add_argument("--score", choices=("soft", "norm", "max"), default=d.score)
+    g.add_argument("--score", choices=SCORES, default=d.score)
     g.add_argument("--rerank", type=float, default=d.rerank, help="two-stage alpha (0: off)")
     g.add_argument(
         "--summaries",

@@ -30,7 +30,9 @@ import torch
 
 from model.baselines import StreamLedger, check_count, per_head_queries
 from model.dre_config import ConfigError
+from model.dre_tokens import select_tokens, soft_gain
 from model.metrics import MemoryUse
+from model.quant import quantize, symmetric_scale
 
 
 def _check_tau(name: str, value) -> float:
@@ -43,7 +45,7 @@ def _check_tau(name: str, value) -> float:
 
 RULES = ("budget", "margin")
 QUERY_MODES = ("blocks", "kmeans")
-SCORES = ("soft", "norm", "max")
+SCORES = ("soft", "norm", "max", "soft-int")
 
 
 @dataclass(frozen=True)
@@ -74,7 +76,9 @@ class ReSVConfig:
                    over the query vectors (each query's softmax over the table, every member
                    standing in for its centroid); ``"norm"``: ``max_c (s_cj - max_i s_ci)``
                    (each query against its own best cluster, the issue's ``normalize``);
-                   ``"max"``: ``max_c s_cj``
+                   ``"max"``: ``max_c s_cj``; ``"soft-int"``: what the DRE computes, the
+                   fixed-point soft score of ``model.dre_tokens`` on 8-bit codes of the query
+                   vectors and centroids (``docs/select.md``)
     rerank         0 (off) or alpha >= 1: clusters are taken for ``round(alpha * budget)``
                    tokens, whose keys are then read in ``rerank_bits``-bit form (per-token
                    scale) and re-ranked by ``max_c q_c.k``; the best ``budget`` are kept
@@ -446,6 +450,8 @@ class ReSVCache:
     def select_budget(self, h: int, vectors: torch.Tensor, budget: int) -> list[tuple[int, int]]:
         """``(cluster, tokens taken)`` in selection order; the takes sum to
         ``min(budget, members)``."""
+        if self.cfg.score == "soft-int":
+            return self._select_int(h, vectors, budget)
         s = self.cluster_scores(h, vectors)
         if s.numel() == 0:
             return []
@@ -458,6 +464,25 @@ class ReSVCache:
             picks.append((j, take))
             taken += take
         return picks
+
+    def _select_int(self, h: int, vectors: torch.Tensor, budget: int) -> list[tuple[int, int]]:
+        """``score="soft-int"``: the DRE's integer soft rule (``model.dre_tokens``) on 8-bit
+        codes of the query vectors (one scale per retrieval) and of the centroids (one scale
+        per head and retrieval)."""
+        head = self.heads[h]
+        if head.n_clusters == 0:
+            return []
+        cent = head.centroids
+        sq, sk = float(symmetric_scale(vectors, 8)), float(symmetric_scale(cent, 8))
+        sel = select_tokens(
+            quantize(vectors, 8, sq),
+            quantize(cent, 8, sk),
+            head.counts,
+            budget,
+            score="soft",
+            gain=soft_gain(sq, sk, self.ledger.head_dim),
+        )
+        return list(zip(sel.ids, sel.take, strict=True))
 
     def _vectors(self, q_head: torch.Tensor) -> torch.Tensor:
         cfg = self.cfg

@@ -1,0 +1,150 @@
+"""hw.soft_score.SoftScore in amaranth.sim against model.dre_tokens.soft_scores, bit for bit.
+
+The reference itself is pinned against an independent brute force in
+``tests/test_dre_soft_ref.py``.  Random problems cover extreme dot products (the saturation at
+``UCAP``), counts of 0 .. count_max, ties, gains 1 .. 2^GAIN_BITS - 1, ``n_q`` 1 .. q_max
+(and the out-of-contract 0 and q_max + 1), back-to-back retrievals and output backpressure.
+"""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+from amaranth.sim import Simulator
+
+from hw.soft_score import SWEEP_MAX, SWEEP_SCORE, SWEEP_SUM, SoftScore
+from model.dre_config import ConfigError
+from model.dre_tokens import GAIN_BITS, soft_scores
+
+
+def rand_problem(rng: random.Random, unit: SoftScore):
+    n = rng.randint(1, unit.n_max)
+    n_q = rng.randint(1, unit.q_max)
+    hi = (1 << (unit.s_bits - 1)) - 1
+    style = rng.choice(["full", "narrow", "ties", "extreme"])
+    if style == "full":
+        s = [[rng.randint(-hi - 1, hi) for _ in range(n)] for _ in range(n_q)]
+    elif style == "narrow":
+        s = [[rng.randint(-40, 40) for _ in range(n)] for _ in range(n_q)]
+    elif style == "ties":
+        lv = [rng.randint(-hi, hi) for _ in range(2)]
+        s = [[rng.choice(lv) for _ in range(n)] for _ in range(n_q)]
+    else:
+        s = [[rng.choice([-hi - 1, hi, 0]) for _ in range(n)] for _ in range(n_q)]
+    cmax = (1 << unit.count_bits) - 1
+    counts = [rng.choice([0, 1, 2, rng.randint(0, cmax), cmax]) for _ in range(n)]
+    counts[rng.randrange(n)] = max(1, counts[0])  # at least one live entry
+    gain = rng.choice([1, 2, rng.randint(1, 4000), rng.randint(1, (1 << GAIN_BITS) - 1)])
+    gain = rng.choice([gain, (1 << GAIN_BITS) - 1])
+    return dict(s=s, counts=counts, gain=gain, n_q=n_q)
+
+
+def reference(pr) -> list[int]:
+    """Scores of the live entries (the unit sees only live entries: counts > 0)."""
+    live = [j for j, c in enumerate(pr["counts"]) if c > 0]
+    s = torch.tensor(pr["s"], dtype=torch.int64)[:, live]
+    return soft_scores(s, [pr["counts"][j] for j in live], pr["gain"])
+
+
+def run(unit: SoftScore, problems, rng: random.Random, stall=0.0, n_q_override=None):
+    lay = unit.entry_layout
+    results, cycles = [], []
+
+    async def drive(ctx):
+        for pr in problems:
+            live = [j for j, c in enumerate(pr["counts"]) if c > 0]
+            ctx.set(unit.n_q, pr["n_q"] if n_q_override is None else n_q_override)
+            ctx.set(unit.gain, pr["gain"])
+            await ctx.tick()
+            start = 0
+            for sweep in (SWEEP_MAX, SWEEP_SUM, SWEEP_SCORE):
+                for i, j in enumerate(live):
+                    col = [pr["s"][c][j] for c in range(pr["n_q"])]
+                    col += [0] * (unit.q_max - len(col))
+                    fields = dict(
+                        sweep=sweep,
+                        first=int(i == 0),
+                        last=int(i == len(live) - 1),
+                        count=pr["counts"][j],
+                        s=col,
+                    )
+                    ctx.set(unit.entries.payload, lay.const(fields))
+                    ctx.set(unit.entries.valid, 1)
+                    await ctx.tick().until(unit.entries.ready)
+                    start += 1
+            ctx.set(unit.entries.valid, 0)
+            await ctx.tick().until(~unit.busy)
+
+    async def collect(ctx):
+        for _ in problems:
+            got, t = [], 0
+            while True:
+                ctx.set(unit.scores.ready, int(rng.random() >= stall))
+                _, _, valid, ready, payload = await ctx.tick().sample(
+                    unit.scores.valid, unit.scores.ready, unit.scores.payload
+                )
+                t += 1
+                if valid and ready:
+                    got.append(payload.score)
+                    if payload.last:
+                        break
+            results.append(got)
+            cycles.append(t)
+
+    sim = Simulator(unit)
+    sim.add_clock(1e-6)
+    sim.add_testbench(drive)
+    sim.add_testbench(collect)
+    sim.run()
+    return results
+
+
+@pytest.mark.parametrize(
+    "params,seed,stall",
+    [
+        (dict(q_max=4, s_bits=12, count_bits=6, n_max=12), 1, 0.0),
+        (dict(q_max=4, s_bits=12, count_bits=6, n_max=12), 2, 0.5),
+        (dict(q_max=1, s_bits=25, count_bits=16, n_max=9), 3, 0.3),
+        (dict(q_max=3, s_bits=25, count_bits=16, n_max=20), 4, 0.0),
+    ],
+)
+def test_soft_score_matches_reference(params, seed, stall):
+    rng = random.Random(seed)
+    unit = SoftScore(**params)
+    problems = [rand_problem(rng, unit) for _ in range(12)]
+    got = run(unit, problems, rng, stall=stall)
+    for i, (pr, g) in enumerate(zip(problems, got, strict=True)):
+        assert g == reference(pr), f"seed {seed} problem {i}: {pr}"
+
+
+def test_out_of_contract_n_q_does_not_hang():
+    rng = random.Random(5)
+    unit = SoftScore(q_max=2, s_bits=10, count_bits=4, n_max=6)
+    pr = rand_problem(rng, unit)
+    pr["n_q"], pr["s"] = 1, pr["s"][:1]
+    (got,) = run(unit, [pr], rng, n_q_override=0)  # served as 1
+    assert got == reference(pr)
+    pr2 = rand_problem(rng, unit)
+    while pr2["n_q"] != 2:
+        pr2 = rand_problem(rng, unit)
+    (got2,) = run(unit, [pr2], rng, n_q_override=3)  # served as q_max
+    assert got2 == reference(pr2)
+
+
+@pytest.mark.filterwarnings("ignore::amaranth.hdl.UnusedElaboratable")
+@pytest.mark.parametrize(
+    "kw,msg",
+    [
+        (dict(q_max=0, s_bits=10, count_bits=4, n_max=6), "q_max=0"),
+        (dict(q_max=17, s_bits=10, count_bits=4, n_max=6), "q_max=17"),
+        (dict(q_max=2, s_bits=1, count_bits=4, n_max=6), "s_bits=1"),
+        (dict(q_max=2, s_bits=10, count_bits=0, n_max=6), "count_bits=0"),
+        (dict(q_max=2, s_bits=10, count_bits=4, n_max=0), "n_max=0"),
+        (dict(q_max=2.0, s_bits=10, count_bits=4, n_max=6), "q_max=2.0"),
+    ],
+)
+def test_parameters_are_checked(kw, msg):
+    with pytest.raises(ConfigError, match=msg):
+        SoftScore(**kw)

@@ -15,7 +15,7 @@ below ``2^(E+1)``), so saturating there changes no result and bounds every width
 
 from __future__ import annotations
 
-from amaranth import Module, Mux, Signal, signed, unsigned
+from amaranth import C, Cat, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, fifo, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -67,19 +67,22 @@ class SoftScore(wiring.Component):
 
     Timing
     ------
-    MAX beats: one per cycle.  SUM and SCORE beats: ``n_q`` cycles each (the queries are served
-    in turn through one multiplier and one ``2^x`` table; ``ready`` rises in the cycle of the
-    last query).  The SUM sweep's last beat is followed by the pipeline drain (``LATENCY``
-    cycles) and ``Z_c`` (``Z_CYCLES`` per query), during which SCORE beats wait.  A score leaves
-    ``LATENCY`` cycles after its entry's last query entered.  So a retrieval of ``N`` entries
-    takes ``N * (1 + 2 * n_q) + 2 * LATENCY + Z_CYCLES * n_q`` cycles plus stalls of
-    ``scores.ready``; the output FIFO (``OUT_DEPTH``) absorbs short stalls.
+    MAX beats: one per cycle (the first SUM beat waits one cycle for the last maximum).  SUM
+    and SCORE beats: ``n_q`` cycles each (the queries are served in turn through one multiplier
+    and one ``2^x`` table; ``ready`` rises in the cycle of the last query).  The SUM sweep's
+    last beat is followed by the pipeline drain (12
+    cycles) and ``Z_c`` (``Z_CYCLES`` per query), during which SCORE beats wait.  A retrieval of
+    ``N`` entries, offered back to back with ``scores.ready`` high, takes
+    ``N * (1 + 2 * n_q) + Z_CYCLES * n_q + FIXED_CYCLES`` cycles from the cycle its first beat
+    is offered to the cycle its last score is valid (inclusive), plus any stalls of
+    ``scores.ready``; the output FIFO (``OUT_DEPTH`` scores) absorbs short stalls.
     """
 
-    #: pipeline stages from an issued (entry, query) pair to its effect
-    LATENCY = 9
+    #: the fixed part of a retrieval's cycles: the SUM sweep's drain into ``S_c``, the SCORE
+    #: sweep's drain into the output FIFO, and the FIFO
+    FIXED_CYCLES = 25
     #: cycles per query of the ``Z_c`` sequencer
-    Z_CYCLES = 5
+    Z_CYCLES = 9
 
     def __init__(self, *, q_max: int, s_bits: int, count_bits: int, n_max: int):
         for name, v, lo, hi in (
@@ -154,19 +157,31 @@ class SoftScore(wiring.Component):
         is_sum = beat.sweep == SWEEP_SUM
         is_score = beat.sweep == SWEEP_SCORE
         issue = Signal()
+        mx_v = Signal()
         m.d.comb += issue.eq(
             self.entries.valid
             & ~z_busy
+            & ~mx_v
             & ~is_max
             & ((is_sum & ~z_pending) | (is_score & ~z_pending & credit))
         )
+        # A MAX beat is registered, then compared in the next cycle (the compare-and-update
+        # loop alone in its cycle); SUM beats wait while one is in that register.  Between MAX
+        # beats the register holds the most negative value, so the strict compare fails there
+        # and no valid bit gates the update.
+        mx_first = Signal()
+        mx_s = Signal(data.ArrayLayout(signed(sb), qm))
+        lowest = -(1 << (sb - 1))
+        m.d.sync += [mx_v.eq(0), mx_first.eq(0)]
+        m.d.sync += [mx_s[q].eq(lowest) for q in range(qm)]
+        for q in range(qm):
+            with m.If(mx_first | (mx_s[q] > M[q])):
+                m.d.sync += M[q].eq(mx_s[q])
+        with m.If(mx_first):
+            m.d.sync += [s.eq(0) for s in S]
         with m.If(self.entries.valid & is_max & ~z_busy & ~z_pending):
             m.d.comb += self.entries.ready.eq(1)
-            for q in range(qm):
-                with m.If(beat.first | (beat.s[q] > M[q])):
-                    m.d.sync += M[q].eq(beat.s[q])
-            with m.If(beat.first):
-                m.d.sync += [s.eq(0) for s in S]
+            m.d.sync += [mx_v.eq(1), mx_first.eq(beat.first), mx_s.eq(beat.s)]
         with m.Elif(issue):
             with m.If(c == last_q):
                 m.d.comb += self.entries.ready.eq(1)
@@ -179,135 +194,84 @@ class SoftScore(wiring.Component):
             m.d.comb += self.entries.ready.eq(1)
 
         # ---- the (entry, query) pipeline ----
-        def stage(name, shape, value=None):
+        # Control fields travel with each (entry, query) pair: after every registered data
+        # step, ``ctl`` is advanced so that it is visible in the same cycle as the data.
+        valids = []
+
+        def reg(name, shape, value):
             sig = Signal(shape, name=name)
-            if value is not None:
-                m.d.sync += sig.eq(value)
+            m.d.sync += sig.eq(value)
             return sig
 
-        # st1: select the query's operands
-        v1 = stage("v1", 1, issue)
-        score1 = stage("score1", 1, is_score)
-        c1 = stage("c1", range(qm), c)
-        lastc1 = stage("lastc1", 1, c == last_q)
-        last1 = stage("last1", 1, beat.last)
-        cnt1 = stage("cnt1", self.count_bits, beat.count)
-        s1 = stage("s1", signed(sb))
-        m1 = stage("m1", signed(sb))
-        z1 = stage("z1", self.z_bits)
+        def advance(ctl: dict, tag: str) -> dict:
+            ctl = {k: reg(f"{k}_{tag}", v.shape(), v) for k, v in ctl.items()}
+            valids.append(ctl["v"])
+            return ctl
+
+        ctl = {
+            "v": issue,
+            "score": is_score,
+            "c": c,
+            "lastc": c == last_q,
+            "last": beat.last,
+            "cnt": beat.count,
+        }
+        # st1: the query's operands
+        s1, m1, z1 = Signal(signed(sb)), Signal(signed(sb)), Signal(self.z_bits)
         with m.Switch(c):
             for q in range(qm):
                 with m.Case(q):
                     m.d.sync += [s1.eq(beat.s[q]), m1.eq(M[q]), z1.eq(Z[q])]
+        ctl = advance(ctl, "1")
         # st2: M - s >= 0
-        v2, score2, c2, lastc2, last2, cnt2, z2 = (
-            stage(f"{n}2", x.shape(), x)
-            for n, x in (
-                ("v", v1),
-                ("score", score1),
-                ("c", c1),
-                ("lastc", lastc1),
-                ("last", last1),
-                ("cnt", cnt1),
-                ("z", z1),
-            )
-        )
-        diff2 = stage("diff2", diff_bits, m1 - s1)
-        # st3: the product with the gain
-        v3, score3, c3, lastc3, last3, cnt3, z3 = (
-            stage(f"{n}3", x.shape(), x)
-            for n, x in (
-                ("v", v2),
-                ("score", score2),
-                ("c", c2),
-                ("lastc", lastc2),
-                ("last", last2),
-                ("cnt", cnt2),
-                ("z", z2),
-            )
-        )
-        prod3 = stage("prod3", diff_bits + GAIN_BITS, diff2 * self.gain)
-        # st4: u = min(prod >> GAIN_SHIFT, UCAP)
-        v4, score4, c4, lastc4, last4, cnt4, z4 = (
-            stage(f"{n}4", x.shape(), x)
-            for n, x in (
-                ("v", v3),
-                ("score", score3),
-                ("c", c3),
-                ("lastc", lastc3),
-                ("last", last3),
-                ("cnt", cnt3),
-                ("z", z3),
-            )
-        )
-        shifted = prod3 >> GAIN_SHIFT
-        u4 = stage("u4", u_bits, Mux(shifted >= UCAP, UCAP, shifted))
-        # st5: x = min(u (+ Z in the SCORE sweep), UCAP)
-        v5, score5, c5, lastc5, last5, cnt5 = (
-            stage(f"{n}5", x.shape(), x)
-            for n, x in (
-                ("v", v4),
-                ("score", score4),
-                ("c", c4),
-                ("lastc", lastc4),
-                ("last", last4),
-                ("cnt", cnt4),
-            )
-        )
-        x_sum = u4 + Mux(score4, z4, 0)
-        x5 = stage("x5", u_bits, Mux(x_sum >= UCAP, UCAP, x_sum))
-        # st6: 2^-frac from the table (a ROM read), the shift from the integer part
-        v6, score6, c6, lastc6, last6, cnt6 = (
-            stage(f"{n}6", x.shape(), x)
-            for n, x in (
-                ("v", v5),
-                ("score", score5),
-                ("c", c5),
-                ("lastc", lastc5),
-                ("last", last5),
-                ("cnt", cnt5),
-            )
-        )
+        diff = reg("diff2", diff_bits, m1 - s1)
+        ctl, z = advance(ctl, "2"), reg("z2", self.z_bits, z1)
+        # st3, st4: (M - s) * gain, as block-multiplier-sized products, then their sum
+        prod = _mul(reg, diff, self.gain, "gain")
+        for tag in ("3", "4"):
+            ctl, z = advance(ctl, tag), reg(f"z{tag}", self.z_bits, z)
+        # st5: u = min(prod >> GAIN_SHIFT, UCAP)
+        shifted = prod >> GAIN_SHIFT
+        u = reg("u5", u_bits, Mux(shifted >= UCAP, UCAP, shifted))
+        ctl, z = advance(ctl, "5"), reg("z5", self.z_bits, z)
+        # st6: x = min(u (+ Z in the SCORE sweep), UCAP)
+        x_sum = u + Mux(ctl["score"], z, 0)
+        x = reg("x6", u_bits, Mux(x_sum >= UCAP, UCAP, x_sum))
+        ctl = advance(ctl, "6")
+        # st7: 2^-frac from the table (a block-RAM ROM), the shift from the integer part
         m.submodules.exp2 = exp2 = memory.Memory(
             shape=unsigned(E + 1), depth=1 << FB, init=exp2_table()
         )
         rd = exp2.read_port(domain="sync")
-        m.d.comb += rd.addr.eq(x5[:FB])
-        i6 = stage("i6", range(E + 2), x5[FB:])  # x5 <= UCAP: at most E + 1
-        # st7: e = T >> i
-        v7, score7, c7, lastc7, last7, cnt7 = (
-            stage(f"{n}7", x.shape(), x)
-            for n, x in (
-                ("v", v6),
-                ("score", score6),
-                ("c", c6),
-                ("lastc", lastc6),
-                ("last", last6),
-                ("cnt", cnt6),
-            )
-        )
-        e7 = stage("e7", E + 1, rd.data >> i6)
-        # st8: SUM: count * e; SCORE: the running sum over the entry's queries
-        v8 = stage("v8", 1, v7)
-        sum8 = stage("sum8", 1, v7 & ~score7)
-        c8 = stage("c8", range(qm), c7)
-        last8 = stage("last8", 1, last7 & lastc7 & ~score7)
-        ne8 = stage("ne8", self.count_bits + E + 1, cnt7 * e7)
-        acc8 = stage("acc8", self.score_bits)
-        emit8 = stage("emit8", 1, v7 & score7 & lastc7)
-        elast8 = stage("elast8", 1, last7)
-        with m.If(v7 & score7):
-            m.d.sync += acc8.eq(Mux(c7 == 0, e7, acc8 + e7))
-        # st9: S_c += count * e (one adder per query: no read multiplexer in the loop)
-        for q in range(qm):
-            with m.If(sum8 & (c8 == q)):
-                m.d.sync += S[q].eq(S[q] + ne8)
-        z_start = stage("z_start", 1, v8 & last8)
-        # SCORE: into the output FIFO
+        m.d.comb += rd.addr.eq(x[:FB])
+        i = reg("i7", range(E + 2), x[FB:])  # x <= UCAP: at most E + 1
+        ctl = advance(ctl, "7")
+        # st8: the block RAM's slow output, registered
+        t, i = reg("t8", E + 1, rd.data), reg("i8", range(E + 2), i)
+        ctl = advance(ctl, "8")
+        # st9: e = T >> i
+        e = reg("e9", E + 1, t >> i)
+        ctl = advance(ctl, "9")
+        # st10: SCORE: the running sum over the entry's queries, to the FIFO at the last one
+        acc = Signal(self.score_bits)
+        with m.If(ctl["v"] & ctl["score"]):
+            m.d.sync += acc.eq(Mux(ctl["c"] == 0, e, acc + e))
+        emit = reg("emit10", 1, ctl["v"] & ctl["score"] & ctl["lastc"])
+        emit_last = reg("emit_last10", 1, ctl["last"])
         w = Signal(self.score_layout)
-        m.d.comb += [w.score.eq(acc8), w.last.eq(elast8), out.w_data.eq(w), out.w_en.eq(emit8)]
+        m.d.comb += [w.score.eq(acc), w.last.eq(emit_last), out.w_data.eq(w), out.w_en.eq(emit)]
         accepted_score = self.entries.valid & self.entries.ready & is_score
-        m.d.sync += inflight.eq(inflight + accepted_score - emit8)
+        m.d.sync += inflight.eq(inflight + accepted_score - emit)
+        # st10, st11: SUM: count * e
+        ne = _mul(reg, ctl["cnt"], e, "count")
+        for tag in ("10", "11"):
+            ctl = advance(ctl, tag)
+        # st12: S_c += count * e (one adder per query: no read multiplexer in the loop)
+        sum_v = ctl["v"] & ~ctl["score"]
+        for q in range(qm):
+            with m.If(sum_v & (ctl["c"] == q)):
+                m.d.sync += S[q].eq(S[q] + ne)
+        z_start = reg("z_start", 1, sum_v & ctl["last"] & ctl["lastc"])
 
         # ---- Z_c = LOG2(S_c) - E * 2^FB, one query at a time, Z_CYCLES each ----
         zc = Signal(range(qm))
@@ -315,6 +279,12 @@ class SoftScore(wiring.Component):
         zs = Signal(self.sum_bits)
         zp = Signal(range(self.sum_bits))
         znorm = Signal(self.sum_bits)
+        chunks = (self.sum_bits + 7) // 8
+        nz = Signal(chunks)
+        zlt = Signal(FB + 1)
+        zsh = Signal(range(self.sum_bits))
+        zcoarse = Signal(self.sum_bits)
+        lp = [Signal(3, name=f"lp{k}") for k in range(chunks)]
         m.submodules.log2 = log2 = memory.Memory(
             shape=unsigned(FB + 1), depth=1 << SOFT_M, init=log2_table()
         )
@@ -329,15 +299,28 @@ class SoftScore(wiring.Component):
                     for q in range(qm):
                         with m.If(zc == q):
                             m.d.sync += zs.eq(S[q])
-                with m.Case(1):  # p = floor(log2 S): S >= 2^E, so the top one exists
-                    for b in range(self.sum_bits):
-                        with m.If(zs[b]):
-                            m.d.sync += zp.eq(b)
-                with m.Case(2):  # the leading one moved to the top bit
-                    m.d.sync += znorm.eq(zs << (self.sum_bits - 1 - zp).as_unsigned())
-                # Case 3: the LOG2 table reads the M bits below the leading one
-                with m.Case(4):
-                    zval = (zp << FB) + lrd.data - (E << FB)
+                with m.Case(1):  # per 8-bit chunk: any one, and the top one's position
+                    for k in range(chunks):
+                        part = zs[8 * k : 8 * k + 8]
+                        m.d.sync += nz[k].eq(part.any())
+                        for b in range(len(part)):
+                            with m.If(part[b]):
+                                m.d.sync += lp[k].eq(b)
+                with m.Case(2):  # p = floor(log2 S): S >= 2^E, so the top one exists
+                    for k in range(chunks):
+                        with m.If(nz[k]):
+                            m.d.sync += zp.eq(8 * k + lp[k])
+                with m.Case(3):  # the left shift that moves the leading one to the top bit
+                    m.d.sync += zsh.eq(self.sum_bits - 1 - zp)
+                with m.Case(4):  # shifted in two steps: whole bytes, then bits
+                    m.d.sync += zcoarse.eq(zs << Cat(C(0, 3), zsh[3:]))
+                with m.Case(5):
+                    m.d.sync += znorm.eq(zcoarse << zsh[:3])
+                # Case 6: the LOG2 table reads the M bits below the leading one
+                with m.Case(7):  # its slow block-RAM output, registered
+                    m.d.sync += zlt.eq(lrd.data)
+                with m.Case(8):
+                    zval = (zp << FB) + zlt - (E << FB)
                     with m.Switch(zc):
                         for q in range(qm):
                             with m.Case(q):
@@ -349,6 +332,27 @@ class SoftScore(wiring.Component):
                         m.d.sync += zc.eq(zc + 1)
 
         m.d.comb += self.busy.eq(
-            z_busy | z_pending | (inflight != 0) | v1 | v2 | v3 | v4 | v5 | v6 | v7 | v8 | z_start
+            z_busy | z_pending | (inflight != 0) | z_start | mx_v | Cat(*valids).any()
         )
         return m
+
+
+def _pieces(x):
+    """``x`` as (offset, piece) with pieces of at most 18 bits (17 when cut)."""
+    if len(x) <= 18:
+        return [(0, x)]
+    return [(k, x[k : k + 17]) for k in range(0, len(x), 17)]
+
+
+def _mul(reg, a, b, name: str):
+    """``a * b`` (unsigned) two registers later: the operands cut into pieces of block-multiplier
+    size (at most 18 x 18 bits), one registered product per pair of pieces, then their sum."""
+    prods = [
+        (oa + ob, reg(f"{name}_p{oa}_{ob}", len(pa) + len(pb), pa * pb))
+        for oa, pa in _pieces(a)
+        for ob, pb in _pieces(b)
+    ]
+    total = 0
+    for off, p in prods:
+        total = total + (p << off)
+    return reg(f"{name}_sum", len(a) + len(b), total)

@@ -43,6 +43,7 @@ REGISTRY: list[tuple[str, str, str]] = [
     ("select_tokens", "hw.select_tokens", "part"),
     ("bitplane_dot", "hw.bitplane_dot", "part"),
     ("topk", "hw.topk", "part"),
+    ("soft_score", "hw.soft_score", "part"),
     ("centroid_table", "hw.centroid_table", "part"),
     ("cluster_cosine", "hw.cluster_cosine", "part"),
     ("cluster_exact", "hw.cluster_exact", "part"),
@@ -66,6 +67,14 @@ def _topk(cfg: DREConfig) -> wiring.Component:
     from hw.topk import TopK
 
     return TopK(cfg.k_cap, score_shape(cfg), cfg.index_bits)
+
+
+def _soft_score(cfg: DREConfig) -> wiring.Component:
+    from hw.soft_score import SoftScore
+
+    # s_bits: the selector's partial width (hw.select_tokens.value_shape)
+    s_bits = cfg.bq + cfg.bk + cfg.d.bit_length() + 2
+    return SoftScore(q_max=cfg.q_max, s_bits=s_bits, count_bits=cfg.count_bits, n_max=cfg.n_max)
 
 
 def _board(cfg: DREConfig) -> wiring.Component:
@@ -105,6 +114,7 @@ def _uart_tx(cfg: DREConfig) -> wiring.Component:
 FACTORIES: dict[str, Callable[[DREConfig], wiring.Component]] = {
     "hw.bitplane_dot": _bitplane_dot,
     "hw.topk": _topk,
+    "hw.soft_score": _soft_score,
     "hw.board": _board,
     "hw.uart_bridge": _uart_bridge,
     "hw.uart_rx": _uart_rx,

@@ -133,6 +133,45 @@ def test_out_of_contract_n_q_does_not_hang():
     assert got2 == reference(pr2)
 
 
+def test_cycles_follow_the_documented_formula():
+    """``N * (1 + 2 n_q) + Z_CYCLES * n_q + FIXED_CYCLES`` (SoftScore docstring)."""
+    unit = SoftScore(q_max=4, s_bits=12, count_bits=6, n_max=32)
+    lay = unit.entry_layout
+    measured = {}
+
+    def bench(n, n_q):
+        async def drive(ctx):
+            ctx.set(unit.n_q, n_q)
+            ctx.set(unit.gain, 1000)
+            ctx.set(unit.scores.ready, 1)
+            await ctx.tick()
+            beats = [(sw, i) for sw in (SWEEP_MAX, SWEEP_SUM, SWEEP_SCORE) for i in range(n)]
+            sent = got = cycles = 0
+            while got < n:
+                if sent < len(beats):
+                    sw, i = beats[sent]
+                    fields = dict(sweep=sw, first=int(i == 0), last=int(i == n - 1), count=1)
+                    ctx.set(unit.entries.payload, lay.const({**fields, "s": [i, -i, 2 * i, 3]}))
+                ctx.set(unit.entries.valid, int(sent < len(beats)))
+                _, _, v, r, out = await ctx.tick().sample(
+                    unit.entries.valid, unit.entries.ready, unit.scores.valid
+                )
+                cycles += 1
+                sent += int(v and r)
+                got += int(out)
+            measured[(n, n_q)] = cycles
+
+        return drive
+
+    for n, n_q in ((1, 1), (5, 2), (17, 4), (9, 3)):
+        sim = Simulator(unit)
+        sim.add_clock(1e-6)
+        sim.add_testbench(bench(n, n_q))
+        sim.run()
+        want = n * (1 + 2 * n_q) + unit.Z_CYCLES * n_q + unit.FIXED_CYCLES
+        assert measured[(n, n_q)] == want, (n, n_q, measured[(n, n_q)], want)
+
+
 @pytest.mark.filterwarnings("ignore::amaranth.hdl.UnusedElaboratable")
 @pytest.mark.parametrize(
     "kw,msg",

@@ -70,7 +70,7 @@ class SoftScore(wiring.Component):
     MAX beats: one per cycle (the first SUM beat waits one cycle for the last maximum).  SUM
     and SCORE beats: ``n_q`` cycles each (the queries are served in turn through one multiplier
     and one ``2^x`` table; ``ready`` rises in the cycle of the last query).  The SUM sweep's
-    last beat is followed by the pipeline drain (12
+    last beat is followed by the pipeline drain (13
     cycles) and ``Z_c`` (``Z_CYCLES`` per query), during which SCORE beats wait.  A retrieval of
     ``N`` entries, offered back to back with ``scores.ready`` high, takes
     ``N * (1 + 2 * n_q) + Z_CYCLES * n_q + FIXED_CYCLES`` cycles from the cycle its first beat
@@ -80,7 +80,7 @@ class SoftScore(wiring.Component):
 
     #: the fixed part of a retrieval's cycles: the SUM sweep's drain into ``S_c``, the SCORE
     #: sweep's drain into the output FIFO, and the FIFO
-    FIXED_CYCLES = 25
+    FIXED_CYCLES = 27
     #: cycles per query of the ``Z_c`` sequencer
     Z_CYCLES = 9
 
@@ -151,8 +151,10 @@ class SoftScore(wiring.Component):
         z_pending = Signal()  # the SUM sweep's last beat was issued, Z not yet computed
         z_busy = Signal()
         inflight = Signal(range(OUT_DEPTH + 1))  # SCORE entries accepted, not yet in the FIFO
+        # Room in the output FIFO for one more entry, registered: ``inflight + level`` grows by
+        # at most one a cycle, so last cycle's ``< OUT_DEPTH - 1`` means ``< OUT_DEPTH`` now.
         credit = Signal()
-        m.d.comb += credit.eq(inflight + out.level < OUT_DEPTH)
+        m.d.sync += credit.eq(inflight + out.level < OUT_DEPTH - 1)
         is_max = beat.sweep == SWEEP_MAX
         is_sum = beat.sweep == SWEEP_SUM
         is_score = beat.sweep == SWEEP_SCORE
@@ -230,14 +232,16 @@ class SoftScore(wiring.Component):
         prod = _mul(reg, diff, self.gain, "gain")
         for tag in ("3", "4"):
             ctl, z = advance(ctl, tag), reg(f"z{tag}", self.z_bits, z)
-        # st5: u = min(prod >> GAIN_SHIFT, UCAP)
+        # st5: u = min(prod >> GAIN_SHIFT, UCAP), and the Z to add (SCORE sweep only)
         shifted = prod >> GAIN_SHIFT
         u = reg("u5", u_bits, Mux(shifted >= UCAP, UCAP, shifted))
-        ctl, z = advance(ctl, "5"), reg("z5", self.z_bits, z)
-        # st6: x = min(u (+ Z in the SCORE sweep), UCAP)
-        x_sum = u + Mux(ctl["score"], z, 0)
-        x = reg("x6", u_bits, Mux(x_sum >= UCAP, UCAP, x_sum))
+        z = reg("zsel5", self.z_bits, Mux(ctl["score"], z, 0))
+        ctl = advance(ctl, "5")
+        # st6: u + Z; st6b: saturated at UCAP
+        x_sum = reg("xsum6", max(u_bits, self.z_bits) + 1, u + z)
         ctl = advance(ctl, "6")
+        x = reg("x6b", u_bits, Mux(x_sum >= UCAP, UCAP, x_sum))
+        ctl = advance(ctl, "6b")
         # st7: 2^-frac from the table (a block-RAM ROM), the shift from the integer part
         m.submodules.exp2 = exp2 = memory.Memory(
             shape=unsigned(E + 1), depth=1 << FB, init=exp2_table()

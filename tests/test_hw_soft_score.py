@@ -86,6 +86,7 @@ def run(unit: SoftScore, problems, rng: random.Random, stall=0.0, n_q_override=N
                     unit.scores.valid, unit.scores.ready, unit.scores.payload
                 )
                 t += 1
+                assert t < 100_000, f"no last score after {t} cycles (lost or stuck output)"
                 if valid and ready:
                     got.append(payload.score)
                     if payload.last:
@@ -108,6 +109,8 @@ def run(unit: SoftScore, problems, rng: random.Random, stall=0.0, n_q_override=N
         (dict(q_max=4, s_bits=12, count_bits=6, n_max=12), 2, 0.5),
         (dict(q_max=1, s_bits=25, count_bits=16, n_max=9), 3, 0.3),
         (dict(q_max=3, s_bits=25, count_bits=16, n_max=20), 4, 0.0),
+        # one query: an entry a cycle into an output taken 1 cycle in 10, the FIFO fills
+        (dict(q_max=1, s_bits=12, count_bits=6, n_max=40), 6, 0.9),
     ],
 )
 def test_soft_score_matches_reference(params, seed, stall):

@@ -243,7 +243,9 @@ class StreamSession:
     prompt: the text before the video: a string, token ids, or None for the chat prompt
         ``<|im_start|>system ... <|im_start|>user\\n<|vision_start|>`` (with a tokenizer) or
         ``<|vision_start|>`` alone (without).
-    record: keep :attr:`last_traces` (per layer :class:`StepTrace` of the last forward).
+    record: keep :attr:`last_traces` (per layer :class:`StepTrace` of the last forward) and
+        call :attr:`on_step` ``(kind, traces)`` after every forward (``"frame"`` or ``"text"``;
+        :meth:`ask` runs one forward for the question and one per decoded token).
     """
 
     def __init__(
@@ -284,6 +286,7 @@ class StreamSession:
         self.policy_seconds = 0.0
         self.cache = StreamCache(model.config)
         self.last_traces: list[StepTrace | None] = []
+        self.on_step: Callable[[str, list[StepTrace]], None] | None = None
         self.stop_ids = stop_token_ids(model, tokenizer)
         if prompt is None:
             prompt = self._chat("prompt")
@@ -335,6 +338,8 @@ class StreamSession:
         self.cache.append(positions, visual=kind == "frame")
         if self.record:
             self.last_traces = step.traces
+            if self.on_step is not None:
+                self.on_step(kind, step.traces)
         return out.last_hidden_state[0]
 
     def text_positions(self, n: int) -> torch.Tensor:

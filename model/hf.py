@@ -1,7 +1,8 @@
 """Stream a Hugging Face Qwen2-VL model frame by frame, with any KV retrieval policy.
 
-:class:`StreamSession` drives a ``transformers`` Qwen2-VL model (``model_type`` ``qwen2_vl``;
-``transformers==5.24.0``, the ``[hf]`` extra) as a streaming video LLM:
+:class:`StreamSession` drives a ``transformers`` Qwen2-VL-family model (``model_type``
+``qwen2_vl`` or ``qwen2_5_vl``: the M-RoPE models; ``transformers==5.24.0``, the ``[hf]``
+extra) as a streaming video LLM:
 
 * :meth:`StreamSession.push_frame` takes one frame step of pixels (``[3, H, W]`` or up to
   ``temporal_patch_size`` frames ``[T, 3, H, W]``, values in [0, 1]), resizes it to the token
@@ -10,7 +11,8 @@
   Either way the frame's ``h * w`` tokens are prefilled into the model's KV cache (iterative
   prefill: one forward per frame), with M-RoPE positions ``(start + t, start + row, start +
   col)`` for frame ``t`` of the video (the layout of ``get_vision_position_ids``, one video whose
-  temporal grid grows by one per frame step);
+  temporal grid grows by one per frame step; Qwen2.5-VL spaces ``t`` by ``tokens_per_second *
+  temporal_patch_size / fps``);
 * a retrieval policy (:class:`model.baselines.KVPolicy`: ``full``, ``window``, ``rekv``,
   ``resv``, ``oracle`` or any object following the protocol, one per layer) decides, per layer
   and per KV head, which past visual tokens each new token attends to.  Text tokens (the prompt
@@ -72,8 +74,11 @@ except ImportError as exc:  # pragma: no cover - the [hf] extra is part of `make
 ATTENTION = "vrex_stream"
 #: the keyword argument that carries the session's step through the model's forward
 STEP_KW = "vrex_step"
-#: ``model_type`` values this module streams
-SUPPORTED = ("qwen2_vl",)
+#: ``model_type`` values this module streams, and their model classes in ``transformers``
+SUPPORTED = {
+    "qwen2_vl": "Qwen2VLForConditionalGeneration",
+    "qwen2_5_vl": "Qwen2_5_VLForConditionalGeneration",
+}
 TRANSFORMERS_VERSION = "5.24.0"
 #: Qwen2-VL's image normalisation (OpenAI CLIP), used when the model folder has no
 #: preprocessor_config.json
@@ -240,6 +245,8 @@ class StreamSession:
         first frame, when the tokens per frame are known), a factory
         ``(kv_heads, head_dim) -> KVPolicy``, or a list of one policy per layer.
     tokenizer: for text questions and answers (None: questions as token ids, no answer text).
+    fps: video frames per second (Qwen2.5-VL's temporal positions advance by
+        ``tokens_per_second * temporal_patch_size / fps`` per frame step; Qwen2-VL's by 1).
     prompt: the text before the video: a string, token ids, or None for the chat prompt
         ``<|im_start|>system ... <|im_start|>user\\n<|vision_start|>`` (with a tokenizer) or
         ``<|vision_start|>`` alone (without).
@@ -257,7 +264,7 @@ class StreamSession:
         budget: int = 980,
         prompt: str | Sequence[int] | None = None,
         record: bool = False,
-        time_interval: float = 1.0,
+        fps: float = 2.0,
     ):
         check_family(model.config)
         self.model, self.tokenizer, self.record = model, tokenizer, record
@@ -271,7 +278,11 @@ class StreamSession:
         self.patch, self.merge = vis.patch_size, vis.spatial_merge_size
         self.temporal = vis.temporal_patch_size
         self.mean, self.std = image_normalisation(model)
-        self.time_interval = time_interval
+        if not (isinstance(fps, int | float) and math.isfinite(fps) and fps > 0):
+            raise HFError(f"fps={fps!r} must be a number > 0")
+        self.time_interval = 1.0
+        if cfg.model_type == "qwen2_5_vl":
+            self.time_interval = vis.tokens_per_second * self.temporal / fps
         if text._attn_implementation != ATTENTION:
             model.set_attn_implementation({"text_config": ATTENTION})
         self.lm = model.model.language_model
@@ -554,8 +565,8 @@ def check_family(config) -> None:
     mt = getattr(config, "model_type", None)
     if mt not in SUPPORTED:
         raise HFError(
-            f"model_type {mt!r} is not streamed here; model.hf streams Qwen2-VL "
-            f"(model_type {', '.join(SUPPORTED)})"
+            f"model_type {mt!r} is not streamed here; model.hf streams the Qwen2-VL family "
+            f"(model_type {' or '.join(SUPPORTED)})"
         )
 
 
@@ -573,17 +584,17 @@ def load_model(path, *, dtype: str = "auto", device: str = "cpu"):
         raw = json.loads(cfg_file.read_text())
     except ValueError as exc:
         raise HFError(f"{cfg_file}: not valid JSON ({exc})") from None
-    check_family(type("C", (), {"model_type": raw.get("model_type")}))
+    model_type = raw.get("model_type")
+    check_family(type("C", (), {"model_type": model_type}))
     transformers.utils.logging.disable_progress_bar()
     dtypes = {"auto": "auto", "float32": torch.float32, "bfloat16": torch.bfloat16}
     torch_dtype = {**dtypes, "float16": torch.float16}.get(dtype)
     if torch_dtype is None:
         raise HFError(f"dtype {dtype!r}; choose auto, float32, bfloat16 or float16")
     try:
-        model = transformers.Qwen2VLForConditionalGeneration.from_pretrained(
-            folder, dtype=torch_dtype
-        )
-    except (OSError, ValueError, RuntimeError) as exc:
+        cls = getattr(transformers, SUPPORTED[model_type])
+        model = cls.from_pretrained(folder, dtype=torch_dtype)
+    except Exception as exc:  # the library raises many kinds (safetensors, OSError, ...)
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise HFError(f"{folder}: cannot load the model ({first})") from None
     model = model.to(device).eval()
@@ -634,9 +645,13 @@ def tiny_qwen2vl(
     vision_depth: int = 1,
     vision_dim: int = 32,
     patch: int = 14,
+    family: str = "qwen2_vl",
 ):
-    """A randomly initialised Qwen2-VL built from a config (no download), its vocabulary and
-    special token ids those of :func:`tiny_tokenizer`.  Returns ``(model, tokenizer)``."""
+    """A randomly initialised Qwen2-VL (``family="qwen2_5_vl"``: Qwen2.5-VL) built from a config
+    (no download), its vocabulary and special token ids those of :func:`tiny_tokenizer`.
+    Returns ``(model, tokenizer)``."""
+    if family not in SUPPORTED:
+        raise HFError(f"family {family!r}; choose from {', '.join(SUPPORTED)}")
     tokenizer = tiny_tokenizer()
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
     head_dim = hidden // heads
@@ -665,7 +680,19 @@ def tiny_qwen2vl(
         spatial_merge_size=2,
         temporal_patch_size=2,
     )
-    cfg = transformers.Qwen2VLConfig(
+    if family == "qwen2_5_vl":  # window attention in the vision tower, SiLU MLP, own output size
+        vision.update(
+            out_hidden_size=hidden,
+            hidden_size=vision_dim,
+            intermediate_size=2 * vision_dim,
+            window_size=2 * 2 * patch,
+            fullatt_block_indexes=[vision_depth - 1],
+            tokens_per_second=2,
+        )
+    config_cls = (
+        transformers.Qwen2VLConfig if family == "qwen2_vl" else transformers.Qwen2_5_VLConfig
+    )
+    cfg = config_cls(
         text_config=text,
         vision_config=vision,
         image_token_id=ids["<|image_pad|>"],
@@ -677,7 +704,7 @@ def tiny_qwen2vl(
         pad_token_id=ids["<|endoftext|>"],
     )
     torch.manual_seed(seed)
-    model = transformers.Qwen2VLForConditionalGeneration(cfg).eval()
+    model = getattr(transformers, SUPPORTED[family])(cfg).eval()
     return model, tokenizer
 
 

@@ -63,6 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="folder of PNG/JPEG frames, .npy array, 'synthetic' (default) or 'photos'",
     )
     ap.add_argument("--frames", type=int, default=16, help="video frames to read (default 16)")
+    ap.add_argument(
+        "--fps", type=float, default=2.0, help="video frame rate (Qwen2.5-VL temporal positions)"
+    )
     ap.add_argument("--grid", type=parse_grid, default=(14, 14), help="tokens per frame HxW")
     ap.add_argument(
         "--policy",
@@ -99,6 +102,11 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+def head_dim(text_config) -> int:
+    hd = getattr(text_config, "head_dim", None)
+    return hd or text_config.hidden_size // text_config.num_attention_heads
+
+
 def row_name(name: str, session, args, resv_cfg: ReSVConfig) -> str:
     pol = session.policies[0]
     if name == "window":
@@ -125,7 +133,7 @@ def stream_policy(model, tok, steps, args, name, resv_cfg, reference, writer=Non
         window_frames=args.window,
         resv=resv_cfg,
     )
-    session = StreamSession(model, factory, tokenizer=tok, record=True)
+    session = StreamSession(model, factory, tokenizer=tok, record=True, fps=args.fps)
     st, hidden = Stats(), []
     g = session.q_heads // session.kv_heads
     for t, frames in enumerate(steps):
@@ -176,6 +184,8 @@ def main(argv: list[str] | None = None) -> int:
                 raise HFError(f"--{name.replace('_', '-')}={getattr(args, name)} must be >= 1")
         if args.budget < 0:
             raise HFError(f"--budget={args.budget} must be >= 0")
+        if not args.fps > 0:
+            raise HFError(f"--fps={args.fps} must be > 0")
         resv_cfg = ReSVConfig(
             tau_t=args.tau_t,
             tau_s=args.tau_s,
@@ -206,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
                 args.dump_trace,
                 layers=text.num_hidden_layers,
                 kv_heads=text.num_key_value_heads,
-                head_dim=text.hidden_size // text.num_attention_heads,
+                head_dim=head_dim(text),
                 queries=args.trace_queries,
                 seed=args.seed,
                 source={
@@ -222,9 +232,9 @@ def main(argv: list[str] | None = None) -> int:
 
     text = model.config.text_config
     print(
-        f"# model={args.model} (qwen2_vl: layers={text.num_hidden_layers} "
+        f"# model={args.model} ({model.config.model_type}: layers={text.num_hidden_layers} "
         f"kv_heads={text.num_key_value_heads} q_heads={text.num_attention_heads} "
-        f"head_dim={text.hidden_size // text.num_attention_heads} dtype={model.dtype} "
+        f"head_dim={head_dim(text)} dtype={model.dtype} "
         f"device={args.device}) | video={args.video or 'synthetic'} frames={n} "
         f"steps={len(steps)} x {tp} frames grid={args.grid[0]}x{args.grid[1]} | "
         f"budget={args.budget} sinks={args.sinks} window={args.window} | ReSV {resv_cfg}"

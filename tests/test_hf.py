@@ -43,19 +43,22 @@ def frame_steps(seed: int, steps: int, size=(84, 112)) -> list[torch.Tensor]:
 
 
 def library_forward(model, prompt: list[int], steps, grid, tail: list[int] = ()):
-    """One non-streamed forward of the library over prompt + video + tail (hidden, logits)."""
+    """One non-streamed forward of the library over prompt + video + tail (hidden, logits);
+    Qwen2.5-VL at 1 second per frame step (2 frames at the session's default 2 fps)."""
     cfg = model.config
     p = grid[0] * grid[1]
     ids = torch.tensor([[*prompt, *[cfg.video_token_id] * (p * len(steps)), *tail]])
     m = cfg.vision_config.spatial_merge_size
     pix = torch.cat([frames_to_patches(s, grid, cfg.vision_config.patch_size, m, 2) for s in steps])
     thw = torch.tensor([[len(steps), grid[0] * m, grid[1] * m]])
+    extra = {"second_per_grid_ts": torch.tensor([1.0])} if cfg.model_type == "qwen2_5_vl" else {}
     with torch.no_grad():
         out = model.model(
             input_ids=ids,
             pixel_values_videos=pix,
             video_grid_thw=thw,
             mm_token_type_ids=(ids == cfg.video_token_id).int() * 2,
+            **extra,
         )
         hidden = out.last_hidden_state[0]
         return hidden, model.lm_head(hidden).float()
@@ -72,22 +75,26 @@ def test_patches_match_the_library_image_processor(seed):
     torch.testing.assert_close(ours, ref["pixel_values"].float(), atol=1e-5, rtol=1e-5)
 
 
-def test_full_stream_equals_one_forward(seed):
+# Qwen2.5-VL's temporal positions step by 2 per frame step: a grid 6 wide keeps the library's
+# text position after the video (start + max(h, w)) equal to Qwen's max + 1 (model/hf.py).
+@pytest.mark.parametrize(("family", "grid"), [("qwen2_vl", GRID), ("qwen2_5_vl", (3, 6))])
+def test_full_stream_equals_one_forward(family, grid, seed):
     """With `full`, streaming frame by frame (pixels through the vision tower, or precomputed
-    visual tokens) gives the hidden states of one library forward over the same inputs, and a
-    question's first-token logits equal the library's over prompt + video + question."""
-    model, tok = tiny_qwen2vl(seed)
-    steps = frame_steps(seed, 3)
+    visual tokens) gives the hidden states of one library forward over the same inputs (with
+    the library's own M-RoPE positions), and a question's first-token logits equal the
+    library's over prompt + video + question."""
+    model, tok = tiny_qwen2vl(seed, family=family)
+    steps = frame_steps(seed, 3, size=(84, 168))
     s = StreamSession(model, "full", tokenizer=tok)
     prompt = s._chat("prompt")
-    hidden = [s.push_frame(steps[0], GRID), s.push_frame(steps[1], GRID)]
-    hidden.append(s.push_embeddings(s.frame_embeddings(steps[2], GRID), GRID))
-    ref, _ = library_forward(model, prompt, steps, GRID)
+    hidden = [s.push_frame(steps[0], grid), s.push_frame(steps[1], grid)]
+    hidden.append(s.push_embeddings(s.frame_embeddings(steps[2], grid), grid))
+    ref, _ = library_forward(model, prompt, steps, grid)
     torch.testing.assert_close(torch.cat(hidden), ref[len(prompt) :], atol=2e-5, rtol=1e-4)
 
     question = s.question_ids("What moves?")
     ans = s.ask("What moves?", max_new_tokens=3)
-    _, logits = library_forward(model, prompt, steps, GRID, question)
+    _, logits = library_forward(model, prompt, steps, grid, question)
     torch.testing.assert_close(ans.first_logits, logits[-1], atol=2e-5, rtol=1e-4)
     assert ans.ids and ans.ids[0] == int(logits[-1].argmax())
     assert isinstance(ans.text, str) and 1 <= len(ans.ids) <= 3

@@ -597,7 +597,10 @@ def load_model(path, *, dtype: str = "auto", device: str = "cpu"):
     except Exception as exc:  # the library raises many kinds (safetensors, OSError, ...)
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise HFError(f"{folder}: cannot load the model ({first})") from None
-    model = model.to(device).eval()
+    try:
+        model = model.to(device).eval()
+    except Exception as exc:  # an unknown device string, no CUDA build, ...
+        raise HFError(f"cannot put the model on device {device!r} ({exc})") from None
     tokenizer = None
     if any((folder / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json")):
         try:

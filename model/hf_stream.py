@@ -139,7 +139,7 @@ def stream_policy(model, tok, steps, args, name, resv_cfg, reference, writer=Non
     for t, frames in enumerate(steps):
         h = session.push_frame(frames, args.grid).float().cpu()
         hidden.append(h)
-        traces = session.last_traces
+        traces = [on_cpu(tr) for tr in session.last_traces]  # the metrics index on the CPU
         if writer is not None:
             writer.add_frame([tr.k for tr in traces], [tr.q for tr in traces], args.grid)
         if t == 0:
@@ -158,6 +158,20 @@ def stream_policy(model, tok, steps, args, name, resv_cfg, reference, writer=Non
     st.seconds = session.policy_seconds
     finish_policy(st, session.policies)
     return st, session, hidden
+
+
+def on_cpu(trace):
+    """A CPU copy of a :class:`model.hf.StepTrace` (the model may run on a GPU)."""
+    from dataclasses import fields, replace
+
+    def cpu(x):
+        if isinstance(x, torch.Tensor):
+            return x.detach().cpu()
+        if isinstance(x, list | tuple):
+            return type(x)(cpu(y) for y in x)
+        return x
+
+    return replace(trace, **{f.name: cpu(getattr(trace, f.name)) for f in fields(trace)})
 
 
 def progress(t: int, n: int, what: str):

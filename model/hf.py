@@ -574,7 +574,7 @@ def load_model(path, *, dtype: str = "auto", device: str = "cpu"):
     """``(model, tokenizer or None)`` from a local folder (``save_pretrained`` layout: config.json
     and weights; a tokenizer is loaded when the folder has one).  Raises :class:`HFError` with
     one line for a missing folder, another model family or unreadable weights."""
-    folder = Path(path)
+    folder = Path(path).expanduser()
     if not folder.is_dir():
         raise HFError(f"{folder}: no such model folder")
     cfg_file = folder / "config.json"

@@ -300,7 +300,7 @@ class StreamSession:
         self.on_step: Callable[[str, list[StepTrace]], None] | None = None
         self.stop_ids = stop_token_ids(model, tokenizer)
         if prompt is None:
-            prompt = self._chat("prompt")
+            prompt = self.prompt_ids()
         if prompt:
             self.push_text(prompt)
 
@@ -421,23 +421,23 @@ class StreamSession:
         return self.push_embeddings(self.frame_embeddings(frames, grid), grid)
 
     # -- questions
-    def _chat(self, part: str):
-        """The chat-template pieces around the video (token ids), or the bare vision marker."""
-        cfg = self.model.config
+    @property
+    def chat(self) -> bool:
+        """Whether the tokenizer knows Qwen's chat tokens (``<|im_start|>`` ...)."""
         tok = self.tokenizer
-        chat = tok is not None and tok.convert_tokens_to_ids("<|im_start|>") not in (
+        return tok is not None and tok.convert_tokens_to_ids("<|im_start|>") not in (
             None,
             tok.unk_token_id,
         )
-        if part == "prompt":
-            if chat:
-                text = "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
-                ids = tok.encode(text + "<|im_start|>user\n", add_special_tokens=False)
-                return [*ids, cfg.vision_start_token_id]
-            return [cfg.vision_start_token_id]
-        if chat:
-            return part, "<|im_end|>\n<|im_start|>assistant\n"
-        return part, ""
+
+    def prompt_ids(self) -> list[int]:
+        """The default text before the video: the chat prompt up to ``<|vision_start|>`` (with a
+        chat tokenizer), else ``<|vision_start|>`` alone."""
+        start = self.model.config.vision_start_token_id
+        if not self.chat:
+            return [start]
+        text = "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n"
+        return [*self.tokenizer.encode(text, add_special_tokens=False), start]
 
     def encode(self, text: str | Sequence[int]) -> list[int]:
         if isinstance(text, str):
@@ -455,7 +455,7 @@ class StreamSession:
         chat tokenizer) ``<|im_end|>\\n<|im_start|>assistant\\n``.  Token ids are used as given."""
         if not isinstance(question, str):
             return self.encode(question)
-        _, tail = self._chat(question)
+        tail = "<|im_end|>\n<|im_start|>assistant\n" if self.chat else ""
         return [self.model.config.vision_end_token_id, *self.encode(question + tail)]
 
     def ask(self, question: str | Sequence[int], max_new_tokens: int = 32) -> Answer:

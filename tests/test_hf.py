@@ -23,6 +23,7 @@ from model import hf_stream
 from model.dre_config import ConfigError, DREConfig
 from model.dre_top import integer_stream
 from model.hf import (
+    HFError,
     StreamSession,
     frames_to_patches,
     policy_factory,
@@ -86,7 +87,7 @@ def test_full_stream_equals_one_forward(family, grid, seed):
     model, tok = tiny_qwen2vl(seed, family=family)
     steps = frame_steps(seed, 3, size=(84, 168))
     s = StreamSession(model, "full", tokenizer=tok)
-    prompt = s._chat("prompt")
+    prompt = s.prompt_ids()
     hidden = [s.push_frame(steps[0], grid), s.push_frame(steps[1], grid)]
     hidden.append(s.push_embeddings(s.frame_embeddings(steps[2], grid), grid))
     ref, _ = library_forward(model, prompt, steps, grid)
@@ -326,3 +327,17 @@ def test_bad_inputs_give_one_error_line(tiny_dir, tmp_path, capsys):
         rc, out, err = run_cli(capsys, *argv)
         assert rc == 2, (argv, out, err)
         assert err.startswith("error: ") and err.count("\n") == 1 and message in err, err
+
+
+def test_without_a_tokenizer_questions_are_token_ids(seed):
+    model, _ = tiny_qwen2vl(seed)
+    s = StreamSession(model, "rekv", budget=12)
+    assert s.prompt_ids() == [model.config.vision_start_token_id]
+    for step in frame_steps(seed, 2):
+        s.push_frame(step, GRID)
+    ans = s.ask([model.config.vision_end_token_id, 20, 21, 22], max_new_tokens=2)
+    assert ans.text is None and 1 <= len(ans.ids) <= 2
+    with pytest.raises(HFError, match="needs a tokenizer"):
+        s.ask("Why?")
+    with pytest.raises(HFError, match="grid changed"):
+        s.push_frame(frame_steps(seed, 1)[0], (4, 4))

@@ -41,8 +41,8 @@ $(STAMP): pyproject.toml
 	@$(PY) -m pip install -q --upgrade pip
 	@echo "[setup] installing torch==2.13.0 (CPU build) first, so nothing pulls a CUDA build"
 	@$(PY) -m pip install -q torch==2.13.0
-	@echo "[setup] installing the project and its pinned dependencies (pip install -e .[dev])"
-	@$(PY) -m pip install -q -e '.[dev]'
+	@echo "[setup] installing the project and its pinned dependencies (pip install -e .[dev,hf])"
+	@$(PY) -m pip install -q -e '.[dev,hf]'
 	@$(TOOLS) $(PY) -m verif.toolenv --check
 	@touch $@
 	@echo "[setup] done"

@@ -215,37 +215,27 @@ def integer_stream(
     frame (later values saturate).  ``bias_scale = round(ln 2 * unit)`` and
     ``margin = round(margin * unit)`` with ``unit = sqrt(d) / (s_q * s_k)`` (one attention
     logit in integer score units), so the size bias is ``ln n`` in logits as in ReSV.
+    When ``source`` is a KV trace folder (:mod:`model.kv_trace`, e.g. a Hugging Face model's
+    keys from ``python -m model.hf_stream --dump-trace``), the keys and queries of ``layer`` and
+    ``head`` come from it instead (its grid and head_dim must match ``grid`` and ``cfg.d``).
     """
-    from model.llm import KVStore, LLMConfig, TinyLLM
     from model.quant import quantize, symmetric_scale
-    from model.video import PatchEmbedding, open_video
 
     h, w = grid
     if h * w > cfg.grid_max:
         raise ConfigError(f"grid {h}x{w} has {h * w} tokens; grid_max={cfg.grid_max}")
     if queries_per_frame < 1:
         raise ConfigError(f"queries_per_frame={queries_per_frame} must be >= 1")
-    llm_cfg = LLMConfig(head_dim=cfg.d, d_model=4 * cfg.d, mlp_hidden=8 * cfg.d, seed=seed)
-    if not 0 <= layer < llm_cfg.layers:
-        raise ConfigError(f"layer={layer}; the LLM slice has layers 0 .. {llm_cfg.layers - 1}")
-    if not 0 <= head < llm_cfg.kv_heads:
-        raise ConfigError(f"head={head}; the LLM slice has KV heads 0 .. {llm_cfg.kv_heads - 1}")
-    llm, store = TinyLLM(llm_cfg), KVStore(llm_cfg)
-    embed = PatchEmbedding(grid, llm_cfg.d_model, seed=seed)
-    video = open_video(source, frames=frames, seed=seed)
-    gen = torch.Generator().manual_seed(seed)
-    g = llm_cfg.q_per_kv
+    from model.kv_trace import is_trace
+
+    if is_trace(source):
+        pairs = _trace_pairs(cfg, source, grid, layer, head, queries_per_frame)
+    else:
+        pairs = _tinyllm_pairs(cfg, frames, grid, source, layer, head, queries_per_frame, seed)
     out, sk, sq = [], None, None
-    for t, frame in enumerate(video):
+    for t, (k, qs) in enumerate(pairs):
         if t >= frames:
             break
-        _, traces = llm.prefill_frame(embed(frame), grid, store)
-        tr = traces[layer]
-        k = tr.k[head].detach().double()
-        qg = tr.q[head * g : (head + 1) * g].detach().double()  # [g, P, d]
-        mean_q = qg.reshape(-1, cfg.d).mean(dim=0)
-        picks = torch.randint(0, h * w, (queries_per_frame - 1,), generator=gen)
-        qs = torch.stack([mean_q, *[qg[0, int(p)] for p in picks]])
         if sk is None:
             sk, sq = symmetric_scale(k, cfg.bk), symmetric_scale(qs, cfg.bq)
         out.append(StreamFrame(quantize(k, cfg.bk, sk).tolist(), quantize(qs, cfg.bq, sq).tolist()))
@@ -267,6 +257,54 @@ def integer_stream(
         k_max=cfg.k_cap if k_max is None else k_max,
     )
     return IntegerStream(regs, float(sk), float(sq), out)
+
+
+def _trace_pairs(cfg: DREConfig, source, grid, layer: int, head: int, queries: int):
+    """Per frame ``(keys [P, d], queries [Q, d])`` of a KV trace (:mod:`model.kv_trace`)."""
+    from model.kv_trace import TraceError, load_head
+
+    try:
+        meta, keys, qs = load_head(source, layer, head)
+    except TraceError as exc:
+        raise ConfigError(str(exc)) from None
+    if tuple(meta["grid"]) != tuple(grid):
+        gh, gw = meta["grid"]
+        raise ConfigError(f"the trace's frames are {gh}x{gw} tokens: pass --grid {gh}x{gw}")
+    if meta["head_dim"] != cfg.d:
+        raise ConfigError(
+            f"the trace's head_dim is {meta['head_dim']}: use --set d={meta['head_dim']}"
+        )
+    if queries > meta["queries"]:
+        raise ConfigError(f"{queries} queries per frame asked; the trace holds {meta['queries']}")
+    return [(keys[t], qs[t, :queries]) for t in range(meta["frames"])]
+
+
+def _tinyllm_pairs(cfg: DREConfig, frames, grid, source, layer, head, queries_per_frame, seed):
+    """Per frame ``(keys [P, d], queries [Q, d])`` of one layer / KV head of a TinyLLM run."""
+    from model.llm import KVStore, LLMConfig, TinyLLM
+    from model.video import PatchEmbedding, open_video
+
+    h, w = grid
+    llm_cfg = LLMConfig(head_dim=cfg.d, d_model=4 * cfg.d, mlp_hidden=8 * cfg.d, seed=seed)
+    if not 0 <= layer < llm_cfg.layers:
+        raise ConfigError(f"layer={layer}; the LLM slice has layers 0 .. {llm_cfg.layers - 1}")
+    if not 0 <= head < llm_cfg.kv_heads:
+        raise ConfigError(f"head={head}; the LLM slice has KV heads 0 .. {llm_cfg.kv_heads - 1}")
+    llm, store = TinyLLM(llm_cfg), KVStore(llm_cfg)
+    embed = PatchEmbedding(grid, llm_cfg.d_model, seed=seed)
+    video = open_video(source, frames=frames, seed=seed)
+    gen = torch.Generator().manual_seed(seed)
+    g = llm_cfg.q_per_kv
+    for t, frame in enumerate(video):
+        if t >= frames:
+            break
+        _, traces = llm.prefill_frame(embed(frame), grid, store)
+        tr = traces[layer]
+        k = tr.k[head].detach().double()
+        qg = tr.q[head * g : (head + 1) * g].detach().double()  # [g, P, d]
+        mean_q = qg.reshape(-1, cfg.d).mean(dim=0)
+        picks = torch.randint(0, h * w, (queries_per_frame - 1,), generator=gen)
+        yield k, torch.stack([mean_q, *[qg[0, int(p)] for p in picks]])
 
 
 __all__ = [

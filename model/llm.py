@@ -150,7 +150,7 @@ def frame_attention(
     hq, p, d = q.shape
     h = k_new.shape[0]
     group = hq // h
-    future = torch.ones(p, p, dtype=torch.bool).triu(1)
+    future = torch.ones(p, p, dtype=torch.bool, device=q.device).triu(1)
     scale = 1.0 / math.sqrt(d)
     outs, probs = [], []
     for head in range(h):

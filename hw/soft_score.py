@@ -19,7 +19,7 @@ from amaranth import C, Cat, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, fifo, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from model.dre_config import ConfigError
+from model.dre_config import check_int
 from model.dre_tokens import (
     GAIN_BITS,
     GAIN_SHIFT,
@@ -91,8 +91,7 @@ class SoftScore(wiring.Component):
             ("count_bits", count_bits, 1, 40),
             ("n_max", n_max, 1, 1 << 20),
         ):
-            if not isinstance(v, int) or isinstance(v, bool) or not lo <= v <= hi:
-                raise ConfigError(f"SoftScore: {name}={v!r} must be an integer in [{lo}, {hi}]")
+            check_int(f"SoftScore {name}", v, lo, hi)
         self.q_max, self.s_bits, self.count_bits, self.n_max = q_max, s_bits, count_bits, n_max
         #: S_c <= n_max * (2^count_bits - 1) * 2^E
         self.sum_bits = count_bits + SOFT_E + n_max.bit_length()

@@ -35,7 +35,7 @@ from typing import Protocol, runtime_checkable
 
 import torch
 
-from model.dre_config import ConfigError
+from model.dre_config import check_int
 from model.metrics import ByteModel, MemoryUse
 
 
@@ -55,11 +55,8 @@ class KVPolicy(Protocol):
 
 
 def check_count(name: str, value, lo: int) -> int:
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise ConfigError(f"{name} must be an integer, got {value!r}")
-    if value < lo:
-        raise ConfigError(f"{name}={value} must be >= {lo}")
-    return value
+    """``value``, an integer ``>= lo`` (:func:`model.dre_config.check_int`)."""
+    return check_int(name, value, lo)
 
 
 def per_head_queries(queries: torch.Tensor, kv_heads: int, head_dim: int) -> torch.Tensor:

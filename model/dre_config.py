@@ -22,6 +22,20 @@ class ConfigError(ValueError):
     """A configuration value is out of range; the message says which and why."""
 
 
+def check_int(name: str, value, lo: int | None = None, hi: int | None = None, *, error=ConfigError):
+    """``value`` if it is an integer (``bool`` is not) in ``lo .. hi`` (either bound may be
+    None); otherwise ``error`` with one message naming ``name``.  The one type-and-range check
+    of every configuration object in ``model/`` and ``hw/``."""
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise error(f"{name} must be an integer, got {value!r}")
+    if hi is None:
+        if lo is not None and value < lo:
+            raise error(f"{name}={value} must be >= {lo}")
+    elif (lo is not None and value < lo) or value > hi:
+        raise error(f"{name}={value} is out of range; allowed {lo} <= {name} <= {hi}")
+    return value
+
+
 def _clog2(n: int) -> int:
     """Bits needed to hold the values 0 .. n-1 (at least 1)."""
     return max(1, (n - 1).bit_length())
@@ -76,12 +90,7 @@ class DREConfig:
 
     def __post_init__(self):
         for f in fields(self):
-            v = getattr(self, f.name)
-            if not isinstance(v, int) or isinstance(v, bool):
-                raise ConfigError(f"{f.name} must be an integer, got {v!r}")
-            lo, hi = self._RANGES[f.name]
-            if not lo <= v <= hi:
-                raise ConfigError(f"{f.name}={v} is out of range; allowed {lo} <= {f.name} <= {hi}")
+            check_int(f.name, getattr(self, f.name), *self._RANGES[f.name])
         if self.lanes > self.d:
             raise ConfigError(f"lanes={self.lanes} exceeds d={self.d}; need 1 <= lanes <= d")
         if self.d % self.lanes:

@@ -65,6 +65,8 @@ from dataclasses import dataclass
 
 import torch
 
+from model.dre_config import check_int
+
 #: widths accepted for q and keys (as in model.dre_config.DREConfig)
 WIDTH_RANGE = (2, 16)
 #: bias magnitude accepted, so that every intermediate value stays far inside int64
@@ -160,8 +162,7 @@ def select(
     if int(bias.abs().max()) >= BIAS_LIMIT:
         raise SelectError(f"|bias| must be below 2^60, got {int(bias.abs().max())}")
     for name, v in (("margin", margin), ("k_min", k_min), ("k_max", k_max)):
-        if not isinstance(v, int) or isinstance(v, bool):
-            raise SelectError(f"{name} must be an integer, got {v!r}")
+        check_int(name, v, error=SelectError)
     if margin < 0:
         raise SelectError(f"margin={margin} must be >= 0")
     if not 1 <= k_min <= k_max:

@@ -78,6 +78,7 @@ from functools import cache
 
 import torch
 
+from model.dre_config import check_int
 from model.dre_select import WIDTH_RANGE, SelectError, _as_int_tensor, _check_range
 
 #: largest member count accepted (keeps every sum far inside int64)
@@ -195,11 +196,7 @@ def budget_threshold(
 
 
 def _check_int(name: str, v, lo: int | None = 0) -> int:
-    if not isinstance(v, int) or isinstance(v, bool):
-        raise SelectError(f"{name} must be an integer, got {v!r}")
-    if lo is not None and v < lo:
-        raise SelectError(f"{name}={v} must be >= {lo}")
-    return v
+    return check_int(name, v, lo, error=SelectError)
 
 
 def select_tokens(

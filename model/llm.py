@@ -29,7 +29,7 @@ from dataclasses import dataclass, fields
 import torch
 import torch.nn.functional as F
 
-from model.dre_config import ConfigError
+from model.dre_config import ConfigError, check_int
 
 
 @dataclass(frozen=True)
@@ -69,10 +69,7 @@ class LLMConfig:
                 if v not in ("mrope", "1d"):
                     raise ConfigError(f"rope={v!r} must be 'mrope' or '1d'")
             elif f.type in ("int", int):
-                if not isinstance(v, int) or isinstance(v, bool):
-                    raise ConfigError(f"{f.name} must be an integer, got {v!r}")
-                if f.name != "seed" and v < 1:
-                    raise ConfigError(f"{f.name}={v} must be >= 1")
+                check_int(f.name, v, None if f.name == "seed" else 1)
             elif not isinstance(v, int | float) or not math.isfinite(v) or v < 0:
                 raise ConfigError(f"{f.name}={v!r} must be a finite number >= 0")
         if self.head_dim % 2:

@@ -34,6 +34,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from model.dre_config import check_int
+
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 
@@ -137,8 +139,7 @@ class _ShotStream:
 
     def __init__(self, frames, height, width, seed, noise, cut_every):
         for name, value, lo in (("frames", frames, 1), ("height", height, 8), ("width", width, 8)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < lo:
-                raise VideoError(f"{name}={value!r} must be an integer >= {lo}")
+            check_int(name, value, lo, error=VideoError)
         if not (isinstance(noise, int | float) and noise >= 0 and math.isfinite(noise)):
             raise VideoError(f"noise={noise!r} must be a finite number >= 0")
         lo, hi = cut_every
@@ -532,8 +533,7 @@ class PatchEmbedding:
     ):
         h, w = grid
         for name, value in (("grid height", h), ("grid width", w), ("dim", dim), ("patch", patch)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise VideoError(f"{name}={value!r} must be an integer >= 1")
+            check_int(name, value, 1, error=VideoError)
         self.grid, self.dim, self.patch = (h, w), dim, patch
         gen = torch.Generator().manual_seed(seed)
         fan_in = 3 * patch * patch

@@ -184,7 +184,7 @@ def test_cycles_follow_the_documented_formula():
         (dict(q_max=2, s_bits=1, count_bits=4, n_max=6), "s_bits=1"),
         (dict(q_max=2, s_bits=10, count_bits=0, n_max=6), "count_bits=0"),
         (dict(q_max=2, s_bits=10, count_bits=4, n_max=0), "n_max=0"),
-        (dict(q_max=2.0, s_bits=10, count_bits=4, n_max=6), "q_max=2.0"),
+        (dict(q_max=2.0, s_bits=10, count_bits=4, n_max=6), "q_max must be an integer"),
     ],
 )
 def test_parameters_are_checked(kw, msg):

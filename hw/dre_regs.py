@@ -111,9 +111,23 @@ COUNTERS = (
 )
 
 
+#: width of GRID_W and GRID_H (the clustering unit's grid ports)
+GRID_BITS = 16
+
+
+def reset_grid(cfg: DREConfig) -> tuple[int, int]:
+    """Reset values of (GRID_W, GRID_H): one row of ``grid_max`` tokens, or for a ``grid_max``
+    that GRID_W cannot hold (65536) the fewest equal rows that fit (32768 x 2)."""
+    h = 1
+    while cfg.grid_max % h or cfg.grid_max // h >= 1 << GRID_BITS:
+        h += 1
+    return cfg.grid_max // h, h
+
+
 def register_map(cfg: DREConfig) -> list[Register]:
     """The registers of :class:`hw.dre.DRE` for ``cfg``, in address order."""
     wd = ClusterWidths.of(cfg)
+    grid_w, grid_h = reset_grid(cfg)
     one = 1 << cfg.tau_frac_bits
     kb = cfg.k_cap.bit_length() + 1
     regs = [
@@ -154,8 +168,8 @@ def register_map(cfg: DREConfig) -> list[Register]:
             0,
             "clusters allocated since the last clear (the N of every retrieval)",
         ),
-        Register("GRID_W", 0x0C, 1, 16, "rw", cfg.grid_max, "frame width in tokens"),
-        Register("GRID_H", 0x0D, 1, 16, "rw", 1, "frame height in tokens"),
+        Register("GRID_W", 0x0C, 1, GRID_BITS, "rw", grid_w, "frame width in tokens"),
+        Register("GRID_H", 0x0D, 1, GRID_BITS, "rw", grid_h, "frame height in tokens"),
         Register(
             "TAU_T",
             0x0E,
@@ -210,6 +224,7 @@ def register_map(cfg: DREConfig) -> list[Register]:
         regs.append(Register(name, 0x20 + 2 * i, 2, COUNTER_BITS, "ro", 0, doc))
     for r in regs:  # the fixed map holds every configuration DREConfig accepts
         assert r.width <= DATA_BITS * r.words and r.addr + r.words <= 1 << ADDR_BITS, r
+        assert 0 <= r.reset < 1 << r.width, r  # a reset value the register can hold
     return regs
 
 

@@ -7,18 +7,59 @@ that host software is generated from the same numbers as the RTL.  ``--config`` 
 JSON written by an earlier export (or any ``DREConfig`` JSON); ``--set NAME=VALUE`` overrides.
 ``--regmap`` prints the register map as Markdown instead.
 
-A bad parameter name or value prints one line naming it and the valid ones, exit status 2.
+A bad parameter name or value, an ``--out`` that is not a ``.v``/``.sv`` file name or cannot be
+written, prints one line naming it, exit status 2, before any elaboration (nothing is written).
+Elaboration prints one line per stage with its time; configurations beyond the measured range
+(``n_max`` above :data:`LARGE`) are refused unless ``--allow-large`` is given,
+because their export takes tens of minutes and gigabytes (see ``docs/ecosystem.md``).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import sys
+import time
 from pathlib import Path
 
 from model.dre_config import ConfigError, DREConfig
+
+#: Verilog file names --out accepts (the sidecars take the same stem with other suffixes)
+VERILOG_SUFFIXES = (".v", ".sv")
+#: largest n_max exported without --allow-large.  Measured on the 2-core CI machine (default
+#: d=64): n_max 512 takes 35 s and 0.28 GB, n_max 2048 76 s and 0.54 GB, growing about linearly,
+#: so n_max 65536 would take about 40 minutes and some 10 GB.  (grid_max 65536 takes 42 s.)
+LARGE = 8192
+
+
+def check_output_path(path, flag: str = "--out") -> Path:
+    """Make sure ``path`` can be written (creating its parent folders), before any long work.
+
+    Raises :class:`ConfigError` with one line naming the path and the reason.  A file that did
+    not exist before is removed again, so a later failure leaves nothing half-written."""
+    p = Path(path)
+    if str(path).endswith(os.sep) or p.is_dir():
+        raise ConfigError(f"{flag} {path}: is a directory; give a file name")
+    anc = p.parent
+    while not anc.exists() and anc != anc.parent:
+        anc = anc.parent
+    if anc.exists() and not anc.is_dir():
+        raise ConfigError(f"{flag} {path}: {anc} is a file, not a directory")
+    try:
+        p.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"{flag} {path}: cannot create {p.parent}: {exc.strerror}") from None
+    existed = p.exists()
+    try:
+        with open(p, "a"):
+            pass
+    except OSError as exc:
+        raise ConfigError(f"{flag} {path}: cannot write: {exc.strerror}") from None
+    if not existed:
+        p.unlink()
+    return p
 
 
 def parse_args(argv):
@@ -35,6 +76,11 @@ def parse_args(argv):
         help=f"override a parameter ({', '.join(DREConfig.names())}); repeatable",
     )
     ap.add_argument("--regmap", action="store_true", help="print the register map (Markdown)")
+    ap.add_argument(
+        "--allow-large",
+        action="store_true",
+        help=f"export n_max above {LARGE} (tens of minutes, gigabytes)",
+    )
     ap.add_argument(
         "--rule",
         choices=("v1", "v2"),
@@ -53,19 +99,59 @@ def config_from(args) -> DREConfig:
     return DREConfig.from_overrides(args.set, base=base)
 
 
-def export(cfg: DREConfig, out: Path, name: str = "dre", rule: str = "v2") -> tuple[Path, Path]:
-    """Write ``out`` (Verilog) and ``out.with_suffix('.json')``; return both paths."""
-    from amaranth.back import verilog
-
-    from hw import dre_regs
+def check_export(cfg: DREConfig, out: Path, name: str, *, allow_large: bool = False) -> None:
+    """Every check of an export that needs no elaboration; :class:`ConfigError` on the first."""
     from hw.dre import DRE
 
     if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
         raise ConfigError(f"top module name {name!r} is not a Verilog identifier (use --name)")
+    if Path(out).suffix not in VERILOG_SUFFIXES:
+        raise ConfigError(
+            f"--out {out}: the Verilog file must end in {' or '.join(VERILOG_SUFFIXES)} "
+            f"(the JSON and other sidecars are written beside it with the same stem)"
+        )
     DRE.check_config(cfg)
+    if cfg.n_max > LARGE and not allow_large:
+        raise ConfigError(
+            f"n_max={cfg.n_max} is above {LARGE}: the export would take roughly "
+            f"{max(1, round(cfg.n_max / 1600))} minutes and several GB; pass --allow-large"
+        )
+    check_output_path(out)
+
+
+def to_verilog(component, name: str, log=None) -> str:
+    """Verilog of ``component`` (as ``amaranth.back.verilog.convert``), one line per stage."""
+    from amaranth.back import rtlil, verilog
+
+    log = log or (lambda _: None)
+    t0 = time.perf_counter()
+    log("[export] elaborating and lowering to RTLIL ...")
+    il = rtlil.convert(component, name=name, emit_src=False)
+    t1 = time.perf_counter()
+    log(f"[export] RTLIL done ({len(il) // 1024} KiB, {t1 - t0:.1f} s); Yosys write_verilog ...")
+    # the second half of verilog.convert(), so that each stage reports
+    text = verilog._convert_rtlil_text(il)
+    log(f"[export] Verilog done ({time.perf_counter() - t1:.1f} s)")
+    return text
+
+
+def export(
+    cfg: DREConfig,
+    out: Path,
+    name: str = "dre",
+    rule: str = "v2",
+    *,
+    allow_large: bool = False,
+    log=None,
+) -> tuple[Path, Path]:
+    """Write ``out`` (Verilog) and ``out.with_suffix('.json')``; return both paths."""
+    from hw import dre_regs
+    from hw.dre import DRE
+
+    out = Path(out)
+    check_export(cfg, out, name, allow_large=allow_large)
     dre = DRE(cfg, rule=rule)
-    text = verilog.convert(dre, name=name, emit_src=False)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    text = to_verilog(dre, name, log)
     out.write_text(text)
     meta = out.with_suffix(".json")
     meta.write_text(
@@ -97,7 +183,9 @@ def main(argv: list[str] | None = None) -> int:
             print(dre_regs.markdown(cfg), end="")
             return 0
         name = args.name or Path(args.out).stem
-        v, meta = export(cfg, Path(args.out), name, args.rule)
+        v, meta = export(
+            cfg, Path(args.out), name, args.rule, allow_large=args.allow_large, log=print
+        )
     except (ConfigError, json.JSONDecodeError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -5,7 +5,8 @@ that file and module names agree) and,
 beside it, ``<out>.json`` with the configuration and the register map (:mod:`hw.dre_regs`), so
 that host software is generated from the same numbers as the RTL.  ``--config`` starts from a
 JSON written by an earlier export (or any ``DREConfig`` JSON); ``--set NAME=VALUE`` overrides.
-``--regmap`` prints the register map as Markdown instead.
+``--regmap`` prints the register map as Markdown instead.  ``--icarus`` adds the time-zero nudge
+that Icarus Verilog 11 needs (:func:`icarus_nudge`).
 
 A bad parameter name or value, an ``--out`` that is not a ``.v``/``.sv`` file name or cannot be
 written, prints one line naming it, exit status 2, before any elaboration (nothing is written).
@@ -32,6 +33,24 @@ VERILOG_SUFFIXES = (".v", ".sv")
 #: d=64): n_max 512 takes 35 s and 0.28 GB, n_max 2048 76 s and 0.54 GB, growing about linearly,
 #: so n_max 65536 would take about 40 minutes and some 10 GB.  (grid_max 65536 takes 42 s.)
 LARGE = 8192
+
+
+#: the register Yosys' write_verilog puts into the sensitivity of every ``always @*`` block
+_YOSYS_TRIGGER = re.compile(r"^(\s*)reg (\\\$auto\$verilog_backend\S*)\s*= 0;$", re.M)
+
+
+def icarus_nudge(text: str) -> str:
+    """Verilog for Icarus Verilog 11: give every ``always @*`` block its time-zero run.
+
+    Yosys emits ``reg \\$auto$verilog_backend...$N = 0;`` and reads it in every combinational
+    ``always @*`` block so that simulators evaluate the block once at time zero.  Icarus 11 does
+    not treat the declaration's initialiser as an event, so a combinational output whose inputs
+    never change (an idle ``ready``, a constant register read) stays X forever.  One
+    ``initial #0 <reg> = 1'b1;`` per module makes that event; the register drives nothing else.
+    """
+    return _YOSYS_TRIGGER.sub(
+        lambda m: f"{m.group(0)}\n{m.group(1)}initial #0 {m.group(2)} = 1'b1;", text
+    )
 
 
 def check_output_path(path, flag: str = "--out") -> Path:
@@ -76,6 +95,11 @@ def parse_args(argv):
         help=f"override a parameter ({', '.join(DREConfig.names())}); repeatable",
     )
     ap.add_argument("--regmap", action="store_true", help="print the register map (Markdown)")
+    ap.add_argument(
+        "--icarus",
+        action="store_true",
+        help="add the time-zero nudge Icarus Verilog 11 needs (docs/ecosystem.md)",
+    )
     ap.add_argument(
         "--allow-large",
         action="store_true",
@@ -142,6 +166,7 @@ def export(
     rule: str = "v2",
     *,
     allow_large: bool = False,
+    icarus: bool = False,
     log=None,
 ) -> tuple[Path, Path]:
     """Write ``out`` (Verilog) and ``out.with_suffix('.json')``; return both paths."""
@@ -152,7 +177,7 @@ def export(
     check_export(cfg, out, name, allow_large=allow_large)
     dre = DRE(cfg, rule=rule)
     text = to_verilog(dre, name, log)
-    out.write_text(text)
+    out.write_text(icarus_nudge(text) if icarus else text)
     meta = out.with_suffix(".json")
     meta.write_text(
         json.dumps(
@@ -184,7 +209,13 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         name = args.name or Path(args.out).stem
         v, meta = export(
-            cfg, Path(args.out), name, args.rule, allow_large=args.allow_large, log=print
+            cfg,
+            Path(args.out),
+            name,
+            args.rule,
+            allow_large=args.allow_large,
+            icarus=args.icarus,
+            log=print,
         )
     except (ConfigError, json.JSONDecodeError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)

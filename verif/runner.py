@@ -23,6 +23,7 @@ from amaranth.back import verilog
 from cocotb_tools.check_results import get_results
 from cocotb_tools.runner import get_runner
 
+from hw.export import icarus_nudge
 from verif import toolenv
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -72,6 +73,8 @@ def run(
     toolenv.require("verilator" if sim == "verilator" else "iverilog")
 
     text = to_verilog(component, name)
+    if sim == "icarus":
+        text = icarus_nudge(text)
     key = hashlib.sha1(text.encode()).hexdigest()[:12]
     build_dir = build_root / f"{name}-{sim}-{key}{'-waves' if waves else ''}"
     build_dir.mkdir(parents=True, exist_ok=True)

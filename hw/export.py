@@ -159,6 +159,81 @@ def to_verilog(component, name: str, log=None) -> str:
     return text
 
 
+def shape_doc(shape) -> dict:
+    """Bit layout of an Amaranth shape or ``data`` layout as plain JSON, recursively.
+
+    ``{"width": w, "signed": bool}`` for a number; ``{"width", "enum": {name: value}}`` for an
+    enum; ``{"width", "fields": [{"name", "offset", ...}]}`` for a struct (offsets in bits from
+    the least significant bit); ``{"width", "count", "stride", "element": {...}}`` for an array,
+    element ``i`` at bits ``i * stride`` and up."""
+    import enum as py_enum
+
+    from amaranth import Shape
+    from amaranth.lib import data
+
+    if isinstance(shape, data.ArrayLayout):
+        elem = shape_doc(shape.elem_shape)
+        return {
+            "width": shape.size,
+            "count": shape.length,
+            "stride": elem["width"],
+            "element": elem,
+        }
+    if isinstance(shape, data.Layout):
+        fields = []
+        for fname, field in shape:
+            fields.append({"name": fname, "offset": field.offset, **shape_doc(field.shape)})
+        return {"width": shape.size, "fields": fields}
+    if isinstance(shape, type) and issubclass(shape, py_enum.Enum):
+        return {
+            "width": Shape.cast(shape).width,
+            "enum": {m.name: m.value for m in shape},
+        }
+    s = Shape.cast(shape)
+    return {"width": s.width, "signed": s.signed}
+
+
+def stream_docs(cfg: DREConfig, rule: str = "v2") -> dict:
+    """Every stream of :class:`hw.dre.DRE` with its payload's bit layout (from hw/layouts.py),
+    and the other payload layouts hw/layouts.py defines (standalone selectors)."""
+    from hw import layouts
+    from hw.cluster_unit import result_layout
+    from hw.dre import queries_stream_layout, selections_layout
+
+    dre = {
+        "keys": ("in", layouts.key_layout(cfg), "one key, d signed bk-bit elements"),
+        "assignments": (
+            "out",
+            result_layout(cfg),
+            "per key in order: cluster id, status (0 joined, 1 new, 2 forced, 3 dropped), last",
+        ),
+        "queries": (
+            "in",
+            queries_stream_layout(cfg, rule),
+            "v2: q_max query vectors and n_q, how many count"
+            if rule == "v2"
+            else "v1: one query vector",
+        ),
+        "selections": (
+            "out",
+            selections_layout(cfg, rule),
+            "RECORD beats in selection order, then one TRAILER per retrieval",
+        ),
+    }
+    streams = {
+        sname: {"direction": d, "doc": doc, "payload": shape_doc(lay)}
+        for sname, (d, lay, doc) in dre.items()
+    }
+    others = {}
+    for lname in layouts.__all__:
+        fn = getattr(layouts, lname)
+        if lname.endswith("_layout") and callable(fn) and lname != "key_layout":
+            others[lname] = shape_doc(fn(cfg))
+        elif lname.endswith("_LAYOUT"):
+            others[lname.lower()] = shape_doc(fn)
+    return {"streams": streams, "layouts": others}
+
+
 def export(
     cfg: DREConfig,
     out: Path,
@@ -168,8 +243,9 @@ def export(
     allow_large: bool = False,
     icarus: bool = False,
     log=None,
-) -> tuple[Path, Path]:
-    """Write ``out`` (Verilog) and ``out.with_suffix('.json')``; return both paths."""
+) -> dict[str, Path]:
+    """Write ``out`` (Verilog), ``<out>.json`` (configuration, register map, stream layouts) and
+    ``<out>.rdl`` (SystemRDL register map); return them by kind ("verilog", "json", "rdl")."""
     from hw import dre_regs
     from hw.dre import DRE
 
@@ -178,37 +254,56 @@ def export(
     dre = DRE(cfg, rule=rule)
     text = to_verilog(dre, name, log)
     out.write_text(icarus_nudge(text) if icarus else text)
-    meta = out.with_suffix(".json")
-    meta.write_text(
-        json.dumps(
+    files = {"verilog": out, "json": write_json(cfg, out, name, rule)}
+    files["rdl"] = out.with_suffix(".rdl")
+    files["rdl"].write_text(dre_regs.systemrdl(cfg, name, rule))
+    return files
+
+
+def write_json(cfg: DREConfig, out: Path, name: str, rule: str, extra: dict | None = None) -> Path:
+    from hw import dre_regs
+
+    meta = Path(out).with_suffix(".json")
+    doc = {
+        "top": name,
+        "config": cfg.to_dict(),
+        "rule": rule,
+        "register_map": [
             {
-                "top": name,
-                "config": cfg.to_dict(),
-                "rule": rule,
-                "register_map": [r.to_dict() for r in dre_regs.register_map(cfg)],
-                "register_bus": {
-                    "addr_bits": dre_regs.ADDR_BITS,
-                    "data_bits": dre_regs.DATA_BITS,
-                },
-            },
-            indent=2,
-        )
-        + "\n"
-    )
-    return out, meta
+                **r.to_dict(),
+                "fields": [
+                    dict(zip(("name", "lsb", "width", "doc"), f, strict=True))
+                    for f in dre_regs.fields_of(r)
+                ],
+            }
+            for r in dre_regs.register_map(cfg)
+        ],
+        "register_bus": {
+            "addr_bits": dre_regs.ADDR_BITS,
+            "data_bits": dre_regs.DATA_BITS,
+        },
+        **stream_docs(cfg, rule),
+        **(extra or {}),
+    }
+    meta.write_text(json.dumps(doc, indent=2) + "\n")
+    return meta
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         cfg = config_from(args)
+        name = args.name or Path(args.out).stem
         if args.regmap:
             from hw import dre_regs
 
+            rdl = Path(args.out).with_suffix(".rdl")
+            check_output_path(rdl)
+            rdl.write_text(dre_regs.systemrdl(cfg, name, args.rule))
             print(dre_regs.markdown(cfg), end="")
+            print(f"[export] {rdl} (SystemRDL register map)", file=sys.stderr)
             return 0
-        name = args.name or Path(args.out).stem
-        v, meta = export(
+        files = export(
             cfg,
             Path(args.out),
             name,
@@ -220,8 +315,10 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, json.JSONDecodeError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    v = files["verilog"]
     print(f"[export] {v} ({v.stat().st_size // 1024} KiB, top module {name})")
-    print(f"[export] {meta} (configuration and register map)")
+    print(f"[export] {files['json']} (configuration, register map, stream payload layouts)")
+    print(f"[export] {files['rdl']} (SystemRDL register map)")
     return 0
 
 

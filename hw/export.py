@@ -6,6 +6,7 @@ beside it, ``<out>.json`` with the configuration and the register map (:mod:`hw.
 that host software is generated from the same numbers as the RTL.  ``--config`` starts from a
 JSON written by an earlier export (or any ``DREConfig`` JSON); ``--set NAME=VALUE`` overrides.
 ``--regmap`` prints the register map as Markdown instead (and writes ``<out>.rdl``).
+``--bus axi`` exports :class:`hw.axi_dre.AXIDRE` (AXI4-Lite and AXI4-Stream ports) instead.
 ``--fusesoc DIR`` also writes a FuseSoC core there (:func:`write_fusesoc`).  ``--icarus`` adds
 the time-zero nudge that Icarus Verilog 11 needs (:func:`icarus_nudge`).
 
@@ -97,6 +98,13 @@ def parse_args(argv):
         help=f"override a parameter ({', '.join(DREConfig.names())}); repeatable",
     )
     ap.add_argument("--regmap", action="store_true", help="print the register map (Markdown)")
+    ap.add_argument(
+        "--bus",
+        choices=("native", "axi"),
+        default="native",
+        help="native: the DRE's own streams and register bus (default); axi: AXI4-Lite "
+        "registers and AXI4-Stream ports (hw/axi_dre.py)",
+    )
     ap.add_argument(
         "--fusesoc",
         default=None,
@@ -248,6 +256,7 @@ def export(
     name: str = "dre",
     rule: str = "v2",
     *,
+    bus: str = "native",
     allow_large: bool = False,
     icarus: bool = False,
     log=None,
@@ -259,10 +268,43 @@ def export(
 
     out = Path(out)
     check_export(cfg, out, name, allow_large=allow_large)
-    dre = DRE(cfg, rule=rule)
-    text = to_verilog(dre, name, log)
+    if bus == "axi":
+        from hw.axi_dre import AXIDRE, AXIL_ADDR_BITS, stream_ports
+
+        top = AXIDRE(cfg, rule=rule)
+        extra = {
+            "bus": "axi",
+            "axi": {
+                "axi4_lite": {
+                    "prefix": "s_axil",
+                    "addr_bits": AXIL_ADDR_BITS,
+                    "data_bits": dre_regs.DATA_BITS,
+                    "register_byte_address": "4 * addr",
+                },
+                "axi4_stream": {
+                    n: {
+                        "prefix": prefix,
+                        "direction": d,
+                        "tdata_bits": tw,
+                        "payload_bits": (0, w - 1),
+                        "tlast": {
+                            "keys": "optional, ignored (frames are GRID_W * GRID_H keys)",
+                            "queries": "ignored (one retrieval per beat)",
+                            "assignments": "payload field last: last key of the frame",
+                            "selections": "the TRAILER beat: end of one retrieval",
+                        }[n],
+                    }
+                    for n, (prefix, d, w, tw) in stream_ports(cfg, rule).items()
+                },
+            },
+        }
+    elif bus == "native":
+        top, extra = DRE(cfg, rule=rule), {"bus": "native"}
+    else:
+        raise ConfigError(f"bus={bus!r}; choose native or axi")
+    text = to_verilog(top, name, log)
     out.write_text(icarus_nudge(text) if icarus else text)
-    files = {"verilog": out, "json": write_json(cfg, out, name, rule)}
+    files = {"verilog": out, "json": write_json(cfg, out, name, rule, extra)}
     files["rdl"] = out.with_suffix(".rdl")
     files["rdl"].write_text(dre_regs.systemrdl(cfg, name, rule))
     return files
@@ -374,6 +416,7 @@ def main(argv: list[str] | None = None) -> int:
             Path(args.out),
             name,
             args.rule,
+            bus=args.bus,
             allow_large=args.allow_large,
             icarus=args.icarus,
             log=print,

@@ -218,3 +218,65 @@ def test_dreref_rejects_float_keys():
     assert ref.n_clusters == 0  # nothing was clustered
     ids, _status = ref.add_frame(np.array([[1, 2, 3, 4], [0, 1, 0, 1]]))
     assert len(ids) == 2 and ref.n_clusters >= 1
+
+
+# ---- make sim output: compile lines hidden, waveforms announced ----------------------------
+def test_long_run_with_waves_warns_first(capsys, monkeypatch):
+    """WAVES=1 on a long run prints the expected dump size before the build starts."""
+    import verif.runner
+
+    def stop(*_a, **_k):
+        raise verif.runner.SimulationFailed("stopped by the test")
+
+    monkeypatch.setattr(verif.runner, "run", stop)
+    monkeypatch.setenv("WAVES", "1")
+    sim_dre.main([*SMALL, "--grid", "2x3", "--frames", "5"])
+    out = capsys.readouterr().out
+    warn = out.index("warning: WAVES=1 on 5 frames")
+    assert "GB" in out[warn:] and warn < out.index("building and running")
+    monkeypatch.setenv("WAVES", "0")
+    sim_dre.main([*SMALL, "--grid", "2x3", "--frames", "5"])
+    assert "warning: WAVES" not in capsys.readouterr().out
+
+
+def test_runner_hides_compile_output_unless_verbose(tmp_path, monkeypatch):
+    """The simulator build writes to build.log (VERBOSE=1: to the terminal); a failed build
+    raises SimulationFailed with the end of that log."""
+    import logging
+
+    from amaranth import Module
+    from amaranth.lib import wiring
+    from amaranth.lib.wiring import In, Out
+
+    import verif.runner as runner
+
+    class Tiny(wiring.Component):
+        def __init__(self):
+            super().__init__({"a": In(4), "y": Out(4)})
+
+        def elaborate(self, platform):
+            m = Module()
+            m.d.comb += self.y.eq(self.a + 1)
+            return m
+
+    seen = {}
+
+    class FakeRunner:
+        log = logging.getLogger("fake-runner")
+
+        def build(self, **kw):
+            seen.update(kw)
+            if kw["log_file"]:
+                kw["log_file"].write_text("c++ -O3 ...\nerror: the compiler failed here\n")
+            raise RuntimeError("Command failed with return code: 2")
+
+    monkeypatch.setattr(runner, "get_runner", lambda sim: FakeRunner())
+    monkeypatch.delenv("VERBOSE", raising=False)
+    with pytest.raises(runner.SimulationFailed, match="build failed") as exc:
+        runner.run(Tiny(), "tiny", "verif.tb_dre", build_root=tmp_path)
+    assert seen["verbose"] is False and seen["log_file"].name == "build.log"
+    assert "the compiler failed here" in str(exc.value)
+    monkeypatch.setenv("VERBOSE", "1")
+    with pytest.raises(runner.SimulationFailed):
+        runner.run(Tiny(), "tiny", "verif.tb_dre", build_root=tmp_path)
+    assert seen["verbose"] is True and seen["log_file"] is None

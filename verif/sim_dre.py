@@ -31,6 +31,14 @@ from model.dre_config import ConfigError, DREConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_MARGIN = 3.0
+#: waveform size per simulated cycle of the default DRE configuration, measured with
+#: ``python -m verif.sim_dre --frames 2 --waves`` (Verilator VCD, as written without the lz4
+#: headers FST needs): 835 MB for 48,306 cycles.  FST compresses this; not measured here.
+VCD_BYTES_PER_CYCLE = 17_295
+#: simulated cycles per frame of the default configuration at 14 x 14 (docs/dre.md, make sim)
+CYCLES_PER_FRAME = 37_893
+#: more frames than this with waveforms on is a "long run": warn of the size first
+WAVES_SHORT_FRAMES = 4
 SIMULATORS = ("verilator", "icarus")
 OUT_DIR = ROOT / "build" / "sim_dre"
 
@@ -227,6 +235,26 @@ def table(rows: list[tuple[str, str]]) -> str:
     return "\n".join(lines)
 
 
+def _flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() not in ("", "0", "false", "no")
+
+
+def waves_warning(args, cfg: DREConfig) -> str:
+    """One line: the expected waveform size of this run, from the measured bytes per cycle."""
+    h, w = args.grid
+    cycles = args.frames * CYCLES_PER_FRAME * (h * w) / 196
+    scale = max(1.0, (cfg.d * cfg.n_max) / (64 * 256))  # more state, more signals (rough)
+    gb = cycles * VCD_BYTES_PER_CYCLE * scale / 1e9
+    from verif.runner import _have_lz4
+
+    what = f"an FST dump (up to {gb:.1f} GB as VCD)" if _have_lz4() else f"a {gb:.1f} GB VCD"
+    return (
+        f"[sim_dre] warning: WAVES=1 on {args.frames} frames (~{cycles / 1e6:.1f} M cycles) "
+        f"writes roughly {what} and runs several times slower; for the waveform of a failure rerun "
+        f"with --frames {WAVES_SHORT_FRAMES} and the same --seed"
+    )
+
+
 def seed_from_env(default: int = 1) -> int:
     """``VREX_SEED`` as an integer (``default`` when unset); :class:`ConfigError` otherwise."""
     text = os.environ.get("VREX_SEED", "").strip()
@@ -368,6 +396,8 @@ def main(argv: list[str] | None = None) -> int:
     spec["out"] = str(out_path.resolve())
     spec_path.write_text(json.dumps(spec))
     tool = {"verilator": "Verilator", "icarus": "Icarus Verilog"}[args.sim]
+    if (args.waves or _flag("WAVES")) and args.frames > WAVES_SHORT_FRAMES:
+        print(waves_warning(args, cfg))
     print(f"[sim_dre] RTL: building and running the DRE in {tool} (progress per frame below)")
     t0 = time.perf_counter()
     failed = None

@@ -131,6 +131,9 @@ def parse_args(argv):
 
 
 def config_from(args) -> DREConfig:
+    """The configuration of ``--config`` or ``--preset`` (not both), then ``--set``."""
+    if args.config and args.preset:
+        raise ConfigError("--config and --preset both name a starting configuration; give one")
     base = DREConfig.from_json(args.config) if args.config else DREConfig()
     if args.preset:
         from model.dre_config import preset
@@ -404,6 +407,15 @@ def main(argv: list[str] | None = None) -> int:
             check_output_path(Path(args.fusesoc) / f"{name}.core", "--fusesoc")
         if args.regmap:
             from hw import dre_regs
+
+            extra = [f for f, on in (("--fusesoc", args.fusesoc), ("--icarus", args.icarus)) if on]
+            if args.bus != "native":
+                extra.append("--bus")
+            if extra:
+                raise ConfigError(
+                    f"--regmap writes only the register map; {', '.join(extra)} need(s) a "
+                    f"Verilog export (drop --regmap)"
+                )
 
             rdl = Path(args.out).with_suffix(".rdl")
             check_output_path(rdl)

@@ -108,6 +108,20 @@ def test_export_out_is_a_directory(tmp_path, capsys, no_long_work):
     one_error_line(capsys, "is a directory")
 
 
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["--regmap", "--fusesoc", "x"], "--fusesoc need(s) a Verilog export"),
+        (["--regmap", "--bus", "axi"], "--bus need(s) a Verilog export"),
+        (["--preset", "video7b", "--config", "c.json"], "give one"),
+    ],
+)
+def test_export_options_that_would_be_ignored(tmp_path, capsys, no_long_work, args, fragment):
+    """--regmap used to drop --fusesoc/--bus silently, --preset to override --config."""
+    assert hw_export.main(["--out", str(tmp_path / "x.v"), *args]) == 2
+    one_error_line(capsys, fragment)
+
+
 def test_export_out_unwritable(capsys, no_long_work):
     assert hw_export.main(["--out", "/proc/nope/x.v", *SMALL]) == 2
     one_error_line(capsys, "/proc/nope", "cannot")
@@ -146,6 +160,7 @@ def sim_err(capsys, args, *fragments):
         (["--frames-folder", "/nonexistent/frames"], ("--frames-folder", "no such")),
         (["--set", "n_max=1", "--set", "k_cap=1"], ("n_max=1 must be >= 2",)),
         (["--preset", "nope"], ("unknown preset",)),
+        (["--preset", "default", "--config", "x.json"], ("give one",)),
     ],
 )
 def test_sim_dre_bad_options(capsys, no_long_work, args, fragments):
@@ -225,7 +240,8 @@ def test_long_run_with_waves_warns_first(capsys, monkeypatch):
     """WAVES=1 on a long run prints the expected dump size before the build starts."""
     import verif.runner
 
-    def stop(*_a, **_k):
+    def stop(component, *_a, **_k):
+        component._MustUse__silence = True  # built, deliberately not simulated
         raise verif.runner.SimulationFailed("stopped by the test")
 
     monkeypatch.setattr(verif.runner, "run", stop)

@@ -151,11 +151,11 @@ def build_spec(cfg: DREConfig, args, log=print) -> tuple[dict, dict]:
         source=args.frames_folder,
         layer=args.layer,
         head=args.head,
-        queries_per_frame=args.queries,  # resolved in main
+        queries_per_frame=args.queries or (cfg.q_max if args.rule == "v2" else 2),
         tau_t=args.tau_t,
         tau_s=args.tau_s,
-        margin=args.margin,
-        k_min=args.k_min,
+        margin=DEFAULT_MARGIN if args.margin is None else args.margin,
+        k_min=1 if args.k_min is None else args.k_min,
         k_max=args.k_max,
         table_size=args.table_size,
         seed=args.seed,
@@ -294,15 +294,16 @@ def check_args(cfg: DREConfig, args) -> None:
             f"{', '.join(x.replace('_', '-') for x in v1_only)} apply to --rule v1 only "
             f"(v2 selects --budget tokens)"
         )
-    args.margin = DEFAULT_MARGIN if args.margin is None else args.margin
-    args.k_min = 1 if args.k_min is None else args.k_min
-    args.k_max = cfg.k_cap if args.k_max is None else args.k_max
-    if not (args.margin >= 0 and args.margin < float("inf")):
-        raise ConfigError(f"--margin={args.margin} must be a finite number >= 0")
-    if not 1 <= args.k_max <= cfg.k_cap:
-        raise ConfigError(f"--k-max={args.k_max} must be in 1 .. k_cap={cfg.k_cap}")
-    if not 1 <= args.k_min <= args.k_max:
-        raise ConfigError(f"--k-min={args.k_min} must be in 1 .. k_max={args.k_max}")
+    if args.rule == "v1":  # v2 leaves them unset (build_spec programs the defaults)
+        args.margin = DEFAULT_MARGIN if args.margin is None else args.margin
+        args.k_min = 1 if args.k_min is None else args.k_min
+        args.k_max = cfg.k_cap if args.k_max is None else args.k_max
+        if not (args.margin >= 0 and args.margin < float("inf")):
+            raise ConfigError(f"--margin={args.margin} must be a finite number >= 0")
+        if not 1 <= args.k_max <= cfg.k_cap:
+            raise ConfigError(f"--k-max={args.k_max} must be in 1 .. k_cap={cfg.k_cap}")
+        if not 1 <= args.k_min <= args.k_max:
+            raise ConfigError(f"--k-min={args.k_min} must be in 1 .. k_max={args.k_max}")
     if args.table_size is not None and not 1 <= args.table_size <= cfg.n_max:
         raise ConfigError(f"--table-size={args.table_size} must be in 1 .. n_max={cfg.n_max}")
     bad = [t for t in args.clear_at if not 0 <= t < args.frames]
@@ -344,12 +345,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.seed is None:
             args.seed = seed_from_env()
-        base = DREConfig.from_json(args.config) if args.config else DREConfig()
-        if args.preset:
-            from model.dre_config import preset
+        from hw.export import config_from
 
-            base = preset(args.preset)
-        cfg = DREConfig.from_overrides(args.set, base=base)
+        cfg = config_from(args)
         from hw.dre import DRE
         from hw.export import check_output_path
 

@@ -75,6 +75,10 @@ def test_export_bus_axi_ports_and_json(tmp_path):
         assert tw % 8 == 0
     for sig in ("awaddr", "wdata", "wstrb", "bresp", "araddr", "rdata", "rresp"):
         assert f"s_axil_{sig}" in text
+    from verif.lint_verilog import lint_file
+
+    res = lint_file(out, "axi_dre")  # verilator --lint-only -Wall with the project waivers
+    assert res.ok, res.messages
     meta = json.loads(out.with_suffix(".json").read_text())
     assert meta["bus"] == "axi"
     axis = meta["axi"]["axi4_stream"]

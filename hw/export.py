@@ -1,10 +1,13 @@
 """Verilog of the DRE: ``python -m hw.export --out build/dre.v [--set d=128 --set lanes=16 ...]``.
 
 Writes the Verilog of :class:`hw.dre.DRE` (top module ``--name``, default the file's stem, so
-that file and module names agree) and,
-beside it, ``<out>.json`` with the configuration and the register map (:mod:`hw.dre_regs`), so
-that host software is generated from the same numbers as the RTL.  ``--config`` starts from a
-JSON written by an earlier export (or any ``DREConfig`` JSON); ``--set NAME=VALUE`` overrides.
+that file and module names agree) and, beside it, ``<out>.json`` with the configuration, the
+register map (:mod:`hw.dre_regs`) and the bit layout of every stream payload
+(:mod:`hw.layouts`), and ``<out>.rdl``, the register map in SystemRDL, so that host software
+is generated from the same numbers as the RTL (``docs/ecosystem.md``).  Each file is written
+to a temporary name and renamed, so an interrupted export leaves no half-written file.
+``--config`` starts from a JSON written by an earlier export (or any ``DREConfig`` JSON);
+``--set NAME=VALUE`` overrides.
 ``--regmap`` prints the register map as Markdown instead (and writes ``<out>.rdl``).
 ``--bus axi`` exports :class:`hw.axi_dre.AXIDRE` (AXI4-Lite and AXI4-Stream ports) instead.
 ``--fusesoc DIR`` also writes a FuseSoC core there (:func:`write_fusesoc`).  ``--icarus`` adds
@@ -54,6 +57,13 @@ def icarus_nudge(text: str) -> str:
     return _YOSYS_TRIGGER.sub(
         lambda m: f"{m.group(0)}\n{m.group(1)}initial #0 {m.group(2)} = 1'b1;", text
     )
+
+
+def write_text(path: Path, text: str) -> None:
+    """Write ``path`` whole or not at all (a temporary file beside it, then a rename)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
 
 
 def check_output_path(path, flag: str = "--out") -> Path:
@@ -306,10 +316,10 @@ def export(
     else:
         raise ConfigError(f"bus={bus!r}; choose native or axi")
     text = to_verilog(top, name, log)
-    out.write_text(icarus_nudge(text) if icarus else text)
+    write_text(out, icarus_nudge(text) if icarus else text)
     files = {"verilog": out, "json": write_json(cfg, out, name, rule, extra)}
     files["rdl"] = out.with_suffix(".rdl")
-    files["rdl"].write_text(dre_regs.systemrdl(cfg, name, rule))
+    write_text(files["rdl"], dre_regs.systemrdl(cfg, name, rule))
     return files
 
 
@@ -338,7 +348,7 @@ def write_json(cfg: DREConfig, out: Path, name: str, rule: str, extra: dict | No
         **stream_docs(cfg, rule),
         **(extra or {}),
     }
-    meta.write_text(json.dumps(doc, indent=2) + "\n")
+    write_text(meta, json.dumps(doc, indent=2) + "\n")
     return meta
 
 
@@ -419,7 +429,7 @@ def main(argv: list[str] | None = None) -> int:
 
             rdl = Path(args.out).with_suffix(".rdl")
             check_output_path(rdl)
-            rdl.write_text(dre_regs.systemrdl(cfg, name, args.rule))
+            write_text(rdl, dre_regs.systemrdl(cfg, name, args.rule))
             print(dre_regs.markdown(cfg), end="")
             print(f"[export] {rdl} (SystemRDL register map)", file=sys.stderr)
             return 0

@@ -36,9 +36,15 @@ from model.dre_config import ConfigError, DREConfig
 VERILOG_SUFFIXES = (".v", ".sv")
 WAIVERS = Path(__file__).resolve().parent.parent / "verif" / "waivers.vlt"
 #: largest n_max exported without --allow-large.  Measured on the 2-core CI machine (default
-#: d=64): n_max 512 takes 35 s and 0.28 GB, n_max 2048 76 s and 0.54 GB, growing about linearly,
-#: so n_max 65536 would take about 40 minutes and some 10 GB.  (grid_max 65536 takes 42 s.)
+#: d=64): n_max 512 takes 35 s and 0.28 GB, 2048 76 s and 0.54 GB, 4096 126 s and 1.07 GB, so
+#: about 31 ms and 0.26 MB per entry: n_max 65536 would take some 35 minutes and 17 GB.
+#: (grid_max 65536 takes 42 s.)
 LARGE = 8192
+
+
+def export_cost(cfg: DREConfig) -> tuple[float, float]:
+    """Rough (seconds, GB) of an export of ``cfg``, from the measurements above."""
+    return 20 + 0.031 * cfg.n_max, 0.15 + 0.00026 * cfg.n_max
 
 
 #: the register Yosys' write_verilog puts into the sensitivity of every ``always @*`` block
@@ -165,9 +171,10 @@ def check_export(cfg: DREConfig, out: Path, name: str, *, allow_large: bool = Fa
         )
     DRE.check_config(cfg)
     if cfg.n_max > LARGE and not allow_large:
+        sec, gb = export_cost(cfg)
         raise ConfigError(
-            f"n_max={cfg.n_max} is above {LARGE}: the export would take roughly "
-            f"{max(1, round(cfg.n_max / 1600))} minutes and several GB; pass --allow-large"
+            f"n_max={cfg.n_max} is above {LARGE}: the export would take about "
+            f"{sec / 60:.0f} minutes and {gb:.0f} GB; pass --allow-large to run it"
         )
     check_output_path(out)
 
@@ -281,6 +288,9 @@ def export(
 
     out = Path(out)
     check_export(cfg, out, name, allow_large=allow_large)
+    if cfg.n_max > 1024 and log:
+        sec, gb = export_cost(cfg)
+        log(f"[export] n_max={cfg.n_max}: expect about {sec:.0f} s and {gb:.1f} GB of memory")
     if bus == "axi":
         from hw.axi_dre import AXIDRE, AXIL_ADDR_BITS, stream_ports
 

@@ -167,6 +167,15 @@ def test_sim_dre_bad_options(capsys, no_long_work, args, fragments):
     sim_err(capsys, args, *fragments)
 
 
+def test_sim_dre_frames_folder_too_short(tmp_path, capsys, no_long_work):
+    """A 3-frame .npy with --frames 4 used to run 3 frames without a word."""
+    import numpy as np
+
+    npy = tmp_path / "three.npy"
+    np.save(npy, np.zeros((3, 16, 16, 3), dtype=np.uint8))
+    sim_err(capsys, ["--frames-folder", str(npy)], "--frames=4", "holds only 3 frames")
+
+
 def test_sim_dre_out_unwritable_fails_first(capsys, no_long_work):
     """7: --out /proc/nope/x.json ran the whole simulation, then failed in cocotb."""
     sim_err(capsys, ["--out", "/proc/nope/x.json"], "--out /proc/nope/x.json", "cannot")

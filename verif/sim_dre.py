@@ -56,7 +56,7 @@ def parse_args(argv):
         "--frames-folder",
         default=None,
         metavar="PATH",
-        help="real frames: a folder of PNG/JPEG files or a .npy array",
+        help="real frames: a folder of PNG/JPEG files or a .npy array (or 'photos')",
     )
     ap.add_argument(
         "--config",
@@ -325,8 +325,18 @@ def check_args(cfg: DREConfig, args) -> None:
             f"--budget={args.budget} must be >= 1 and fit the BUDGET register "
             f"({cfg.count_bits + cfg.n_max.bit_length()} bits)"
         )
-    if args.frames_folder is not None and not Path(args.frames_folder).exists():
-        raise ConfigError(f"--frames-folder {args.frames_folder}: no such file or folder")
+    if args.frames_folder is not None:
+        from model.video import VideoError, open_video
+
+        try:
+            video = open_video(args.frames_folder, frames=args.frames, seed=args.seed or 0)
+        except VideoError as exc:
+            raise ConfigError(f"--frames-folder: {exc}") from None
+        if len(video) < args.frames:  # the stream would silently be shorter
+            raise ConfigError(
+                f"--frames={args.frames} but --frames-folder {args.frames_folder} holds only "
+                f"{len(video)} frames"
+            )
 
 
 def check_simulator(name: str | None) -> str:

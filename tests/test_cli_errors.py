@@ -9,6 +9,7 @@ elaboration) raise if it is reached, so a check that came too late fails here.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -305,3 +306,37 @@ def test_runner_hides_compile_output_unless_verbose(tmp_path, monkeypatch):
     with pytest.raises(runner.SimulationFailed):
         runner.run(Tiny(), "tiny", "verif.tb_dre", build_root=tmp_path)
     assert seen["verbose"] is True and seen["log_file"] is None
+
+
+def test_error_trailers_never_pass(tmp_path, capsys, monkeypatch):
+    """5: a run whose retrievals (other than the N = 0 check) all end in error trailers is
+    FAILED even when the RTL matches the reference bit for bit."""
+    import verif.runner
+
+    real_build_spec = sim_dre.build_spec
+
+    def build_spec(cfg, args, log=print):
+        spec, golden = real_build_spec(cfg, args, log)
+        for f in spec["frames"]:
+            for q in f["queries"]:
+                q["records"], q["planes_read"], q["error"] = [], 0, 1 << 3  # as k_max > k_cap
+        return spec, golden
+
+    def fake_run(component, name, module, *, extra_env, **_k):
+        """The RTL 'agrees' with every expectation: a summary with no mismatch."""
+        component._MustUse__silence = True
+        spec = json.loads(Path(extra_env["VREX_DRE"][1:]).read_text())
+        n = 1 + sum(len(f["queries"]) for f in spec["frames"])
+        frames = [{"cycles": 10, "tokens": len(f["keys"]), "queries": 2} for f in spec["frames"]]
+        summary = {"frames": frames, "assignments": 6, "retrievals": n, "mismatches": 0}
+        summary |= {"retrieval_cycles": [1] * n, "sim_cycles": 100, "wall_s": 1.0}
+        with open(spec["out"], "w") as fh:
+            json.dump(summary, fh)
+
+    monkeypatch.setattr(sim_dre, "build_spec", build_spec)
+    monkeypatch.setattr(verif.runner, "run", fake_run)
+    args = [*SMALL, "--grid", "2x3", "--frames", "2", "--out", str(tmp_path / "s.json")]
+    assert sim_dre.main(args) == 1
+    cap = capsys.readouterr()
+    assert "PASS" not in cap.out and "4 retrievals ended in an error trailer" in cap.err
+    assert "retrievals (incl. 5 error checks)" in cap.out

@@ -53,6 +53,9 @@ test: setup
 regress: setup
 	$(TOOLS) $(PYTEST) -m regress -q
 
+# make sim [SIMARGS='...'] [SIM=icarus] [WAVES=1] [VERBOSE=1]: the simulator's compile output
+# goes to build.log in its build folder unless VERBOSE=1; WAVES=1 on a long run first prints the
+# expected dump size (docs/ecosystem.md).  The variables reach verif/runner.py as environment.
 sim: setup
 	$(TOOLS) $(PY) -m verif.sim_dre $(SIMARGS)
 

@@ -87,6 +87,10 @@ class TokenRetrieval:
         return 0 if self.selection is None else self.selection.planes_read
 
 
+def _is_int_dtype(t: torch.Tensor) -> bool:
+    return not (t.is_floating_point() or t.is_complex())
+
+
 class DRERef:
     """The DRE top level in integers: clustering, the plane store, retrieval.
 
@@ -107,7 +111,16 @@ class DRERef:
         self.cluster.clear()  # the plane store keeps its contents; N = 0 hides them
 
     def add_frame(self, keys: Sequence[Sequence[int]]) -> tuple[list[int], list[int]]:
-        """Cluster one frame (``GRID_H * GRID_W`` keys); returns per key (ids, status)."""
+        """Cluster one frame (``GRID_H * GRID_W`` keys); returns per key (ids, status).
+
+        ``keys`` must hold integers (as :meth:`retrieve` requires of a query): float keys are
+        rejected with ValueError, never truncated."""
+        try:
+            t = keys if isinstance(keys, torch.Tensor) else torch.as_tensor(keys)
+        except (TypeError, ValueError, RuntimeError):
+            t = None  # ragged or odd input: ClusterRef.add_frame names what is wrong
+        if t is not None and t.numel() and (t.dtype == torch.bool or not _is_int_dtype(t)):
+            raise ValueError(f"keys must hold integers (quantised), got dtype {t.dtype}")
         r, c = self.regs, self.cluster
         c.table_size = r.table_size or self.cfg.n_max
         c.tau_t, c.tau_s, c.bias_scale = r.tau_t, r.tau_s, r.bias_scale

@@ -9,13 +9,18 @@ One function, :func:`run`, used by every co-simulation (pytest and the benchmark
 * the result XML is read back: zero tests or any failure raises :class:`SimulationFailed`.
 
 ``WAVES=1`` in the environment (or ``waves=True``) dumps an FST waveform (Verilator) or a VCD
-(Icarus) next to the build, and its path is printed.  ``SIM=icarus`` picks Icarus.
+(Icarus) next to the build, and its path is printed.  ``SIM=icarus`` picks Icarus.  The
+simulator's build output (the Verilator and C++ compile lines) goes to ``build.log`` in the build
+directory and one line says so; ``VERBOSE=1`` prints it instead.  A failed build raises
+:class:`SimulationFailed` with the last lines of that log.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
+import time
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -23,6 +28,7 @@ from amaranth.back import verilog
 from cocotb_tools.check_results import get_results
 from cocotb_tools.runner import get_runner
 
+from hw.export import icarus_nudge
 from verif import toolenv
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -72,6 +78,8 @@ def run(
     toolenv.require("verilator" if sim == "verilator" else "iverilog")
 
     text = to_verilog(component, name)
+    if sim == "icarus":
+        text = icarus_nudge(text)
     key = hashlib.sha1(text.encode()).hexdigest()[:12]
     build_dir = build_root / f"{name}-{sim}-{key}{'-waves' if waves else ''}"
     build_dir.mkdir(parents=True, exist_ok=True)
@@ -88,6 +96,10 @@ def run(
             os.environ["MAKEFLAGS"] = f"{flags} CFG_CXXFLAGS_PCH_I=-include".strip()
 
     runner = get_runner(sim)
+    verbose = _flag("VERBOSE")
+    if not verbose:  # cocotb's "Running command ..." lines are compile lines too
+        runner.log.setLevel(logging.WARNING)
+    build_log = None if verbose else build_dir / "build.log"
     build_args: list[str] = []
     sources = [src]
     if sim == "verilator":
@@ -101,14 +113,30 @@ def run(
                     "[waves] lz4.h not found: writing VCD instead of FST "
                     "(apt-get install liblz4-dev for FST)"
                 )
-    runner.build(
-        sources=sources,
-        hdl_toplevel=name,
-        build_dir=build_dir,
-        build_args=build_args,
-        timescale=("1ns", "1ps"),
-        waves=waves,
-    )
+    t0 = time.perf_counter()
+    try:
+        runner.build(
+            sources=sources,
+            hdl_toplevel=name,
+            build_dir=build_dir,
+            build_args=build_args,
+            timescale=("1ns", "1ps"),
+            waves=waves,
+            verbose=verbose,
+            log_file=build_log,
+        )
+    except RuntimeError as exc:
+        tail = ""
+        if build_log is not None and build_log.exists():
+            tail = "\n".join(build_log.read_text(errors="replace").splitlines()[-30:])
+        raise SimulationFailed(
+            f"{name}: the {sim} build failed ({exc}); log {build_log or 'above'}\n{tail}"
+        ) from None
+    if build_log is not None:
+        print(
+            f"[sim] {name}: {sim} build ready in {time.perf_counter() - t0:.1f} s "
+            f"(compile output in {build_log}; VERBOSE=1 shows it)"
+        )
     results = build_dir / f"results-{test_module.rsplit('.', 1)[-1]}-{os.getpid()}.xml"
     results.unlink(missing_ok=True)  # never read a stale file of an earlier run
     env = {k: str(v) for k, v in (extra_env or {}).items()}

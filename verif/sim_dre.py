@@ -10,8 +10,11 @@ queries through the Verilated top level :class:`hw.dre.DRE` with cocotb
 ``planes_read`` and error flag, and at the end the performance counters, bit for bit.
 
 Prints one progress line per frame and a final table; the exit status is non-zero on any
-mismatch (and 2 on a bad option).  ``WAVES=1`` (or ``--waves``) dumps an FST waveform,
-``SIM=icarus`` (or ``--sim icarus``) runs Icarus Verilog instead of Verilator.
+mismatch.  A bad option (out of range, meaningless for the rule, an ``--out`` that cannot be
+written, a bad ``VREX_SEED`` or ``SIM``, a missing simulator) prints one ``error:`` line and
+exits with status 2 before the golden model or the simulator starts.  ``WAVES=1`` (or
+``--waves``) dumps an FST waveform, ``SIM=icarus`` (or ``--sim icarus``) runs Icarus Verilog
+instead of Verilator.
 """
 
 from __future__ import annotations
@@ -27,6 +30,19 @@ from model.bench import parse_grid
 from model.dre_config import ConfigError, DREConfig
 
 ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_MARGIN = 3.0
+#: waveform size per simulated cycle of the default DRE configuration, measured with
+#: ``python -m verif.sim_dre --frames 2 --waves`` (Verilator VCD, as written without the lz4
+#: headers FST needs): 835 MB for 48,306 cycles.  FST compresses this; not measured here.
+VCD_BYTES_PER_CYCLE = 17_295
+#: simulated cycles per frame of the default configuration at 14 x 14 (docs/dre.md, make sim)
+CYCLES_PER_FRAME = 37_893
+#: Icarus Verilog 11 on the default configuration, measured with
+#: ``python -m verif.sim_dre --frames 1 --sim icarus``: 21,475 cycles in 17.7 s
+ICARUS_CYCLES_PER_S = 1_217
+#: more frames than this with waveforms on is a "long run": warn of the size first
+WAVES_SHORT_FRAMES = 4
+SIMULATORS = ("verilator", "icarus")
 OUT_DIR = ROOT / "build" / "sim_dre"
 
 
@@ -40,7 +56,7 @@ def parse_args(argv):
         "--frames-folder",
         default=None,
         metavar="PATH",
-        help="real frames: a folder of PNG/JPEG files or a .npy array",
+        help="real frames: a folder of PNG/JPEG files or a .npy array (or 'photos')",
     )
     ap.add_argument(
         "--config",
@@ -75,12 +91,17 @@ def parse_args(argv):
     ap.add_argument(
         "--raw-max", action="store_true", help="v2: no per-query normalisation (CTRL.raw_max)"
     )
-    ap.add_argument("--tau-t", type=float, default=0.9)
-    ap.add_argument("--tau-s", type=float, default=0.8)
-    ap.add_argument("--margin", type=float, default=3.0, help="ReSV margin in attention logits")
-    ap.add_argument("--k-min", type=int, default=1)
-    ap.add_argument("--k-max", type=int, default=None, help="default: k_cap")
-    ap.add_argument("--table-size", type=int, default=None, help="default: n_max")
+    ap.add_argument("--tau-t", type=float, default=0.9, help="temporal threshold in [0, 1] (0.9)")
+    ap.add_argument("--tau-s", type=float, default=0.8, help="spatial threshold in [0, 1] (0.8)")
+    ap.add_argument(
+        "--margin",
+        type=float,
+        default=None,
+        help=f"v1: ReSV margin in attention logits, >= 0 (default {DEFAULT_MARGIN})",
+    )
+    ap.add_argument("--k-min", type=int, default=None, help="v1: 1 .. k_max (default 1)")
+    ap.add_argument("--k-max", type=int, default=None, help="v1: k_min .. k_cap (default k_cap)")
+    ap.add_argument("--table-size", type=int, default=None, help="1 .. n_max (default n_max)")
     ap.add_argument(
         "--clear-at",
         type=int,
@@ -108,7 +129,9 @@ def parse_args(argv):
         default=None,
         help="seed of the video, weights and query picks (default $VREX_SEED or 1)",
     )
-    ap.add_argument("--sim", choices=("verilator", "icarus"), default=None)
+    ap.add_argument(
+        "--sim", choices=SIMULATORS, default=None, help="simulator (default $SIM or verilator)"
+    )
     ap.add_argument("--waves", action="store_true", help="dump waveforms (same as WAVES=1)")
     ap.add_argument("--out", default=None, metavar="JSON", help="write the summary here")
     return ap.parse_args(argv)
@@ -131,11 +154,11 @@ def build_spec(cfg: DREConfig, args, log=print) -> tuple[dict, dict]:
         source=args.frames_folder,
         layer=args.layer,
         head=args.head,
-        queries_per_frame=args.queries,  # resolved in main
+        queries_per_frame=args.queries or (cfg.q_max if args.rule == "v2" else 2),
         tau_t=args.tau_t,
         tau_s=args.tau_s,
-        margin=args.margin,
-        k_min=args.k_min,
+        margin=DEFAULT_MARGIN if args.margin is None else args.margin,
+        k_min=1 if args.k_min is None else args.k_min,
         k_max=args.k_max,
         table_size=args.table_size,
         seed=args.seed,
@@ -215,41 +238,145 @@ def table(rows: list[tuple[str, str]]) -> str:
     return "\n".join(lines)
 
 
+def _flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() not in ("", "0", "false", "no")
+
+
+def waves_warning(args, cfg: DREConfig) -> str:
+    """One line: the expected waveform size of this run, from the measured bytes per cycle."""
+    h, w = args.grid
+    cycles = args.frames * CYCLES_PER_FRAME * (h * w) / 196
+    scale = max(1.0, (cfg.d * cfg.n_max) / (64 * 256))  # more state, more signals (rough)
+    gb = cycles * VCD_BYTES_PER_CYCLE * scale / 1e9
+    from verif.runner import _have_lz4
+
+    what = f"an FST dump (up to {gb:.1f} GB as VCD)" if _have_lz4() else f"a {gb:.1f} GB VCD"
+    return (
+        f"[sim_dre] warning: WAVES=1 on {args.frames} frames (~{cycles / 1e6:.1f} M cycles) "
+        f"writes roughly {what} and runs several times slower; for the waveform of a failure rerun "
+        f"with --frames {WAVES_SHORT_FRAMES} and the same --seed"
+    )
+
+
+def seed_from_env(default: int = 1) -> int:
+    """``VREX_SEED`` as an integer (``default`` when unset); :class:`ConfigError` otherwise."""
+    text = os.environ.get("VREX_SEED", "").strip()
+    if not text:
+        return default
+    try:
+        return int(text, 0)
+    except ValueError:
+        raise ConfigError(f"VREX_SEED={text!r} is not an integer") from None
+
+
+def check_args(cfg: DREConfig, args) -> None:
+    """Every option against ``cfg`` and the rule, before any work; resolves the defaults."""
+    from model.dre_cluster import tau_fixed
+
+    h, w = args.grid
+    if args.frames < 1:
+        raise ConfigError(f"--frames={args.frames} must be >= 1")
+    if h * w > cfg.grid_max:
+        raise ConfigError(
+            f"--grid {h}x{w} has {h * w} tokens, more than grid_max={cfg.grid_max}; "
+            f"use --set grid_max={h * w}"
+        )
+    for name in ("stall", "gap"):
+        if not 0 <= getattr(args, name) < 1:
+            raise ConfigError(f"--{name}={getattr(args, name)} must be in [0, 1)")
+    for name in ("tau_t", "tau_s"):
+        try:
+            tau_fixed(getattr(args, name), cfg.tau_frac_bits)
+        except ConfigError:
+            raise ConfigError(
+                f"--{name.replace('_', '-')}={getattr(args, name)} must be in [0, 1]"
+            ) from None
+    v1_only = [f"--{n}" for n in ("margin", "k_min", "k_max") if getattr(args, n) is not None]
+    if args.rule == "v2" and v1_only:
+        raise ConfigError(
+            f"{', '.join(x.replace('_', '-') for x in v1_only)} apply to --rule v1 only "
+            f"(v2 selects --budget tokens)"
+        )
+    if args.rule == "v1":  # v2 leaves them unset (build_spec programs the defaults)
+        args.margin = DEFAULT_MARGIN if args.margin is None else args.margin
+        args.k_min = 1 if args.k_min is None else args.k_min
+        args.k_max = cfg.k_cap if args.k_max is None else args.k_max
+        if not (args.margin >= 0 and args.margin < float("inf")):
+            raise ConfigError(f"--margin={args.margin} must be a finite number >= 0")
+        if not 1 <= args.k_max <= cfg.k_cap:
+            raise ConfigError(f"--k-max={args.k_max} must be in 1 .. k_cap={cfg.k_cap}")
+        if not 1 <= args.k_min <= args.k_max:
+            raise ConfigError(f"--k-min={args.k_min} must be in 1 .. k_max={args.k_max}")
+    if args.table_size is not None and not 1 <= args.table_size <= cfg.n_max:
+        raise ConfigError(f"--table-size={args.table_size} must be in 1 .. n_max={cfg.n_max}")
+    bad = [t for t in args.clear_at if not 0 <= t < args.frames]
+    if bad:
+        raise ConfigError(
+            f"--clear-at {bad[0]}: frames are numbered 0 .. {args.frames - 1} (--frames)"
+        )
+    if args.queries is None:
+        args.queries = cfg.q_max if args.rule == "v2" else 2
+    if args.rule == "v2" and not 1 <= args.queries <= cfg.q_max:
+        raise ConfigError(f"--queries={args.queries}; v2 takes 1 .. q_max={cfg.q_max}")
+    if args.queries < 1:
+        raise ConfigError(f"--queries={args.queries} must be >= 1")
+    if args.rule == "v2" and not 1 <= args.budget < 1 << (cfg.count_bits + cfg.n_max.bit_length()):
+        raise ConfigError(
+            f"--budget={args.budget} must be >= 1 and fit the BUDGET register "
+            f"({cfg.count_bits + cfg.n_max.bit_length()} bits)"
+        )
+    if args.frames_folder is not None:
+        from model.video import VideoError, open_video
+
+        try:
+            video = open_video(args.frames_folder, frames=args.frames, seed=args.seed or 0)
+        except VideoError as exc:
+            raise ConfigError(f"--frames-folder: {exc}") from None
+        if len(video) < args.frames:  # the stream would silently be shorter
+            raise ConfigError(
+                f"--frames={args.frames} but --frames-folder {args.frames_folder} holds only "
+                f"{len(video)} frames"
+            )
+
+
+def check_simulator(name: str | None) -> str:
+    """The simulator to run (``--sim``, else ``$SIM``, else verilator), present on this machine."""
+    from verif import toolenv
+
+    sim = name or os.environ.get("SIM", "").strip() or "verilator"
+    if sim not in SIMULATORS:
+        raise ConfigError(f"SIM={sim!r} is not a simulator here; choose {' or '.join(SIMULATORS)}")
+    try:
+        toolenv.require("verilator" if sim == "verilator" else "iverilog")
+    except toolenv.ToolMissing as exc:
+        raise ConfigError(str(exc)) from None
+    return sim
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if args.seed is None:
-        args.seed = int(os.environ.get("VREX_SEED", "1"))
     try:
-        base = DREConfig.from_json(args.config) if args.config else DREConfig()
-        if args.preset:
-            from model.dre_config import preset
+        if args.seed is None:
+            args.seed = seed_from_env()
+        from hw.export import config_from
 
-            base = preset(args.preset)
-        cfg = DREConfig.from_overrides(args.set, base=base)
-        h, w = args.grid
-        if args.frames < 1:
-            raise ConfigError(f"--frames={args.frames} must be >= 1")
-        if h * w > cfg.grid_max:
-            raise ConfigError(
-                f"--grid {h}x{w} has {h * w} tokens, more than grid_max={cfg.grid_max}; "
-                f"use --set grid_max={h * w}"
-            )
-        for name in ("stall", "gap"):
-            if not 0 <= getattr(args, name) < 1:
-                raise ConfigError(f"--{name}={getattr(args, name)} must be in [0, 1)")
-        if args.queries is None:
-            args.queries = cfg.q_max if args.rule == "v2" else 2
-        if args.rule == "v2" and not 1 <= args.queries <= cfg.q_max:
-            raise ConfigError(f"--queries={args.queries}; v2 takes 1 .. q_max={cfg.q_max}")
-        if not 0 <= args.budget < 1 << (cfg.count_bits + cfg.n_max.bit_length()):
-            raise ConfigError(f"--budget={args.budget} does not fit the BUDGET register")
+        cfg = config_from(args)
+        from hw.dre import DRE
+        from hw.export import check_output_path
+
+        DRE.check_config(cfg)
+        check_args(cfg, args)
+        args.sim = check_simulator(args.sim)
+        if args.out:
+            check_output_path(args.out)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 
-    from hw.dre import DRE
     from model.video import VideoError
     from verif.runner import SimulationFailed, run
+
+    h, w = args.grid
 
     print(f"[sim_dre] DREConfig {cfg.to_dict()}, retrieval rule {args.rule}")
     print(
@@ -279,7 +406,16 @@ def main(argv: list[str] | None = None) -> int:
     out_path = Path(args.out) if args.out else OUT_DIR / f"summary-{os.getpid()}.json"
     spec["out"] = str(out_path.resolve())
     spec_path.write_text(json.dumps(spec))
-    print("[sim_dre] RTL: building and running the Verilated DRE (progress per frame below)")
+    tool = {"verilator": "Verilator", "icarus": "Icarus Verilog"}[args.sim]
+    if (args.waves or _flag("WAVES")) and args.frames > WAVES_SHORT_FRAMES:
+        print(waves_warning(args, cfg))
+    if args.sim == "icarus" and args.frames > WAVES_SHORT_FRAMES:
+        cycles = args.frames * CYCLES_PER_FRAME * (h * w) / 196
+        print(
+            f"[sim_dre] note: Icarus simulates about {ICARUS_CYCLES_PER_S} cycles/s on the default "
+            f"configuration: ~{cycles / ICARUS_CYCLES_PER_S / 60:.0f} min for {args.frames} frames"
+        )
+    print(f"[sim_dre] RTL: building and running the DRE in {tool} (progress per frame below)")
     t0 = time.perf_counter()
     failed = None
     try:
@@ -313,12 +449,15 @@ def main(argv: list[str] | None = None) -> int:
     rc = s["retrieval_cycles"][1:]  # the first is the N = 0 error trailer
     selected = sum(len(q["records"]) for f in spec["frames"] for q in f["queries"])
     work = golden["work"]
+    errors = sum(q["error"] != 0 for q in spec["pre_queries"]) + sum(
+        q["error"] != 0 for f in spec["frames"] for q in f["queries"]
+    )
     rows = [
         ("frames", f"{len(frames)}"),
         ("tokens", f"{tokens}"),
         ("clusters (in table at end)", f"{golden['clusters']}"),
         ("new / forced / dropped", f"{t['CLUSTERS']} / {t['FORCED']} / {t['DROPPED']}"),
-        ("retrievals (incl. 1 error check)", f"{s['retrievals']}"),
+        (f"retrievals (incl. {errors} error check{'s' * (errors != 1)})", f"{s['retrievals']}"),
         (
             "mean selected per retrieval",
             f"{selected / n_queries:.2f}",
@@ -335,6 +474,10 @@ def main(argv: list[str] | None = None) -> int:
     print(table(rows))
     for m in s.get("first_mismatches", []):
         print(f"  mismatch: {m}")
+    if not failed and not s["mismatches"] and errors > len(spec["pre_queries"]):
+        # only the deliberate N = 0 check may end in an error trailer: otherwise the run would
+        # pass while checking nothing but error flags
+        failed = f"{errors - len(spec['pre_queries'])} retrievals ended in an error trailer"
     if failed or s["mismatches"]:
         print(
             f"[sim_dre] FAILED (seed {args.seed}; rerun with --seed {args.seed} WAVES=1 "

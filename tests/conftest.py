@@ -13,9 +13,25 @@ import random
 import pytest
 
 
+def env_seed() -> int | None:
+    """``VREX_SEED`` as an integer, None when unset; a malformed value is a usage error."""
+    raw = os.environ.get("VREX_SEED")
+    if raw is None:
+        return None
+    if not raw.strip().isdigit():
+        raise pytest.UsageError(f"VREX_SEED={raw!r} must be a non-negative integer")
+    return int(raw)
+
+
+def pytest_configure(config):
+    env_seed()  # fail before collecting anything
+
+
 @pytest.fixture
 def seed(request) -> int:
-    value = int(os.environ.get("VREX_SEED", random.randrange(1 << 31)))
+    value = env_seed()
+    if value is None:
+        value = random.randrange(1 << 31)
     request.node.user_properties.append(("seed", value))
     return value
 

@@ -9,6 +9,9 @@ elaboration) raise if it is reached, so a check that came too late fails here.
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -340,3 +343,19 @@ def test_error_trailers_never_pass(tmp_path, capsys, monkeypatch):
     cap = capsys.readouterr()
     assert "PASS" not in cap.out and "4 retrievals ended in an error trailer" in cap.err
     assert "retrievals (incl. 5 error checks)" in cap.out
+
+
+def test_pytest_rejects_a_malformed_vrex_seed():
+    """``VREX_SEED=abc make test``: one usage error, no traceback, before any test runs."""
+    env = {**os.environ, "VREX_SEED": "abc"}
+    run = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_quant.py"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode != 0
+    out = run.stdout + run.stderr
+    assert "VREX_SEED='abc' must be a non-negative integer" in out
+    assert "Traceback" not in out

@@ -1,24 +1,33 @@
 """System performance model: frames per second, DRAM bytes and energy of streaming prefill.
 
-``python -m model.system`` turns the repository's measured pieces (the DRE's cycle schedule and
-early-exit work fraction, its synthesised gate count, the golden model's byte model) and the
-profiles in ``model/profiles/*.toml`` (devices, LLMs, stream, precision, policies; every number
-with its source or marked as an assumption) into a per-frame cost of *iterative prefill*: each
-incoming frame's ``P`` visual tokens run through every layer, attending to the past (all of it,
-or a retrieved budget) and to themselves.
+``python -m model.system`` turns the repository's measured pieces (the DRE's cycle schedules,
+its synthesised gate count and memory bits, the golden model's byte model) and the profiles in
+``model/profiles/*.toml`` (devices, LLMs, stream, precision, policies; every number with its
+source or marked as an assumption) into a per-frame cost of *iterative prefill*: each incoming
+frame's ``P`` visual tokens run through every layer, attending to the past (all of it, or a
+retrieved budget) and to themselves.
+
+ReSV is modelled as retrieval version 2, the golden model's defaults (``model.resv.ReSVConfig``):
+a 2048-entry table, ``Q = 16`` query vectors per KV head and frame, the soft cluster score, a
+token budget, and cluster summaries (every unselected cluster attended as one merged token:
+centroid key, mean value).  The ReKV-style baseline scores frame means with one mean query, as
+``model.baselines.ReKV`` does.
 
 Per frame and phase (all layers summed; ``docs/system.md`` derives every term):
 
 * ``linear``: weight bytes (every linear layer read once per frame), INT8 ops
   ``2 * params * P``, activation bytes where the device spills them to DRAM;
 * ``attention``: KV bytes fetched (full: the whole past; ReKV / ReSV: ``min(budget, past)``
-  tokens per KV head) plus the new frame's KV written, FP16 FLOPs
-  ``4 * Hq * d * P * (attended + (P + 1) / 2)``;
+  tokens per KV head; ReSV's summary tokens from DRAM on a GPU, from the DRE on the
+  accelerator) plus the new frame's KV written, FP16 FLOPs
+  ``4 * Hq * d * P * (attended + summaries + (P + 1) / 2)``;
 * ``select``: what deciding the fetch costs.  ReKV: the frame-mean-key index read from DRAM and
-  scored.  ReSV on a GPU: the centroid table read and scored, plus clustering, whose raster-order
-  dependence makes it ``P`` sequential steps per layer.  ReSV on the accelerator: the DRE's
-  retrieval cycles (on the critical path) from the measured schedule; clustering and write-back
-  run in the DRE's background and only bound the frame time if they exceed it.
+  scored.  ReSV on a GPU: the centroid table read and scored by ``Q`` queries (plus the soft
+  score's exponentials), plus clustering, whose raster-order dependence makes it ``P``
+  sequential steps per layer.  ReSV on the accelerator: the DRE's v2 retrieval cycles (bit-plane
+  selector serving the ``Q`` queries in turn, then the soft-score unit; on the critical path);
+  clustering and write-back run in the DRE's background and only bound the frame time if they
+  exceed it.
 
 Time per phase is a roofline ``max(compute / (peak * util), bytes / (bw * util))`` plus fixed
 per-kernel overheads; phases run one after the other.  Energy = DRAM bytes x pJ/B + ops x pJ/op +

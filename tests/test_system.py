@@ -447,6 +447,12 @@ def test_profile_needs_a_source(tmp_path):
     bad.write_text('[x]\ndram_bw = { value = 1.0, unit = "B/s", source = " " }\n')
     with pytest.raises(sysm.ProfileError, match="empty source"):
         sysm.load_profiles(bad)
+    # the score is a word from a fixed list
+    bad.write_text('[p]\nscore = { value = "hard", unit = "", source = "a source" }\n')
+    with pytest.raises(sysm.ProfileError, match="score must be"):
+        sysm.load_profiles(bad)
+    bad.write_text('[p]\nscore = { value = "norm", unit = "", source = "a source" }\n')
+    assert sysm.load_profiles(bad)[0] == {"p": {"score": "norm"}}
 
 
 # ---- command line -----------------------------------------------------------------------------
@@ -484,6 +490,7 @@ def test_cli_table_csv_png(tmp_path, capsys):
         (["--queries", "0"], "--queries=0"),
         (["--pass-latency", "-1"], "--pass-latency=-1"),
         (["--set", "setup.summaries=2"], "summaries=2 must be 0 or 1"),
+        (["--set", "setup.score=1"], "score is a word"),
     ],
 )
 def test_cli_errors(tmp_path, capsys, argv, msg):

@@ -1,24 +1,33 @@
 """System performance model: frames per second, DRAM bytes and energy of streaming prefill.
 
-``python -m model.system`` turns the repository's measured pieces (the DRE's cycle schedule and
-early-exit work fraction, its synthesised gate count, the golden model's byte model) and the
-profiles in ``model/profiles/*.toml`` (devices, LLMs, stream, precision, policies; every number
-with its source or marked as an assumption) into a per-frame cost of *iterative prefill*: each
-incoming frame's ``P`` visual tokens run through every layer, attending to the past (all of it,
-or a retrieved budget) and to themselves.
+``python -m model.system`` turns the repository's measured pieces (the DRE's cycle schedules,
+its synthesised gate count and memory bits, the golden model's byte model) and the profiles in
+``model/profiles/*.toml`` (devices, LLMs, stream, precision, policies; every number with its
+source or marked as an assumption) into a per-frame cost of *iterative prefill*: each incoming
+frame's ``P`` visual tokens run through every layer, attending to the past (all of it, or a
+retrieved budget) and to themselves.
+
+ReSV is modelled as retrieval version 2, the golden model's defaults (``model.resv.ReSVConfig``):
+a 2048-entry table, ``Q = 16`` query vectors per KV head and frame, the soft cluster score, a
+token budget, and cluster summaries (every unselected cluster attended as one merged token:
+centroid key, mean value).  The ReKV-style baseline scores frame means with one mean query, as
+``model.baselines.ReKV`` does.
 
 Per frame and phase (all layers summed; ``docs/system.md`` derives every term):
 
 * ``linear``: weight bytes (every linear layer read once per frame), INT8 ops
   ``2 * params * P``, activation bytes where the device spills them to DRAM;
 * ``attention``: KV bytes fetched (full: the whole past; ReKV / ReSV: ``min(budget, past)``
-  tokens per KV head) plus the new frame's KV written, FP16 FLOPs
-  ``4 * Hq * d * P * (attended + (P + 1) / 2)``;
+  tokens per KV head; ReSV's summary tokens from DRAM on a GPU, from the DRE on the
+  accelerator) plus the new frame's KV written, FP16 FLOPs
+  ``4 * Hq * d * P * (attended + summaries + (P + 1) / 2)``;
 * ``select``: what deciding the fetch costs.  ReKV: the frame-mean-key index read from DRAM and
-  scored.  ReSV on a GPU: the centroid table read and scored, plus clustering, whose raster-order
-  dependence makes it ``P`` sequential steps per layer.  ReSV on the accelerator: the DRE's
-  retrieval cycles (on the critical path) from the measured schedule; clustering and write-back
-  run in the DRE's background and only bound the frame time if they exceed it.
+  scored.  ReSV on a GPU: the centroid table read and scored by ``Q`` queries (plus the soft
+  score's exponentials), plus clustering, whose raster-order dependence makes it ``P``
+  sequential steps per layer.  ReSV on the accelerator: the DRE's v2 retrieval cycles (bit-plane
+  selector serving the ``Q`` queries in turn, then the soft-score unit; on the critical path);
+  clustering and write-back run in the DRE's background and only bound the frame time if they
+  exceed it.
 
 Time per phase is a roofline ``max(compute / (peak * util), bytes / (bw * util))`` plus fixed
 per-kernel overheads; phases run one after the other.  Energy = DRAM bytes x pJ/B + ops x pJ/op +
@@ -49,6 +58,18 @@ MINUTES = (1, 5, 10, 30, 60)
 #: QKV, RoPE, O, norm, gate/up, activation, down), attention (one fused kernel), selection
 #: (ReKV: score, top-k, gather; ReSV: score, budget fill, gather, one persistent clustering kernel)
 KERNELS = {"linear": 8, "attention": 1, "rekv": 3, "resv": 4, "full": 0}
+#: ReSV's cluster scores: ``soft`` (the golden model's default; no early exit) or ``norm``
+SCORES = ("soft", "norm")
+#: profile fields whose value is a word, and the words allowed
+WORDS = {"score": SCORES}
+#: query vectors per KV head of the ReKV-style baseline (``model.baselines.ReKV``: the mean query)
+REKV_QUERIES = 1
+#: the soft-score unit (``hw/soft_score.py``, ``SoftScore.Z_CYCLES`` / ``FIXED_CYCLES``)
+SOFT_Z_CYCLES, SOFT_FIXED_CYCLES = 9, 27
+#: FP16 operations per (query vector, cluster) of the soft score on a GPU besides the dot product:
+#: subtract the maximum and exponentiate, weight by the count and sum (the softmax's denominator),
+#: then subtract its log, exponentiate and sum over the queries
+SOFT_FLOPS = 6
 
 
 class ProfileError(ValueError):
@@ -74,6 +95,15 @@ def load_profiles(path: Path) -> tuple[dict[str, dict], dict[str, dict[str, str]
         for key, item in body.items():
             if key in ("name", "kind"):
                 values[sec][key] = item
+                continue
+            if key in WORDS:
+                v = item.get("value") if isinstance(item, dict) else None
+                if v not in WORDS[key] or not str(item.get("source", "")).strip():
+                    raise ProfileError(
+                        f"{path}: [{sec}] {key} must be {{ value = one of {list(WORDS[key])}, "
+                        f"source = ... }}, got {item!r}"
+                    )
+                values[sec][key], sources[sec][key] = v, str(item["source"])
                 continue
             ok = isinstance(item, dict) and set(item) >= {"value", "source"}
             v = item.get("value") if isinstance(item, dict) else None
@@ -196,12 +226,17 @@ class Setup:
     new_clusters_per_frame: float
     updated_clusters_per_frame: float
     queries_per_head: int
+    score: str
+    parallel_queries: int
+    summaries: int
+    mean_value_bits: int
     lanes: int
     bq: int
     bk: int
     count_bits: int
     bias_bits: int
     k_cap: int
+    pass_latency: int
     work_fraction: float
     survivors: float
     logic_ge: float
@@ -216,6 +251,10 @@ class Setup:
 
     def budget(self, policy: str) -> int | None:
         return {"rekv": self.budget_rekv, "resv": self.budget_resv}.get(policy)
+
+    @property
+    def soft(self) -> bool:
+        return self.score == "soft"
 
 
 @dataclass
@@ -256,11 +295,13 @@ def load_all(folder: Path = PROFILES) -> Profiles:
     flat = {k: v for sec in sv.values() for k, v in sec.items()}
     int_setup = {"tokens_per_frame", "budget_rekv", "budget_resv", "table_size"}
     int_setup |= {"queries_per_head", "lanes", "bq", "bk", "count_bits", "bias_bits", "k_cap"}
+    int_setup |= {"parallel_queries", "summaries", "mean_value_bits", "pass_latency"}
     flat = {k: int(v) if k in int_setup else v for k, v in flat.items()}
     try:
         setup = Setup(**flat)
     except TypeError as exc:
         raise ProfileError(f"{folder / 'system.toml'}: {exc}") from None
+    check_setup(setup, folder / "system.toml")
     for m in models.values():
         if m.q_heads % m.kv_heads or m.head_dim % setup.lanes:
             raise ProfileError(f"model {m.key}: q_heads % kv_heads and head_dim % lanes must be 0")
@@ -270,9 +311,23 @@ def load_all(folder: Path = PROFILES) -> Profiles:
     return Profiles(devices, models, setup, sources)
 
 
+def check_setup(s: Setup, where) -> None:
+    """The setup's words and switches: one clear error."""
+    if s.score not in SCORES:
+        raise ProfileError(f"{where}: score={s.score!r}; choose from {', '.join(SCORES)}")
+    for name in ("parallel_queries", "summaries"):
+        if getattr(s, name) not in (0, 1):
+            raise ProfileError(f"{where}: {name}={getattr(s, name)} must be 0 or 1")
+    for name in ("queries_per_head", "table_size", "lanes", "bk", "k_cap"):
+        if getattr(s, name) < 1:
+            raise ProfileError(f"{where}: {name}={getattr(s, name)} must be >= 1")
+
+
 # ---- the DRE: cycles, memories, energy --------------------------------------------------------
 def dre_retrieval_cycles(n: float, d: int, lanes: int, bk: int, planes_read: float, survivors):
-    """Compute cycles of one retrieval over ``n`` table entries (``hw/select_core.py`` schedule).
+    """Version 1 (``DRE(cfg, rule="v1")``, ``hw/select_core.py``): compute cycles of one
+    one-query retrieval over ``n`` entries, kept for comparison (the model runs version 2,
+    :func:`dre_v2_retrieval_cycles`).
 
     ``1 + 2G + sum_p (alive_p G + dropped_p + 5 - x_p)`` with ``G = d / lanes``; the alive counts
     sum to ``planes_read`` and the drops to ``n - survivors`` (alive at the last pass).  ``x_p``
@@ -281,28 +336,95 @@ def dre_retrieval_cycles(n: float, d: int, lanes: int, bk: int, planes_read: flo
     return 1 + 2 * g + g * planes_read + (n - survivors) + 5 * bk
 
 
-def dre_expected_retrieval_cycles(n: float, d: int, s: Setup) -> float:
-    """Retrieval cycles over ``n`` entries with the measured early-exit work fraction."""
+def soft_score_cycles(n: float, q: int) -> float:
+    """Cycles of the soft-score unit (``hw/soft_score.py``) over ``n`` live entries and ``q``
+    query vectors: ``N (1 + 2Q) + 9Q + 27`` (MAX sweep one entry per cycle, SUM and SCORE sweeps
+    ``Q`` cycles per entry, ``Z_c`` 9 cycles per query, 27 of pipeline fill and drain)."""
     if n <= 0:
         return 0.0
-    surv = min(n, s.survivors)
-    return dre_retrieval_cycles(n, d, s.lanes, s.bk, s.work_fraction * n * s.bk, surv)
+    return n * (1 + 2 * q) + SOFT_Z_CYCLES * q + SOFT_FIXED_CYCLES
+
+
+def dre_v2_retrieval_cycles(
+    n: float,
+    d: int,
+    s: Setup,
+    records: float | None = None,
+) -> float:
+    """Cycles of one version-2 retrieval (``DRE(cfg, rule="v2")``: ``hw/select_tokens.py``, then
+    the soft-score unit when ``s.score == "soft"``) over ``n`` table entries for ``Q =
+    s.queries_per_head`` query vectors, the budget reaching ``records`` entries (all ``n`` when
+    None).
+
+    Selector (``docs/select.md``, "v2 hardware"; without early exit, every entry live and the
+    budget taking all of them it is exactly ``1 + 2QG + bk (NQG + 5) + R (N + 5) + N``, ``G =
+    d / lanes``, ``R = ceil(N / k_cap)``, the RTL's pinned formula)::
+
+        1 + 2 Q' G                                   set-up (Qpos, Qneg on the dot unit)
+        + w N bk Q' G + (N - A) + bk (5 + lat)       the bk plane passes
+        + [soft] N (1 + 2Q) + 9Q + 27                the soft-score unit (soft_score_cycles)
+        + R (A + 5) + records                        output: R = ceil(records / k_cap) rounds
+
+    ``Q' = Q`` (one dot unit serves the queries in turn) or 1 with ``s.parallel_queries`` (``Q``
+    accumulators on the same plane word: the dot-product cycles divided by ``Q``).  ``w`` is the
+    work fraction (planes read / (N bk)): 1 for the soft score, which has no early exit; for
+    ``norm`` the profile's ``work_fraction``, ``A = min(N, survivors)`` alive after the last pass
+    when ``w < 1`` (else ``A = N``).  ``lat = s.pass_latency``: extra cycles per pass a
+    pipelined selector adds (0 for the RTL as built).  The threshold walk of early exit (at
+    most ``1 + k_cap`` cycles per pass) is left out."""
+    if n <= 0:
+        return 0.0
+    g, q = d // s.lanes, s.queries_per_head
+    qd = 1 if s.parallel_queries else q
+    records = n if records is None else min(max(records, 1), n)
+    if s.soft or s.work_fraction >= 1:
+        w, alive = 1.0, n
+    else:
+        w, alive = s.work_fraction, min(n, s.survivors)
+    passes = w * n * s.bk * qd * g + (n - alive) + s.bk * (5 + s.pass_latency)
+    soft = soft_score_cycles(n, q) if s.soft else 0.0
+    rounds = math.ceil(records / s.k_cap)
+    return 1 + 2 * qd * g + passes + soft + rounds * (alive + 5) + records
 
 
 def token_period(d: int, lanes: int) -> int:
-    """Clustering cycles per token, ``max(G, ceil((G + 4) / 2), 3)`` (``hw/cluster_unit.py``)."""
+    """Clustering cycles per token, ``max(G, ceil((G + 8) / 2), 5)`` with ``G = d / lanes``
+    (``hw/cluster_unit.py`` as changed on branch ``issue11-fit``; it was ``max(G, ceil((G + 4)
+    / 2), 3)``)."""
     g = d // lanes
-    return max(g, (g + 5) // 2, 3)
+    return max(g, (g + 9) // 2, 5)
+
+
+def token_latency(d: int, lanes: int) -> int:
+    """Clustering cycles from a token's acceptance to its result, ``G + 10`` (``issue11-fit``)."""
+    return d // lanes + 10
+
+
+def writeback_cycles(d: int, lanes: int, bk: int) -> int:
+    """Write-back cycles per updated cluster, ``2 + G + R (bk + 1)`` with ``R = G / 2`` rounds
+    when ``G`` is even, else ``G`` (``hw/cluster_writeback.py``)."""
+    g = d // lanes
+    rounds = g // (2 if g % 2 == 0 else 1)
+    return 2 + g + rounds * (bk + 1)
 
 
 def dre_cluster_cycles(p: int, d: int, s: Setup) -> float:
-    """Busy cycles of one frame's clustering in one table: ``token_period * (P - 1) + G + 8``
-    (``tests/test_hw_cluster.py``) or the write-back of the updated clusters, ``G (bk + 3) + 3``
-    each (``docs/cluster.md``), whichever is longer (they overlap)."""
-    g = d // s.lanes
-    cluster = token_period(d, s.lanes) * (p - 1) + g + 8
-    writeback = s.updated_clusters_per_frame * (g * (s.bk + 3) + 3)
-    return max(cluster, writeback)
+    """Busy cycles of one frame's clustering in one table: ``token_period (P - 1) +
+    token_latency`` to the last token's result, then the write-back of the updated clusters,
+    ``writeback_cycles`` each (``docs/cluster.md``, "Frame time": the write-back shares the
+    update engine's port, so it follows the clustering)."""
+    cluster = token_period(d, s.lanes) * (p - 1) + token_latency(d, s.lanes)
+    return cluster + s.updated_clusters_per_frame * writeback_cycles(d, s.lanes, s.bk)
+
+
+def value_width(d: int, bq: int, bk: int) -> int:
+    """Signed width of the v2 selector's partials and scores, ``bq + bk + bitlen(d) + 2``
+    (``hw/select_tokens.py`` ``value_shape``)."""
+    return bq + bk + d.bit_length() + 2
+
+
+#: ROM bits of the soft-score unit: EXP2 256 x 21, LOG2 1024 x 9 (``hw/soft_score.py``)
+SOFT_ROM_BITS = 256 * 21 + 1024 * 9
 
 
 def dre_memory_bits(
@@ -313,54 +435,85 @@ def dre_memory_bits(
     bq: int = 8,
     count_bits: int = 16,
     bias_bits: int = 24,
+    q_max: int = 0,
+    mean_value_bits: int = 0,
+    soft: bool = False,
 ) -> dict[str, int]:
-    """Bits of every DRE memory (``make synth`` memory table, ``docs/synth.md``).
+    """Bits of every DRE memory; ``state`` memories hold one (layer, head) table, ``scratch``
+    ones are per engine.
 
-    ``state`` memories hold one (layer, head) table; ``scratch`` ones are per engine."""
+    ``q_max = 0``: version 1 (``make synth``'s memory table of the v1 dre, ``docs/synth.md``).
+    ``q_max >= 1``: version 2: the plane store's count memory instead of its bias memory (the v2
+    selector never reads the bias: synthesis removes it, as in the ``token_selector`` figure of
+    ``docs/select.md``), partials of ``q_max`` queries side by side, the soft-score unit's ROMs
+    (``soft``), and the cluster summaries' mean-value table, ``d x mean_value_bits`` per entry
+    (not in the RTL yet)."""
     idx = max(1, (n_max - 1).bit_length())
     k_max = 1 << (bk - 1)
     s_max = ((1 << count_bits) - 1) * k_max
     sum_norm = (d * s_max * s_max).bit_length()
-    score = max(bias_bits, bq + bk + d.bit_length()) + 2
-    return {
+    bits = {
         "owner": grid * (idx + 1),  # state
         "meta": n_max * (count_bits + sum_norm),  # state: count, |S|^2
         "sums": n_max * d * (bk + count_bits),  # state: exact key sums
-        "bias": n_max * bias_bits,  # state (plane store)
         "planes": bk * n_max * d,  # state (plane store)
         "queue": (n_max - 1) * idx,  # scratch: write-back queue
         "alive": 2 * n_max * idx,  # scratch: ping-pong alive lists
-        "partial": n_max * score,  # scratch: partial scores
     }
+    if q_max:
+        bits["counts"] = n_max * count_bits  # state (plane store, v2)
+        bits["means"] = n_max * d * mean_value_bits  # state: summaries' mean values
+        bits["partial"] = n_max * q_max * value_width(d, bq, bk)  # scratch
+        bits["soft_rom"] = SOFT_ROM_BITS if soft else 0  # scratch
+    else:
+        bits["bias"] = n_max * bias_bits  # state (plane store, v1)
+        bits["partial"] = n_max * (max(bias_bits, bq + bk + d.bit_length()) + 2)  # scratch
+    return bits
 
 
-STATE_MEMORIES = ("owner", "meta", "sums", "bias", "planes")
+STATE_MEMORIES = ("owner", "meta", "sums", "bias", "planes", "counts", "means")
+
+
+def _setup_bits(d: int, s: Setup, grid: int) -> dict[str, int]:
+    mv = s.mean_value_bits if s.summaries else 0
+    return dre_memory_bits(d, s.table_size, grid, s.bk, s.bq, s.count_bits, s.bias_bits,
+                           s.queries_per_head, mv, s.soft)  # fmt: skip
 
 
 def dre_state_bits(d: int, s: Setup, grid: int) -> int:
     """Bits of one (layer, KV head) table: what must be on chip or swapped."""
-    m = dre_memory_bits(d, s.table_size, grid, s.bk, s.bq, s.count_bits, s.bias_bits)
-    return sum(m[k] for k in STATE_MEMORIES)
+    return sum(v for k, v in _setup_bits(d, s, grid).items() if k in STATE_MEMORIES)
 
 
 def dre_scratch_bits(d: int, s: Setup, grid: int) -> int:
-    m = dre_memory_bits(d, s.table_size, grid, s.bk, s.bq, s.count_bits, s.bias_bits)
-    return sum(v for k, v in m.items() if k not in STATE_MEMORIES)
+    return sum(v for k, v in _setup_bits(d, s, grid).items() if k not in STATE_MEMORIES)
 
 
-def dre_frame_sram_bits(n: float, p: int, d: int, s: Setup) -> float:
-    """SRAM bits read and written by one DRE table per frame: retrieval (each plane read is
-    ``d`` bits, with a partial score and an alive-list entry read and written), clustering (per
-    token 5 sum reads and one sum write of ``d`` elements, 3 meta reads) and write-back (per
-    updated cluster a sum read, a plane-store and bias write)."""
+def dre_frame_sram_bits(n: float, p: int, d: int, s: Setup, records: float | None = None) -> float:
+    """SRAM bits read and written by one DRE table per frame (version 2).
+
+    Retrieval: per plane word read (``w N bk``; held while the queries take turns) its ``d``
+    bits, the entry's ``Q`` partials read and written, an alive-list entry read and written;
+    the soft score's three sweeps read the partials (and the counts once) and write the score
+    back; each output round reads the survivors' scores; with summaries every unselected
+    cluster's mean value is read.  Clustering: per token 5 sum reads and one sum write of ``d``
+    elements, 3 meta reads, and (summaries) the joined cluster's mean value read and written.
+    Write-back: per updated cluster a sum read and a plane-store and count write."""
+    q = s.queries_per_head
+    records = n if records is None else min(records, n)
     idx = max(1, (s.table_size - 1).bit_length())
     sb = s.bk + s.count_bits
-    score = max(s.bias_bits, s.bq + s.bk + d.bit_length()) + 2
+    width = value_width(d, s.bq, s.bk)
     meta = s.count_bits + (d * ((1 << s.count_bits) - 1) ** 2 * (1 << (s.bk - 1)) ** 2).bit_length()
-    planes = s.work_fraction * n * s.bk * s.queries_per_head
-    retrieval = planes * (d + 2 * score + 2 * idx)
-    cluster = p * (6 * d * sb + 3 * meta)
-    writeback = s.updated_clusters_per_frame * (d * sb + d * s.bk + s.bias_bits)
+    w = 1.0 if s.soft else s.work_fraction
+    retrieval = w * n * s.bk * (d + 2 * q * width + 2 * idx)
+    if s.soft:
+        retrieval += n * (3 * q * width + s.count_bits + width)
+    retrieval += math.ceil(max(records, 1) / s.k_cap) * n * width if n > 0 else 0.0
+    mv = s.mean_value_bits * d if s.summaries else 0
+    retrieval += (n - records) * mv
+    cluster = p * (6 * d * sb + 3 * meta + 2 * mv)
+    writeback = s.updated_clusters_per_frame * (d * sb + d * s.bk + s.count_bits)
     return retrieval + cluster + writeback
 
 
@@ -387,6 +540,7 @@ class FrameCost:
     attended: int = 0  # past tokens per KV head and layer
     index_bytes: float = 0.0  # the policy's index (all layers and heads)
     index_onchip: bool = False  # held on chip (else in DRAM, read as the select phase says)
+    summaries: float = 0.0  # ReSV's merged tokens per KV head and layer (unselected clusters)
 
     @property
     def dram(self) -> float:
@@ -404,6 +558,21 @@ def roofline(ph: Phase, dev: Device) -> float:
 def resv_clusters(t: int, s: Setup) -> float:
     """Clusters per table after ``t`` frames: ``min(table, new_per_frame * t)``."""
     return min(float(s.table_size), s.new_clusters_per_frame * t)
+
+
+def resv_records(t: int, s: Setup) -> float:
+    """Clusters the budget reaches at frame ``t``: all ``C`` while the past fits the budget,
+    else ``ceil(B C / past)`` (clusters of the mean size, ``past / C`` tokens)."""
+    n, past = resv_clusters(t, s), t * s.tokens_per_frame
+    if n <= 0 or past <= s.budget_resv:
+        return n
+    return min(n, float(math.ceil(s.budget_resv * n / past)))
+
+
+def resv_summaries(t: int, s: Setup) -> float:
+    """Summary tokens per head at frame ``t``: one per unselected cluster (0 without
+    ``summaries``)."""
+    return resv_clusters(t, s) - resv_records(t, s) if s.summaries else 0.0
 
 
 def frame_cost(
@@ -439,9 +608,12 @@ def frame_cost(
 
     budget = s.budget(policy)
     attended = past if budget is None else min(budget, past)
+    summary = resv_summaries(t, s) if policy == "resv" else 0.0  # merged tokens per head
     att = ph["attention"]
     att.dram = heads * (attended + p) * kv_tok  # fetch the attended past, write the new frame
-    att.fp16 = 4 * m.q_heads * d * p * (attended + (p + 1) / 2) * L
+    if not dev.has_dre:  # summaries: centroid key (FP16) + mean value (FP16) from DRAM
+        att.dram += heads * summary * d * (s.index_bytes + s.mean_value_bits / 8)
+    att.fp16 = 4 * m.q_heads * d * p * (attended + summary + (p + 1) / 2) * L
     att.fixed = KERNELS["attention"] * L * dev.kernel_overhead
 
     sel = ph["select"]
@@ -451,16 +623,17 @@ def frame_cost(
     if policy == "rekv":
         index = heads * (t + 1) * entry  # grows with the stream: kept in DRAM
         sel.dram = heads * (t + 1) * entry  # read t frame means, write the new one
-        sel.fp16 = heads * q * 2 * d * t
+        sel.fp16 = heads * REKV_QUERIES * 2 * d * t
         sel.fixed = KERNELS["rekv"] * L * dev.kernel_overhead
     elif policy == "resv":
-        n = resv_clusters(t, s)
+        n, records = resv_clusters(t, s), resv_records(t, s)
+        mv = s.mean_value_bits / 8 * d if s.summaries else 0.0  # bytes of one mean value
         sel.dram = heads * attended * s.addr_bytes  # member lists of the selected clusters
         if dev.has_dre:
             onchip = bool(dev.dre_table_state)
             index = heads * dre_state_bits(d, s, p) / 8
             per_dre = math.ceil(H / dev.dre_instances)  # heads of one layer on one DRE
-            ret = q * dre_expected_retrieval_cycles(n, d, s)
+            ret = dre_v2_retrieval_cycles(n, d, s, records)  # all Q queries
             sel.fixed = L * per_dre * ret / dev.dre_clock
             tables = math.ceil(heads / dev.dre_instances)
             busy = tables * (ret + dre_cluster_cycles(p, d, s))
@@ -469,17 +642,20 @@ def frame_cost(
                 sel.dram += heads * 2 * dre_state_bits(d, s, p) / 8
             logic = s.logic_ge * s.logic_ge_growth
             cycles_all = heads * (ret + dre_cluster_cycles(p, d, s))  # summed over the DREs
-            bits_all = heads * dre_frame_sram_bits(n, p, d, s)
+            bits_all = heads * dre_frame_sram_bits(n, p, d, s, records)
             dre_energy = (
                 cycles_all * logic * s.activity * s.fj_per_ge_toggle * 1e-15
                 + bits_all * s.pj_per_sram_bit * 1e-12
             )
         else:
-            index = heads * n * (entry + 4 * d)  # centroids and exact FP32 sums, in DRAM
+            # centroids and exact FP32 sums (+ FP16 mean values), in DRAM
+            index = heads * n * (entry + 4 * d + mv)
             sel.dram += heads * (n * entry)  # read the centroid table to score it
             sel.dram += heads * p * (3 + 1) * (d * 4 + s.count_bytes)  # 3 candidates read, 1 write
+            sel.dram += heads * p * 2 * mv  # the joined cluster's mean value read and written
             sel.dram += heads * s.updated_clusters_per_frame * entry  # re-quantised centroids
-            sel.fp16 = heads * (q * 2 * d * n + p * 8 * d)
+            soft = SOFT_FLOPS * q * n if s.soft else 0.0
+            sel.fp16 = heads * (q * 2 * d * n + soft + p * 8 * d)
             sel.fixed = L * p * dev.serial_step + KERNELS["resv"] * L * dev.kernel_overhead
     for phase in ph.values():
         phase.seconds = roofline(phase, dev)
@@ -502,7 +678,9 @@ def frame_cost(
         + dev.static_power * seconds
         + dre_energy
     )
-    return FrameCost(ph, seconds, energy, dre_busy, dre_energy, dre_leak, attended, index, onchip)
+    return FrameCost(
+        ph, seconds, energy, dre_busy, dre_energy, dre_leak, attended, index, onchip, summary
+    )
 
 
 def frame_at(minutes: float, s: Setup) -> int:
@@ -581,7 +759,8 @@ def evaluate(
 def format_table(rows: list[Row], s: Setup) -> str:
     vision = any(r.cost.phases["vision"].seconds for r in rows)
     head = (
-        f"{'model':<11} {'device':<6} {'policy':<6} {'min':>3} {'past tok':>9} {'FPS':>6} "
+        f"{'model':<11} {'device':<6} {'policy':<6} {'min':>3} {'past tok':>9} {'att tok':>7} "
+        f"{'FPS':>6} "
         + (f"{'vis ms':>7} " if vision else "")
         + f"{'lin ms':>7} {'attn ms':>8} {'sel ms':>7} {'ms/fr':>8} {'GB/fr':>7} {'mJ/fr':>8} "
         f"{'speedup':>8} {'energy x':>8} {'RT':>3} {'KV GB':>6} {'idx MB':>7}"
@@ -597,7 +776,8 @@ def format_table(rows: list[Row], s: Setup) -> str:
         rt = "yes" if 1 / c.seconds >= s.fps else "no"
         lines.append(
             f"{r.model:<11} {r.device:<6} {r.policy:<6} {r.minutes:>3g} "
-            f"{r.frame * s.tokens_per_frame:>9,} {1 / c.seconds:>6.2f} "
+            f"{r.frame * s.tokens_per_frame:>9,} {round(c.attended + c.summaries):>7,} "
+            f"{1 / c.seconds:>6.2f} "
             + (f"{1e3 * c.phases['vision'].seconds:>7.1f} " if vision else "")
             + f"{1e3 * c.phases['linear'].seconds:>7.1f} "
             f"{1e3 * c.phases['attention'].seconds:>8.1f} "
@@ -610,7 +790,8 @@ def format_table(rows: list[Row], s: Setup) -> str:
 
 
 CSV_FIELDS = [
-    *("model", "device", "policy", "minutes", "frame", "past_tokens", "attended", "fps"),
+    *("model", "device", "policy", "minutes", "frame", "past_tokens", "attended"),
+    *("summary_tokens", "fps"),
     *("mean_fps", "ms_vision", "ms_linear", "ms_attention", "ms_select", "ms_frame"),
     *("dre_busy_ms", "gb_frame", "gb_vision", "gb_linear", "gb_attention", "gb_select"),
     *("mj_frame", "dre_mj", "speedup_vs_orin_full", "energy_eff_vs_orin_full", "kv_store_gb"),
@@ -632,6 +813,7 @@ def write_csv(rows: list[Row], s: Setup, path: Path):
                 r.frame,
                 r.frame * s.tokens_per_frame,
                 c.attended,
+                f"{c.summaries:.4g}",
                 f"{1 / c.seconds:.4g}",
                 f"{r.mean_fps:.4g}",
                 *(f"{1e3 * ph[k].seconds:.4g}" for k in PHASES),
@@ -726,13 +908,14 @@ def share_report(prof: Profiles, model: str, device: str, minutes: float) -> str
     )
     state = dre_state_bits(m.head_dim, s, s.tokens_per_frame) / 8
     heads = m.layers * m.kv_heads
-    mem = dre_memory_bits(m.head_dim, s.table_size, s.tokens_per_frame, s.bk, s.bq, s.count_bits,
-                          s.bias_bits)  # fmt: skip
+    mem = _setup_bits(m.head_dim, s, s.tokens_per_frame)
     lines.append(
         f"# table state: one (layer, KV head) table of {s.table_size} entries, d {m.head_dim}: "
-        f"{state / 1024:.0f} KiB on chip (sums {mem['sums'] / 8192:.0f} KiB, plane store + bias "
-        f"{(mem['planes'] + mem['bias']) / 8192:.0f} KiB, counts and |S|^2 "
-        f"{mem['meta'] / 8192:.0f} KiB, owner map {mem['owner'] / 8192:.1f} KiB)"
+        f"{state / 1024:.0f} KiB on chip (sums {mem['sums'] / 8192:.0f} KiB, mean values "
+        f"{mem['means'] / 8192:.0f} KiB, plane store + counts "
+        f"{(mem['planes'] + mem['counts']) / 8192:.0f} KiB, counts and |S|^2 "
+        f"{mem['meta'] / 8192:.0f} KiB, owner map {mem['owner'] / 8192:.1f} KiB); scratch per "
+        f"DRE {dre_scratch_bits(m.head_dim, s, s.tokens_per_frame) / 8192:.0f} KiB"
     )
     swap = replace(dev, dre_table_state=0)
     sw = frame_cost(m, swap, s, "resv", t)
@@ -789,7 +972,7 @@ def calibrate(prof: Profiles, model: str, minutes, device_profile: str | None, r
         k = torch.randn(h, n + p, d, generator=gen).to(tdev, dtype)
         v = torch.randn(h, n + p, d, generator=gen).to(tdev, dtype)
         qq = torch.randn(h, g * p, d, generator=gen).to(tdev, dtype)
-        budget = min(s.budget_resv, n)
+        budget = min(n, min(s.budget_resv, n) + round(resv_summaries(t, s)))  # + merged tokens
         ids = torch.stack([torch.randperm(n, generator=gen)[:budget] for _ in range(h)])
         own = torch.arange(n, n + p).expand(h, p)
         sel = torch.cat([ids, own], dim=1).to(tdev)
@@ -824,6 +1007,15 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--tokens-per-frame", type=int, help="stream: visual tokens per frame")
     ap.add_argument("--fps", type=float, help="stream: frames per second sampled")
     ap.add_argument("--table-size", type=int, help="ReSV centroid-table entries")
+    ap.add_argument("--queries", type=int, help="ReSV query vectors Q per KV head and frame")
+    ap.add_argument("--score", choices=SCORES, help="ReSV cluster score (soft: no early exit)")
+    ap.add_argument(
+        "--parallel-queries",
+        choices=("on", "off"),
+        help="DRE: Q dot-product accumulators in parallel (on) or the queries in turn (off)",
+    )
+    ap.add_argument("--pass-latency", type=int, help="DRE selector: extra cycles per plane pass")
+    ap.add_argument("--summaries", choices=("on", "off"), help="ReSV cluster summaries")
     ap.add_argument("--weight-bytes", type=float, help="bytes per weight (1 INT8, 2 FP16)")
     ap.add_argument("--dre-instances", type=int, help="DREs on the accelerator")
     ap.add_argument("--dre-clock", type=float, help="DRE clock, Hz")
@@ -858,9 +1050,22 @@ def apply_overrides(prof: Profiles, args) -> Profiles:
         v = getattr(args, name)
         if v is not None:
             ch[name] = v
+    if args.queries is not None:
+        ch["queries_per_head"] = args.queries
     for name, v in ch.items():
         if v <= 0:
-            raise ProfileError(f"--{name.replace('_', '-')}={v} must be > 0")
+            opt = "queries" if name == "queries_per_head" else name.replace("_", "-")
+            raise ProfileError(f"--{opt}={v} must be > 0")
+    if args.pass_latency is not None:
+        if args.pass_latency < 0:
+            raise ProfileError(f"--pass-latency={args.pass_latency} must be >= 0")
+        ch["pass_latency"] = args.pass_latency
+    if args.score is not None:
+        ch["score"] = args.score
+    if args.parallel_queries is not None:
+        ch["parallel_queries"] = int(args.parallel_queries == "on")
+    if args.summaries is not None:
+        ch["summaries"] = int(args.summaries == "on")
     prof.setup = replace(s, **ch)
     dch = {}
     if args.dre_instances is not None:
@@ -897,10 +1102,13 @@ def apply_overrides(prof: Profiles, args) -> Profiles:
         if name not in types_ or name in ("key", "name", "kind"):
             raise ProfileError(f"--set {item}: {sec} has no number {name!r}")
         number = int(number) if types_[name] == "int" else number
+        if types_[name] == "str":
+            raise ProfileError(f"--set {item}: {name} is a word; use its own option (--{name})")
         if table is None:
             prof.setup = replace(obj, **{name: number})
         else:
             table[sec] = replace(obj, **{name: number})
+    check_setup(prof.setup, "command line")
     return prof
 
 
@@ -934,7 +1142,9 @@ def main(argv: list[str] | None = None) -> int:
     rows = evaluate(prof, args.models, args.devices, tuple(args.minutes), vision=args.vision)
     print(
         f"# python -m model.system: {s.tokens_per_frame} tokens/frame at {s.fps:g} fps; budgets "
-        f"ReKV {s.budget_rekv}, ReSV {s.budget_resv} tokens/head/frame; ReSV table {s.table_size}; "
+        f"ReKV {s.budget_rekv}, ReSV {s.budget_resv} tokens/head/frame; ReSV v2: table "
+        f"{s.table_size}, Q {s.queries_per_head}, score {s.score}, summaries "
+        f"{'on' if s.summaries else 'off'}; "
         f"weights {s.weight_bytes:g} B, KV {s.kv_bytes:g} B; frame at the end of each stream; "
         f"ratios vs orin full attention"
     )
@@ -943,7 +1153,9 @@ def main(argv: list[str] | None = None) -> int:
         dev = prof.devices["vrex"]
         print(
             f"# vrex: {dev.dre_instances} DREs at {dev.dre_clock / 1e6:g} MHz, lanes {s.lanes}, "
-            f"bk {s.bk}, work fraction {s.work_fraction}; RT = FPS >= {s.fps:g}; "
+            f"bk {s.bk}, k_cap {s.k_cap}, queries "
+            f"{'in parallel' if s.parallel_queries else 'in turn'}, +{s.pass_latency} cycles/pass, "
+            f"work fraction {1.0 if s.soft else s.work_fraction}; RT = FPS >= {s.fps:g}; "
             f"KV GB with '!' = KV store + weights exceed DRAM; idx MB = the policy's index "
             f"(ReKV frame means, ReSV centroid tables), '*' = on chip"
         )

@@ -300,13 +300,15 @@ def test_trace_runs_through_sim_dre(tiny_dir, tmp_path, capsys, seed):
     )  # fmt: skip
     assert rc == 0, err
     toolenv.apply()
-    args = ["--frames-folder", trace, "--grid", "4x6", "--budget", "12", "--queries", "3"]
+    args = ["--frames-folder", trace, "--frames", "4", "--grid", "4x6", "--budget", "12"]
+    args += ["--queries", "3"]
     for k, v in SMALL.to_dict().items():
         args += ["--set", f"{k}={v}"]
     summary = tmp_path / "summary.json"
     rc = sim_dre.main([str(a) for a in [*args, "--seed", seed, "--out", summary]])
+    assert rc == 0, capsys.readouterr().err
     s = json.loads(summary.read_text())
-    assert rc == 0 and s["mismatches"] == 0
+    assert s["mismatches"] == 0
     assert s["assignments"] == 4 * 24 and s["retrievals"] == 1 + 4 * 2
 
 

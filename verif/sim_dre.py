@@ -326,16 +326,20 @@ def check_args(cfg: DREConfig, args) -> None:
             f"({cfg.count_bits + cfg.n_max.bit_length()} bits)"
         )
     if args.frames_folder is not None:
+        from model.kv_trace import TraceError, is_trace, read_meta
         from model.video import VideoError, open_video
 
         try:
-            video = open_video(args.frames_folder, frames=args.frames, seed=args.seed or 0)
-        except VideoError as exc:
+            if is_trace(args.frames_folder):  # a model's keys and queries (model.kv_trace)
+                held = read_meta(args.frames_folder)["frames"]
+            else:
+                held = len(open_video(args.frames_folder, frames=args.frames, seed=args.seed or 0))
+        except (VideoError, TraceError) as exc:
             raise ConfigError(f"--frames-folder: {exc}") from None
-        if len(video) < args.frames:  # the stream would silently be shorter
+        if held < args.frames:  # the stream would silently be shorter
             raise ConfigError(
                 f"--frames={args.frames} but --frames-folder {args.frames_folder} holds only "
-                f"{len(video)} frames"
+                f"{held} frames"
             )
 
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from model.dre_config import DREConfig
+from model.dre.config import DREConfig
 
 OP_WRITE, OP_READ, OP_KEY, OP_QUERY = 0x57, 0x52, 0x4B, 0x51
 OP_ASSIGNMENT, OP_SELECTION = 0x41, 0x53

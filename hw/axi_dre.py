@@ -37,7 +37,7 @@ from hw import dre_regs
 from hw.cluster_unit import result_layout as assignment_layout
 from hw.dre import DRE, queries_stream_layout, selections_layout
 from hw.layouts import Kind, key_layout
-from model.dre_config import ConfigError, DREConfig
+from model.dre.config import ConfigError, DREConfig
 
 #: byte-address width of the AXI4-Lite port (a 4 KiB window; the map uses the first 256 bytes)
 AXIL_ADDR_BITS = 12

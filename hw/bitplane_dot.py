@@ -6,7 +6,7 @@ from amaranth import Module, Mux, Signal, signed
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
-from model.dre_config import ConfigError
+from model.dre.config import ConfigError
 
 
 def dot_shape(d: int, bq: int):

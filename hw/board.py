@@ -20,7 +20,7 @@ from amaranth.lib.wiring import In, Out
 
 from hw.dre import DRE
 from hw.uart_bridge import UartBridge
-from model.dre_config import ConfigError, DREConfig
+from model.dre.config import ConfigError, DREConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 CLOCK_HZ = 25_000_000  # the ULX3S's 25 MHz oscillator (clk25), used as is

@@ -7,8 +7,8 @@ from amaranth.lib import data, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-from model.dre_cluster import ClusterWidths
-from model.dre_config import ConfigError, DREConfig
+from model.dre.cluster import ClusterWidths
+from model.dre.config import ConfigError, DREConfig
 
 
 def chunk_shape(cfg: DREConfig) -> range:

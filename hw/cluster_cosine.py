@@ -8,8 +8,8 @@ from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
 from hw.arith import exp_shape, lut_mul, normalise
-from model.dre_cluster import ClusterWidths
-from model.dre_config import ConfigError, DREConfig
+from model.dre.cluster import ClusterWidths
+from model.dre.config import ConfigError, DREConfig
 
 #: The most-similar comparisons the screen makes, as (a, b): ``more[j]`` is
 #: ``more_similar(a, b)``, i.e. ``cos(k, S_a) > cos(k, S_b)``.
@@ -51,13 +51,13 @@ class ClusterCompare(wiring.Component):
     """The decisions of one token against its three candidates, on ``M``-bit mantissas.
 
     For each candidate ``i`` (0 temporal with ``T = tau_t``, 1 left and 2 up with ``tau_s``) the
-    cosine test of :func:`model.dre_cluster.cosine_passes`::
+    cosine test of :func:`model.dre.cluster.cosine_passes`::
 
         pass <=> T == 0                                          if |k|^2 == 0 or |S_i|^2 == 0
         pass <=> k.S_i >= 0 and (k.S_i)^2 2^(2F) >= T^2 |k|^2 |S_i|^2               otherwise
 
     and for each pair ``(a, b)`` of :data:`PAIRS` the forced-merge comparison
-    :func:`model.dre_cluster.more_similar` (``dot_a |dot_a| |S_b|^2 > dot_b |dot_b| |S_a|^2``).
+    :func:`model.dre.cluster.more_similar` (``dot_a |dot_a| |S_b|^2 > dot_b |dot_b| |S_a|^2``).
     Signs, zeros, ``T = 0`` and identical candidates (same dot and norm) are decided exactly.
     Otherwise the products are formed from normalised mantissas (:func:`hw.arith.normalise`,
     ``M = mantissa_bits``); each true product lies in ``[p, p (1 + 2^-(M-1))^4)`` of its

@@ -8,8 +8,8 @@ from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
 from hw.arith import lut_mul
-from model.dre_cluster import ClusterWidths
-from model.dre_config import ConfigError, DREConfig
+from model.dre.cluster import ClusterWidths
+from model.dre.config import ConfigError, DREConfig
 
 
 def exact_widths(cfg: DREConfig) -> tuple[int, int]:

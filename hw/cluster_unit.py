@@ -14,8 +14,8 @@ from hw.cluster_exact import ExactCompare
 from hw.cluster_queue import WritebackQueue
 from hw.cluster_writeback import ClusterWriteback
 from hw.plane_store import PlaneWriteSignature
-from model.dre_cluster import DROPPED, FORCED, JOINED, NEW, ClusterWidths
-from model.dre_config import ConfigError, DREConfig
+from model.dre.cluster import DROPPED, FORCED, JOINED, NEW, ClusterWidths
+from model.dre.config import ConfigError, DREConfig
 
 #: Digit width of the exact unit's shift-and-add multiplier (cycles against LUTs).
 EXACT_DIGIT_BITS = 2
@@ -51,14 +51,14 @@ def key_layout(cfg: DREConfig) -> data.ArrayLayout:
 
 
 def result_layout(cfg: DREConfig) -> data.StructLayout:
-    """Per token: cluster ``id``, 2-bit ``status`` (``model.dre_cluster``: 0 joined, 1 new,
+    """Per token: cluster ``id``, 2-bit ``status`` (``model.dre.cluster``: 0 joined, 1 new,
     2 forced, 3 dropped) and ``last`` (last token of its frame)."""
     return data.StructLayout({"id": range(cfg.n_max), "status": 2, "last": 1})
 
 
 class ClusterUnit(wiring.Component):
     """Temporal and spatial clustering of one KV head's keys, bit-exact with
-    :class:`model.dre_cluster.ClusterRef` (the rule: ``docs/clustering.md``; the design:
+    :class:`model.dre.cluster.ClusterRef` (the rule: ``docs/clustering.md``; the design:
     ``docs/cluster.md``).
 
     Interface

@@ -8,8 +8,8 @@ from amaranth.lib.wiring import In, Out
 
 from hw.centroid_table import MetaReadSignature, SumReadSignature, chunk_shape
 from hw.plane_store import PlaneWriteSignature
-from model.dre_cluster import ClusterWidths
-from model.dre_config import ConfigError, DREConfig
+from model.dre.cluster import ClusterWidths
+from model.dre.config import ConfigError, DREConfig
 
 
 def log2_fixed(m: Module, n, frac_bits: int, name: str = "log2"):
@@ -17,7 +17,7 @@ def log2_fixed(m: Module, n, frac_bits: int, name: str = "log2"):
 
     ``msb(n) * 2^LF + ((n << LF) >> msb(n)) - 2^LF``: the integer part is the position of the
     leading one, the fraction the ``LF`` bits below it (truncated), as
-    :func:`model.dre_cluster.log2_fixed`.  Returns a Signal; ``n = 0`` gives 0.
+    :func:`model.dre.cluster.log2_fixed`.  Returns a Signal; ``n = 0`` gives 0.
     """
     width = len(n)
     msb = Signal(range(max(2, width)), name=f"{name}_msb")
@@ -50,12 +50,12 @@ class ClusterWriteback(wiring.Component):
     writes them to the retrieval datapath's plane store.
 
     * centroid: per element ``round(S_i / n)`` half away from zero
-      (:func:`model.dre_cluster.quantise_centroid`: ``sign(S_i) floor((floor(2|S_i|/n) + 1)/2)``,
+      (:func:`model.dre.cluster.quantise_centroid`: ``sign(S_i) floor((floor(2|S_i|/n) + 1)/2)``,
       which equals ``sign(S_i) floor((2|S_i| + n) / (2n))``), by ``d`` non-restoring dividers
       (one per element) that produce the ``bk`` bits of that quotient (``|S_i| <= n 2^(bk-1)``,
       so it has no more), then the sign;
     * bias: ``min((log2_fixed(n) * bias_scale) >> LF, 2^(bias_bits-1) - 1)``
-      (:func:`model.dre_cluster.size_bias`).
+      (:func:`model.dre.cluster.size_bias`).
 
     Interface
     ---------

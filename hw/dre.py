@@ -20,8 +20,8 @@ from hw.layouts import (
 from hw.plane_store import PlaneStore
 from hw.select_core import SelectCore
 from hw.select_tokens import SelectTokensCore
-from model.dre_cluster import DROPPED, FORCED, NEW
-from model.dre_config import ConfigError, DREConfig
+from model.dre.cluster import DROPPED, FORCED, NEW
+from model.dre.config import ConfigError, DREConfig
 
 #: retrieval rules the top level can be built with (``DRE(cfg, rule=...)``)
 RULES = ("v1", "v2")
@@ -41,13 +41,13 @@ class DRE(wiring.Component):
     """One KV head's dynamic retrieval engine: clustering, the shared centroid table, retrieval.
 
     The keys of each new frame are clustered into the centroid table (:class:`ClusterUnit`,
-    bit-exact with :class:`model.dre_cluster.ClusterRef`); the clustering unit writes each updated
+    bit-exact with :class:`model.dre.cluster.ClusterRef`); the clustering unit writes each updated
     cluster's quantised centroid and size bias into the plane store (:class:`PlaneStore`) that
     the early-exit selector scores queries against: with ``rule="v2"`` (default)
     :class:`hw.select_tokens.SelectTokensCore` (token budget, several query vectors, bit-exact with
-    ``model.dre_tokens.select_tokens``), with ``rule="v1"`` :class:`SelectCore` (bias, margin,
-    k_min / k_max, bit-exact with ``model.dre_select.select``).  The whole block is bit-exact with
-    :class:`model.dre_top.DRERef` (``retrieve_tokens`` / ``retrieve``).
+    ``model.dre.tokens.select_tokens``), with ``rule="v1"`` :class:`SelectCore` (bias, margin,
+    k_min / k_max, bit-exact with ``model.dre.select.select``).  The whole block is bit-exact with
+    :class:`model.dre.top.DRERef` (``retrieve_tokens`` / ``retrieve``).
     Design and timing: ``docs/dre.md``; register map: :mod:`hw.dre_regs`.
 
     Interface

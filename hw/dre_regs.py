@@ -28,8 +28,8 @@ from dataclasses import dataclass
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
-from model.dre_cluster import ClusterWidths
-from model.dre_config import DREConfig
+from model.dre.cluster import ClusterWidths
+from model.dre.config import DREConfig
 
 DATA_BITS = 32
 ADDR_BITS = 6

@@ -30,7 +30,7 @@ import sys
 import time
 from pathlib import Path
 
-from model.dre_config import ConfigError, DREConfig
+from model.dre.config import ConfigError, DREConfig
 
 #: Verilog file names --out accepts (the sidecars take the same stem with other suffixes)
 VERILOG_SUFFIXES = (".v", ".sv")
@@ -152,7 +152,7 @@ def config_from(args) -> DREConfig:
         raise ConfigError("--config and --preset both name a starting configuration; give one")
     base = DREConfig.from_json(args.config) if args.config else DREConfig()
     if args.preset:
-        from model.dre_config import preset
+        from model.dre.config import preset
 
         base = preset(args.preset)
     return DREConfig.from_overrides(args.set, base=base)

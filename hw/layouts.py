@@ -16,7 +16,7 @@ from __future__ import annotations
 from amaranth import signed, unsigned
 from amaranth.lib import data, enum
 
-from model.dre_config import DREConfig
+from model.dre.config import DREConfig
 
 CYCLES_BITS = 32
 

@@ -18,7 +18,7 @@ from hw.layouts import (
 )
 from hw.plane_store import PlaneReadSignature
 from hw.topk import TopK
-from model.dre_config import ConfigError, DREConfig
+from model.dre.config import ConfigError, DREConfig
 
 
 class SelectCore(wiring.Component):
@@ -41,7 +41,7 @@ class SelectCore(wiring.Component):
         A retrieval is under way (from the query handshake to the trailer's handshake).  Keys
         must not be written while busy.
 
-    Schedule (exactly the reference ``model.dre_select.select``)
+    Schedule (exactly the reference ``model.dre.select.select``)
     ----------------------------------------------------------
     * ``init``: ``2 * groups`` cycles; the dot-product unit computes ``Qpos`` (``q`` against the
       mask of its positive elements) and ``Qneg``.

@@ -1,6 +1,6 @@
 """DRE selection v2: a token budget over entries with member counts, several query vectors.
 
-Bit-exact with :func:`model.dre_ref.select_tokens` (``k_cap = cfg.k_cap``); the rule, the early
+Bit-exact with :func:`model.dre.ref.select_tokens` (``k_cap = cfg.k_cap``); the rule, the early
 exit and its proof are in ``docs/select.md``.
 """
 
@@ -22,7 +22,7 @@ from hw.layouts import (
 )
 from hw.plane_store import PlaneReadSignature
 from hw.topk import TopK
-from model.dre_config import ConfigError, DREConfig
+from model.dre.config import ConfigError, DREConfig
 
 
 def value_shape(cfg: DREConfig):

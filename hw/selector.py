@@ -9,7 +9,7 @@ from amaranth.lib.wiring import In, Out
 from hw.layouts import select_key_load_layout, select_query_layout, select_result_layout
 from hw.plane_store import PlaneStore
 from hw.select_core import SelectCore
-from model.dre_config import DREConfig
+from model.dre.config import DREConfig
 
 
 class Selector(wiring.Component):

@@ -1,7 +1,7 @@
-"""The soft score of DRE selection v2 (``score="soft"`` of ``model.dre_tokens``), pipelined.
+"""The soft score of DRE selection v2 (``score="soft"`` of ``model.dre.tokens``), pipelined.
 
 Given the exact dot products ``s[c, j]`` of ``n_q`` query vectors with the live entries and the
-entries' member counts, it computes, bit for bit as :func:`model.dre_tokens.soft_scores`::
+entries' member counts, it computes, bit for bit as :func:`model.dre.tokens.soft_scores`::
 
     M_c      = max_j s[c, j]
     u[c, j]  = min(((M_c - s[c, j]) * gain) >> GAIN_SHIFT, UCAP)
@@ -19,8 +19,8 @@ from amaranth import C, Cat, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, fifo, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from model.dre_config import check_int
-from model.dre_tokens import (
+from model.dre.config import check_int
+from model.dre.tokens import (
     GAIN_BITS,
     GAIN_SHIFT,
     SOFT_E,
@@ -54,7 +54,7 @@ class SoftScore(wiring.Component):
         Query vectors in use; held for the whole retrieval.  ``1 <= n_q <= q_max`` is the
         contract; 0 is served as 1 and larger values as ``q_max`` (never a hang).
     gain : In(GAIN_BITS)
-        ``model.dre_tokens.soft_gain``; held for the whole retrieval.
+        ``model.dre.tokens.soft_gain``; held for the whole retrieval.
     entries : In(stream.Signature(entry_layout))
         One beat per entry and sweep: ``sweep`` (MAX, SUM, SCORE, in that order, each over the
         same entries in the same order), ``first`` / ``last`` (first / last entry of the sweep),

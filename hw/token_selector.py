@@ -9,7 +9,7 @@ from amaranth.lib.wiring import In, Out
 from hw.layouts import token_key_load_layout, token_query_layout, token_result_layout
 from hw.plane_store import PlaneStore
 from hw.select_tokens import SelectTokensCore
-from model.dre_config import DREConfig
+from model.dre.config import DREConfig
 
 
 class TokenSelector(wiring.Component):

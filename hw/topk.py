@@ -6,7 +6,7 @@ from amaranth import Module, Signal, unsigned
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
-from model.dre_config import ConfigError
+from model.dre.config import ConfigError
 
 
 def entry_layout(key_shape, index_bits: int, payload_shape=None) -> data.StructLayout:

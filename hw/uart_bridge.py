@@ -29,7 +29,7 @@ from amaranth.lib.wiring import In, Out
 from hw.dre_regs import RegisterBusSignature
 from hw.uart_rx import UartRx
 from hw.uart_tx import UartTx
-from model.dre_config import ConfigError
+from model.dre.config import ConfigError
 
 OP_WRITE, OP_READ, OP_KEY, OP_QUERY = 0x57, 0x52, 0x4B, 0x51
 OP_ASSIGNMENT, OP_SELECTION = 0x41, 0x53

@@ -6,7 +6,7 @@ from amaranth import Cat, Module, Signal
 from amaranth.lib import wiring
 from amaranth.lib.wiring import Out
 
-from model.dre_config import ConfigError
+from model.dre.config import ConfigError
 
 
 class UartRx(wiring.Component):

@@ -6,7 +6,7 @@ from amaranth import Cat, Module, Signal
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from model.dre_config import ConfigError
+from model.dre.config import ConfigError
 
 
 class UartTx(wiring.Component):

@@ -35,7 +35,7 @@ from typing import Protocol, runtime_checkable
 
 import torch
 
-from model.dre_config import check_int
+from model.dre.config import check_int
 from model.metrics import ByteModel, MemoryUse
 
 
@@ -55,7 +55,7 @@ class KVPolicy(Protocol):
 
 
 def check_count(name: str, value, lo: int) -> int:
-    """``value``, an integer ``>= lo`` (:func:`model.dre_config.check_int`)."""
+    """``value``, an integer ``>= lo`` (:func:`model.dre.config.check_int`)."""
     return check_int(name, value, lo)
 
 

@@ -1,7 +1,7 @@
 """KV traces on disk: per layer and KV head, the keys and retrieval queries of a streamed video.
 
 Written by ``python -m model.hf_stream --dump-trace DIR`` (a real model's keys) and read by
-:func:`model.dre_top.integer_stream`, so ``python -m verif.sim_dre --frames-folder DIR`` drives
+:func:`model.dre.top.integer_stream`, so ``python -m verif.sim_dre --frames-folder DIR`` drives
 the DRE RTL with them instead of the TinyLLM's.  No dependency beyond NumPy.
 
 A trace is a folder holding ``trace.json`` and two ``float32`` ``.npy`` arrays per layer ``L``
@@ -12,7 +12,7 @@ and KV head ``H`` (both counted from 0, written ``keys-l{L:02d}-h{H:02d}.npy``):
 * ``queries-lLL-hHH.npy`` ``[T, Q, d]``: ``Q`` retrieval queries per frame, after RoPE: row 0 is
   the group-mean query (the mean over the KV head's query heads and the frame's tokens), rows
   ``1 .. Q-1`` single query tokens of the group's first query head (tokens drawn by a seeded
-  generator) -- the same queries :func:`model.dre_top.integer_stream` forms from the TinyLLM.
+  generator) -- the same queries :func:`model.dre.top.integer_stream` forms from the TinyLLM.
 
 ``trace.json``: ``{"format": "vrex-kv-trace", "version": 1, "frames": T, "grid": [h, w],
 "layers": L, "kv_heads": H, "head_dim": d, "queries": Q, "source": {...}}`` (``source``: free-form

@@ -29,7 +29,7 @@ from dataclasses import dataclass, fields
 import torch
 import torch.nn.functional as F
 
-from model.dre_config import ConfigError, check_int
+from model.dre.config import ConfigError, check_int
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,7 @@
 
 :class:`HeadClusters` is the clustering of ONE KV head (temporal, then spatial, then a new cluster
 or a forced merge), exactly as ``docs/clustering.md`` states it; the integer reference
-(``model/dre_cluster.py``) is checked against it.  :class:`ReSVCache` runs one
+(``model/dre/cluster.py``) is checked against it.  :class:`ReSVCache` runs one
 :class:`HeadClusters` per KV head of a layer and adds dynamic retrieval (SPEC step 4) and the
 memory accounting of the hierarchical KV memory (step 5); it follows the
 :class:`model.baselines.KVPolicy` protocol.
@@ -29,10 +29,10 @@ import numpy as np
 import torch
 
 from model.baselines import StreamLedger, check_count, per_head_queries
-from model.dre_config import ConfigError
-from model.dre_tokens import select_tokens, soft_gain
+from model.dre.config import ConfigError
+from model.dre.quant import quantize, symmetric_scale
+from model.dre.tokens import select_tokens, soft_gain
 from model.metrics import MemoryUse
-from model.quant import quantize, symmetric_scale
 
 
 def _check_tau(name: str, value) -> float:
@@ -77,7 +77,7 @@ class ReSVConfig:
                    standing in for its centroid); ``"norm"``: ``max_c (s_cj - max_i s_ci)``
                    (each query against its own best cluster, the issue's ``normalize``);
                    ``"max"``: ``max_c s_cj``; ``"soft-int"``: what the DRE computes, the
-                   fixed-point soft score of ``model.dre_tokens`` on 8-bit codes of the query
+                   fixed-point soft score of ``model.dre.tokens`` on 8-bit codes of the query
                    vectors and centroids (``docs/select.md``)
     rerank         0 (off) or alpha >= 1: clusters are taken for ``round(alpha * budget)``
                    tokens, whose keys are then read in ``rerank_bits``-bit form (per-token
@@ -466,7 +466,7 @@ class ReSVCache:
         return picks
 
     def _select_int(self, h: int, vectors: torch.Tensor, budget: int) -> list[tuple[int, int]]:
-        """``score="soft-int"``: the DRE's integer soft rule (``model.dre_tokens``) on 8-bit
+        """``score="soft-int"``: the DRE's integer soft rule (``model.dre.tokens``) on 8-bit
         codes of the query vectors (one scale per retrieval) and of the centroids (one scale
         per head and retrieval)."""
         head = self.heads[h]

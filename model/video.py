@@ -34,7 +34,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from model.dre_config import check_int
+from model.dre.config import check_int
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 

@@ -10,7 +10,7 @@ exists.  The rules, so that the flows can run while ``hw/`` is still being writt
 
 Each module holds one ``wiring.Component`` (the project's one-component-per-file rule); it is
 found automatically and constructed as ``Cls(cfg)``.  A unit whose constructor needs more than
-the :class:`~model.dre_config.DREConfig` gets an entry in :data:`FACTORIES`.  To add a unit, add a
+the :class:`~model.dre.config.DREConfig` gets an entry in :data:`FACTORIES`.  To add a unit, add a
 line to :data:`REGISTRY`.
 
 :data:`CONFIGS` names the configurations the reports are made for; :func:`parse_config` also
@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from amaranth.back import verilog
 from amaranth.lib import wiring
 
-from model.dre_config import PRESETS, ConfigError, DREConfig
+from model.dre.config import PRESETS, ConfigError, DREConfig
 
 #: (design name, module, kind).  ``kind``: "top" (the whole DRE), "unit" (a subsystem the DRE
 #: is built from: retrieval, clustering), or "part" (a component inside a unit: linted, and

@@ -25,7 +25,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from model.dre_config import ConfigError, DREConfig
+from model.dre.config import ConfigError, DREConfig
 from synth import designs as registry
 from synth import gates
 from synth.ecp5_flow import RESOURCES, Ecp5Result, nextpnr_version, synth_ecp5

@@ -2,7 +2,7 @@
 
 A short co-simulation in Verilator: cocotbext-axi (AxiLiteMaster, AxiStreamSource / Sink, with
 random pauses on every stream) drives the golden model's integer stream into the wrapper and
-checks every assignment, selection, trailer and counter against :class:`model.dre_top.DRERef`
+checks every assignment, selection, trailer and counter against :class:`model.dre.top.DRERef`
 (``verif/tb_axi.py``); a deliberately wrong expectation must make it fail.
 """
 
@@ -14,7 +14,7 @@ import pytest
 
 from hw import export as hw_export
 from hw.axi_dre import AXIDRE, stream_ports
-from model.dre_config import ConfigError, DREConfig
+from model.dre.config import ConfigError, DREConfig
 from verif import sim_dre, toolenv
 from verif.runner import SimulationFailed, run
 

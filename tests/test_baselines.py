@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from model.baselines import FullAttention, KVPolicy, OracleTopB, ReKVFrames, SlidingWindow
-from model.dre_config import ConfigError
+from model.dre.config import ConfigError
 from model.resv import ReSVCache, ReSVConfig
 
 H, D, GRID = 2, 4, (2, 3)

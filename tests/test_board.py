@@ -1,5 +1,5 @@
 """Board build: UART, bridge protocol, host driver framing (no board needed), and a simulation of
-bridge + DRE + driver framing on the serial line against model.dre_top.DRERef."""
+bridge + DRE + driver framing on the serial line against model.dre.top.DRERef."""
 
 from __future__ import annotations
 
@@ -29,8 +29,8 @@ from hw.board import BridgedDRE
 from hw.dre_regs import ID_VALUE, register_map
 from hw.uart_rx import UartRx
 from hw.uart_tx import UartTx
-from model.dre_config import ConfigError, DREConfig
-from model.dre_top import DRERef, Registers
+from model.dre.config import ConfigError, DREConfig
+from model.dre.top import DRERef, Registers
 
 TINY = DREConfig(d=8, lanes=4, bq=4, bk=4, n_max=8, k_cap=4, grid_max=16, count_bits=5)
 DIV = 4  # clock cycles per bit in simulation

@@ -18,8 +18,8 @@ import pytest
 
 from hw import dre_regs
 from hw import export as hw_export
-from model.dre_config import DREConfig
-from model.dre_top import DRERef, Registers
+from model.dre.config import DREConfig
+from model.dre.top import DRERef, Registers
 from verif import sim_dre, toolenv
 
 SMALL = ["--set", "d=16", "--set", "lanes=4", "--set", "n_max=16", "--set", "k_cap=4"]

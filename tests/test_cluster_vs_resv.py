@@ -14,8 +14,8 @@ import random
 import pytest
 import torch
 
-from model.dre_cluster import STATUS_NAMES, ClusterRef
-from model.dre_config import DREConfig
+from model.dre.cluster import STATUS_NAMES, ClusterRef
+from model.dre.config import DREConfig
 from model.resv import HeadClusters
 
 CFG = DREConfig(d=16, lanes=4, bk=4, n_max=64, k_cap=4, grid_max=64, count_bits=16)

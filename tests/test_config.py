@@ -2,7 +2,7 @@
 
 import pytest
 
-from model.dre_config import ConfigError, DREConfig
+from model.dre.config import ConfigError, DREConfig
 
 
 @pytest.mark.parametrize(

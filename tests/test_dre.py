@@ -14,10 +14,10 @@ import pytest
 from hw import dre_regs
 from hw.dre import DRE
 from hw.export import main as export_main
-from model.dre_cluster import ClusterRef, size_bias
-from model.dre_config import ConfigError, DREConfig
-from model.dre_select import select
-from model.dre_top import DRERef, Registers, integer_stream
+from model.dre.cluster import ClusterRef, size_bias
+from model.dre.config import ConfigError, DREConfig
+from model.dre.select import select
+from model.dre.top import DRERef, Registers, integer_stream
 from verif import sim_dre, toolenv
 from verif.runner import SimulationFailed, run
 

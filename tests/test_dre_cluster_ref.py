@@ -1,4 +1,4 @@
-"""ClusterRef (model/dre_cluster.py) against independent brute-force evaluations of its rules.
+"""ClusterRef (model/dre/cluster.py) against independent brute-force evaluations of its rules.
 
 The brute force recomputes everything from member lists with exact rationals (``Fraction``) and
 real square roots where that is exact enough, never from the reference's incremental state.
@@ -12,7 +12,7 @@ from fractions import Fraction
 
 import pytest
 
-from model.dre_cluster import (
+from model.dre.cluster import (
     DROPPED,
     FORCED,
     JOINED,
@@ -27,7 +27,7 @@ from model.dre_cluster import (
     size_bias,
     tau_fixed,
 )
-from model.dre_config import ConfigError, DREConfig
+from model.dre.config import ConfigError, DREConfig
 
 CFG = DREConfig(d=8, lanes=2, bk=4, n_max=16, grid_max=36, count_bits=6)
 

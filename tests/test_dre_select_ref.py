@@ -1,4 +1,4 @@
-"""model.dre_select.select against an independent brute force (score everything, sort, cut).
+"""model.dre.select.select against an independent brute force (score everything, sort, cut).
 
 The brute force below shares no code with the reference: plain Python integers, one multiply per
 element, a full sort.  Random cases use tiny value ranges so that ties, equal scores and cuts
@@ -12,9 +12,9 @@ import random
 import pytest
 import torch
 
-import model.dre_select as dre_select
-from model.dre_ref import Selection, select
-from model.dre_select import SelectError
+import model.dre.select as dre_select
+from model.dre.ref import Selection, select
+from model.dre.select import SelectError
 
 
 def brute_force(q, keys, bias, margin, k_max, k_min):

@@ -1,4 +1,4 @@
-"""The soft score of ``model.dre_ref.select_tokens`` (``score="soft"``).
+"""The soft score of ``model.dre.ref.select_tokens`` (``score="soft"``).
 
 Three independent checks:
 
@@ -20,8 +20,9 @@ from decimal import ROUND_FLOOR, Decimal, getcontext
 import pytest
 import torch
 
-from model.dre_ref import SelectError, select_tokens
-from model.dre_tokens import (
+from model.dre.quant import quantize, symmetric_scale
+from model.dre.ref import SelectError, select_tokens
+from model.dre.tokens import (
     GAIN_BITS,
     GAIN_SHIFT,
     SOFT_E,
@@ -31,7 +32,6 @@ from model.dre_tokens import (
     log2_table,
     soft_gain,
 )
-from model.quant import quantize, symmetric_scale
 from model.resv import cluster_scores
 
 getcontext().prec = 40

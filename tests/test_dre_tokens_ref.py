@@ -1,4 +1,4 @@
-"""model.dre_ref.select_tokens (v2: token budget, several queries) against a brute force.
+"""model.dre.ref.select_tokens (v2: token budget, several queries) against a brute force.
 
 The brute force shares no code with the reference: plain Python integers, every score computed,
 one full sort, the walk.  Random cases use tiny value ranges so that ties, equal scores and
@@ -13,7 +13,7 @@ import random
 import pytest
 import torch
 
-from model.dre_ref import SelectError, TokenSelection, select_tokens
+from model.dre.ref import SelectError, TokenSelection, select_tokens
 
 
 def brute_force(queries, keys, counts, budget, normalize=True):
@@ -286,8 +286,8 @@ def test_empty_table():
 def test_dreref_retrieve_tokens_uses_the_table(seed):
     """DRERef.retrieve_tokens == select_tokens over the written-back centroids and the table's
     counts, and == a float64 computation of the rule on the same quantised values."""
-    from model.dre_config import DREConfig
-    from model.dre_top import DRERef, Registers
+    from model.dre.config import DREConfig
+    from model.dre.top import DRERef, Registers
 
     rng = random.Random(seed)
     cfg = DREConfig(d=16, lanes=4, bq=6, bk=6, n_max=16, k_cap=4, grid_max=36, q_max=3)

@@ -16,7 +16,7 @@ from hw import export as hw_export
 from hw import layouts
 from hw.cluster_unit import result_layout
 from hw.dre import queries_stream_layout, selections_layout
-from model.dre_config import DREConfig
+from model.dre.config import DREConfig
 
 SMALL = DREConfig(d=8, lanes=4, bq=5, bk=6, n_max=16, k_cap=4, grid_max=36, q_max=3)
 

@@ -20,8 +20,9 @@ from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import (
 from transformers.models.qwen2_vl.modeling_qwen2_vl import apply_rotary_pos_emb
 
 from model import hf_stream
-from model.dre_config import ConfigError, DREConfig
-from model.dre_top import integer_stream
+from model.dre.config import ConfigError, DREConfig
+from model.dre.quant import quantize, symmetric_scale
+from model.dre.top import integer_stream
 from model.hf import (
     HFError,
     StreamSession,
@@ -31,7 +32,6 @@ from model.hf import (
     tiny_qwen2vl,
 )
 from model.kv_trace import load_head
-from model.quant import quantize, symmetric_scale
 from model.video import SyntheticVideo
 
 GRID = (3, 4)  # merged tokens per frame step: 12

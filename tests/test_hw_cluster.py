@@ -1,5 +1,5 @@
 """Clustering RTL: amaranth.sim unit tests of its pieces, and cocotb co-simulation of the whole unit
-in Verilator against model.dre_cluster.ClusterRef (verif/tb_cluster.py)."""
+in Verilator against model.dre.cluster.ClusterRef (verif/tb_cluster.py)."""
 
 from __future__ import annotations
 
@@ -16,9 +16,9 @@ from hw.cluster_cosine import PAIRS, ClusterCompare
 from hw.cluster_exact import ExactCompare, exact_cycles, exact_widths
 from hw.cluster_unit import ClusterUnit, token_period
 from hw.cluster_writeback import ClusterWriteback, log2_fixed, writeback_cycles
-from model.dre_cluster import ClusterWidths, quantise_centroid, size_bias
-from model.dre_cluster import log2_fixed as log2_model
-from model.dre_config import ConfigError, DREConfig
+from model.dre.cluster import ClusterWidths, quantise_centroid, size_bias
+from model.dre.cluster import log2_fixed as log2_model
+from model.dre.config import ConfigError, DREConfig
 from verif.runner import run
 
 SMALL = DREConfig(d=8, lanes=4, bk=4, n_max=16, k_cap=4, grid_max=16, count_bits=5)

@@ -4,7 +4,7 @@
 * PlaneStore: whole-key writes, (entry, plane) reads with one cycle of latency, hold on en = 0,
   old data on read-during-write, bias port.
 * TopK: random inserts with many equal keys against a stable sort in Python; shift and clear.
-* SelectCore + PlaneStore (the Selector) on a few retrievals against model.dre_ref.select.
+* SelectCore + PlaneStore (the Selector) on a few retrievals against model.dre.ref.select.
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ from hw.layouts import Kind, score_shape, select_key_load_layout, select_query_l
 from hw.plane_store import PlaneStore
 from hw.selector import Selector
 from hw.topk import TopK
-from model.dre_config import ConfigError, DREConfig
-from model.dre_ref import select
+from model.dre.config import ConfigError, DREConfig
+from model.dre.ref import select
 
 
 def run_sim(dut, bench, *, vcd=None):

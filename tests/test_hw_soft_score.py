@@ -1,4 +1,4 @@
-"""hw.soft_score.SoftScore in amaranth.sim against model.dre_tokens.soft_scores, bit for bit.
+"""hw.soft_score.SoftScore in amaranth.sim against model.dre.tokens.soft_scores, bit for bit.
 
 The reference itself is pinned against an independent brute force in
 ``tests/test_dre_soft_ref.py``.  Random problems cover extreme dot products (the saturation at
@@ -15,8 +15,8 @@ import torch
 from amaranth.sim import Simulator
 
 from hw.soft_score import SWEEP_MAX, SWEEP_SCORE, SWEEP_SUM, SoftScore
-from model.dre_config import ConfigError
-from model.dre_tokens import GAIN_BITS, soft_scores
+from model.dre.config import ConfigError
+from model.dre.tokens import GAIN_BITS, soft_scores
 
 
 def rand_problem(rng: random.Random, unit: SoftScore):

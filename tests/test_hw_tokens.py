@@ -1,4 +1,4 @@
-"""The v2 selector (hw.select_tokens) in amaranth.sim against model.dre_ref.select_tokens.
+"""The v2 selector (hw.select_tokens) in amaranth.sim against model.dre.ref.select_tokens.
 
 Short runs of the whole TokenSelector: random and adversarial retrievals (ties, all-equal keys,
 budget 0 and beyond the total, one live entry, empty entries, Q = 1 .. q_max, raw and normalised
@@ -18,8 +18,8 @@ from amaranth.sim import Simulator
 from hw.layouts import Kind, token_key_load_layout, token_query_layout
 from hw.select_tokens import SelectTokensCore
 from hw.token_selector import TokenSelector
-from model.dre_config import PRESETS, ConfigError, DREConfig
-from model.dre_ref import select_tokens
+from model.dre.config import PRESETS, ConfigError, DREConfig
+from model.dre.ref import select_tokens
 
 SMALL = DREConfig(d=8, lanes=4, bq=4, bk=4, n_max=8, k_cap=2, q_max=3, count_bits=6)
 

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from model.dre_config import ConfigError
+from model.dre.config import ConfigError
 from model.llm import KVStore, LLMConfig, TinyLLM, frame_attention, group_mean_query
 
 

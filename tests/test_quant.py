@@ -1,9 +1,9 @@
-"""model.quant: symmetric rounding checked against hand-computed values."""
+"""model.dre.quant: symmetric rounding checked against hand-computed values."""
 
 import pytest
 import torch
 
-from model.quant import dequantize, qmax, quantize, round_half_away, symmetric_scale
+from model.dre.quant import dequantize, qmax, quantize, round_half_away, symmetric_scale
 
 
 def test_round_half_away_from_zero():

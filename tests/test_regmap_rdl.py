@@ -22,7 +22,7 @@ from systemrdl import RDLCompiler
 
 from hw import dre_regs
 from hw import export as hw_export
-from model.dre_config import DREConfig
+from model.dre.config import DREConfig
 
 CONFIGS = {
     "default": DREConfig(),

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from model.baselines import KVPolicy
-from model.dre_config import ConfigError
+from model.dre.config import ConfigError
 from model.resv import HeadClusters, ReSVCache, ReSVConfig, query_vectors
 
 # ---- helpers -------------------------------------------------------------------------------

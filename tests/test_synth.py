@@ -16,7 +16,7 @@ from amaranth.lib import wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-from model.dre_config import ConfigError, DREConfig
+from model.dre.config import ConfigError, DREConfig
 from synth import designs as registry
 from synth import gates, report
 from synth.ecp5_flow import synth_ecp5

@@ -15,8 +15,8 @@ from dataclasses import replace
 import pytest
 
 from model import system as sysm
-from model.dre_config import DREConfig
-from model.dre_select import select
+from model.dre.config import DREConfig
+from model.dre.select import select
 from verif.tb_select import TB
 
 # ---- a toy case small enough to compute by hand -----------------------------------------------
@@ -365,7 +365,7 @@ def test_token_period_new_formula_by_hand():
 
 def test_token_period_matches_hardware():
     from hw import cluster_unit
-    from model.dre_config import DREConfig as C
+    from model.dre.config import DREConfig as C
 
     cases = ((64, 16), (128, 16), (64, 8), (16, 16), (128, 4), (48, 16))
     hw = [cluster_unit.token_period(C(d=d, lanes=lanes)) for d, lanes in cases]
@@ -379,7 +379,7 @@ def test_token_period_matches_hardware():
 
 def test_writeback_cycles_match_hardware():
     from hw.cluster_writeback import writeback_cycles
-    from model.dre_config import DREConfig as C
+    from model.dre.config import DREConfig as C
 
     # by hand: d 128 / 16 lanes: G 8, 4 rounds: 2 + 8 + 4 x 9 = 46; G 3: 2 + 3 + 3 x 9 = 32
     assert sysm.writeback_cycles(128, 16, 8) == 46 and sysm.writeback_cycles(48, 16, 8) == 32

@@ -3,7 +3,7 @@
 Streams ``--frames`` frames of synthetic video keys (layer 0, KV head 0 of model.llm.TinyLLM on
 model.video.SyntheticVideo, quantised to ``bk`` bits; ``verif.tb_cluster.video_keys``) through
 :class:`hw.cluster_unit.ClusterUnit` in Verilator, scored token by token against
-:class:`model.dre_cluster.ClusterRef` (a mismatch fails the run), with tau_t = 0.9, tau_s = 0.8
+:class:`model.dre.cluster.ClusterRef` (a mismatch fails the run), with tau_t = 0.9, tau_s = 0.8
 and the whole table in use.  No backpressure and no input gaps in this run
 (``"bench": true`` in the testbench spec), so the cycles are the unit's own.
 
@@ -26,7 +26,7 @@ from pathlib import Path
 
 from hw.cluster_unit import ClusterUnit, token_period
 from model.bench import parse_grid
-from model.dre_config import ConfigError, DREConfig
+from model.dre.config import ConfigError, DREConfig
 from verif.runner import SimulationFailed, run
 
 

@@ -1,18 +1,18 @@
 """Cycles per retrieval of the selector, early exit on and off (``python -m verif.bench_select``).
 
 ``--rule v2`` (default): the token-budget selector (:class:`hw.token_selector.TokenSelector`),
-``Q`` query vectors per retrieval, checked against ``model.dre_ref.select_tokens``; ``--rule
+``Q`` query vectors per retrieval, checked against ``model.dre.ref.select_tokens``; ``--rule
 v1``: the margin / k selector of the first version (:class:`hw.selector.Selector`).
 
 Keys and queries come from the golden model's streaming run: :class:`model.llm.TinyLLM` prefills
 a synthetic video (``model.video``), :class:`model.resv.ReSVCache` clusters every layer's keys per
 KV head, and at each of the last frames the per-head mean query retrieves over the centroid table.
-Centroids and queries are quantised with :mod:`model.quant` (symmetric, per head, ``bk`` / ``bq``
-bits); the bias is ``ln(n_j)`` in the same integer score units
+Centroids and queries are quantised with :mod:`model.dre.quant` (symmetric, per head, ``bk`` /
+``bq`` bits); the bias is ``ln(n_j)`` in the same integer score units
 (``round(ln(n_j) * sqrt(d) / (s_q * s_k))``), and so is the ReSV margin.
 
 Every retrieval runs in Verilator (``verif/tb_select.py``, bench mode), twice: early exit on and
-off (``no_exit``).  The scoreboard checks each one against ``model.dre_ref.select`` as usual, so
+off (``no_exit``).  The scoreboard checks each one against ``model.dre.ref.select`` as usual, so
 the figures are for bit-exact results.  Printed per point (N, d, lanes, bk): retrievals, mean
 selected, mean cycles with and without early exit, their ratio, the work fraction
 ``planes_read / (N * bk)`` with early exit, and the floor ``N * bk * d/lanes`` (every plane of
@@ -33,9 +33,9 @@ import torch
 
 from hw.selector import Selector
 from hw.token_selector import TokenSelector
-from model.dre_config import DREConfig
+from model.dre.config import DREConfig
+from model.dre.quant import quantize, symmetric_scale
 from model.llm import KVStore, LLMConfig, TinyLLM, group_mean_query
-from model.quant import quantize, symmetric_scale
 from model.resv import ReSVCache, ReSVConfig
 from model.video import PatchEmbedding, open_video
 from verif.runner import run
@@ -316,7 +316,7 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"# python -m verif.bench_select --frames {args.frames} --last {args.last} "
         f"--seed {args.seed}{extra}; keys/queries: TinyLLM + ReSV stream, quantised "
-        f"(model.quant); {time.time() - t0:.0f} s"
+        f"(model.dre.quant); {time.time() - t0:.0f} s"
     )
     print(format_table_v2(rows) if v2 else format_table(rows))
     return 0

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from amaranth.back import verilog
 
-from model.dre_config import ConfigError
+from model.dre.config import ConfigError
 from verif import toolenv
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -3,8 +3,8 @@
 ``make sim`` runs this.  It streams a video (synthetic by default, or ``--frames-folder`` with
 PNG/JPEG frames or a ``.npy`` array) through the golden model's LLM slice
 (:class:`model.llm.TinyLLM`, one layer and KV head, ``--layer`` / ``--head``), quantises keys
-and queries as the reference does (:func:`model.dre_top.integer_stream`), computes every
-expected assignment and selection with :class:`model.dre_top.DRERef`, then drives the keys and
+and queries as the reference does (:func:`model.dre.top.integer_stream`), computes every
+expected assignment and selection with :class:`model.dre.top.DRERef`, then drives the keys and
 queries through the Verilated top level :class:`hw.dre.DRE` with cocotb
 (``verif/tb_dre.py``), which checks every assignment, every selected (index, score), every
 ``planes_read`` and error flag, and at the end the performance counters, bit for bit.
@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 from model.bench import parse_grid
-from model.dre_config import ConfigError, DREConfig
+from model.dre.config import ConfigError, DREConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_MARGIN = 3.0
@@ -139,7 +139,7 @@ def parse_args(argv):
 
 def build_spec(cfg: DREConfig, args, log=print) -> tuple[dict, dict]:
     """The stimulus with every expected response, and golden-model totals for the table."""
-    from model.dre_top import DRERef, integer_stream
+    from model.dre.top import DRERef, integer_stream
 
     t0 = time.perf_counter()
 
@@ -271,7 +271,7 @@ def seed_from_env(default: int = 1) -> int:
 
 def check_args(cfg: DREConfig, args) -> None:
     """Every option against ``cfg`` and the rule, before any work; resolves the defaults."""
-    from model.dre_cluster import tau_fixed
+    from model.dre.cluster import tau_fixed
 
     h, w = args.grid
     if args.frames < 1:

@@ -1,7 +1,7 @@
 """cocotb testbench of the AXI-wrapped DRE (:class:`hw.axi_dre.AXIDRE`), driven by cocotbext-axi.
 
 The stimulus and expected responses are those of ``verif/sim_dre.py`` (``build_spec``: the
-golden model's integer stream through :class:`model.dre_top.DRERef`), in a JSON file named by
+golden model's integer stream through :class:`model.dre.top.DRERef`), in a JSON file named by
 ``VREX_AXI`` (``@path``), in the format ``verif/tb_dre.py`` documents.
 
 :func:`axi_stream`: an ``AxiLiteMaster`` programs the registers over AXI4-Lite; per frame an
@@ -37,7 +37,7 @@ from hw import dre_regs
 from hw.cluster_unit import result_layout as assignment_layout
 from hw.dre import queries_stream_layout, selections_layout
 from hw.layouts import Kind
-from model.dre_config import DREConfig
+from model.dre.config import DREConfig
 from verif.streams import pack, pack_signed, reset, unpack
 
 PERIOD_NS = 10

@@ -13,7 +13,7 @@ Scenarios (each starts with a ``clear``; every one runs with random input gaps a
 
 ``random``      random keys, random grid, random taus and table size
 ``video``       keys of layer 0, head 0 of model.llm.TinyLLM on model.video.SyntheticVideo,
-                quantised with model.quant (``video_frames`` frames of ``video_grid``)
+                quantised with model.dre.quant (``video_frames`` frames of ``video_grid``)
 ``identical``   one random frame repeated (everything joins temporally at tau 1)
 ``equal``       every key equal (one cluster)
 ``opposite``    alternating opposite keys, in space and in time (sums cancel to zero)
@@ -56,8 +56,8 @@ from amaranth.hdl import Shape
 from cocotb.clock import Clock
 from cocotb.triggers import FallingEdge, RisingEdge
 
-from model.dre_cluster import STATUS_NAMES, ClusterRef, ClusterWidths
-from model.dre_config import DREConfig
+from model.dre.cluster import STATUS_NAMES, ClusterRef, ClusterWidths
+from model.dre.config import DREConfig
 from verif.streams import pack_signed, unpack_signed
 
 PERIOD_NS = 10
@@ -73,8 +73,8 @@ def video_keys(frames: int, grid: tuple[int, int], d: int, bk: int, seed: int = 
     cache = ROOT / "build" / "cluster_keys" / f"video-{frames}-{h}x{w}-d{d}-b{bk}-s{seed}.pt"
     if cache.exists():
         return torch.load(cache)
+    from model.dre.quant import quantize, symmetric_scale
     from model.llm import KVStore, LLMConfig, TinyLLM
-    from model.quant import quantize, symmetric_scale
     from model.video import PatchEmbedding, SyntheticVideo
 
     llm_cfg = LLMConfig(layers=1, kv_heads=1, q_per_kv=1, head_dim=d, d_model=4 * d, seed=seed)

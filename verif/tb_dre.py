@@ -1,11 +1,11 @@
 """cocotb testbench of the DRE top level (hw.dre.DRE), scored bit for bit against the golden model.
 
 The stimulus and its expected responses are computed outside the simulator by
-``verif/sim_dre.py`` (``model.dre_top.DRERef`` on the golden model's integer stream) and arrive
+``verif/sim_dre.py`` (``model.dre.top.DRERef`` on the golden model's integer stream) and arrive
 as a JSON file named by the environment variable ``VREX_DRE``::
 
     {"cfg": {...DREConfig...}, "seed": 1, "stall": 0.0, "gap": 0.0,
-     "regs": {...model.dre_top.Registers...},
+     "regs": {...model.dre.top.Registers...},
      "frames": [{"keys": [[...]], "ids": [...], "status": [...], "error": false, "clear": false,
                  "queries": [{"q": [...], "records": [[index, score], ...],
                               "planes_read": 0, "error": 0}]}],
@@ -40,8 +40,8 @@ from hw import dre_regs
 from hw.cluster_unit import result_layout as assignment_layout
 from hw.dre import queries_stream_layout, selections_layout
 from hw.layouts import Kind
-from model.dre_cluster import STATUS_NAMES
-from model.dre_config import DREConfig
+from model.dre.cluster import STATUS_NAMES
+from model.dre.config import DREConfig
 from verif.streams import StreamSink, StreamSource, pack, pack_signed, reset, unpack
 
 PERIOD_NS = 10

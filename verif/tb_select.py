@@ -1,4 +1,4 @@
-"""cocotb testbench of hw.selector.Selector, scored bit for bit against model.dre_ref.select.
+"""cocotb testbench of hw.selector.Selector, scored bit for bit against model.dre.ref.select.
 
 Configuration arrives in the environment variable ``VREX_SELECT``: JSON, or ``@path`` of a JSON
 file (an environment string is limited to 128 KiB)::
@@ -36,8 +36,8 @@ from hw.layouts import (
     select_query_layout,
     select_result_layout,
 )
-from model.dre_config import DREConfig
-from model.dre_ref import select
+from model.dre.config import DREConfig
+from model.dre.ref import select
 from verif.streams import StreamSink, StreamSource, pack, reset, unpack
 
 PERIOD_NS = 10

@@ -1,5 +1,5 @@
 """cocotb testbench of hw.select_tokens.TokenSelector, scored bit for bit against
-model.dre_ref.select_tokens.
+model.dre.ref.select_tokens.
 
 Configuration arrives in ``VREX_TOKENS``: JSON, or ``@path`` of a JSON file::
 
@@ -36,8 +36,8 @@ from hw.layouts import (
     token_query_layout,
     token_result_layout,
 )
-from model.dre_config import DREConfig
-from model.dre_ref import select_tokens
+from model.dre.config import DREConfig
+from model.dre.ref import select_tokens
 from verif.streams import StreamSink, StreamSource, pack, reset, unpack
 
 PERIOD_NS = 10

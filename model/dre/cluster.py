@@ -48,7 +48,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from model.dre_config import ConfigError, DREConfig
+from model.dre.config import ConfigError, DREConfig
 
 JOINED, NEW, FORCED, DROPPED = 0, 1, 2, 3
 STATUS_NAMES = ("joined", "new", "forced", "dropped")

@@ -65,9 +65,9 @@ from dataclasses import dataclass
 
 import torch
 
-from model.dre_config import check_int
+from model.dre.config import check_int
 
-#: widths accepted for q and keys (as in model.dre_config.DREConfig)
+#: widths accepted for q and keys (as in model.dre.config.DREConfig)
 WIDTH_RANGE = (2, 16)
 #: bias magnitude accepted, so that every intermediate value stays far inside int64
 BIAS_LIMIT = 1 << 60

@@ -78,8 +78,8 @@ from functools import cache
 
 import torch
 
-from model.dre_config import check_int
-from model.dre_select import WIDTH_RANGE, SelectError, _as_int_tensor, _check_range
+from model.dre.config import check_int
+from model.dre.select import WIDTH_RANGE, SelectError, _as_int_tensor, _check_range
 
 #: largest member count accepted (keeps every sum far inside int64)
 COUNT_LIMIT = 1 << 40
@@ -258,7 +258,7 @@ def select_tokens(
     normalize = score == "norm"
     if score == "soft":
         if gain is None:
-            raise SelectError("score='soft' needs a gain (model.dre_tokens.soft_gain)")
+            raise SelectError("score='soft' needs a gain (model.dre.tokens.soft_gain)")
         _check_int("gain", gain, 1)
         if gain >= 1 << GAIN_BITS:
             raise SelectError(f"gain={gain} must be below 2^{GAIN_BITS}")

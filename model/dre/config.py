@@ -1,7 +1,7 @@
 """One configuration object for the DRE, shared by the golden model and the RTL.
 
 Every size of the hardware is an elaboration parameter collected here, so that the bit-exact
-reference (``model/dre_ref.py``) and the Amaranth components (``hw/``) are always built from the
+reference (``model/dre/ref.py``) and the Amaranth components (``hw/``) are always built from the
 same numbers.  Values are checked in ``__post_init__``; a bad value raises :class:`ConfigError`
 with one readable message naming the parameter, its value and what is allowed.
 

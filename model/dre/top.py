@@ -1,15 +1,15 @@
 """Bit-exact reference of the whole DRE (``hw/dre.py``) and the integer stream that drives it.
 
 :class:`DRERef` composes the unit references exactly as the top level composes the units:
-:class:`model.dre_cluster.ClusterRef` clusters each frame's keys; every cluster a frame touched
+:class:`model.dre.cluster.ClusterRef` clusters each frame's keys; every cluster a frame touched
 gets its quantised centroid and size bias written into the *plane store* (the entries retrieval
-reads); a query is scored by :func:`model.dre_select.select` over entries ``0 .. N-1`` with
+reads); a query is scored by :func:`model.dre.select.select` over entries ``0 .. N-1`` with
 ``N`` the clusters allocated so far and ``margin``, ``k_min``, ``k_max``, ``no_exit`` from the
 registers.  Out-of-range runtime values give the selector's error flags and no selection.
 
 :func:`integer_stream` turns the golden model's streaming run into what the DRE sees: the keys of
 one layer and one KV head of :class:`model.llm.TinyLLM` for each frame of a video (synthetic or a
-folder of real frames), and a few queries per frame, quantised with :mod:`model.quant` (one
+folder of real frames), and a few queries per frame, quantised with :mod:`model.dre.quant` (one
 symmetric scale per stream, taken from the first frame) and the ReSV knobs converted to the
 DRE's fixed-point registers.
 """
@@ -22,10 +22,10 @@ from dataclasses import dataclass, field
 
 import torch
 
-from model.dre_cluster import DROPPED, ClusterRef, tau_fixed
-from model.dre_config import ConfigError, DREConfig
-from model.dre_select import Selection, select
-from model.dre_tokens import TokenSelection, select_tokens
+from model.dre.cluster import DROPPED, ClusterRef, tau_fixed
+from model.dre.config import ConfigError, DREConfig
+from model.dre.select import Selection, select
+from model.dre.tokens import TokenSelection, select_tokens
 
 #: retrieval error flags in bit order (``hw.select_core.ERROR_LAYOUT``)
 ERROR_FLAGS = ("n_zero", "n_over", "k_max_zero", "k_max_over", "k_min_bad")
@@ -232,7 +232,7 @@ def integer_stream(
     keys from ``python -m model.hf_stream --dump-trace``), the keys and queries of ``layer`` and
     ``head`` come from it instead (its grid and head_dim must match ``grid`` and ``cfg.d``).
     """
-    from model.quant import quantize, symmetric_scale
+    from model.dre.quant import quantize, symmetric_scale
 
     h, w = grid
     if h * w > cfg.grid_max:

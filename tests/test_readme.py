@@ -84,3 +84,18 @@ def test_readme_golden_model_row_is_current(tmp_path):
         want += [round(float(rows[(p, budget)]["recall"]), 3) for p in ("resv", "rekv", "oracle")]
     want += [round(float(rows[(p, 980)]["out_err"]), 3) for p in ("resv", "rekv")]
     assert readme_bench_row() == want
+
+
+def test_links_resolve_inside_the_repository():
+    """Every relative Markdown link of README.md and docs/ names a file of the repository (a
+    clone has nothing outside it), and no page points outside the repository."""
+    pages = [README, *sorted((ROOT / "docs").glob("*.md"))]
+    bad = []
+    for page in pages:
+        for target in re.findall(r"\]\(([^)\s]+)\)", page.read_text()):
+            if re.match(r"[a-z]+://|mailto:|#", target):
+                continue
+            path = (page.parent / target.split("#", 1)[0]).resolve()
+            if not path.exists() or (ROOT not in path.parents and path != ROOT):
+                bad.append(f"{page.relative_to(ROOT)}: {target}")
+    assert not bad, "links that do not resolve inside the repository:\n" + "\n".join(bad)

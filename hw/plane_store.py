@@ -82,12 +82,19 @@ class PlaneStore(wiring.Component):
 
     Read-during-write of the same entry returns the *old* contents (ports are not transparent).
     Contents after reset are zero.
+
+    ``out_reg=True`` (the pipelined v2 selector) registers every memory output in the fabric
+    before the plane multiplexer: plane and count reads take **two** cycles, and the data of a
+    read appears after two cycles with ``en`` (``count_en``) high; while ``en`` is low both
+    stages hold, so a stalled reader keeps its data (a two-stage pipeline advanced by ``en``).
+    The bias port keeps one cycle.  Nothing but timing changes.
     """
 
-    def __init__(self, cfg: DREConfig, *, counts: bool = False):
+    def __init__(self, cfg: DREConfig, *, counts: bool = False, out_reg: bool = False):
         if not isinstance(cfg, DREConfig):
             raise TypeError(f"PlaneStore needs a DREConfig, got {cfg!r}")
         self.counts = bool(counts)
+        self.out_reg = bool(out_reg)
         if cfg.n_max < 2:
             raise ConfigError(
                 f"PlaneStore: n_max={cfg.n_max} must be >= 2 (a 1-entry memory has no address)"
@@ -109,14 +116,26 @@ class PlaneStore(wiring.Component):
                 wr.en.eq(self.write.en),
                 wr.addr.eq(self.write.addr),
                 wr.data.eq(Cat(self.write.key[i][p] for i in range(cfg.d))),
-                rd.en.eq(self.read.en & (self.read.plane == p)),
                 rd.addr.eq(self.read.addr),
             ]
-            words.append(rd.data)
+            if self.out_reg:  # every plane's two stages advance with the reader's pipeline
+                m.d.comb += rd.en.eq(self.read.en)
+                word = Signal(cfg.d, name=f"word{p}")
+                with m.If(self.read.en):
+                    m.d.sync += word.eq(rd.data)
+                words.append(word)
+            else:
+                m.d.comb += rd.en.eq(self.read.en & (self.read.plane == p))
+                words.append(rd.data)
         # The output mux follows the plane of the last enabled read, registered like the data.
         plane_q = Signal(range(cfg.bk))
         with m.If(self.read.en):
             m.d.sync += plane_q.eq(self.read.plane)
+        if self.out_reg:
+            plane_q2 = Signal(range(cfg.bk))
+            with m.If(self.read.en):
+                m.d.sync += plane_q2.eq(plane_q)
+            plane_q = plane_q2
         with m.Switch(plane_q):
             for p in range(cfg.bk):
                 with m.Case(p):
@@ -144,6 +163,10 @@ class PlaneStore(wiring.Component):
                 cwr.data.eq(self.write.count),
                 crd.en.eq(self.read.count_en),
                 crd.addr.eq(self.read.count_addr),
-                self.read.count.eq(crd.data),
             ]
+            if self.out_reg:
+                with m.If(self.read.count_en):
+                    m.d.sync += self.read.count.eq(crd.data)
+            else:
+                m.d.comb += self.read.count.eq(crd.data)
         return m

@@ -87,7 +87,9 @@ class PlaneStore(wiring.Component):
     before the plane multiplexer: plane and count reads take **two** cycles, and the data of a
     read appears after two cycles with ``en`` (``count_en``) high; while ``en`` is low both
     stages hold, so a stalled reader keeps its data (a two-stage pipeline advanced by ``en``).
-    The bias port keeps one cycle.  Nothing but timing changes.
+    The bias port keeps one cycle.  Nothing but timing changes.  These registers have no reset
+    (their contents after reset are whatever the memory held), so that the ECP5 flow can fold
+    them into the block RAMs' output registers (``synth.ecp5_flow``).
     """
 
     def __init__(self, cfg: DREConfig, *, counts: bool = False, out_reg: bool = False):
@@ -120,7 +122,8 @@ class PlaneStore(wiring.Component):
             ]
             if self.out_reg:  # every plane's two stages advance with the reader's pipeline
                 m.d.comb += rd.en.eq(self.read.en)
-                word = Signal(cfg.d, name=f"word{p}")
+                # no reset: the synthesis flow can fold it into the block RAM's output register
+                word = Signal(cfg.d, name=f"word{p}", reset_less=True)
                 with m.If(self.read.en):
                     m.d.sync += word.eq(rd.data)
                 words.append(word)
@@ -165,8 +168,10 @@ class PlaneStore(wiring.Component):
                 crd.addr.eq(self.read.count_addr),
             ]
             if self.out_reg:
+                count_q = Signal(cfg.count_bits, reset_less=True)
                 with m.If(self.read.count_en):
-                    m.d.sync += self.read.count.eq(crd.data)
+                    m.d.sync += count_q.eq(crd.data)
+                m.d.comb += self.read.count.eq(count_q)
             else:
                 m.d.comb += self.read.count.eq(crd.data)
         return m

@@ -43,7 +43,7 @@ def value_shape(cfg: DREConfig):
 
 def lookahead_stages(cfg: DREConfig) -> int:
     """Register stages from the list read to the issue stage (see :class:`SelectTokensCore`)."""
-    return 5 + tree_depth(cfg.q_max) + 1
+    return 6 + tree_depth(cfg.q_max) + 1
 
 
 def dot_stages() -> int:
@@ -224,10 +224,12 @@ class SelectTokensCore(wiring.Component):
         e = Signal(range(n_max + 1))
         a0_valid = Signal()
         a1_valid, a1_e = Signal(), Signal(ib)
+        # memory read data registers have no reset (ECP5: block RAM output registers)
+        a1r_valid, a1r_e, a1r_data = Signal(), Signal(ib), Signal(ib, reset_less=True)
         a2_valid, a2_j = Signal(), Signal(ib)
         a3_valid, a3_j = Signal(), Signal(ib)
         a4_valid, a4_j = Signal(), Signal(ib)
-        part4 = Signal(vec)
+        part4 = Signal(vec, reset_less=True)
         a5 = Signal(look)
         use_e = Signal()
         m.d.comb += [
@@ -251,8 +253,11 @@ class SelectTokensCore(wiring.Component):
             m.d.sync += [
                 a1_valid.eq(a0_valid),
                 a1_e.eq(e[:ib]),
-                a2_valid.eq(a1_valid),
-                a2_j.eq(Mux(use_e, a1_e, list_rd.data)),
+                a1r_valid.eq(a1_valid),
+                a1r_e.eq(a1_e),
+                a1r_data.eq(list_rd.data),
+                a2_valid.eq(a1r_valid),
+                a2_j.eq(Mux(use_e, a1r_e, a1r_data)),
                 a3_valid.eq(a2_valid),
                 a3_j.eq(a2_j),
                 a4_valid.eq(a3_valid),
@@ -293,13 +298,12 @@ class SelectTokensCore(wiring.Component):
 
         ci = Signal(look)  # issue stage I
         ci_mx = Signal(vs)
-        ci_drop, ci_dead, ci_after = Signal(), Signal(), Signal()
+        ci_skip, ci_after = Signal(), Signal()  # skip: dropped (SU < T) or empty (first pass)
         with m.If(adv):
             m.d.sync += [
                 ci.eq(stage),
                 ci_mx.eq(mx),
-                ci_drop.eq(~first & thr_valid & (mx < thr)),
-                ci_dead.eq(first & stage.zero),
+                ci_skip.eq(Mux(first, stage.zero, thr_valid & (mx < thr))),
                 ci_after.eq(
                     ~last_valid | (mx < last_key) | ((mx == last_key) & (stage.j > last_id))
                 ),
@@ -310,18 +314,23 @@ class SelectTokensCore(wiring.Component):
         g = Signal(grange)
         init_neg = Signal()
         in_init = Signal()
-        last_g, last_c, fin, issue = Signal(), Signal(), Signal(), Signal()
+        last_g, last_c, issue = Signal(), Signal(), Signal()
+        fin = Signal()  # registered: (g, qc) is the last micro-op of an entry
+        g_next, qc_next = Signal.like(g), Signal.like(qc)
         m.d.comb += [
             last_g.eq(g == groups - 1),
             last_c.eq(qc == nq_m1),
-            fin.eq(last_g & last_c),
-            issue.eq(in_init | (ci.valid & ~ci_drop & ~ci_dead & ~score_mode)),
-            adv.eq(~ci.valid | ci_drop | ci_dead | fin | score_mode),
+            issue.eq(in_init | (ci.valid & ~ci_skip & ~score_mode)),
+            adv.eq(~ci.valid | ci_skip | fin | score_mode),
+            g_next.eq(Mux(last_g, 0, g + 1)),
+            qc_next.eq(Mux(last_g, Mux(last_c, 0, qc + 1), qc)),
         ]
         with m.If(issue):
-            m.d.sync += g.eq(Mux(last_g, 0, g + 1))
-            with m.If(last_g):
-                m.d.sync += qc.eq(Mux(last_c, 0, qc + 1))
+            m.d.sync += [
+                g.eq(g_next),
+                qc.eq(qc_next),
+                fin.eq((g_next == groups - 1) & (qc_next == nq_m1)),
+            ]
 
         # ---- dot and bounds: D0 .. D9, W -------------------------------------------------------
         meta = data.StructLayout(
@@ -476,6 +485,7 @@ class SelectTokensCore(wiring.Component):
             ci_valid_d,
             a0_valid,
             a1_valid,
+            a1r_valid,
             a2_valid,
             a3_valid,
             a4_valid,
@@ -510,6 +520,7 @@ class SelectTokensCore(wiring.Component):
                         n_cur.eq(pl.n),
                         qc.eq(0),
                         g.eq(0),
+                        fin.eq((groups == 1) & (pl.n_q == 1)),
                         init_neg.eq(0),
                         score_mode.eq(0),
                         thr_valid.eq(0),

@@ -103,6 +103,94 @@ def _harness_ffs(netlist: dict, top: str) -> int:
     )
 
 
+def absorb_bram_output_registers(netlist: dict, top: str) -> int:
+    """Move fabric registers that sit right behind a block RAM's read data into the DP16KD's
+    own output register (``REGMODE = OUTREG``); returns how many block RAM ports were changed.
+
+    Yosys maps every memory read port to a DP16KD without its output register (``NOREG``), and
+    the ECP5's block RAM clock-to-out is then 5.83 ns (speed grade 6, nextpnr's figure): no read
+    can reach a fabric register within a 150 MHz cycle.  With ``OUTREG`` it is 0.96 ns.  The
+    change is exact: a read port qualifies only if *every* used data output drives exactly one
+    ``TRELLIS_FF`` and nothing else, all those FFs are clocked by the port's (non-inverted) read
+    clock, have no reset (``LSR`` tied 0) and one common clock enable (or none).  The output
+    register then takes that enable (``OCE``) and drives the FFs' nets; the FFs are removed.
+    In 36-bit mode (read on port B, data on ``DOA`` and ``DOB``) both halves' registers are set.
+    Vendor tools absorb such registers the same way.  The timing harness's own registers
+    (:class:`RegisteredIO`) are never absorbed: a memory read straight to a port stays timed as
+    block RAM to fabric.
+    """
+    mod = netlist["modules"][top]
+    cells = mod["cells"]
+    harness_bits = set()
+    for net_name, net in mod["netnames"].items():
+        if net_name.split(".")[-1].startswith(HARNESS):
+            harness_bits.update(b for b in net["bits"] if isinstance(b, int))
+    sinks: dict[int, list[tuple[str, str]]] = {}
+    for name, cell in cells.items():
+        dirs = cell.get("port_directions", {})
+        for port, bits in cell["connections"].items():
+            if dirs.get(port) != "output":
+                for b in bits:
+                    if isinstance(b, int):
+                        sinks.setdefault(b, []).append((name, port))
+    for port in mod["ports"].values():
+        if port["direction"] != "input":
+            for b in port["bits"]:
+                if isinstance(b, int):
+                    sinks.setdefault(b, []).append(("<port>", ""))
+    changed = 0
+    for cell in list(cells.values()):
+        if cell["type"] != "DP16KD":
+            continue
+        conn, par = cell["connections"], cell["parameters"]
+        wide = int(str(par.get("DATA_WIDTH_B", "0")), 2) == 36
+        for side in ("B",) if wide else ("A", "B"):
+            if par.get(f"REGMODE_{side}", "NOREG") != "NOREG":
+                continue
+            if par.get(f"CLK{side}MUX", f"CLK{side}") != f"CLK{side}":
+                continue
+            outs = [f"DO{side}{i}" for i in range(18)] + (
+                [f"DOA{i}" for i in range(18)] if wide else []
+            )
+            ffs, enables, ok = [], set(), True
+            for pin in outs:
+                bit = conn.get(pin, [None])[0]
+                if not isinstance(bit, int) or not sinks.get(bit):
+                    continue
+                where = sinks[bit]
+                ff = cells.get(where[0][0]) if len(where) == 1 else None
+                if (
+                    ff is None
+                    or ff["type"] != "TRELLIS_FF"
+                    or where[0][1] != "DI"
+                    or ff["connections"]["Q"][0] in harness_bits
+                ):
+                    ok = False
+                    break
+                fc, fp = ff["connections"], ff["parameters"]
+                if (
+                    fc["CLK"] != conn[f"CLK{side}"]
+                    or fp.get("CLKMUX", "CLK") != "CLK"
+                    or fc.get("LSR", ["0"]) != ["0"]
+                    or fp.get("REGSET", "RESET") != "RESET"
+                ):
+                    ok = False
+                    break
+                cemux = fp.get("CEMUX", "CE").strip()
+                enables.add(tuple(fc["CE"]) if cemux == "CE" else ("1",) if cemux == "1" else None)
+                ffs.append((pin, where[0][0]))
+            if not ok or not ffs or len(enables) != 1 or None in enables:
+                continue
+            (enable,) = enables
+            for pin, ff_name in ffs:
+                conn[pin] = cells.pop(ff_name)["connections"]["Q"]
+            for s in ("A", "B") if wide else (side,):
+                par[f"REGMODE_{s}"] = "OUTREG"
+                conn[f"OCE{s}"] = list(enable)
+            changed += 1
+    return changed
+
+
 @dataclass
 class Ecp5Result:
     """Placed-and-routed resources and timing of one design."""
@@ -124,6 +212,8 @@ class Ecp5Result:
     pnr_error: str = ""
     #: False when LUTs were mapped with classic ABC because ABC9 crashed
     abc9: bool = True
+    #: block RAM read ports given their output register (:func:`absorb_bram_output_registers`)
+    bram_outregs: int = 0
 
     @property
     def fmax_mhz(self) -> float | None:
@@ -175,6 +265,10 @@ def synth_ecp5(
                 raise
             abc9 = False
             _synth(top, "abc", workdir, timeout)
+    netlist_path = workdir / "ecp5.json"
+    netlist = json.loads(netlist_path.read_text())
+    absorbed = absorb_bram_output_registers(netlist, top)
+    netlist_path.write_text(json.dumps(netlist))
     t1 = time.monotonic()
     log = workdir / "nextpnr.log"
     pnr_error = ""
@@ -213,6 +307,7 @@ def synth_ecp5(
             placed=False,
             pnr_error=pnr_error,
             abc9=abc9,
+            bram_outregs=absorbed,
         )
     report = json.loads((workdir / "pnr_report.json").read_text())
     util = report["utilization"]
@@ -244,6 +339,7 @@ def synth_ecp5(
         seconds_synth=t1 - t0,
         seconds_pnr=t2 - t1,
         abc9=abc9,
+        bram_outregs=absorbed,
     )
 
 

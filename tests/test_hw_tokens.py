@@ -187,7 +187,7 @@ def test_cycles_without_early_exit_follow_the_formula(seed):
     ]
     for cfg in cfgs:
         g = cfg.groups
-        la = 6 + (cfg.q_max - 1).bit_length()  # A1 .. A5, the maximum tree, the issue stage
+        la = 7 + (cfg.q_max - 1).bit_length()  # A1 .. A6, the maximum tree, the issue stage
         problems, want = [], []
         for n, n_q in ((1, 1), (3, 2), (cfg.n_max, cfg.q_max), (5, 1)):
             n_q = min(n_q, cfg.q_max)
@@ -209,7 +209,7 @@ def test_cycles_without_early_exit_follow_the_formula(seed):
 def test_pipeline_adds_a_fixed_latency():
     """The pipelined schedule against the unpipelined one (``1 + 2*Q*g + bk*(N*Q*g + 5) +
     R*(N + 5) + N``, docs/select.md): the difference does not grow with ``Q*g``, and at the
-    bench configurations (Q = 1 and 4) it is within 2 % of the cycles."""
+    bench configurations it is within 1 % of the cycles (Q = 4; 2.5 % with Q = 1)."""
     for d, n in ((64, 256), (64, 1024), (128, 256), (128, 1024)):
         cfg = DREConfig(d=d, lanes=16, n_max=1024, k_cap=16, q_max=4)
         for n_q in (1, 4):
@@ -219,7 +219,7 @@ def test_pipeline_adds_a_fixed_latency():
             extra = cycle_formula(cfg, n, n_q) - old
             la = lookahead_stages(cfg)
             assert extra == 7 + cfg.bk * (la + 8) + rounds * (la - 1)
-            assert extra <= 0.02 * old  # the issue allows 5 %
+            assert extra <= (0.01 if n_q == 4 else 0.025) * old  # the issue allows 5 %
 
 
 @pytest.mark.filterwarnings("ignore::amaranth.hdl.UnusedElaboratable")

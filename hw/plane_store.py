@@ -88,8 +88,10 @@ class PlaneStore(wiring.Component):
     read appears after two cycles with ``en`` (``count_en``) high; while ``en`` is low both
     stages hold, so a stalled reader keeps its data (a two-stage pipeline advanced by ``en``).
     The bias port keeps one cycle.  Nothing but timing changes.  These registers have no reset
-    (their contents after reset are whatever the memory held), so that the ECP5 flow can fold
-    them into the block RAMs' output registers (``synth.ecp5_flow``).
+    (their contents after reset are whatever the memory held), and the memories carry Yosys's
+    ``no_rw_check`` (a read in the cycle of a write to the same entry is undefined: the reader
+    must not use it), so that the ECP5 flow can fold the registers into the block RAMs' output
+    registers (``synth.ecp5_flow``).
     """
 
     def __init__(self, cfg: DREConfig, *, counts: bool = False, out_reg: bool = False):
@@ -97,6 +99,9 @@ class PlaneStore(wiring.Component):
             raise TypeError(f"PlaneStore needs a DREConfig, got {cfg!r}")
         self.counts = bool(counts)
         self.out_reg = bool(out_reg)
+        # out_reg: reads that matter never meet a write (the reader is idle while keys load), so
+        # synthesis needs no read-during-write logic between the memory and its output register
+        self._attrs = {"no_rw_check": 1} if self.out_reg else None
         if cfg.n_max < 2:
             raise ConfigError(
                 f"PlaneStore: n_max={cfg.n_max} must be >= 2 (a 1-entry memory has no address)"
@@ -111,7 +116,9 @@ class PlaneStore(wiring.Component):
         cfg = self.cfg
         words = []
         for p in range(cfg.bk):
-            mem = m.submodules[f"plane{p}"] = Memory(shape=cfg.d, depth=cfg.n_max, init=[])
+            mem = m.submodules[f"plane{p}"] = Memory(
+                shape=cfg.d, depth=cfg.n_max, init=[], attrs=self._attrs
+            )
             wr = mem.write_port()
             rd = mem.read_port()
             m.d.comb += [
@@ -157,7 +164,7 @@ class PlaneStore(wiring.Component):
         ]
         if self.counts:
             count_mem = m.submodules.counts = Memory(
-                shape=unsigned(cfg.count_bits), depth=cfg.n_max, init=[]
+                shape=unsigned(cfg.count_bits), depth=cfg.n_max, init=[], attrs=self._attrs
             )
             cwr, crd = count_mem.write_port(), count_mem.read_port()
             m.d.comb += [

@@ -161,10 +161,14 @@ class SelectTokensCore(wiring.Component):
         grange = range(max(2, groups))
 
         topk = m.submodules.topk = TopKPipe(cfg.k_cap, vs, ib, cshape)
-        part_mem = m.submodules.partial = Memory(shape=vec, depth=n_max, init=[])
+        # no_rw_check: no entry is read and written in the same cycle (an entry's partials are
+        # read once per pass, written after its micro-ops; passes are separated by the drain;
+        # the alive lists read one bank and write the other), so synthesis adds no bypass logic
+        rw = {"no_rw_check": 1}
+        part_mem = m.submodules.partial = Memory(shape=vec, depth=n_max, init=[], attrs=rw)
         part_rd, part_wr = part_mem.read_port(), part_mem.write_port()
         # two alive lists, addressed {bank, position}
-        list_mem = m.submodules.alive = Memory(shape=ib, depth=2 << ib, init=[])
+        list_mem = m.submodules.alive = Memory(shape=ib, depth=2 << ib, init=[], attrs=rw)
         list_rd, list_wr = list_mem.read_port(), list_mem.write_port()
 
         # ---- retrieval registers --------------------------------------------------------------

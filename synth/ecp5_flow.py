@@ -111,9 +111,13 @@ def absorb_bram_output_registers(netlist: dict, top: str) -> int:
     the ECP5's block RAM clock-to-out is then 5.83 ns (speed grade 6, nextpnr's figure): no read
     can reach a fabric register within a 150 MHz cycle.  With ``OUTREG`` it is 0.96 ns.  The
     change is exact: a read port qualifies only if *every* used data output drives exactly one
-    ``TRELLIS_FF`` and nothing else, all those FFs are clocked by the port's (non-inverted) read
-    clock, have no reset (``LSR`` tied 0) and one common clock enable (or none).  The output
-    register then takes that enable (``OCE``) and drives the FFs' nets; the FFs are removed.
+    ``TRELLIS_FF`` (directly, or through a LUT4 that is only the register's hold multiplexer,
+    ``en ? data : Q``) and nothing else, all those FFs are clocked by the port's (non-inverted)
+    read clock, have no reset (``LSR`` tied 0) and one common clock enable (or none).  The
+    output register then takes that enable (``OCE``) and drives the FFs' nets; the FFs (and
+    hold LUTs) are removed.  A memory whose reads Yosys guards against same-cycle writes (a
+    bypass multiplexer behind the read data) does not qualify; the RTL marks memories where
+    that cannot matter with ``no_rw_check``.
     In 36-bit mode (read on port B, data on ``DOA`` and ``DOB``) both halves' registers are set.
     Vendor tools absorb such registers the same way.  The timing harness's own registers
     (:class:`RegisteredIO`) are never absorbed: a memory read straight to a port stays timed as
@@ -152,43 +156,89 @@ def absorb_bram_output_registers(netlist: dict, top: str) -> int:
             outs = [f"DO{side}{i}" for i in range(18)] + (
                 [f"DOA{i}" for i in range(18)] if wide else []
             )
-            ffs, enables, ok = [], set(), True
+            found = []
             for pin in outs:
                 bit = conn.get(pin, [None])[0]
-                if not isinstance(bit, int) or not sinks.get(bit):
-                    continue
-                where = sinks[bit]
-                ff = cells.get(where[0][0]) if len(where) == 1 else None
-                if (
-                    ff is None
-                    or ff["type"] != "TRELLIS_FF"
-                    or where[0][1] != "DI"
-                    or ff["connections"]["Q"][0] in harness_bits
-                ):
-                    ok = False
-                    break
-                fc, fp = ff["connections"], ff["parameters"]
-                if (
-                    fc["CLK"] != conn[f"CLK{side}"]
-                    or fp.get("CLKMUX", "CLK") != "CLK"
-                    or fc.get("LSR", ["0"]) != ["0"]
-                    or fp.get("REGSET", "RESET") != "RESET"
-                ):
-                    ok = False
-                    break
-                cemux = fp.get("CEMUX", "CE").strip()
-                enables.add(tuple(fc["CE"]) if cemux == "CE" else ("1",) if cemux == "1" else None)
-                ffs.append((pin, where[0][0]))
+                if isinstance(bit, int) and sinks.get(bit):
+                    found.append((pin, _register_behind(cells, sinks, bit, conn[f"CLK{side}"])))
+            regs = [r for _, r in found]
+            enables = {r[2] for r in regs if r is not None}
+            ok = None not in regs and not any(r[0] in harness_bits for r in regs)
+            ffs = [(pin, r) for pin, r in found]
             if not ok or not ffs or len(enables) != 1 or None in enables:
                 continue
             (enable,) = enables
-            for pin, ff_name in ffs:
-                conn[pin] = cells.pop(ff_name)["connections"]["Q"]
+            for pin, (q, removed, _) in ffs:
+                conn[pin] = [q]
+                for name in removed:
+                    del cells[name]
             for s in ("A", "B") if wide else (side,):
                 par[f"REGMODE_{s}"] = "OUTREG"
                 conn[f"OCE{s}"] = list(enable)
             changed += 1
     return changed
+
+
+def _lut_value(init: str, inputs: dict[str, int]) -> int:
+    """Output of a LUT4 with ``INIT`` (Yosys JSON: binary, most significant bit first)."""
+    index = inputs["A"] | inputs["B"] << 1 | inputs["C"] << 2 | inputs["D"] << 3
+    return int(init[len(init) - 1 - index]) if index < len(init) else 0
+
+
+def _register_behind(cells: dict, sinks: dict, bit: int, clk: list):
+    """If net ``bit`` feeds exactly one reset-less ``TRELLIS_FF`` clocked by ``clk`` (directly,
+    or through a LUT4 that is a hold multiplexer ``en ? bit : Q``, the form ABC9 leaves an
+    enable in), return ``(Q net, cells to remove, enable net as a tuple)``, else None."""
+    where = sinks.get(bit, [])
+    if len(where) != 1:
+        return None
+    name, port = where[0]
+    cell = cells.get(name)
+    removed, enable = [name], None
+    if cell is not None and cell["type"] == "LUT4" and port in "ABCD":
+        out = cell["connections"]["Z"][0]
+        nxt = sinks.get(out, [])
+        if len(nxt) != 1 or nxt[0][1] != "DI":
+            return None
+        ff = cells.get(nxt[0][0])
+        if ff is None or ff["type"] != "TRELLIS_FF":
+            return None
+        q = ff["connections"]["Q"][0]
+        lut_in = {p: cell["connections"].get(p, ["0"])[0] for p in "ABCD"}
+        roles = {p: ("d" if v == bit else "q" if v == q else v) for p, v in lut_in.items()}
+        variable = [p for p, r in roles.items() if r not in ("d", "q", "0", "1")]
+        if sorted(r for r in roles.values() if r in ("d", "q")) != ["d", "q"] or len(variable) != 1:
+            return None
+        init = str(cell["parameters"].get("INIT", ""))
+        for d in (0, 1):
+            for qv in (0, 1):
+                for en in (0, 1):
+                    vals = {"d": d, "q": qv, "0": 0, "1": 1}
+                    inputs = {p: (en if p == variable[0] else vals[r]) for p, r in roles.items()}
+                    if _lut_value(init, inputs) != (d if en else qv):
+                        return None
+        enable = (lut_in[variable[0]],)
+        removed.append(nxt[0][0])
+        cell = ff
+    elif cell is None or cell["type"] != "TRELLIS_FF" or port != "DI":
+        return None
+    fc, fp = cell["connections"], cell["parameters"]
+    if (
+        fc["CLK"] != clk
+        or fp.get("CLKMUX", "CLK") != "CLK"
+        or fc.get("LSR", ["0"]) != ["0"]
+        or fp.get("REGSET", "RESET") != "RESET"
+    ):
+        return None
+    cemux = str(fp.get("CEMUX", "CE")).strip()
+    ff_enable = tuple(fc["CE"]) if cemux == "CE" and fc.get("CE") != ["1"] else ("1",)
+    if cemux not in ("CE", "1"):
+        return None
+    if enable is None:
+        enable = ff_enable
+    elif ff_enable != ("1",):
+        return None  # two enables
+    return fc["Q"][0], removed, enable
 
 
 @dataclass

@@ -135,7 +135,7 @@ class RamThenRegister(wiring.Component):
         from amaranth import Signal
 
         m = Module()
-        m.submodules.mem = mem = Memory(shape=32, depth=512, init=[])
+        m.submodules.mem = mem = Memory(shape=32, depth=512, init=[], attrs={"no_rw_check": 1})
         wp, rp = mem.write_port(), mem.read_port()
         m.d.comb += [wp.addr.eq(self.wa), wp.data.eq(self.wd), wp.en.eq(self.we)]
         m.d.comb += [rp.addr.eq(self.ra), rp.en.eq(self.en)]

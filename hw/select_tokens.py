@@ -47,18 +47,18 @@ def lookahead_stages(cfg: DREConfig) -> int:
 
 
 def dot_stages() -> int:
-    """Register stages from the issue stage to the write-back (D0 .. D9, W)."""
-    return 11
+    """Register stages from the issue stage to the write-back (D0, D0b, D1 .. D9, W)."""
+    return 12
 
 
 def cycle_formula(cfg: DREConfig, n: int, n_q: int) -> int:
     """Cycles of a retrieval without early exit, every one of the ``n`` entries live and the
     budget taking all of them (``tests/test_hw_tokens.py`` pins it; docs/select.md derives it):
-    ``8 + 2*Q*g + bk*(N*Q*g + LA + 13) + R*(N + LA + 4) + N`` with ``LA`` the look-ahead depth
+    ``9 + 2*Q*g + bk*(N*Q*g + LA + 15) + R*(N + LA + 4) + N`` with ``LA`` the look-ahead depth
     (:func:`lookahead_stages`) and ``R = ceil(N / k_cap)`` output rounds."""
     g, la = cfg.groups, lookahead_stages(cfg)
     rounds = -(-n // cfg.k_cap)
-    return 8 + 2 * n_q * g + cfg.bk * (n * n_q * g + la + 13) + rounds * (n + la + 4) + n
+    return 9 + 2 * n_q * g + cfg.bk * (n * n_q * g + la + 15) + rounds * (n + la + 4) + n
 
 
 def _pick(m: Module, values, idx, n: int, shape, name: str):
@@ -184,8 +184,7 @@ class SelectTokensCore(wiring.Component):
 
         # ---- pass state -----------------------------------------------------------------------
         p = Signal(range(bk), init=bk - 1)
-        first = Signal()
-        m.d.comb += first.eq(p == bk - 1)
+        first = Signal()  # p == bk - 1 (a register)
         bank = Signal()
         n_cur = Signal(range(n_max + 1))
         n_next = Signal(range(n_max + 1))
@@ -224,8 +223,9 @@ class SelectTokensCore(wiring.Component):
             }
         )
         sweep = Signal()
-        adv = Signal()
+        adv = Signal(init=1)
         e = Signal(range(n_max + 1))
+        e_left = Signal(range(n_max + 1))  # n_cur - e
         a0_valid = Signal()
         a1_valid, a1_e = Signal(), Signal(ib)
         # memory read data registers have no reset (ECP5: block RAM output registers)
@@ -237,7 +237,7 @@ class SelectTokensCore(wiring.Component):
         a5 = Signal(look)
         use_e = Signal()
         m.d.comb += [
-            a0_valid.eq(sweep & (e < n_cur)),
+            a0_valid.eq(sweep & e_left.any()),
             use_e.eq(first & ~score_mode),
             list_rd.addr.eq(Cat(e[:ib], bank)),
             list_rd.en.eq(adv),
@@ -277,7 +277,7 @@ class SelectTokensCore(wiring.Component):
             for k in range(qm):  # queries k >= n_q repeat query 0 (the maximum is unchanged)
                 m.d.sync += terms[k].eq(Mux(qmask[k], part4[k] + addend[k], part4[0] + addend[0]))
             with m.If(a0_valid):
-                m.d.sync += e.eq(e + 1)
+                m.d.sync += [e.eq(e + 1), e_left.eq(e_left - 1)]
         stage, level = a5, 0
         tree_stages = []
         while len(terms) > 1:  # pairwise maximum, one level per stage
@@ -303,11 +303,13 @@ class SelectTokensCore(wiring.Component):
         ci = Signal(look)  # issue stage I
         ci_mx = Signal(vs)
         ci_skip, ci_after = Signal(), Signal()  # skip: dropped (SU < T) or empty (first pass)
+        skip_in = Signal()
+        m.d.comb += skip_in.eq(Mux(first, stage.zero, thr_valid & (mx < thr)))
         with m.If(adv):
             m.d.sync += [
                 ci.eq(stage),
                 ci_mx.eq(mx),
-                ci_skip.eq(Mux(first, stage.zero, thr_valid & (mx < thr))),
+                ci_skip.eq(skip_in),
                 ci_after.eq(
                     ~last_valid | (mx < last_key) | ((mx == last_key) & (stage.j > last_id))
                 ),
@@ -320,21 +322,25 @@ class SelectTokensCore(wiring.Component):
         in_init = Signal()
         last_g, last_c, issue = Signal(), Signal(), Signal()
         fin = Signal()  # registered: (g, qc) is the last micro-op of an entry
+        fin0 = Signal()  # fin at (0, 0): one micro-op per entry
+        fin_next = Signal()
         g_next, qc_next = Signal.like(g), Signal.like(qc)
         m.d.comb += [
             last_g.eq(g == groups - 1),
             last_c.eq(qc == nq_m1),
             issue.eq(in_init | (ci.valid & ~ci_skip & ~score_mode)),
-            adv.eq(~ci.valid | ci_skip | fin | score_mode),
             g_next.eq(Mux(last_g, 0, g + 1)),
             qc_next.eq(Mux(last_g, Mux(last_c, 0, qc + 1), qc)),
+            fin_next.eq((g_next == groups - 1) & (qc_next == nq_m1)),
         ]
         with m.If(issue):
-            m.d.sync += [
-                g.eq(g_next),
-                qc.eq(qc_next),
-                fin.eq((g_next == groups - 1) & (qc_next == nq_m1)),
-            ]
+            m.d.sync += [g.eq(g_next), qc.eq(qc_next), fin.eq(fin_next)]
+        # adv = ~I.valid | skip | fin | score_mode, kept in a register (it enables ~1000 flops
+        # and every memory read): its next value from the next values of those four.  Loading
+        # an entry resets the counters to (0, 0) (fin0); holding one issues (fin_next).
+        m.d.sync += adv.eq(
+            Mux(adv, ~stage.valid | skip_in | fin0 | score_mode, fin_next | score_mode)
+        )
 
         # ---- dot and bounds: D0 .. D9, W -------------------------------------------------------
         meta = data.StructLayout(
@@ -343,6 +349,7 @@ class SelectTokensCore(wiring.Component):
                 "init": 1,
                 "neg": 1,
                 "c": unsigned(len(Signal(qrange))),
+                "g": unsigned(len(Signal(grange))),
                 "first_g": 1,
                 "last_g": 1,
                 "first_c": 1,
@@ -352,16 +359,18 @@ class SelectTokensCore(wiring.Component):
                 "base": vs,
             }
         )
-        dm = [Signal(meta, name=f"d{i}") for i in range(10)]
+        dm = [Signal(meta, name=f"d{i}") for i in range(11)]
         d0 = dm[0]
-        qlanes = Signal(data.ArrayLayout(signed(bq), lanes))
+        qword = Signal(data.ArrayLayout(signed(bq), d))  # D0: query c
+        bits0 = Signal(lanes)
+        qlanes = Signal(data.ArrayLayout(signed(bq), lanes))  # D0b: its lane group g
         bits = Signal(lanes)
-        qflat = qy.queries.as_value()
         m.d.sync += [
             d0.valid.eq(issue),
             d0.init.eq(in_init),
             d0.neg.eq(init_neg),
             d0.c.eq(qc),
+            d0.g.eq(g),
             d0.first_g.eq(g == 0),
             d0.last_g.eq(last_g),
             d0.first_c.eq(qc == 0),
@@ -372,23 +381,27 @@ class SelectTokensCore(wiring.Component):
         ]
         with m.Switch(qc):
             for k in range(qm):
-                with m.Case(k), m.Switch(g):
-                    for gg in range(groups):
-                        with m.Case(gg):
-                            lo = (k * d + gg * lanes) * bq
-                            m.d.sync += qlanes.eq(qflat[lo : lo + lanes * bq])
+                with m.Case(k):
+                    m.d.sync += qword.eq(qy.queries[k])
         with m.Switch(g):
             for gg in range(groups):
                 with m.Case(gg):
-                    m.d.sync += bits.eq(ci.word[gg * lanes : (gg + 1) * lanes])
-        for i in range(1, 10):
+                    m.d.sync += bits0.eq(ci.word[gg * lanes : (gg + 1) * lanes])
+        m.d.sync += bits.eq(bits0)
+        with m.Switch(d0.g):
+            for gg in range(groups):
+                with m.Case(gg):
+                    lo = gg * lanes * bq
+                    m.d.sync += qlanes.eq(qword.as_value()[lo : lo + lanes * bq])
+        for i in range(1, 11):
             m.d.sync += dm[i].eq(dm[i - 1])
 
         # D1: lane products (init: the query's positive / negative elements)
+        d0b = dm[1]
         prods = Signal(data.ArrayLayout(signed(bq), lanes))
         for i in range(lanes):
             x = qlanes[i]
-            on = Mux(d0.init, Mux(d0.neg, x < 0, x > 0), bits[i])
+            on = Mux(d0b.init, Mux(d0b.neg, x < 0, x > 0), bits[i])
             m.d.sync += prods[i].eq(Mux(on, x, 0))
         # D2, D3: the adder tree in two halves
         levels = tree_depth(lanes)
@@ -406,11 +419,11 @@ class SelectTokensCore(wiring.Component):
         m.d.sync += partial.eq(regs[0])
         # D4: accumulator over the lane groups
         acc = Signal(dshape)
-        d3, d4 = dm[3], dm[4]
+        d3, d4 = dm[4], dm[5]
         with m.If(d3.valid):
             m.d.sync += acc.eq(Mux(d3.first_g, 0, acc) + partial)
         # D5: init: Qpos_c / Qneg_c; pass: shift by p (dot products of the last group only)
-        d5 = dm[5]
+        d5 = dm[6]
         m.d.sync += d5.valid.eq(d4.valid & d4.last_g & ~d4.init)
         for k in range(qm):
             with m.If(d4.valid & d4.last_g & d4.init & (d4.c == k)):
@@ -429,7 +442,7 @@ class SelectTokensCore(wiring.Component):
         new6 = Signal(vs)
         m.d.sync += new6.eq(Mux(first, d5.base - sh, d5.base + sh))
         # D7: L and U
-        d6, d7, d8 = dm[6], dm[7], dm[8]
+        d6, d7, d8 = dm[7], dm[8], dm[9]
         lo7, hi7, new7 = Signal(vs), Signal(vs), Signal(vs)
         m.d.sync += [
             lo7.eq(new6 + rqn_sel),
@@ -520,11 +533,13 @@ class SelectTokensCore(wiring.Component):
                         cycles.eq(1),
                         planes_read.eq(0),
                         p.eq(bk - 1),
+                        first.eq(1),
                         bank.eq(0),
                         n_cur.eq(pl.n),
                         qc.eq(0),
                         g.eq(0),
                         fin.eq((groups == 1) & (pl.n_q == 1)),
+                        fin0.eq((groups == 1) & (pl.n_q == 1)),
                         init_neg.eq(0),
                         score_mode.eq(0),
                         thr_valid.eq(0),
@@ -562,7 +577,7 @@ class SelectTokensCore(wiring.Component):
             with m.State("SETUP"):  # start of the pass over plane p
                 m.d.sync += cycles.eq(cycles + 1)
                 m.d.comb += topk.clear.eq(1)
-                m.d.sync += [e.eq(0), n_next.eq(0), mlv.eq(0)]
+                m.d.sync += [e.eq(0), e_left.eq(n_cur), n_next.eq(0), mlv.eq(0)]
                 for k in range(qm):
                     m.d.sync += addend[k].eq(rqp_prev[k] - Mux(raw, 0, ml[k]))
                     with m.If(first):  # MU0 = (2^(bk-1) - 1) Qpos - 2^(bk-1) Qneg
@@ -573,28 +588,33 @@ class SelectTokensCore(wiring.Component):
                 m.d.sync += cycles.eq(cycles + 1)
                 m.d.comb += sweep.eq(1)
                 with m.If(drained):
-                    m.d.sync += [bank.eq(~bank), n_cur.eq(n_next), e.eq(0)]
-                    with m.If(p == 0):
-                        m.next = "SCORE_SETUP"
-                    with m.Else():
+                    m.next = "PASS_END"
+
+            with m.State("PASS_END"):  # the per-pass constants, from registers only
+                m.d.sync += cycles.eq(cycles + 1)
+                m.d.sync += [bank.eq(~bank), n_cur.eq(n_next), e.eq(0)]
+                with m.If(p == 0):
+                    m.next = "SCORE_SETUP"
+                with m.Else():
+                    m.d.sync += [
+                        ml.eq(ml_new),
+                        p.eq(p - 1),
+                        first.eq(0),
+                        rem.eq(qy.budget),
+                        thr_valid.eq(0),
+                        tphase.eq(0),
+                    ]
+                    for k in range(qm):
                         m.d.sync += [
-                            ml.eq(ml_new),
-                            p.eq(p - 1),
-                            rem.eq(qy.budget),
-                            thr_valid.eq(0),
-                            tphase.eq(0),
+                            mu_sub[k].eq(Mux(raw, 0, mu_new[k])),
+                            rqp_prev[k].eq(rqp[k]),
+                            rqp[k].eq((rqp[k] - q_pos[k]) >> 1),
+                            rqn[k].eq((rqn[k] - q_neg[k]) >> 1),
                         ]
-                        for k in range(qm):
-                            m.d.sync += [
-                                mu_sub[k].eq(Mux(raw, 0, mu_new[k])),
-                                rqp_prev[k].eq(rqp[k]),
-                                rqp[k].eq((rqp[k] - q_pos[k]) >> 1),
-                                rqn[k].eq((rqn[k] - q_neg[k]) >> 1),
-                            ]
-                        with m.If(qy.no_exit):
-                            m.next = "SETUP"
-                        with m.Else():
-                            m.next = "THRESH"
+                    with m.If(qy.no_exit):
+                        m.next = "SETUP"
+                    with m.Else():
+                        m.next = "THRESH"
 
             with m.State("THRESH"):  # shift the ranking out, sum the counts of its copy h
                 m.d.sync += cycles.eq(cycles + 1)
@@ -612,7 +632,7 @@ class SelectTokensCore(wiring.Component):
             with m.State("SCORE_SETUP"):
                 m.d.sync += cycles.eq(cycles + 1)
                 m.d.comb += topk.clear.eq(1)
-                m.d.sync += [e.eq(0), score_mode.eq(1)]
+                m.d.sync += [e.eq(0), e_left.eq(n_cur), score_mode.eq(1)]
                 for k in range(qm):
                     m.d.sync += addend[k].eq(-Mux(raw, 0, mu_new[k]))
                 m.next = "SCORE"

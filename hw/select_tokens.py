@@ -54,11 +54,11 @@ def dot_stages() -> int:
 def cycle_formula(cfg: DREConfig, n: int, n_q: int) -> int:
     """Cycles of a retrieval without early exit, every one of the ``n`` entries live and the
     budget taking all of them (``tests/test_hw_tokens.py`` pins it; docs/select.md derives it):
-    ``9 + 2*Q*g + bk*(N*Q*g + LA + 15) + R*(N + LA + 4) + N`` with ``LA`` the look-ahead depth
+    ``9 + 2*Q*g + bk*(N*Q*g + LA + 16) + R*(N + LA + 5) + N`` with ``LA`` the look-ahead depth
     (:func:`lookahead_stages`) and ``R = ceil(N / k_cap)`` output rounds."""
     g, la = cfg.groups, lookahead_stages(cfg)
     rounds = -(-n // cfg.k_cap)
-    return 9 + 2 * n_q * g + cfg.bk * (n * n_q * g + la + 15) + rounds * (n + la + 4) + n
+    return 9 + 2 * n_q * g + cfg.bk * (n * n_q * g + la + 16) + rounds * (n + la + 5) + n
 
 
 def _pick(m: Module, values, idx, n: int, shape, name: str):
@@ -181,6 +181,9 @@ class SelectTokensCore(wiring.Component):
         qmask = Signal(qm)  # query k counts (k < n_q)
         nq_m1 = Signal(qrange)  # n_q - 1
         raw = qy.raw_max
+        idle = Signal(init=1)  # the FSM is in IDLE (a register: it enables the query capture)
+        with m.If(idle):
+            m.d.sync += qy.eq(self.query.payload)
 
         # ---- pass state -----------------------------------------------------------------------
         p = Signal(range(bk), init=bk - 1)
@@ -224,6 +227,18 @@ class SelectTokensCore(wiring.Component):
         )
         sweep = Signal()
         adv = Signal(init=1)
+        adv_load, adv_hold = Signal(), Signal()  # next adv after loading / holding an entry
+        advs = []
+
+        def adv_copy(name):
+            """A copy of ``adv`` for one group of registers (fan-out): it follows the same
+            next-state function from its own value, so synthesis keeps it separate."""
+            a = Signal(init=1, name=name)
+            m.d.sync += a.eq(Mux(a, adv_load, adv_hold))
+            advs.append(a)
+            return a
+
+        adv_a5 = adv_copy("adv_a5")
         e = Signal(range(n_max + 1))
         e_left = Signal(range(n_max + 1))  # n_cur - e
         a0_valid = Signal()
@@ -267,6 +282,11 @@ class SelectTokensCore(wiring.Component):
                 a4_valid.eq(a3_valid),
                 a4_j.eq(a3_j),
                 part4.eq(part_rd.data),
+            ]
+            with m.If(a0_valid):
+                m.d.sync += [e.eq(e + 1), e_left.eq(e_left - 1)]
+        with m.If(adv_a5):
+            m.d.sync += [
                 a5.valid.eq(a4_valid),
                 a5.j.eq(a4_j),
                 a5.word.eq(self.store.word),
@@ -276,25 +296,24 @@ class SelectTokensCore(wiring.Component):
             ]
             for k in range(qm):  # queries k >= n_q repeat query 0 (the maximum is unchanged)
                 m.d.sync += terms[k].eq(Mux(qmask[k], part4[k] + addend[k], part4[0] + addend[0]))
-            with m.If(a0_valid):
-                m.d.sync += [e.eq(e + 1), e_left.eq(e_left - 1)]
         stage, level = a5, 0
         tree_stages = []
         while len(terms) > 1:  # pairwise maximum, one level per stage
             level += 1
+            adv_t = adv_copy(f"adv_mx{level}")
             nxt = Signal(look, name=f"mx{level}")
             new_terms = []
             for i in range(0, len(terms) - 1, 2):
                 t = Signal(vs, name=f"mx{level}_{i // 2}")
-                with m.If(adv):
+                with m.If(adv_t):
                     m.d.sync += t.eq(Mux(terms[i + 1] > terms[i], terms[i + 1], terms[i]))
                 new_terms.append(t)
             if len(terms) % 2:
                 t = Signal(vs, name=f"mx{level}_{len(terms) // 2}")
-                with m.If(adv):
+                with m.If(adv_t):
                     m.d.sync += t.eq(terms[-1])
                 new_terms.append(t)
-            with m.If(adv):
+            with m.If(adv_t):
                 m.d.sync += nxt.eq(stage)
             stage, terms = nxt, new_terms
             tree_stages.append(nxt)
@@ -305,7 +324,8 @@ class SelectTokensCore(wiring.Component):
         ci_skip, ci_after = Signal(), Signal()  # skip: dropped (SU < T) or empty (first pass)
         skip_in = Signal()
         m.d.comb += skip_in.eq(Mux(first, stage.zero, thr_valid & (mx < thr)))
-        with m.If(adv):
+        adv_ci = adv_copy("adv_ci")
+        with m.If(adv_ci):
             m.d.sync += [
                 ci.eq(stage),
                 ci_mx.eq(mx),
@@ -335,12 +355,17 @@ class SelectTokensCore(wiring.Component):
         ]
         with m.If(issue):
             m.d.sync += [g.eq(g_next), qc.eq(qc_next), fin.eq(fin_next)]
+        qc_q = Signal(qrange)  # a copy of qc for the 512-bit query multiplexer (fan-out)
+        with m.If(issue & last_g):
+            m.d.sync += qc_q.eq(Mux(qc_q == nq_m1, 0, qc_q + 1))
         # adv = ~I.valid | skip | fin | score_mode, kept in a register (it enables ~1000 flops
         # and every memory read): its next value from the next values of those four.  Loading
         # an entry resets the counters to (0, 0) (fin0); holding one issues (fin_next).
-        m.d.sync += adv.eq(
-            Mux(adv, ~stage.valid | skip_in | fin0 | score_mode, fin_next | score_mode)
-        )
+        m.d.comb += [
+            adv_load.eq(~stage.valid | skip_in | fin0 | score_mode),
+            adv_hold.eq(fin_next | score_mode),
+        ]
+        m.d.sync += adv.eq(Mux(adv, adv_load, adv_hold))
 
         # ---- dot and bounds: D0 .. D9, W -------------------------------------------------------
         meta = data.StructLayout(
@@ -379,7 +404,7 @@ class SelectTokensCore(wiring.Component):
             d0.count.eq(ci.count),
             d0.base.eq(Mux(first, 0, _pick(m, ci.part, qc, qm, vs, "base_sel"))),
         ]
-        with m.Switch(qc):
+        with m.Switch(qc_q):
             for k in range(qm):
                 with m.Case(k):
                     m.d.sync += qword.eq(qy.queries[k])
@@ -479,27 +504,28 @@ class SelectTokensCore(wiring.Component):
             list_wr.data.eq(w_j),
             list_wr.en.eq(w_valid),
         ]
-        with m.If(score_mode):
-            m.d.comb += [
-                topk.insert.eq(ci.valid & ci_after),
-                topk.key.eq(ci_mx),
-                topk.index.eq(ci.j),
-                topk.payload.eq(ci.count),
-            ]
-        with m.Else():
-            m.d.comb += [
-                topk.insert.eq(w_valid),
-                topk.key.eq(sl_acc),
-                topk.index.eq(w_j),
-                topk.payload.eq(w_count),
-            ]
+        # the ranking's inputs are registered (T0), then TopKPipe compares (T1) and inserts (T2)
+        tk_ins, tk_key = Signal(), Signal(vs)
+        tk_index, tk_payload = Signal(ib), Signal(cshape)
+        m.d.sync += [
+            tk_ins.eq(Mux(score_mode, ci.valid & ci_after, w_valid)),
+            tk_key.eq(Mux(score_mode, ci_mx, sl_acc)),
+            tk_index.eq(Mux(score_mode, ci.j, w_j)),
+            tk_payload.eq(Mux(score_mode, ci.count, w_count)),
+        ]
+        m.d.comb += [
+            topk.insert.eq(tk_ins),
+            topk.key.eq(tk_key),
+            topk.index.eq(tk_index),
+            topk.payload.eq(tk_payload),
+        ]
         with m.If(w_valid):
             m.d.sync += [n_next.eq(n_next + 1), planes_read.eq(planes_read + qy.n_q)]
 
-        ci_valid_d = Signal()  # the ranking's compare stage, inserting or not (fixed drain)
-        m.d.sync += ci_valid_d.eq(ci.valid)
+        ci_valid_d = Signal(2)  # T0, T1 of a score entry, inserted or not (a fixed drain)
+        m.d.sync += ci_valid_d.eq(Cat(ci.valid, ci_valid_d[0]))
         busy_bits = [
-            ci_valid_d,
+            ci_valid_d.any(),
             a0_valid,
             a1_valid,
             a1r_valid,
@@ -517,7 +543,6 @@ class SelectTokensCore(wiring.Component):
         # ---- control ----------------------------------------------------------------------
         with m.FSM():
             with m.State("IDLE"):
-                m.d.comb += self.query.ready.eq(1)
                 pl = self.query.payload
                 checks = Signal(TOKEN_ERROR_LAYOUT)
                 m.d.comb += [
@@ -528,7 +553,7 @@ class SelectTokensCore(wiring.Component):
                 ]
                 with m.If(self.query.valid):
                     m.d.sync += [
-                        qy.eq(pl),
+                        idle.eq(0),
                         err.eq(checks),
                         cycles.eq(1),
                         planes_read.eq(0),
@@ -537,6 +562,7 @@ class SelectTokensCore(wiring.Component):
                         bank.eq(0),
                         n_cur.eq(pl.n),
                         qc.eq(0),
+                        qc_q.eq(0),
                         g.eq(0),
                         fin.eq((groups == 1) & (pl.n_q == 1)),
                         fin0.eq((groups == 1) & (pl.n_q == 1)),
@@ -682,9 +708,10 @@ class SelectTokensCore(wiring.Component):
                     rec.error.eq(err),
                 ]
                 with m.If(self.result.ready):
+                    m.d.sync += idle.eq(1)
                     m.next = "IDLE"
 
-        m.d.comb += self.busy.eq(~self.query.ready)
+        m.d.comb += [self.query.ready.eq(idle), self.busy.eq(~idle)]
         return m
 
 

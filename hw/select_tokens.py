@@ -298,24 +298,38 @@ class SelectTokensCore(wiring.Component):
                 m.d.sync += terms[k].eq(Mux(qmask[k], part4[k] + addend[k], part4[0] + addend[0]))
         stage, level = a5, 0
         tree_stages = []
+        # below[i]: terms[i] < T, computed beside the maximum (max(a, b) < T iff a < T and
+        # b < T), so that the drop decision reaches the issue stage without a carry chain
+        below = [None] * len(terms)
+
+        def lt_thr(k):
+            return (terms[k] < thr) if below[k] is None else below[k]
+
         while len(terms) > 1:  # pairwise maximum, one level per stage
             level += 1
             adv_t = adv_copy(f"adv_mx{level}")
             nxt = Signal(look, name=f"mx{level}")
-            new_terms = []
+            new_terms, new_below = [], []
             for i in range(0, len(terms) - 1, 2):
                 t = Signal(vs, name=f"mx{level}_{i // 2}")
+                b = Signal(name=f"mx{level}_{i // 2}_below")
                 with m.If(adv_t):
-                    m.d.sync += t.eq(Mux(terms[i + 1] > terms[i], terms[i + 1], terms[i]))
+                    m.d.sync += [
+                        t.eq(Mux(terms[i + 1] > terms[i], terms[i + 1], terms[i])),
+                        b.eq(lt_thr(i) & lt_thr(i + 1)),
+                    ]
                 new_terms.append(t)
+                new_below.append(b)
             if len(terms) % 2:
                 t = Signal(vs, name=f"mx{level}_{len(terms) // 2}")
+                b = Signal(name=f"mx{level}_{len(terms) // 2}_below")
                 with m.If(adv_t):
-                    m.d.sync += t.eq(terms[-1])
+                    m.d.sync += [t.eq(terms[-1]), b.eq(lt_thr(len(terms) - 1))]
                 new_terms.append(t)
+                new_below.append(b)
             with m.If(adv_t):
                 m.d.sync += nxt.eq(stage)
-            stage, terms = nxt, new_terms
+            stage, terms, below = nxt, new_terms, new_below
             tree_stages.append(nxt)
         mx = terms[0]
 
@@ -323,7 +337,7 @@ class SelectTokensCore(wiring.Component):
         ci_mx = Signal(vs)
         ci_skip, ci_after = Signal(), Signal()  # skip: dropped (SU < T) or empty (first pass)
         skip_in = Signal()
-        m.d.comb += skip_in.eq(Mux(first, stage.zero, thr_valid & (mx < thr)))
+        m.d.comb += skip_in.eq(Mux(first, stage.zero, thr_valid & lt_thr(0)))
         adv_ci = adv_copy("adv_ci")
         with m.If(adv_ci):
             m.d.sync += [

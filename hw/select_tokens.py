@@ -481,7 +481,7 @@ class SelectTokensCore(wiring.Component):
         new6 = Signal(vs)
         m.d.sync += new6.eq(Mux(first, d5.base - sh, d5.base + sh))
         # D7: L and U
-        d6, d7, d8 = dm[7], dm[8], dm[9]
+        d6, d8 = dm[7], dm[9]
         lo7, hi7, new7 = Signal(vs), Signal(vs), Signal(vs)
         m.d.sync += [
             lo7.eq(new6 + rqn_sel),
@@ -492,8 +492,13 @@ class SelectTokensCore(wiring.Component):
         # D8: SL_c, ML_c, MU_c
         sl8, new8 = Signal(vs), Signal(vs)
         m.d.sync += [sl8.eq(lo7 - mu_sel), new8.eq(new7)]
+        sel7, sel8 = Signal(qm), Signal(qm)  # one-hot query of D7 / D8 (valid), registered
+        m.d.sync += [
+            sel7.eq(Cat(d6.valid & (d6.c == k) for k in range(qm))),
+            sel8.eq(sel7),
+        ]
         for k in range(qm):
-            with m.If(d7.valid & (d7.c == k)):
+            with m.If(sel7[k]):
                 m.d.sync += mlv[k].eq(1)
                 with m.If(~mlv[k] | (lo7 > ml_new[k])):
                     m.d.sync += ml_new[k].eq(lo7)
@@ -505,9 +510,9 @@ class SelectTokensCore(wiring.Component):
         w_valid, w_j, w_count = Signal(), Signal(ib), Signal(cshape)
         with m.If(d8.valid):
             m.d.sync += sl_acc.eq(Mux(d8.first_c | (sl8 > sl_acc), sl8, sl_acc))
-            for k in range(qm):
-                with m.If(d8.c == k):
-                    m.d.sync += newp[k].eq(new8)
+        for k in range(qm):
+            with m.If(sel8[k]):
+                m.d.sync += newp[k].eq(new8)
         m.d.sync += [w_valid.eq(d8.valid & d8.last_c), w_j.eq(d8.j), w_count.eq(d8.count)]
         # W: write back, append, rank SL (score sweep: rank the exact score from the issue stage)
         m.d.comb += [

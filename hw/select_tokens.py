@@ -94,21 +94,22 @@ class SelectTokensCore(wiring.Component):
     Pipeline
     --------
     *Look-ahead* (stalls as one, ``adv``): A0 list read (entry ``e`` of the alive list; the
-    first pass takes ``e`` itself), A1 list data, A2 entry ``j`` registered, store / count /
-    partial reads issued, A3 memory registers, A4 fabric registers of every memory output, A5
+    first pass takes ``e`` itself), A1 list data (memory register), A1' registered, A2 entry
+    ``j`` registered and the store / count / partial reads issued, A3 memory registers, A4
+    memory output registers (block RAM output registers on ECP5), A5 plane multiplexer and the
     per-query terms ``P[c, j] + addend_c`` (``addend_c = r'*Qpos_c - ML_c`` in a pass,
-    ``-MU_c`` in the score sweep), ``ceil(log2 q_max)`` stages of a pairwise maximum tree, then
-    the issue stage I, which registers the drop (``SU_j < T``), empty and ranking (after the
-    last emitted record) decisions.  I holds an entry for ``n_q * groups`` cycles, issuing one
-    (query, lane group) micro-operation per cycle, or for one cycle if it is dropped or empty
-    (first pass): ``adv = ~I.valid | drop | empty | last micro-op | score sweep``, all from
-    registers.
-    *Dot and bounds* (never stalls): D0 query lane group and plane bits selected, D1 lane
-    products, D2 / D3 the two halves of the lane adder tree, D4 accumulator, D5 shift by ``p``,
-    D6 partial ``P +- (dot << p)``, D7 ``L``, ``U``, D8 ``SL_c = L - MU'_c`` and the ``ML``,
-    ``MU`` maxima, D9 the running maximum over the queries and the new partials, W write-back
-    (partial memory, next alive list) and insert of ``(SL_j, j, n_j)`` into the ranking
-    (:class:`TopKPipe`: compare, then insert).
+    ``-MU_c`` in the score sweep), ``ceil(log2 q_max)`` stages of a pairwise maximum tree that
+    also ANDs ``term < T``, then the issue stage I, which registers the skip (``SU_j < T``, or
+    empty in the first pass) and ranking (after the last emitted record) decisions.  I holds
+    an entry for ``n_q * groups`` cycles, issuing one (query, lane group) micro-op per cycle,
+    or for one cycle if skipped.  ``adv = ~I.valid | skip | last micro-op | score sweep`` is a
+    register (computed from the next values), replicated per register group.
+    *Dot and bounds* (never stalls): D0 query ``c`` and the plane bits of group ``g``, D0b the
+    lane group of the query, D1 lane products, D2 / D3 the two halves of the lane adder tree,
+    D4 accumulator, D5 shift by ``p``, D6 partial ``P +- (dot << p)``, D7 ``L``, ``U``, D8
+    ``SL_c = L - MU'_c`` and the ``ML``, ``MU`` maxima, D9 the running maximum over the
+    queries and the new partials, W write-back (partial memory, next alive list), T0 ranking
+    input register, then :class:`TopKPipe` (T1 compare, T2 insert).
 
     Schedule
     --------
@@ -116,10 +117,11 @@ class SelectTokensCore(wiring.Component):
       drain, one cycle to form ``(2^(bk-1) - 1) * Qpos_c`` and ``... * Qneg_c``.
     * one pass per plane ``p = bk-1 .. 0``: one set-up cycle, the pass (``n_q * groups``
       cycles per entry that reads the plane, one per entry dropped or empty), the pipeline
-      drain (a fixed number of cycles, :func:`cycle_formula`).  After every pass but the last
-      with early exit, the threshold walk: the ranking is shifted out one entry a cycle while a
-      registered copy of the head is summed (``T`` is the ``SL`` of the entry at which the
-      counts reach the budget; no drop if the slots run out): ``2 + w`` cycles, ``w <= k_cap``.
+      drain and one cycle for the next pass's constants (:func:`cycle_formula`).  After every
+      pass but the last with early exit, the threshold walk: the ranking is shifted out one
+      entry a cycle while a registered copy of the head is summed (``T`` is the ``SL`` of the
+      entry at which the counts reach the budget; no drop if the slots run out): ``2 + w``
+      cycles, ``w <= k_cap``.
     * output rounds: one set-up cycle, one sweep over the survivors ranking their exact scores
       (one entry a cycle plus the drain), then records shifted out of the ranking while the
       budget is not met, one per cycle while ``ready``.  If the ranking overflowed and the

@@ -560,6 +560,14 @@ class SelectTokensCore(wiring.Component):
         drained = Signal()
         m.d.comb += drained.eq(~Cat(*busy_bits).any())
         head = topk.entries[0]
+        # the ranking's controls from registers, not from the state decode (fan-out ~800):
+        # do_clear is 1 exactly in SETUP / SCORE_SETUP, in_thresh in THRESH, in_out in OUT
+        do_clear, in_thresh, in_out = Signal(), Signal(), Signal()
+        m.d.sync += do_clear.eq(0)
+        m.d.comb += [
+            topk.clear.eq(do_clear),
+            topk.shift.eq(in_thresh | (in_out & head.valid & ~met & self.result.ready)),
+        ]
 
         # ---- control ----------------------------------------------------------------------
         with m.FSM():
@@ -619,11 +627,11 @@ class SelectTokensCore(wiring.Component):
                 for k in range(qm):
                     qp, qn = q_pos[k], q_neg[k]
                     m.d.sync += [rqn[k].eq((qn << (bk - 1)) - qn), rqp[k].eq((qp << (bk - 1)) - qp)]
+                m.d.sync += do_clear.eq(1)
                 m.next = "SETUP"
 
             with m.State("SETUP"):  # start of the pass over plane p
                 m.d.sync += cycles.eq(cycles + 1)
-                m.d.comb += topk.clear.eq(1)
                 m.d.sync += [e.eq(0), e_left.eq(n_cur), n_next.eq(0), mlv.eq(0)]
                 for k in range(qm):
                     m.d.sync += addend[k].eq(rqp_prev[k] - Mux(raw, 0, ml[k]))
@@ -641,6 +649,7 @@ class SelectTokensCore(wiring.Component):
                 m.d.sync += cycles.eq(cycles + 1)
                 m.d.sync += [bank.eq(~bank), n_cur.eq(n_next), e.eq(0)]
                 with m.If(p == 0):
+                    m.d.sync += do_clear.eq(1)
                     m.next = "SCORE_SETUP"
                 with m.Else():
                     m.d.sync += [
@@ -659,26 +668,28 @@ class SelectTokensCore(wiring.Component):
                             rqn[k].eq((rqn[k] - q_neg[k]) >> 1),
                         ]
                     with m.If(qy.no_exit):
+                        m.d.sync += do_clear.eq(1)
                         m.next = "SETUP"
                     with m.Else():
+                        m.d.sync += in_thresh.eq(1)
                         m.next = "THRESH"
 
             with m.State("THRESH"):  # shift the ranking out, sum the counts of its copy h
                 m.d.sync += cycles.eq(cycles + 1)
-                m.d.comb += topk.shift.eq(1)
                 m.d.sync += [h.eq(head), tphase.eq(1)]
                 with m.If(tphase):
                     with m.If(~h.valid):
+                        m.d.sync += [do_clear.eq(1), in_thresh.eq(0)]
                         m.next = "SETUP"
                     with m.Elif(h.payload >= rem):
-                        m.d.sync += [thr.eq(h.key), thr_valid.eq(1)]
+                        m.d.sync += [thr.eq(h.key), thr_valid.eq(1), in_thresh.eq(0)]
+                        m.d.sync += do_clear.eq(1)
                         m.next = "SETUP"
                     with m.Else():
                         m.d.sync += rem.eq(rem - h.payload)
 
             with m.State("SCORE_SETUP"):
                 m.d.sync += cycles.eq(cycles + 1)
-                m.d.comb += topk.clear.eq(1)
                 m.d.sync += [e.eq(0), e_left.eq(n_cur), score_mode.eq(1)]
                 for k in range(qm):
                     m.d.sync += addend[k].eq(-Mux(raw, 0, mu_new[k]))
@@ -688,6 +699,7 @@ class SelectTokensCore(wiring.Component):
                 m.d.sync += cycles.eq(cycles + 1)
                 m.d.comb += sweep.eq(1)
                 with m.If(drained):
+                    m.d.sync += in_out.eq(1)
                     m.next = "OUT"
 
             with m.State("OUT"):
@@ -705,7 +717,6 @@ class SelectTokensCore(wiring.Component):
                 with m.If(~want | self.result.ready):
                     m.d.sync += cycles.eq(cycles + 1)
                 with m.If(want & self.result.ready):
-                    m.d.comb += topk.shift.eq(1)
                     m.d.sync += [
                         left.eq(Mux(diff < 0, 0, diff)),
                         met.eq(diff <= 0),
@@ -714,7 +725,9 @@ class SelectTokensCore(wiring.Component):
                         last_id.eq(head.index),
                     ]
                 with m.If(~want):
+                    m.d.sync += in_out.eq(0)
                     with m.If(topk.overflow & ~met):
+                        m.d.sync += do_clear.eq(1)
                         m.next = "SCORE_SETUP"
                     with m.Else():
                         m.next = "TRAILER"

@@ -14,11 +14,22 @@ def dot_shape(d: int, bq: int):
     return signed(bq + d.bit_length())
 
 
+def tree_level(terms: list) -> list:
+    """One level of a balanced adder tree: pairwise sums (Amaranth widens each by one bit), an
+    odd last term passed through."""
+    pairs = [terms[i] + terms[i + 1] for i in range(0, len(terms) - 1, 2)]
+    return pairs + ([terms[-1]] if len(terms) % 2 else [])
+
+
+def tree_depth(n: int) -> int:
+    """Levels of :func:`tree_level` that reduce ``n`` terms to one: ``ceil(log2(n))``."""
+    return (n - 1).bit_length()
+
+
 def _tree_sum(terms: list):
     """Balanced adder tree (depth ceil(log2(len))); Amaranth widens each sum by one bit."""
     while len(terms) > 1:
-        pairs = [terms[i] + terms[i + 1] for i in range(0, len(terms) - 1, 2)]
-        terms = pairs + ([terms[-1]] if len(terms) % 2 else [])
+        terms = tree_level(terms)
     return terms[0]
 
 

@@ -82,12 +82,26 @@ class PlaneStore(wiring.Component):
 
     Read-during-write of the same entry returns the *old* contents (ports are not transparent).
     Contents after reset are zero.
+
+    ``out_reg=True`` (the pipelined v2 selector) registers every memory output in the fabric
+    before the plane multiplexer: plane and count reads take **two** cycles, and the data of a
+    read appears after two cycles with ``en`` (``count_en``) high; while ``en`` is low both
+    stages hold, so a stalled reader keeps its data (a two-stage pipeline advanced by ``en``).
+    The bias port keeps one cycle.  Nothing but timing changes.  These registers have no reset
+    (their contents after reset are whatever the memory held), and the memories carry Yosys's
+    ``no_rw_check`` (a read in the cycle of a write to the same entry is undefined: the reader
+    must not use it), so that the ECP5 flow can fold the registers into the block RAMs' output
+    registers (``synth.ecp5_flow``).
     """
 
-    def __init__(self, cfg: DREConfig, *, counts: bool = False):
+    def __init__(self, cfg: DREConfig, *, counts: bool = False, out_reg: bool = False):
         if not isinstance(cfg, DREConfig):
             raise TypeError(f"PlaneStore needs a DREConfig, got {cfg!r}")
         self.counts = bool(counts)
+        self.out_reg = bool(out_reg)
+        # out_reg: reads that matter never meet a write (the reader is idle while keys load), so
+        # synthesis needs no read-during-write logic between the memory and its output register
+        self._attrs = {"no_rw_check": 1} if self.out_reg else None
         if cfg.n_max < 2:
             raise ConfigError(
                 f"PlaneStore: n_max={cfg.n_max} must be >= 2 (a 1-entry memory has no address)"
@@ -102,21 +116,36 @@ class PlaneStore(wiring.Component):
         cfg = self.cfg
         words = []
         for p in range(cfg.bk):
-            mem = m.submodules[f"plane{p}"] = Memory(shape=cfg.d, depth=cfg.n_max, init=[])
+            mem = m.submodules[f"plane{p}"] = Memory(
+                shape=cfg.d, depth=cfg.n_max, init=[], attrs=self._attrs
+            )
             wr = mem.write_port()
             rd = mem.read_port()
             m.d.comb += [
                 wr.en.eq(self.write.en),
                 wr.addr.eq(self.write.addr),
                 wr.data.eq(Cat(self.write.key[i][p] for i in range(cfg.d))),
-                rd.en.eq(self.read.en & (self.read.plane == p)),
                 rd.addr.eq(self.read.addr),
             ]
-            words.append(rd.data)
+            if self.out_reg:  # every plane's two stages advance with the reader's pipeline
+                m.d.comb += rd.en.eq(self.read.en)
+                # no reset: the synthesis flow can fold it into the block RAM's output register
+                word = Signal(cfg.d, name=f"word{p}", reset_less=True)
+                with m.If(self.read.en):
+                    m.d.sync += word.eq(rd.data)
+                words.append(word)
+            else:
+                m.d.comb += rd.en.eq(self.read.en & (self.read.plane == p))
+                words.append(rd.data)
         # The output mux follows the plane of the last enabled read, registered like the data.
         plane_q = Signal(range(cfg.bk))
         with m.If(self.read.en):
             m.d.sync += plane_q.eq(self.read.plane)
+        if self.out_reg:
+            plane_q2 = Signal(range(cfg.bk))
+            with m.If(self.read.en):
+                m.d.sync += plane_q2.eq(plane_q)
+            plane_q = plane_q2
         with m.Switch(plane_q):
             for p in range(cfg.bk):
                 with m.Case(p):
@@ -135,7 +164,7 @@ class PlaneStore(wiring.Component):
         ]
         if self.counts:
             count_mem = m.submodules.counts = Memory(
-                shape=unsigned(cfg.count_bits), depth=cfg.n_max, init=[]
+                shape=unsigned(cfg.count_bits), depth=cfg.n_max, init=[], attrs=self._attrs
             )
             cwr, crd = count_mem.write_port(), count_mem.read_port()
             m.d.comb += [
@@ -144,6 +173,12 @@ class PlaneStore(wiring.Component):
                 cwr.data.eq(self.write.count),
                 crd.en.eq(self.read.count_en),
                 crd.addr.eq(self.read.count_addr),
-                self.read.count.eq(crd.data),
             ]
+            if self.out_reg:
+                count_q = Signal(cfg.count_bits, reset_less=True)
+                with m.If(self.read.count_en):
+                    m.d.sync += count_q.eq(crd.data)
+                m.d.comb += self.read.count.eq(count_q)
+            else:
+                m.d.comb += self.read.count.eq(crd.data)
         return m

@@ -1,7 +1,9 @@
 """DRE selection v2: a token budget over entries with member counts, several query vectors.
 
 Bit-exact with :func:`model.dre.ref.select_tokens` (``k_cap = cfg.k_cap``); the rule, the early
-exit and its proof are in ``docs/select.md``.
+exit and its proof are in ``docs/select.md``.  Pipelined for the ECP5 (``docs/select.md``,
+"v2 pipeline"): every memory output is registered, and each stage holds at most one carry chain
+(an add, a compare) plus a few LUT levels of selection.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-from hw.bitplane_dot import BitplaneDot, dot_shape
+from hw.bitplane_dot import dot_shape, tree_depth, tree_level
 from hw.layouts import (
     CYCLES_BITS,
     TOKEN_ERROR_LAYOUT,
@@ -21,8 +23,11 @@ from hw.layouts import (
     token_result_layout,
 )
 from hw.plane_store import PlaneReadSignature
-from hw.topk import TopK
+from hw.topk import TopKPipe
 from model.dre.config import ConfigError, DREConfig
+
+#: Cycles a plane/count read of the store takes (``PlaneStore(..., out_reg=True)``).
+STORE_LATENCY = 2
 
 
 def value_shape(cfg: DREConfig):
@@ -36,14 +41,34 @@ def value_shape(cfg: DREConfig):
     return signed(cfg.bq + cfg.bk + cfg.d.bit_length() + 2)
 
 
-def _masked_max(m: Module, values: list, n_q, shape, name: str):
-    """``max(values[0 .. n_q-1])`` (``n_q >= 1``) as a chain of compare-selects."""
-    acc = values[0]
-    for c in range(1, len(values)):
-        nxt = Signal(shape, name=f"{name}{c}")
-        m.d.comb += nxt.eq(Mux((c < n_q) & (values[c] > acc), values[c], acc))
-        acc = nxt
-    return acc
+def lookahead_stages(cfg: DREConfig) -> int:
+    """Register stages from the list read to the issue stage (see :class:`SelectTokensCore`)."""
+    return 6 + tree_depth(cfg.q_max) + 1
+
+
+def dot_stages() -> int:
+    """Register stages from the issue stage to the write-back (D0, D0b, D1 .. D9, W)."""
+    return 12
+
+
+def cycle_formula(cfg: DREConfig, n: int, n_q: int) -> int:
+    """Cycles of a retrieval without early exit, every one of the ``n`` entries live and the
+    budget taking all of them (``tests/test_hw_tokens.py`` pins it; docs/select.md derives it):
+    ``9 + 2*Q*g + bk*(N*Q*g + LA + 16) + R*(N + LA + 5) + N`` with ``LA`` the look-ahead depth
+    (:func:`lookahead_stages`) and ``R = ceil(N / k_cap)`` output rounds."""
+    g, la = cfg.groups, lookahead_stages(cfg)
+    rounds = -(-n // cfg.k_cap)
+    return 9 + 2 * n_q * g + cfg.bk * (n * n_q * g + la + 16) + rounds * (n + la + 5) + n
+
+
+def _pick(m: Module, values, idx, n: int, shape, name: str):
+    """``values[idx]`` for ``idx < n`` as a named combinational signal (a switch, no array)."""
+    out = Signal(shape, name=name)
+    with m.Switch(idx):
+        for k in range(n):
+            with m.Case(k):
+                m.d.comb += out.eq(values[k])
+    return out
 
 
 class SelectTokensCore(wiring.Component):
@@ -60,28 +85,46 @@ class SelectTokensCore(wiring.Component):
         ``RECORD`` beats (``id``, ``take``) in selection order, then one ``TRAILER``
         (``planes_read``, ``cycles``, ``error``).  ``ready`` may be low at any time.
     store : Out(PlaneReadSignature(cfg))
-        Plane reads (one plane of one entry) and member counts, 1 cycle latency each; the bias
-        port is not used.  Connect to a :class:`PlaneStore` built with ``counts=True``.
+        Plane reads (one plane of one entry) and member counts with **two** cycles of latency,
+        both stages advancing with ``en`` / ``count_en``; the bias port is not used.  Connect to
+        a :class:`PlaneStore` built with ``counts=True, out_reg=True``.
     busy : Out(1)
         From the query handshake to the trailer's handshake; keys and counts must not change.
 
+    Pipeline
+    --------
+    *Look-ahead* (stalls as one, ``adv``): A0 list read (entry ``e`` of the alive list; the
+    first pass takes ``e`` itself), A1 list data (memory register), A1' registered, A2 entry
+    ``j`` registered and the store / count / partial reads issued, A3 memory registers, A4
+    memory output registers (block RAM output registers on ECP5), A5 plane multiplexer and the
+    per-query terms ``P[c, j] + addend_c`` (``addend_c = r'*Qpos_c - ML_c`` in a pass,
+    ``-MU_c`` in the score sweep), ``ceil(log2 q_max)`` stages of a pairwise maximum tree that
+    also ANDs ``term < T``, then the issue stage I, which registers the skip (``SU_j < T``, or
+    empty in the first pass) and ranking (after the last emitted record) decisions.  I holds
+    an entry for ``n_q * groups`` cycles, issuing one (query, lane group) micro-op per cycle,
+    or for one cycle if skipped.  ``adv = ~I.valid | skip | last micro-op | score sweep`` is a
+    register (computed from the next values), replicated per register group.
+    *Dot and bounds* (never stalls): D0 query ``c`` and the plane bits of group ``g``, D0b the
+    lane group of the query, D1 lane products, D2 / D3 the two halves of the lane adder tree,
+    D4 accumulator, D5 shift by ``p``, D6 partial ``P +- (dot << p)``, D7 ``L``, ``U``, D8
+    ``SL_c = L - MU'_c`` and the ``ML``, ``MU`` maxima, D9 the running maximum over the
+    queries and the new partials, W write-back (partial memory, next alive list), T0 ranking
+    input register, then :class:`TopKPipe` (T1 compare, T2 insert).
+
     Schedule
     --------
-    * ``init``: ``2 * n_q * groups`` cycles: ``Qpos_c`` and ``Qneg_c`` on the dot unit.
-    * one pass per plane ``p = bk-1 .. 0`` over the alive list (entries ``0 .. N-1`` in the
-      first pass, then the compacted list) through a 4-stage pipeline: S0 list read, S1 plane,
-      partials and count read, S2 one cycle for an entry that is empty (first pass) or dropped
-      (``SU_j < T``), else ``n_q * groups`` cycles of dot products (the plane word is read once
-      and held; the queries take turns on one :class:`BitplaneDot`), S3 partials written back,
-      entry appended to the next list, ``(SL_j, j, count_j)`` inserted into the ``k_cap``-slot
-      ranking.  One set-up cycle before each pass, 4 cycles of drain after it.
-    * after every pass but the last, the threshold walk: the ranking is shifted out, summing
-      counts, until the sum reaches ``budget`` (``T`` = that entry's ``SL``) or the slots run
-      out (no drop): ``1 + w`` cycles, ``w <= k_cap`` the entries shifted; skipped with
-      ``no_exit``.
-    * output rounds: one sweep over the survivors ranks their exact scores (``A + 3`` cycles,
-      ``A`` survivors, plus one set-up cycle), then records are shifted out of the ranking while
-      the budget is not met, one per cycle while ``ready``.  If the ranking overflowed and the
+    * ``init``: ``2 * n_q * groups`` micro-ops (``Qpos_c``, ``Qneg_c`` on the dot pipeline),
+      drain, one cycle to form ``(2^(bk-1) - 1) * Qpos_c`` and ``... * Qneg_c``.
+    * one pass per plane ``p = bk-1 .. 0``: one set-up cycle, the pass (``n_q * groups``
+      cycles per entry that reads the plane, one per entry dropped or empty), the pipeline
+      drain and one cycle for the next pass's constants (:func:`cycle_formula`).  After every
+      pass but the last with early exit, the threshold walk: the ranking is shifted out one
+      entry a cycle while a registered copy of the head is summed (``T`` is the ``SL`` of the
+      entry at which the counts reach the budget; no drop if the slots run out): ``2 + w``
+      cycles, ``w <= k_cap``.
+    * output rounds: one set-up cycle, one sweep over the survivors ranking their exact scores
+      (one entry a cycle plus the drain), then records shifted out of the ranking while the
+      budget is not met, one per cycle while ``ready``.  If the ranking overflowed and the
       budget is still not met another round ranks the survivors after the last one emitted.
 
     ``cycles`` in the trailer: from the query handshake (cycle c0) to the first cycle the
@@ -109,18 +152,25 @@ class SelectTokensCore(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         cfg = self.cfg
-        n_max, bk, groups, qm = cfg.n_max, cfg.bk, cfg.groups, cfg.q_max
+        n_max, bk, groups, qm, lanes = cfg.n_max, cfg.bk, cfg.groups, cfg.q_max, cfg.lanes
+        d, bq, ib = cfg.d, cfg.bq, cfg.index_bits
         vs = value_shape(cfg)
         vec = data.ArrayLayout(vs, qm)
-        dshape = dot_shape(cfg.d, cfg.bq)
+        dshape = dot_shape(d, bq)
         cshape = unsigned(cfg.count_bits)
         bshape = unsigned(budget_bits(cfg) + 1)
+        qrange = range(max(2, qm))
+        grange = range(max(2, groups))
 
-        dot = m.submodules.dot = BitplaneDot(cfg.d, cfg.lanes, cfg.bq)
-        topk = m.submodules.topk = TopK(cfg.k_cap, vs, cfg.index_bits, cshape)
-        part_mem = m.submodules.partial = Memory(shape=vec, depth=n_max, init=[])
+        topk = m.submodules.topk = TopKPipe(cfg.k_cap, vs, ib, cshape)
+        # no_rw_check: no entry is read and written in the same cycle (an entry's partials are
+        # read once per pass, written after its micro-ops; passes are separated by the drain;
+        # the alive lists read one bank and write the other), so synthesis adds no bypass logic
+        rw = {"no_rw_check": 1}
+        part_mem = m.submodules.partial = Memory(shape=vec, depth=n_max, init=[], attrs=rw)
         part_rd, part_wr = part_mem.read_port(), part_mem.write_port()
-        list_mem = m.submodules.alive = Memory(shape=cfg.index_bits, depth=2 * n_max, init=[])
+        # two alive lists, addressed {bank, position}
+        list_mem = m.submodules.alive = Memory(shape=ib, depth=2 << ib, init=[], attrs=rw)
         list_rd, list_wr = list_mem.read_port(), list_mem.write_port()
 
         # ---- retrieval registers --------------------------------------------------------------
@@ -130,152 +180,398 @@ class SelectTokensCore(wiring.Component):
         q_neg = Signal(data.ArrayLayout(dshape, qm))
         planes_read = Signal(token_result_layout(cfg).members["planes_read"])
         cycles = Signal(CYCLES_BITS)
-        n_q = qy.n_q
+        qmask = Signal(qm)  # query k counts (k < n_q)
+        nq_m1 = Signal(qrange)  # n_q - 1
+        raw = qy.raw_max
+        idle = Signal(init=1)  # the FSM is in IDLE (a register: it enables the query capture)
+        with m.If(idle):
+            m.d.sync += qy.eq(self.query.payload)
 
         # ---- pass state -----------------------------------------------------------------------
         p = Signal(range(bk), init=bk - 1)
-        first = Signal()
-        m.d.comb += first.eq(p == bk - 1)
+        first = Signal()  # p == bk - 1 (a register)
         bank = Signal()
         n_cur = Signal(range(n_max + 1))
         n_next = Signal(range(n_max + 1))
-        rqp_prev = Signal(vec)  # (2^(p+1) - 1) * Qpos_c: U of the previous pass
+        score_mode = Signal()  # the look-ahead feeds the ranking (score sweep), not the dot unit
         rqn = Signal(vec)  # (2^p - 1) * Qneg_c: L of this pass
         rqp = Signal(vec)  # (2^p - 1) * Qpos_c: U of this pass
-        ml = Signal(vec)  # ML_c of the previous pass (for SU)
-        mu_prev = Signal(vec)  # MU_c of the previous pass (MU0 before the first; for SL)
+        rqp_prev = Signal(vec)  # (2^(p+1) - 1) * Qpos_c: U of the previous pass
+        ml = Signal(vec)  # ML_c of the previous pass
+        mu_sub = Signal(vec)  # MU'_c (MU0 before the first pass), 0 with raw_max
         ml_new = Signal(vec)  # ML_c, MU_c of this pass, accumulating
         mu_new = Signal(vec)
-        mlmu_valid = Signal()
+        mlv = Signal(qm)  # ml_new[c] / mu_new[c] hold a value
+        addend = Signal(vec)  # look-ahead term: P[c, j] + addend[c]
         thr = Signal(vs)
         thr_valid = Signal()
-        cum = Signal(bshape)
-        c = Signal(range(max(2, qm)))
-        g = Signal(range(max(2, groups)))
-        init_neg = Signal()
-        newp = Signal(vec)
-        sl_acc = Signal(vs)
+        rem = Signal(bshape)  # budget less the counts walked (threshold walk)
+        tphase = Signal()
+        h = Signal(topk.layout)  # registered head of the ranking (threshold walk)
 
         # ---- output state ---------------------------------------------------------------------
-        taken = Signal(bshape)
+        left = Signal(bshape)  # budget - taken
+        met = Signal()  # taken == budget
         last_valid = Signal()
         last_key = Signal(vs)
-        last_id = Signal(cfg.index_bits)
-        overflow = Signal()
+        last_id = Signal(ib)
 
-        # ---- S0 .. S3 (PASS and SCORE) --------------------------------------------------------
-        e = Signal(range(n_max + 1))
-        s0_valid = Signal()
-        s1_valid, s1_e = Signal(), Signal(cfg.index_bits)
-        s2_valid, s2_j = Signal(), Signal(cfg.index_bits)
-        s3_valid, s3_j, s3_count = Signal(), Signal(cfg.index_bits), Signal(cshape)
-        in_pass = Signal()
-        advance = Signal()
-        s1_j = Signal(cfg.index_bits)
-        s2_done = Signal()
-        last_group = Signal()
-        last_c = Signal()
-        m.d.comb += [
-            s1_j.eq(Mux(in_pass & first, s1_e, list_rd.data)),
-            last_group.eq(g == groups - 1),
-            last_c.eq(c == n_q - 1),
-            advance.eq(~s2_valid | s2_done),
-            list_rd.addr.eq(Mux(bank, n_max, 0) + e),
-            list_rd.en.eq(advance),
-            self.store.addr.eq(s1_j),
-            self.store.plane.eq(p),
-            self.store.en.eq(advance & in_pass),
-            self.store.count_addr.eq(s1_j),
-            self.store.count_en.eq(advance),
-            part_rd.addr.eq(s1_j),
-            part_rd.en.eq(advance),
-        ]
-        with m.If(advance):
-            m.d.sync += [s1_valid.eq(s0_valid), s1_e.eq(e), s2_valid.eq(s1_valid), s2_j.eq(s1_j)]
-            with m.If(s0_valid):
-                m.d.sync += e.eq(e + 1)
-
-        # S2, PASS: empty / dropped entries (one cycle) or the n_q * groups dot-product cycles
-        s2_part = part_rd.data
-        s2_count = self.store.count
-        raw = qy.raw_max
-        su_terms = []
-        for k in range(qm):
-            t = Signal(vs, name=f"su_term{k}")
-            m.d.comb += t.eq(s2_part[k] + rqp_prev[k] - Mux(raw, 0, ml[k]))
-            su_terms.append(t)
-        su = _masked_max(m, su_terms, n_q, vs, "su_max")
-        dead = Signal()
-        drop = Signal()
-        m.d.comb += [
-            dead.eq(first & (s2_count == 0)),
-            drop.eq(~first & thr_valid & (su < thr)),
-        ]
-        q_sel = qy.queries[c]
-        pos_mask = Cat(q_sel[i] > 0 for i in range(cfg.d))
-        neg_mask = Cat(q_sel[i] < 0 for i in range(cfg.d))
-        m.d.comb += [dot.q.eq(q_sel), dot.group.eq(g), dot.first.eq(g == 0)]
-        base = Signal(vs)
-        shifted = Signal(vs)
-        new_c = Signal(vs)
-        lo_c, hi_c, sl_c = Signal(vs), Signal(vs), Signal(vs)
-        m.d.comb += [
-            base.eq(Mux(first, 0, s2_part[c])),
-            shifted.eq(dot.total << p),
-            new_c.eq(Mux(first, base - shifted, base + shifted)),
-            lo_c.eq(new_c + rqn[c]),
-            hi_c.eq(new_c + rqp[c]),
-            sl_c.eq(lo_c - Mux(raw, 0, mu_prev[c])),
-        ]
-        sl_max = Signal(vs)
-        m.d.comb += sl_max.eq(Mux((c == 0) | (sl_c > sl_acc), sl_c, sl_acc))
-        m.d.sync += s3_valid.eq(0)
-
-        # S2, SCORE: exact score of a survivor, ranked if it comes after the last one emitted
-        sc_terms = []
-        for k in range(qm):
-            t = Signal(vs, name=f"score_term{k}")
-            m.d.comb += t.eq(s2_part[k] - Mux(raw, 0, mu_new[k]))
-            sc_terms.append(t)
-        score = _masked_max(m, sc_terms, n_q, vs, "score_max")
-        after_last = Signal()
-        m.d.comb += after_last.eq(
-            ~last_valid | (score < last_key) | ((score == last_key) & (s2_j > last_id))
+        # ---- look-ahead: A0 .. A5, max tree, issue stage I ------------------------------------
+        look = data.StructLayout(
+            {
+                "valid": 1,
+                "j": unsigned(ib),
+                "word": unsigned(d),
+                "count": cshape,
+                "zero": 1,
+                "part": vec,
+            }
         )
+        sweep = Signal()
+        adv = Signal(init=1)
+        adv_load, adv_hold = Signal(), Signal()  # next adv after loading / holding an entry
+        advs = []
 
-        # S3, PASS: write back, append, rank SL
+        def adv_copy(name):
+            """A copy of ``adv`` for one group of registers (fan-out): it follows the same
+            next-state function from its own value, so synthesis keeps it separate."""
+            a = Signal(init=1, name=name)
+            m.d.sync += a.eq(Mux(a, adv_load, adv_hold))
+            advs.append(a)
+            return a
+
+        adv_a5 = adv_copy("adv_a5")
+        e = Signal(range(n_max + 1))
+        e_left = Signal(range(n_max + 1))  # n_cur - e
+        a0_valid = Signal()
+        a1_valid, a1_e = Signal(), Signal(ib)
+        # memory read data registers have no reset (ECP5: block RAM output registers)
+        a1r_valid, a1r_e, a1r_data = Signal(), Signal(ib), Signal(ib, reset_less=True)
+        a2_valid, a2_j = Signal(), Signal(ib)
+        a3_valid, a3_j = Signal(), Signal(ib)
+        a4_valid, a4_j = Signal(), Signal(ib)
+        part4 = Signal(vec, reset_less=True)
+        a5 = Signal(look)
+        use_e = Signal()
         m.d.comb += [
-            part_wr.addr.eq(s3_j),
-            part_wr.data.eq(newp),
-            list_wr.addr.eq(Mux(bank, 0, n_max) + n_next),
-            list_wr.data.eq(s3_j),
+            a0_valid.eq(sweep & e_left.any()),
+            use_e.eq(first & ~score_mode),
+            list_rd.addr.eq(Cat(e[:ib], bank)),
+            list_rd.en.eq(adv),
+            self.store.addr.eq(a2_j),
+            self.store.plane.eq(p),
+            self.store.en.eq(adv),
+            self.store.count_addr.eq(a2_j),
+            self.store.count_en.eq(adv),
+            part_rd.addr.eq(a2_j),
+            part_rd.en.eq(adv),
         ]
-        with m.If(s3_valid):
-            m.d.comb += [
-                part_wr.en.eq(1),
-                list_wr.en.eq(1),
-                topk.insert.eq(1),
-                topk.key.eq(sl_acc),
-                topk.index.eq(s3_j),
-                topk.payload.eq(s3_count),
+        terms = []
+        for k in range(qm):
+            t = Signal(vs, name=f"term{k}")
+            terms.append(t)
+        with m.If(adv):
+            m.d.sync += [
+                a1_valid.eq(a0_valid),
+                a1_e.eq(e[:ib]),
+                a1r_valid.eq(a1_valid),
+                a1r_e.eq(a1_e),
+                a1r_data.eq(list_rd.data),
+                a2_valid.eq(a1r_valid),
+                a2_j.eq(Mux(use_e, a1r_e, a1r_data)),
+                a3_valid.eq(a2_valid),
+                a3_j.eq(a2_j),
+                a4_valid.eq(a3_valid),
+                a4_j.eq(a3_j),
+                part4.eq(part_rd.data),
             ]
-            m.d.sync += [n_next.eq(n_next + 1), planes_read.eq(planes_read + n_q)]
+            with m.If(a0_valid):
+                m.d.sync += [e.eq(e + 1), e_left.eq(e_left - 1)]
+        with m.If(adv_a5):
+            m.d.sync += [
+                a5.valid.eq(a4_valid),
+                a5.j.eq(a4_j),
+                a5.word.eq(self.store.word),
+                a5.count.eq(self.store.count),
+                a5.zero.eq(self.store.count == 0),
+                a5.part.eq(part4),
+            ]
+            for k in range(qm):  # queries k >= n_q repeat query 0 (the maximum is unchanged)
+                m.d.sync += terms[k].eq(Mux(qmask[k], part4[k] + addend[k], part4[0] + addend[0]))
+        stage, level = a5, 0
+        tree_stages = []
+        # below[i]: terms[i] < T, computed beside the maximum (max(a, b) < T iff a < T and
+        # b < T), so that the drop decision reaches the issue stage without a carry chain
+        below = [None] * len(terms)
 
-        drained = Signal()
-        m.d.comb += drained.eq(~s0_valid & ~s1_valid & ~s2_valid & ~s3_valid)
-        head = topk.entries[0]
-        full = topk.entries[cfg.k_cap - 1].valid
-        left = Signal(bshape)
-        take = Signal(cshape)
+        def lt_thr(k):
+            return (terms[k] < thr) if below[k] is None else below[k]
+
+        while len(terms) > 1:  # pairwise maximum, one level per stage
+            level += 1
+            adv_t = adv_copy(f"adv_mx{level}")
+            nxt = Signal(look, name=f"mx{level}")
+            new_terms, new_below = [], []
+            for i in range(0, len(terms) - 1, 2):
+                t = Signal(vs, name=f"mx{level}_{i // 2}")
+                b = Signal(name=f"mx{level}_{i // 2}_below")
+                with m.If(adv_t):
+                    m.d.sync += [
+                        t.eq(Mux(terms[i + 1] > terms[i], terms[i + 1], terms[i])),
+                        b.eq(lt_thr(i) & lt_thr(i + 1)),
+                    ]
+                new_terms.append(t)
+                new_below.append(b)
+            if len(terms) % 2:
+                t = Signal(vs, name=f"mx{level}_{len(terms) // 2}")
+                b = Signal(name=f"mx{level}_{len(terms) // 2}_below")
+                with m.If(adv_t):
+                    m.d.sync += [t.eq(terms[-1]), b.eq(lt_thr(len(terms) - 1))]
+                new_terms.append(t)
+                new_below.append(b)
+            with m.If(adv_t):
+                m.d.sync += nxt.eq(stage)
+            stage, terms, below = nxt, new_terms, new_below
+            tree_stages.append(nxt)
+        mx = terms[0]
+
+        ci = Signal(look)  # issue stage I
+        ci_mx = Signal(vs)
+        ci_skip, ci_after = Signal(), Signal()  # skip: dropped (SU < T) or empty (first pass)
+        skip_in = Signal()
+        m.d.comb += skip_in.eq(Mux(first, stage.zero, thr_valid & lt_thr(0)))
+        adv_ci = adv_copy("adv_ci")
+        with m.If(adv_ci):
+            m.d.sync += [
+                ci.eq(stage),
+                ci_mx.eq(mx),
+                ci_skip.eq(skip_in),
+                ci_after.eq(
+                    ~last_valid | (mx < last_key) | ((mx == last_key) & (stage.j > last_id))
+                ),
+            ]
+
+        # micro-op counters of the issue stage (also the init sweep)
+        qc = Signal(qrange)
+        g = Signal(grange)
+        init_neg = Signal()
+        in_init = Signal()
+        last_g, last_c, issue = Signal(), Signal(), Signal()
+        fin = Signal()  # registered: (g, qc) is the last micro-op of an entry
+        fin0 = Signal()  # fin at (0, 0): one micro-op per entry
+        fin_next = Signal()
+        g_next, qc_next = Signal.like(g), Signal.like(qc)
         m.d.comb += [
-            left.eq(qy.budget - taken),
-            take.eq(Mux(head.payload < left, head.payload, left)),
+            last_g.eq(g == groups - 1),
+            last_c.eq(qc == nq_m1),
+            issue.eq(in_init | (ci.valid & ~ci_skip & ~score_mode)),
+            g_next.eq(Mux(last_g, 0, g + 1)),
+            qc_next.eq(Mux(last_g, Mux(last_c, 0, qc + 1), qc)),
+            fin_next.eq((g_next == groups - 1) & (qc_next == nq_m1)),
+        ]
+        with m.If(issue):
+            m.d.sync += [g.eq(g_next), qc.eq(qc_next), fin.eq(fin_next)]
+        qc_q = Signal(qrange)  # a copy of qc for the 512-bit query multiplexer (fan-out)
+        with m.If(issue & last_g):
+            m.d.sync += qc_q.eq(Mux(qc_q == nq_m1, 0, qc_q + 1))
+        # adv = ~I.valid | skip | fin | score_mode, kept in a register (it enables ~1000 flops
+        # and every memory read): its next value from the next values of those four.  Loading
+        # an entry resets the counters to (0, 0) (fin0); holding one issues (fin_next).
+        m.d.comb += [
+            adv_load.eq(~stage.valid | skip_in | fin0 | score_mode),
+            adv_hold.eq(fin_next | score_mode),
+        ]
+        m.d.sync += adv.eq(Mux(adv, adv_load, adv_hold))
+
+        # ---- dot and bounds: D0 .. D9, W -------------------------------------------------------
+        meta = data.StructLayout(
+            {
+                "valid": 1,
+                "init": 1,
+                "neg": 1,
+                "c": unsigned(len(Signal(qrange))),
+                "g": unsigned(len(Signal(grange))),
+                "first_g": 1,
+                "last_g": 1,
+                "first_c": 1,
+                "last_c": 1,
+                "j": unsigned(ib),
+                "count": cshape,
+                "base": vs,
+            }
+        )
+        dm = [Signal(meta, name=f"d{i}") for i in range(11)]
+        d0 = dm[0]
+        qword = Signal(data.ArrayLayout(signed(bq), d))  # D0: query c
+        bits0 = Signal(lanes)
+        qlanes = Signal(data.ArrayLayout(signed(bq), lanes))  # D0b: its lane group g
+        bits = Signal(lanes)
+        m.d.sync += [
+            d0.valid.eq(issue),
+            d0.init.eq(in_init),
+            d0.neg.eq(init_neg),
+            d0.c.eq(qc),
+            d0.g.eq(g),
+            d0.first_g.eq(g == 0),
+            d0.last_g.eq(last_g),
+            d0.first_c.eq(qc == 0),
+            d0.last_c.eq(last_c),
+            d0.j.eq(ci.j),
+            d0.count.eq(ci.count),
+            d0.base.eq(Mux(first, 0, _pick(m, ci.part, qc, qm, vs, "base_sel"))),
+        ]
+        with m.Switch(qc_q):
+            for k in range(qm):
+                with m.Case(k):
+                    m.d.sync += qword.eq(qy.queries[k])
+        with m.Switch(g):
+            for gg in range(groups):
+                with m.Case(gg):
+                    m.d.sync += bits0.eq(ci.word[gg * lanes : (gg + 1) * lanes])
+        m.d.sync += bits.eq(bits0)
+        with m.Switch(d0.g):
+            for gg in range(groups):
+                with m.Case(gg):
+                    lo = gg * lanes * bq
+                    m.d.sync += qlanes.eq(qword.as_value()[lo : lo + lanes * bq])
+        for i in range(1, 11):
+            m.d.sync += dm[i].eq(dm[i - 1])
+
+        # D1: lane products (init: the query's positive / negative elements)
+        d0b = dm[1]
+        prods = Signal(data.ArrayLayout(signed(bq), lanes))
+        for i in range(lanes):
+            x = qlanes[i]
+            on = Mux(d0b.init, Mux(d0b.neg, x < 0, x > 0), bits[i])
+            m.d.sync += prods[i].eq(Mux(on, x, 0))
+        # D2, D3: the adder tree in two halves
+        levels = tree_depth(lanes)
+        sums = [prods[i] for i in range(lanes)]
+        for _ in range((levels + 1) // 2):
+            sums = tree_level(sums)
+        regs = []
+        for i, s in enumerate(sums):
+            r = Signal(s.shape(), name=f"sum2_{i}")
+            m.d.sync += r.eq(s)
+            regs.append(r)
+        while len(regs) > 1:
+            regs = tree_level(regs)
+        partial = Signal(regs[0].shape())
+        m.d.sync += partial.eq(regs[0])
+        # D4: accumulator over the lane groups
+        acc = Signal(dshape)
+        d3, d4 = dm[4], dm[5]
+        with m.If(d3.valid):
+            m.d.sync += acc.eq(Mux(d3.first_g, 0, acc) + partial)
+        # D5: init: Qpos_c / Qneg_c; pass: shift by p (dot products of the last group only)
+        d5 = dm[6]
+        m.d.sync += d5.valid.eq(d4.valid & d4.last_g & ~d4.init)
+        for k in range(qm):
+            with m.If(d4.valid & d4.last_g & d4.init & (d4.c == k)):
+                with m.If(d4.neg):
+                    m.d.sync += q_neg[k].eq(acc)
+                with m.Else():
+                    m.d.sync += q_pos[k].eq(acc)
+        sh = Signal(vs)
+        m.d.sync += sh.eq(acc << p)
+        rqn_sel, rqp_sel, mu_sel = Signal(vs), Signal(vs), Signal(vs)
+        m.d.sync += [
+            rqn_sel.eq(_pick(m, rqn, d5.c, qm, vs, "rqn_pick")),
+            rqp_sel.eq(_pick(m, rqp, d5.c, qm, vs, "rqp_pick")),
+        ]
+        # D6: the new partial (the sign plane subtracts)
+        new6 = Signal(vs)
+        m.d.sync += new6.eq(Mux(first, d5.base - sh, d5.base + sh))
+        # D7: L and U
+        d6, d8 = dm[7], dm[9]
+        lo7, hi7, new7 = Signal(vs), Signal(vs), Signal(vs)
+        m.d.sync += [
+            lo7.eq(new6 + rqn_sel),
+            hi7.eq(new6 + rqp_sel),
+            new7.eq(new6),
+            mu_sel.eq(_pick(m, mu_sub, d6.c, qm, vs, "mu_pick")),
+        ]
+        # D8: SL_c, ML_c, MU_c
+        sl8, new8 = Signal(vs), Signal(vs)
+        m.d.sync += [sl8.eq(lo7 - mu_sel), new8.eq(new7)]
+        sel7, sel8 = Signal(qm), Signal(qm)  # one-hot query of D7 / D8 (valid), registered
+        m.d.sync += [
+            sel7.eq(Cat(d6.valid & (d6.c == k) for k in range(qm))),
+            sel8.eq(sel7),
+        ]
+        for k in range(qm):
+            with m.If(sel7[k]):
+                m.d.sync += mlv[k].eq(1)
+                with m.If(~mlv[k] | (lo7 > ml_new[k])):
+                    m.d.sync += ml_new[k].eq(lo7)
+                with m.If(~mlv[k] | (hi7 > mu_new[k])):
+                    m.d.sync += mu_new[k].eq(hi7)
+        # D9: SL_j = max over the queries, the new partials
+        sl_acc = Signal(vs)
+        newp = Signal(vec)
+        w_valid, w_j, w_count = Signal(), Signal(ib), Signal(cshape)
+        with m.If(d8.valid):
+            m.d.sync += sl_acc.eq(Mux(d8.first_c | (sl8 > sl_acc), sl8, sl_acc))
+        for k in range(qm):
+            with m.If(sel8[k]):
+                m.d.sync += newp[k].eq(new8)
+        m.d.sync += [w_valid.eq(d8.valid & d8.last_c), w_j.eq(d8.j), w_count.eq(d8.count)]
+        # W: write back, append, rank SL (score sweep: rank the exact score from the issue stage)
+        m.d.comb += [
+            part_wr.addr.eq(w_j),
+            part_wr.data.eq(newp),
+            part_wr.en.eq(w_valid),
+            list_wr.addr.eq(Cat(n_next[:ib], ~bank)),
+            list_wr.data.eq(w_j),
+            list_wr.en.eq(w_valid),
+        ]
+        # the ranking's inputs are registered (T0), then TopKPipe compares (T1) and inserts (T2)
+        tk_ins, tk_key = Signal(), Signal(vs)
+        tk_index, tk_payload = Signal(ib), Signal(cshape)
+        m.d.sync += [
+            tk_ins.eq(Mux(score_mode, ci.valid & ci_after, w_valid)),
+            tk_key.eq(Mux(score_mode, ci_mx, sl_acc)),
+            tk_index.eq(Mux(score_mode, ci.j, w_j)),
+            tk_payload.eq(Mux(score_mode, ci.count, w_count)),
+        ]
+        m.d.comb += [
+            topk.insert.eq(tk_ins),
+            topk.key.eq(tk_key),
+            topk.index.eq(tk_index),
+            topk.payload.eq(tk_payload),
+        ]
+        with m.If(w_valid):
+            m.d.sync += [n_next.eq(n_next + 1), planes_read.eq(planes_read + qy.n_q)]
+
+        ci_valid_d = Signal(2)  # T0, T1 of a score entry, inserted or not (a fixed drain)
+        m.d.sync += ci_valid_d.eq(Cat(ci.valid, ci_valid_d[0]))
+        busy_bits = [
+            ci_valid_d.any(),
+            a0_valid,
+            a1_valid,
+            a1r_valid,
+            a2_valid,
+            a3_valid,
+            a4_valid,
+            ci.valid,
+            w_valid,
+        ]
+        busy_bits += [a5.valid, topk.busy] + [x.valid for x in dm + tree_stages]
+        drained = Signal()
+        m.d.comb += drained.eq(~Cat(*busy_bits).any())
+        head = topk.entries[0]
+        # the ranking's controls from registers, not from the state decode (fan-out ~800):
+        # do_clear is 1 exactly in SETUP / SCORE_SETUP, in_thresh in THRESH, in_out in OUT
+        do_clear, in_thresh, in_out = Signal(), Signal(), Signal()
+        m.d.sync += do_clear.eq(0)
+        m.d.comb += [
+            topk.clear.eq(do_clear),
+            topk.shift.eq(in_thresh | (in_out & head.valid & ~met & self.result.ready)),
         ]
 
         # ---- control ----------------------------------------------------------------------
         with m.FSM():
             with m.State("IDLE"):
-                m.d.comb += self.query.ready.eq(1)
                 pl = self.query.payload
                 checks = Signal(TOKEN_ERROR_LAYOUT)
                 m.d.comb += [
@@ -286,157 +582,152 @@ class SelectTokensCore(wiring.Component):
                 ]
                 with m.If(self.query.valid):
                     m.d.sync += [
-                        qy.eq(pl),
+                        idle.eq(0),
                         err.eq(checks),
                         cycles.eq(1),
                         planes_read.eq(0),
                         p.eq(bk - 1),
+                        first.eq(1),
                         bank.eq(0),
                         n_cur.eq(pl.n),
-                        c.eq(0),
+                        qc.eq(0),
+                        qc_q.eq(0),
                         g.eq(0),
+                        fin.eq((groups == 1) & (pl.n_q == 1)),
+                        fin0.eq((groups == 1) & (pl.n_q == 1)),
                         init_neg.eq(0),
+                        score_mode.eq(0),
                         thr_valid.eq(0),
-                        taken.eq(0),
+                        left.eq(pl.budget),
+                        met.eq(pl.budget == 0),
                         last_valid.eq(0),
+                        nq_m1.eq(pl.n_q - 1),
+                        qmask.eq(Cat(pl.n_q > k for k in range(qm))),
                     ]
                     with m.If(checks.as_value().any() | ((pl.budget == 0) & ~pl.no_exit)):
                         m.next = "TRAILER"
                     with m.Else():
                         m.next = "INIT"
 
-            with m.State("INIT"):  # Qpos_c, Qneg_c for c = 0 .. n_q-1
+            with m.State("INIT"):  # Qpos_c, Qneg_c for c = 0 .. n_q-1 on the dot pipeline
                 m.d.sync += cycles.eq(cycles + 1)
-                m.d.comb += [dot.word.eq(Mux(init_neg, neg_mask, pos_mask)), dot.en.eq(1)]
-                m.d.sync += g.eq(Mux(last_group, 0, g + 1))
-                with m.If(last_group):
-                    m.d.sync += init_neg.eq(~init_neg)
+                m.d.comb += in_init.eq(1)
+                with m.If(fin):
+                    m.d.sync += init_neg.eq(1)
                     with m.If(init_neg):
-                        m.d.sync += [q_neg[c].eq(dot.total), c.eq(c + 1)]
-                        with m.If(last_c):
-                            m.d.sync += c.eq(0)
-                            m.next = "SETUP"
-                    with m.Else():
-                        m.d.sync += q_pos[c].eq(dot.total)
+                        m.next = "INIT_WAIT"
+
+            with m.State("INIT_WAIT"):
+                m.d.sync += cycles.eq(cycles + 1)
+                with m.If(drained):
+                    m.next = "PREP"
+
+            with m.State("PREP"):  # (2^(bk-1) - 1) * Qpos_c, Qneg_c: U, L of the first pass
+                m.d.sync += cycles.eq(cycles + 1)
+                for k in range(qm):
+                    qp, qn = q_pos[k], q_neg[k]
+                    m.d.sync += [rqn[k].eq((qn << (bk - 1)) - qn), rqp[k].eq((qp << (bk - 1)) - qp)]
+                m.d.sync += do_clear.eq(1)
+                m.next = "SETUP"
 
             with m.State("SETUP"):  # start of the pass over plane p
                 m.d.sync += cycles.eq(cycles + 1)
-                m.d.comb += topk.clear.eq(1)
-                m.d.sync += [e.eq(0), n_next.eq(0), mlmu_valid.eq(0)]
+                m.d.sync += [e.eq(0), e_left.eq(n_cur), n_next.eq(0), mlv.eq(0)]
                 for k in range(qm):
-                    qp, qn = q_pos[k], q_neg[k]
-                    m.d.sync += [
-                        rqn[k].eq((qn << p) - qn),
-                        rqp[k].eq((qp << p) - qp),
-                        rqp_prev[k].eq((qp << (p + 1)) - qp),
-                    ]
+                    m.d.sync += addend[k].eq(rqp_prev[k] - Mux(raw, 0, ml[k]))
                     with m.If(first):  # MU0 = (2^(bk-1) - 1) Qpos - 2^(bk-1) Qneg
-                        m.d.sync += mu_prev[k].eq((qp << (bk - 1)) - qp - (qn << (bk - 1)))
+                        m.d.sync += mu_sub[k].eq(Mux(raw, 0, rqp[k] - (q_neg[k] << (bk - 1))))
                 m.next = "PASS"
 
             with m.State("PASS"):
                 m.d.sync += cycles.eq(cycles + 1)
-                m.d.comb += [
-                    in_pass.eq(1),
-                    s0_valid.eq(e < n_cur),
-                    dot.word.eq(self.store.word),
-                    s2_done.eq(s2_valid & (dead | drop | (last_group & last_c))),
-                ]
-                with m.If(s2_valid & ~dead & ~drop):
-                    m.d.comb += dot.en.eq(1)
-                    m.d.sync += g.eq(Mux(last_group, 0, g + 1))
-                    with m.If(last_group):
-                        m.d.sync += [newp[c].eq(new_c), sl_acc.eq(sl_max)]
-                        with m.If(mlmu_valid):
-                            with m.If(lo_c > ml_new[c]):
-                                m.d.sync += ml_new[c].eq(lo_c)
-                            with m.If(hi_c > mu_new[c]):
-                                m.d.sync += mu_new[c].eq(hi_c)
-                        with m.Else():
-                            m.d.sync += [ml_new[c].eq(lo_c), mu_new[c].eq(hi_c)]
-                        m.d.sync += c.eq(c + 1)
-                        with m.If(last_c):
-                            m.d.sync += [
-                                c.eq(0),
-                                mlmu_valid.eq(1),
-                                s3_valid.eq(1),
-                                s3_j.eq(s2_j),
-                                s3_count.eq(s2_count),
-                            ]
+                m.d.comb += sweep.eq(1)
                 with m.If(drained):
-                    m.d.sync += [bank.eq(~bank), n_cur.eq(n_next), e.eq(0)]
-                    with m.If(p == 0):
-                        m.d.sync += [overflow.eq(0)]
-                        m.next = "SCORE_SETUP"
-                    with m.Else():
-                        m.d.sync += [
-                            ml.eq(ml_new),
-                            mu_prev.eq(mu_new),
-                            p.eq(p - 1),
-                            cum.eq(0),
-                            thr_valid.eq(0),
-                        ]
-                        with m.If(qy.no_exit):
-                            m.next = "SETUP"
-                        with m.Else():
-                            m.next = "THRESH"
+                    m.next = "PASS_END"
 
-            with m.State("THRESH"):  # walk the ranking until the counts reach the budget
+            with m.State("PASS_END"):  # the per-pass constants, from registers only
                 m.d.sync += cycles.eq(cycles + 1)
-                cum_next = Signal(bshape)
-                m.d.comb += cum_next.eq(cum + head.payload)
-                with m.If(~head.valid):
-                    m.next = "SETUP"
-                with m.Elif(cum_next >= qy.budget):
-                    m.d.sync += [thr.eq(head.key), thr_valid.eq(1)]
-                    m.next = "SETUP"
+                m.d.sync += [bank.eq(~bank), n_cur.eq(n_next), e.eq(0)]
+                with m.If(p == 0):
+                    m.d.sync += do_clear.eq(1)
+                    m.next = "SCORE_SETUP"
                 with m.Else():
-                    m.d.comb += topk.shift.eq(1)
-                    m.d.sync += cum.eq(cum_next)
+                    m.d.sync += [
+                        ml.eq(ml_new),
+                        p.eq(p - 1),
+                        first.eq(0),
+                        rem.eq(qy.budget),
+                        thr_valid.eq(0),
+                        tphase.eq(0),
+                    ]
+                    for k in range(qm):
+                        m.d.sync += [
+                            mu_sub[k].eq(Mux(raw, 0, mu_new[k])),
+                            rqp_prev[k].eq(rqp[k]),
+                            rqp[k].eq((rqp[k] - q_pos[k]) >> 1),
+                            rqn[k].eq((rqn[k] - q_neg[k]) >> 1),
+                        ]
+                    with m.If(qy.no_exit):
+                        m.d.sync += do_clear.eq(1)
+                        m.next = "SETUP"
+                    with m.Else():
+                        m.d.sync += in_thresh.eq(1)
+                        m.next = "THRESH"
+
+            with m.State("THRESH"):  # shift the ranking out, sum the counts of its copy h
+                m.d.sync += cycles.eq(cycles + 1)
+                m.d.sync += [h.eq(head), tphase.eq(1)]
+                with m.If(tphase):
+                    with m.If(~h.valid):
+                        m.d.sync += [do_clear.eq(1), in_thresh.eq(0)]
+                        m.next = "SETUP"
+                    with m.Elif(h.payload >= rem):
+                        m.d.sync += [thr.eq(h.key), thr_valid.eq(1), in_thresh.eq(0)]
+                        m.d.sync += do_clear.eq(1)
+                        m.next = "SETUP"
+                    with m.Else():
+                        m.d.sync += rem.eq(rem - h.payload)
 
             with m.State("SCORE_SETUP"):
                 m.d.sync += cycles.eq(cycles + 1)
-                m.d.comb += topk.clear.eq(1)
-                m.d.sync += [e.eq(0), overflow.eq(0)]
+                m.d.sync += [e.eq(0), e_left.eq(n_cur), score_mode.eq(1)]
+                for k in range(qm):
+                    m.d.sync += addend[k].eq(-Mux(raw, 0, mu_new[k]))
                 m.next = "SCORE"
 
             with m.State("SCORE"):  # rank the survivors' exact scores
                 m.d.sync += cycles.eq(cycles + 1)
-                m.d.comb += [s0_valid.eq(e < n_cur), s2_done.eq(s2_valid)]
-                with m.If(s2_valid & after_last):
-                    m.d.comb += [
-                        topk.insert.eq(1),
-                        topk.key.eq(score),
-                        topk.index.eq(s2_j),
-                        topk.payload.eq(s2_count),
-                    ]
-                    with m.If(full):
-                        m.d.sync += overflow.eq(1)
+                m.d.comb += sweep.eq(1)
                 with m.If(drained):
+                    m.d.sync += in_out.eq(1)
                     m.next = "OUT"
 
             with m.State("OUT"):
                 rec = self.result.payload
                 want = Signal()
+                diff = Signal(signed(len(left) + 1))
                 m.d.comb += [
-                    want.eq(head.valid & (taken < qy.budget)),
+                    diff.eq(left - head.payload),
+                    want.eq(head.valid & ~met),
                     self.result.valid.eq(want),
                     rec.kind.eq(Kind.RECORD),
                     rec.id.eq(head.index),
-                    rec.take.eq(take),
+                    rec.take.eq(Mux(diff < 0, left, head.payload)),
                 ]
                 with m.If(~want | self.result.ready):
                     m.d.sync += cycles.eq(cycles + 1)
                 with m.If(want & self.result.ready):
-                    m.d.comb += topk.shift.eq(1)
                     m.d.sync += [
-                        taken.eq(taken + take),
+                        left.eq(Mux(diff < 0, 0, diff)),
+                        met.eq(diff <= 0),
                         last_valid.eq(1),
                         last_key.eq(head.key),
                         last_id.eq(head.index),
                     ]
                 with m.If(~want):
-                    with m.If(overflow & (taken < qy.budget)):
+                    m.d.sync += in_out.eq(0)
+                    with m.If(topk.overflow & ~met):
+                        m.d.sync += do_clear.eq(1)
                         m.next = "SCORE_SETUP"
                     with m.Else():
                         m.next = "TRAILER"
@@ -451,10 +742,18 @@ class SelectTokensCore(wiring.Component):
                     rec.error.eq(err),
                 ]
                 with m.If(self.result.ready):
+                    m.d.sync += idle.eq(1)
                     m.next = "IDLE"
 
-        m.d.comb += self.busy.eq(~self.query.ready)
+        m.d.comb += [self.query.ready.eq(idle), self.busy.eq(~idle)]
         return m
 
 
-__all__ = ["SelectTokensCore", "value_shape"]
+__all__ = [
+    "STORE_LATENCY",
+    "SelectTokensCore",
+    "cycle_formula",
+    "dot_stages",
+    "lookahead_stages",
+    "value_shape",
+]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from amaranth import Module, Signal, unsigned
+from amaranth import Module, Mux, Signal, unsigned
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -83,6 +83,105 @@ class TopK(wiring.Component):
                         m.d.sync += e[i].eq(new)
                     else:
                         with m.If(goes_before[i - 1]):
+                            m.d.sync += e[i].eq(e[i - 1])
+                        with m.Else():
+                            m.d.sync += e[i].eq(new)
+        with m.Elif(self.shift):
+            for i in range(k):
+                if i + 1 < k:
+                    m.d.sync += e[i].eq(e[i + 1])
+                else:
+                    m.d.sync += e[i].valid.eq(0)
+        return m
+
+
+class TopKPipe(wiring.Component):
+    """:class:`TopK` with the insert split into a compare stage and an insert stage.
+
+    Same ordering rules as :class:`TopK` (``entries[0]`` the largest; a key equal to an entry's
+    goes after it; once full, a key not strictly larger than ``entries[k-1]`` is lost), but an
+    ``insert`` presented in cycle ``t`` is compared in cycle ``t`` (``k`` comparators against the
+    registered entries, one against the insert in flight) and written in cycle ``t+1``: the
+    entries show it in cycle ``t+2``.  One insert per cycle, back to back: the insert stage
+    corrects the registered comparisons for the insert it follows (``goes_before`` of slot ``i``
+    after an insert at slot ``s`` is the comparison with the old entry ``i``, the inserted key or
+    the old entry ``i-1``), so no comparison reaches across two cycles.
+
+    Interface
+    ---------
+    clear : In(1)     empty the structure and ``overflow`` (immediate; no insert may be in flight)
+    insert : In(1)    insert ``(key, index, payload)`` (pipelined, see above)
+    key, index, payload : In
+    shift : In(1)     pop ``entries[0]`` (immediate; no insert may be in flight: wait for ``busy``)
+    entries : Out(ArrayLayout(entry_layout, k))   the registered contents
+    busy : Out(1)     an insert is in one of the two stages
+    overflow : Out(1) an insert found the structure full (an entry was lost) since ``clear``
+    """
+
+    def __init__(self, k: int, key_shape, index_bits: int, payload_shape):
+        if not isinstance(k, int) or k < 1:
+            raise ConfigError(f"TopKPipe: k={k!r} must be an integer >= 1")
+        if not isinstance(index_bits, int) or index_bits < 1:
+            raise ConfigError(f"TopKPipe: index_bits={index_bits!r} must be an integer >= 1")
+        self.k = k
+        self.layout = entry_layout(key_shape, index_bits, payload_shape)
+        super().__init__(
+            {
+                "clear": In(1),
+                "insert": In(1),
+                "key": In(key_shape),
+                "index": In(index_bits),
+                "payload": In(payload_shape),
+                "shift": In(1),
+                "entries": Out(data.ArrayLayout(self.layout, k)),
+                "busy": Out(1),
+                "overflow": Out(1),
+            }
+        )
+
+    def elaborate(self, platform):
+        m = Module()
+        k, e = self.k, self.entries
+        # compare stage (registered): the new pair, its comparisons with the entries and with
+        # the insert in the insert stage
+        ins = Signal()
+        new = Signal(self.layout)
+        cmp = Signal(k)  # key > entries[i].key or entries[i] empty, against the entries of cycle t
+        cmp_p = Signal()  # key > the key being inserted in cycle t
+        prev = Signal()  # an insert was written in cycle t (placement prev_gb)
+        prev_gb = Signal(k)
+        gb = Signal(k)  # goes_before against the entries of this cycle
+        m.d.sync += [ins.eq(0), prev.eq(0)]
+        with m.If(self.insert & ~self.clear):
+            m.d.sync += [
+                ins.eq(1),
+                new.valid.eq(1),
+                new.key.eq(self.key),
+                new.index.eq(self.index),
+                new.payload.eq(self.payload),
+                cmp_p.eq(self.key > new.key),
+            ]
+            for i in range(k):
+                m.d.sync += cmp[i].eq(~e[i].valid | (self.key > e[i].key))
+        for i in range(k):
+            below = cmp_p if i == 0 else Mux(prev_gb[i - 1], cmp[i - 1], cmp_p)
+            m.d.comb += gb[i].eq(Mux(prev & prev_gb[i], below, cmp[i]))
+        m.d.comb += self.busy.eq(ins | self.insert)
+
+        with m.If(self.clear):
+            for i in range(k):
+                m.d.sync += e[i].valid.eq(0)
+            m.d.sync += self.overflow.eq(0)
+        with m.Elif(ins):
+            m.d.sync += [prev.eq(1), prev_gb.eq(gb)]
+            with m.If(e[k - 1].valid):
+                m.d.sync += self.overflow.eq(1)
+            for i in range(k):
+                with m.If(gb[i]):
+                    if i == 0:
+                        m.d.sync += e[i].eq(new)
+                    else:
+                        with m.If(gb[i - 1]):
                             m.d.sync += e[i].eq(e[i - 1])
                         with m.Else():
                             m.d.sync += e[i].eq(new)

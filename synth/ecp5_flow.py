@@ -103,6 +103,144 @@ def _harness_ffs(netlist: dict, top: str) -> int:
     )
 
 
+def absorb_bram_output_registers(netlist: dict, top: str) -> int:
+    """Move fabric registers that sit right behind a block RAM's read data into the DP16KD's
+    own output register (``REGMODE = OUTREG``); returns how many block RAM ports were changed.
+
+    Yosys maps every memory read port to a DP16KD without its output register (``NOREG``), and
+    the ECP5's block RAM clock-to-out is then 5.83 ns (speed grade 6, nextpnr's figure): no read
+    can reach a fabric register within a 150 MHz cycle.  With ``OUTREG`` it is 0.96 ns.  The
+    change is exact: a read port qualifies only if *every* used data output drives exactly one
+    ``TRELLIS_FF`` (directly, or through a LUT4 that is only the register's hold multiplexer,
+    ``en ? data : Q``) and nothing else, all those FFs are clocked by the port's (non-inverted)
+    read clock, have no reset (``LSR`` tied 0) and one common clock enable (or none).  The
+    output register then takes that enable (``OCE``) and drives the FFs' nets; the FFs (and
+    hold LUTs) are removed.  A memory whose reads Yosys guards against same-cycle writes (a
+    bypass multiplexer behind the read data) does not qualify; the RTL marks memories where
+    that cannot matter with ``no_rw_check``.
+    In 36-bit mode (read on port B, data on ``DOA`` and ``DOB``) both halves' registers are set.
+    Vendor tools absorb such registers the same way.  The timing harness's own registers
+    (:class:`RegisteredIO`) are never absorbed: a memory read straight to a port stays timed as
+    block RAM to fabric.
+    """
+    mod = netlist["modules"][top]
+    cells = mod["cells"]
+    harness_bits = set()
+    for net_name, net in mod["netnames"].items():
+        if net_name.split(".")[-1].startswith(HARNESS):
+            harness_bits.update(b for b in net["bits"] if isinstance(b, int))
+    sinks: dict[int, list[tuple[str, str]]] = {}
+    for name, cell in cells.items():
+        dirs = cell.get("port_directions", {})
+        for port, bits in cell["connections"].items():
+            if dirs.get(port) != "output":
+                for b in bits:
+                    if isinstance(b, int):
+                        sinks.setdefault(b, []).append((name, port))
+    for port in mod["ports"].values():
+        if port["direction"] != "input":
+            for b in port["bits"]:
+                if isinstance(b, int):
+                    sinks.setdefault(b, []).append(("<port>", ""))
+    changed = 0
+    for cell in list(cells.values()):
+        if cell["type"] != "DP16KD":
+            continue
+        conn, par = cell["connections"], cell["parameters"]
+        wide = int(str(par.get("DATA_WIDTH_B", "0")), 2) == 36
+        for side in ("B",) if wide else ("A", "B"):
+            if par.get(f"REGMODE_{side}", "NOREG") != "NOREG":
+                continue
+            if par.get(f"CLK{side}MUX", f"CLK{side}") != f"CLK{side}":
+                continue
+            outs = [f"DO{side}{i}" for i in range(18)] + (
+                [f"DOA{i}" for i in range(18)] if wide else []
+            )
+            found = []
+            for pin in outs:
+                bit = conn.get(pin, [None])[0]
+                if isinstance(bit, int) and sinks.get(bit):
+                    found.append((pin, _register_behind(cells, sinks, bit, conn[f"CLK{side}"])))
+            regs = [r for _, r in found]
+            enables = {r[2] for r in regs if r is not None}
+            ok = None not in regs and not any(r[0] in harness_bits for r in regs)
+            ffs = [(pin, r) for pin, r in found]
+            if not ok or not ffs or len(enables) != 1 or None in enables:
+                continue
+            (enable,) = enables
+            for pin, (q, removed, _) in ffs:
+                conn[pin] = [q]
+                for name in removed:
+                    del cells[name]
+            for s in ("A", "B") if wide else (side,):
+                par[f"REGMODE_{s}"] = "OUTREG"
+                conn[f"OCE{s}"] = list(enable)
+            changed += 1
+    return changed
+
+
+def _lut_value(init: str, inputs: dict[str, int]) -> int:
+    """Output of a LUT4 with ``INIT`` (Yosys JSON: binary, most significant bit first)."""
+    index = inputs["A"] | inputs["B"] << 1 | inputs["C"] << 2 | inputs["D"] << 3
+    return int(init[len(init) - 1 - index]) if index < len(init) else 0
+
+
+def _register_behind(cells: dict, sinks: dict, bit: int, clk: list):
+    """If net ``bit`` feeds exactly one reset-less ``TRELLIS_FF`` clocked by ``clk`` (directly,
+    or through a LUT4 that is a hold multiplexer ``en ? bit : Q``, the form ABC9 leaves an
+    enable in), return ``(Q net, cells to remove, enable net as a tuple)``, else None."""
+    where = sinks.get(bit, [])
+    if len(where) != 1:
+        return None
+    name, port = where[0]
+    cell = cells.get(name)
+    removed, enable = [name], None
+    if cell is not None and cell["type"] == "LUT4" and port in "ABCD":
+        out = cell["connections"]["Z"][0]
+        nxt = sinks.get(out, [])
+        if len(nxt) != 1 or nxt[0][1] != "DI":
+            return None
+        ff = cells.get(nxt[0][0])
+        if ff is None or ff["type"] != "TRELLIS_FF":
+            return None
+        q = ff["connections"]["Q"][0]
+        lut_in = {p: cell["connections"].get(p, ["0"])[0] for p in "ABCD"}
+        roles = {p: ("d" if v == bit else "q" if v == q else v) for p, v in lut_in.items()}
+        variable = [p for p, r in roles.items() if r not in ("d", "q", "0", "1")]
+        if sorted(r for r in roles.values() if r in ("d", "q")) != ["d", "q"] or len(variable) != 1:
+            return None
+        init = str(cell["parameters"].get("INIT", ""))
+        for d in (0, 1):
+            for qv in (0, 1):
+                for en in (0, 1):
+                    vals = {"d": d, "q": qv, "0": 0, "1": 1}
+                    inputs = {p: (en if p == variable[0] else vals[r]) for p, r in roles.items()}
+                    if _lut_value(init, inputs) != (d if en else qv):
+                        return None
+        enable = (lut_in[variable[0]],)
+        removed.append(nxt[0][0])
+        cell = ff
+    elif cell is None or cell["type"] != "TRELLIS_FF" or port != "DI":
+        return None
+    fc, fp = cell["connections"], cell["parameters"]
+    if (
+        fc["CLK"] != clk
+        or fp.get("CLKMUX", "CLK") != "CLK"
+        or fc.get("LSR", ["0"]) != ["0"]
+        or fp.get("REGSET", "RESET") != "RESET"
+    ):
+        return None
+    cemux = str(fp.get("CEMUX", "CE")).strip()
+    ff_enable = tuple(fc["CE"]) if cemux == "CE" and fc.get("CE") != ["1"] else ("1",)
+    if cemux not in ("CE", "1"):
+        return None
+    if enable is None:
+        enable = ff_enable
+    elif ff_enable != ("1",):
+        return None  # two enables
+    return fc["Q"][0], removed, enable
+
+
 @dataclass
 class Ecp5Result:
     """Placed-and-routed resources and timing of one design."""
@@ -124,6 +262,8 @@ class Ecp5Result:
     pnr_error: str = ""
     #: False when LUTs were mapped with classic ABC because ABC9 crashed
     abc9: bool = True
+    #: block RAM read ports given their output register (:func:`absorb_bram_output_registers`)
+    bram_outregs: int = 0
 
     @property
     def fmax_mhz(self) -> float | None:
@@ -175,6 +315,10 @@ def synth_ecp5(
                 raise
             abc9 = False
             _synth(top, "abc", workdir, timeout)
+    netlist_path = workdir / "ecp5.json"
+    netlist = json.loads(netlist_path.read_text())
+    absorbed = absorb_bram_output_registers(netlist, top)
+    netlist_path.write_text(json.dumps(netlist))
     t1 = time.monotonic()
     log = workdir / "nextpnr.log"
     pnr_error = ""
@@ -213,6 +357,7 @@ def synth_ecp5(
             placed=False,
             pnr_error=pnr_error,
             abc9=abc9,
+            bram_outregs=absorbed,
         )
     report = json.loads((workdir / "pnr_report.json").read_text())
     util = report["utilization"]
@@ -244,6 +389,7 @@ def synth_ecp5(
         seconds_synth=t1 - t0,
         seconds_pnr=t2 - t1,
         abc9=abc9,
+        bram_outregs=absorbed,
     )
 
 

@@ -128,12 +128,15 @@ class ClusterWriteback(wiring.Component):
         # Read addresses: the data of the address presented in a cycle arrives in the next one.
         m.d.comb += [self.sum.id.eq(cid), self.sum.chunk.eq(chunk), self.meta.id.eq(cid)]
 
-        # Bias of the count being processed (combinational from ``count``).
-        log = log2_fixed(m, count, cfg.log_frac_bits)
+        # Bias of the count being processed: a free-running 3-register pipeline from ``count``
+        # (log2, product, saturation): ``count`` is loaded at the end of COUNT, ``bias`` follows
+        # 3 cycles later; the write comes at least ``bk + 2 >= 4`` cycles after COUNT.
+        log_c = log2_fixed(m, count, cfg.log_frac_bits)
+        log = Signal.like(log_c, name="log_q")
         scaled = Signal(len(log) + wd.bias_scale)
-        m.d.comb += scaled.eq((log * self.bias_scale) >> cfg.log_frac_bits)
+        m.d.sync += [log.eq(log_c), scaled.eq((log * self.bias_scale) >> cfg.log_frac_bits)]
         top = (1 << (cfg.bias_bits - 1)) - 1
-        bias_sat = Mux(scaled > top, top, scaled)
+        m.d.sync += bias.eq(Mux(scaled > top, top, scaled))
 
         # Non-restoring division of 2|S| + n by 2n, quotient bits MSB first: one shared shifted
         # divisor ``2n << step`` and its negation; per element one adder, the operand chosen by
@@ -186,7 +189,7 @@ class ClusterWriteback(wiring.Component):
                 fetch()
             with m.State("LAST"):  # the round's last chunk is loaded at this cycle's edge
                 m.d.comb += self.busy.eq(1)
-                m.d.sync += [bias.eq(bias_sat), step.eq(bk - 1)]
+                m.d.sync += step.eq(bk - 1)
                 m.next = "DIVIDE"
             with m.State("DIVIDE"):
                 m.d.comb += self.busy.eq(1)

@@ -12,9 +12,10 @@ from amaranth import Elaboratable, Module, Mux, Signal
 from amaranth.sim import Simulator
 
 from hw.centroid_table import CentroidTable
+from hw.cluster_cosine import LATENCY as COMPARE_LATENCY
 from hw.cluster_cosine import PAIRS, ClusterCompare
 from hw.cluster_exact import ExactCompare, exact_cycles, exact_widths
-from hw.cluster_unit import ClusterUnit, token_period
+from hw.cluster_unit import ClusterUnit, token_latency, token_period
 from hw.cluster_writeback import ClusterWriteback, log2_fixed, writeback_cycles
 from model.dre_cluster import ClusterWidths, quantise_centroid, size_bias
 from model.dre_cluster import log2_fixed as log2_model
@@ -123,22 +124,30 @@ def _compare_cases(cfg, rng, n):
 
 
 def _run_compare(cfg, mant, cases):
-    """Returns per case (passed, sure, more, more_sure) of a ClusterCompare."""
+    """Returns per case (passed, sure, more, more_sure) of a ClusterCompare (the taus go in one
+    cycle ahead of the other inputs, the answers come LATENCY cycles after those)."""
     dut = ClusterCompare(cfg, mant)
     got = []
 
+    def set_taus(ctx, i):
+        if i < len(cases):
+            tt, ts = cases[i][3]
+            ctx.set(dut.tau_t, tt)
+            ctx.set(dut.tau_s, ts)
+
     async def bench(ctx):
-        for i in range(len(cases) + 2):
+        set_taus(ctx, 0)
+        await ctx.tick()
+        for i in range(len(cases) + COMPARE_LATENCY - 1):
             if i < len(cases):
-                dots, norms, k2, (tt, ts) = cases[i]
+                dots, norms, k2, _ = cases[i]
                 for j in range(3):
                     ctx.set(dut.dot[j], dots[j])
                     ctx.set(dut.norm[j], norms[j])
                 ctx.set(dut.key_norm, k2)
-                ctx.set(dut.tau_t, tt)
-                ctx.set(dut.tau_s, ts)
+            set_taus(ctx, i + 1)
             await ctx.tick()
-            if i >= 1:  # inputs set before tick i+1 are answered after tick i+2
+            if i >= COMPARE_LATENCY - 1:  # inputs set before tick i+1 are answered LATENCY later
                 got.append(
                     tuple(ctx.get(x) for x in (dut.passed, dut.sure, dut.more, dut.more_sure))
                 )
@@ -435,17 +444,17 @@ def _cosim(cfg, seed, scenarios, tmp_path, mantissa_bits=17, **spec):
 
 def _check_throughput(cfg, stats):
     """Pin the documented timing: without gaps or backpressure a frame of ``n`` tokens takes
-    ``token_period * (n - 1) + G + 8`` cycles from its first token offered to its last result
-    (``G + 8`` is the latency of one token through the testbench's source and sink)."""
+    ``token_period * (n - 1) + token_latency + 2`` cycles from its first token offered to its
+    last result (the testbench's source and sink add 2 cycles to the unit's latency)."""
     h, w = stats["grid"]
     n = h * w
-    want = token_period(cfg) * (n - 1) + cfg.groups + 8
+    want = token_period(cfg) * (n - 1) + token_latency(cfg) + 2
     assert stats["cycles"] == [want] * stats["frames"], (stats["cycles"], want)
 
 
 @pytest.mark.parametrize(
     "cfg,period",
-    [(SMALL, 3), (ONE_CHUNK, 3), (DREConfig(), 4), (DREConfig(d=24, lanes=8), 4)],
+    [(SMALL, 5), (ONE_CHUNK, 5), (DREConfig(), 6), (DREConfig(d=24, lanes=8), 6)],
     ids=["G2", "G1", "G4", "G3"],
 )
 def test_token_period(cfg, period):

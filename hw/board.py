@@ -26,7 +26,7 @@ from model.dre_config import ConfigError, DREConfig
 ROOT = Path(__file__).resolve().parent.parent
 OSC_HZ = 25_000_000  # the ULX3S's oscillator (clk25)
 #: The design clock of the board build, made from clk25 by the ECP5 PLL (docs/board.md).
-CLOCK_HZ = 20_000_000
+CLOCK_HZ = 15_000_000
 #: EHXPLLL settings for 25 MHz in, from ``yowasp-ecppll -i 25 -o <MHz>`` (Project Trellis):
 #: output MHz -> (CLKI_DIV, CLKFB_DIV, CLKOP_DIV, CLKOP_CPHASE); VCO 600 MHz for each.
 PLL_SETTINGS = {

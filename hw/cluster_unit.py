@@ -26,8 +26,8 @@ TEMPORAL, LEFT, UP = 0, 1, 2
 
 def token_period(cfg: DREConfig) -> int:
     """Cycles between tokens at full rate (no input gaps, no backpressure):
-    ``max(G, ceil((G + 4) / 2), 3)`` with ``G = d / lanes``, i.e. ``G`` for ``G >= 4``
-    (``docs/cluster.md`` derives it)."""
+    ``max(G, ceil((G + 8) / 2), 5)`` with ``G = d / lanes``, i.e. ``G`` for ``G >= 8`` and 6 at
+    the default ``G = 4`` (``docs/cluster.md`` derives it)."""
     G = cfg.groups
     return max(G, (G + 9) // 2, 5)
 
@@ -123,12 +123,13 @@ class ClusterUnit(wiring.Component):
 
     Timing
     ------
-    Throughput one token per ``token_period(cfg) = max(G, ceil((G + 4) / 2), 3)`` cycles
+    Throughput one token per ``token_period(cfg) = max(G, ceil((G + 8) / 2), 5)`` cycles
     (without exact recomputes)
-    (``G = d / lanes``; ``G`` for ``G >= 4``, 4 at the default d = 64, lanes = 16), latency
-    ``G + 6`` cycles from acceptance to the result.  Stages: ``accept | IN: owner-map reads |
-    G chunk reads (5 sums, k.k_prev, |k|^2) | last accumulate | T1: resolve + screen stage 1 |
-    T2: screen stage 2 | DEC``.  Token ``t+1`` starts its dot products as soon as the read ports
+    (``G = d / lanes``; ``G`` for ``G >= 8``, 6 at the default d = 64, lanes = 16), latency
+    ``token_latency(cfg) = G + 10`` cycles from acceptance to the result.  Stages: ``accept |
+    IN: owner-map reads | G chunk reads (5 sums) | q1: data registered | q2: products, two
+    adder-tree levels | A: accumulate (5 sums, k.k_prev, |k|^2) | T1: resolve | T2 .. T4: screen
+    stages 1-3 | DEC``.  Token ``t+1`` starts its dot products as soon as the read ports
     are free and token ``t-1`` is decided, i.e. while token ``t`` is still being decided.  Its
     *left* candidate (and its up / temporal candidate on a grid 1 wide / of 1 token) is ``t``'s
     cluster, not known yet: ``t+1`` reads the sums of all three of ``t``'s candidates and
@@ -142,7 +143,8 @@ class ClusterUnit(wiring.Component):
     come from the decision history instead of the owner map.  The decision waits for a free
     ``result`` register and a free sum-update engine (``G`` cycles per update), and for the
     exact unit when the mantissa screen left a result it needs inside its guard band
-    (:func:`hw.cluster_exact.exact_cycles` per recomputed result, 106 at the default; rare).
+    (:func:`hw.cluster_exact.exact_cycles` per recomputed result plus one, 211 at the default;
+    rare).
     Write-backs run in the background from a queue of updated clusters (each id at most once).
     ``docs/cluster.md`` has the schedule and the hazard argument.
     """

@@ -6,6 +6,7 @@ from amaranth import Cat, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
+from hw.arith import bit_length
 from hw.centroid_table import MetaReadSignature, SumReadSignature, chunk_shape
 from hw.plane_store import PlaneWriteSignature
 from model.dre_cluster import ClusterWidths
@@ -21,9 +22,7 @@ def log2_fixed(m: Module, n, frac_bits: int, name: str = "log2"):
     """
     width = len(n)
     msb = Signal(range(max(2, width)), name=f"{name}_msb")
-    for b in range(width):  # the last assignment wins: the highest set bit
-        with m.If(n[b]):
-            m.d.comb += msb.eq(b)
+    m.d.comb += msb.eq(bit_length(n) - 1)  # the highest set bit (a balanced tree); n = 0: unused
     out = Signal(max(1, (width - 1).bit_length()) + frac_bits, name=name)
     shifted = (n << frac_bits) >> msb
     with m.If(n != 0):

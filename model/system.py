@@ -290,17 +290,17 @@ def dre_expected_retrieval_cycles(n: float, d: int, s: Setup) -> float:
 
 
 def token_period(d: int, lanes: int) -> int:
-    """Clustering cycles per token, ``max(G, ceil((G + 4) / 2), 3)`` (``hw/cluster_unit.py``)."""
+    """Clustering cycles per token, ``max(G, ceil((G + 8) / 2), 5)`` (``hw/cluster_unit.py``)."""
     g = d // lanes
-    return max(g, (g + 5) // 2, 3)
+    return max(g, (g + 9) // 2, 5)
 
 
 def dre_cluster_cycles(p: int, d: int, s: Setup) -> float:
-    """Busy cycles of one frame's clustering in one table: ``token_period * (P - 1) + G + 8``
+    """Busy cycles of one frame's clustering in one table: ``token_period * (P - 1) + G + 12``
     (``tests/test_hw_cluster.py``) or the write-back of the updated clusters, ``G (bk + 3) + 3``
     each (``docs/cluster.md``), whichever is longer (they overlap)."""
     g = d // s.lanes
-    cluster = token_period(d, s.lanes) * (p - 1) + g + 8
+    cluster = token_period(d, s.lanes) * (p - 1) + g + 12
     writeback = s.updated_clusters_per_frame * (g * (s.bk + 3) + 3)
     return max(cluster, writeback)
 

@@ -459,7 +459,7 @@ def _check_throughput(cfg, stats):
 )
 def test_token_period(cfg, period):
     assert token_period(cfg) == period
-    assert token_period(DREConfig(d=64, lanes=8)) == 8  # G >= 4: one token per G cycles
+    assert token_period(DREConfig(d=64, lanes=8)) == 8  # G >= 8: one token per G cycles
 
 
 @pytest.mark.cocotb

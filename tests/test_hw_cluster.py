@@ -442,14 +442,44 @@ def _cosim(cfg, seed, scenarios, tmp_path, mantissa_bits=17, **spec):
     return summary
 
 
+def _frame_cycles(cfg, n):
+    """Cycles from a frame's first token offered to its last result without gaps, backpressure
+    or exact recomputes, from the documented schedule (``docs/cluster.md``), independent of the
+    RTL: token ``t`` starts its reads at ``s_t >= s_{t-1} + max(G, 3)`` (read ports, IN stage)
+    and ``s_t >= D_{t-2} + 1`` (the token two back decided); T1 at
+    ``max(s_t + G + 3, D_{t-1} + 1)`` (accumulators done, test section free); decision
+    ``D_t = T1 + 4``.  The first start is 2 cycles after the first offer, and the result is seen
+    by the testbench 3 cycles after the decision."""
+    G = cfg.groups
+    s, d = [], []
+    for t in range(n):
+        st = 0 if t == 0 else s[-1] + max(G, 3)
+        if t >= 2:
+            st = max(st, d[t - 2] + 1)
+        t1 = st + G + 3 if t == 0 else max(st + G + 3, d[t - 1] + 1)
+        s.append(st)
+        d.append(t1 + 4)
+    return 2 + d[-1] + 3
+
+
 def _check_throughput(cfg, stats):
     """Pin the documented timing: without gaps or backpressure a frame of ``n`` tokens takes
-    ``token_period * (n - 1) + token_latency + 2`` cycles from its first token offered to its
-    last result (the testbench's source and sink add 2 cycles to the unit's latency)."""
+    :func:`_frame_cycles` from its first token offered to its last result; on average
+    ``token_period`` per token, and ``token_latency + 2`` for a single token (the testbench's
+    source and sink add 2 cycles).  Frames with an exact recompute (counted by the testbench
+    from ``exact_count``) are only checked to be slower."""
     h, w = stats["grid"]
     n = h * w
-    want = token_period(cfg) * (n - 1) + token_latency(cfg) + 2
-    assert stats["cycles"] == [want] * stats["frames"], (stats["cycles"], want)
+    want = _frame_cycles(cfg, n)
+    assert _frame_cycles(cfg, 1) == token_latency(cfg) + 2
+    assert abs(want - (token_period(cfg) * (n - 1) + token_latency(cfg) + 2)) <= 1
+    # Near-equal keys can put a decision inside the screen's guard band: a frame with an exact
+    # recompute waits for it (longer, never shorter); every other frame is exactly on schedule.
+    plain = [c for c, r in zip(stats["cycles"], stats["recomputes"], strict=True) if r == 0]
+    slow = [c for c, r in zip(stats["cycles"], stats["recomputes"], strict=True) if r > 0]
+    assert len(plain) >= stats["frames"] // 2, stats
+    assert plain == [want] * len(plain), (stats["cycles"], stats["recomputes"], want)
+    assert all(c > want for c in slow), (stats["cycles"], stats["recomputes"], want)
 
 
 @pytest.mark.parametrize(

@@ -1,6 +1,7 @@
 """Board build: the DRE behind a UART bridge, and the ULX3S (ECP5-85F) bitstream.
 
-``python -m hw.board [--baud 115200] [--set NAME=VALUE ...] [--build-dir build/ulx3s]``
+``python -m hw.board [--baud 115200] [--clock-mhz 15] [--set NAME=VALUE ...]
+[--build-dir build/ulx3s]``
 (``make bitstream``) builds :class:`BridgedDRE` for ``amaranth_boards.ulx3s.ULX3S_85F_Platform``
 with Yosys, nextpnr-ecp5 and ecppack from YoWASP and writes ``<build-dir>/top.bit``.
 Pins, clock, resources and timing: ``docs/board.md``.

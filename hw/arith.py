@@ -36,6 +36,20 @@ def lut_mul(a, b) -> Value:
     return tree_sum(terms)
 
 
+def bit_length(v) -> Value:
+    """``bitlen(v)`` of an unsigned value (0 for 0), as a balanced tree: the vector is split at a
+    power of two ``h``, ``bitlen = h + bitlen(high part)`` if the high part is not zero, else
+    ``bitlen(low part)``; depth ``ceil(log2(width))`` multiplexers (a priority chain of
+    ``with m.If(v[b])`` statements is ``width`` multiplexers deep after synthesis)."""
+    v = Value.cast(v)
+    n = len(v)
+    if n == 1:
+        return v[0]
+    h = 1 << ((n - 1).bit_length() - 1)  # largest power of two below n
+    lo, hi = v[:h], v[h:]
+    return Mux(hi.any(), h + bit_length(hi), bit_length(lo))
+
+
 def exp_shape(width: int, mant: int):
     """Signed shape of a :func:`normalise` exponent ``bitlen(v) - M`` for ``v < 2^width`` (and of
     sums of a few of them): generous, so that no exponent sum in the datapath overflows."""
@@ -53,9 +67,7 @@ def normalise(m: Module, v, mant: int, name: str):
     v = Value.cast(v)
     width = len(v)
     bl = Signal(range(width + 1), name=f"{name}_bitlen")
-    for b in range(width):  # the last assignment wins: the highest set bit
-        with m.If(v[b]):
-            m.d.comb += bl.eq(b + 1)
+    m.d.comb += bl.eq(bit_length(v))
     mantissa = Signal(mant, name=f"{name}_m")
     exponent = Signal(exp_shape(width, mant), name=f"{name}_e")
     m.d.comb += [mantissa.eq(((v << mant) >> bl)[:mant]), exponent.eq(bl - mant)]

@@ -1,6 +1,7 @@
 """Board build: the DRE behind a UART bridge, and the ULX3S (ECP5-85F) bitstream.
 
-``python -m hw.board [--baud 115200] [--set NAME=VALUE ...] [--build-dir build/ulx3s]``
+``python -m hw.board [--baud 115200] [--clock-mhz 15] [--set NAME=VALUE ...]
+[--build-dir build/ulx3s]``
 (``make bitstream``) builds :class:`BridgedDRE` for ``amaranth_boards.ulx3s.ULX3S_85F_Platform``
 with Yosys, nextpnr-ecp5 and ecppack from YoWASP and writes ``<build-dir>/top.bit``.
 Pins, clock, resources and timing: ``docs/board.md``.
@@ -14,8 +15,9 @@ import sys
 import time
 from pathlib import Path
 
-from amaranth import Elaboratable, Module
+from amaranth import ClockDomain, Elaboratable, Instance, Module, Signal
 from amaranth.lib import wiring
+from amaranth.lib.cdc import ResetSynchronizer
 from amaranth.lib.wiring import In, Out
 
 from hw.dre import DRE
@@ -23,7 +25,19 @@ from hw.uart_bridge import UartBridge
 from model.dre.config import ConfigError, DREConfig
 
 ROOT = Path(__file__).resolve().parent.parent
-CLOCK_HZ = 25_000_000  # the ULX3S's 25 MHz oscillator (clk25), used as is
+OSC_HZ = 25_000_000  # the ULX3S's oscillator (clk25)
+#: The design clock of the board build, made from clk25 by the ECP5 PLL (docs/board.md).
+CLOCK_HZ = 15_000_000
+#: EHXPLLL settings for 25 MHz in, from ``yowasp-ecppll -i 25 -o <MHz>`` (Project Trellis):
+#: output MHz -> (CLKI_DIV, CLKFB_DIV, CLKOP_DIV, CLKOP_CPHASE); VCO 600 MHz for each.
+PLL_SETTINGS = {
+    10.0: (5, 2, 60, 30),
+    12.5: (2, 1, 48, 23),
+    15.0: (5, 3, 40, 19),
+    20.0: (5, 4, 30, 15),
+    30.0: (5, 6, 20, 9),
+    40.0: (5, 8, 15, 7),
+}
 
 
 class BridgedDRE(wiring.Component):
@@ -85,15 +99,72 @@ class BridgedDRE(wiring.Component):
         return m
 
 
+def check_clock(clock_hz: int) -> None:
+    """Raise ConfigError unless ``clock_hz`` is clk25's or one of :data:`PLL_SETTINGS`."""
+    mhz = clock_hz / 1e6
+    if clock_hz != OSC_HZ and mhz not in PLL_SETTINGS:
+        choices = ", ".join(f"{f:g}" for f in [OSC_HZ / 1e6, *sorted(PLL_SETTINGS)])
+        raise ConfigError(f"clock {mhz:g} MHz: choose one of {choices} MHz")
+
+
 class ULX3STop(Elaboratable):
     """:class:`BridgedDRE` on the ULX3S pins: ``uart`` 0 (the FTDI USB serial port), LED 0 busy,
-    LED 1 receive overrun; the 25 MHz ``clk25`` is the only clock."""
+    LED 1 receive overrun.  The ``sync`` domain runs at ``clock_hz``: clk25 itself for 25 MHz,
+    else the output of an EHXPLLL (:data:`PLL_SETTINGS`), held in reset until the PLL locks."""
 
-    def __init__(self, cfg: DREConfig, baud: int):
-        self.core = BridgedDRE(cfg, round(CLOCK_HZ / baud))
+    def __init__(self, cfg: DREConfig, baud: int, clock_hz: int = CLOCK_HZ):
+        check_clock(clock_hz)
+        self.clock_hz = clock_hz
+        self.core = BridgedDRE(cfg, round(clock_hz / baud))
 
     def elaborate(self, platform):
         m = Module()
+        clk25 = platform.request(platform.default_clk)  # constrained to 25 MHz by the board
+        m.domains.sync = cd = ClockDomain("sync")
+        if self.clock_hz == OSC_HZ:
+            m.d.comb += cd.clk.eq(clk25.i)
+        else:
+            clkin, locked = clk25.i, Signal()
+            ref, fb, div, cphase = PLL_SETTINGS[self.clock_hz / 1e6]
+            m.submodules.pll = Instance(
+                "EHXPLLL",
+                a_FREQUENCY_PIN_CLKI="25",
+                a_FREQUENCY_PIN_CLKOP=f"{self.clock_hz / 1e6:g}",
+                a_ICP_CURRENT="12",
+                a_LPF_RESISTOR="8",
+                a_MFG_ENABLE_FILTEROPAMP="1",
+                a_MFG_GMCREF_SEL="2",
+                p_PLLRST_ENA="DISABLED",
+                p_INTFB_WAKE="DISABLED",
+                p_STDBY_ENABLE="DISABLED",
+                p_DPHASE_SOURCE="DISABLED",
+                p_OUTDIVIDER_MUXA="DIVA",
+                p_OUTDIVIDER_MUXB="DIVB",
+                p_OUTDIVIDER_MUXC="DIVC",
+                p_OUTDIVIDER_MUXD="DIVD",
+                p_CLKI_DIV=ref,
+                p_CLKOP_ENABLE="ENABLED",
+                p_CLKOP_DIV=div,
+                p_CLKOP_CPHASE=cphase,
+                p_CLKOP_FPHASE=0,
+                p_FEEDBK_PATH="CLKOP",
+                p_CLKFB_DIV=fb,
+                i_RST=0,
+                i_STDBY=0,
+                i_CLKI=clkin,
+                o_CLKOP=cd.clk,
+                i_CLKFB=cd.clk,
+                i_PHASESEL0=0,
+                i_PHASESEL1=0,
+                i_PHASEDIR=1,
+                i_PHASESTEP=1,
+                i_PHASELOADREG=1,
+                i_PLLWAKESYNC=0,
+                i_ENCLKOP=0,
+                o_LOCK=locked,
+            )
+            # nextpnr derives the output's constraint from the PLL settings and clk25's.
+            m.submodules.rst = ResetSynchronizer(~locked, domain="sync")
         m.submodules.core = core = self.core
         uart = platform.request("uart", 0)
         led0, led1 = platform.request("led", 0), platform.request("led", 1)
@@ -115,13 +186,20 @@ def yowasp_env() -> dict[str, str]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="ULX3S 85F bitstream of the DRE with a UART bridge")
     ap.add_argument("--baud", type=int, default=115200)
+    ap.add_argument(
+        "--clock-mhz",
+        type=float,
+        default=CLOCK_HZ / 1e6,
+        help=f"design clock: 25 (clk25 as is) or a PLL output {sorted(PLL_SETTINGS)}",
+    )
     ap.add_argument("--set", action="append", default=[], metavar="NAME=VALUE")
     ap.add_argument("--build-dir", type=Path, default=ROOT / "build" / "ulx3s")
     args = ap.parse_args(argv)
     try:
+        check_clock(round(args.clock_mhz * 1e6))
         cfg = DREConfig.from_overrides(args.set)
         DRE.check_config(cfg)
-        top = ULX3STop(cfg, args.baud)
+        top = ULX3STop(cfg, args.baud, round(args.clock_mhz * 1e6))
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -134,7 +212,10 @@ def main(argv: list[str] | None = None) -> int:
 
     os.environ.update(yowasp_env())
     t0 = time.monotonic()
-    print(f"[bitstream] DREConfig {cfg.to_dict()}, {args.baud} baud, building in {args.build_dir}")
+    print(
+        f"[bitstream] DREConfig {cfg.to_dict()}, clock {top.clock_hz / 1e6:g} MHz, "
+        f"{args.baud} baud (divisor {top.core.divisor}), building in {args.build_dir}"
+    )
     # Yosys 0.70's ABC9 trips an internal assertion on the DRE (as in synth/ecp5_flow.py): stop
     # synth_ecp5 before LUT mapping, map with classic ABC, then run the rest of its script.
     Platform().build(

@@ -16,6 +16,45 @@ from model.dre.config import ConfigError, DREConfig
 PAIRS = ((1, 0), (2, 0), (2, 1))
 #: Threshold of each candidate (temporal, left, up): 0 ``tau_t``, 1 ``tau_s``.
 TAU_OF = (0, 1, 1)
+#: Cycles from ``dot`` / ``norm`` / ``key_norm`` to the outputs (``tau_*`` one cycle earlier).
+LATENCY = 3
+
+
+def band_align(m: Module, am, ea, bm, eb, guard: int, name: str) -> dict:
+    """The first half of :func:`band_compare`: exponent difference, alignment and the two
+    guard-band sums, as combinational signals (``dgt``, ``dlt``, ``a``, ``b``, ``ag``, ``bg``),
+    to be registered before :func:`band_decide` when the whole compare does not fit a cycle."""
+    delta = Signal(signed(max(len(ea), len(eb)) + 1), name=f"{name}_delta")
+    m.d.comb += delta.eq(ea - eb)
+    w = len(am) + 2
+    out = {
+        "dgt": Signal(name=f"{name}_dgt"),
+        "dlt": Signal(name=f"{name}_dlt"),
+        "a": Signal(w, name=f"{name}_a"),
+        "b": Signal(w, name=f"{name}_b"),
+        "ag": Signal(w + 2, name=f"{name}_ag"),
+        "bg": Signal(w + 2, name=f"{name}_bg"),
+    }
+    sh_a = Mux(delta > 0, delta, 0)[:2]
+    sh_b = Mux(delta < 0, -delta, 0)[:2]
+    m.d.comb += [
+        out["dgt"].eq(delta >= 3),
+        out["dlt"].eq(delta <= -3),
+        out["a"].eq(am << sh_a),
+        out["b"].eq(bm << sh_b),
+    ]
+    m.d.comb += [
+        out["ag"].eq(out["a"] + (out["a"] >> guard) + 1),
+        out["bg"].eq(out["b"] + (out["b"] >> guard)),
+    ]
+    return out
+
+
+def band_decide(x: dict):
+    """The second half of :func:`band_compare`: ``(gt, lt)`` from :func:`band_align`'s values."""
+    gt = x["dgt"] | (~x["dlt"] & (x["a"] > x["bg"]))
+    lt = x["dlt"] | (~x["dgt"] & (x["ag"] <= x["b"]))
+    return gt, lt
 
 
 def band_compare(m: Module, am, ea, bm, eb, guard: int, name: str):
@@ -28,23 +67,7 @@ def band_compare(m: Module, am, ea, bm, eb, guard: int, name: str):
     ``A + floor(A / 2^guard) + 1 <= B`` implies ``A (1 + 2^-guard) < B``, with ``A``, ``B`` the
     two values aligned to the smaller exponent.  An exponent difference of 3 or more decides
     alone (the mantissa products differ by less than a factor 4)."""
-    delta = Signal(signed(max(len(ea), len(eb)) + 1), name=f"{name}_delta")
-    m.d.comb += delta.eq(ea - eb)
-    w = len(am) + 2
-    a = Signal(w, name=f"{name}_a")
-    b = Signal(w, name=f"{name}_b")
-    sh_a = Mux(delta > 0, delta, 0)[:2]
-    sh_b = Mux(delta < 0, -delta, 0)[:2]
-    m.d.comb += [a.eq(am << sh_a), b.eq(bm << sh_b)]
-    gt = Signal(name=f"{name}_gt")
-    lt = Signal(name=f"{name}_lt")
-    with m.If(delta >= 3):
-        m.d.comb += gt.eq(1)
-    with m.Elif(delta <= -3):
-        m.d.comb += lt.eq(1)
-    with m.Else():
-        m.d.comb += [gt.eq(a > b + (b >> guard)), lt.eq(a + (a >> guard) + 1 <= b)]
-    return gt, lt
+    return band_decide(band_align(m, am, ea, bm, eb, guard, name))
 
 
 class ClusterCompare(wiring.Component):
@@ -73,18 +96,22 @@ class ClusterCompare(wiring.Component):
     key_norm : In(unsigned)
         ``|k|^2``.
     tau_t, tau_s : In(unsigned)
-        The thresholds ``T`` (``F = tau_frac_bits`` fraction bits).
+        The thresholds ``T`` (``F = tau_frac_bits`` fraction bits), **one cycle ahead** of the
+        other inputs.
     passed, sure : Out(3)
         Per candidate: the test's result, valid where ``sure`` is set.
     more, more_sure : Out(3)
         Per pair of :data:`PAIRS`: ``more_similar(a, b)``, valid where ``more_sure`` is set.
 
-    Timing: free-running, no handshake; the outputs (combinational) answer the inputs of two
-    cycles before.  Stage 1: normalise ``|dot_i|``, ``|S_i|^2``, ``|k|^2`` and ``T^2`` (LUT
-    product), multiply ``T^2 |k|^2`` once per threshold.  Stage 2: ``(k.S_i)^2`` and
-    ``T^2 |k|^2 |S_i|^2`` per candidate.  Stage 3 (outputs): the band compares, and the
-    cross products ``(k.S_a)^2 |S_b|^2`` of the pairs (reusing stage 2's squares).  DSP-sized
-    products (``M x M``): 2 + 3 + 3 + 6 = 14.
+    Timing: free-running, no handshake; the outputs answer the ``dot``, ``norm`` and
+    ``key_norm`` of :data:`LATENCY` = 3 cycles before and the ``tau_*`` of 4 cycles before.
+    Stage 0 (the cycle before): ``T^2`` (LUT product), normalised.  Stage 1: normalise
+    ``|dot_i|``, ``|S_i|^2``, ``|k|^2``; ``T^2 |k|^2`` once per threshold.  Stage 2: ``(k.S_i)^2``
+    and ``T^2 |k|^2 |S_i|^2`` per candidate.  Stage 3: the cosine band compares (registered),
+    the cross products ``(k.S_a)^2 |S_b|^2`` of the pairs (reusing stage 2's squares), aligned
+    and with their guard sums (registered).  Outputs: ``passed``/``sure`` are registers,
+    ``more``/``more_sure`` one compare of registers.  DSP-sized products (``M x M``):
+    2 + 3 + 3 + 6 = 14.
     """
 
     def __init__(self, cfg: DREConfig, mantissa_bits: int = 17):
@@ -118,17 +145,32 @@ class ClusterCompare(wiring.Component):
         def reg(shape, name):
             return Signal(shape, name=name)
 
+        def top_bits(m, v, name):  # top M bits of a 2M-bit mantissa product, and the shift
+            top = v[2 * M - 1]
+            t = Signal(M, name=name)
+            m.d.comb += t.eq(Mux(top, v >> M, v >> (M - 1)))
+            return t, Mux(top, M, M - 1)
+
+        # ---- stage 0: T^2, normalised (the taus arrive one cycle ahead) ---------------------
+        s0_mt, s0_et, s0_tz = [], [], []
+        for j, tau in enumerate((self.tau_t, self.tau_s)):
+            t2 = Signal(unsigned(2 * wd.tau), name=f"t2_{j}")
+            m.d.comb += t2.eq(lut_mul(tau, tau))
+            mt, et = normalise(m, t2, M, f"t2_{j}")
+            r = [reg(M, f"s0_mt{j}"), reg(es, f"s0_et{j}"), reg(1, f"s0_tz{j}")]
+            m.d.sync += [r[0].eq(mt), r[1].eq(et), r[2].eq(tau == 0)]
+            s0_mt.append(r[0])
+            s0_et.append(r[1])
+            s0_tz.append(r[2])
+
         # ---- stage 1: normalise; T^2 |k|^2 per threshold ------------------------------------
         mk, ek = normalise(m, self.key_norm, M, "kn")
         s1_kz = reg(1, "s1_kz")  # |k|^2 == 0
         m.d.sync += s1_kz.eq(self.key_norm == 0)
         s1_z, s1_ez, s1_tz = [], [], []
-        for j, tau in enumerate((self.tau_t, self.tau_s)):
-            t2 = Signal(unsigned(2 * wd.tau), name=f"t2_{j}")
-            m.d.comb += t2.eq(lut_mul(tau, tau))
-            mt, et = normalise(m, t2, M, f"t2_{j}")
+        for j in range(2):
             z, ez, tz = reg(2 * M, f"s1_z{j}"), reg(es, f"s1_ez{j}"), reg(1, f"s1_tz{j}")
-            m.d.sync += [z.eq(mt * mk), ez.eq(et + ek), tz.eq(tau == 0)]
+            m.d.sync += [z.eq(s0_mt[j] * mk), ez.eq(s0_et[j] + ek), tz.eq(s0_tz[j])]
             s1_z.append(z)
             s1_ez.append(ez)
             s1_tz.append(tz)
@@ -167,13 +209,9 @@ class ClusterCompare(wiring.Component):
         # ---- stage 2: (k.S)^2 and T^2 |k|^2 |S|^2 ---------------------------------------------
         mtk, etk = [], []
         for j in range(2):
-            top = s1_z[j][2 * M - 1]
-            v = Signal(M, name=f"mtk{j}")
+            v, sh = top_bits(m, s1_z[j], f"mtk{j}")
             e = Signal(es, name=f"etk{j}")
-            m.d.comb += [
-                v.eq(Mux(top, s1_z[j] >> M, s1_z[j] >> (M - 1))),
-                e.eq(s1_ez[j] + Mux(top, M, M - 1)),
-            ]
+            m.d.comb += e.eq(s1_ez[j] + sh)
             mtk.append(v)
             etk.append(e)
         s2 = []
@@ -209,30 +247,26 @@ class ClusterCompare(wiring.Component):
         s2_eq = [reg(1, f"s2_eq{a}{b}") for a, b in PAIRS]
         m.d.sync += [d.eq(s) for d, s in zip(s2_eq, s1_eq, strict=True)]
 
-        # ---- stage 3: the cosine tests --------------------------------------------------------
+        # ---- stage 3: the cosine tests (registered) --------------------------------------------
         for i, r in enumerate(s2):
             gt, lt = band_compare(m, r["p"], r["ex"], r["q"], r["ey"], guard, f"cos{i}")
             with m.If(r["zero"]):
-                m.d.comb += [self.passed[i].eq(r["tz"]), self.sure[i].eq(1)]
+                m.d.sync += [self.passed[i].eq(r["tz"]), self.sure[i].eq(1)]
             with m.Elif(r["neg"]):
-                m.d.comb += [self.passed[i].eq(0), self.sure[i].eq(1)]
+                m.d.sync += [self.passed[i].eq(0), self.sure[i].eq(1)]
             with m.Elif(r["tz"]):
-                m.d.comb += [self.passed[i].eq(1), self.sure[i].eq(1)]
+                m.d.sync += [self.passed[i].eq(1), self.sure[i].eq(1)]
             with m.Elif(~r["pos"]):  # k.S == 0 < T^2 |k|^2 |S|^2
-                m.d.comb += [self.passed[i].eq(0), self.sure[i].eq(1)]
+                m.d.sync += [self.passed[i].eq(0), self.sure[i].eq(1)]
             with m.Else():
-                m.d.comb += [self.passed[i].eq(gt), self.sure[i].eq(gt | lt)]
+                m.d.sync += [self.passed[i].eq(gt), self.sure[i].eq(gt | lt)]
 
-        # ---- stage 3: the most-similar comparisons --------------------------------------------
+        # ---- stage 3: the most-similar cross products, aligned (registered); outputs ---------
         p1, ep1 = [], []
         for i, r in enumerate(s2):  # top M bits of (k.S)^2's mantissa product
-            top = r["p"][2 * M - 1]
-            v = Signal(M, name=f"p1_{i}")
+            v, sh = top_bits(m, r["p"], f"p1_{i}")
             e = Signal(es, name=f"ep1_{i}")
-            m.d.comb += [
-                v.eq(Mux(top, r["p"] >> M, r["p"] >> (M - 1))),
-                e.eq(2 * r["ea"] + Mux(top, M, M - 1)),
-            ]
+            m.d.comb += e.eq(2 * r["ea"] + sh)
             p1.append(v)
             ep1.append(e)
         for j, (a, b) in enumerate(PAIRS):
@@ -247,9 +281,27 @@ class ClusterCompare(wiring.Component):
                 ela.eq(ep1[a] + rb["en"]),
                 elb.eq(ep1[b] + ra["en"]),
             ]
-            gt, lt = band_compare(m, la, ela, lb, elb, guard, f"sim{a}{b}")
-            sa_pos, sa_neg, sb_pos, sb_neg = ra["pos"], ra["neg"], rb["pos"], rb["neg"]
-            with m.If(s2_eq[j] | (~sa_pos & ~sa_neg & ~sb_pos & ~sb_neg)):  # equal: not more
+            comb = band_align(m, la, ela, lb, elb, guard, f"sim{a}{b}")
+            x = {k: reg(len(v), f"s3_sim{a}{b}_{k}") for k, v in comb.items()}
+            m.d.sync += [x[k].eq(v) for k, v in comb.items()]
+            flags = {
+                "eq": reg(1, f"s3_eq{a}{b}"),
+                "apos": reg(1, f"s3_apos{a}{b}"),
+                "aneg": reg(1, f"s3_aneg{a}{b}"),
+                "bpos": reg(1, f"s3_bpos{a}{b}"),
+                "bneg": reg(1, f"s3_bneg{a}{b}"),
+            }
+            m.d.sync += [
+                flags["eq"].eq(s2_eq[j]),
+                flags["apos"].eq(ra["pos"]),
+                flags["aneg"].eq(ra["neg"]),
+                flags["bpos"].eq(rb["pos"]),
+                flags["bneg"].eq(rb["neg"]),
+            ]
+            gt, lt = band_decide(x)
+            sa_pos, sa_neg = flags["apos"], flags["aneg"]
+            sb_pos, sb_neg = flags["bpos"], flags["bneg"]
+            with m.If(flags["eq"] | (~sa_pos & ~sa_neg & ~sb_pos & ~sb_neg)):  # equal: not more
                 m.d.comb += [self.more[j].eq(0), self.more_sure[j].eq(1)]
             with m.Elif(sa_pos & sb_pos):
                 m.d.comb += [self.more[j].eq(gt), self.more_sure[j].eq(gt | lt)]

@@ -86,24 +86,29 @@ class ExactCompare(wiring.Component):
         lhs = Signal(W)
         step = Signal(range(4))  # 0: x1, 1: x2, 2: y1, 3: y2
         dig = Signal(range(ndig))  # digit index, MSB first
+        # The factor of the current step, shifted left one digit per cycle (MSB-first digits
+        # from a register, not a multiplexer on the inputs).
         factor = Signal(ndig * r)
+        following = Signal(ndig * r)  # the next step's factor (y[2] after it: unused)
         with m.Switch(step):
-            for s, f in enumerate((self.x[1], self.x[2], self.y[1], self.y[2])):
+            for s, f in enumerate((self.x[2], self.y[1], self.y[2], self.y[2])):
                 with m.Case(s):
-                    m.d.comb += factor.eq(f)
-        digit = factor.word_select(dig, r)
+                    m.d.comb += following.eq(f)
+        digit = factor[-r:]
         nxt = Signal(W)
         m.d.comb += nxt.eq((acc << r) + lut_mul(base, digit))
 
         with m.FSM(name="exact"):
             with m.State("IDLE"), m.If(self.start):
                 m.d.sync += [base.eq(self.x[0]), acc.eq(0), step.eq(0), dig.eq(ndig - 1)]
+                m.d.sync += factor.eq(self.x[1])
                 m.next = "MULTIPLY"
             with m.State("MULTIPLY"):
                 m.d.comb += self.busy.eq(1)
-                m.d.sync += [acc.eq(nxt), dig.eq(dig - 1)]
+                m.d.sync += [acc.eq(nxt), dig.eq(dig - 1), factor.eq(factor << r)]
                 with m.If(dig == 0):
                     m.d.sync += [acc.eq(0), dig.eq(ndig - 1), step.eq(step + 1)]
+                    m.d.sync += factor.eq(following)
                     with m.Switch(step):
                         with m.Case(0, 2):
                             m.d.sync += base.eq(nxt)

@@ -18,7 +18,7 @@ from model.dre.cluster import DROPPED, FORCED, JOINED, NEW, ClusterWidths
 from model.dre.config import ConfigError, DREConfig
 
 #: Digit width of the exact unit's shift-and-add multiplier (cycles against LUTs).
-EXACT_DIGIT_BITS = 2
+EXACT_DIGIT_BITS = 1
 
 #: Candidates in test order: temporal, left, up.
 TEMPORAL, LEFT, UP = 0, 1, 2
@@ -26,24 +26,44 @@ TEMPORAL, LEFT, UP = 0, 1, 2
 
 def token_period(cfg: DREConfig) -> int:
     """Cycles between tokens at full rate (no input gaps, no backpressure):
-    ``max(G, ceil((G + 4) / 2), 3)`` with ``G = d / lanes``, i.e. ``G`` for ``G >= 4``
-    (``docs/cluster.md`` derives it)."""
+    ``max(G, ceil((G + 8) / 2), 5)`` with ``G = d / lanes``, i.e. ``G`` for ``G >= 8`` and 6 at
+    the default ``G = 4`` (``docs/cluster.md`` derives it)."""
     G = cfg.groups
-    return max(G, (G + 5) // 2, 3)
+    return max(G, (G + 9) // 2, 5)
 
 
-def key_sum_dot(k, s, lanes: int):
-    """``sum_l k[l] * s[l]`` over ``lanes`` key and sum elements (both signed), with each product
-    fitting one 18 x 18 DSP multiplier: for sums wider than 18 bits, ``k`` times the low 17 bits
-    of ``s`` (zero-extended) in the DSP blocks, ``k`` times the high bits in LUTs
-    (:func:`hw.arith.lut_mul`), the two partial dot products summed by separate adder trees and
-    added once.  Written as one product per lane, a synthesis tool spends two DSP blocks on every
-    ``bk x (bk + count_bits)`` product."""
+def token_latency(cfg: DREConfig) -> int:
+    """Cycles from a token's acceptance to its result with the pipeline empty (no exact
+    recompute, no backpressure): ``G + 10`` (``docs/cluster.md``)."""
+    return cfg.groups + 10
+
+
+def key_sum_terms(k, s, lanes: int):
+    """The products of ``sum_l k[l] * s[l]`` over ``lanes`` key and sum elements (both signed),
+    as ``(lo, hi)`` lists whose sums give ``sum(lo) + (sum(hi) << 17)``, each product fitting
+    one 18 x 18 DSP multiplier: for sums wider than 18 bits, ``k`` times the low 17 bits of
+    ``s`` (zero-extended) in the DSP blocks (``lo``), ``k`` times the high bits in LUTs
+    (:func:`hw.arith.lut_mul`, ``hi``); the two partial dot products are summed by separate
+    adder trees and added once.  Written as one product per lane, a synthesis tool spends two
+    DSP blocks on every ``bk x (bk + count_bits)`` product.  ``hi`` is empty for sums of 18 bits
+    or fewer."""
     if len(Value.cast(s[0])) <= 18:
-        return tree_sum([k[l] * s[l] for l in range(lanes)])
-    lo = tree_sum([k[l] * Value.cast(s[l])[:17] for l in range(lanes)])
-    hi = tree_sum([lut_mul(k[l], Value.cast(s[l])[17:].as_signed()) for l in range(lanes)])
-    return lo + (hi << 17)
+        return [k[l] * s[l] for l in range(lanes)], []
+    lo = [k[l] * Value.cast(s[l])[:17] for l in range(lanes)]
+    hi = [lut_mul(k[l], Value.cast(s[l])[17:].as_signed()) for l in range(lanes)]
+    return lo, hi
+
+
+def tree_levels(terms: list, levels: int) -> list:
+    """``levels`` levels of a balanced adder tree (as :func:`hw.arith.tree_sum`): the partial
+    sums, ``ceil(len / 2^levels)`` of them, for a pipeline register between levels."""
+    terms = list(terms)
+    for _ in range(levels):
+        if len(terms) <= 1:
+            break
+        pairs = [terms[i] + terms[i + 1] for i in range(0, len(terms) - 1, 2)]
+        terms = pairs + ([terms[-1]] if len(terms) % 2 else [])
+    return terms
 
 
 def key_layout(cfg: DREConfig) -> data.ArrayLayout:
@@ -103,12 +123,13 @@ class ClusterUnit(wiring.Component):
 
     Timing
     ------
-    Throughput one token per ``token_period(cfg) = max(G, ceil((G + 4) / 2), 3)`` cycles
+    Throughput one token per ``token_period(cfg) = max(G, ceil((G + 8) / 2), 5)`` cycles
     (without exact recomputes)
-    (``G = d / lanes``; ``G`` for ``G >= 4``, 4 at the default d = 64, lanes = 16), latency
-    ``G + 6`` cycles from acceptance to the result.  Stages: ``accept | IN: owner-map reads |
-    G chunk reads (5 sums, k.k_prev, |k|^2) | last accumulate | T1: resolve + screen stage 1 |
-    T2: screen stage 2 | DEC``.  Token ``t+1`` starts its dot products as soon as the read ports
+    (``G = d / lanes``; ``G`` for ``G >= 8``, 6 at the default d = 64, lanes = 16), latency
+    ``token_latency(cfg) = G + 10`` cycles from acceptance to the result.  Stages: ``accept |
+    IN: owner-map reads | G chunk reads (5 sums) | q1: data registered | q2: products, two
+    adder-tree levels | A: accumulate (5 sums, k.k_prev, |k|^2) | T1: resolve | T2 .. T4: screen
+    stages 1-3 | DEC``.  Token ``t+1`` starts its dot products as soon as the read ports
     are free and token ``t-1`` is decided, i.e. while token ``t`` is still being decided.  Its
     *left* candidate (and its up / temporal candidate on a grid 1 wide / of 1 token) is ``t``'s
     cluster, not known yet: ``t+1`` reads the sums of all three of ``t``'s candidates and
@@ -122,7 +143,8 @@ class ClusterUnit(wiring.Component):
     come from the decision history instead of the owner map.  The decision waits for a free
     ``result`` register and a free sum-update engine (``G`` cycles per update), and for the
     exact unit when the mantissa screen left a result it needs inside its guard band
-    (:func:`hw.cluster_exact.exact_cycles` per recomputed result, 106 at the default; rare).
+    (:func:`hw.cluster_exact.exact_cycles` per recomputed result plus one, 211 at the default;
+    rare).
     Write-backs run in the background from a queue of updated clusters (each id at most once).
     ``docs/cluster.md`` has the schedule and the hazard argument.
     """
@@ -357,20 +379,20 @@ class ClusterUnit(wiring.Component):
                 m.d.sync += rd_busy.eq(0)
 
         # ---- dot products: one chunk of lanes per cycle, 5 sums + k.k_prev + |k|^2 ---------
-        acc_en, acc_first, acc_last = Signal(), Signal(), Signal()
-        acc_chunk = Signal(chunk_shape(cfg))
-        acc_par, full_par, acc_full = Signal(), Signal(), Signal()
+        # Pipelined (MAC_STAGES = 2 registers before the accumulator): D, the cycle a chunk's
+        # data arrive: the key chunks are selected and registered with the data (q1); P: the
+        # products (DSP blocks, LUT products) and the first two adder-tree levels, registered
+        # (q2); A: the rest of the trees and the accumulation.
+        d_en, d_first, d_last, d_par = Signal(), Signal(), Signal(), Signal()
+        d_chunk = Signal(chunk_shape(cfg))
         m.d.sync += [
-            acc_en.eq(go | rd_busy),
-            acc_first.eq(go),
-            acc_last.eq(Mux(go, G == 1, rd_chunk == G - 1)),
-            acc_chunk.eq(Mux(go, 0, rd_chunk)),
+            d_en.eq(go | rd_busy),
+            d_first.eq(go),
+            d_last.eq(Mux(go, G == 1, rd_chunk == G - 1)),
+            d_chunk.eq(Mux(go, 0, rd_chunk)),
         ]
         with m.If(go):
-            m.d.sync += acc_par.eq(par_next)
-        acc = [Signal(signed(wd.dot), name=f"acc{i}") for i in range(5)]
-        acc_kk = Signal(signed(wd.key_norm + 1))  # k . k_prev
-        acc_kn = Signal(unsigned(wd.key_norm))  # |k|^2
+            m.d.sync += d_par.eq(par_next)
 
         def key_chunk(key, chunk, name):
             kc = Signal(data.ArrayLayout(signed(cfg.bk), L), name=name)
@@ -380,43 +402,76 @@ class ClusterUnit(wiring.Component):
                 m.d.comb += kc.eq(key)
             return kc
 
-        kc = key_chunk(pick(b_key, acc_par), acc_chunk, "kc")
-        kp = key_chunk(pick(b_key, ~acc_par), acc_chunk, "kp")
+        def stage(values, name):  # one register per value, same shape
+            out = []
+            for k, v in enumerate(values):
+                v = Value.cast(v)
+                r = Signal(v.shape(), name=f"{name}{k}")
+                m.d.sync += r.eq(v)
+                out.append(r)
+            return out
+
+        # q1: data and key chunks (the previous token's key bank may be refilled after D)
+        kc_d = key_chunk(pick(b_key, d_par), d_chunk, "kc")
+        kp_d = key_chunk(pick(b_key, ~d_par), d_chunk, "kp")
+        q1_kc = stage([kc_d[l] for l in range(L)], "q1_kc")
+        q1_kp = stage([kp_d[l] for l in range(L)], "q1_kp")
+        q1_s = [stage([table.cand[i].data[l] for l in range(L)], f"q1_s{i}_") for i in range(5)]
+        q1_en, q1_first, q1_last, q1_par = stage([d_en, d_first, d_last, d_par], "q1_ctl")
+        # q2: products and two tree levels
+        q2_lo, q2_hi = [], []
+        for i in range(5):
+            lo, hi = key_sum_terms(q1_kc, q1_s[i], L)
+            q2_lo.append(stage(tree_levels(lo, 2), f"q2_lo{i}_"))
+            q2_hi.append(stage(tree_levels(hi, 2), f"q2_hi{i}_") if hi else [])
+        # The key x key products are small (bk x bk): shift-and-add in LUTs, no DSP blocks.
+        q2_kk = stage(tree_levels([lut_mul(q1_kc[l], q1_kp[l]) for l in range(L)], 2), "q2_kk")
+        q2_kn = stage(tree_levels([lut_mul(q1_kc[l], q1_kc[l]) for l in range(L)], 2), "q2_kn")
+        acc_en, acc_first, acc_last, acc_par = stage([q1_en, q1_first, q1_last, q1_par], "acc")
+        # A: accumulate
+        full_par, acc_full = Signal(), Signal()
+        acc = [Signal(signed(wd.dot), name=f"acc{i}") for i in range(5)]
+        acc_kk = Signal(signed(wd.key_norm + 1))  # k . k_prev
+        acc_kn = Signal(unsigned(wd.key_norm))  # |k|^2
         with m.If(acc_en):
             for i in range(5):
-                s = table.cand[i].data
-                part = key_sum_dot(kc, s, L)
+                part = tree_sum(q2_lo[i])
+                if q2_hi[i]:
+                    part = part + (tree_sum(q2_hi[i]) << 17)
                 m.d.sync += acc[i].eq(Mux(acc_first, 0, acc[i]) + part)
-            # The key x key products are small (bk x bk): shift-and-add in LUTs, no DSP blocks.
-            kk_part = tree_sum([lut_mul(kc[l], kp[l]) for l in range(L)])
-            kn_part = tree_sum([lut_mul(kc[l], kc[l]) for l in range(L)])
             m.d.sync += [
-                acc_kk.eq(Mux(acc_first, 0, acc_kk) + kk_part),
-                acc_kn.eq(Mux(acc_first, 0, acc_kn) + kn_part),
+                acc_kk.eq(Mux(acc_first, 0, acc_kk) + tree_sum(q2_kk)),
+                acc_kn.eq(Mux(acc_first, 0, acc_kn) + tree_sum(q2_kn)),
             ]
 
-        # ---- test section: T1 (resolve + stage 1) | T2 (stage 2) | DEC ------------------------
-        tst_par = Signal()  # bank of the token in T2 / DEC
+        # ---- test section: T1 (resolve) | T2 .. T4 (screen stages 1-3) | DEC -------------------
+        tst_par = Signal()  # bank of the token in T2 .. DEC
         t1 = Signal()
         decide = Signal()
         with m.FSM(name="test") as test_fsm:
             with m.State("IDLE"), m.If(t1):  # T1 is this state's last cycle
                 m.next = "T2"
-            with m.State("T2"):
+            with m.State("T2"):  # screen stage 1 (normalise)
+                m.next = "T3"
+            with m.State("T3"):  # screen stage 2 (squares, threshold products)
+                m.next = "T4"
+            with m.State("T4"):  # screen stage 3 (cosine compares, similarity products)
                 m.next = "DEC"
             with m.State("DEC"), m.If(decide):  # until the decision (exact unit, backpressure)
                 m.next = "IDLE"
-        in_t2, in_dec = test_fsm.ongoing("T2"), test_fsm.ongoing("DEC")
+        in_t4, in_dec = test_fsm.ongoing("T4"), test_fsm.ongoing("DEC")
         m.d.comb += t1.eq(acc_full & test_fsm.ongoing("IDLE"))
         with m.If(acc_en & acc_last):
             m.d.sync += [acc_full.eq(1), full_par.eq(acc_par)]
         with m.Elif(t1):
             m.d.sync += acc_full.eq(0)
 
-        # meta reads of the own candidates: addresses one cycle before T1 (acc_par is then the
-        # token that reaches T1 next), transparent, so the last decision's write is seen.
+        # meta reads of the own candidates: addresses one cycle before T1 (the token waiting
+        # with its dot products done, else the one finishing them: the token that reaches T1
+        # next), transparent, so the last decision's write is seen.
+        next_par = Mux(acc_full, full_par, acc_par)
         for k, i in enumerate((TEMPORAL, UP)):
-            m.d.comb += table.cand_meta[k].id.eq(pick(b_id[i], acc_par))
+            m.d.comb += table.cand_meta[k].id.eq(pick(b_id[i], next_par))
         B = full_par
         t_pend = pick(b_pend, B)
         t_ex, t_prev = pick(b_ex, B), pick(b_prev, B)
@@ -453,12 +508,13 @@ class ClusterUnit(wiring.Component):
             el = Signal(name=f"t1_elig{i}")
             m.d.comb += el.eq(ex & (count != cfg.count_max))
             eligible.append(el)
-            m.d.comb += [cmp.dot[i].eq(dot), cmp.norm[i].eq(norm)]
+            m.d.comb += [cmp.dot[i].eq(r_dot[i]), cmp.norm[i].eq(r_norm[i])]
             with m.If(t1):
                 m.d.sync += [r_id[i].eq(cid), r_dot[i].eq(dot), r_norm[i].eq(norm)]
                 m.d.sync += r_count[i].eq(count)
+        # The screen takes the registered T1 results (stage 1 in T2), its taus one cycle ahead.
         m.d.comb += [
-            cmp.key_norm.eq(acc_kn),
+            cmp.key_norm.eq(r_kn),
             cmp.tau_t.eq(pick(b_tau_t, B)),
             cmp.tau_s.eq(pick(b_tau_s, B)),
         ]
@@ -468,7 +524,7 @@ class ClusterUnit(wiring.Component):
         # The mantissa screen runs freely: keep its DEC-cycle outputs while the decision waits
         # (an exact recompute, result backpressure, or the sum update engine still busy).
         dec_fresh = Signal()
-        m.d.sync += dec_fresh.eq(in_t2)
+        m.d.sync += dec_fresh.eq(in_t4)
         live = (cmp.passed, cmp.sure, cmp.more, cmp.more_sure)
         held = [Signal(3, name=f"held_{n}") for n in ("pass", "sure", "more", "msure")]
         c_pass, c_sure, c_more, c_msure = cur = [
@@ -535,10 +591,13 @@ class ClusterUnit(wiring.Component):
         ]
 
         # ---- exact recompute of one unsure result (shared, time-multiplexed) ----------------
+        # A result found unsure in DEC is registered (``rc_item``) and the exact unit starts in
+        # the next cycle (``rc_pend``), so that its operands come from registers.
         rc_item = Signal(range(6))
         rc_neg = Signal()  # a comparison of two negative dot products: more <=> L < R
-        rc_start = Signal()
-        m.d.comb += [rc_start.eq(in_dec & need & ~exact.busy), exact.start.eq(rc_start)]
+        rc_pend = Signal()
+        rc_req = Signal()
+        m.d.comb += [rc_req.eq(in_dec & need & ~exact.busy & ~rc_pend), exact.start.eq(rc_pend)]
         op = exact.operand
 
         def mag(v):
@@ -546,7 +605,7 @@ class ClusterUnit(wiring.Component):
 
         t_sq = [lut_mul(pick(b_tau_t, tst_par), pick(b_tau_t, tst_par))]
         t_sq.append(lut_mul(pick(b_tau_s, tst_par), pick(b_tau_s, tst_par)))
-        with m.Switch(Mux(rc_start, need_item, rc_item)):
+        with m.Switch(rc_item):
             for i in range(3):  # (k.S)^2 2^(2F) >= T^2 |k|^2 |S|^2
                 with m.Case(i):
                     m.d.comb += [
@@ -567,17 +626,15 @@ class ClusterUnit(wiring.Component):
                         exact.y[1].eq(mag(r_dot[b])),
                         exact.y[2].eq(r_norm[a]),
                     ]
-        with m.If(rc_start):
+        with m.If(rc_req):
             neg = Signal()
             with m.Switch(need_item):
                 for j, (a, _) in enumerate(PAIRS):
                     with m.Case(3 + j):
                         m.d.comb += neg.eq(r_dot[a] < 0)
-            m.d.sync += [
-                rc_item.eq(need_item),
-                rc_neg.eq(neg),
-                self.exact_count.eq(self.exact_count + 1),
-            ]
+            m.d.sync += [rc_item.eq(need_item), rc_neg.eq(neg), rc_pend.eq(1)]
+        with m.If(rc_pend):
+            m.d.sync += [rc_pend.eq(0), self.exact_count.eq(self.exact_count + 1)]
         with m.If(exact.done), m.Switch(rc_item):  # overrides the hold above
             for i in range(3):
                 with m.Case(i):
@@ -655,20 +712,24 @@ class ClusterUnit(wiring.Component):
                 for i in range(3):
                     with m.Case(i):
                         m.d.comb += choice.eq(r_id[i])
-        dot_w = Signal(signed(wd.dot))
+        # Each candidate's |S + k|^2 and n + 1, formed in T2 (r_* are set in T1) and kept.
+        nn = [Signal(unsigned(wd.sum_norm), name=f"nn{i}") for i in range(3)]
+        nc = [Signal(unsigned(cfg.count_bits), name=f"nc{i}") for i in range(3)]
+        for i in range(3):
+            m.d.sync += [nn[i].eq(r_norm[i] + 2 * r_dot[i] + r_kn), nc[i].eq(r_count[i] + 1)]
         norm_w = Signal(unsigned(wd.sum_norm))
         count_w = Signal(unsigned(cfg.count_bits))
         with m.Switch(which):
             for i in range(3):
                 with m.Case(i):
-                    m.d.comb += [dot_w.eq(r_dot[i]), norm_w.eq(r_norm[i]), count_w.eq(r_count[i])]
+                    m.d.comb += [norm_w.eq(nn[i]), count_w.eq(nc[i])]
         dropped = status == DROPPED
         new = status == NEW
         new_norm = Signal(unsigned(wd.sum_norm))
         new_count = Signal(unsigned(cfg.count_bits))
         m.d.comb += [
-            new_norm.eq(Mux(new, r_kn, norm_w + 2 * dot_w + r_kn)),
-            new_count.eq(Mux(new, 1, count_w + 1)),
+            new_norm.eq(Mux(new, r_kn, norm_w)),
+            new_count.eq(Mux(new, 1, count_w)),
         ]
         m.d.comb += [
             decide.eq(in_dec & ~need & result_free & ~upd_rd),

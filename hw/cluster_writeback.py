@@ -6,6 +6,7 @@ from amaranth import Cat, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
+from hw.arith import bit_length
 from hw.centroid_table import MetaReadSignature, SumReadSignature, chunk_shape
 from hw.plane_store import PlaneWriteSignature
 from model.dre.cluster import ClusterWidths
@@ -21,9 +22,7 @@ def log2_fixed(m: Module, n, frac_bits: int, name: str = "log2"):
     """
     width = len(n)
     msb = Signal(range(max(2, width)), name=f"{name}_msb")
-    for b in range(width):  # the last assignment wins: the highest set bit
-        with m.If(n[b]):
-            m.d.comb += msb.eq(b)
+    m.d.comb += msb.eq(bit_length(n) - 1)  # the highest set bit (a balanced tree); n = 0: unused
     out = Signal(max(1, (width - 1).bit_length()) + frac_bits, name=name)
     shifted = (n << frac_bits) >> msb
     with m.If(n != 0):
@@ -128,12 +127,15 @@ class ClusterWriteback(wiring.Component):
         # Read addresses: the data of the address presented in a cycle arrives in the next one.
         m.d.comb += [self.sum.id.eq(cid), self.sum.chunk.eq(chunk), self.meta.id.eq(cid)]
 
-        # Bias of the count being processed (combinational from ``count``).
-        log = log2_fixed(m, count, cfg.log_frac_bits)
+        # Bias of the count being processed: a free-running 3-register pipeline from ``count``
+        # (log2, product, saturation): ``count`` is loaded at the end of COUNT, ``bias`` follows
+        # 3 cycles later; the write comes at least ``bk + 2 >= 4`` cycles after COUNT.
+        log_c = log2_fixed(m, count, cfg.log_frac_bits)
+        log = Signal.like(log_c, name="log_q")
         scaled = Signal(len(log) + wd.bias_scale)
-        m.d.comb += scaled.eq((log * self.bias_scale) >> cfg.log_frac_bits)
+        m.d.sync += [log.eq(log_c), scaled.eq((log * self.bias_scale) >> cfg.log_frac_bits)]
         top = (1 << (cfg.bias_bits - 1)) - 1
-        bias_sat = Mux(scaled > top, top, scaled)
+        m.d.sync += bias.eq(Mux(scaled > top, top, scaled))
 
         # Non-restoring division of 2|S| + n by 2n, quotient bits MSB first: one shared shifted
         # divisor ``2n << step`` and its negation; per element one adder, the operand chosen by
@@ -186,7 +188,7 @@ class ClusterWriteback(wiring.Component):
                 fetch()
             with m.State("LAST"):  # the round's last chunk is loaded at this cycle's edge
                 m.d.comb += self.busy.eq(1)
-                m.d.sync += [bias.eq(bias_sat), step.eq(bk - 1)]
+                m.d.sync += step.eq(bk - 1)
                 m.next = "DIVIDE"
             with m.State("DIVIDE"):
                 m.d.comb += self.busy.eq(1)

@@ -25,7 +25,7 @@ from host.dre_driver import (
     unpack_assignment,
     unpack_selection,
 )
-from hw.board import BridgedDRE
+from hw.board import OSC_HZ, PLL_SETTINGS, BridgedDRE, ULX3STop, check_clock
 from hw.dre_regs import ID_VALUE, register_map
 from hw.uart_rx import UartRx
 from hw.uart_tx import UartTx
@@ -114,6 +114,29 @@ def test_bridge_rejects_bad_parameters():
         BridgedDRE(TINY, divisor=2)
     with pytest.raises(ConfigError):
         UartRx(3)
+
+
+def test_pll_settings_give_their_frequency():
+    """Each EHXPLLL setting: output = 25 MHz * CLKFB_DIV / CLKI_DIV exactly, phase-detector input
+    >= 3.125 MHz and VCO (output * CLKOP_DIV) in 400 .. 800 MHz (ECP5 data sheet, FPGA-DS-02012)."""
+    for mhz, (ref, fb, div, cphase) in PLL_SETTINGS.items():
+        assert OSC_HZ * fb == mhz * 1e6 * ref, mhz
+        assert OSC_HZ / ref >= 3.125e6
+        assert 400 <= mhz * div <= 800, mhz
+        assert 0 <= cphase < div
+
+
+def test_board_top_instantiates_the_pll():
+    from amaranth_boards.ulx3s import ULX3S_85F_Platform
+
+    top = ULX3STop(TINY, 115200, 20_000_000)
+    assert top.core.divisor == 174  # round(20e6 / 115200)
+    il = ULX3S_85F_Platform().prepare(top, name="top").files["top.il"]
+    il = il if isinstance(il, str) else il.decode()
+    assert "EHXPLLL" in il and "CLKFB_DIV" in il
+    check_clock(25_000_000)
+    with pytest.raises(ConfigError):
+        check_clock(33_000_000)
 
 
 # ---- UART loopback -------------------------------------------------------------------------------

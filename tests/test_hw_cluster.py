@@ -12,9 +12,10 @@ from amaranth import Elaboratable, Module, Mux, Signal
 from amaranth.sim import Simulator
 
 from hw.centroid_table import CentroidTable
+from hw.cluster_cosine import LATENCY as COMPARE_LATENCY
 from hw.cluster_cosine import PAIRS, ClusterCompare
 from hw.cluster_exact import ExactCompare, exact_cycles, exact_widths
-from hw.cluster_unit import ClusterUnit, token_period
+from hw.cluster_unit import ClusterUnit, token_latency, token_period
 from hw.cluster_writeback import ClusterWriteback, log2_fixed, writeback_cycles
 from model.dre.cluster import ClusterWidths, quantise_centroid, size_bias
 from model.dre.cluster import log2_fixed as log2_model
@@ -123,22 +124,30 @@ def _compare_cases(cfg, rng, n):
 
 
 def _run_compare(cfg, mant, cases):
-    """Returns per case (passed, sure, more, more_sure) of a ClusterCompare."""
+    """Returns per case (passed, sure, more, more_sure) of a ClusterCompare (the taus go in one
+    cycle ahead of the other inputs, the answers come LATENCY cycles after those)."""
     dut = ClusterCompare(cfg, mant)
     got = []
 
+    def set_taus(ctx, i):
+        if i < len(cases):
+            tt, ts = cases[i][3]
+            ctx.set(dut.tau_t, tt)
+            ctx.set(dut.tau_s, ts)
+
     async def bench(ctx):
-        for i in range(len(cases) + 2):
+        set_taus(ctx, 0)
+        await ctx.tick()
+        for i in range(len(cases) + COMPARE_LATENCY - 1):
             if i < len(cases):
-                dots, norms, k2, (tt, ts) = cases[i]
+                dots, norms, k2, _ = cases[i]
                 for j in range(3):
                     ctx.set(dut.dot[j], dots[j])
                     ctx.set(dut.norm[j], norms[j])
                 ctx.set(dut.key_norm, k2)
-                ctx.set(dut.tau_t, tt)
-                ctx.set(dut.tau_s, ts)
+            set_taus(ctx, i + 1)
             await ctx.tick()
-            if i >= 1:  # inputs set before tick i+1 are answered after tick i+2
+            if i >= COMPARE_LATENCY - 1:  # inputs set before tick i+1 are answered LATENCY later
                 got.append(
                     tuple(ctx.get(x) for x in (dut.passed, dut.sure, dut.more, dut.more_sure))
                 )
@@ -433,24 +442,54 @@ def _cosim(cfg, seed, scenarios, tmp_path, mantissa_bits=17, **spec):
     return summary
 
 
+def _frame_cycles(cfg, n):
+    """Cycles from a frame's first token offered to its last result without gaps, backpressure
+    or exact recomputes, from the documented schedule (``docs/cluster.md``), independent of the
+    RTL: token ``t`` starts its reads at ``s_t >= s_{t-1} + max(G, 3)`` (read ports, IN stage)
+    and ``s_t >= D_{t-2} + 1`` (the token two back decided); T1 at
+    ``max(s_t + G + 3, D_{t-1} + 1)`` (accumulators done, test section free); decision
+    ``D_t = T1 + 4``.  The first start is 2 cycles after the first offer, and the result is seen
+    by the testbench 3 cycles after the decision."""
+    G = cfg.groups
+    s, d = [], []
+    for t in range(n):
+        st = 0 if t == 0 else s[-1] + max(G, 3)
+        if t >= 2:
+            st = max(st, d[t - 2] + 1)
+        t1 = st + G + 3 if t == 0 else max(st + G + 3, d[t - 1] + 1)
+        s.append(st)
+        d.append(t1 + 4)
+    return 2 + d[-1] + 3
+
+
 def _check_throughput(cfg, stats):
     """Pin the documented timing: without gaps or backpressure a frame of ``n`` tokens takes
-    ``token_period * (n - 1) + G + 8`` cycles from its first token offered to its last result
-    (``G + 8`` is the latency of one token through the testbench's source and sink)."""
+    :func:`_frame_cycles` from its first token offered to its last result; on average
+    ``token_period`` per token, and ``token_latency + 2`` for a single token (the testbench's
+    source and sink add 2 cycles).  Frames with an exact recompute (counted by the testbench
+    from ``exact_count``) are only checked to be slower."""
     h, w = stats["grid"]
     n = h * w
-    want = token_period(cfg) * (n - 1) + cfg.groups + 8
-    assert stats["cycles"] == [want] * stats["frames"], (stats["cycles"], want)
+    want = _frame_cycles(cfg, n)
+    assert _frame_cycles(cfg, 1) == token_latency(cfg) + 2
+    assert abs(want - (token_period(cfg) * (n - 1) + token_latency(cfg) + 2)) <= 1
+    # Near-equal keys can put a decision inside the screen's guard band: a frame with an exact
+    # recompute waits for it (longer, never shorter); every other frame is exactly on schedule.
+    plain = [c for c, r in zip(stats["cycles"], stats["recomputes"], strict=True) if r == 0]
+    slow = [c for c, r in zip(stats["cycles"], stats["recomputes"], strict=True) if r > 0]
+    assert len(plain) >= stats["frames"] // 2, stats
+    assert plain == [want] * len(plain), (stats["cycles"], stats["recomputes"], want)
+    assert all(c > want for c in slow), (stats["cycles"], stats["recomputes"], want)
 
 
 @pytest.mark.parametrize(
     "cfg,period",
-    [(SMALL, 3), (ONE_CHUNK, 3), (DREConfig(), 4), (DREConfig(d=24, lanes=8), 4)],
+    [(SMALL, 5), (ONE_CHUNK, 5), (DREConfig(), 6), (DREConfig(d=24, lanes=8), 6)],
     ids=["G2", "G1", "G4", "G3"],
 )
 def test_token_period(cfg, period):
     assert token_period(cfg) == period
-    assert token_period(DREConfig(d=64, lanes=8)) == 8  # G >= 4: one token per G cycles
+    assert token_period(DREConfig(d=64, lanes=8)) == 8  # G >= 8: one token per G cycles
 
 
 @pytest.mark.cocotb

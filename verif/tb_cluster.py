@@ -433,10 +433,12 @@ async def cluster_scenarios(dut):
             t0 = tb.cycle
             for keys, h, w in frames:
                 before = ref.n_clusters
+                rc0 = int(dut.exact_count.value)
                 cycles = await tb.frame(ref, keys, h, w)
                 stats["tokens"] += len(keys)
                 stats["frames"] += 1
                 stats["cycles"].append(cycles)
+                stats.setdefault("recomputes", []).append(int(dut.exact_count.value) - rc0)
                 stats["clusters"].append(ref.n_clusters - before)
                 stats["grid"] = [h, w]
             await tb.wait_idle()

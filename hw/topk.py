@@ -16,6 +16,30 @@ def entry_layout(key_shape, index_bits: int, payload_shape=None) -> data.StructL
     return data.StructLayout(fields)
 
 
+def insert_sorted(m: Module, e, goes_before, new) -> None:
+    """Insert ``new`` into the sorted slots ``e`` (synchronously).  ``goes_before[i]``: ``new``
+    goes before slot ``i``; it is monotone over sorted entries, so slot ``i`` takes its upper
+    neighbour if ``new`` also goes before that one, else ``new`` itself."""
+    for i in range(len(e)):
+        with m.If(goes_before[i]):
+            if i == 0:
+                m.d.sync += e[i].eq(new)
+            else:
+                with m.If(goes_before[i - 1]):
+                    m.d.sync += e[i].eq(e[i - 1])
+                with m.Else():
+                    m.d.sync += e[i].eq(new)
+
+
+def pop_front(m: Module, e) -> None:
+    """Drop slot 0 (synchronously): every entry moves up one place, the last becomes empty."""
+    for i in range(len(e)):
+        if i + 1 < len(e):
+            m.d.sync += e[i].eq(e[i + 1])
+        else:
+            m.d.sync += e[i].valid.eq(0)
+
+
 class TopK(wiring.Component):
     """The ``k`` largest keys inserted since the last ``clear``, sorted, as a shift register.
 
@@ -75,23 +99,9 @@ class TopK(wiring.Component):
             for i in range(k):
                 m.d.sync += e[i].valid.eq(0)
         with m.Elif(self.insert):
-            for i in range(k):
-                # goes_before is monotone (sorted entries): slot i takes its upper neighbour if
-                # the new key also goes before that one, else the new key itself.
-                with m.If(goes_before[i]):
-                    if i == 0:
-                        m.d.sync += e[i].eq(new)
-                    else:
-                        with m.If(goes_before[i - 1]):
-                            m.d.sync += e[i].eq(e[i - 1])
-                        with m.Else():
-                            m.d.sync += e[i].eq(new)
+            insert_sorted(m, e, goes_before, new)
         with m.Elif(self.shift):
-            for i in range(k):
-                if i + 1 < k:
-                    m.d.sync += e[i].eq(e[i + 1])
-                else:
-                    m.d.sync += e[i].valid.eq(0)
+            pop_front(m, e)
         return m
 
 
@@ -176,19 +186,7 @@ class TopKPipe(wiring.Component):
             m.d.sync += [prev.eq(1), prev_gb.eq(gb)]
             with m.If(e[k - 1].valid):
                 m.d.sync += self.overflow.eq(1)
-            for i in range(k):
-                with m.If(gb[i]):
-                    if i == 0:
-                        m.d.sync += e[i].eq(new)
-                    else:
-                        with m.If(gb[i - 1]):
-                            m.d.sync += e[i].eq(e[i - 1])
-                        with m.Else():
-                            m.d.sync += e[i].eq(new)
+            insert_sorted(m, e, gb, new)
         with m.Elif(self.shift):
-            for i in range(k):
-                if i + 1 < k:
-                    m.d.sync += e[i].eq(e[i + 1])
-                else:
-                    m.d.sync += e[i].valid.eq(0)
+            pop_front(m, e)
         return m

@@ -136,10 +136,10 @@ class SoftScore(wiring.Component):
         ]
 
         # Effective n_q in 1 .. q_max, registered (a held input).
-        n_q = Signal(range(qm + 1))
+        n_q = Signal(range(qm + 1), init=1)
         m.d.sync += n_q.eq(Mux(self.n_q == 0, 1, Mux(self.n_q > qm, qm, self.n_q)))
         last_q = Signal(range(qm))
-        m.d.comb += last_q.eq(Mux(n_q == 0, 0, n_q - 1))
+        m.d.comb += last_q.eq(n_q - 1)  # n_q >= 1, also out of reset
 
         M = [Signal(signed(sb), name=f"M{c}") for c in range(qm)]
         S = [Signal(self.sum_bits, name=f"S{c}") for c in range(qm)]

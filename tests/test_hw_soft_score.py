@@ -58,7 +58,6 @@ def run(unit: SoftScore, problems, rng: random.Random, stall=0.0, n_q_override=N
             ctx.set(unit.n_q, pr["n_q"] if n_q_override is None else n_q_override)
             ctx.set(unit.gain, pr["gain"])
             await ctx.tick()
-            start = 0
             for sweep in (SWEEP_MAX, SWEEP_SUM, SWEEP_SCORE):
                 for i, j in enumerate(live):
                     col = [pr["s"][c][j] for c in range(pr["n_q"])]
@@ -73,7 +72,6 @@ def run(unit: SoftScore, problems, rng: random.Random, stall=0.0, n_q_override=N
                     ctx.set(unit.entries.payload, lay.const(fields))
                     ctx.set(unit.entries.valid, 1)
                     await ctx.tick().until(unit.entries.ready)
-                    start += 1
             ctx.set(unit.entries.valid, 0)
             await ctx.tick().until(~unit.busy)
 

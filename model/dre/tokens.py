@@ -149,10 +149,9 @@ def soft_scores(s: torch.Tensor, counts: list[int], gain: int) -> list[int]:
     m = s.max(dim=1, keepdim=True).values
     u = ((m - s) * gain) >> GAIN_SHIFT  # [Q, A], >= 0
     e = exp2_fixed(u)
-    n = torch.tensor(counts, dtype=torch.int64)
     z = []
-    for c in range(s.shape[0]):  # S_c can exceed int64: sum in Python integers
-        total = sum(a * b for a, b in zip(n.tolist(), e[c].tolist(), strict=True))
+    for row in e.tolist():  # S_c can exceed int64: sum in Python integers
+        total = sum(a * b for a, b in zip(counts, row, strict=True))
         z.append(log2_fixed(total) - (SOFT_E << SOFT_FB))
     w = exp2_fixed(u + torch.tensor(z, dtype=torch.int64)[:, None])
     return w.sum(dim=0).tolist()

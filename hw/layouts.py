@@ -17,6 +17,7 @@ from amaranth import signed, unsigned
 from amaranth.lib import data, enum
 
 from model.dre.config import DREConfig
+from model.dre.tokens import GAIN_BITS
 
 CYCLES_BITS = 32
 
@@ -155,7 +156,9 @@ def token_query_layout(cfg: DREConfig) -> data.StructLayout:
 
     ``queries`` (q_max vectors, the first ``n_q`` used), ``budget`` (tokens), ``n`` (entries
     ``0 .. n-1`` take part), ``no_exit`` (1: read every plane of every live entry), ``raw_max``
-    (1: ``score_j = max_c s[c, j]``, 0: the normalised maximum).
+    (1: ``score_j = max_c s[c, j]``, 0: the normalised maximum), ``soft`` (1: the soft score of
+    ``model.dre.tokens``, which ignores ``no_exit`` and ``raw_max``: every plane is read) and its
+    ``gain`` (``model.dre.tokens.soft_gain``, ``1 .. 2^GAIN_BITS - 1``).
     """
     return data.StructLayout(
         {
@@ -165,6 +168,8 @@ def token_query_layout(cfg: DREConfig) -> data.StructLayout:
             "n": unsigned(n_field_bits(cfg)),
             "no_exit": 1,
             "raw_max": 1,
+            "soft": 1,
+            "gain": unsigned(GAIN_BITS),
         }
     )
 

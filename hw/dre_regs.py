@@ -51,7 +51,7 @@ STATUS_SELECT_ERROR = 3  # bits 3..7: sticky OR of the retrieval error flags of 
 #: names of the retrieval error flags, in bit order from STATUS_SELECT_ERROR (v1 selection)
 SELECT_ERROR_NAMES = ("n_zero", "n_over", "k_max_zero", "k_max_over", "k_min_bad")
 #: the same for v2 (token budget) selection: bits 3..6
-TOKEN_ERROR_NAMES = ("n_zero", "n_over", "q_zero", "q_over")
+TOKEN_ERROR_NAMES = ("n_zero", "n_over", "q_zero", "q_over", "gain_zero")
 #: CTRL register bits
 CTRL_NO_EXIT = 1 << 0  # retrieval reads every plane (early exit off)
 CTRL_RAW_MAX = 1 << 1  # v2: score = max over queries of the raw dot product (no normalisation)

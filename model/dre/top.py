@@ -30,7 +30,7 @@ from model.dre.tokens import TokenSelection, select_tokens
 #: retrieval error flags in bit order (``hw.select_core.ERROR_LAYOUT``)
 ERROR_FLAGS = ("n_zero", "n_over", "k_max_zero", "k_max_over", "k_min_bad")
 #: v2 (token budget) retrieval error flags in bit order (``hw.select_tokens.ERROR_LAYOUT``)
-TOKEN_ERROR_FLAGS = ("n_zero", "n_over", "q_zero", "q_over")
+TOKEN_ERROR_FLAGS = ("n_zero", "n_over", "q_zero", "q_over", "gain_zero")
 
 
 @dataclass

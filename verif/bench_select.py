@@ -12,11 +12,13 @@ Centroids and queries are quantised with :mod:`model.dre.quant` (symmetric, per 
 (``round(ln(n_j) * sqrt(d) / (s_q * s_k))``), and so is the ReSV margin.
 
 Every retrieval runs in Verilator (``verif/tb_select.py``, bench mode), twice: early exit on and
-off (``no_exit``).  The scoreboard checks each one against ``model.dre.ref.select`` as usual, so
-the figures are for bit-exact results.  Printed per point (N, d, lanes, bk): retrievals, mean
-selected, mean cycles with and without early exit, their ratio, the work fraction
-``planes_read / (N * bk)`` with early exit, and the floor ``N * bk * d/lanes`` (every plane of
-every candidate read once, one lane group per cycle).
+off (``no_exit``); v2 runs it a third time with the soft score (``soft``, the gain from the two
+quantisation scales, ``model.dre.tokens.soft_gain``; no early exit).  The scoreboard checks each
+one against ``model.dre.ref`` as usual, so the figures are for bit-exact results.  Printed per
+point (N, d, lanes, bk): retrievals, mean selected, mean cycles with and without early exit,
+their ratio, the work fraction ``planes_read / (N * bk)`` with early exit, the floor ``N * bk *
+d/lanes`` (every plane of every candidate read once, one lane group per cycle) and, for v2, the
+mean cycles with the soft score.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from hw.selector import Selector
 from hw.token_selector import TokenSelector
 from model.dre.config import DREConfig
 from model.dre.quant import quantize, symmetric_scale
+from model.dre.tokens import soft_gain
 from model.llm import KVStore, LLMConfig, TinyLLM, group_mean_query
 from model.resv import ReSVCache, ReSVConfig
 from model.video import PatchEmbedding, open_video
@@ -90,12 +93,14 @@ def token_cases(
                     vecs += [qg[0, p] for p in tokens]
                     qs = torch.stack(vecs[:q_max])
                     c = head.centroids.double()
+                    sk, sq = symmetric_scale(c, bk), symmetric_scale(qs, bq)
                     cases.append(
                         {
-                            "keys": quantize(c, bk, symmetric_scale(c, bk)).tolist(),
+                            "keys": quantize(c, bk, sk).tolist(),
                             "counts": [int(x) for x in head.counts],
-                            "queries": quantize(qs, bq, symmetric_scale(qs, bq)).tolist(),
+                            "queries": quantize(qs, bq, sq).tolist(),
                             "budget": budget,
+                            "gain": soft_gain(float(sq), float(sk), d),
                         }
                     )
             caches[li].add_frame(tr.k, tr.v, grid)
@@ -121,6 +126,15 @@ def bench_point_v2(n, d, lanes, bk, args) -> dict:
             }
             for no_exit in (0, 1)
         ]
+        queries.append(
+            {
+                "queries": pr["queries"],
+                "budget": pr["budget"],
+                "soft": 1,
+                "gain": pr["gain"],
+                "tag": f"{i}:soft",
+            }
+        )
         bench.append({"keys": pr["keys"], "counts": pr["counts"], "queries": queries})
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "summary.json"
@@ -137,12 +151,13 @@ def bench_point_v2(n, d, lanes, bk, args) -> dict:
         run(TokenSelector(cfg), "token_selector", "verif.tb_tokens", extra_env=env)
         log = json.loads(out.read_text())["log"]
     by_tag = {e["tag"]: e for e in log}
-    ee, full, work, n_used, q_used = [], [], [], [], []
+    ee, full, soft, work, n_used, q_used = [], [], [], [], [], []
     for i, pr in enumerate(problems):
         a, b = by_tag[f"{i}:0"], by_tag[f"{i}:1"]
         nn, nq = len(pr["keys"]), len(pr["queries"])
         ee.append(a["cycles"])
         full.append(b["cycles"])
+        soft.append(by_tag[f"{i}:soft"]["cycles"])
         work.append(a["planes_read"] / (nq * nn * bk))
         n_used.append(nn)
         q_used.append(nq)
@@ -159,6 +174,7 @@ def bench_point_v2(n, d, lanes, bk, args) -> dict:
         "retrievals": len(problems),
         "cycles_ee": mean(ee),
         "cycles_full": mean(full),
+        "cycles_soft": mean(soft),
         "work": mean(work),
         "floor": mean(q_used) * n_mean * bk * (d // lanes),
     }
@@ -167,15 +183,15 @@ def bench_point_v2(n, d, lanes, bk, args) -> dict:
 def format_table_v2(rows: list[dict]) -> str:
     head = (
         "| N (table) | N used | d | lanes | bk | Q | budget | retrievals | cycles, early exit | "
-        "cycles, no exit | speed-up | work fraction | floor Q*N*bk*d/lanes |"
+        "cycles, no exit | speed-up | work fraction | floor Q*N*bk*d/lanes | cycles, soft |"
     )
-    lines = [head, "|" + "---|" * 13]
+    lines = [head, "|" + "---|" * 14]
     for r in rows:
         lines.append(
             f"| {r['N']} | {r['N_used']:.0f} | {r['d']} | {r['lanes']} | {r['bk']} | "
             f"{r['Q']:.0f} | {r['budget']} | {r['retrievals']} | {r['cycles_ee']:.0f} | "
             f"{r['cycles_full']:.0f} | {r['cycles_full'] / r['cycles_ee']:.2f}x | "
-            f"{r['work']:.3f} | {r['floor']:.0f} |"
+            f"{r['work']:.3f} | {r['floor']:.0f} | {r['cycles_soft']:.0f} |"
         )
     return "\n".join(lines)
 

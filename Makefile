@@ -60,7 +60,7 @@ sim: setup
 	$(TOOLS) $(PY) -m verif.sim_dre $(SIMARGS)
 
 synth: setup
-	$(TOOLS) $(PY) -m synth.report --designs dre selector --no-abc9 --out docs/synth.md
+	$(TOOLS) $(PY) -m synth.report --designs dre token_selector --no-abc9 --out docs/synth.md
 
 bitstream: setup
 	$(PY) -m hw.board $(BOARDARGS)

@@ -180,22 +180,6 @@ def bench_point_v2(n, d, lanes, bk, args) -> dict:
     }
 
 
-def format_table_v2(rows: list[dict]) -> str:
-    head = (
-        "| N (table) | N used | d | lanes | bk | Q | budget | retrievals | cycles, early exit | "
-        "cycles, no exit | speed-up | work fraction | floor Q*N*bk*d/lanes | cycles, soft |"
-    )
-    lines = [head, "|" + "---|" * 14]
-    for r in rows:
-        lines.append(
-            f"| {r['N']} | {r['N_used']:.0f} | {r['d']} | {r['lanes']} | {r['bk']} | "
-            f"{r['Q']:.0f} | {r['budget']} | {r['retrievals']} | {r['cycles_ee']:.0f} | "
-            f"{r['cycles_full']:.0f} | {r['cycles_full'] / r['cycles_ee']:.2f}x | "
-            f"{r['work']:.3f} | {r['floor']:.0f} | {r['cycles_soft']:.0f} |"
-        )
-    return "\n".join(lines)
-
-
 def realistic_cases(
     n: int, d: int, bq: int, bk: int, k_cap: int, frames: int, last: int, seed: int, bias_bits: int
 ) -> list[dict]:
@@ -293,18 +277,36 @@ def bench_point(n, d, lanes, bk, args) -> dict:
     }
 
 
-def format_table(rows: list[dict]) -> str:
-    head = (
-        "| N (table) | N used | d | lanes | bk | retrievals | cycles, early exit | "
-        "cycles, no exit | speed-up | work fraction | floor N*bk*d/lanes |"
-    )
-    lines = [head, "|" + "---|" * 11]
-    for r in rows:
-        lines.append(
-            f"| {r['N']} | {r['N_used']:.0f} | {r['d']} | {r['lanes']} | {r['bk']} | "
-            f"{r['retrievals']} | {r['cycles_ee']:.0f} | {r['cycles_full']:.0f} | "
-            f"{r['cycles_full'] / r['cycles_ee']:.2f}x | {r['work']:.3f} | {r['floor']:.0f} |"
-        )
+#: table columns: (header, cell of a row dict); v1 and v2 share all but Q, budget and soft
+_SIZE = [
+    ("N (table)", lambda r: f"{r['N']}"),
+    ("N used", lambda r: f"{r['N_used']:.0f}"),
+    ("d", lambda r: f"{r['d']}"),
+    ("lanes", lambda r: f"{r['lanes']}"),
+    ("bk", lambda r: f"{r['bk']}"),
+]
+_CYCLES = [
+    ("retrievals", lambda r: f"{r['retrievals']}"),
+    ("cycles, early exit", lambda r: f"{r['cycles_ee']:.0f}"),
+    ("cycles, no exit", lambda r: f"{r['cycles_full']:.0f}"),
+    ("speed-up", lambda r: f"{r['cycles_full'] / r['cycles_ee']:.2f}x"),
+    ("work fraction", lambda r: f"{r['work']:.3f}"),
+]
+COLUMNS_V1 = [*_SIZE, *_CYCLES, ("floor N*bk*d/lanes", lambda r: f"{r['floor']:.0f}")]
+COLUMNS_V2 = [
+    *_SIZE,
+    ("Q", lambda r: f"{r['Q']:.0f}"),
+    ("budget", lambda r: f"{r['budget']}"),
+    *_CYCLES,
+    ("floor Q*N*bk*d/lanes", lambda r: f"{r['floor']:.0f}"),
+    ("cycles, soft", lambda r: f"{r['cycles_soft']:.0f}"),
+]
+
+
+def format_table(rows: list[dict], columns=COLUMNS_V1) -> str:
+    """A markdown table of the bench rows (``COLUMNS_V1`` or ``COLUMNS_V2``)."""
+    lines = ["| " + " | ".join(h for h, _ in columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(cell(r) for _, cell in columns) + " |" for r in rows]
     return "\n".join(lines)
 
 
@@ -334,7 +336,7 @@ def main(argv: list[str] | None = None) -> int:
         f"--seed {args.seed}{extra}; keys/queries: TinyLLM + ReSV stream, quantised "
         f"(model.dre.quant); {time.time() - t0:.0f} s"
     )
-    print(format_table_v2(rows) if v2 else format_table(rows))
+    print(format_table(rows, COLUMNS_V2 if v2 else COLUMNS_V1))
     return 0
 
 

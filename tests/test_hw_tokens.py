@@ -172,6 +172,19 @@ def test_token_selector_random(seed, stall):
         assert planes == want_planes, (i, pr)
 
 
+def test_soft_score_with_sixteen_queries(seed):
+    """``q_max = 16`` (the golden model's query count) with the soft score: the widest query
+    beat, a soft score wider than the partials at this ``d`` (``value_shape`` widens for it)."""
+    rng = random.Random(seed)
+    cfg = DREConfig(d=8, lanes=4, bq=4, bk=4, n_max=8, k_cap=2, q_max=16, count_bits=6)
+    problems = [rand_problem(rng, cfg) for _ in range(8)]
+    for pr in problems:
+        pr.update(soft=1, gain=rand_gain(rng))
+    problems[0]["queries"] = problems[0]["queries"][:1] * 16  # all sixteen, equal
+    for pr, (got, planes, err) in zip(problems, run_retrievals(cfg, problems, rng), strict=True):
+        assert (got, planes, err) == (*expected(cfg, pr), 0), pr
+
+
 def test_token_selector_errors(seed):
     rng = random.Random(seed)
     cfg = SMALL

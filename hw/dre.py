@@ -254,9 +254,7 @@ class DRE(wiring.Component):
         with m.If(cmd[2]):
             m.d.sync += sel_err.eq(0)
         with m.Elif(trailer):
-            m.d.sync += sel_err.eq(
-                sel_err | s.payload.error.as_value()
-            )  # v2: 4 flags, zero-extended
+            m.d.sync += sel_err.eq(sel_err | s.payload.error.as_value())  # v2: 5 flags, v1: 5
         return m
 
 

@@ -52,8 +52,8 @@ STATUS_CLUSTER_ERROR = 2  # sticky runtime error of the clustering unit (bad gri
 STATUS_SELECT_ERROR = 3  # bits 3..7: sticky OR of the retrieval error flags of every trailer
 #: names of the retrieval error flags, in bit order from STATUS_SELECT_ERROR (v1 selection)
 SELECT_ERROR_NAMES = ("n_zero", "n_over", "k_max_zero", "k_max_over", "k_min_bad")
-#: the same for v2 (token budget) selection: bits 3..6
-TOKEN_ERROR_NAMES = ("n_zero", "n_over", "q_zero", "q_over")
+#: the same for v2 (token budget) selection: bits 3..7 (gain_zero: CTRL.soft with GAIN = 0)
+TOKEN_ERROR_NAMES = ("n_zero", "n_over", "q_zero", "q_over", "gain_zero")
 #: CTRL register bits
 CTRL_NO_EXIT = 1 << 0  # retrieval reads every plane (early exit off)
 CTRL_RAW_MAX = 1 << 1  # v2: score = max over queries of the raw dot product (no normalisation)
@@ -174,8 +174,7 @@ def register_map(cfg: DREConfig) -> list[Register]:
             8,
             "ro",
             1,
-            "0 cluster idle, 1 select busy, 2 cluster error, 3..7 sticky retrieval errors "
-            "(v2: 3..6)",
+            "0 cluster idle, 1 select busy, 2 cluster error, 3..7 sticky retrieval errors",
         ),
         Register(
             "N_CLUSTERS",

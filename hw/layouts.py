@@ -147,6 +147,7 @@ TOKEN_ERROR_LAYOUT = data.StructLayout(
         "n_over": 1,  # N > n_max
         "q_zero": 1,  # n_q == 0
         "q_over": 1,  # n_q > q_max
+        "gain_zero": 1,  # soft score with gain == 0
     }
 )
 

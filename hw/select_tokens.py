@@ -9,7 +9,7 @@ exit and its proof are in ``docs/select.md``.  Pipelined for the ECP5 (``docs/se
 from __future__ import annotations
 
 from amaranth import Cat, Module, Mux, Signal, signed, unsigned
-from amaranth.lib import data, stream, wiring
+from amaranth.lib import data, fifo, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
@@ -23,11 +23,15 @@ from hw.layouts import (
     token_result_layout,
 )
 from hw.plane_store import PlaneReadSignature
+from hw.soft_score import SWEEP_MAX, SWEEP_SCORE, SoftScore
 from hw.topk import TopKPipe
 from model.dre.config import ConfigError, DREConfig
+from model.dre.tokens import SOFT_E
 
 #: Cycles a plane/count read of the store takes (``PlaneStore(..., out_reg=True)``).
 STORE_LATENCY = 2
+#: Entries the look-ahead may have in flight to the soft-score unit (its feed FIFO's depth).
+SOFT_FEED_DEPTH = 16
 
 
 def value_shape(cfg: DREConfig):
@@ -37,8 +41,11 @@ def value_shape(cfg: DREConfig):
     ``|P| <= d * 2^(bq+bk-2)``; ``|L|, |U| < d * 2^(bq+bk-1)`` (``r < 2^(bk-1)`` and
     ``|Qpos|, |Qneg| <= d * 2^(bq-1)``); ``MU0 < d * 2^(bq+bk-2)``; so ``|SL|, |SU| < d *
     2^(bq+bk)``, which ``bq + bk + bitlen(d) + 1`` signed bits hold; one more bit of slack.
+    The ranking also holds soft scores (``< q_max * 2^(SOFT_E+1)``, :class:`hw.soft_score.
+    SoftScore`'s ``score_bits``), so the shape is at least one bit wider than those.
     """
-    return signed(cfg.bq + cfg.bk + cfg.d.bit_length() + 2)
+    soft_bits = SOFT_E + 1 + cfg.q_max.bit_length()
+    return signed(max(cfg.bq + cfg.bk + cfg.d.bit_length() + 2, soft_bits + 1))
 
 
 def lookahead_stages(cfg: DREConfig) -> int:
@@ -51,14 +58,21 @@ def dot_stages() -> int:
     return 12
 
 
-def cycle_formula(cfg: DREConfig, n: int, n_q: int) -> int:
+def cycle_formula(cfg: DREConfig, n: int, n_q: int, *, soft: bool = False) -> int:
     """Cycles of a retrieval without early exit, every one of the ``n`` entries live and the
     budget taking all of them (``tests/test_hw_tokens.py`` pins it; docs/select.md derives it):
     ``9 + 2*Q*g + bk*(N*Q*g + LA + 16) + R*(N + LA + 5) + N`` with ``LA`` the look-ahead depth
-    (:func:`lookahead_stages`) and ``R = ceil(N / k_cap)`` output rounds."""
+    (:func:`lookahead_stages`) and ``R = ceil(N / k_cap)`` output rounds.  ``soft``: the soft
+    score adds its three sweeps, ``N*(1 + 2*Q) + Z*Q + F + 2*LA + 7`` (``Z``, ``F``:
+    :class:`SoftScore`'s ``Z_CYCLES`` and ``FIXED_CYCLES``; ``2*LA + 7``: two sweep changes that
+    wait for the look-ahead to drain, the set-up cycles and the feed FIFO)."""
     g, la = cfg.groups, lookahead_stages(cfg)
     rounds = -(-n // cfg.k_cap)
-    return 9 + 2 * n_q * g + cfg.bk * (n * n_q * g + la + 16) + rounds * (n + la + 5) + n
+    total = 9 + 2 * n_q * g + cfg.bk * (n * n_q * g + la + 16) + rounds * (n + la + 5) + n
+    if soft:
+        z, f = SoftScore.Z_CYCLES, SoftScore.FIXED_CYCLES
+        total += n * (1 + 2 * n_q) + z * n_q + f + 2 * la + 7
+    return total
 
 
 def _pick(m: Module, values, idx, n: int, shape, name: str):
@@ -172,6 +186,19 @@ class SelectTokensCore(wiring.Component):
         # two alive lists, addressed {bank, position}
         list_mem = m.submodules.alive = Memory(shape=ib, depth=2 << ib, init=[], attrs=rw)
         list_rd, list_wr = list_mem.read_port(), list_mem.write_port()
+        # the soft score (``qy.soft``): the unit, the FIFO that feeds it from the issue stage,
+        # and the scores by alive-list position (written in its SCORE sweep, read to rank)
+        soft = m.submodules.soft = SoftScore(
+            q_max=qm, s_bits=vs.width, count_bits=cfg.count_bits, n_max=n_max
+        )
+        feed_lay = data.StructLayout({"part": vec, "count": cshape})
+        sfifo = m.submodules.soft_feed = fifo.SyncFIFOBuffered(
+            width=feed_lay.size, depth=SOFT_FEED_DEPTH
+        )
+        sc_mem = m.submodules.soft_scores = Memory(
+            shape=unsigned(soft.score_bits), depth=n_max, init=[], attrs=rw
+        )
+        sc_rd, sc_wr = sc_mem.read_port(), sc_mem.write_port()
 
         # ---- retrieval registers --------------------------------------------------------------
         qy = Signal(token_query_layout(cfg))
@@ -183,6 +210,7 @@ class SelectTokensCore(wiring.Component):
         qmask = Signal(qm)  # query k counts (k < n_q)
         nq_m1 = Signal(qrange)  # n_q - 1
         raw = qy.raw_max
+        m.d.comb += [soft.n_q.eq(qy.n_q), soft.gain.eq(qy.gain)]
         idle = Signal(init=1)  # the FSM is in IDLE (a register: it enables the query capture)
         with m.If(idle):
             m.d.sync += qy.eq(self.query.payload)
@@ -208,6 +236,16 @@ class SelectTokensCore(wiring.Component):
         rem = Signal(bshape)  # budget less the counts walked (threshold walk)
         tphase = Signal()
         h = Signal(topk.layout)  # registered head of the ranking (threshold walk)
+
+        # ---- soft-score state -------------------------------------------------------------------
+        soft_feed = Signal()  # the look-ahead feeds the soft unit (its three sweeps)
+        soft_rank = Signal()  # the score sweeps rank the stored soft scores
+        kind = Signal(2)  # the sweep being fed: SWEEP_MAX, SWEEP_SUM, SWEEP_SCORE
+        feed_inflight = Signal(range(SOFT_FEED_DEPTH + 1))  # issued at A0, not yet in the FIFO
+        feed_credit = Signal()
+        fcount = Signal(range(n_max + 1))  # beats of this sweep handed to the unit
+        n_m1 = Signal(range(n_max))  # n_cur - 1: the sweep's last beat
+        wpos = Signal(range(n_max + 1))  # soft scores written
 
         # ---- output state ---------------------------------------------------------------------
         left = Signal(bshape)  # budget - taken
@@ -247,14 +285,15 @@ class SelectTokensCore(wiring.Component):
         a1_valid, a1_e = Signal(), Signal(ib)
         # memory read data registers have no reset (ECP5: block RAM output registers)
         a1r_valid, a1r_e, a1r_data = Signal(), Signal(ib), Signal(ib, reset_less=True)
-        a2_valid, a2_j = Signal(), Signal(ib)
+        a2_valid, a2_j, a2_e = Signal(), Signal(ib), Signal(ib)
         a3_valid, a3_j = Signal(), Signal(ib)
         a4_valid, a4_j = Signal(), Signal(ib)
         part4 = Signal(vec, reset_less=True)
+        score4 = Signal(soft.score_bits, reset_less=True)
         a5 = Signal(look)
         use_e = Signal()
         m.d.comb += [
-            a0_valid.eq(sweep & e_left.any()),
+            a0_valid.eq(sweep & e_left.any() & (~soft_feed | feed_credit)),
             use_e.eq(first & ~score_mode),
             list_rd.addr.eq(Cat(e[:ib], bank)),
             list_rd.en.eq(adv),
@@ -265,6 +304,8 @@ class SelectTokensCore(wiring.Component):
             self.store.count_en.eq(adv),
             part_rd.addr.eq(a2_j),
             part_rd.en.eq(adv),
+            sc_rd.addr.eq(a2_e),
+            sc_rd.en.eq(adv),
         ]
         terms = []
         for k in range(qm):
@@ -279,11 +320,13 @@ class SelectTokensCore(wiring.Component):
                 a1r_data.eq(list_rd.data),
                 a2_valid.eq(a1r_valid),
                 a2_j.eq(Mux(use_e, a1r_e, a1r_data)),
+                a2_e.eq(a1r_e),
                 a3_valid.eq(a2_valid),
                 a3_j.eq(a2_j),
                 a4_valid.eq(a3_valid),
                 a4_j.eq(a3_j),
                 part4.eq(part_rd.data),
+                score4.eq(sc_rd.data),
             ]
             with m.If(a0_valid):
                 m.d.sync += [e.eq(e + 1), e_left.eq(e_left - 1)]
@@ -297,7 +340,8 @@ class SelectTokensCore(wiring.Component):
                 a5.part.eq(part4),
             ]
             for k in range(qm):  # queries k >= n_q repeat query 0 (the maximum is unchanged)
-                m.d.sync += terms[k].eq(Mux(qmask[k], part4[k] + addend[k], part4[0] + addend[0]))
+                term = Mux(qmask[k], part4[k] + addend[k], part4[0] + addend[0])
+                m.d.sync += terms[k].eq(Mux(soft_rank, score4, term))
         stage, level = a5, 0
         tree_stages = []
         # below[i]: terms[i] < T, computed beside the maximum (max(a, b) < T iff a < T and
@@ -529,7 +573,7 @@ class SelectTokensCore(wiring.Component):
         tk_ins, tk_key = Signal(), Signal(vs)
         tk_index, tk_payload = Signal(ib), Signal(cshape)
         m.d.sync += [
-            tk_ins.eq(Mux(score_mode, ci.valid & ci_after, w_valid)),
+            tk_ins.eq(Mux(score_mode, ci.valid & ci_after & ~soft_feed, w_valid)),
             tk_key.eq(Mux(score_mode, ci_mx, sl_acc)),
             tk_index.eq(Mux(score_mode, ci.j, w_j)),
             tk_payload.eq(Mux(score_mode, ci.count, w_count)),
@@ -542,6 +586,44 @@ class SelectTokensCore(wiring.Component):
         ]
         with m.If(w_valid):
             m.d.sync += [n_next.eq(n_next + 1), planes_read.eq(planes_read + qy.n_q)]
+
+        # soft feed: the issue stage writes each entry's exact dot products and count into the
+        # FIFO; A0 issues an entry only with room for it (a registered credit: the entries in
+        # flight plus the FIFO's level grow by at most one a cycle)
+        feed = Signal(feed_lay)
+        m.d.comb += [
+            feed.part.eq(ci.part),
+            feed.count.eq(ci.count),
+            sfifo.w_data.eq(feed),
+            sfifo.w_en.eq(ci.valid & soft_feed),
+        ]
+        m.d.sync += [
+            feed_inflight.eq(feed_inflight + (a0_valid & adv & soft_feed) - sfifo.w_en),
+            feed_credit.eq(feed_inflight + sfifo.level < SOFT_FEED_DEPTH - 1),
+        ]
+        out_feed = Signal(feed_lay)
+        beat = soft.entries.payload
+        m.d.comb += [
+            out_feed.eq(sfifo.r_data),
+            soft.entries.valid.eq(sfifo.r_rdy),
+            sfifo.r_en.eq(soft.entries.ready),
+            beat.sweep.eq(kind),
+            beat.first.eq(fcount == 0),
+            beat.last.eq(fcount == n_m1),
+            beat.count.eq(out_feed.count),
+            beat.s.eq(out_feed.part),
+        ]
+        with m.If(sfifo.r_rdy & soft.entries.ready):
+            m.d.sync += fcount.eq(fcount + 1)
+        # the scores, in alive-list order, into the score memory
+        m.d.comb += [
+            soft.scores.ready.eq(1),
+            sc_wr.addr.eq(wpos),
+            sc_wr.data.eq(soft.scores.payload.score),
+            sc_wr.en.eq(soft.scores.valid),
+        ]
+        with m.If(soft.scores.valid):
+            m.d.sync += wpos.eq(wpos + 1)
 
         ci_valid_d = Signal(2)  # T0, T1 of a score entry, inserted or not (a fixed drain)
         m.d.sync += ci_valid_d.eq(Cat(ci.valid, ci_valid_d[0]))
@@ -579,6 +661,7 @@ class SelectTokensCore(wiring.Component):
                     checks.n_over.eq(pl.n > n_max),
                     checks.q_zero.eq(pl.n_q == 0),
                     checks.q_over.eq(pl.n_q > qm),
+                    checks.gain_zero.eq(pl.soft & (pl.gain == 0)),
                 ]
                 with m.If(self.query.valid):
                     m.d.sync += [
@@ -603,8 +686,12 @@ class SelectTokensCore(wiring.Component):
                         last_valid.eq(0),
                         nq_m1.eq(pl.n_q - 1),
                         qmask.eq(Cat(pl.n_q > k for k in range(qm))),
+                        soft_feed.eq(0),
+                        soft_rank.eq(0),
+                        wpos.eq(0),
                     ]
-                    with m.If(checks.as_value().any() | ((pl.budget == 0) & ~pl.no_exit)):
+                    empty = (pl.budget == 0) & (~pl.no_exit | pl.soft)  # nothing to select
+                    with m.If(checks.as_value().any() | empty):
                         m.next = "TRAILER"
                     with m.Else():
                         m.next = "INIT"
@@ -650,7 +737,11 @@ class SelectTokensCore(wiring.Component):
                 m.d.sync += [bank.eq(~bank), n_cur.eq(n_next), e.eq(0)]
                 with m.If(p == 0):
                     m.d.sync += do_clear.eq(1)
-                    m.next = "SCORE_SETUP"
+                    with m.If(qy.soft & n_next.any()):
+                        m.d.sync += kind.eq(SWEEP_MAX)
+                        m.next = "SOFT_SETUP"
+                    with m.Else():
+                        m.next = "SCORE_SETUP"
                 with m.Else():
                     m.d.sync += [
                         ml.eq(ml_new),
@@ -667,7 +758,7 @@ class SelectTokensCore(wiring.Component):
                             rqp[k].eq((rqp[k] - q_pos[k]) >> 1),
                             rqn[k].eq((rqn[k] - q_neg[k]) >> 1),
                         ]
-                    with m.If(qy.no_exit):
+                    with m.If(qy.no_exit | qy.soft):  # the soft score has no early exit
                         m.d.sync += do_clear.eq(1)
                         m.next = "SETUP"
                     with m.Else():
@@ -687,6 +778,34 @@ class SelectTokensCore(wiring.Component):
                         m.next = "SETUP"
                     with m.Else():
                         m.d.sync += rem.eq(rem - h.payload)
+
+            with m.State("SOFT_SETUP"):  # one sweep of the soft unit over the alive list
+                m.d.sync += cycles.eq(cycles + 1)
+                m.d.sync += [
+                    e.eq(0),
+                    e_left.eq(n_cur),
+                    fcount.eq(0),
+                    n_m1.eq(n_cur - 1),
+                    score_mode.eq(1),
+                    soft_feed.eq(1),
+                ]
+                m.next = "SOFT_SWEEP"
+
+            with m.State("SOFT_SWEEP"):  # until the FIFO has handed the sweep's last beat on
+                m.d.sync += cycles.eq(cycles + 1)
+                m.d.comb += sweep.eq(1)
+                with m.If(drained & ~e_left.any() & (sfifo.level == 0)):
+                    with m.If(kind == SWEEP_SCORE):
+                        m.next = "SOFT_WAIT"
+                    with m.Else():
+                        m.d.sync += kind.eq(kind + 1)
+                        m.next = "SOFT_SETUP"
+
+            with m.State("SOFT_WAIT"):  # every score in the memory, the unit idle
+                m.d.sync += cycles.eq(cycles + 1)
+                with m.If((wpos == n_cur) & ~soft.busy):
+                    m.d.sync += [soft_feed.eq(0), soft_rank.eq(1), do_clear.eq(1)]
+                    m.next = "SCORE_SETUP"
 
             with m.State("SCORE_SETUP"):
                 m.d.sync += cycles.eq(cycles + 1)

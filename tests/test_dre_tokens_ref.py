@@ -382,7 +382,14 @@ def test_dreref_retrieve_tokens_soft(seed):
         differs_from_norm += ref.retrieve_tokens(qs).selection.ids != want.ids
     assert differs_by_gain and differs_from_norm, (differs_by_gain, differs_from_norm)
     regs.set_score("soft")
-    regs.gain = 0
+    regs.gain = 0  # the gain_zero error flag (bit 4), no selection, as the hardware
+    got = ref.retrieve_tokens([[1] * cfg.d])
+    assert (got.error, got.selection, got.planes_read) == (0b10000, None, 0)
+    assert ref.retrieve_tokens([]).error == 0b10100  # every flag that holds
+    regs.set_score("norm")
+    assert ref.retrieve_tokens([[1] * cfg.d]).error == 0  # the gain matters to soft only
+    regs.set_score("soft")
+    regs.gain = 1 << GAIN_BITS  # more than the register holds
     with pytest.raises(SelectError, match="gain"):
         ref.retrieve_tokens([[1] * cfg.d])
     with pytest.raises(ValueError, match="choose one of soft, norm, max"):

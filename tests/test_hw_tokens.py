@@ -10,6 +10,7 @@ maximum, early exit off), the error trailer, output backpressure, and a ranking 
 from __future__ import annotations
 
 import gc
+import itertools
 import random
 
 import pytest
@@ -20,6 +21,9 @@ from hw.select_tokens import SelectTokensCore, cycle_formula, lookahead_stages
 from hw.token_selector import TokenSelector
 from model.dre.config import PRESETS, ConfigError, DREConfig
 from model.dre.ref import select_tokens
+from model.dre.tokens import GAIN_BITS
+
+GAIN_MAX = (1 << GAIN_BITS) - 1
 
 SMALL = DREConfig(d=8, lanes=4, bq=4, bk=4, n_max=8, k_cap=2, q_max=3, count_bits=6)
 
@@ -46,6 +50,7 @@ def rand_problem(rng, cfg, n=None):
         queries = [[rng.choice([lo_q, hi_q])] * cfg.d for _ in range(n_q)]
     total = sum(counts)
     budget = rng.choice([0, 1, 1, 2, rng.randint(0, total + 2), total, total + 1])
+    soft = int(rng.random() < 0.35)
     return dict(
         keys=keys,
         counts=counts,
@@ -53,7 +58,14 @@ def rand_problem(rng, cfg, n=None):
         budget=budget,
         no_exit=int(rng.random() < 0.2),
         raw_max=int(rng.random() < 0.3),
+        soft=soft,
+        gain=rand_gain(rng) if soft else 0,
     )
+
+
+def rand_gain(rng):
+    """A soft-score gain: the extremes, and log-uniform between (sharp and flat scores)."""
+    return rng.choice([1, GAIN_MAX, int(2 ** rng.uniform(8, GAIN_BITS)) or 1])
 
 
 def run_retrievals(cfg, problems, rng, stall=0.0, with_cycles=False):
@@ -79,6 +91,8 @@ def run_retrievals(cfg, problems, rng, stall=0.0, with_cycles=False):
                 n=pr.get("n", n),
                 no_exit=pr["no_exit"],
                 raw_max=pr["raw_max"],
+                soft=pr.get("soft", 0),
+                gain=pr.get("gain", 0),
             )
             ctx.set(dut.query.valid, 1)
             ctx.set(dut.query.payload, qlay.const(fields))
@@ -108,6 +122,7 @@ def run_retrievals(cfg, problems, rng, stall=0.0, with_cycles=False):
 
 
 def expected(cfg, pr):
+    soft = bool(pr.get("soft"))
     ref = select_tokens(
         pr["queries"],
         pr["keys"],
@@ -118,6 +133,8 @@ def expected(cfg, pr):
         normalize=not pr["raw_max"],
         early_exit=not pr["no_exit"],
         k_cap=cfg.k_cap,
+        score="soft" if soft else None,
+        gain=pr["gain"] if soft else None,
     )
     return list(zip(ref.ids, ref.take, strict=True)), ref.planes_read
 
@@ -166,7 +183,10 @@ def test_token_selector_errors(seed):
         (dict(n_q=0), 0b0100),
         (dict(n_q=cfg.q_max + 1), 0b1000),
         (dict(n=0, n_q=0), 0b0101),
+        (dict(soft=1, gain=0), 0b10000),
         (dict(budget=0), 0),  # not an error: an empty selection, nothing read
+        (dict(budget=0, soft=1, gain=1), 0),
+        (dict(budget=0, soft=1, gain=1, no_exit=1), 0),  # soft never reads for budget 0
     ]
     results = run_retrievals(cfg, [{**base, **c} for c, _ in cases], rng)
     for (_, flags), (got, planes, err) in zip(cases, results, strict=True):
@@ -176,7 +196,8 @@ def test_token_selector_errors(seed):
 def test_cycles_without_early_exit_follow_the_formula(seed):
     """Early exit off, every entry live, the budget takes everything: the trailer's ``cycles`` is
     ``9 + 2*Q*g + bk*(N*Q*g + LA + 16) + R*(N + LA + 5) + N`` with ``LA`` the look-ahead depth
-    and ``R = ceil(N / k_cap)`` output rounds (docs/select.md), written out here, not taken
+    and ``R = ceil(N / k_cap)`` output rounds, plus ``N*(1 + 2*Q) + 9*Q + 27 + 2*LA + 7`` with
+    the soft score (docs/select.md), written out here, not taken
     from ``hw.select_tokens.cycle_formula`` (checked against it too), on three configurations
     (one lane group, several, and q_max odd so that the maximum tree has an odd level)."""
     rng = random.Random(seed)
@@ -189,17 +210,21 @@ def test_cycles_without_early_exit_follow_the_formula(seed):
         g = cfg.groups
         la = 7 + (cfg.q_max - 1).bit_length()  # A1 .. A6, the maximum tree, the issue stage
         problems, want = [], []
-        for n, n_q in ((1, 1), (3, 2), (cfg.n_max, cfg.q_max), (5, 1)):
+        cases = ((1, 1), (3, 2), (cfg.n_max, cfg.q_max), (5, 1), (2, 3), (4, cfg.q_max))
+        for (n, n_q), soft in itertools.product(cases, (0, 1)):
             n_q = min(n_q, cfg.q_max)
             keys = [[rng.randint(-4, 3) for _ in range(cfg.d)] for _ in range(n)]
             queries = [[rng.randint(-8, 7) for _ in range(cfg.d)] for _ in range(n_q)]
             problems.append(
                 dict(keys=keys, counts=[1] * n, queries=queries, budget=n, no_exit=1, raw_max=0)
             )
+            problems[-1].update(soft=soft, gain=rand_gain(rng) if soft else 0)
             rounds = -(-n // cfg.k_cap)
             bk = cfg.bk
             want.append(9 + 2 * n_q * g + bk * (n * n_q * g + la + 16) + rounds * (n + la + 5) + n)
-            assert want[-1] == cycle_formula(cfg, n, n_q)
+            if soft:  # the soft unit's three sweeps (Z_CYCLES = 9, FIXED_CYCLES = 27)
+                want[-1] += n * (1 + 2 * n_q) + 9 * n_q + 27 + 2 * la + 7
+            assert want[-1] == cycle_formula(cfg, n, n_q, soft=bool(soft))
         results, cycles = run_retrievals(cfg, problems, rng, with_cycles=True)
         for pr, (got, _, _) in zip(problems, results, strict=True):
             assert got == expected(cfg, pr)[0]

@@ -9,8 +9,9 @@ Configuration arrives in ``VREX_TOKENS``: JSON, or ``@path`` of a JSON file::
 
 ``random``: random retrievals after the adversarial set (skipped when ``bench`` is given);
 ``n_hi``: largest N drawn at random.  Each query dict of ``bench`` holds ``queries`` (the Q
-vectors), ``budget``, ``no_exit``, ``raw_max`` and an optional ``tag``.  The summary JSON holds
-the number of retrievals compared and, per retrieval, ``cycles`` and ``planes_read``.
+vectors), ``budget``, ``no_exit``, ``raw_max``, ``soft`` with its ``gain`` and an optional
+``tag``.  The summary JSON holds the number of retrievals compared and, per retrieval,
+``cycles`` and ``planes_read``.
 
 As ``verif/tb_select.py``: sources with random idle gaps, a sink with random ``ready``, and a
 scoreboard that pops each retrieval's expected ``(id, take)`` records, ``planes_read`` and error
@@ -38,6 +39,7 @@ from hw.layouts import (
 )
 from model.dre.config import DREConfig
 from model.dre.ref import select_tokens
+from model.dre.tokens import GAIN_BITS
 from verif.streams import StreamSink, StreamSource, pack, reset, unpack
 
 PERIOD_NS = 10
@@ -66,12 +68,27 @@ class TB:
     async def send_key(self, j, k, c):
         await self.keys.send(pack(self.klay, {"index": j, "key": k, "count": c}))
 
-    async def ask(self, keys, counts, queries, budget, n, no_exit=0, raw_max=0, n_q=None, tag=""):
-        """Send one query and queue what the reference says must come out."""
+    async def ask(
+        self,
+        keys,
+        counts,
+        queries,
+        budget,
+        n,
+        no_exit=0,
+        raw_max=0,
+        n_q=None,
+        tag="",
+        soft=0,
+        gain=0,
+    ):
+        """Send one query and queue what the reference says must come out (``soft``: the soft
+        score with ``gain``)."""
         cfg = self.cfg
         n_q = len(queries) if n_q is None else n_q
         err = {"n_zero": n == 0, "n_over": n > cfg.n_max, "q_zero": n_q == 0}
         err["q_over"] = n_q > cfg.q_max
+        err["gain_zero"] = bool(soft) and gain == 0
         ref = None
         if not any(err.values()):
             ref = select_tokens(
@@ -84,6 +101,8 @@ class TB:
                 normalize=not raw_max,
                 early_exit=not no_exit,
                 k_cap=cfg.k_cap,
+                score="soft" if soft else None,
+                gain=gain if soft else None,
             )
         padded = list(queries[: cfg.q_max]) + [[0] * cfg.d] * (cfg.q_max - len(queries))
         fields = dict(
@@ -93,6 +112,8 @@ class TB:
             n=n,
             no_exit=no_exit,
             raw_max=raw_max,
+            soft=soft,
+            gain=gain,
         )
         entry = {"ref": ref, "err": pack(TOKEN_ERROR_LAYOUT, err), "tag": tag, "n": n}
         self.expected.append(entry)
@@ -175,15 +196,24 @@ def rand_problem(rng, cfg, n_hi):
         else:
             qs = [[rng.randint(lo_q, hi_q) for _ in range(cfg.d)] for _ in range(n_q)]
         budget = rng.choice([0, 1, 1, 2, rng.randint(0, total + 2), total, min(bmax, total + 1)])
+        soft = int(rng.random() < 0.4)
         queries.append(
             dict(
                 queries=qs,
                 budget=min(budget, bmax),
                 no_exit=int(rng.random() < 0.15),
                 raw_max=int(rng.random() < 0.3),
+                soft=soft,
+                gain=rand_gain(rng) if soft else 0,
             )
         )
     return keys, counts, queries
+
+
+def rand_gain(rng):
+    """A soft-score gain: the extremes, and log-uniform between (sharp and flat scores)."""
+    top = (1 << GAIN_BITS) - 1
+    return rng.choice([1, top, max(1, int(2 ** rng.uniform(4, GAIN_BITS)))])
 
 
 async def error_queries(tb, keys, counts):
@@ -194,6 +224,7 @@ async def error_queries(tb, keys, counts):
     for n, n_q in [(0, 1), (cfg.n_max + 1, 1), (nmax_field, 1), (1, 0), (1, cfg.q_max + 1)]:
         await tb.ask(keys, counts, q * cfg.q_max, 1, n, n_q=n_q, tag="error")
     await tb.ask(keys, counts, q * cfg.q_max, 1, 0, n_q=nq_field, tag="error")
+    await tb.ask(keys, counts, q * cfg.q_max, 1, 1, n_q=1, soft=1, gain=0, tag="error")
 
 
 @cocotb.test()

@@ -34,7 +34,7 @@ from model.dre.tokens import TokenSelection, select_tokens, soft_gain
 #: retrieval error flags in bit order (``hw.select_core.ERROR_LAYOUT``)
 ERROR_FLAGS = ("n_zero", "n_over", "k_max_zero", "k_max_over", "k_min_bad")
 #: v2 (token budget) retrieval error flags in bit order (``hw.select_tokens.ERROR_LAYOUT``)
-TOKEN_ERROR_FLAGS = ("n_zero", "n_over", "q_zero", "q_over")
+TOKEN_ERROR_FLAGS = ("n_zero", "n_over", "q_zero", "q_over", "gain_zero")
 #: the v2 scores a retrieval can rank by (``Registers.score``): the soft score, the normalised
 #: maximum, the raw maximum (``model.dre.tokens``)
 V2_SCORES = ("soft", "norm", "max")
@@ -189,17 +189,18 @@ class DRERef:
         """v2: select ``budget`` tokens from the table's clusters for ``queries`` ``[Q][d]``.
 
         With ``soft`` set: ``select_tokens(..., score="soft", gain=gain)`` (``raw_max`` and
-        ``no_exit`` do not matter; every plane is read).  A ``gain`` outside
-        ``1 .. 2^GAIN_BITS - 1`` is outside the rule (the register holds 18 bits, so only 0
-        can be written): :class:`model.dre.tokens.SelectError`, never a guess.
+        ``no_exit`` do not matter; every plane is read).  ``gain == 0`` with ``soft`` is the
+        ``gain_zero`` error (no selection), as in the hardware; a gain of ``2^GAIN_BITS`` or
+        more, which the 18-bit register cannot hold, is a :class:`SelectError`.
         """
         cfg, r, n = self.cfg, self.regs, self.n_clusters
         n_q = len(queries)
-        flags = (n == 0, n > cfg.n_max, n_q == 0, n_q > cfg.q_max)
+        score = r.score
+        gain_zero = score == "soft" and r.gain == 0
+        flags = (n == 0, n > cfg.n_max, n_q == 0, n_q > cfg.q_max, gain_zero)
         error = sum(int(f) << i for i, f in enumerate(flags))
         if error:
             return TokenRetrieval(None, error, n)
-        score = r.score
         sel = select_tokens(
             queries,
             [self.store[j][0] for j in range(n)],

@@ -58,8 +58,9 @@ TOKEN_ERROR_NAMES = ("n_zero", "n_over", "q_zero", "q_over", "gain_zero")
 CTRL_NO_EXIT = 1 << 0  # retrieval reads every plane (early exit off)
 CTRL_RAW_MAX = 1 << 1  # v2: score = max over queries of the raw dot product (no normalisation)
 CTRL_SOFT = 1 << 2  # v2: the soft score with gain GAIN (overrides raw_max; reads every plane)
-#: CTRL at reset: see :func:`register_map` (what a host that never writes CTRL gets)
-CTRL_RESET = 0
+#: CTRL at reset: the soft score (with GAIN at its reset value), the rule the product stands
+#: for; a host that never writes CTRL gets it (docs/dre.md, "The v2 score")
+CTRL_RESET = CTRL_SOFT
 #: GAIN at reset: the order of the gain of 8-bit codes at d = 64 (``make sim``'s streams give
 #: 3,600 .. 4,800); a host should write ``model.dre.tokens.soft_gain(q_scale, k_scale, d)``
 GAIN_RESET = DEFAULT_GAIN

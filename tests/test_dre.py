@@ -329,9 +329,10 @@ def _run_tb(spec_path, testcase: str, rule: str = "v2"):
 
 @pytest.mark.cocotb
 def test_make_sim_short_with_backpressure(tmp_path, seed):
-    """The `make sim` flow (v2 rule) on a small configuration: random gaps and backpressure on
-    every stream, a table that fills (forced merges), table_size below n_max, a clear
-    mid-stream and the N = 0 error query; zero mismatches and every counter as golden."""
+    """The `make sim` flow (v2 rule, soft score: the defaults) on a small configuration: random
+    gaps and backpressure on every stream, a table that fills (forced merges), table_size below
+    n_max, a clear mid-stream and the N = 0 error query; zero mismatches and every counter as
+    golden.  (tests/test_axi_dre.py co-simulates the normalised max.)"""
     toolenv.apply()
     rc = sim_dre.main(
         _sim_args(

@@ -49,7 +49,7 @@ WAVES_SHORT_FRAMES = 4
 SIMULATORS = ("verilator", "icarus")
 #: the v2 scores (``--score``), and the one a run uses unless told otherwise
 SCORES = ("soft", "norm", "max")
-DEFAULT_SCORE = "norm"
+DEFAULT_SCORE = "soft"
 OUT_DIR = ROOT / "build" / "sim_dre"
 
 

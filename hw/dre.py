@@ -60,8 +60,9 @@ class DRE(wiring.Component):
     queries : In(stream.Signature(queries_stream_layout(cfg, rule)))
         One retrieval per beat, over the ``N_CLUSTERS`` clusters that exist when it starts.
         v2: ``q`` (``q_max`` vectors) and ``n_q`` (how many count), with ``BUDGET``,
-        ``CTRL.no_exit`` and ``CTRL.raw_max`` from the registers; v1: one vector, with
-        ``MARGIN``, ``K_MIN``, ``K_MAX`` and ``CTRL.no_exit``.
+        ``CTRL.no_exit``, ``CTRL.raw_max``, ``CTRL.soft`` (the soft score, which overrides the
+        other two) and ``GAIN`` from the registers; v1: one vector, with ``MARGIN``,
+        ``K_MIN``, ``K_MAX`` and ``CTRL.no_exit``.
     selections : Out(stream.Signature(selections_layout(cfg, rule)))
         Per query: ``RECORD`` beats in selection order (v2: cluster ``id`` and ``take``, tokens
         taken from it; v1: cluster ``index``, exact ``score``), then one ``TRAILER``
@@ -77,8 +78,9 @@ class DRE(wiring.Component):
     key is accepted; the query starts once every key accepted before it is clustered and its
     cluster written back, so a retrieval always sees the table as of the keys before it.
     Retrieval never overlaps a write into the plane store.  Register writes take effect at the
-    next frame start (grid, thresholds, table size), the next query (margin, k, no_exit) or
-    immediately (bias scale, commands).  ``CMD.clear_table`` waits for work in flight.
+    next frame start (grid, thresholds, table size), the next query (margin, k, budget, CTRL,
+    GAIN: sampled when the selector takes the query) or immediately (bias scale, commands).
+    ``CMD.clear_table`` waits for work in flight.
 
     Timing: keys are clustered at the clustering unit's rate (``docs/cluster.md``); a retrieval
     takes the cycles its trailer reports (``docs/select.md``) plus one cycle to start.
@@ -209,6 +211,8 @@ class DRE(wiring.Component):
                 cq.n_q.eq(self.queries.payload.n_q),
                 cq.budget.eq(rw["BUDGET"]),
                 cq.raw_max.eq(rw["CTRL"][1]),
+                cq.soft.eq(rw["CTRL"][2]),
+                cq.gain.eq(rw["GAIN"]),
             ]
         else:
             m.d.comb += [
@@ -250,9 +254,7 @@ class DRE(wiring.Component):
         with m.If(cmd[2]):
             m.d.sync += sel_err.eq(0)
         with m.Elif(trailer):
-            m.d.sync += sel_err.eq(
-                sel_err | s.payload.error.as_value()
-            )  # v2: 5 flags, v1: 5
+            m.d.sync += sel_err.eq(sel_err | s.payload.error.as_value())  # v2: 5 flags, v1: 5
         return m
 
 

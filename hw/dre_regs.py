@@ -30,6 +30,8 @@ from amaranth.lib.wiring import In, Out
 
 from model.dre.cluster import ClusterWidths
 from model.dre.config import DREConfig
+from model.dre.tokens import GAIN_BITS
+from model.dre.top import DEFAULT_GAIN
 
 DATA_BITS = 32
 ADDR_BITS = 6
@@ -50,11 +52,27 @@ STATUS_CLUSTER_ERROR = 2  # sticky runtime error of the clustering unit (bad gri
 STATUS_SELECT_ERROR = 3  # bits 3..7: sticky OR of the retrieval error flags of every trailer
 #: names of the retrieval error flags, in bit order from STATUS_SELECT_ERROR (v1 selection)
 SELECT_ERROR_NAMES = ("n_zero", "n_over", "k_max_zero", "k_max_over", "k_min_bad")
-#: the same for v2 (token budget) selection: bits 3..6
+#: the same for v2 (token budget) selection: bits 3..7 (gain_zero: CTRL.soft with GAIN = 0)
 TOKEN_ERROR_NAMES = ("n_zero", "n_over", "q_zero", "q_over", "gain_zero")
 #: CTRL register bits
 CTRL_NO_EXIT = 1 << 0  # retrieval reads every plane (early exit off)
 CTRL_RAW_MAX = 1 << 1  # v2: score = max over queries of the raw dot product (no normalisation)
+CTRL_SOFT = 1 << 2  # v2: the soft score with gain GAIN (overrides raw_max; reads every plane)
+#: CTRL at reset: the soft score (with GAIN at its reset value), the rule the product stands
+#: for; a host that never writes CTRL gets it (docs/dre.md, "The v2 score")
+CTRL_RESET = CTRL_SOFT
+#: GAIN at reset: the order of the gain of 8-bit codes at d = 64 (``make sim``'s streams give
+#: 3,600 .. 4,800); a host should write ``model.dre.tokens.soft_gain(q_scale, k_scale, d)``
+GAIN_RESET = DEFAULT_GAIN
+
+
+def ctrl_word(no_exit: int = 0, raw_max: int = 0, soft: int = 0) -> int:
+    """The CTRL value for these bits (each 0 or 1), as a host writes it."""
+    bits = {"no_exit": no_exit, "raw_max": raw_max, "soft": soft}
+    for name, v in bits.items():
+        if v not in (0, 1):
+            raise ValueError(f"CTRL.{name}={v!r} must be 0 or 1")
+    return no_exit * CTRL_NO_EXIT + raw_max * CTRL_RAW_MAX + soft * CTRL_SOFT
 
 
 class RegisterBusSignature(wiring.Signature):
@@ -143,10 +161,11 @@ def register_map(cfg: DREConfig) -> list[Register]:
             "CTRL",
             0x08,
             1,
-            2,
+            3,
             "rw",
-            0,
-            "bit 0 no_exit: retrieval reads every plane; bit 1 raw_max (v2): no normalisation",
+            CTRL_RESET,
+            "bit 0 no_exit: retrieval reads every plane; bit 1 raw_max (v2): no normalisation; "
+            "bit 2 soft (v2): the soft score with GAIN (overrides bits 0 and 1)",
         ),
         Register("CMD", 0x09, 1, 3, "w1", 0, "bit 0 clear table, 1 clear counters, 2 clear errors"),
         Register(
@@ -156,8 +175,7 @@ def register_map(cfg: DREConfig) -> list[Register]:
             8,
             "ro",
             1,
-            "0 cluster idle, 1 select busy, 2 cluster error, 3..7 sticky retrieval errors "
-            "(v2: 3..6)",
+            "0 cluster idle, 1 select busy, 2 cluster error, 3..7 sticky retrieval errors",
         ),
         Register(
             "N_CLUSTERS",
@@ -219,6 +237,15 @@ def register_map(cfg: DREConfig) -> list[Register]:
             "v2 retrieval: tokens to select (0: none)",
         ),
         Register("Q_MAX", 0x19, 1, 8, "ro", cfg.q_max, "parameter q_max (v2 query vectors)"),
+        Register(
+            "GAIN",
+            0x1A,
+            1,
+            GAIN_BITS,
+            "rw",
+            GAIN_RESET,
+            "v2 soft score: gain, soft_gain(q_scale, k_scale, d) (1 .. 2^18 - 1)",
+        ),
     ]
     for i, (name, doc) in enumerate(COUNTERS):
         regs.append(Register(name, 0x20 + 2 * i, 2, COUNTER_BITS, "ro", 0, doc))
@@ -240,6 +267,7 @@ def fields_of(reg: Register) -> list[tuple[str, int, int, str]]:
         "CTRL": [
             ("no_exit", 0, 1, "retrieval reads every plane (early exit off)"),
             ("raw_max", 1, 1, "v2: score = max of the raw dot products (no normalisation)"),
+            ("soft", 2, 1, "v2: the soft score with GAIN; overrides no_exit and raw_max"),
         ],
         "CMD": [
             ("clear_table", 0, 1, "write 1: empty the centroid table and owner map"),

@@ -22,9 +22,12 @@ SMALL = DREConfig(d=16, lanes=4, bq=6, bk=6, n_max=16, k_cap=4, grid_max=36)
 
 
 def spec_for(tmp_path, seed, *extra) -> dict:
+    """The spec of a short run; the normalised max (``--score norm``), so that `make test`
+    co-simulates it as well as the soft score (the default, ``tests/test_dre.py``)."""
     args = sim_dre.parse_args(
         [
             *("--frames", "3", "--grid", "5x6", "--queries", "3", "--budget", "20"),
+            *("--score", "norm"),
             *("--table-size", "12", "--clear-at", "2", "--seed", str(seed), *extra),
         ]
     )

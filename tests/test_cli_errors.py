@@ -165,6 +165,14 @@ def sim_err(capsys, args, *fragments):
         (["--set", "n_max=1", "--set", "k_cap=1"], ("n_max=1 must be >= 2",)),
         (["--preset", "nope"], ("unknown preset",)),
         (["--preset", "default", "--config", "x.json"], ("give one",)),
+        # the v2 score
+        (["--score", "hard"], ("--score 'hard'", "choose soft, norm or max")),
+        (["--score", ""], ("--score ''", "choose soft, norm or max")),
+        (["--score", "SOFT"], ("--score 'SOFT'",)),
+        (["--rule", "v1", "--score", "soft"], ("--score", "--rule v2 only")),
+        (["--rule", "v1", "--raw-max"], ("--raw-max", "--rule v2 only")),
+        (["--raw-max", "--score", "soft"], ("--raw-max is --score max", "--score soft")),
+        (["--score", "soft", "--no-exit"], ("--no-exit", "--score soft", "--score norm")),
     ],
 )
 def test_sim_dre_bad_options(capsys, no_long_work, args, fragments):
@@ -230,6 +238,32 @@ def test_sim_dre_good_options_reach_the_golden_model(tmp_path, monkeypatch):
     rc = sim_dre.main([*SMALL, "--grid", "2x3", "--rule", "v1", "--out", str(out)])
     assert rc == 2 and seen["k_max"] == 4 and seen["k_min"] == 1 and seen["margin"] == 3.0
     assert not out.exists()  # the early write check leaves nothing behind
+
+
+@pytest.mark.parametrize(
+    "args, score, raw_max",
+    [
+        ([], sim_dre.DEFAULT_SCORE, sim_dre.DEFAULT_SCORE == "max"),
+        (["--score", "soft"], "soft", False),
+        (["--score", "norm", "--no-exit"], "norm", False),
+        (["--score", "max"], "max", True),
+        (["--raw-max"], "max", True),  # the old spelling of --score max
+        (["--raw-max", "--score", "max"], "max", True),
+    ],
+)
+def test_sim_dre_score_reaches_the_golden_model(monkeypatch, args, score, raw_max):
+    """--score (and its alias --raw-max) resolve to one score before the golden model runs."""
+    seen = {}
+
+    def stop(cfg, args, log=print):
+        seen.update(vars(args), rule_name=sim_dre.rule_name(args, 123))
+        raise sim_dre.ConfigError("stop here")
+
+    monkeypatch.setattr(sim_dre, "build_spec", stop)
+    assert sim_dre.main([*SMALL, "--grid", "2x3", *args]) == 2
+    assert (seen["score"], seen["raw_max"]) == (score, raw_max)
+    words = {"soft": "soft score (gain 123)", "norm": "normalised max", "max": "raw max"}
+    assert seen["rule_name"] == f"v2, {words[score]}"
 
 
 # ---- the integer reference ----------------------------------------------------------------

@@ -130,12 +130,70 @@ def test_integer_stream_units():
         integer_stream(cfg, frames=1, grid=(2, 2), layer=9)
 
 
+def test_integer_stream_soft_gain():
+    """The soft score's gain: one per stream (the scales are fixed per stream), from the two
+    quantisation scales, log2(e) / sqrt(d) and 2^(SOFT_FB + GAIN_SHIFT) = 2^24, computed here
+    from the formula of docs/soft.md; ``score`` sets CTRL.soft / CTRL.raw_max; a gain GAIN
+    cannot hold is an error only for the soft score."""
+    cfg = SMALL
+    s = integer_stream(cfg, frames=2, grid=(3, 4), queries_per_frame=2, score="soft")
+    want = round(s.query_scale * s.key_scale * math.log2(math.e) / math.sqrt(cfg.d) * 2**24)
+    assert s.gain == s.regs.gain == want and 1 <= want < 1 << 18
+    assert (s.regs.soft, s.regs.raw_max, s.regs.score) == (1, 0, "soft")
+    # the scales map the largest magnitude of the first frame to the largest code
+    assert max(abs(x) for k in s.frames[0].keys for x in k) == (1 << (cfg.bk - 1)) - 1
+    assert max(abs(x) for q in s.frames[0].queries for x in q) == (1 << (cfg.bq - 1)) - 1
+    for score, bits in (("norm", (0, 0)), ("max", (0, 1))):
+        t = integer_stream(cfg, frames=2, grid=(3, 4), queries_per_frame=2, score=score)
+        assert (t.regs.soft, t.regs.raw_max) == bits and t.regs.gain == want  # same scales
+    with pytest.raises(ConfigError, match="score='hard'"):
+        integer_stream(cfg, frames=1, grid=(2, 2), score="hard")
+    tiny = DREConfig(d=16, lanes=4, bq=2, bk=2, n_max=16, k_cap=4, grid_max=36)
+    with pytest.raises(ConfigError, match=r"soft gain .* is outside"):
+        integer_stream(tiny, frames=1, grid=(2, 3), score="soft")
+    t = integer_stream(tiny, frames=1, grid=(2, 3), score="norm")
+    assert t.gain is None and t.regs.gain == dre_regs.GAIN_RESET
+
+
+def test_soft_stream_selections_depend_on_gain_and_score(seed):
+    """On the stream the co-simulation runs, the soft selections change with GAIN and differ
+    from the normalised max: a DRE that ignored CTRL.soft or GAIN would mismatch."""
+    s = integer_stream(SMALL, frames=5, grid=(5, 6), queries_per_frame=3, score="soft", seed=seed)
+    s.regs.budget = 20
+    variants = {"soft": {}, "soft/8": {"gain": max(1, s.gain // 8)}, "norm": {"soft": 0}}
+    got = {}
+    for name, change in variants.items():
+        ref = DRERef(SMALL, Registers(**{**vars(s.regs), **change}))
+        got[name] = []
+        for fr in s.frames:
+            ref.add_frame(fr.keys)
+            got[name] += [ref.retrieve_tokens(q).records for q in (fr.queries, fr.queries[:1])]
+    assert got["soft"] != got["soft/8"] and got["soft"] != got["norm"]
+
+
 # ---- construction and export ---------------------------------------------------------------
 def test_dre_rejects_bad_configs():
     with pytest.raises(ConfigError, match="DREConfig"):
         DRE({"d": 64})
     with pytest.raises(ConfigError, match="n_max=1"):
         DRE(DREConfig(n_max=1, k_cap=1))
+
+
+def test_score_registers():
+    """CTRL.soft (bit 2) and GAIN (word 0x1a, GAIN_BITS wide) as hw/dre.py and the hosts use
+    them; the reset values a host that never writes them gets."""
+    from model.dre.tokens import GAIN_BITS
+
+    regs = dre_regs.by_name(DREConfig())
+    fields = {f: (lsb, w) for f, lsb, w, _ in dre_regs.fields_of(regs["CTRL"])}
+    assert fields == {"no_exit": (0, 1), "raw_max": (1, 1), "soft": (2, 1)}
+    assert dre_regs.CTRL_SOFT == 1 << 2 and regs["CTRL"].reset == dre_regs.CTRL_RESET
+    g = regs["GAIN"]
+    assert (g.addr, g.words, g.width, g.access) == (0x1A, 1, GAIN_BITS, "rw")
+    assert 1 <= g.reset == dre_regs.GAIN_RESET < 1 << GAIN_BITS
+    assert dre_regs.ctrl_word(no_exit=1, soft=1) == 0b101 and dre_regs.ctrl_word() == 0
+    with pytest.raises(ValueError, match="soft=2"):
+        dre_regs.ctrl_word(soft=2)
 
 
 def test_register_map_is_fixed_and_disjoint():
@@ -271,9 +329,10 @@ def _run_tb(spec_path, testcase: str, rule: str = "v2"):
 
 @pytest.mark.cocotb
 def test_make_sim_short_with_backpressure(tmp_path, seed):
-    """The `make sim` flow (v2 rule) on a small configuration: random gaps and backpressure on
-    every stream, a table that fills (forced merges), table_size below n_max, a clear
-    mid-stream and the N = 0 error query; zero mismatches and every counter as golden."""
+    """The `make sim` flow (v2 rule, soft score: the defaults) on a small configuration: random
+    gaps and backpressure on every stream, a table that fills (forced merges), table_size below
+    n_max, a clear mid-stream and the N = 0 error query; zero mismatches and every counter as
+    golden.  (tests/test_axi_dre.py co-simulates the normalised max.)"""
     toolenv.apply()
     rc = sim_dre.main(
         _sim_args(

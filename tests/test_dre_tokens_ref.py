@@ -328,3 +328,69 @@ def test_dreref_retrieve_tokens_uses_the_table(seed):
             assert got.records == list(zip(ids, take, strict=True))
     assert ref.retrieve_tokens([]).error == 0b0100  # Q = 0
     assert ref.retrieve_tokens([[0] * cfg.d] * 4).error == 0b1000  # Q > q_max
+
+
+def test_dreref_retrieve_tokens_soft(seed):
+    """CTRL.soft: DRERef.retrieve_tokens == an independent select_tokens(score="soft") over the
+    written-back centroids and the table's counts, for the register's gain; raw_max and no_exit
+    change nothing; every plane is read; the selection does depend on the gain and differs from
+    the normalised max (so a reference that ignored soft or gain would fail here); gain 0 is
+    refused."""
+    from model.dre.config import DREConfig
+    from model.dre.tokens import GAIN_BITS
+    from model.dre.top import DEFAULT_GAIN, DRERef, Registers
+
+    rng = random.Random(seed)
+    cfg = DREConfig(d=16, lanes=4, bq=6, bk=6, n_max=16, k_cap=4, grid_max=36, q_max=3)
+    regs = Registers(grid_w=5, grid_h=4, tau_t=200, tau_s=180, table_size=12, budget=9)
+    assert (regs.soft, regs.gain, regs.score) == (0, DEFAULT_GAIN, "norm")
+    ref = DRERef(cfg, regs)
+    protos = [[rng.randint(-32, 31) for _ in range(cfg.d)] for _ in range(6)]
+    for _ in range(4):
+        ref.add_frame(
+            [
+                [max(-32, min(31, x + rng.randint(-3, 3))) for x in rng.choice(protos)]
+                for _ in range(20)
+            ]
+        )
+    n = ref.n_clusters
+    keys = [ref.store[j][0] for j in range(n)]
+    counts = ref.cluster.counts[:n]
+    live = sum(c > 0 for c in counts)
+    differs_from_norm = differs_by_gain = 0
+    for trial in range(12):
+        n_q = rng.randint(1, 3)
+        qs = [[rng.randint(-32, 31) for _ in range(cfg.d)] for _ in range(n_q)]
+        gain = rng.choice([1, 2, 777, DEFAULT_GAIN, rng.randrange(1, 1 << GAIN_BITS)])
+        if trial == 0:
+            gain = (1 << GAIN_BITS) - 1
+        regs.set_score("soft")
+        regs.gain = gain
+        assert (regs.soft, regs.raw_max, regs.score) == (1, 0, "soft")
+        want = select_tokens(qs, keys, counts, 9, bq=6, bk=6, score="soft", gain=gain)
+        for raw_max, no_exit in ((0, 0), (1, 0), (0, 1), (1, 1)):
+            regs.raw_max, regs.no_exit = raw_max, no_exit  # overridden by soft
+            got = ref.retrieve_tokens(qs)
+            assert got.error == 0 and got.n == n
+            assert (got.selection.ids, got.selection.take) == (want.ids, want.take)
+            assert got.planes_read == n_q * live * cfg.bk
+        other = select_tokens(
+            qs, keys, counts, 9, bq=6, bk=6, score="soft", gain=gain * 97 % 4001 + 1
+        )
+        differs_by_gain += other.ids != want.ids
+        regs.set_score("norm")
+        differs_from_norm += ref.retrieve_tokens(qs).selection.ids != want.ids
+    assert differs_by_gain and differs_from_norm, (differs_by_gain, differs_from_norm)
+    regs.set_score("soft")
+    regs.gain = 0  # the gain_zero error flag (bit 4), no selection, as the hardware
+    got = ref.retrieve_tokens([[1] * cfg.d])
+    assert (got.error, got.selection, got.planes_read) == (0b10000, None, 0)
+    assert ref.retrieve_tokens([]).error == 0b10100  # every flag that holds
+    regs.set_score("norm")
+    assert ref.retrieve_tokens([[1] * cfg.d]).error == 0  # the gain matters to soft only
+    regs.set_score("soft")
+    regs.gain = 1 << GAIN_BITS  # more than the register holds
+    with pytest.raises(SelectError, match="gain"):
+        ref.retrieve_tokens([[1] * cfg.d])
+    with pytest.raises(ValueError, match="choose one of soft, norm, max"):
+        regs.set_score("hard")

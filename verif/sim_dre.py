@@ -8,6 +8,10 @@ expected assignment and selection with :class:`model.dre.top.DRERef`, then drive
 queries through the Verilated top level :class:`hw.dre.DRE` with cocotb
 (``verif/tb_dre.py``), which checks every assignment, every selected (index, score), every
 ``planes_read`` and error flag, and at the end the performance counters, bit for bit.
+With the v2 rule ``--score`` picks what ranks the clusters: ``soft`` (the soft score of
+``docs/soft.md``: ``CTRL.soft`` and ``GAIN = soft_gain(query scale, key scale, d)``, one gain
+per stream since the scales are fixed per stream), ``norm`` (normalised max) or ``max`` (raw
+max; ``--raw-max`` is an alias).  The summary table names the rule and score.
 
 Prints one progress line per frame and a final table; the exit status is non-zero on any
 mismatch.  A bad option (out of range, meaningless for the rule, an ``--out`` that cannot be
@@ -43,6 +47,9 @@ ICARUS_CYCLES_PER_S = 1_217
 #: more frames than this with waveforms on is a "long run": warn of the size first
 WAVES_SHORT_FRAMES = 4
 SIMULATORS = ("verilator", "icarus")
+#: the v2 scores (``--score``), and the one a run uses unless told otherwise
+SCORES = ("soft", "norm", "max")
+DEFAULT_SCORE = "soft"
 OUT_DIR = ROOT / "build" / "sim_dre"
 
 
@@ -89,7 +96,17 @@ def parse_args(argv):
     )
     ap.add_argument("--budget", type=int, default=256, help="v2: tokens per retrieval (256)")
     ap.add_argument(
-        "--raw-max", action="store_true", help="v2: no per-query normalisation (CTRL.raw_max)"
+        "--score",
+        default=None,
+        metavar="{soft,norm,max}",
+        help=f"v2: what ranks the clusters: soft (the soft score, CTRL.soft, GAIN from the "
+        f"quantisation scales), norm (normalised max) or max (raw max, CTRL.raw_max); "
+        f"default {DEFAULT_SCORE}",
+    )
+    ap.add_argument(
+        "--raw-max",
+        action="store_true",
+        help="v2: the same as --score max (kept for old command lines)",
     )
     ap.add_argument("--tau-t", type=float, default=0.9, help="temporal threshold in [0, 1] (0.9)")
     ap.add_argument("--tau-s", type=float, default=0.8, help="spatial threshold in [0, 1] (0.8)")
@@ -110,7 +127,11 @@ def parse_args(argv):
         metavar="FRAME",
         help="write CMD.clear_table before this frame (repeatable)",
     )
-    ap.add_argument("--no-exit", action="store_true", help="disable early exit (CTRL.no_exit)")
+    ap.add_argument(
+        "--no-exit",
+        action="store_true",
+        help="disable early exit (CTRL.no_exit; v1, or v2 with --score norm or max)",
+    )
     ap.add_argument(
         "--stall",
         type=float,
@@ -135,6 +156,14 @@ def parse_args(argv):
     ap.add_argument("--waves", action="store_true", help="dump waveforms (same as WAVES=1)")
     ap.add_argument("--out", default=None, metavar="JSON", help="write the summary here")
     return ap.parse_args(argv)
+
+
+def score_of(args) -> str | None:
+    """The v2 score of a run (``--score``, ``--raw-max``, else :data:`DEFAULT_SCORE`); None
+    for v1."""
+    if args.rule != "v2":
+        return None
+    return args.score or ("max" if args.raw_max else DEFAULT_SCORE)
 
 
 def build_spec(cfg: DREConfig, args, log=print) -> tuple[dict, dict]:
@@ -163,10 +192,10 @@ def build_spec(cfg: DREConfig, args, log=print) -> tuple[dict, dict]:
         table_size=args.table_size,
         seed=args.seed,
         progress=progress,
+        score=score_of(args) or "norm",  # v1 ignores it
     )
     stream.regs.no_exit = int(args.no_exit)
     stream.regs.budget = args.budget
-    stream.regs.raw_max = int(args.raw_max)
     ref = DRERef(cfg, stream.regs)
     v2 = args.rule == "v2"
     totals = dict.fromkeys(("TOKENS", "CLUSTERS", "FORCED", "DROPPED", "QUERIES", "PLANES_READ"), 0)
@@ -209,6 +238,7 @@ def build_spec(cfg: DREConfig, args, log=print) -> tuple[dict, dict]:
     spec = {
         "cfg": cfg.to_dict(),
         "rule": args.rule,
+        "score": score_of(args),
         "seed": args.seed,
         "stall": args.stall,
         "gap": args.gap,
@@ -223,8 +253,24 @@ def build_spec(cfg: DREConfig, args, log=print) -> tuple[dict, dict]:
         "seconds": time.perf_counter() - t0,
         "key_scale": stream.key_scale,
         "query_scale": stream.query_scale,
+        "gain": stream.gain,
     }
     return spec, golden
+
+
+def rule_name(args, gain: int | None = None) -> str:
+    """The rule and score of a run in words: ``v2, soft score (gain 3951)``, ``v1``."""
+    score = score_of(args)
+    if score is None:
+        return "v1 (margin, k_min / k_max)"
+    words = {"soft": "soft score", "norm": "normalised max", "max": "raw max"}[score]
+    return f"v2, {words}" + (f" (gain {gain})" if score == "soft" and gain is not None else "")
+
+
+def ctrl_text(regs: dict) -> str:
+    """CTRL as written: its set bits by name (``soft``, ``no_exit``, ...) or ``0``."""
+    bits = [b for b in ("no_exit", "raw_max", "soft") if regs.get(b)]
+    return "+".join(bits) or "0"
 
 
 def table(rows: list[tuple[str, str]]) -> str:
@@ -297,6 +343,23 @@ def check_args(cfg: DREConfig, args) -> None:
             f"{', '.join(x.replace('_', '-') for x in v1_only)} apply to --rule v1 only "
             f"(v2 selects --budget tokens)"
         )
+    if args.rule == "v2":
+        if args.score is not None and args.score not in SCORES:
+            raise ConfigError(f"--score {args.score!r}: choose soft, norm or max")
+        if args.raw_max and args.score not in (None, "max"):
+            raise ConfigError(
+                f"--raw-max is --score max; it contradicts --score {args.score} (give one)"
+            )
+        args.score = score_of(args)
+        args.raw_max = args.score == "max"
+        if args.score == "soft" and args.no_exit:
+            raise ConfigError(
+                "--no-exit does nothing with --score soft (the soft score reads every plane); "
+                "use it with --score norm or max"
+            )
+    elif args.score is not None or args.raw_max:
+        what = "--score" if args.score is not None else "--raw-max"
+        raise ConfigError(f"{what} applies to --rule v2 only (v1 ranks by bias and margin)")
     if args.rule == "v1":  # v2 leaves them unset (build_spec programs the defaults)
         args.margin = DEFAULT_MARGIN if args.margin is None else args.margin
         args.k_min = 1 if args.k_min is None else args.k_min
@@ -382,7 +445,7 @@ def main(argv: list[str] | None = None) -> int:
 
     h, w = args.grid
 
-    print(f"[sim_dre] DREConfig {cfg.to_dict()}, retrieval rule {args.rule}")
+    print(f"[sim_dre] DREConfig {cfg.to_dict()}, retrieval rule {rule_name(args)}")
     print(
         f"[sim_dre] {args.frames} frames {h}x{w} from "
         f"{args.frames_folder or 'the synthetic video'}, TinyLLM layer {args.layer} KV head "
@@ -398,7 +461,7 @@ def main(argv: list[str] | None = None) -> int:
         f"[sim_dre] registers: tau_t {regs['tau_t']} tau_s {regs['tau_s']} (/2^"
         f"{cfg.tau_frac_bits}), table {regs['table_size']}, bias_scale {regs['bias_scale']}, "
         + (
-            f"budget {regs['budget']} tokens, raw_max {regs['raw_max']}"
+            f"budget {regs['budget']} tokens, CTRL {ctrl_text(regs)}, gain {regs['gain']}"
             if args.rule == "v2"
             else f"margin {regs['margin']}, k {regs['k_min']}..{regs['k_max']}"
         )
@@ -457,6 +520,7 @@ def main(argv: list[str] | None = None) -> int:
         q["error"] != 0 for f in spec["frames"] for q in f["queries"]
     )
     rows = [
+        ("retrieval rule", rule_name(args, golden["gain"])),
         ("frames", f"{len(frames)}"),
         ("tokens", f"{tokens}"),
         ("clusters (in table at end)", f"{golden['clusters']}"),

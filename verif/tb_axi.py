@@ -110,8 +110,9 @@ class TB:
             await self.write(name.upper(), regs[name])
         for name in ("margin", "k_min", "k_max", "budget"):
             await self.write(name.upper(), regs.get(name, 0))
-        ctrl = regs.get("no_exit", 0) * dre_regs.CTRL_NO_EXIT
-        await self.write("CTRL", ctrl + regs.get("raw_max", 0) * dre_regs.CTRL_RAW_MAX)
+        await self.write("GAIN", regs.get("gain", dre_regs.GAIN_RESET))
+        bits = ("no_exit", "raw_max", "soft")  # soft: the soft score with GAIN
+        await self.write("CTRL", dre_regs.ctrl_word(*(regs.get(b, 0) for b in bits)))
 
     def pack_query(self, q) -> int:
         if self.rule != "v2":

@@ -140,8 +140,9 @@ class TB:
         ):
             await self.write(name.upper(), regs[name])
         await self.write("BUDGET", regs.get("budget", 0))
-        ctrl = regs.get("no_exit", 0) * dre_regs.CTRL_NO_EXIT
-        await self.write("CTRL", ctrl + regs.get("raw_max", 0) * dre_regs.CTRL_RAW_MAX)
+        await self.write("GAIN", regs.get("gain", dre_regs.GAIN_RESET))
+        bits = ("no_exit", "raw_max", "soft")  # soft: the soft score with GAIN
+        await self.write("CTRL", dre_regs.ctrl_word(*(regs.get(b, 0) for b in bits)))
 
     # ---- scoreboards --------------------------------------------------------------------------
     async def assignment_monitor(self):

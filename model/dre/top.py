@@ -5,13 +5,17 @@
 gets its quantised centroid and size bias written into the *plane store* (the entries retrieval
 reads); a query is scored by :func:`model.dre.select.select` over entries ``0 .. N-1`` with
 ``N`` the clusters allocated so far and ``margin``, ``k_min``, ``k_max``, ``no_exit`` from the
-registers.  Out-of-range runtime values give the selector's error flags and no selection.
+registers (the v1 rule, :meth:`DRERef.retrieve`); with the v2 rule
+(:meth:`DRERef.retrieve_tokens`) by :func:`model.dre.tokens.select_tokens` with ``budget`` and
+the score the registers select: the soft score with ``gain`` (``CTRL.soft``), the normalised
+maximum, or the raw maximum (``CTRL.raw_max``).  Out-of-range runtime values give the
+selector's error flags and no selection.
 
 :func:`integer_stream` turns the golden model's streaming run into what the DRE sees: the keys of
 one layer and one KV head of :class:`model.llm.TinyLLM` for each frame of a video (synthetic or a
 folder of real frames), and a few queries per frame, quantised with :mod:`model.dre.quant` (one
 symmetric scale per stream, taken from the first frame) and the ReSV knobs converted to the
-DRE's fixed-point registers.
+DRE's fixed-point registers, and the soft score's gain from the two scales.
 """
 
 from __future__ import annotations
@@ -24,13 +28,20 @@ import torch
 
 from model.dre.cluster import DROPPED, ClusterRef, tau_fixed
 from model.dre.config import ConfigError, DREConfig
-from model.dre.select import Selection, select
-from model.dre.tokens import TokenSelection, select_tokens
+from model.dre.select import SelectError, Selection, select
+from model.dre.tokens import TokenSelection, select_tokens, soft_gain
 
 #: retrieval error flags in bit order (``hw.select_core.ERROR_LAYOUT``)
 ERROR_FLAGS = ("n_zero", "n_over", "k_max_zero", "k_max_over", "k_min_bad")
 #: v2 (token budget) retrieval error flags in bit order (``hw.select_tokens.ERROR_LAYOUT``)
 TOKEN_ERROR_FLAGS = ("n_zero", "n_over", "q_zero", "q_over", "gain_zero")
+#: the v2 scores a retrieval can rank by (``Registers.score``): the soft score, the normalised
+#: maximum, the raw maximum (``model.dre.tokens``)
+V2_SCORES = ("soft", "norm", "max")
+#: GAIN when nobody writes it (the register's reset value, ``hw.dre_regs.GAIN_RESET``): the
+#: order of the soft gain of 8-bit codes at d = 64 (``integer_stream``'s streams: 3,600 ..
+#: 4,800); the right value is ``soft_gain(q_scale, k_scale, d)`` of the host's quantisation
+DEFAULT_GAIN = 4096
 
 
 @dataclass
@@ -49,6 +60,19 @@ class Registers:
     no_exit: int = 0
     budget: int = 0  # v2: tokens per retrieval
     raw_max: int = 0  # v2: 1 = score_j = max_c s[c, j] (no per-query normalisation)
+    soft: int = 0  # v2: 1 = the soft score with ``gain`` (CTRL.soft; overrides raw_max, no_exit)
+    gain: int = DEFAULT_GAIN  # v2 soft score: GAIN, model.dre.tokens.soft_gain(...)
+
+    @property
+    def score(self) -> str:
+        """The v2 score these registers select: ``soft``, ``norm`` or ``max``."""
+        return "soft" if self.soft else "max" if self.raw_max else "norm"
+
+    def set_score(self, score: str) -> None:
+        """Set ``soft`` / ``raw_max`` for ``score`` (one of :data:`V2_SCORES`)."""
+        if score not in V2_SCORES:
+            raise ConfigError(f"score={score!r}; choose one of {', '.join(V2_SCORES)}")
+        self.soft, self.raw_max = int(score == "soft"), int(score == "max")
 
 
 @dataclass(frozen=True)
@@ -96,7 +120,8 @@ class DRERef:
 
     :meth:`retrieve` is the v1 rule (one query, bias, margin, k_min / k_max);
     :meth:`retrieve_tokens` the v2 rule (``1 .. q_max`` queries, member counts from the table,
-    ``budget`` tokens, ``raw_max`` off = normalised max).
+    ``budget`` tokens, ranked by the soft score with ``gain`` if ``soft``, else by the
+    normalised maximum, or the raw maximum with ``raw_max``).
     """
 
     def __init__(self, cfg: DREConfig, regs: Registers | None = None):
@@ -161,10 +186,18 @@ class DRERef:
         return Retrieval(sel, 0, n)
 
     def retrieve_tokens(self, queries: Sequence[Sequence[int]]) -> TokenRetrieval:
-        """v2: select ``budget`` tokens from the table's clusters for ``queries`` ``[Q][d]``."""
+        """v2: select ``budget`` tokens from the table's clusters for ``queries`` ``[Q][d]``.
+
+        With ``soft`` set: ``select_tokens(..., score="soft", gain=gain)`` (``raw_max`` and
+        ``no_exit`` do not matter; every plane is read).  ``gain == 0`` with ``soft`` is the
+        ``gain_zero`` error (no selection), as in the hardware; a gain of ``2^GAIN_BITS`` or
+        more, which the 18-bit register cannot hold, is a :class:`SelectError`.
+        """
         cfg, r, n = self.cfg, self.regs, self.n_clusters
         n_q = len(queries)
-        flags = (n == 0, n > cfg.n_max, n_q == 0, n_q > cfg.q_max)
+        score = r.score
+        gain_zero = score == "soft" and r.gain == 0
+        flags = (n == 0, n > cfg.n_max, n_q == 0, n_q > cfg.q_max, gain_zero)
         error = sum(int(f) << i for i, f in enumerate(flags))
         if error:
             return TokenRetrieval(None, error, n)
@@ -175,9 +208,10 @@ class DRERef:
             r.budget,
             bq=cfg.bq,
             bk=cfg.bk,
-            normalize=not r.raw_max,
             early_exit=not r.no_exit,
             k_cap=cfg.k_cap,
+            score=score,
+            gain=r.gain if score == "soft" else None,
         )
         return TokenRetrieval(sel, 0, n)
 
@@ -199,6 +233,9 @@ class IntegerStream:
     key_scale: float
     query_scale: float
     frames: list[StreamFrame] = field(default_factory=list)
+    #: ``soft_gain(query_scale, key_scale, d)``, also in ``regs.gain``; None if it lies outside
+    #: ``1 .. 2^GAIN_BITS - 1`` (possible only for a score other than soft)
+    gain: int | None = None
 
 
 def integer_stream(
@@ -218,6 +255,7 @@ def integer_stream(
     table_size: int | None = None,
     seed: int = 0,
     progress=None,
+    score: str = "norm",
 ) -> IntegerStream:
     """Quantised keys and queries of one layer / KV head of a TinyLLM streaming run.
 
@@ -228,12 +266,21 @@ def integer_stream(
     frame (later values saturate).  ``bias_scale = round(ln 2 * unit)`` and
     ``margin = round(margin * unit)`` with ``unit = sqrt(d) / (s_q * s_k)`` (one attention
     logit in integer score units), so the size bias is ``ln n`` in logits as in ReSV.
+    ``score`` (:data:`V2_SCORES`) sets ``regs.soft`` / ``regs.raw_max``.  The soft score's
+    ``gain = soft_gain(s_q, s_k, d)`` (:func:`model.dre.tokens.soft_gain`) goes into
+    ``regs.gain`` and ``IntegerStream.gain``: the scales are fixed per stream (taken from the
+    first frame, :func:`model.dre.quant.symmetric_scale`), so one gain, written once into
+    ``GAIN``, serves every retrieval of the stream.  A gain outside ``1 .. 2^GAIN_BITS - 1``
+    is a :class:`ConfigError` with ``score="soft"`` and leaves ``regs.gain`` at its default
+    otherwise.
     When ``source`` is a KV trace folder (:mod:`model.kv_trace`, e.g. a Hugging Face model's
     keys from ``python -m model.hf_stream --dump-trace``), the keys and queries of ``layer`` and
     ``head`` come from it instead (its grid and head_dim must match ``grid`` and ``cfg.d``).
     """
     from model.dre.quant import quantize, symmetric_scale
 
+    if score not in V2_SCORES:
+        raise ConfigError(f"score={score!r}; choose one of {', '.join(V2_SCORES)}")
     h, w = grid
     if h * w > cfg.grid_max:
         raise ConfigError(f"grid {h}x{w} has {h * w} tokens; grid_max={cfg.grid_max}")
@@ -269,7 +316,16 @@ def integer_stream(
         k_min=k_min,
         k_max=cfg.k_cap if k_max is None else k_max,
     )
-    return IntegerStream(regs, float(sk), float(sq), out)
+    regs.set_score(score)
+    try:
+        gain = soft_gain(float(sq), float(sk), cfg.d)
+    except SelectError as exc:
+        if score == "soft":
+            raise ConfigError(f"the stream's soft gain does not fit GAIN: {exc}") from None
+        gain = None
+    else:
+        regs.gain = gain
+    return IntegerStream(regs, float(sk), float(sq), out, gain)
 
 
 def _trace_pairs(cfg: DREConfig, source, grid, layer: int, head: int, queries: int):
@@ -321,8 +377,10 @@ def _tinyllm_pairs(cfg: DREConfig, frames, grid, source, layer, head, queries_pe
 
 
 __all__ = [
+    "DEFAULT_GAIN",
     "ERROR_FLAGS",
     "TOKEN_ERROR_FLAGS",
+    "V2_SCORES",
     "DRERef",
     "IntegerStream",
     "Registers",

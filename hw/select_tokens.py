@@ -304,34 +304,53 @@ class SelectTokensCore(wiring.Component):
         # b < T), so that the drop decision reaches the issue stage without a carry chain
         below = [None] * len(terms)
 
+        # lt_last[i] / le_last[i]: terms[i] < / <= the last emitted record's key, likewise beside
+        # the maximum (max(a, b) < x iff a < x and b < x; the same for <=), so that the issue
+        # stage's "after the last record" test is LUT logic on registers
+        lt_last = [None] * len(terms)
+        j_gt = None
+        le_last = [None] * len(terms)
+
         def lt_thr(k):
             return (terms[k] < thr) if below[k] is None else below[k]
+
+        def lt_lk(k):
+            return (terms[k] < last_key) if lt_last[k] is None else lt_last[k]
+
+        def le_lk(k):
+            return (terms[k] <= last_key) if le_last[k] is None else le_last[k]
 
         while len(terms) > 1:  # pairwise maximum, one level per stage
             level += 1
             adv_t = adv_copy(f"adv_mx{level}")
             nxt = Signal(look, name=f"mx{level}")
-            new_terms, new_below = [], []
-            for i in range(0, len(terms) - 1, 2):
+            new_terms, new_below, new_lt, new_le = [], [], [], []
+            for i in range(0, len(terms), 2):
+                pair = [i, i + 1] if i + 1 < len(terms) else [i]
                 t = Signal(vs, name=f"mx{level}_{i // 2}")
                 b = Signal(name=f"mx{level}_{i // 2}_below")
+                lt = Signal(name=f"mx{level}_{i // 2}_ltlast")
+                le = Signal(name=f"mx{level}_{i // 2}_lelast")
                 with m.If(adv_t):
                     m.d.sync += [
-                        t.eq(Mux(terms[i + 1] > terms[i], terms[i + 1], terms[i])),
-                        b.eq(lt_thr(i) & lt_thr(i + 1)),
+                        b.eq(Cat(lt_thr(x) for x in pair).all()),
+                        lt.eq(Cat(lt_lk(x) for x in pair).all()),
+                        le.eq(Cat(le_lk(x) for x in pair).all()),
                     ]
+                    if len(pair) == 2:
+                        m.d.sync += t.eq(Mux(terms[i + 1] > terms[i], terms[i + 1], terms[i]))
+                    else:
+                        m.d.sync += t.eq(terms[i])
                 new_terms.append(t)
                 new_below.append(b)
-            if len(terms) % 2:
-                t = Signal(vs, name=f"mx{level}_{len(terms) // 2}")
-                b = Signal(name=f"mx{level}_{len(terms) // 2}_below")
-                with m.If(adv_t):
-                    m.d.sync += [t.eq(terms[-1]), b.eq(lt_thr(len(terms) - 1))]
-                new_terms.append(t)
-                new_below.append(b)
+                new_lt.append(lt)
+                new_le.append(le)
+            jg = Signal(name=f"mx{level}_jgt")  # j > last_id, for the issue stage
             with m.If(adv_t):
-                m.d.sync += nxt.eq(stage)
+                m.d.sync += [nxt.eq(stage), jg.eq(stage.j > last_id)]
+            j_gt = jg
             stage, terms, below = nxt, new_terms, new_below
+            lt_last, le_last = new_lt, new_le
             tree_stages.append(nxt)
         mx = terms[0]
 
@@ -340,15 +359,15 @@ class SelectTokensCore(wiring.Component):
         ci_skip, ci_after = Signal(), Signal()  # skip: dropped (SU < T) or empty (first pass)
         skip_in = Signal()
         m.d.comb += skip_in.eq(Mux(first, stage.zero, thr_valid & lt_thr(0)))
+        jgt_ci = (stage.j > last_id) if j_gt is None else j_gt
         adv_ci = adv_copy("adv_ci")
         with m.If(adv_ci):
             m.d.sync += [
                 ci.eq(stage),
                 ci_mx.eq(mx),
                 ci_skip.eq(skip_in),
-                ci_after.eq(
-                    ~last_valid | (mx < last_key) | ((mx == last_key) & (stage.j > last_id))
-                ),
+                # mx == last_key iff mx <= last_key and not mx < last_key
+                ci_after.eq(~last_valid | lt_lk(0) | (le_lk(0) & jgt_ci)),
             ]
 
         # micro-op counters of the issue stage (also the init sweep)
@@ -474,44 +493,72 @@ class SelectTokensCore(wiring.Component):
                     m.d.sync += q_pos[k].eq(acc)
         sh = Signal(vs)
         m.d.sync += sh.eq(acc << p)
-        rqn_sel, rqp_sel, mu_sel = Signal(vs), Signal(vs), Signal(vs)
+        # rqs_c = (2^p - 1)*Qneg_c - MU'_c, a per-pass constant (registered from rqn and mu_sub,
+        # which are set at least LA cycles before a pass's first micro-op reaches D7), so that
+        # SL = P' + rqs_c is one add at D7 and D8 is free for the compare of the running maximum
+        rqs = Signal(vec)
+        m.d.sync += [rqs[k].eq(rqn[k] - mu_sub[k]) for k in range(qm)]
+        rqn_sel, rqp_sel, rqs_sel = Signal(vs), Signal(vs), Signal(vs)
         m.d.sync += [
             rqn_sel.eq(_pick(m, rqn, d5.c, qm, vs, "rqn_pick")),
             rqp_sel.eq(_pick(m, rqp, d5.c, qm, vs, "rqp_pick")),
+            rqs_sel.eq(_pick(m, rqs, d5.c, qm, vs, "rqs_pick")),
         ]
         # D6: the new partial (the sign plane subtracts)
         new6 = Signal(vs)
         m.d.sync += new6.eq(Mux(first, d5.base - sh, d5.base + sh))
-        # D7: L and U
+        # D7: L, U and SL_c = L - MU'_c
         d6, d8 = dm[7], dm[9]
-        lo7, hi7, new7 = Signal(vs), Signal(vs), Signal(vs)
+        lo7, hi7, sl7, new7 = Signal(vs), Signal(vs), Signal(vs), Signal(vs)
         m.d.sync += [
             lo7.eq(new6 + rqn_sel),
             hi7.eq(new6 + rqp_sel),
+            sl7.eq(new6 + rqs_sel),
             new7.eq(new6),
-            mu_sel.eq(_pick(m, mu_sub, d6.c, qm, vs, "mu_pick")),
         ]
-        # D8: SL_c, ML_c, MU_c
-        sl8, new8 = Signal(vs), Signal(vs)
-        m.d.sync += [sl8.eq(lo7 - mu_sel), new8.eq(new7)]
+        # D8, D9: the running maxima (ML_c, MU_c per query, SL over the queries of an entry).
+        # Each update is split in two cycles: at D8 the value is registered together with its
+        # compare against the maximum as it will be when the value reaches D9 (the value at D9
+        # if that one is taken, else the register: a bypass, since updates of the same maximum
+        # can come back to back), at D9 the registered result enables the update.  No stage
+        # holds more than one carry chain and a LUT level.
+        lo8, hi8, sl8, new8 = Signal(vs), Signal(vs), Signal(vs), Signal(vs)
+        m.d.sync += [lo8.eq(lo7), hi8.eq(hi7), sl8.eq(sl7), new8.eq(new7)]
         sel7, sel8 = Signal(qm), Signal(qm)  # one-hot query of D7 / D8 (valid), registered
         m.d.sync += [
             sel7.eq(Cat(d6.valid & (d6.c == k) for k in range(qm))),
             sel8.eq(sel7),
         ]
+        gtl8, gtu8 = Signal(qm), Signal(qm)  # lo8 > ML_c, hi8 > MU_c (at D9)
+        upd_l, upd_u = Signal(qm), Signal(qm)  # D9 takes lo8 / hi8 into ML_c / MU_c
+        gtl_by, gtu_by = Signal(), Signal()  # lo7 > lo8, hi7 > hi8
+        m.d.comb += [gtl_by.eq(lo7 > lo8), gtu_by.eq(hi7 > hi8)]
         for k in range(qm):
-            with m.If(sel7[k]):
+            m.d.comb += [
+                upd_l[k].eq(sel8[k] & (~mlv[k] | gtl8[k])),
+                upd_u[k].eq(sel8[k] & (~mlv[k] | gtu8[k])),
+            ]
+            m.d.sync += [
+                gtl8[k].eq(Mux(upd_l[k], gtl_by, lo7 > ml_new[k])),
+                gtu8[k].eq(Mux(upd_u[k], gtu_by, hi7 > mu_new[k])),
+            ]
+            with m.If(sel8[k]):
                 m.d.sync += mlv[k].eq(1)
-                with m.If(~mlv[k] | (lo7 > ml_new[k])):
-                    m.d.sync += ml_new[k].eq(lo7)
-                with m.If(~mlv[k] | (hi7 > mu_new[k])):
-                    m.d.sync += mu_new[k].eq(hi7)
-        # D9: SL_j = max over the queries, the new partials
+            with m.If(upd_l[k]):
+                m.d.sync += ml_new[k].eq(lo8)
+            with m.If(upd_u[k]):
+                m.d.sync += mu_new[k].eq(hi8)
+        # SL_j = max over the queries (valid at D8 once per query: after its last lane group)
         sl_acc = Signal(vs)
+        gts8 = Signal()  # sl8 > sl_acc at D9
+        upd_s = Signal()
+        m.d.comb += upd_s.eq(d8.valid & (d8.first_c | gts8))
+        m.d.sync += gts8.eq(Mux(upd_s, sl7 > sl8, sl7 > sl_acc))
+        with m.If(upd_s):
+            m.d.sync += sl_acc.eq(sl8)
+        # D9: the new partials
         newp = Signal(vec)
         w_valid, w_j, w_count = Signal(), Signal(ib), Signal(cshape)
-        with m.If(d8.valid):
-            m.d.sync += sl_acc.eq(Mux(d8.first_c | (sl8 > sl_acc), sl8, sl_acc))
         for k in range(qm):
             with m.If(sel8[k]):
                 m.d.sync += newp[k].eq(new8)

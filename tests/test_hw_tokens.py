@@ -155,6 +155,22 @@ def test_token_selector_random(seed, stall):
         assert planes == want_planes, (i, pr)
 
 
+def test_token_selector_one_lane_group(seed):
+    """``d = lanes``: one micro-op per (entry, query), so the running maxima of the bounds
+    (``ML_c``, ``MU_c``, and ``SL`` over the queries) are updated in back-to-back cycles and
+    their compares go through the bypass at D8 (docs/select.md, "v2 pipeline")."""
+    rng = random.Random(seed)
+    cfg = DREConfig(d=4, lanes=4, bq=4, bk=4, n_max=12, k_cap=3, q_max=3, count_bits=5)
+    problems = [rand_problem(rng, cfg) for _ in range(60)]
+    for pr in problems[::2]:  # n_q = 1: the same query's maxima in consecutive cycles
+        pr["queries"] = pr["queries"][:1]
+    results = run_retrievals(cfg, problems, rng)
+    for i, (pr, (got, planes, err)) in enumerate(zip(problems, results, strict=True)):
+        want, want_planes = expected(cfg, pr)
+        assert err == 0
+        assert (got, planes) == (want, want_planes), (i, pr)
+
+
 def test_token_selector_errors(seed):
     rng = random.Random(seed)
     cfg = SMALL

@@ -61,6 +61,14 @@ def cycle_formula(cfg: DREConfig, n: int, n_q: int) -> int:
     return 9 + 2 * n_q * g + cfg.bk * (n * n_q * g + la + 16) + rounds * (n + la + 5) + n
 
 
+def _lt(a, b):
+    """``a < b`` as the sign of ``a - b`` computed one bit wider (Amaranth widens the
+    difference, so it never overflows): on ECP5 a plain carry chain whose last sum output is
+    the result, with no overflow logic behind it (Yosys maps a signed compare to a subtract
+    plus ``N ^ V`` logic after the chain's carry-out)."""
+    return (a - b)[-1]
+
+
 def _pick(m: Module, values, idx, n: int, shape, name: str):
     """``values[idx]`` for ``idx < n`` as a named combinational signal (a switch, no array)."""
     out = Signal(shape, name=name)
@@ -201,7 +209,6 @@ class SelectTokensCore(wiring.Component):
         mu_sub = Signal(vec)  # MU'_c (MU0 before the first pass), 0 with raw_max
         ml_new = Signal(vec)  # ML_c, MU_c of this pass, accumulating
         mu_new = Signal(vec)
-        mlv = Signal(qm)  # ml_new[c] / mu_new[c] hold a value
         addend = Signal(vec)  # look-ahead term: P[c, j] + addend[c]
         thr = Signal(vs)
         thr_valid = Signal()
@@ -312,13 +319,13 @@ class SelectTokensCore(wiring.Component):
         le_last = [None] * len(terms)
 
         def lt_thr(k):
-            return (terms[k] < thr) if below[k] is None else below[k]
+            return _lt(terms[k], thr) if below[k] is None else below[k]
 
         def lt_lk(k):
-            return (terms[k] < last_key) if lt_last[k] is None else lt_last[k]
+            return _lt(terms[k], last_key) if lt_last[k] is None else lt_last[k]
 
         def le_lk(k):
-            return (terms[k] <= last_key) if le_last[k] is None else le_last[k]
+            return ~_lt(last_key, terms[k]) if le_last[k] is None else le_last[k]
 
         while len(terms) > 1:  # pairwise maximum, one level per stage
             level += 1
@@ -338,7 +345,7 @@ class SelectTokensCore(wiring.Component):
                         le.eq(Cat(le_lk(x) for x in pair).all()),
                     ]
                     if len(pair) == 2:
-                        m.d.sync += t.eq(Mux(terms[i + 1] > terms[i], terms[i + 1], terms[i]))
+                        m.d.sync += t.eq(Mux(_lt(terms[i], terms[i + 1]), terms[i + 1], terms[i]))
                     else:
                         m.d.sync += t.eq(terms[i])
                 new_terms.append(t)
@@ -347,7 +354,7 @@ class SelectTokensCore(wiring.Component):
                 new_le.append(le)
             jg = Signal(name=f"mx{level}_jgt")  # j > last_id, for the issue stage
             with m.If(adv_t):
-                m.d.sync += [nxt.eq(stage), jg.eq(stage.j > last_id)]
+                m.d.sync += [nxt.eq(stage), jg.eq(_lt(last_id, stage.j))]
             j_gt = jg
             stage, terms, below = nxt, new_terms, new_below
             lt_last, le_last = new_lt, new_le
@@ -359,7 +366,7 @@ class SelectTokensCore(wiring.Component):
         ci_skip, ci_after = Signal(), Signal()  # skip: dropped (SU < T) or empty (first pass)
         skip_in = Signal()
         m.d.comb += skip_in.eq(Mux(first, stage.zero, thr_valid & lt_thr(0)))
-        jgt_ci = (stage.j > last_id) if j_gt is None else j_gt
+        jgt_ci = _lt(last_id, stage.j) if j_gt is None else j_gt
         adv_ci = adv_copy("adv_ci")
         with m.If(adv_ci):
             m.d.sync += [
@@ -507,21 +514,25 @@ class SelectTokensCore(wiring.Component):
         # D6: the new partial (the sign plane subtracts)
         new6 = Signal(vs)
         m.d.sync += new6.eq(Mux(first, d5.base - sh, d5.base + sh))
-        # D7: L, U and SL_c = L - MU'_c
+        # D7: L, U and SL_c = L - MU'_c (SL of an invalid slot is the minimum: never taken)
         d6, d8 = dm[7], dm[9]
+        vmin = -(1 << (vs.width - 1))  # below every bound (|SL|, |L|, |U| < 2^(width-2))
         lo7, hi7, sl7, new7 = Signal(vs), Signal(vs), Signal(vs), Signal(vs)
+        first7 = Signal()  # D7 holds a valid first query of an entry
         m.d.sync += [
             lo7.eq(new6 + rqn_sel),
             hi7.eq(new6 + rqp_sel),
-            sl7.eq(new6 + rqs_sel),
+            sl7.eq(Mux(d6.valid, new6 + rqs_sel, vmin)),
             new7.eq(new6),
+            first7.eq(d6.valid & d6.first_c),
         ]
         # D8, D9: the running maxima (ML_c, MU_c per query, SL over the queries of an entry).
-        # Each update is split in two cycles: at D8 the value is registered together with its
-        # compare against the maximum as it will be when the value reaches D9 (the value at D9
-        # if that one is taken, else the register: a bypass, since updates of the same maximum
-        # can come back to back), at D9 the registered result enables the update.  No stage
-        # holds more than one carry chain and a LUT level.
+        # Each update is split in two cycles: at D8 the value is registered together with the
+        # decision to take it, its compare against the maximum as it will be when the value
+        # reaches D9 (the value at D8 if that one is taken, else the register: a bypass, since
+        # updates of the same maximum can come back to back); at D9 that registered decision
+        # is the enable.  Every compare is the sign of a subtract one bit wider (``_lt``: the
+        # carry chain's last sum output, no overflow logic), and one LUT4 follows it.
         lo8, hi8, sl8, new8 = Signal(vs), Signal(vs), Signal(vs), Signal(vs)
         m.d.sync += [lo8.eq(lo7), hi8.eq(hi7), sl8.eq(sl7), new8.eq(new7)]
         sel7, sel8 = Signal(qm), Signal(qm)  # one-hot query of D7 / D8 (valid), registered
@@ -529,32 +540,25 @@ class SelectTokensCore(wiring.Component):
             sel7.eq(Cat(d6.valid & (d6.c == k) for k in range(qm))),
             sel8.eq(sel7),
         ]
-        gtl8, gtu8 = Signal(qm), Signal(qm)  # lo8 > ML_c, hi8 > MU_c (at D9)
-        upd_l, upd_u = Signal(qm), Signal(qm)  # D9 takes lo8 / hi8 into ML_c / MU_c
+        # ML_c, MU_c start at the minimum in every pass (SETUP), so the first value is taken
+        # by the compare itself
+        take_l, take_u = Signal(qm), Signal(qm)  # D9 takes lo8 / hi8 into ML_c / MU_c
         gtl_by, gtu_by = Signal(), Signal()  # lo7 > lo8, hi7 > hi8
-        m.d.comb += [gtl_by.eq(lo7 > lo8), gtu_by.eq(hi7 > hi8)]
+        m.d.comb += [gtl_by.eq(_lt(lo8, lo7)), gtu_by.eq(_lt(hi8, hi7))]
         for k in range(qm):
-            m.d.comb += [
-                upd_l[k].eq(sel8[k] & (~mlv[k] | gtl8[k])),
-                upd_u[k].eq(sel8[k] & (~mlv[k] | gtu8[k])),
-            ]
             m.d.sync += [
-                gtl8[k].eq(Mux(upd_l[k], gtl_by, lo7 > ml_new[k])),
-                gtu8[k].eq(Mux(upd_u[k], gtu_by, hi7 > mu_new[k])),
+                take_l[k].eq(sel7[k] & Mux(take_l[k], gtl_by, _lt(ml_new[k], lo7))),
+                take_u[k].eq(sel7[k] & Mux(take_u[k], gtu_by, _lt(mu_new[k], hi7))),
             ]
-            with m.If(sel8[k]):
-                m.d.sync += mlv[k].eq(1)
-            with m.If(upd_l[k]):
+            with m.If(take_l[k]):
                 m.d.sync += ml_new[k].eq(lo8)
-            with m.If(upd_u[k]):
+            with m.If(take_u[k]):
                 m.d.sync += mu_new[k].eq(hi8)
         # SL_j = max over the queries (valid at D8 once per query: after its last lane group)
         sl_acc = Signal(vs)
-        gts8 = Signal()  # sl8 > sl_acc at D9
-        upd_s = Signal()
-        m.d.comb += upd_s.eq(d8.valid & (d8.first_c | gts8))
-        m.d.sync += gts8.eq(Mux(upd_s, sl7 > sl8, sl7 > sl_acc))
-        with m.If(upd_s):
+        take_s = Signal()  # D9 takes sl8 into sl_acc
+        m.d.sync += take_s.eq(first7 | Mux(take_s, _lt(sl8, sl7), _lt(sl_acc, sl7)))
+        with m.If(take_s):
             m.d.sync += sl_acc.eq(sl8)
         # D9: the new partials
         newp = Signal(vec)
@@ -679,7 +683,8 @@ class SelectTokensCore(wiring.Component):
 
             with m.State("SETUP"):  # start of the pass over plane p
                 m.d.sync += cycles.eq(cycles + 1)
-                m.d.sync += [e.eq(0), e_left.eq(n_cur), n_next.eq(0), mlv.eq(0)]
+                m.d.sync += [e.eq(0), e_left.eq(n_cur), n_next.eq(0)]
+                m.d.sync += [x.eq(vmin) for x in (*ml_new, *mu_new)]  # running maxima
                 for k in range(qm):
                     m.d.sync += addend[k].eq(rqp_prev[k] - Mux(raw, 0, ml[k]))
                     with m.If(first):  # MU0 = (2^(bk-1) - 1) Qpos - 2^(bk-1) Qneg

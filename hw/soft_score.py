@@ -199,13 +199,15 @@ class SoftScore(wiring.Component):
         # step, ``ctl`` is advanced so that it is visible in the same cycle as the data.
         valids = []
 
-        def reg(name, shape, value):
-            sig = Signal(shape, name=name)
+        def reg(name, shape, value, reset_less=True):
+            # data registers have no reset (only the valid bits do): the ECP5 flow can then
+            # fold those around a multiplier into the block's own registers
+            sig = Signal(shape, name=name, reset_less=reset_less)
             m.d.sync += sig.eq(value)
             return sig
 
         def advance(ctl: dict, tag: str) -> dict:
-            ctl = {k: reg(f"{k}_{tag}", v.shape(), v) for k, v in ctl.items()}
+            ctl = {k: reg(f"{k}_{tag}", v.shape(), v, reset_less=k != "v") for k, v in ctl.items()}
             valids.append(ctl["v"])
             return ctl
 
@@ -227,8 +229,10 @@ class SoftScore(wiring.Component):
         # st2: M - s >= 0
         diff = reg("diff2", diff_bits, m1 - s1)
         ctl, z = advance(ctl, "2"), reg("z2", self.z_bits, z1)
-        # st3, st4: (M - s) * gain, as block-multiplier-sized products, then their sum
-        prod = _mul(reg, diff, self.gain, "gain")
+        # st3, st4: (M - s) * gain, as block-multiplier-sized products, then their sum (the
+        # operands and the products registered, each register a multiplier's own on ECP5)
+        gain = reg("gain_q", GAIN_BITS, self.gain)  # a held input
+        prod = _mul(reg, diff, gain, "gain")
         for tag in ("3", "4"):
             ctl, z = advance(ctl, tag), reg(f"z{tag}", self.z_bits, z)
         # st5: u = min(prod >> GAIN_SHIFT, UCAP), and the Z to add (SCORE sweep only)
@@ -259,7 +263,7 @@ class SoftScore(wiring.Component):
         acc = Signal(self.score_bits)
         with m.If(ctl["v"] & ctl["score"]):
             m.d.sync += acc.eq(Mux(ctl["c"] == 0, e, acc + e))
-        emit = reg("emit10", 1, ctl["v"] & ctl["score"] & ctl["lastc"])
+        emit = reg("emit10", 1, ctl["v"] & ctl["score"] & ctl["lastc"], reset_less=False)
         emit_last = reg("emit_last10", 1, ctl["last"])
         w = Signal(self.score_layout)
         m.d.comb += [w.score.eq(acc), w.last.eq(emit_last), out.w_data.eq(w), out.w_en.eq(emit)]
@@ -274,7 +278,7 @@ class SoftScore(wiring.Component):
         for q in range(qm):
             with m.If(sum_v & (ctl["c"] == q)):
                 m.d.sync += S[q].eq(S[q] + ne)
-        z_start = reg("z_start", 1, sum_v & ctl["last"] & ctl["lastc"])
+        z_start = reg("z_start", 1, sum_v & ctl["last"] & ctl["lastc"], reset_less=False)
 
         # ---- Z_c = LOG2(S_c) - E * 2^FB, one query at a time, Z_CYCLES each ----
         zc = Signal(range(qm))

@@ -9,6 +9,12 @@ from amaranth.lib.wiring import In, Out
 from model.dre.config import ConfigError
 
 
+def _gt(a, b):
+    """``a > b`` as the sign of ``b - a`` one bit wider (never overflows): on ECP5 the carry
+    chain's last sum output, without the overflow logic Yosys puts behind a signed compare."""
+    return (b - a)[-1]
+
+
 def entry_layout(key_shape, index_bits: int, payload_shape=None) -> data.StructLayout:
     fields = {"valid": 1, "key": key_shape, "index": unsigned(index_bits)}
     if payload_shape is not None:
@@ -169,10 +175,10 @@ class TopKPipe(wiring.Component):
                 new.key.eq(self.key),
                 new.index.eq(self.index),
                 new.payload.eq(self.payload),
-                cmp_p.eq(self.key > new.key),
+                cmp_p.eq(_gt(self.key, new.key)),
             ]
             for i in range(k):
-                m.d.sync += cmp[i].eq(~e[i].valid | (self.key > e[i].key))
+                m.d.sync += cmp[i].eq(~e[i].valid | _gt(self.key, e[i].key))
         for i in range(k):
             below = cmp_p if i == 0 else Mux(prev_gb[i - 1], cmp[i - 1], cmp_p)
             m.d.comb += gb[i].eq(Mux(prev & prev_gb[i], below, cmp[i]))

@@ -318,10 +318,13 @@ def absorb_dsp_registers(netlist: dict, top: str) -> int:
         (clock,) = clocks
         enables = [side_en["A"], side_en["B"], next(iter(out_en))]
         slots = list(dict.fromkeys(enables))  # distinct enables -> CE0, CE1, CE2
+        dirs = cell.setdefault("port_directions", {})
         conn["CLK0"] = list(clock)
         conn["RST0"] = ["0"]
         for k, en in enumerate(slots):
             conn[f"CE{k}"] = list(en)
+        for port in ("CLK0", "RST0", *(f"CE{k}" for k in range(len(slots)))):
+            dirs[port] = "input"
         for reg, en in zip(("INPUTA", "INPUTB", "OUTPUT"), enables, strict=True):
             par[f"REG_{reg}_CLK"] = "CLK0"
             par[f"REG_{reg}_CE"] = f"CE{slots.index(en)}"

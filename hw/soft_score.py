@@ -70,7 +70,7 @@ class SoftScore(wiring.Component):
     MAX beats: one per cycle (the first SUM beat waits one cycle for the last maximum).  SUM
     and SCORE beats: ``n_q`` cycles each (the queries are served in turn through one multiplier
     and one ``2^x`` table; ``ready`` rises in the cycle of the last query).  The SUM sweep's
-    last beat is followed by the pipeline drain (13
+    last beat is followed by the pipeline drain (14
     cycles) and ``Z_c`` (``Z_CYCLES`` per query), during which SCORE beats wait.  A retrieval of
     ``N`` entries, offered back to back with ``scores.ready`` high, takes
     ``N * (1 + 2 * n_q) + Z_CYCLES * n_q + FIXED_CYCLES`` cycles from the cycle its first beat
@@ -80,7 +80,7 @@ class SoftScore(wiring.Component):
 
     #: the fixed part of a retrieval's cycles: the SUM sweep's drain into ``S_c``, the SCORE
     #: sweep's drain into the output FIFO, and the FIFO
-    FIXED_CYCLES = 27
+    FIXED_CYCLES = 29
     #: cycles per query of the ``Z_c`` sequencer
     Z_CYCLES = 9
 
@@ -176,7 +176,8 @@ class SoftScore(wiring.Component):
         m.d.sync += [mx_v.eq(0), mx_first.eq(0)]
         m.d.sync += [mx_s[q].eq(lowest) for q in range(qm)]
         for q in range(qm):
-            with m.If(mx_first | (mx_s[q] > M[q])):
+            # mx_s > M as the sign of M - mx_s one bit wider: a plain carry chain on ECP5
+            with m.If(mx_first | (M[q] - mx_s[q])[-1]):
                 m.d.sync += M[q].eq(mx_s[q])
         with m.If(mx_first):
             m.d.sync += [s.eq(0) for s in S]
@@ -256,9 +257,13 @@ class SoftScore(wiring.Component):
         # st8: the block RAM's slow output, registered
         t, i = reg("t8", E + 1, rd.data), reg("i8", range(E + 2), i)
         ctl = advance(ctl, "8")
-        # st9: e = T >> i
-        e = reg("e9", E + 1, t >> i)
+        # st9, st9b: e = T >> i in two steps (whole bytes, then bits), so that the block RAM's
+        # output routing and the shifter do not share a cycle
+        tc = reg("tc9", E + 1, t >> Cat(C(0, 3), i[3:]))
+        i = reg("i9", 3, i[:3])
         ctl = advance(ctl, "9")
+        e = reg("e9b", E + 1, tc >> i)
+        ctl = advance(ctl, "9b")
         # st10: SCORE: the running sum over the entry's queries, to the FIFO at the last one
         acc = Signal(self.score_bits)
         with m.If(ctl["v"] & ctl["score"]):

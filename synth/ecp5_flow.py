@@ -206,23 +206,25 @@ def _netlist_maps(mod: dict):
     return harness_bits, sinks, drivers
 
 
-def _plain_ff(cell: dict | None):
-    """``(clock, enable)`` of a reset-less, rising-edge ``TRELLIS_FF`` (enable ``("1",)`` if
-    none), else None."""
+def _ff_info(cell: dict | None):
+    """``(clock, enable, reset)`` of a rising-edge ``TRELLIS_FF`` that resets (if at all) to 0
+    synchronously (``LSR_OVER_CE``): enable ``("1",)`` if none, reset None if none; else
+    None."""
     if cell is None or cell["type"] != "TRELLIS_FF":
         return None
     fc, fp = cell["connections"], cell["parameters"]
-    if (
-        fp.get("CLKMUX", "CLK") != "CLK"
-        or fc.get("LSR", ["0"]) != ["0"]
-        or fp.get("REGSET", "RESET") != "RESET"
-    ):
+    if fp.get("CLKMUX", "CLK") != "CLK" or fp.get("REGSET", "RESET") != "RESET":
         return None
+    reset = None
+    if fc.get("LSR", ["0"]) != ["0"]:
+        if fp.get("SRMODE", "LSR_OVER_CE") != "LSR_OVER_CE" or fp.get("LSRMUX", "LSR") != "LSR":
+            return None
+        reset = tuple(fc["LSR"])
     cemux = str(fp.get("CEMUX", "CE")).strip()
     if cemux not in ("CE", "1"):
         return None
     enable = tuple(fc["CE"]) if cemux == "CE" and fc.get("CE", ["1"]) != ["1"] else ("1",)
-    return tuple(fc["CLK"]), enable
+    return tuple(fc["CLK"]), enable, reset
 
 
 def absorb_dsp_registers(netlist: dict, top: str) -> int:
@@ -236,10 +238,12 @@ def absorb_dsp_registers(netlist: dict, top: str) -> int:
     is a register-to-register path inside the block.  The change is exact:
 
     * inputs (both A and B, or neither): every A / B pin is tied 0 or driven by the Q of a
-      reset-less ``TRELLIS_FF``, all on one (non-inverted) clock.  The pin is moved to the
-      FF's D net and the block's input register takes the FF's enable (A and B may have
-      different enables: one ``CE`` pin each).  An FF whose Q then drives nothing is removed;
-      one that still drives other logic stays (the block holds a copy of it).
+      ``TRELLIS_FF``, all on one (non-inverted) clock.  The pin is moved to the FF's D net and
+      the block's input register takes the FF's enable (A and B may have different enables:
+      one ``CE`` pin each).  An FF with a synchronous reset to 0 and no enable (Yosys infers
+      one where a shifter's output bit is 0 for large shifts) qualifies too: a LUT4 computes
+      ``D & ~reset`` in front of the pin.  An FF whose Q then drives nothing is removed; one
+      that still drives other logic stays (the block holds a copy of it).
     * output: every used P pin drives exactly one reset-less FF (directly, or through the hold
       LUT ``en ? P : Q`` that ABC9 leaves for an enable), on that clock, all with one enable.
       The block's output register drives the FFs' Q nets; the FFs (and hold LUTs) are removed.
@@ -253,6 +257,11 @@ def absorb_dsp_registers(netlist: dict, top: str) -> int:
     mod = netlist["modules"][top]
     cells = mod["cells"]
     harness_bits, sinks, drivers = _netlist_maps(mod)
+    next_bit = max(
+        [b for c in cells.values() for bits in c["connections"].values() for b in bits]
+        + [b for n in mod["netnames"].values() for b in n["bits"]],
+        key=lambda b: b if isinstance(b, int) else -1,
+    )
     changed = 0
     for cname, cell in list(cells.items()):
         if cell["type"] != "MULT18X18D":
@@ -277,13 +286,14 @@ def absorb_dsp_registers(netlist: dict, top: str) -> int:
                     continue
                 drv = drivers.get(bit) if isinstance(bit, int) else None
                 ff = cells.get(drv[0]) if drv and drv[1] == "Q" else None
-                info = _plain_ff(ff)
-                if info is None or bit in harness_bits:
+                info = _ff_info(ff)
+                # a synchronous reset only without an enable: it becomes logic on the input
+                if info is None or bit in harness_bits or (info[2] and info[1] != ("1",)):
                     regs = None
                     break
                 clocks.add(info[0])
                 ens.add(info[1])
-                regs[f"{side}{i}"] = (drv[0], ff["connections"]["DI"][0])
+                regs[f"{side}{i}"] = (drv[0], ff["connections"]["DI"][0], info[2])
             if regs is None or len(ens) > 1:
                 ins = None
                 break
@@ -330,7 +340,30 @@ def absorb_dsp_registers(netlist: dict, top: str) -> int:
             par[f"REG_{reg}_CE"] = f"CE{slots.index(en)}"
             par[f"REG_{reg}_RST"] = "RST0"
         for side in "AB":
-            for pin, (ff, d) in ins[side].items():
+            for pin, (ff, d, reset) in ins[side].items():
+                if reset is not None:  # D & ~reset, in a LUT in front of the block's register
+                    next_bit += 1
+                    cells[f"{cname}_{pin}_srst"] = {
+                        "hide_name": 1,
+                        "type": "LUT4",
+                        "parameters": {"INIT": "0010001000100010"},  # A & ~B
+                        "attributes": {},
+                        "port_directions": {
+                            "A": "input",
+                            "B": "input",
+                            "C": "input",
+                            "D": "input",
+                            "Z": "output",
+                        },
+                        "connections": {
+                            "A": [d],
+                            "B": [reset[0]],
+                            "C": ["0"],
+                            "D": ["0"],
+                            "Z": [next_bit],
+                        },
+                    }
+                    d = next_bit
                 q = conn[pin][0]
                 conn[pin] = [d]
                 sinks[q] = [s for s in sinks[q] if s != (cname, pin)]

@@ -54,11 +54,11 @@ def dot_stages() -> int:
 def cycle_formula(cfg: DREConfig, n: int, n_q: int) -> int:
     """Cycles of a retrieval without early exit, every one of the ``n`` entries live and the
     budget taking all of them (``tests/test_hw_tokens.py`` pins it; docs/select.md derives it):
-    ``9 + 2*Q*g + bk*(N*Q*g + LA + 16) + R*(N + LA + 5) + N`` with ``LA`` the look-ahead depth
+    ``9 + 2*Q*g + bk*(N*Q*g + LA + 16) + R*(N + LA + 6) + N`` with ``LA`` the look-ahead depth
     (:func:`lookahead_stages`) and ``R = ceil(N / k_cap)`` output rounds."""
     g, la = cfg.groups, lookahead_stages(cfg)
     rounds = -(-n // cfg.k_cap)
-    return 9 + 2 * n_q * g + cfg.bk * (n * n_q * g + la + 16) + rounds * (n + la + 5) + n
+    return 9 + 2 * n_q * g + cfg.bk * (n * n_q * g + la + 16) + rounds * (n + la + 6) + n
 
 
 def _lt(a, b):
@@ -614,10 +614,20 @@ class SelectTokensCore(wiring.Component):
         # the ranking's controls from registers, not from the state decode (fan-out ~800):
         # do_clear is 1 exactly in SETUP / SCORE_SETUP, in_thresh in THRESH, in_out in OUT
         do_clear, in_thresh, in_out = Signal(), Signal(), Signal()
+        # OUT: the record's valid is a register, rec_ok = in_out & head.valid & ~met, kept from
+        # the next values (a pop moves entries[1] to the head and sets met from the subtract
+        # below), so that ``ready`` reaches the ranking's ~800 enables through one LUT.  It is
+        # 0 in the first cycle of an output round (one cycle per round).
+        rec_ok = Signal()
+        out_diff = Signal(signed(len(left) + 1))  # left - take of the head, negative: cut
+        m.d.comb += out_diff.eq(left - head.payload)
+        pop = rec_ok & self.result.ready
+        next_valid = topk.entries[1].valid if cfg.k_cap > 1 else 0
+        m.d.sync += rec_ok.eq(in_out & Mux(pop, next_valid & (out_diff > 0), head.valid & ~met))
         m.d.sync += do_clear.eq(0)
         m.d.comb += [
             topk.clear.eq(do_clear),
-            topk.shift.eq(in_thresh | (in_out & head.valid & ~met & self.result.ready)),
+            topk.shift.eq(in_thresh | (rec_ok & self.result.ready)),
         ]
 
         # ---- control ----------------------------------------------------------------------
@@ -757,18 +767,17 @@ class SelectTokensCore(wiring.Component):
             with m.State("OUT"):
                 rec = self.result.payload
                 want = Signal()
-                diff = Signal(signed(len(left) + 1))
+                diff = out_diff
                 m.d.comb += [
-                    diff.eq(left - head.payload),
                     want.eq(head.valid & ~met),
-                    self.result.valid.eq(want),
+                    self.result.valid.eq(rec_ok),
                     rec.kind.eq(Kind.RECORD),
                     rec.id.eq(head.index),
                     rec.take.eq(Mux(diff < 0, left, head.payload)),
                 ]
-                with m.If(~want | self.result.ready):
+                with m.If(~rec_ok | self.result.ready):
                     m.d.sync += cycles.eq(cycles + 1)
-                with m.If(want & self.result.ready):
+                with m.If(pop):
                     m.d.sync += [
                         left.eq(Mux(diff < 0, 0, diff)),
                         met.eq(diff <= 0),

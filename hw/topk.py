@@ -184,15 +184,17 @@ class TopKPipe(wiring.Component):
             m.d.comb += gb[i].eq(Mux(prev & prev_gb[i], below, cmp[i]))
         m.d.comb += self.busy.eq(ins | self.insert)
 
-        with m.If(self.clear):
-            for i in range(k):
-                m.d.sync += e[i].valid.eq(0)
-            m.d.sync += self.overflow.eq(0)
-        with m.Elif(ins):
+        # ``clear`` only empties the valid bits (the data of an empty slot is never used), so
+        # the data bits' enables do not wait for it: ``ins ? gb[i] : shift``
+        with m.If(ins):
             m.d.sync += [prev.eq(1), prev_gb.eq(gb)]
             with m.If(e[k - 1].valid):
                 m.d.sync += self.overflow.eq(1)
             insert_sorted(m, e, gb, new)
         with m.Elif(self.shift):
             pop_front(m, e)
+        with m.If(self.clear):  # wins over the above (the later assignment)
+            for i in range(k):
+                m.d.sync += e[i].valid.eq(0)
+            m.d.sync += [self.overflow.eq(0), prev.eq(0)]
         return m

@@ -191,7 +191,7 @@ def test_token_selector_errors(seed):
 
 def test_cycles_without_early_exit_follow_the_formula(seed):
     """Early exit off, every entry live, the budget takes everything: the trailer's ``cycles`` is
-    ``9 + 2*Q*g + bk*(N*Q*g + LA + 16) + R*(N + LA + 5) + N`` with ``LA`` the look-ahead depth
+    ``9 + 2*Q*g + bk*(N*Q*g + LA + 16) + R*(N + LA + 6) + N`` with ``LA`` the look-ahead depth
     and ``R = ceil(N / k_cap)`` output rounds (docs/select.md), written out here, not taken
     from ``hw.select_tokens.cycle_formula`` (checked against it too), on three configurations
     (one lane group, several, and q_max odd so that the maximum tree has an odd level)."""
@@ -214,7 +214,7 @@ def test_cycles_without_early_exit_follow_the_formula(seed):
             )
             rounds = -(-n // cfg.k_cap)
             bk = cfg.bk
-            want.append(9 + 2 * n_q * g + bk * (n * n_q * g + la + 16) + rounds * (n + la + 5) + n)
+            want.append(9 + 2 * n_q * g + bk * (n * n_q * g + la + 16) + rounds * (n + la + 6) + n)
             assert want[-1] == cycle_formula(cfg, n, n_q)
         results, cycles = run_retrievals(cfg, problems, rng, with_cycles=True)
         for pr, (got, _, _) in zip(problems, results, strict=True):
@@ -225,7 +225,7 @@ def test_cycles_without_early_exit_follow_the_formula(seed):
 def test_pipeline_adds_a_fixed_latency():
     """The pipelined schedule against the unpipelined one (``1 + 2*Q*g + bk*(N*Q*g + 5) +
     R*(N + 5) + N``, docs/select.md): the difference does not grow with ``Q*g``, and at the
-    bench configurations it is within 1 % of the cycles (Q = 4; 2.5 % with Q = 1)."""
+    bench configurations it is within 1 % of the cycles (Q = 4; 3 % with Q = 1)."""
     for d, n in ((64, 256), (64, 1024), (128, 256), (128, 1024)):
         cfg = DREConfig(d=d, lanes=16, n_max=1024, k_cap=16, q_max=4)
         for n_q in (1, 4):
@@ -234,8 +234,8 @@ def test_pipeline_adds_a_fixed_latency():
             old = 1 + 2 * n_q * g + cfg.bk * (n * n_q * g + 5) + rounds * (n + 5) + n
             extra = cycle_formula(cfg, n, n_q) - old
             la = lookahead_stages(cfg)
-            assert extra == 8 + cfg.bk * (la + 11) + rounds * la
-            assert extra <= (0.01 if n_q == 4 else 0.025) * old  # the issue allows 5 %
+            assert extra == 8 + cfg.bk * (la + 11) + rounds * (la + 1)
+            assert extra <= (0.01 if n_q == 4 else 0.03) * old  # the issue allows 5 %
 
 
 @pytest.mark.filterwarnings("ignore::amaranth.hdl.UnusedElaboratable")

@@ -114,10 +114,12 @@ class SelectTokensCore(wiring.Component):
     register (computed from the next values), replicated per register group.
     *Dot and bounds* (never stalls): D0 query ``c`` and the plane bits of group ``g``, D0b the
     lane group of the query, D1 lane products, D2 / D3 the two halves of the lane adder tree,
-    D4 accumulator, D5 shift by ``p``, D6 partial ``P +- (dot << p)``, D7 ``L``, ``U``, D8
-    ``SL_c = L - MU'_c`` and the ``ML``, ``MU`` maxima, D9 the running maximum over the
-    queries and the new partials, W write-back (partial memory, next alive list), T0 ranking
-    input register, then :class:`TopKPipe` (T1 compare, T2 insert).
+    D4 accumulator, D5 shift by ``p``, D6 partial ``P +- (dot << p)``, D7 ``L``, ``U`` and
+    ``SL_c = L - MU'_c`` (one add: ``r*Qneg_c - MU'_c`` is a per-pass constant), D8 their
+    compares with the ``ML``, ``MU`` maxima and the running maximum of ``SL`` over the queries
+    (bypassed: the same maximum can be updated back to back), D9 the updates and the new
+    partials, W write-back (partial memory, next alive list), T0 ranking input register, then
+    :class:`TopKPipe` (T1 compare, T2 insert).  The output's record ``valid`` is a register.
 
     Schedule
     --------
@@ -623,7 +625,9 @@ class SelectTokensCore(wiring.Component):
         m.d.comb += out_diff.eq(left - head.payload)
         pop = rec_ok & self.result.ready
         next_valid = topk.entries[1].valid if cfg.k_cap > 1 else 0
-        m.d.sync += rec_ok.eq(in_out & Mux(pop, next_valid & (out_diff > 0), head.valid & ~met))
+        left_gt = Signal()  # left > the head's count: the budget is not met by this record
+        m.d.comb += left_gt.eq(_lt(head.payload, left))
+        m.d.sync += rec_ok.eq(in_out & Mux(pop, next_valid & left_gt, head.valid & ~met))
         m.d.sync += do_clear.eq(0)
         m.d.comb += [
             topk.clear.eq(do_clear),
@@ -780,7 +784,7 @@ class SelectTokensCore(wiring.Component):
                 with m.If(pop):
                     m.d.sync += [
                         left.eq(Mux(diff < 0, 0, diff)),
-                        met.eq(diff <= 0),
+                        met.eq(~left_gt),
                         last_valid.eq(1),
                         last_key.eq(head.key),
                         last_id.eq(head.index),

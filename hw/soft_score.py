@@ -293,7 +293,7 @@ class SoftScore(wiring.Component):
         znorm = Signal(self.sum_bits)
         chunks = (self.sum_bits + 7) // 8
         nz = Signal(chunks)
-        zlt = Signal(FB + 1)
+        zlt = Signal(FB + 1, reset_less=True)  # the LOG2 read, registered every cycle
         zsh = Signal(range(self.sum_bits))
         zcoarse = Signal(self.sum_bits)
         lp = [Signal(3, name=f"lp{k}") for k in range(chunks)]
@@ -301,6 +301,7 @@ class SoftScore(wiring.Component):
             shape=unsigned(FB + 1), depth=1 << SOFT_M, init=log2_table()
         )
         lrd = log2.read_port(domain="sync")
+        m.d.sync += zlt.eq(lrd.data)
         m.d.comb += lrd.addr.eq(znorm[self.sum_bits - 1 - SOFT_M : self.sum_bits - 1])
         with m.If(z_start):
             m.d.sync += [z_busy.eq(1), zc.eq(0), zstep.eq(0)]
@@ -328,9 +329,9 @@ class SoftScore(wiring.Component):
                     m.d.sync += zcoarse.eq(zs << Cat(C(0, 3), zsh[3:]))
                 with m.Case(5):
                     m.d.sync += znorm.eq(zcoarse << zsh[:3])
-                # Case 6: the LOG2 table reads the M bits below the leading one
-                with m.Case(7):  # its slow block-RAM output, registered
-                    m.d.sync += zlt.eq(lrd.data)
+                # Case 6: the LOG2 table reads the M bits below the leading one; case 7: its
+                # output registered (``zlt``, every cycle: the block RAM's output register on
+                # ECP5, ``synth.ecp5_flow.absorb_bram_output_registers``)
                 with m.Case(8):
                     zval = (zp << FB) + zlt - (E << FB)
                     with m.Switch(zc):

@@ -747,7 +747,7 @@ class SelectTokensCore(wiring.Component):
                     with m.If(~h.valid):
                         m.d.sync += [do_clear.eq(1), in_thresh.eq(0)]
                         m.next = "SETUP"
-                    with m.Elif(h.payload >= rem):
+                    with m.Elif(~_lt(h.payload, rem)):  # h.payload >= rem
                         m.d.sync += [thr.eq(h.key), thr_valid.eq(1), in_thresh.eq(0)]
                         m.d.sync += do_clear.eq(1)
                         m.next = "SETUP"

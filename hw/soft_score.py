@@ -70,7 +70,7 @@ class SoftScore(wiring.Component):
     MAX beats: one per cycle (the first SUM beat waits one cycle for the last maximum).  SUM
     and SCORE beats: ``n_q`` cycles each (the queries are served in turn through one multiplier
     and one ``2^x`` table; ``ready`` rises in the cycle of the last query).  The SUM sweep's
-    last beat is followed by the pipeline drain (14
+    last beat is followed by the pipeline drain (13
     cycles) and ``Z_c`` (``Z_CYCLES`` per query), during which SCORE beats wait.  A retrieval of
     ``N`` entries, offered back to back with ``scores.ready`` high, takes
     ``N * (1 + 2 * n_q) + Z_CYCLES * n_q + FIXED_CYCLES`` cycles from the cycle its first beat
@@ -80,7 +80,7 @@ class SoftScore(wiring.Component):
 
     #: the fixed part of a retrieval's cycles: the SUM sweep's drain into ``S_c``, the SCORE
     #: sweep's drain into the output FIFO, and the FIFO
-    FIXED_CYCLES = 29
+    FIXED_CYCLES = 27
     #: cycles per query of the ``Z_c`` sequencer
     Z_CYCLES = 9
 
@@ -264,14 +264,22 @@ class SoftScore(wiring.Component):
         ctl = advance(ctl, "9")
         e = reg("e9b", E + 1, tc >> i)
         ctl = advance(ctl, "9b")
-        # st10: SCORE: the running sum over the entry's queries, to the FIFO at the last one
+        # st10: SCORE: the running sum over the entry's queries, written to the FIFO (its
+        # memory is the register) at the last one
         acc = Signal(self.score_bits)
+        total = Signal(self.score_bits)
+        m.d.comb += total.eq(Mux(ctl["c"] == 0, e, acc + e))
         with m.If(ctl["v"] & ctl["score"]):
-            m.d.sync += acc.eq(Mux(ctl["c"] == 0, e, acc + e))
-        emit = reg("emit10", 1, ctl["v"] & ctl["score"] & ctl["lastc"], reset_less=False)
-        emit_last = reg("emit_last10", 1, ctl["last"])
+            m.d.sync += acc.eq(total)
+        emit = Signal()
         w = Signal(self.score_layout)
-        m.d.comb += [w.score.eq(acc), w.last.eq(emit_last), out.w_data.eq(w), out.w_en.eq(emit)]
+        m.d.comb += [
+            emit.eq(ctl["v"] & ctl["score"] & ctl["lastc"]),
+            w.score.eq(total),
+            w.last.eq(ctl["last"]),
+            out.w_data.eq(w),
+            out.w_en.eq(emit),
+        ]
         accepted_score = self.entries.valid & self.entries.ready & is_score
         m.d.sync += inflight.eq(inflight + accepted_score - emit)
         # st10, st11: SUM: count * e
@@ -283,7 +291,9 @@ class SoftScore(wiring.Component):
         for q in range(qm):
             with m.If(sum_v & (ctl["c"] == q)):
                 m.d.sync += S[q].eq(S[q] + ne)
-        z_start = reg("z_start", 1, sum_v & ctl["last"] & ctl["lastc"], reset_less=False)
+        # the sequencer starts in the cycle of the last S_c update (it reads S_c a cycle later)
+        z_start = Signal()
+        m.d.comb += z_start.eq(sum_v & ctl["last"] & ctl["lastc"])
 
         # ---- Z_c = LOG2(S_c) - E * 2^FB, one query at a time, Z_CYCLES each ----
         zc = Signal(range(qm))

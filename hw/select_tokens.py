@@ -61,18 +61,26 @@ def dot_stages() -> int:
 def cycle_formula(cfg: DREConfig, n: int, n_q: int, *, soft: bool = False) -> int:
     """Cycles of a retrieval without early exit, every one of the ``n`` entries live and the
     budget taking all of them (``tests/test_hw_tokens.py`` pins it; docs/select.md derives it):
-    ``9 + 2*Q*g + bk*(N*Q*g + LA + 16) + R*(N + LA + 5) + N`` with ``LA`` the look-ahead depth
+    ``9 + 2*Q*g + bk*(N*Q*g + LA + 16) + R*(N + LA + 6) + N`` with ``LA`` the look-ahead depth
     (:func:`lookahead_stages`) and ``R = ceil(N / k_cap)`` output rounds.  ``soft``: the soft
     score adds its three sweeps, ``N*(1 + 2*Q) + Z*Q + F + 2*LA + 7`` (``Z``, ``F``:
     :class:`SoftScore`'s ``Z_CYCLES`` and ``FIXED_CYCLES``; ``2*LA + 7``: two sweep changes that
     wait for the look-ahead to drain, the set-up cycles and the feed FIFO)."""
     g, la = cfg.groups, lookahead_stages(cfg)
     rounds = -(-n // cfg.k_cap)
-    total = 9 + 2 * n_q * g + cfg.bk * (n * n_q * g + la + 16) + rounds * (n + la + 5) + n
+    total = 9 + 2 * n_q * g + cfg.bk * (n * n_q * g + la + 16) + rounds * (n + la + 6) + n
     if soft:
         z, f = SoftScore.Z_CYCLES, SoftScore.FIXED_CYCLES
         total += n * (1 + 2 * n_q) + z * n_q + f + 2 * la + 7
     return total
+
+
+def _lt(a, b):
+    """``a < b`` as the sign of ``a - b`` computed one bit wider (Amaranth widens the
+    difference, so it never overflows): on ECP5 a plain carry chain whose last sum output is
+    the result, with no overflow logic behind it (Yosys maps a signed compare to a subtract
+    plus ``N ^ V`` logic after the chain's carry-out)."""
+    return (a - b)[-1]
 
 
 def _pick(m: Module, values, idx, n: int, shape, name: str):
@@ -120,10 +128,12 @@ class SelectTokensCore(wiring.Component):
     register (computed from the next values), replicated per register group.
     *Dot and bounds* (never stalls): D0 query ``c`` and the plane bits of group ``g``, D0b the
     lane group of the query, D1 lane products, D2 / D3 the two halves of the lane adder tree,
-    D4 accumulator, D5 shift by ``p``, D6 partial ``P +- (dot << p)``, D7 ``L``, ``U``, D8
-    ``SL_c = L - MU'_c`` and the ``ML``, ``MU`` maxima, D9 the running maximum over the
-    queries and the new partials, W write-back (partial memory, next alive list), T0 ranking
-    input register, then :class:`TopKPipe` (T1 compare, T2 insert).
+    D4 accumulator, D5 shift by ``p``, D6 partial ``P +- (dot << p)``, D7 ``L``, ``U`` and
+    ``SL_c = L - MU'_c`` (one add: ``r*Qneg_c - MU'_c`` is a per-pass constant), D8 their
+    compares with the ``ML``, ``MU`` maxima and the running maximum of ``SL`` over the queries
+    (bypassed: the same maximum can be updated back to back), D9 the updates and the new
+    partials, W write-back (partial memory, next alive list), T0 ranking input register, then
+    :class:`TopKPipe` (T1 compare, T2 insert).  The output's record ``valid`` is a register.
 
     Schedule
     --------
@@ -229,7 +239,6 @@ class SelectTokensCore(wiring.Component):
         mu_sub = Signal(vec)  # MU'_c (MU0 before the first pass), 0 with raw_max
         ml_new = Signal(vec)  # ML_c, MU_c of this pass, accumulating
         mu_new = Signal(vec)
-        mlv = Signal(qm)  # ml_new[c] / mu_new[c] hold a value
         addend = Signal(vec)  # look-ahead term: P[c, j] + addend[c]
         thr = Signal(vs)
         thr_valid = Signal()
@@ -348,34 +357,53 @@ class SelectTokensCore(wiring.Component):
         # b < T), so that the drop decision reaches the issue stage without a carry chain
         below = [None] * len(terms)
 
+        # lt_last[i] / le_last[i]: terms[i] < / <= the last emitted record's key, likewise beside
+        # the maximum (max(a, b) < x iff a < x and b < x; the same for <=), so that the issue
+        # stage's "after the last record" test is LUT logic on registers
+        lt_last = [None] * len(terms)
+        j_gt = None
+        le_last = [None] * len(terms)
+
         def lt_thr(k):
-            return (terms[k] < thr) if below[k] is None else below[k]
+            return _lt(terms[k], thr) if below[k] is None else below[k]
+
+        def lt_lk(k):
+            return _lt(terms[k], last_key) if lt_last[k] is None else lt_last[k]
+
+        def le_lk(k):
+            return ~_lt(last_key, terms[k]) if le_last[k] is None else le_last[k]
 
         while len(terms) > 1:  # pairwise maximum, one level per stage
             level += 1
             adv_t = adv_copy(f"adv_mx{level}")
             nxt = Signal(look, name=f"mx{level}")
-            new_terms, new_below = [], []
-            for i in range(0, len(terms) - 1, 2):
+            new_terms, new_below, new_lt, new_le = [], [], [], []
+            for i in range(0, len(terms), 2):
+                pair = [i, i + 1] if i + 1 < len(terms) else [i]
                 t = Signal(vs, name=f"mx{level}_{i // 2}")
                 b = Signal(name=f"mx{level}_{i // 2}_below")
+                lt = Signal(name=f"mx{level}_{i // 2}_ltlast")
+                le = Signal(name=f"mx{level}_{i // 2}_lelast")
                 with m.If(adv_t):
                     m.d.sync += [
-                        t.eq(Mux(terms[i + 1] > terms[i], terms[i + 1], terms[i])),
-                        b.eq(lt_thr(i) & lt_thr(i + 1)),
+                        b.eq(Cat(lt_thr(x) for x in pair).all()),
+                        lt.eq(Cat(lt_lk(x) for x in pair).all()),
+                        le.eq(Cat(le_lk(x) for x in pair).all()),
                     ]
+                    if len(pair) == 2:
+                        m.d.sync += t.eq(Mux(_lt(terms[i], terms[i + 1]), terms[i + 1], terms[i]))
+                    else:
+                        m.d.sync += t.eq(terms[i])
                 new_terms.append(t)
                 new_below.append(b)
-            if len(terms) % 2:
-                t = Signal(vs, name=f"mx{level}_{len(terms) // 2}")
-                b = Signal(name=f"mx{level}_{len(terms) // 2}_below")
-                with m.If(adv_t):
-                    m.d.sync += [t.eq(terms[-1]), b.eq(lt_thr(len(terms) - 1))]
-                new_terms.append(t)
-                new_below.append(b)
+                new_lt.append(lt)
+                new_le.append(le)
+            jg = Signal(name=f"mx{level}_jgt")  # j > last_id, for the issue stage
             with m.If(adv_t):
-                m.d.sync += nxt.eq(stage)
+                m.d.sync += [nxt.eq(stage), jg.eq(_lt(last_id, stage.j))]
+            j_gt = jg
             stage, terms, below = nxt, new_terms, new_below
+            lt_last, le_last = new_lt, new_le
             tree_stages.append(nxt)
         mx = terms[0]
 
@@ -384,15 +412,15 @@ class SelectTokensCore(wiring.Component):
         ci_skip, ci_after = Signal(), Signal()  # skip: dropped (SU < T) or empty (first pass)
         skip_in = Signal()
         m.d.comb += skip_in.eq(Mux(first, stage.zero, thr_valid & lt_thr(0)))
+        jgt_ci = _lt(last_id, stage.j) if j_gt is None else j_gt
         adv_ci = adv_copy("adv_ci")
         with m.If(adv_ci):
             m.d.sync += [
                 ci.eq(stage),
                 ci_mx.eq(mx),
                 ci_skip.eq(skip_in),
-                ci_after.eq(
-                    ~last_valid | (mx < last_key) | ((mx == last_key) & (stage.j > last_id))
-                ),
+                # mx == last_key iff mx <= last_key and not mx < last_key
+                ci_after.eq(~last_valid | lt_lk(0) | (le_lk(0) & jgt_ci)),
             ]
 
         # micro-op counters of the issue stage (also the init sweep)
@@ -518,44 +546,69 @@ class SelectTokensCore(wiring.Component):
                     m.d.sync += q_pos[k].eq(acc)
         sh = Signal(vs)
         m.d.sync += sh.eq(acc << p)
-        rqn_sel, rqp_sel, mu_sel = Signal(vs), Signal(vs), Signal(vs)
+        # rqs_c = (2^p - 1)*Qneg_c - MU'_c, a per-pass constant (registered from rqn and mu_sub,
+        # which are set at least LA cycles before a pass's first micro-op reaches D7), so that
+        # SL = P' + rqs_c is one add at D7 and D8 is free for the compare of the running maximum
+        rqs = Signal(vec)
+        m.d.sync += [rqs[k].eq(rqn[k] - mu_sub[k]) for k in range(qm)]
+        rqn_sel, rqp_sel, rqs_sel = Signal(vs), Signal(vs), Signal(vs)
         m.d.sync += [
             rqn_sel.eq(_pick(m, rqn, d5.c, qm, vs, "rqn_pick")),
             rqp_sel.eq(_pick(m, rqp, d5.c, qm, vs, "rqp_pick")),
+            rqs_sel.eq(_pick(m, rqs, d5.c, qm, vs, "rqs_pick")),
         ]
         # D6: the new partial (the sign plane subtracts)
         new6 = Signal(vs)
         m.d.sync += new6.eq(Mux(first, d5.base - sh, d5.base + sh))
-        # D7: L and U
+        # D7: L, U and SL_c = L - MU'_c (SL of an invalid slot is the minimum: never taken)
         d6, d8 = dm[7], dm[9]
-        lo7, hi7, new7 = Signal(vs), Signal(vs), Signal(vs)
+        vmin = -(1 << (vs.width - 1))  # below every bound (|SL|, |L|, |U| < 2^(width-2))
+        lo7, hi7, sl7, new7 = Signal(vs), Signal(vs), Signal(vs), Signal(vs)
+        first7 = Signal()  # D7 holds a valid first query of an entry
         m.d.sync += [
             lo7.eq(new6 + rqn_sel),
             hi7.eq(new6 + rqp_sel),
+            sl7.eq(Mux(d6.valid, new6 + rqs_sel, vmin)),
             new7.eq(new6),
-            mu_sel.eq(_pick(m, mu_sub, d6.c, qm, vs, "mu_pick")),
+            first7.eq(d6.valid & d6.first_c),
         ]
-        # D8: SL_c, ML_c, MU_c
-        sl8, new8 = Signal(vs), Signal(vs)
-        m.d.sync += [sl8.eq(lo7 - mu_sel), new8.eq(new7)]
+        # D8, D9: the running maxima (ML_c, MU_c per query, SL over the queries of an entry).
+        # Each update is split in two cycles: at D8 the value is registered together with the
+        # decision to take it, its compare against the maximum as it will be when the value
+        # reaches D9 (the value at D8 if that one is taken, else the register: a bypass, since
+        # updates of the same maximum can come back to back); at D9 that registered decision
+        # is the enable.  Every compare is the sign of a subtract one bit wider (``_lt``: the
+        # carry chain's last sum output, no overflow logic), and one LUT4 follows it.
+        lo8, hi8, sl8, new8 = Signal(vs), Signal(vs), Signal(vs), Signal(vs)
+        m.d.sync += [lo8.eq(lo7), hi8.eq(hi7), sl8.eq(sl7), new8.eq(new7)]
         sel7, sel8 = Signal(qm), Signal(qm)  # one-hot query of D7 / D8 (valid), registered
         m.d.sync += [
             sel7.eq(Cat(d6.valid & (d6.c == k) for k in range(qm))),
             sel8.eq(sel7),
         ]
+        # ML_c, MU_c start at the minimum in every pass (SETUP), so the first value is taken
+        # by the compare itself
+        take_l, take_u = Signal(qm), Signal(qm)  # D9 takes lo8 / hi8 into ML_c / MU_c
+        gtl_by, gtu_by = Signal(), Signal()  # lo7 > lo8, hi7 > hi8
+        m.d.comb += [gtl_by.eq(_lt(lo8, lo7)), gtu_by.eq(_lt(hi8, hi7))]
         for k in range(qm):
-            with m.If(sel7[k]):
-                m.d.sync += mlv[k].eq(1)
-                with m.If(~mlv[k] | (lo7 > ml_new[k])):
-                    m.d.sync += ml_new[k].eq(lo7)
-                with m.If(~mlv[k] | (hi7 > mu_new[k])):
-                    m.d.sync += mu_new[k].eq(hi7)
-        # D9: SL_j = max over the queries, the new partials
+            m.d.sync += [
+                take_l[k].eq(sel7[k] & Mux(take_l[k], gtl_by, _lt(ml_new[k], lo7))),
+                take_u[k].eq(sel7[k] & Mux(take_u[k], gtu_by, _lt(mu_new[k], hi7))),
+            ]
+            with m.If(take_l[k]):
+                m.d.sync += ml_new[k].eq(lo8)
+            with m.If(take_u[k]):
+                m.d.sync += mu_new[k].eq(hi8)
+        # SL_j = max over the queries (valid at D8 once per query: after its last lane group)
         sl_acc = Signal(vs)
+        take_s = Signal()  # D9 takes sl8 into sl_acc
+        m.d.sync += take_s.eq(first7 | Mux(take_s, _lt(sl8, sl7), _lt(sl_acc, sl7)))
+        with m.If(take_s):
+            m.d.sync += sl_acc.eq(sl8)
+        # D9: the new partials
         newp = Signal(vec)
         w_valid, w_j, w_count = Signal(), Signal(ib), Signal(cshape)
-        with m.If(d8.valid):
-            m.d.sync += sl_acc.eq(Mux(d8.first_c | (sl8 > sl_acc), sl8, sl_acc))
         for k in range(qm):
             with m.If(sel8[k]):
                 m.d.sync += newp[k].eq(new8)
@@ -645,10 +698,22 @@ class SelectTokensCore(wiring.Component):
         # the ranking's controls from registers, not from the state decode (fan-out ~800):
         # do_clear is 1 exactly in SETUP / SCORE_SETUP, in_thresh in THRESH, in_out in OUT
         do_clear, in_thresh, in_out = Signal(), Signal(), Signal()
+        # OUT: the record's valid is a register, rec_ok = in_out & head.valid & ~met, kept from
+        # the next values (a pop moves entries[1] to the head and sets met from the subtract
+        # below), so that ``ready`` reaches the ranking's ~800 enables through one LUT.  It is
+        # 0 in the first cycle of an output round (one cycle per round).
+        rec_ok = Signal()
+        out_diff = Signal(signed(len(left) + 1))  # left - take of the head, negative: cut
+        m.d.comb += out_diff.eq(left - head.payload)
+        pop = rec_ok & self.result.ready
+        next_valid = topk.entries[1].valid if cfg.k_cap > 1 else 0
+        left_gt = Signal()  # left > the head's count: the budget is not met by this record
+        m.d.comb += left_gt.eq(_lt(head.payload, left))
+        m.d.sync += rec_ok.eq(in_out & Mux(pop, next_valid & left_gt, head.valid & ~met))
         m.d.sync += do_clear.eq(0)
         m.d.comb += [
             topk.clear.eq(do_clear),
-            topk.shift.eq(in_thresh | (in_out & head.valid & ~met & self.result.ready)),
+            topk.shift.eq(in_thresh | (rec_ok & self.result.ready)),
         ]
 
         # ---- control ----------------------------------------------------------------------
@@ -719,7 +784,8 @@ class SelectTokensCore(wiring.Component):
 
             with m.State("SETUP"):  # start of the pass over plane p
                 m.d.sync += cycles.eq(cycles + 1)
-                m.d.sync += [e.eq(0), e_left.eq(n_cur), n_next.eq(0), mlv.eq(0)]
+                m.d.sync += [e.eq(0), e_left.eq(n_cur), n_next.eq(0)]
+                m.d.sync += [x.eq(vmin) for x in (*ml_new, *mu_new)]  # running maxima
                 for k in range(qm):
                     m.d.sync += addend[k].eq(rqp_prev[k] - Mux(raw, 0, ml[k]))
                     with m.If(first):  # MU0 = (2^(bk-1) - 1) Qpos - 2^(bk-1) Qneg
@@ -772,7 +838,7 @@ class SelectTokensCore(wiring.Component):
                     with m.If(~h.valid):
                         m.d.sync += [do_clear.eq(1), in_thresh.eq(0)]
                         m.next = "SETUP"
-                    with m.Elif(h.payload >= rem):
+                    with m.Elif(~_lt(h.payload, rem)):  # h.payload >= rem
                         m.d.sync += [thr.eq(h.key), thr_valid.eq(1), in_thresh.eq(0)]
                         m.d.sync += do_clear.eq(1)
                         m.next = "SETUP"
@@ -824,21 +890,20 @@ class SelectTokensCore(wiring.Component):
             with m.State("OUT"):
                 rec = self.result.payload
                 want = Signal()
-                diff = Signal(signed(len(left) + 1))
+                diff = out_diff
                 m.d.comb += [
-                    diff.eq(left - head.payload),
                     want.eq(head.valid & ~met),
-                    self.result.valid.eq(want),
+                    self.result.valid.eq(rec_ok),
                     rec.kind.eq(Kind.RECORD),
                     rec.id.eq(head.index),
                     rec.take.eq(Mux(diff < 0, left, head.payload)),
                 ]
-                with m.If(~want | self.result.ready):
+                with m.If(~rec_ok | self.result.ready):
                     m.d.sync += cycles.eq(cycles + 1)
-                with m.If(want & self.result.ready):
+                with m.If(pop):
                     m.d.sync += [
                         left.eq(Mux(diff < 0, 0, diff)),
-                        met.eq(diff <= 0),
+                        met.eq(~left_gt),
                         last_valid.eq(1),
                         last_key.eq(head.key),
                         last_id.eq(head.index),

@@ -176,7 +176,8 @@ class SoftScore(wiring.Component):
         m.d.sync += [mx_v.eq(0), mx_first.eq(0)]
         m.d.sync += [mx_s[q].eq(lowest) for q in range(qm)]
         for q in range(qm):
-            with m.If(mx_first | (mx_s[q] > M[q])):
+            # mx_s > M as the sign of M - mx_s one bit wider: a plain carry chain on ECP5
+            with m.If(mx_first | (M[q] - mx_s[q])[-1]):
                 m.d.sync += M[q].eq(mx_s[q])
         with m.If(mx_first):
             m.d.sync += [s.eq(0) for s in S]
@@ -199,13 +200,15 @@ class SoftScore(wiring.Component):
         # step, ``ctl`` is advanced so that it is visible in the same cycle as the data.
         valids = []
 
-        def reg(name, shape, value):
-            sig = Signal(shape, name=name)
+        def reg(name, shape, value, reset_less=True):
+            # data registers have no reset (only the valid bits do): the ECP5 flow can then
+            # fold those around a multiplier into the block's own registers
+            sig = Signal(shape, name=name, reset_less=reset_less)
             m.d.sync += sig.eq(value)
             return sig
 
         def advance(ctl: dict, tag: str) -> dict:
-            ctl = {k: reg(f"{k}_{tag}", v.shape(), v) for k, v in ctl.items()}
+            ctl = {k: reg(f"{k}_{tag}", v.shape(), v, reset_less=k != "v") for k, v in ctl.items()}
             valids.append(ctl["v"])
             return ctl
 
@@ -227,8 +230,10 @@ class SoftScore(wiring.Component):
         # st2: M - s >= 0
         diff = reg("diff2", diff_bits, m1 - s1)
         ctl, z = advance(ctl, "2"), reg("z2", self.z_bits, z1)
-        # st3, st4: (M - s) * gain, as block-multiplier-sized products, then their sum
-        prod = _mul(reg, diff, self.gain, "gain")
+        # st3, st4: (M - s) * gain, as block-multiplier-sized products, then their sum (the
+        # operands and the products registered, each register a multiplier's own on ECP5)
+        gain = reg("gain_q", GAIN_BITS, self.gain)  # a held input
+        prod = _mul(reg, diff, gain, "gain")
         for tag in ("3", "4"):
             ctl, z = advance(ctl, tag), reg(f"z{tag}", self.z_bits, z)
         # st5: u = min(prod >> GAIN_SHIFT, UCAP), and the Z to add (SCORE sweep only)
@@ -252,17 +257,29 @@ class SoftScore(wiring.Component):
         # st8: the block RAM's slow output, registered
         t, i = reg("t8", E + 1, rd.data), reg("i8", range(E + 2), i)
         ctl = advance(ctl, "8")
-        # st9: e = T >> i
-        e = reg("e9", E + 1, t >> i)
+        # st9, st9b: e = T >> i in two steps (whole bytes, then bits), so that the block RAM's
+        # output routing and the shifter do not share a cycle
+        tc = reg("tc9", E + 1, t >> Cat(C(0, 3), i[3:]))
+        i = reg("i9", 3, i[:3])
         ctl = advance(ctl, "9")
-        # st10: SCORE: the running sum over the entry's queries, to the FIFO at the last one
+        e = reg("e9b", E + 1, tc >> i)
+        ctl = advance(ctl, "9b")
+        # st10: SCORE: the running sum over the entry's queries, written to the FIFO (its
+        # memory is the register) at the last one
         acc = Signal(self.score_bits)
+        total = Signal(self.score_bits)
+        m.d.comb += total.eq(Mux(ctl["c"] == 0, e, acc + e))
         with m.If(ctl["v"] & ctl["score"]):
-            m.d.sync += acc.eq(Mux(ctl["c"] == 0, e, acc + e))
-        emit = reg("emit10", 1, ctl["v"] & ctl["score"] & ctl["lastc"])
-        emit_last = reg("emit_last10", 1, ctl["last"])
+            m.d.sync += acc.eq(total)
+        emit = Signal()
         w = Signal(self.score_layout)
-        m.d.comb += [w.score.eq(acc), w.last.eq(emit_last), out.w_data.eq(w), out.w_en.eq(emit)]
+        m.d.comb += [
+            emit.eq(ctl["v"] & ctl["score"] & ctl["lastc"]),
+            w.score.eq(total),
+            w.last.eq(ctl["last"]),
+            out.w_data.eq(w),
+            out.w_en.eq(emit),
+        ]
         accepted_score = self.entries.valid & self.entries.ready & is_score
         m.d.sync += inflight.eq(inflight + accepted_score - emit)
         # st10, st11: SUM: count * e
@@ -274,7 +291,9 @@ class SoftScore(wiring.Component):
         for q in range(qm):
             with m.If(sum_v & (ctl["c"] == q)):
                 m.d.sync += S[q].eq(S[q] + ne)
-        z_start = reg("z_start", 1, sum_v & ctl["last"] & ctl["lastc"])
+        # the sequencer starts in the cycle of the last S_c update (it reads S_c a cycle later)
+        z_start = Signal()
+        m.d.comb += z_start.eq(sum_v & ctl["last"] & ctl["lastc"])
 
         # ---- Z_c = LOG2(S_c) - E * 2^FB, one query at a time, Z_CYCLES each ----
         zc = Signal(range(qm))
@@ -284,7 +303,7 @@ class SoftScore(wiring.Component):
         znorm = Signal(self.sum_bits)
         chunks = (self.sum_bits + 7) // 8
         nz = Signal(chunks)
-        zlt = Signal(FB + 1)
+        zlt = Signal(FB + 1, reset_less=True)  # the LOG2 read, registered every cycle
         zsh = Signal(range(self.sum_bits))
         zcoarse = Signal(self.sum_bits)
         lp = [Signal(3, name=f"lp{k}") for k in range(chunks)]
@@ -292,6 +311,7 @@ class SoftScore(wiring.Component):
             shape=unsigned(FB + 1), depth=1 << SOFT_M, init=log2_table()
         )
         lrd = log2.read_port(domain="sync")
+        m.d.sync += zlt.eq(lrd.data)
         m.d.comb += lrd.addr.eq(znorm[self.sum_bits - 1 - SOFT_M : self.sum_bits - 1])
         with m.If(z_start):
             m.d.sync += [z_busy.eq(1), zc.eq(0), zstep.eq(0)]
@@ -319,9 +339,9 @@ class SoftScore(wiring.Component):
                     m.d.sync += zcoarse.eq(zs << Cat(C(0, 3), zsh[3:]))
                 with m.Case(5):
                     m.d.sync += znorm.eq(zcoarse << zsh[:3])
-                # Case 6: the LOG2 table reads the M bits below the leading one
-                with m.Case(7):  # its slow block-RAM output, registered
-                    m.d.sync += zlt.eq(lrd.data)
+                # Case 6: the LOG2 table reads the M bits below the leading one; case 7: its
+                # output registered (``zlt``, every cycle: the block RAM's output register on
+                # ECP5, ``synth.ecp5_flow.absorb_bram_output_registers``)
                 with m.Case(8):
                     zval = (zp << FB) + zlt - (E << FB)
                     with m.Switch(zc):

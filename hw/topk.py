@@ -9,6 +9,12 @@ from amaranth.lib.wiring import In, Out
 from model.dre.config import ConfigError
 
 
+def _gt(a, b):
+    """``a > b`` as the sign of ``b - a`` one bit wider (never overflows): on ECP5 the carry
+    chain's last sum output, without the overflow logic Yosys puts behind a signed compare."""
+    return (b - a)[-1]
+
+
 def entry_layout(key_shape, index_bits: int, payload_shape=None) -> data.StructLayout:
     fields = {"valid": 1, "key": key_shape, "index": unsigned(index_bits)}
     if payload_shape is not None:
@@ -169,24 +175,26 @@ class TopKPipe(wiring.Component):
                 new.key.eq(self.key),
                 new.index.eq(self.index),
                 new.payload.eq(self.payload),
-                cmp_p.eq(self.key > new.key),
+                cmp_p.eq(_gt(self.key, new.key)),
             ]
             for i in range(k):
-                m.d.sync += cmp[i].eq(~e[i].valid | (self.key > e[i].key))
+                m.d.sync += cmp[i].eq(~e[i].valid | _gt(self.key, e[i].key))
         for i in range(k):
             below = cmp_p if i == 0 else Mux(prev_gb[i - 1], cmp[i - 1], cmp_p)
             m.d.comb += gb[i].eq(Mux(prev & prev_gb[i], below, cmp[i]))
         m.d.comb += self.busy.eq(ins | self.insert)
 
-        with m.If(self.clear):
-            for i in range(k):
-                m.d.sync += e[i].valid.eq(0)
-            m.d.sync += self.overflow.eq(0)
-        with m.Elif(ins):
+        # ``clear`` only empties the valid bits (the data of an empty slot is never used), so
+        # the data bits' enables do not wait for it: ``ins ? gb[i] : shift``
+        with m.If(ins):
             m.d.sync += [prev.eq(1), prev_gb.eq(gb)]
             with m.If(e[k - 1].valid):
                 m.d.sync += self.overflow.eq(1)
             insert_sorted(m, e, gb, new)
         with m.Elif(self.shift):
             pop_front(m, e)
+        with m.If(self.clear):  # wins over the above (the later assignment)
+            for i in range(k):
+                m.d.sync += e[i].valid.eq(0)
+            m.d.sync += [self.overflow.eq(0), prev.eq(0)]
         return m

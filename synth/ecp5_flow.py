@@ -179,6 +179,206 @@ def absorb_bram_output_registers(netlist: dict, top: str) -> int:
     return changed
 
 
+def _netlist_maps(mod: dict):
+    """(harness register bits, net bit -> [(cell, input port)], net bit -> (cell, output port))
+    of a Yosys JSON module; module outputs count as sinks ``("<port>", "")``."""
+    harness_bits = set()
+    for net_name, net in mod["netnames"].items():
+        if net_name.split(".")[-1].startswith(HARNESS):
+            harness_bits.update(b for b in net["bits"] if isinstance(b, int))
+    sinks: dict[int, list[tuple[str, str]]] = {}
+    drivers: dict[int, tuple[str, str]] = {}
+    for name, cell in mod["cells"].items():
+        dirs = cell.get("port_directions", {})
+        for port, bits in cell["connections"].items():
+            for b in bits:
+                if not isinstance(b, int):
+                    continue
+                if dirs.get(port) == "output":
+                    drivers[b] = (name, port)
+                else:
+                    sinks.setdefault(b, []).append((name, port))
+    for port in mod["ports"].values():
+        if port["direction"] != "input":
+            for b in port["bits"]:
+                if isinstance(b, int):
+                    sinks.setdefault(b, []).append(("<port>", ""))
+    return harness_bits, sinks, drivers
+
+
+def _ff_info(cell: dict | None):
+    """``(clock, enable, reset)`` of a rising-edge ``TRELLIS_FF`` that resets (if at all) to 0
+    synchronously (``LSR_OVER_CE``): enable ``("1",)`` if none, reset None if none; else
+    None."""
+    if cell is None or cell["type"] != "TRELLIS_FF":
+        return None
+    fc, fp = cell["connections"], cell["parameters"]
+    if fp.get("CLKMUX", "CLK") != "CLK" or fp.get("REGSET", "RESET") != "RESET":
+        return None
+    reset = None
+    if fc.get("LSR", ["0"]) != ["0"]:
+        if fp.get("SRMODE", "LSR_OVER_CE") != "LSR_OVER_CE" or fp.get("LSRMUX", "LSR") != "LSR":
+            return None
+        reset = tuple(fc["LSR"])
+    cemux = str(fp.get("CEMUX", "CE")).strip()
+    if cemux not in ("CE", "1"):
+        return None
+    enable = tuple(fc["CE"]) if cemux == "CE" and fc.get("CE", ["1"]) != ["1"] else ("1",)
+    return tuple(fc["CLK"]), enable, reset
+
+
+def absorb_dsp_registers(netlist: dict, top: str) -> int:
+    """Move the fabric registers in front of and behind a MULT18X18D into the block's own input
+    and output registers (``REG_INPUTA_CLK``, ``REG_INPUTB_CLK``, ``REG_OUTPUT_CLK``); returns
+    how many multipliers were changed.
+
+    Yosys maps ``$mul`` to a purely combinational MULT18X18D, whose multiply alone is ~3.9 ns
+    in nextpnr's ECP5 timing (speed grade 6): between two fabric registers it caps the clock
+    at about 135 MHz.  With the block's registers (nextpnr's ``MULT18X18D_REGS_ALL`` timing) it
+    is a register-to-register path inside the block.  The change is exact:
+
+    * inputs (both A and B, or neither): every A / B pin is tied 0 or driven by the Q of a
+      ``TRELLIS_FF``, all on one (non-inverted) clock.  The pin is moved to the FF's D net and
+      the block's input register takes the FF's enable (A and B may have different enables:
+      one ``CE`` pin each).  An FF with a synchronous reset to 0 and no enable (Yosys infers
+      one where a shifter's output bit is 0 for large shifts) qualifies too: a LUT4 computes
+      ``D & ~reset`` in front of the pin.  An FF whose Q then drives nothing is removed; one
+      that still drives other logic stays (the block holds a copy of it).
+    * output: every used P pin drives exactly one reset-less FF (directly, or through the hold
+      LUT ``en ? P : Q`` that ABC9 leaves for an enable), on that clock, all with one enable.
+      The block's output register drives the FFs' Q nets; the FFs (and hold LUTs) are removed.
+
+    Folded only when the output and both inputs qualify (nextpnr has timing for inputs
+    registered, output registered, or both; not for one input alone), and never with the
+    timing harness's registers (:class:`RegisteredIO`).  Constant pins stay constant (only 0
+    is allowed on A / B, so the block's registers agree with fabric flip-flops from
+    configuration on; the harness has no constant 1 there).  Vendor tools do the same.
+    """
+    mod = netlist["modules"][top]
+    cells = mod["cells"]
+    harness_bits, sinks, drivers = _netlist_maps(mod)
+    next_bit = max(
+        [b for c in cells.values() for bits in c["connections"].values() for b in bits]
+        + [b for n in mod["netnames"].values() for b in n["bits"]],
+        key=lambda b: b if isinstance(b, int) else -1,
+    )
+    changed = 0
+    for cname, cell in list(cells.items()):
+        if cell["type"] != "MULT18X18D":
+            continue
+        conn, par = cell["connections"], cell["parameters"]
+        if any(
+            str(par.get(f"REG_{r}_CLK", "NONE")) != "NONE"
+            for r in ("INPUTA", "INPUTB", "INPUTC", "PIPELINE", "OUTPUT")
+        ):
+            continue
+        if any(conn.get(f"{c}{i}", ["0"]) != ["0"] for c in ("CLK", "CE", "RST") for i in range(4)):
+            continue
+        if any(conn.get(p, ["0"]) != ["0"] for p in ("SOURCEA", "SOURCEB")):
+            continue
+        # inputs: pin -> (FF name, its D net) per side, one clock and enable per side
+        ins, clocks, side_en = {}, set(), {}
+        for side in "AB":
+            regs, ens = {}, set()
+            for i in range(18):
+                bit = conn.get(f"{side}{i}", ["0"])[0]
+                if bit == "0":
+                    continue
+                drv = drivers.get(bit) if isinstance(bit, int) else None
+                ff = cells.get(drv[0]) if drv and drv[1] == "Q" else None
+                info = _ff_info(ff)
+                # a synchronous reset only without an enable: it becomes logic on the input
+                if info is None or bit in harness_bits or (info[2] and info[1] != ("1",)):
+                    regs = None
+                    break
+                clocks.add(info[0])
+                ens.add(info[1])
+                regs[f"{side}{i}"] = (drv[0], ff["connections"]["DI"][0], info[2])
+            if regs is None or len(ens) > 1:
+                ins = None
+                break
+            ins[side] = regs
+            side_en[side] = next(iter(ens), ("1",))
+        # output: P pin -> (Q net, cells to remove, enable)
+        outs = {}
+        for i in range(36):
+            bit = conn.get(f"P{i}", [None])[0]
+            if not isinstance(bit, int) or not sinks.get(bit):
+                continue
+            ff_name = sinks[bit][0][0] if len(sinks[bit]) == 1 else None
+            clk = None
+            if ff_name in cells and cells[ff_name]["type"] == "TRELLIS_FF":
+                clk = cells[ff_name]["connections"]["CLK"]
+            elif ff_name in cells and cells[ff_name]["type"] == "LUT4":
+                out = cells[ff_name]["connections"]["Z"][0]
+                nxt = sinks.get(out, [])
+                if len(nxt) == 1 and nxt[0][0] in cells:
+                    clk = cells[nxt[0][0]]["connections"].get("CLK")
+            r = _register_behind(cells, sinks, bit, clk) if clk else None
+            if r is None or r[0] in harness_bits:
+                outs = None
+                break
+            clocks.add(tuple(clk))
+            outs[f"P{i}"] = r
+        if ins is None or outs is None or not outs or len(clocks) != 1:
+            continue
+        out_en = {r[2] for r in outs.values()}
+        if len(out_en) != 1:
+            continue
+        (clock,) = clocks
+        enables = [side_en["A"], side_en["B"], next(iter(out_en))]
+        slots = list(dict.fromkeys(enables))  # distinct enables -> CE0, CE1, CE2
+        dirs = cell.setdefault("port_directions", {})
+        conn["CLK0"] = list(clock)
+        conn["RST0"] = ["0"]
+        for k, en in enumerate(slots):
+            conn[f"CE{k}"] = list(en)
+        for port in ("CLK0", "RST0", *(f"CE{k}" for k in range(len(slots)))):
+            dirs[port] = "input"
+        for reg, en in zip(("INPUTA", "INPUTB", "OUTPUT"), enables, strict=True):
+            par[f"REG_{reg}_CLK"] = "CLK0"
+            par[f"REG_{reg}_CE"] = f"CE{slots.index(en)}"
+            par[f"REG_{reg}_RST"] = "RST0"
+        for side in "AB":
+            for pin, (ff, d, reset) in ins[side].items():
+                if reset is not None:  # D & ~reset, in a LUT in front of the block's register
+                    next_bit += 1
+                    cells[f"{cname}_{pin}_srst"] = {
+                        "hide_name": 1,
+                        "type": "LUT4",
+                        "parameters": {"INIT": "0010001000100010"},  # A & ~B
+                        "attributes": {},
+                        "port_directions": {
+                            "A": "input",
+                            "B": "input",
+                            "C": "input",
+                            "D": "input",
+                            "Z": "output",
+                        },
+                        "connections": {
+                            "A": [d],
+                            "B": [reset[0]],
+                            "C": ["0"],
+                            "D": ["0"],
+                            "Z": [next_bit],
+                        },
+                    }
+                    d = next_bit
+                q = conn[pin][0]
+                conn[pin] = [d]
+                sinks[q] = [s for s in sinks[q] if s != (cname, pin)]
+                sinks.setdefault(d, []).append((cname, pin))
+                if not sinks[q] and ff in cells:
+                    del cells[ff]
+        for pin, (q, removed, _) in outs.items():
+            conn[pin] = [q]
+            drivers[q] = (cname, pin)
+            for name in removed:
+                cells.pop(name, None)
+        changed += 1
+    return changed
+
+
 def _lut_value(init: str, inputs: dict[str, int]) -> int:
     """Output of a LUT4 with ``INIT`` (Yosys JSON: binary, most significant bit first)."""
     index = inputs["A"] | inputs["B"] << 1 | inputs["C"] << 2 | inputs["D"] << 3
@@ -264,6 +464,8 @@ class Ecp5Result:
     abc9: bool = True
     #: block RAM read ports given their output register (:func:`absorb_bram_output_registers`)
     bram_outregs: int = 0
+    #: multipliers given their input and output registers (:func:`absorb_dsp_registers`)
+    dsp_regs: int = 0
 
     @property
     def fmax_mhz(self) -> float | None:
@@ -318,6 +520,7 @@ def synth_ecp5(
     netlist_path = workdir / "ecp5.json"
     netlist = json.loads(netlist_path.read_text())
     absorbed = absorb_bram_output_registers(netlist, top)
+    dsp_regs = absorb_dsp_registers(netlist, top)
     netlist_path.write_text(json.dumps(netlist))
     t1 = time.monotonic()
     log = workdir / "nextpnr.log"
@@ -358,6 +561,7 @@ def synth_ecp5(
             pnr_error=pnr_error,
             abc9=abc9,
             bram_outregs=absorbed,
+            dsp_regs=dsp_regs,
         )
     report = json.loads((workdir / "pnr_report.json").read_text())
     util = report["utilization"]
@@ -390,6 +594,7 @@ def synth_ecp5(
         seconds_pnr=t2 - t1,
         abc9=abc9,
         bram_outregs=absorbed,
+        dsp_regs=dsp_regs,
     )
 
 

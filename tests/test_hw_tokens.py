@@ -185,6 +185,22 @@ def test_soft_score_with_sixteen_queries(seed):
         assert (got, planes, err) == (*expected(cfg, pr), 0), pr
 
 
+def test_token_selector_one_lane_group(seed):
+    """``d = lanes``: one micro-op per (entry, query), so the running maxima of the bounds
+    (``ML_c``, ``MU_c``, and ``SL`` over the queries) are updated in back-to-back cycles and
+    their compares go through the bypass at D8 (docs/select.md, "v2 pipeline")."""
+    rng = random.Random(seed)
+    cfg = DREConfig(d=4, lanes=4, bq=4, bk=4, n_max=12, k_cap=3, q_max=3, count_bits=5)
+    problems = [rand_problem(rng, cfg) for _ in range(60)]
+    for pr in problems[::2]:  # n_q = 1: the same query's maxima in consecutive cycles
+        pr["queries"] = pr["queries"][:1]
+    results = run_retrievals(cfg, problems, rng)
+    for i, (pr, (got, planes, err)) in enumerate(zip(problems, results, strict=True)):
+        want, want_planes = expected(cfg, pr)
+        assert err == 0
+        assert (got, planes) == (want, want_planes), (i, pr)
+
+
 def test_token_selector_errors(seed):
     rng = random.Random(seed)
     cfg = SMALL
@@ -208,7 +224,7 @@ def test_token_selector_errors(seed):
 
 def test_cycles_without_early_exit_follow_the_formula(seed):
     """Early exit off, every entry live, the budget takes everything: the trailer's ``cycles`` is
-    ``9 + 2*Q*g + bk*(N*Q*g + LA + 16) + R*(N + LA + 5) + N`` with ``LA`` the look-ahead depth
+    ``9 + 2*Q*g + bk*(N*Q*g + LA + 16) + R*(N + LA + 6) + N`` with ``LA`` the look-ahead depth
     and ``R = ceil(N / k_cap)`` output rounds, plus ``N*(1 + 2*Q) + 9*Q + 27 + 2*LA + 7`` with
     the soft score (docs/select.md), written out here, not taken
     from ``hw.select_tokens.cycle_formula`` (checked against it too), on three configurations
@@ -234,7 +250,7 @@ def test_cycles_without_early_exit_follow_the_formula(seed):
             problems[-1].update(soft=soft, gain=rand_gain(rng) if soft else 0)
             rounds = -(-n // cfg.k_cap)
             bk = cfg.bk
-            want.append(9 + 2 * n_q * g + bk * (n * n_q * g + la + 16) + rounds * (n + la + 5) + n)
+            want.append(9 + 2 * n_q * g + bk * (n * n_q * g + la + 16) + rounds * (n + la + 6) + n)
             if soft:  # the soft unit's three sweeps (Z_CYCLES = 9, FIXED_CYCLES = 27)
                 want[-1] += n * (1 + 2 * n_q) + 9 * n_q + 27 + 2 * la + 7
             assert want[-1] == cycle_formula(cfg, n, n_q, soft=bool(soft))
@@ -247,7 +263,7 @@ def test_cycles_without_early_exit_follow_the_formula(seed):
 def test_pipeline_adds_a_fixed_latency():
     """The pipelined schedule against the unpipelined one (``1 + 2*Q*g + bk*(N*Q*g + 5) +
     R*(N + 5) + N``, docs/select.md): the difference does not grow with ``Q*g``, and at the
-    bench configurations it is within 1 % of the cycles (Q = 4; 2.5 % with Q = 1)."""
+    bench configurations it is within 1 % of the cycles (Q = 4; 3 % with Q = 1)."""
     for d, n in ((64, 256), (64, 1024), (128, 256), (128, 1024)):
         cfg = DREConfig(d=d, lanes=16, n_max=1024, k_cap=16, q_max=4)
         for n_q in (1, 4):
@@ -256,8 +272,8 @@ def test_pipeline_adds_a_fixed_latency():
             old = 1 + 2 * n_q * g + cfg.bk * (n * n_q * g + 5) + rounds * (n + 5) + n
             extra = cycle_formula(cfg, n, n_q) - old
             la = lookahead_stages(cfg)
-            assert extra == 8 + cfg.bk * (la + 11) + rounds * la
-            assert extra <= (0.01 if n_q == 4 else 0.025) * old  # the issue allows 5 %
+            assert extra == 8 + cfg.bk * (la + 11) + rounds * (la + 1)
+            assert extra <= (0.01 if n_q == 4 else 0.03) * old  # the issue allows 5 %
 
 
 @pytest.mark.filterwarnings("ignore::amaranth.hdl.UnusedElaboratable")

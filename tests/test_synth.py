@@ -7,6 +7,7 @@ the Memory parameters, ECP5 DSP/BRAM use from what the design plainly needs.
 
 from __future__ import annotations
 
+import json
 import sys
 import textwrap
 
@@ -146,6 +147,27 @@ class RamThenRegister(wiring.Component):
         return m
 
 
+class MultiplyRegistered(wiring.Component):
+    """``p = a * b`` (18 x 18 bits) with reset-less registers on both operands and on the
+    product (``fold = True``: the multiplier's own registers can take all three), or with a
+    reset on the product register (``fold = False``: nothing qualifies, nothing moves)."""
+
+    def __init__(self, fold: bool):
+        self.fold = fold
+        super().__init__({"a": In(18), "b": In(18), "en": In(1), "p": Out(36)})
+
+    def elaborate(self, platform):
+        from amaranth import Signal
+
+        m = Module()
+        a, b = Signal(18, reset_less=True), Signal(18, reset_less=True)
+        p = Signal(36, reset_less=self.fold)
+        with m.If(self.en):  # an enable on the operands: the block's CE
+            m.d.sync += [a.eq(self.a), b.eq(self.b)]
+        m.d.sync += [p.eq(a * b), self.p.eq(p + 1)]
+        return m
+
+
 def verilog_of(component, name):
     from amaranth.back import verilog
 
@@ -255,6 +277,27 @@ def test_ecp5_block_ram_output_register_is_absorbed(tmp_path):
     port = synth_ecp5(MultiplyAndStore(), "ms", tmp_path / "c", freq_mhz=50)
     assert (fast.bram_outregs, slow.bram_outregs, port.bram_outregs) == (1, 0, 0)
     assert fast.used["TRELLIS_FF"] == slow.used["TRELLIS_FF"] - 32
+    assert fast.fmax_mhz > 150 > slow.fmax_mhz
+
+
+def test_ecp5_multiplier_registers_are_absorbed(tmp_path):
+    """synth.ecp5_flow.absorb_dsp_registers: the operand and product registers around a
+    multiplier become the MULT18X18D's own (36 + 36 FFs fewer, faster); with a reset on the
+    product register nothing is folded; the harness's registers around a bare product stay."""
+    fast = synth_ecp5(MultiplyRegistered(True), "mr", tmp_path / "a", freq_mhz=200)
+    slow = synth_ecp5(MultiplyRegistered(False), "mr", tmp_path / "b", freq_mhz=200)
+    port = synth_ecp5(MultiplyAndStore(), "ms", tmp_path / "c", freq_mhz=50)
+    assert (fast.dsp_regs, slow.dsp_regs, port.dsp_regs) == (1, 0, 0)
+    assert fast.used["MULT18X18D"] == slow.used["MULT18X18D"] == 1
+    assert fast.used["TRELLIS_FF"] == slow.used["TRELLIS_FF"] - 72
+    netlist = json.loads((tmp_path / "a" / "ecp5.json").read_text())
+    (dsp,) = [c for c in netlist["modules"]["mr"]["cells"].values() if c["type"] == "MULT18X18D"]
+    par, conn = dsp["parameters"], dsp["connections"]
+    assert [par[f"REG_{r}_CLK"] for r in ("INPUTA", "INPUTB", "OUTPUT")] == ["CLK0"] * 3
+    # the operands' enable on one CE pin, the product register always enabled on another
+    ce_in, ce_out = conn[par["REG_INPUTA_CE"]], conn[par["REG_OUTPUT_CE"]]
+    assert par["REG_INPUTB_CE"] == par["REG_INPUTA_CE"] != par["REG_OUTPUT_CE"]
+    assert ce_out == ["1"] and isinstance(ce_in[0], int) and conn["RST0"] == ["0"]
     assert fast.fmax_mhz > 150 > slow.fmax_mhz
 
 

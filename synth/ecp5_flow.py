@@ -14,6 +14,11 @@ found in the netlist by name and subtracted, so the FF column is the design's ow
 constrained with ``--freq``; ``--timing-allow-fail`` makes a slower result a number rather than
 an error.  The seed is fixed, so a run is reproducible; Fmax moves by a few percent from seed to
 seed.
+
+Between Yosys and nextpnr the netlist is edited in two exact ways that Yosys's ECP5 mapping does
+not do itself: registers behind a block RAM read become its output register
+(:func:`absorb_bram_output_registers`), and registers in front of and behind a multiplier become
+the MULT18X18D's own (:func:`absorb_dsp_registers`).
 """
 
 from __future__ import annotations

@@ -274,6 +274,8 @@ class SelectTokensCore(wiring.Component):
                 "part": vec,
             }
         )
+        # the FSM is in PASS, SCORE or SOFT_SWEEP: a register set by the state before and cleared
+        # with the transition out (a state decode here reached A0's enables through ~2 LUTs)
         sweep = Signal()
         adv = Signal(init=1)
         adv_load, adv_hold = Signal(), Signal()  # next adv after loading / holding an entry
@@ -790,12 +792,13 @@ class SelectTokensCore(wiring.Component):
                     m.d.sync += addend[k].eq(rqp_prev[k] - Mux(raw, 0, ml[k]))
                     with m.If(first):  # MU0 = (2^(bk-1) - 1) Qpos - 2^(bk-1) Qneg
                         m.d.sync += mu_sub[k].eq(Mux(raw, 0, rqp[k] - (q_neg[k] << (bk - 1))))
+                m.d.sync += sweep.eq(1)
                 m.next = "PASS"
 
             with m.State("PASS"):
                 m.d.sync += cycles.eq(cycles + 1)
-                m.d.comb += sweep.eq(1)
                 with m.If(drained):
+                    m.d.sync += sweep.eq(0)
                     m.next = "PASS_END"
 
             with m.State("PASS_END"):  # the per-pass constants, from registers only
@@ -855,12 +858,13 @@ class SelectTokensCore(wiring.Component):
                     score_mode.eq(1),
                     soft_feed.eq(1),
                 ]
+                m.d.sync += sweep.eq(1)
                 m.next = "SOFT_SWEEP"
 
             with m.State("SOFT_SWEEP"):  # until the FIFO has handed the sweep's last beat on
                 m.d.sync += cycles.eq(cycles + 1)
-                m.d.comb += sweep.eq(1)
                 with m.If(drained & ~e_left.any() & (sfifo.level == 0)):
+                    m.d.sync += sweep.eq(0)
                     with m.If(kind == SWEEP_SCORE):
                         m.next = "SOFT_WAIT"
                     with m.Else():
@@ -878,12 +882,13 @@ class SelectTokensCore(wiring.Component):
                 m.d.sync += [e.eq(0), e_left.eq(n_cur), score_mode.eq(1)]
                 for k in range(qm):
                     m.d.sync += addend[k].eq(-Mux(raw, 0, mu_new[k]))
+                m.d.sync += sweep.eq(1)
                 m.next = "SCORE"
 
             with m.State("SCORE"):  # rank the survivors' exact scores
                 m.d.sync += cycles.eq(cycles + 1)
-                m.d.comb += sweep.eq(1)
                 with m.If(drained):
+                    m.d.sync += sweep.eq(0)
                     m.d.sync += in_out.eq(1)
                     m.next = "OUT"
 

@@ -14,8 +14,12 @@ from amaranth.sim import Simulator
 from hw.centroid_table import CentroidTable
 from hw.cluster_cosine import LATENCY as COMPARE_LATENCY
 from hw.cluster_cosine import PAIRS, ClusterCompare
+from hw.cluster_decide import ClusterDecide
+from hw.cluster_dots import ClusterDots
 from hw.cluster_exact import ExactCompare, exact_cycles, exact_widths
+from hw.cluster_frame import TokenFramer
 from hw.cluster_unit import ClusterUnit, token_latency, token_period
+from hw.cluster_update import SumUpdate
 from hw.cluster_writeback import ClusterWriteback, log2_fixed, writeback_cycles
 from model.dre.cluster import ClusterWidths, quantise_centroid, size_bias
 from model.dre.cluster import log2_fixed as log2_model
@@ -423,6 +427,11 @@ def test_writeback_engine_rounds_and_biases(seed, cfg, shared):
 def test_components_reject_bad_parameters():
     with pytest.raises(ConfigError):
         ClusterUnit("d=8")
+    with pytest.raises(ConfigError):
+        ClusterUnit(SMALL, mantissa_bits=5)
+    for cls in (ClusterDecide, ClusterDots, SumUpdate, TokenFramer):
+        with pytest.raises(ConfigError):
+            cls("d=8")
 
 
 # ---- Verilator co-simulation --------------------------------------------------------------------

@@ -66,8 +66,12 @@ class ClusterDots(wiring.Component):
         Carried with the chunk to ``done_tag`` (the unit's bank of the token).
     key, key_prev : In(ArrayLayout(signed(bk), lanes))
         The chunk of the token's key and of the key of the token before (for ``k.k_prev``).
-    sums : In(ArrayLayout(signed(sum), lanes)) x 5
-        The chunk of each sum (the table's read data of this cycle).
+    sums : In(ArrayLayout(signed(sum), lanes)) x 5, hit : In(5), fwd : In(ArrayLayout)
+        The chunk of each sum: the table's raw read data of this cycle, replaced by ``fwd`` where
+        ``hit[i]`` (the row was written in the read's address cycle,
+        :class:`hw.centroid_table.CentroidTable` with ``bypass_out``).  The raw data is
+        registered first (no reset: the FPGA flow folds it into the block RAM's output
+        register), the replacement made after that register.
     dot : Out(signed(dot)) x 5, kk : Out(signed(key_norm + 1)), kn : Out(unsigned(key_norm))
         The accumulators: ``k.S_i``, ``k.k_prev``, ``|k|^2`` of the last token whose last chunk
         has gone through; they change only while chunks go through.
@@ -79,12 +83,12 @@ class ClusterDots(wiring.Component):
     Timing
     ------
     Three stages: ``q1`` registers the chunk data and key chunks (cycle ``D``), ``q2`` the
-    products (``k x S[0:17]`` in DSP blocks, ``k x S[17:]`` and the key products in LUTs) and the
-    first two adder-tree levels (``D + 1``), the accumulate stage ``A`` the rest of the trees and
-    the accumulators (``D + 2``): a token whose last chunk is presented in cycle ``D`` has
-    ``done`` in ``D + 2`` and its results in ``dot``/``kk``/``kn`` from ``D + 3`` on.  One chunk
-    per cycle, back to back across tokens (``first`` restarts the accumulators).
-    """
+    bypass multiplexer, the products (``k x S[0:17]`` in DSP blocks, ``k x S[17:]`` and the key
+    products in LUTs) and the first two adder-tree levels (``D + 1``), the accumulate stage
+    ``A`` the rest of the trees and the accumulators (``D + 2``): a token whose last chunk is
+    presented in cycle ``D`` has ``done`` in ``D + 2`` and its results in ``dot``/``kk``/``kn``
+    from ``D + 3`` on.  One chunk per cycle, back to back across tokens (``first`` restarts the
+    accumulators)."""
 
     def __init__(self, cfg: DREConfig):
         if not isinstance(cfg, DREConfig):
@@ -100,6 +104,8 @@ class ClusterDots(wiring.Component):
                 "key": In(key_chunk_layout(cfg)),
                 "key_prev": In(key_chunk_layout(cfg)),
                 "sums": In(sum_chunk_layout(cfg)).array(N_SUMS),
+                "hit": In(N_SUMS),
+                "fwd": In(sum_chunk_layout(cfg)),
                 "dot": Out(signed(wd.dot)).array(N_SUMS),
                 "kk": Out(signed(wd.key_norm + 1)),
                 "kn": Out(unsigned(wd.key_norm)),
@@ -112,11 +118,11 @@ class ClusterDots(wiring.Component):
         L = self.cfg.lanes
         m = Module()
 
-        def stage(values, name):  # one register per value, same shape
+        def stage(values, name, reset_less=False):  # one register per value, same shape
             out = []
             for k, v in enumerate(values):
                 v = Value.cast(v)
-                r = Signal(v.shape(), name=f"{name}{k}")
+                r = Signal(v.shape(), name=f"{name}{k}", reset_less=reset_less)
                 m.d.sync += r.eq(v)
                 out.append(r)
             return out
@@ -124,7 +130,13 @@ class ClusterDots(wiring.Component):
         # q1: data and key chunks
         q1_kc = stage([self.key[l] for l in range(L)], "q1_kc")
         q1_kp = stage([self.key_prev[l] for l in range(L)], "q1_kp")
-        q1_s = [stage([self.sums[i][l] for l in range(L)], f"q1_s{i}_") for i in range(N_SUMS)]
+        q1_raw = [
+            stage([self.sums[i][l] for l in range(L)], f"q1_s{i}_", reset_less=True)
+            for i in range(N_SUMS)
+        ]
+        q1_hit = stage([self.hit[i] for i in range(N_SUMS)], "q1_hit")
+        q1_fwd = stage([self.fwd[l] for l in range(L)], "q1_fwd")
+        q1_s = [[Mux(q1_hit[i], q1_fwd[l], q1_raw[i][l]) for l in range(L)] for i in range(N_SUMS)]
         q1_ctl = stage([self.en, self.first, self.last, self.tag], "q1_ctl")
         # q2: products and two tree levels
         q2_lo, q2_hi = [], []

@@ -149,7 +149,9 @@ class ClusterUnit(wiring.Component):
 
         # Sum read ports: 0 own temporal, 1 own up, 2..4 the previous token's three candidates.
         # The write-back engine reads the sums through the update engine's port when it is free.
-        m.submodules.table = table = CentroidTable(cfg, ports=5, meta_ports=2, wb_port=False)
+        m.submodules.table = table = CentroidTable(
+            cfg, ports=5, meta_ports=2, wb_port=False, bypass_out=True
+        )
         m.submodules.framer = framer = TokenFramer(cfg)
         m.submodules.dots = dots = ClusterDots(cfg)
         m.submodules.compare = cmp = ClusterCompare(cfg, self.mantissa_bits)
@@ -300,6 +302,8 @@ class ClusterUnit(wiring.Component):
             dots.key.eq(key_chunk(pick(b_key, d_par), d_chunk, "kc")),
             dots.key_prev.eq(key_chunk(pick(b_key, ~d_par), d_chunk, "kp")),
             *(dots.sums[i].eq(table.cand[i].data) for i in range(5)),
+            *(dots.hit[i].eq(table.cand_hit[i]) for i in range(5)),
+            dots.fwd.eq(table.wr_last),
         ]
         acc, kk = dots.dot, dots.kk
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from amaranth import Module, Mux, Signal, signed, unsigned
+from amaranth import Cat, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
@@ -161,6 +161,8 @@ class CentroidTable(wiring.Component):
         def row(port):
             if G == 1:
                 return port.id
+            if G & (G - 1) == 0:  # a power of two: the row is the bits side by side, no adder
+                return Cat(port.chunk[: G.bit_length() - 1], port.id)
             # id * G as shifts and adds of the constant's bits (no multiplier cell)
             return sum(port.id << b for b in range(G.bit_length()) if G >> b & 1) + port.chunk
 

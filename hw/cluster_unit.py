@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
-from amaranth import Cat, Module, Mux, Signal, Value, signed, unsigned
+from amaranth import Cat, Module, Mux, Signal, Value, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from hw.centroid_table import CentroidTable, chunk_shape
 from hw.cluster_cosine import ClusterCompare
-from hw.cluster_decide import LEFT, TEMPORAL, UP, ClusterDecide
+from hw.cluster_decide import TEMPORAL, UP, ClusterDecide
 from hw.cluster_dots import ClusterDots, key_chunk_layout, key_layout
 from hw.cluster_frame import TokenFramer
 from hw.cluster_queue import WritebackQueue
+from hw.cluster_resolve import CandidateResolve
 from hw.cluster_update import SumUpdate
 from hw.cluster_writeback import ClusterWriteback
 from hw.plane_store import PlaneWriteSignature
@@ -113,6 +114,16 @@ class ClusterUnit(wiring.Component):
     rare).
     Write-backs run in the background from a queue of updated clusters (each id at most once).
     ``docs/cluster.md`` has the schedule and the hazard argument.
+
+    Structure: :class:`hw.cluster_frame.TokenFramer` (acceptance, IN stage),
+    :class:`hw.cluster_dots.ClusterDots` (q1, q2, A), :class:`hw.cluster_resolve.CandidateResolve`
+    (T1), :class:`hw.cluster_cosine.ClusterCompare` (T2 .. T4),
+    :class:`hw.cluster_decide.ClusterDecide` (DEC, exact recomputes),
+    :class:`hw.cluster_update.SumUpdate`, :class:`hw.cluster_queue.WritebackQueue`,
+    :class:`hw.cluster_writeback.ClusterWriteback` and :class:`hw.centroid_table.CentroidTable`;
+    this module holds the owner map, the start of the dot products (candidate ids, the two
+    per-token banks), the test section's ``m.FSM`` (IDLE / T2 / T3 / T4 / DEC), the decision
+    history, the result register and the clear.
     """
 
     def __init__(self, cfg: DREConfig, mantissa_bits: int = 17):
@@ -155,6 +166,7 @@ class ClusterUnit(wiring.Component):
         m.submodules.framer = framer = TokenFramer(cfg)
         m.submodules.dots = dots = ClusterDots(cfg)
         m.submodules.compare = cmp = ClusterCompare(cfg, self.mantissa_bits)
+        m.submodules.resolve = res = CandidateResolve(cfg)
         m.submodules.decide = dcd = ClusterDecide(cfg)
         m.submodules.update = upd = SumUpdate(cfg)
         m.submodules.queue = queue = WritebackQueue(cfg)
@@ -305,7 +317,6 @@ class ClusterUnit(wiring.Component):
             *(dots.hit[i].eq(table.cand_hit[i]) for i in range(5)),
             dots.fwd.eq(table.wr_last),
         ]
-        acc, kk = dots.dot, dots.kk
 
         # ---- test section: T1 (resolve) | T2 .. T4 (screen stages 1-3) | DEC -------------------
         tst_par = Signal()  # bank of the token in T2 .. DEC
@@ -336,50 +347,36 @@ class ClusterUnit(wiring.Component):
         next_par = Mux(acc_full, full_par, dots.done_tag)
         for k, i in enumerate((TEMPORAL, UP)):
             m.d.comb += table.cand_meta[k].id.eq(pick(b_id[i], next_par))
+        # T1 (CandidateResolve): the candidates of the token in bank B, registered for T2.
         B = full_par
-        t_pend = pick(b_pend, B)
-        t_ex, t_prev = pick(b_ex, B), pick(b_prev, B)
-        spec_sel = Signal(signed(wd.dot))
-        with m.Switch(pd_which):
-            for j in range(3):
-                with m.Case(j):
-                    m.d.comb += spec_sel.eq(acc[2 + j])
-        prev_dot = Signal(signed(wd.dot))
-        m.d.comb += prev_dot.eq(Mux(t_pend, Mux(pd_new, kk, spec_sel + kk), acc[2]))
-        r_id = [Signal(range(cfg.n_max), name=f"r_id{i}") for i in range(3)]
-        r_dot = [Signal(signed(wd.dot), name=f"r_dot{i}") for i in range(3)]
-        r_norm = [Signal(unsigned(wd.sum_norm), name=f"r_norm{i}") for i in range(3)]
-        r_count = [Signal(unsigned(cfg.count_bits), name=f"r_count{i}") for i in range(3)]
-        r_elig = Signal(3)
-        r_kn = Signal(unsigned(wd.key_norm))
-        eligible = []
+        m.d.comb += [
+            res.load.eq(t1),
+            res.pend.eq(pick(b_pend, B)),
+            res.ex.eq(pick(b_ex, B)),
+            res.prev.eq(pick(b_prev, B)),
+            res.own_id[0].eq(pick(b_id[TEMPORAL], B)),
+            res.own_id[1].eq(pick(b_id[UP], B)),
+            res.meta[0].eq(table.cand_meta[0].data),
+            res.meta[1].eq(table.cand_meta[1].data),
+            res.last_id.eq(dec0_id),
+            res.last_ok.eq(dec0_ok),
+            res.last_new.eq(pd_new),
+            res.last_merge.eq(pd_merge),
+            res.last_which.eq(pd_which),
+            res.last_norm.eq(pd_norm),
+            res.last_count.eq(pd_count),
+            *(res.acc[i].eq(dots.dot[i]) for i in range(5)),
+            res.kk.eq(dots.kk),
+            res.kn.eq(dots.kn),
+        ]
+        r_id, r_dot, r_norm, r_kn = res.id, res.dot, res.norm, res.key_norm
         for i in range(3):
-            is_prev = t_prev[i]
-            ex = t_ex[i] & (~is_prev | dec0_ok)
-            if i == LEFT:  # always the token before
-                cid, dot, norm, count = dec0_id, prev_dot, pd_norm, pd_count
-            else:
-                own = pick(b_id[i], B)
-                meta = table.cand_meta[0 if i == TEMPORAL else 1].data
-                corr = t_pend & pd_merge & dec0_ok & (dec0_id == own)
-                own_dot = acc[0 if i == TEMPORAL else 1] + Mux(corr, kk, 0)
-                cid = Mux(is_prev, dec0_id, own)
-                dot = Signal(signed(wd.dot), name=f"t1_dot{i}")
-                m.d.comb += dot.eq(Mux(is_prev, prev_dot, own_dot))
-                norm = Mux(is_prev, pd_norm, meta.norm)
-                count = Mux(is_prev, pd_count, meta.count)
-            el = Signal(name=f"t1_elig{i}")
-            m.d.comb += el.eq(ex & (count != cfg.count_max))
-            eligible.append(el)
             m.d.comb += [
                 cmp.dot[i].eq(r_dot[i]),
                 cmp.norm[i].eq(r_norm[i]),
                 dcd.dot[i].eq(r_dot[i]),
                 dcd.norm[i].eq(r_norm[i]),
             ]
-            with m.If(t1):
-                m.d.sync += [r_id[i].eq(cid), r_dot[i].eq(dot), r_norm[i].eq(norm)]
-                m.d.sync += r_count[i].eq(count)
         # The screen takes the registered T1 results (stage 1 in T2), its taus one cycle ahead.
         m.d.comb += [
             cmp.key_norm.eq(r_kn),
@@ -387,7 +384,7 @@ class ClusterUnit(wiring.Component):
             cmp.tau_s.eq(pick(b_tau_s, B)),
         ]
         with m.If(t1):
-            m.d.sync += [r_elig.eq(Cat(*eligible)), r_kn.eq(dots.kn), tst_par.eq(B)]
+            m.d.sync += tst_par.eq(B)
 
         # ---- the decision (ClusterDecide): the screen runs freely, its DEC-cycle outputs are
         # kept while the decision waits (exact recompute, result backpressure, busy update).
@@ -402,7 +399,7 @@ class ClusterUnit(wiring.Component):
             dcd.more.eq(cmp.more),
             dcd.more_sure.eq(cmp.more_sure),
             dcd.active.eq(in_dec),
-            dcd.elig.eq(r_elig),
+            dcd.elig.eq(res.elig),
             dcd.full.eq(full),
             dcd.key_norm.eq(r_kn),
             dcd.tau_t.eq(pick(b_tau_t, tst_par)),
@@ -420,17 +417,12 @@ class ClusterUnit(wiring.Component):
                 for i in range(3):
                     with m.Case(i):
                         m.d.comb += choice.eq(r_id[i])
-        # Each candidate's |S + k|^2 and n + 1, formed in T2 (r_* are set in T1) and kept.
-        nn = [Signal(unsigned(wd.sum_norm), name=f"nn{i}") for i in range(3)]
-        nc = [Signal(unsigned(cfg.count_bits), name=f"nc{i}") for i in range(3)]
-        for i in range(3):
-            m.d.sync += [nn[i].eq(r_norm[i] + 2 * r_dot[i] + r_kn), nc[i].eq(r_count[i] + 1)]
         norm_w = Signal(unsigned(wd.sum_norm))
         count_w = Signal(unsigned(cfg.count_bits))
         with m.Switch(which):
             for i in range(3):
                 with m.Case(i):
-                    m.d.comb += [norm_w.eq(nn[i]), count_w.eq(nc[i])]
+                    m.d.comb += [norm_w.eq(res.new_norm[i]), count_w.eq(res.new_count[i])]
         dropped = status == DROPPED
         new = status == NEW
         new_norm = Signal(unsigned(wd.sum_norm))

@@ -51,6 +51,7 @@ REGISTRY: list[tuple[str, str, str]] = [
     ("cluster_writeback", "hw.cluster_writeback", "part"),
     ("cluster_frame", "hw.cluster_frame", "part"),
     ("cluster_dots", "hw.cluster_dots", "part"),
+    ("cluster_resolve", "hw.cluster_resolve", "part"),
     ("cluster_decide", "hw.cluster_decide", "part"),
     ("cluster_update", "hw.cluster_update", "part"),
     ("board", "hw.board", "part"),

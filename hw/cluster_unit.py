@@ -466,7 +466,7 @@ class ClusterUnit(wiring.Component):
         m.d.comb += [
             upd.start.eq(decide & ~dropped),
             upd.id.eq(choice),
-            upd.new.eq(new),
+            upd.opened.eq(new),
             upd.key.eq(pick(b_key, tst_par)),
         ]
         wiring.connect(m, upd.read, table.upd)

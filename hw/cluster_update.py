@@ -12,15 +12,16 @@ from model.dre.config import ConfigError, DREConfig
 
 
 class SumUpdate(wiring.Component):
-    """Read-modify-write of one cluster's sum, ``S_id := (new ? 0 : S_id) + key``, one chunk of
+    """Read-modify-write of one cluster's sum, ``S_id := (opened ? 0 : S_id) + key``, one chunk of
     ``lanes`` elements per cycle, through one read port and the write port of the centroid
     table; the write-back engine's reads share the read port.
 
     Interface
     ---------
     start : In(1)
-        Begin an update with ``id``, ``new`` and ``key`` of this cycle.  Only while not ``busy``.
-    id : In(range(n_max)), new : In(1), key : In(ArrayLayout(signed(bk), d))
+        Begin an update with ``id``, ``opened`` and ``key`` of this cycle.  Only while not
+        ``busy``.
+    id : In(range(n_max)), opened : In(1), key : In(ArrayLayout(signed(bk), d))
         The cluster, whether it is opened by this key (its old sum is ignored), the key.
     busy : Out(1)
         Chunk reads ``1 .. G-1`` of the update are pending (a new ``start`` must wait).
@@ -52,7 +53,7 @@ class SumUpdate(wiring.Component):
             {
                 "start": In(1),
                 "id": In(range(cfg.n_max)),
-                "new": In(1),
+                "opened": In(1),
                 "key": In(key_layout(cfg)),
                 "busy": Out(1),
                 "writing": Out(1),
@@ -106,7 +107,7 @@ class SumUpdate(wiring.Component):
                 rd.eq(G > 1),
                 chunk.eq(1 % max(2, G)),
                 upd_id.eq(self.id),
-                upd_new.eq(self.new),
+                upd_new.eq(self.opened),
                 key.eq(self.key),
             ]
         return m

@@ -128,14 +128,21 @@ class ClusterWriteback(wiring.Component):
         m.d.comb += [self.sum.id.eq(cid), self.sum.chunk.eq(chunk), self.meta.id.eq(cid)]
 
         # Bias of the count being processed: a free-running 3-register pipeline from ``count``
-        # (log2, product, saturation): ``count`` is loaded at the end of COUNT, ``bias`` follows
-        # 3 cycles later; the write comes at least ``bk + 2 >= 4`` cycles after COUNT.
-        log_c = log2_fixed(m, count, cfg.log_frac_bits)
+        # (a copy of the count, log2, product; the saturation after the last register):
+        # ``count`` is loaded at the end of COUNT, ``bias`` follows 3 cycles later; the write
+        # comes at least ``bk + 2 >= 4`` cycles after COUNT.  The copy keeps the log2 off the
+        # meta memory's read data (synthesis may merge ``count`` into the memory's read port).
+        count_q = Signal.like(count, name="count_q")
+        log_c = log2_fixed(m, count_q, cfg.log_frac_bits)
         log = Signal.like(log_c, name="log_q")
         scaled = Signal(len(log) + wd.bias_scale)
-        m.d.sync += [log.eq(log_c), scaled.eq((log * self.bias_scale) >> cfg.log_frac_bits)]
+        m.d.sync += [
+            count_q.eq(count),
+            log.eq(log_c),
+            scaled.eq((log * self.bias_scale) >> cfg.log_frac_bits),
+        ]
         top = (1 << (cfg.bias_bits - 1)) - 1
-        m.d.sync += bias.eq(Mux(scaled > top, top, scaled))
+        m.d.comb += bias.eq(Mux(scaled > top, top, scaled))
 
         # Non-restoring division of 2|S| + n by 2n, quotient bits MSB first: one shared shifted
         # divisor ``2n << step`` and its negation; per element one adder, the operand chosen by

@@ -14,8 +14,13 @@ from amaranth.sim import Simulator
 from hw.centroid_table import CentroidTable
 from hw.cluster_cosine import LATENCY as COMPARE_LATENCY
 from hw.cluster_cosine import PAIRS, ClusterCompare
+from hw.cluster_decide import ClusterDecide
+from hw.cluster_dots import ClusterDots
 from hw.cluster_exact import ExactCompare, exact_cycles, exact_widths
+from hw.cluster_frame import TokenFramer
+from hw.cluster_resolve import CandidateResolve
 from hw.cluster_unit import ClusterUnit, token_latency, token_period
+from hw.cluster_update import SumUpdate
 from hw.cluster_writeback import ClusterWriteback, log2_fixed, writeback_cycles
 from model.dre.cluster import ClusterWidths, quantise_centroid, size_bias
 from model.dre.cluster import log2_fixed as log2_model
@@ -261,10 +266,15 @@ def test_exact_compare_against_integers(seed):
 
 
 # ---- centroid table ---------------------------------------------------------------------------
-def test_centroid_table_read_write_timing(seed):
-    cfg = SMALL
+G3 = DREConfig(d=12, lanes=4, bk=4, n_max=16, k_cap=4, grid_max=16, count_bits=5)
+
+
+@pytest.mark.parametrize(
+    "cfg,bypass_out", [(SMALL, False), (SMALL, True), (G3, True)], ids=["G2", "G2-out", "G3-out"]
+)
+def test_centroid_table_read_write_timing(seed, cfg, bypass_out):
     rng = random.Random(seed)
-    dut = CentroidTable(cfg, ports=3, meta_ports=2)
+    dut = CentroidTable(cfg, ports=3, meta_ports=2, bypass_out=bypass_out)
     G, L = cfg.groups, cfg.lanes
     smax = (1 << (ClusterWidths.of(cfg).sum - 1)) - 1
 
@@ -307,9 +317,14 @@ def test_centroid_table_read_write_timing(seed):
                 model[("m", cid)] = meta
             # One cycle later, the contents *after* a write in the cycle of the read: every port
             # is transparent (the clustering unit's pipeline relies on it).
-            for port, (r, _) in reads:
+            # With bypass_out the candidate ports give the raw data, the hit flag and the data
+            # written in the previous cycle: the reader's multiplexer gives the same contents.
+            for k, (port, (r, _)) in enumerate(reads):
                 if r in model:
-                    assert [ctx.get(port.data[i]) for i in range(L)] == model[r]
+                    got = [ctx.get(port.data[i]) for i in range(L)]
+                    if bypass_out and k < len(dut.cand) and ctx.get(dut.cand_hit[k]):
+                        got = [ctx.get(dut.wr_last[i]) for i in range(L)]
+                    assert got == model[r], (k, r)
             for port, (r, _) in mreads:
                 if ("m", r) in model:
                     got = ctx.get(port.data)
@@ -423,6 +438,11 @@ def test_writeback_engine_rounds_and_biases(seed, cfg, shared):
 def test_components_reject_bad_parameters():
     with pytest.raises(ConfigError):
         ClusterUnit("d=8")
+    with pytest.raises(ConfigError):
+        ClusterUnit(SMALL, mantissa_bits=5)
+    for cls in (CandidateResolve, ClusterDecide, ClusterDots, SumUpdate, TokenFramer):
+        with pytest.raises(ConfigError):
+            cls("d=8")
 
 
 # ---- Verilator co-simulation --------------------------------------------------------------------

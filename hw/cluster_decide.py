@@ -1,0 +1,238 @@
+"""Decision of the clustering unit: which candidate a token joins, from the screen's results,
+with exact recomputes of the results the screen left inside its guard band."""
+
+from __future__ import annotations
+
+from amaranth import Module, Mux, Signal, signed, unsigned
+from amaranth.lib import wiring
+from amaranth.lib.wiring import In, Out
+
+from hw.arith import lut_mul
+from hw.cluster_cosine import PAIRS
+from hw.cluster_exact import ExactCompare
+from model.dre.cluster import DROPPED, FORCED, JOINED, NEW, ClusterWidths
+from model.dre.config import ConfigError, DREConfig
+
+#: Digit width of the exact unit's shift-and-add multiplier (cycles against LUTs).
+EXACT_DIGIT_BITS = 1
+
+#: Candidates in test order: temporal, left, up.
+TEMPORAL, LEFT, UP = 0, 1, 2
+
+
+class ClusterDecide(wiring.Component):
+    """The decision of one token among its three candidates (temporal, left, up), bit-exact
+    with :class:`model.dre.cluster.ClusterRef`: the first eligible candidate whose cosine test
+    passes is joined; if none and the table is not full a cluster is opened; if it is full, the
+    most similar eligible candidate is joined (the walk ``best = 0; if more(1, best): best = 1;
+    if more(2, best): best = 2``); with no eligible candidate the token is dropped.
+
+    The test and comparison results come from :class:`hw.cluster_cosine.ClusterCompare` (the
+    mantissa screen) with a *sure* flag each.  A result the decision needs that the screen left
+    unsure is recomputed exactly by :class:`hw.cluster_exact.ExactCompare` (shared, one at a
+    time) from the operands below, and replaces the screen's result; the decision waits.
+
+    Interface
+    ---------
+    fresh : In(1)
+        The screen's outputs (``passed`` .. ``more_sure``) are the token's in this cycle (the
+        cycle after the screen's stage 3); they are kept (and overridden by recomputes) until
+        the next ``fresh``.
+    passed, sure, more, more_sure : In(3)
+        The screen's outputs (``ClusterCompare``; ``more[j]`` compares ``PAIRS[j]``).
+    active : In(1)
+        A token waits for its decision (the unit's DEC state); recomputes start only then.
+    elig : In(3)
+        Candidate ``i`` exists and is not saturated.
+    full : In(1)
+        The table holds ``table_size`` clusters (no new one can be opened).
+    dot : In(signed(dot)) x 3, norm : In(unsigned(sum_norm)) x 3, key_norm : In(unsigned)
+        ``k.S_i``, ``|S_i|^2``, ``|k|^2`` of the token (stable while ``active``): the exact
+        unit's operands.
+    tau_t, tau_s : In(unsigned(tau))
+        The token's thresholds (stable while ``active``).
+    ready : Out(1)
+        ``status`` and ``which`` are final (no recompute needed or pending); meaningful while
+        ``active`` (and from the cycle after ``fresh`` on).
+    status : Out(2)
+        ``JOINED`` / ``NEW`` / ``FORCED`` / ``DROPPED`` (``model.dre.cluster``).
+    which : Out(range(3))
+        The candidate joined (``JOINED``, ``FORCED``; 0 otherwise).
+    exact_count : Out(32)
+        Recomputes started since reset (wraps).
+
+    Timing
+    ------
+    ``ready``, ``status``, ``which`` are combinational from the inputs and the kept results.  A
+    needed unsure result found in an ``active`` cycle is registered in that cycle, the exact
+    unit starts in the next one and its result replaces the screen's when it is done:
+    ``exact_cycles + 1`` cycles per recompute (:func:`hw.cluster_exact.exact_cycles`; 211 at
+    the default), one recompute per needed unsure result.
+    """
+
+    def __init__(self, cfg: DREConfig):
+        if not isinstance(cfg, DREConfig):
+            raise ConfigError(f"cfg must be a DREConfig, got {type(cfg).__name__}")
+        self.cfg = cfg
+        wd = self.widths = ClusterWidths.of(cfg)
+        super().__init__(
+            {
+                "fresh": In(1),
+                "passed": In(3),
+                "sure": In(3),
+                "more": In(3),
+                "more_sure": In(3),
+                "active": In(1),
+                "elig": In(3),
+                "full": In(1),
+                "dot": In(signed(wd.dot)).array(3),
+                "norm": In(unsigned(wd.sum_norm)).array(3),
+                "key_norm": In(unsigned(wd.key_norm)),
+                "tau_t": In(unsigned(wd.tau)),
+                "tau_s": In(unsigned(wd.tau)),
+                "ready": Out(1),
+                "status": Out(2),
+                "which": Out(range(3)),
+                "exact_count": Out(32),
+            }
+        )
+
+    def elaborate(self, platform):
+        cfg = self.cfg
+        m = Module()
+        m.submodules.exact = exact = ExactCompare(cfg, EXACT_DIGIT_BITS)
+
+        # The screen's results of the token, kept while the decision waits (a recompute
+        # overrides the one it recomputed, below).
+        live = (self.passed, self.sure, self.more, self.more_sure)
+        held = [Signal(3, name=f"held_{n}") for n in ("pass", "sure", "more", "msure")]
+        c_pass, c_sure, c_more, c_msure = cur = [
+            Signal(3, name=f"cur_{n}") for n in ("pass", "sure", "more", "msure")
+        ]
+        for c, lv, h in zip(cur, live, held, strict=True):
+            m.d.comb += c.eq(Mux(self.fresh, lv, h))
+            m.d.sync += h.eq(c)
+
+        # Resolution: the first eligible candidate whose test passes; if none and the table is
+        # full, the most similar (walk 0 -> 1 -> 2: more(1, 0), then more(2, best)).  A result
+        # the walk needs that the screen left unsure is recomputed exactly (`need`, item 0-2:
+        # cosine test i; 3-5: the comparison PAIRS[item - 3]).
+        el = self.elig
+        cos_need = Signal()
+        cos_item = Signal(range(3))
+        joined = Signal()
+        join_idx = Signal(range(3))
+        with m.If(el[0] & ~c_sure[0]):
+            m.d.comb += [cos_need.eq(1), cos_item.eq(0)]
+        with m.Elif(el[0] & c_pass[0]):
+            m.d.comb += [joined.eq(1), join_idx.eq(0)]
+        with m.Elif(el[1] & ~c_sure[1]):
+            m.d.comb += [cos_need.eq(1), cos_item.eq(1)]
+        with m.Elif(el[1] & c_pass[1]):
+            m.d.comb += [joined.eq(1), join_idx.eq(1)]
+        with m.Elif(el[2] & ~c_sure[2]):
+            m.d.comb += [cos_need.eq(1), cos_item.eq(2)]
+        with m.Elif(el[2] & c_pass[2]):
+            m.d.comb += [joined.eq(1), join_idx.eq(2)]
+        best01 = Signal(range(3))  # best of candidates 0 and 1 (0 if neither is eligible)
+        best = Signal(range(3))
+        need10 = Signal()  # the first comparison is unsure
+        need2 = Signal()  # the second one is
+        item2 = Signal(range(6))
+        j10, j20, j21 = (3 + PAIRS.index(p) for p in ((1, 0), (2, 0), (2, 1)))
+        with m.If(el[0] & el[1]):
+            m.d.comb += [
+                need10.eq(~c_msure[j10 - 3]),
+                best01.eq(Mux(c_more[j10 - 3], 1, 0)),
+            ]
+        with m.Elif(el[1]):
+            m.d.comb += best01.eq(1)
+        with m.If(el[2] & (el[0] | el[1])):
+            vs1 = best01 == 1
+            more2 = Mux(vs1, c_more[j21 - 3], c_more[j20 - 3])
+            sure2 = Mux(vs1, c_msure[j21 - 3], c_msure[j20 - 3])
+            m.d.comb += [
+                need2.eq(~sure2),
+                item2.eq(Mux(vs1, j21, j20)),
+                best.eq(Mux(more2, 2, best01)),
+            ]
+        with m.Elif(el[2]):
+            m.d.comb += best.eq(2)
+        with m.Else():
+            m.d.comb += best.eq(best01)
+        forced = ~cos_need & ~joined & self.full & (el != 0)
+        need = Signal()
+        need_item = Signal(range(6))
+        m.d.comb += [
+            need.eq(cos_need | (forced & (need10 | need2))),
+            need_item.eq(Mux(cos_need, cos_item, Mux(need10, j10, item2))),
+        ]
+        with m.If(joined):
+            m.d.comb += [self.status.eq(JOINED), self.which.eq(join_idx)]
+        with m.Elif(~self.full):
+            m.d.comb += self.status.eq(NEW)
+        with m.Elif(el != 0):
+            m.d.comb += [self.status.eq(FORCED), self.which.eq(best)]
+        with m.Else():
+            m.d.comb += self.status.eq(DROPPED)
+        m.d.comb += self.ready.eq(~need)
+
+        # ---- exact recompute of one unsure result (shared, time-multiplexed) ----------------
+        # A result found unsure while active is registered (``rc_item``) and the exact unit
+        # starts in the next cycle (``rc_pend``), so that its operands come from registers.
+        rc_item = Signal(range(6))
+        rc_neg = Signal()  # a comparison of two negative dot products: more <=> L < R
+        rc_pend = Signal()
+        rc_req = Signal()
+        m.d.comb += [
+            rc_req.eq(self.active & need & ~exact.busy & ~rc_pend),
+            exact.start.eq(rc_pend),
+        ]
+        op = exact.operand
+
+        def mag(v):
+            return Mux(v < 0, -v, v)[:op]
+
+        dot, norm = self.dot, self.norm
+        t_sq = [lut_mul(self.tau_t, self.tau_t), lut_mul(self.tau_s, self.tau_s)]
+        with m.Switch(rc_item):
+            for i in range(3):  # (k.S)^2 2^(2F) >= T^2 |k|^2 |S|^2
+                with m.Case(i):
+                    m.d.comb += [
+                        exact.x[0].eq(mag(dot[i])),
+                        exact.x[1].eq(mag(dot[i])),
+                        exact.x[2].eq(1 << (2 * cfg.tau_frac_bits)),
+                        exact.y[0].eq(t_sq[0 if i == TEMPORAL else 1]),
+                        exact.y[1].eq(self.key_norm),
+                        exact.y[2].eq(norm[i]),
+                    ]
+            for j, (a, b) in enumerate(PAIRS):  # (k.S_a)^2 |S_b|^2 vs (k.S_b)^2 |S_a|^2
+                with m.Case(3 + j):
+                    m.d.comb += [
+                        exact.x[0].eq(mag(dot[a])),
+                        exact.x[1].eq(mag(dot[a])),
+                        exact.x[2].eq(norm[b]),
+                        exact.y[0].eq(mag(dot[b])),
+                        exact.y[1].eq(mag(dot[b])),
+                        exact.y[2].eq(norm[a]),
+                    ]
+        with m.If(rc_req):
+            neg = Signal()
+            with m.Switch(need_item):
+                for j, (a, _) in enumerate(PAIRS):
+                    with m.Case(3 + j):
+                        m.d.comb += neg.eq(dot[a] < 0)
+            m.d.sync += [rc_item.eq(need_item), rc_neg.eq(neg), rc_pend.eq(1)]
+        with m.If(rc_pend):
+            m.d.sync += [rc_pend.eq(0), self.exact_count.eq(self.exact_count + 1)]
+        with m.If(exact.done), m.Switch(rc_item):  # overrides the hold above
+            for i in range(3):
+                with m.Case(i):
+                    m.d.sync += [held[0][i].eq(exact.ge), held[1][i].eq(1)]
+            for j in range(3):
+                with m.Case(3 + j):
+                    m.d.sync += [
+                        held[2][j].eq(Mux(rc_neg, exact.lt, exact.gt)),
+                        held[3][j].eq(1),
+                    ]
+        return m

@@ -1,0 +1,163 @@
+"""Dot-product pipeline of the clustering unit: five ``k.S`` sums, ``k.k_prev`` and ``|k|^2``."""
+
+from __future__ import annotations
+
+from amaranth import Module, Mux, Signal, Value, signed, unsigned
+from amaranth.lib import data, wiring
+from amaranth.lib.wiring import In, Out
+
+from hw.arith import lut_mul, tree_sum
+from hw.centroid_table import sum_chunk_layout
+from model.dre.cluster import ClusterWidths
+from model.dre.config import ConfigError, DREConfig
+
+#: Sum inputs (read ports of the centroid table) of the pipeline.
+N_SUMS = 5
+
+
+def key_sum_terms(k, s, lanes: int):
+    """The products of ``sum_l k[l] * s[l]`` over ``lanes`` key and sum elements (both signed),
+    as ``(lo, hi)`` lists whose sums give ``sum(lo) + (sum(hi) << 17)``, each product fitting
+    one 18 x 18 DSP multiplier: for sums wider than 18 bits, ``k`` times the low 17 bits of
+    ``s`` (zero-extended) in the DSP blocks (``lo``), ``k`` times the high bits in LUTs
+    (:func:`hw.arith.lut_mul`, ``hi``); the two partial dot products are summed by separate
+    adder trees and added once.  Written as one product per lane, a synthesis tool spends two
+    DSP blocks on every ``bk x (bk + count_bits)`` product.  ``hi`` is empty for sums of 18 bits
+    or fewer."""
+    if len(Value.cast(s[0])) <= 18:
+        return [k[l] * s[l] for l in range(lanes)], []
+    lo = [k[l] * Value.cast(s[l])[:17] for l in range(lanes)]
+    hi = [lut_mul(k[l], Value.cast(s[l])[17:].as_signed()) for l in range(lanes)]
+    return lo, hi
+
+
+def tree_levels(terms: list, levels: int) -> list:
+    """``levels`` levels of a balanced adder tree (as :func:`hw.arith.tree_sum`): the partial
+    sums, ``ceil(len / 2^levels)`` of them, for a pipeline register between levels."""
+    terms = list(terms)
+    for _ in range(levels):
+        if len(terms) <= 1:
+            break
+        pairs = [terms[i] + terms[i + 1] for i in range(0, len(terms) - 1, 2)]
+        terms = pairs + ([terms[-1]] if len(terms) % 2 else [])
+    return terms
+
+
+def key_layout(cfg: DREConfig) -> data.ArrayLayout:
+    """``d`` signed key elements: one token's key."""
+    return data.ArrayLayout(signed(cfg.bk), cfg.d)
+
+
+def key_chunk_layout(cfg: DREConfig) -> data.ArrayLayout:
+    """``lanes`` signed key elements: one chunk of a key."""
+    return data.ArrayLayout(signed(cfg.bk), cfg.lanes)
+
+
+class ClusterDots(wiring.Component):
+    """The dot products of one token, one chunk of ``lanes`` elements per cycle: ``k.S_i`` for
+    the ``N_SUMS = 5`` sums read from the centroid table, ``k.k_prev`` (the key of the token
+    before) and ``|k|^2``, accumulated over the ``G = d / lanes`` chunks of the token.
+
+    Interface
+    ---------
+    en, first, last : In(1)
+        A chunk is presented in this cycle (``D``); it is the token's first / last chunk.
+    tag : In(1)
+        Carried with the chunk to ``done_tag`` (the unit's bank of the token).
+    key, key_prev : In(ArrayLayout(signed(bk), lanes))
+        The chunk of the token's key and of the key of the token before (for ``k.k_prev``).
+    sums : In(ArrayLayout(signed(sum), lanes)) x 5, hit : In(5), fwd : In(ArrayLayout)
+        The chunk of each sum: the table's raw read data of this cycle, replaced by ``fwd`` where
+        ``hit[i]`` (the row was written in the read's address cycle,
+        :class:`hw.centroid_table.CentroidTable` with ``bypass_out``).  The raw data is
+        registered first (no reset: the FPGA flow folds it into the block RAM's output
+        register), the replacement made after that register.
+    dot : Out(signed(dot)) x 5, kk : Out(signed(key_norm + 1)), kn : Out(unsigned(key_norm))
+        The accumulators: ``k.S_i``, ``k.k_prev``, ``|k|^2`` of the last token whose last chunk
+        has gone through; they change only while chunks go through.
+    done, done_tag : Out(1)
+        ``done``: the token's last chunk is in the accumulate stage in this cycle, so the
+        accumulators hold the token's results from the next cycle on.  ``done_tag`` is the tag
+        of the chunk in the accumulate stage (valid in every cycle with a chunk there).
+
+    Timing
+    ------
+    Three stages: ``q1`` registers the chunk data and key chunks (cycle ``D``), ``q2`` the
+    bypass multiplexer, the products (``k x S[0:17]`` in DSP blocks, ``k x S[17:]`` and the key
+    products in LUTs) and the first two adder-tree levels (``D + 1``), the accumulate stage
+    ``A`` the rest of the trees and the accumulators (``D + 2``): a token whose last chunk is
+    presented in cycle ``D`` has ``done`` in ``D + 2`` and its results in ``dot``/``kk``/``kn``
+    from ``D + 3`` on.  One chunk per cycle, back to back across tokens (``first`` restarts the
+    accumulators)."""
+
+    def __init__(self, cfg: DREConfig):
+        if not isinstance(cfg, DREConfig):
+            raise ConfigError(f"cfg must be a DREConfig, got {type(cfg).__name__}")
+        self.cfg = cfg
+        wd = self.widths = ClusterWidths.of(cfg)
+        super().__init__(
+            {
+                "en": In(1),
+                "first": In(1),
+                "last": In(1),
+                "tag": In(1),
+                "key": In(key_chunk_layout(cfg)),
+                "key_prev": In(key_chunk_layout(cfg)),
+                "sums": In(sum_chunk_layout(cfg)).array(N_SUMS),
+                "hit": In(N_SUMS),
+                "fwd": In(sum_chunk_layout(cfg)),
+                "dot": Out(signed(wd.dot)).array(N_SUMS),
+                "kk": Out(signed(wd.key_norm + 1)),
+                "kn": Out(unsigned(wd.key_norm)),
+                "done": Out(1),
+                "done_tag": Out(1),
+            }
+        )
+
+    def elaborate(self, platform):
+        L = self.cfg.lanes
+        m = Module()
+
+        def stage(values, name, reset_less=False):  # one register per value, same shape
+            out = []
+            for k, v in enumerate(values):
+                v = Value.cast(v)
+                r = Signal(v.shape(), name=f"{name}{k}", reset_less=reset_less)
+                m.d.sync += r.eq(v)
+                out.append(r)
+            return out
+
+        # q1: data and key chunks
+        q1_kc = stage([self.key[l] for l in range(L)], "q1_kc")
+        q1_kp = stage([self.key_prev[l] for l in range(L)], "q1_kp")
+        q1_raw = [
+            stage([self.sums[i][l] for l in range(L)], f"q1_s{i}_", reset_less=True)
+            for i in range(N_SUMS)
+        ]
+        q1_hit = stage([self.hit[i] for i in range(N_SUMS)], "q1_hit")
+        q1_fwd = stage([self.fwd[l] for l in range(L)], "q1_fwd")
+        q1_s = [[Mux(q1_hit[i], q1_fwd[l], q1_raw[i][l]) for l in range(L)] for i in range(N_SUMS)]
+        q1_ctl = stage([self.en, self.first, self.last, self.tag], "q1_ctl")
+        # q2: products and two tree levels
+        q2_lo, q2_hi = [], []
+        for i in range(N_SUMS):
+            lo, hi = key_sum_terms(q1_kc, q1_s[i], L)
+            q2_lo.append(stage(tree_levels(lo, 2), f"q2_lo{i}_"))
+            q2_hi.append(stage(tree_levels(hi, 2), f"q2_hi{i}_") if hi else [])
+        # The key x key products are small (bk x bk): shift-and-add in LUTs, no DSP blocks.
+        q2_kk = stage(tree_levels([lut_mul(q1_kc[l], q1_kp[l]) for l in range(L)], 2), "q2_kk")
+        q2_kn = stage(tree_levels([lut_mul(q1_kc[l], q1_kc[l]) for l in range(L)], 2), "q2_kn")
+        a_en, a_first, a_last, a_tag = stage(q1_ctl, "a_ctl")
+        # A: the rest of the trees, accumulate
+        m.d.comb += [self.done.eq(a_en & a_last), self.done_tag.eq(a_tag)]
+        with m.If(a_en):
+            for i in range(N_SUMS):
+                part = tree_sum(q2_lo[i])
+                if q2_hi[i]:
+                    part = part + (tree_sum(q2_hi[i]) << 17)
+                m.d.sync += self.dot[i].eq(Mux(a_first, 0, self.dot[i]) + part)
+            m.d.sync += [
+                self.kk.eq(Mux(a_first, 0, self.kk) + tree_sum(q2_kk)),
+                self.kn.eq(Mux(a_first, 0, self.kn) + tree_sum(q2_kn)),
+            ]
+        return m

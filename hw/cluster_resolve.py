@@ -1,0 +1,142 @@
+"""Candidate resolution of the clustering unit (T1): a token's three candidates, from its dot
+products, the table's meta data and the decision of the token before it."""
+
+from __future__ import annotations
+
+from amaranth import Cat, Module, Mux, Signal, signed, unsigned
+from amaranth.lib import wiring
+from amaranth.lib.wiring import In, Out
+
+from hw.centroid_table import meta_layout
+from hw.cluster_decide import LEFT, TEMPORAL
+from hw.cluster_dots import N_SUMS
+from model.dre.cluster import ClusterWidths
+from model.dre.config import ConfigError, DREConfig
+
+
+class CandidateResolve(wiring.Component):
+    """Resolves the three candidates (temporal, left, up) of the token whose dot products are
+    done, once the token before it is decided, and registers them for the decision screen.
+
+    The dot products were started speculatively (``docs/cluster.md``, "How the loop-carried
+    dependence is broken"): ``acc[0]``, ``acc[1]`` are ``k.S`` of the token's own temporal and
+    up candidates, ``acc[2 + j]`` of the token before's candidate ``j``, ``kk = k.k_prev``.  The
+    *previous-token* candidate (always the left one; the temporal / up one where ``prev`` says
+    so) is the cluster the token before joined (``last_*``): its dot product is
+    ``acc[2 + last_which] + kk`` if that token joined or was forced into a candidate, ``kk`` if
+    it opened a cluster, ``acc[2]`` if it was decided before this token started (``pend`` low:
+    then port 2 read its own cluster).  An own candidate equal to that cluster gets ``+ kk``
+    when ``pend`` (its sum update was not seen).  ``|S|^2`` and counts come from the table's
+    meta reads, or the previous decision's own registers.
+
+    Interface
+    ---------
+    load : In(1)
+        T1: register the candidates of this cycle's inputs.
+    pend : In(1), ex : In(3), prev : In(3)
+        The token's per-token bank: the token before was undecided when this one started; each
+        candidate slot exists; it names the token just before.
+    own_id : In(range(n_max)) x 2
+        The ids of the own temporal and up candidates (owner map or decision history).
+    meta : In(StructLayout(norm, count)) x 2
+        The table's meta data of ``own_id`` (read in the cycle before ``load``).
+    last_id, last_ok, last_new, last_merge, last_which, last_norm, last_count : In
+        The last decision: its cluster, whether it joined or opened one (not dropped), opened,
+        joined / forced, into which candidate slot, and the ``|S|^2`` and count it wrote.
+    acc : In(signed(dot)) x 5, kk : In(signed(key_norm + 1)), kn : In(unsigned(key_norm))
+        The token's dot products (:class:`hw.cluster_dots.ClusterDots`).
+    id, dot, norm, count : Out x 3; elig : Out(3); key_norm : Out
+        Registered at ``load``: per candidate its cluster, ``k.S``, ``|S|^2``, count, and
+        whether it is eligible (exists and is not saturated); ``|k|^2``.
+    new_norm, new_count : Out x 3
+        Registered one cycle after ``load``: per candidate ``|S + k|^2`` and ``n + 1`` (what the
+        decision writes when the token joins it).
+
+    Timing
+    ------
+    ``id`` .. ``key_norm`` from the cycle after ``load``, ``new_norm``/``new_count`` from the
+    cycle after that; all held until the next ``load``.
+    """
+
+    def __init__(self, cfg: DREConfig):
+        if not isinstance(cfg, DREConfig):
+            raise ConfigError(f"cfg must be a DREConfig, got {type(cfg).__name__}")
+        self.cfg = cfg
+        wd = self.widths = ClusterWidths.of(cfg)
+        ids = range(cfg.n_max)
+        super().__init__(
+            {
+                "load": In(1),
+                "pend": In(1),
+                "ex": In(3),
+                "prev": In(3),
+                "own_id": In(ids).array(2),
+                "meta": In(meta_layout(cfg)).array(2),
+                "last_id": In(ids),
+                "last_ok": In(1),
+                "last_new": In(1),
+                "last_merge": In(1),
+                "last_which": In(range(3)),
+                "last_norm": In(unsigned(wd.sum_norm)),
+                "last_count": In(unsigned(cfg.count_bits)),
+                "acc": In(signed(wd.dot)).array(N_SUMS),
+                "kk": In(signed(wd.key_norm + 1)),
+                "kn": In(unsigned(wd.key_norm)),
+                "id": Out(ids).array(3),
+                "dot": Out(signed(wd.dot)).array(3),
+                "norm": Out(unsigned(wd.sum_norm)).array(3),
+                "count": Out(unsigned(cfg.count_bits)).array(3),
+                "elig": Out(3),
+                "key_norm": Out(unsigned(wd.key_norm)),
+                "new_norm": Out(unsigned(wd.sum_norm)).array(3),
+                "new_count": Out(unsigned(cfg.count_bits)).array(3),
+            }
+        )
+
+    def elaborate(self, platform):
+        cfg, wd = self.cfg, self.widths
+        m = Module()
+        acc, kk = self.acc, self.kk
+
+        spec_sel = Signal(signed(wd.dot))
+        with m.Switch(self.last_which):
+            for j in range(3):
+                with m.Case(j):
+                    m.d.comb += spec_sel.eq(acc[2 + j])
+        prev_dot = Signal(signed(wd.dot))
+        m.d.comb += prev_dot.eq(Mux(self.pend, Mux(self.last_new, kk, spec_sel + kk), acc[2]))
+        eligible = []
+        for i in range(3):
+            is_prev = self.prev[i]
+            ex = self.ex[i] & (~is_prev | self.last_ok)
+            if i == LEFT:  # always the token before
+                cid, dot = self.last_id, prev_dot
+                norm, count = self.last_norm, self.last_count
+            else:
+                k = 0 if i == TEMPORAL else 1
+                own = self.own_id[k]
+                meta = self.meta[k]
+                corr = self.pend & self.last_merge & self.last_ok & (self.last_id == own)
+                own_dot = acc[k] + Mux(corr, kk, 0)
+                cid = Mux(is_prev, self.last_id, own)
+                dot = Signal(signed(wd.dot), name=f"t1_dot{i}")
+                m.d.comb += dot.eq(Mux(is_prev, prev_dot, own_dot))
+                norm = Mux(is_prev, self.last_norm, meta.norm)
+                count = Mux(is_prev, self.last_count, meta.count)
+            el = Signal(name=f"t1_elig{i}")
+            m.d.comb += el.eq(ex & (count != cfg.count_max))
+            eligible.append(el)
+            with m.If(self.load):
+                m.d.sync += [
+                    self.id[i].eq(cid),
+                    self.dot[i].eq(dot),
+                    self.norm[i].eq(norm),
+                    self.count[i].eq(count),
+                ]
+            m.d.sync += [
+                self.new_norm[i].eq(self.norm[i] + 2 * self.dot[i] + self.key_norm),
+                self.new_count[i].eq(self.count[i] + 1),
+            ]
+        with m.If(self.load):
+            m.d.sync += [self.elig.eq(Cat(*eligible)), self.key_norm.eq(self.kn)]
+        return m

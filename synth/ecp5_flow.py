@@ -130,23 +130,7 @@ def absorb_bram_output_registers(netlist: dict, top: str) -> int:
     """
     mod = netlist["modules"][top]
     cells = mod["cells"]
-    harness_bits = set()
-    for net_name, net in mod["netnames"].items():
-        if net_name.split(".")[-1].startswith(HARNESS):
-            harness_bits.update(b for b in net["bits"] if isinstance(b, int))
-    sinks: dict[int, list[tuple[str, str]]] = {}
-    for name, cell in cells.items():
-        dirs = cell.get("port_directions", {})
-        for port, bits in cell["connections"].items():
-            if dirs.get(port) != "output":
-                for b in bits:
-                    if isinstance(b, int):
-                        sinks.setdefault(b, []).append((name, port))
-    for port in mod["ports"].values():
-        if port["direction"] != "input":
-            for b in port["bits"]:
-                if isinstance(b, int):
-                    sinks.setdefault(b, []).append(("<port>", ""))
+    harness_bits, sinks, _ = _netlist_maps(mod)
     changed = 0
     for cell in list(cells.values()):
         if cell["type"] != "DP16KD":

@@ -69,6 +69,15 @@ from model.dre.config import check_int
 
 #: widths accepted for q and keys (as in model.dre.config.DREConfig)
 WIDTH_RANGE = (2, 16)
+
+
+def _check_widths(bq, bk) -> None:
+    """``bq`` and ``bk`` are ints in :data:`WIDTH_RANGE`, else :class:`SelectError`."""
+    for name, bits in (("bq", bq), ("bk", bk)):
+        if not isinstance(bits, int) or not WIDTH_RANGE[0] <= bits <= WIDTH_RANGE[1]:
+            raise SelectError(f"{name}={bits!r}; allowed {WIDTH_RANGE[0]} <= {name} <= 16")
+
+
 #: bias magnitude accepted, so that every intermediate value stays far inside int64
 BIAS_LIMIT = 1 << 60
 
@@ -144,9 +153,7 @@ def select(
     complement; ``bias``: (N,) ints; ``margin >= 0``; ``1 <= k_min <= k_max``.  ``early_exit``
     only changes ``planes_read`` and ``alive``, never the selection.  Raises :class:`SelectError`.
     """
-    for name, bits in (("bq", bq), ("bk", bk)):
-        if not isinstance(bits, int) or not WIDTH_RANGE[0] <= bits <= WIDTH_RANGE[1]:
-            raise SelectError(f"{name}={bits!r}; allowed {WIDTH_RANGE[0]} <= {name} <= 16")
+    _check_widths(bq, bk)
     q = _as_int_tensor(q, "q", 1)
     keys = _as_int_tensor(keys, "keys", 2)
     bias = _as_int_tensor(bias, "bias", 1)

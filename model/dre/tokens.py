@@ -79,7 +79,7 @@ from functools import cache
 import torch
 
 from model.dre.config import check_int
-from model.dre.select import WIDTH_RANGE, SelectError, _as_int_tensor, _check_range
+from model.dre.select import SelectError, _as_int_tensor, _check_range, _check_widths
 
 #: largest member count accepted (keeps every sum far inside int64)
 COUNT_LIMIT = 1 << 40
@@ -224,9 +224,7 @@ def select_tokens(
     ``gain`` (:func:`soft_gain`) and has no early exit.  Raises :class:`SelectError` on malformed
     or out-of-range input.
     """
-    for name, bits in (("bq", bq), ("bk", bk)):
-        if not isinstance(bits, int) or not WIDTH_RANGE[0] <= bits <= WIDTH_RANGE[1]:
-            raise SelectError(f"{name}={bits!r}; allowed {WIDTH_RANGE[0]} <= {name} <= 16")
+    _check_widths(bq, bk)
     qs = _as_int_tensor(queries, "queries", 2)
     keys_t = _as_int_tensor(keys, "keys", 2)
     counts_t = _as_int_tensor(counts, "counts", 1)

@@ -10,6 +10,8 @@ reset sequence every testbench uses.
 
 from __future__ import annotations
 
+import json
+import os
 import random
 
 from cocotb.triggers import ReadOnly, RisingEdge
@@ -118,3 +120,13 @@ class StreamSink:
                 await RisingEdge(self.clk)
                 self.ready.value = 0
                 return raw, first_valid
+
+
+def spec_from_env(name: str) -> dict:
+    """The JSON run spec a testbench gets in environment variable ``name``; ``@path`` names a
+    file holding it (large specs, such as the benchmarks' keys)."""
+    text = os.environ[name]
+    if text.startswith("@"):
+        with open(text[1:]) as f:
+            text = f.read()
+    return json.loads(text)

@@ -17,7 +17,6 @@ counters are read over AXI4-Lite.  ``stall`` / ``gap`` in the spec pause the sin
 
 from __future__ import annotations
 
-import os
 import random
 
 import cocotb
@@ -38,19 +37,9 @@ from hw.cluster_unit import result_layout as assignment_layout
 from hw.dre import queries_stream_layout, selections_layout
 from hw.layouts import Kind
 from model.dre.config import DREConfig
-from verif.streams import pack, pack_signed, reset, unpack
+from verif.streams import pack, pack_signed, reset, spec_from_env, unpack
 
 PERIOD_NS = 10
-
-
-def load_spec() -> dict:
-    import json
-
-    text = os.environ["VREX_AXI"]
-    if text.startswith("@"):
-        with open(text[1:]) as f:
-            text = f.read()
-    return json.loads(text)
 
 
 def pauses(rng: random.Random, p: float):
@@ -168,7 +157,7 @@ class TB:
 
 @cocotb.test()
 async def axi_stream(dut):
-    spec = load_spec()
+    spec = spec_from_env("VREX_AXI")
     tb = TB(dut, spec)
     dut._log.info(f"seed={spec.get('seed')} cfg={tb.cfg.to_dict()} rule={tb.rule}")
     await reset(dut)
@@ -188,7 +177,7 @@ async def axi_stream(dut):
 
 @cocotb.test()
 async def axi_lite_registers(dut):
-    spec = load_spec()
+    spec = spec_from_env("VREX_AXI")
     tb = TB(dut, spec)
     await reset(dut)
     r = tb.regmap["TABLE_SIZE"]

@@ -27,7 +27,6 @@ and the commands.
 from __future__ import annotations
 
 import json
-import os
 import random
 import time
 from collections import deque
@@ -42,18 +41,10 @@ from hw.dre import queries_stream_layout, selections_layout
 from hw.layouts import Kind
 from model.dre.cluster import STATUS_NAMES
 from model.dre.config import DREConfig
-from verif.streams import StreamSink, StreamSource, pack, pack_signed, reset, unpack
+from verif.streams import StreamSink, StreamSource, pack, pack_signed, reset, spec_from_env, unpack
 
 PERIOD_NS = 10
 MAX_REPORTED = 20  # mismatch messages printed in full; the rest are counted
-
-
-def load_spec() -> dict:
-    text = os.environ["VREX_DRE"]
-    if text.startswith("@"):
-        with open(text[1:]) as f:
-            text = f.read()
-    return json.loads(text)
 
 
 class TB:
@@ -234,7 +225,7 @@ class TB:
 
 @cocotb.test()
 async def dre_stream(dut):
-    spec = load_spec()
+    spec = spec_from_env("VREX_DRE")
     cfg = DREConfig().replace(**spec["cfg"])
     seed = spec.get("seed", 1)
     rng = random.Random(seed)
@@ -302,7 +293,7 @@ async def dre_stream(dut):
 
 @cocotb.test()
 async def dre_registers(dut):
-    spec = load_spec()
+    spec = spec_from_env("VREX_DRE")
     cfg = DREConfig().replace(**spec["cfg"])
     seed = spec.get("seed", 1)
     rng = random.Random(seed)

@@ -21,7 +21,6 @@ on the bus and against the schedule documented in :class:`hw.select_core.SelectC
 from __future__ import annotations
 
 import json
-import os
 import random
 from collections import deque
 
@@ -38,7 +37,7 @@ from hw.layouts import (
 )
 from model.dre.config import DREConfig
 from model.dre.ref import select
-from verif.streams import StreamSink, StreamSource, pack, reset, unpack
+from verif.streams import StreamSink, StreamSource, pack, reset, spec_from_env, unpack
 
 PERIOD_NS = 10
 
@@ -265,11 +264,7 @@ async def error_queries(tb, keys, bias):
 
 @cocotb.test()
 async def run_select(dut):
-    text = os.environ["VREX_SELECT"]
-    if text.startswith("@"):  # large specs (the benchmark's keys) come in a file
-        with open(text[1:]) as f:
-            text = f.read()
-    spec = json.loads(text)
+    spec = spec_from_env("VREX_SELECT")
     cfg = DREConfig().replace(**spec["cfg"])
     seed = spec.get("seed", 1)
     rng = random.Random(seed)

@@ -22,7 +22,6 @@ against the latency measured on the bus when the sink never stalls.
 from __future__ import annotations
 
 import json
-import os
 import random
 from collections import deque
 
@@ -40,7 +39,7 @@ from hw.layouts import (
 from model.dre.config import DREConfig
 from model.dre.ref import select_tokens
 from model.dre.tokens import GAIN_BITS
-from verif.streams import StreamSink, StreamSource, pack, reset, unpack
+from verif.streams import StreamSink, StreamSource, pack, reset, spec_from_env, unpack
 
 PERIOD_NS = 10
 
@@ -229,11 +228,7 @@ async def error_queries(tb, keys, counts):
 
 @cocotb.test()
 async def run_tokens(dut):
-    text = os.environ["VREX_TOKENS"]
-    if text.startswith("@"):
-        with open(text[1:]) as f:
-            text = f.read()
-    spec = json.loads(text)
+    spec = spec_from_env("VREX_TOKENS")
     cfg = DREConfig().replace(**spec["cfg"])
     seed = spec.get("seed", 1)
     rng = random.Random(seed)

@@ -673,16 +673,14 @@ class SelectTokensCore(wiring.Component):
             m.d.sync += [skid_valid.eq(1), skid_data.eq(sfifo.r_data)]
         feed_empty = Signal()
         m.d.comb += feed_empty.eq((sfifo.level == 0) & ~main_valid & ~skid_valid)
-        out_feed = Signal(feed_lay)
         beat = soft.entries.payload
         m.d.comb += [
-            out_feed.eq(main_data),
             soft.entries.valid.eq(main_valid),
             beat.sweep.eq(kind),
             beat.first.eq(fcount == 0),
             beat.last.eq(fcount == n_m1),
-            beat.count.eq(out_feed.count),
-            beat.s.eq(out_feed.part),
+            beat.count.eq(main_data.count),
+            beat.s.eq(main_data.part),
         ]
         with m.If(main_valid & soft.entries.ready):
             m.d.sync += fcount.eq(fcount + 1)

@@ -63,15 +63,15 @@ def cycle_formula(cfg: DREConfig, n: int, n_q: int, *, soft: bool = False) -> in
     budget taking all of them (``tests/test_hw_tokens.py`` pins it; docs/select.md derives it):
     ``9 + 2*Q*g + bk*(N*Q*g + LA + 16) + R*(N + LA + 6) + N`` with ``LA`` the look-ahead depth
     (:func:`lookahead_stages`) and ``R = ceil(N / k_cap)`` output rounds.  ``soft``: the soft
-    score adds its three sweeps, ``N*(1 + 2*Q) + Z*Q + F + 2*LA + 9`` (``Z``, ``F``:
-    :class:`SoftScore`'s ``Z_CYCLES`` and ``FIXED_CYCLES``; ``2*LA + 9``: two sweep changes that
+    score adds its three sweeps, ``N*(1 + 2*Q) + Z*Q + F + 2*LA + 6`` (``Z``, ``F``:
+    :class:`SoftScore`'s ``Z_CYCLES`` and ``FIXED_CYCLES``; ``2*LA + 6``: two sweep changes that
     wait for the look-ahead to drain, the set-up cycles and the feed FIFO)."""
     g, la = cfg.groups, lookahead_stages(cfg)
     rounds = -(-n // cfg.k_cap)
     total = 9 + 2 * n_q * g + cfg.bk * (n * n_q * g + la + 16) + rounds * (n + la + 6) + n
     if soft:
         z, f = SoftScore.Z_CYCLES, SoftScore.FIXED_CYCLES
-        total += n * (1 + 2 * n_q) + z * n_q + f + 2 * la + 9
+        total += n * (1 + 2 * n_q) + z * n_q + f + 2 * la + 6
     return total
 
 
@@ -202,9 +202,7 @@ class SelectTokensCore(wiring.Component):
             q_max=qm, s_bits=vs.width, count_bits=cfg.count_bits, n_max=n_max
         )
         feed_lay = data.StructLayout({"part": vec, "count": cshape})
-        sfifo = m.submodules.soft_feed = fifo.SyncFIFOBuffered(
-            width=feed_lay.size, depth=SOFT_FEED_DEPTH
-        )
+        sfifo = m.submodules.soft_feed = fifo.SyncFIFO(width=feed_lay.size, depth=SOFT_FEED_DEPTH)
         sc_mem = m.submodules.soft_scores = Memory(
             shape=unsigned(soft.score_bits), depth=n_max, init=[], attrs=rw
         )
@@ -656,33 +654,22 @@ class SelectTokensCore(wiring.Component):
             feed_inflight.eq(feed_inflight + (a0_valid & adv & soft_feed) - sfifo.w_en),
             feed_credit.eq(feed_inflight + sfifo.level < SOFT_FEED_DEPTH - 1),
         ]
-        # a skid buffer between the FIFO and the unit: the unit's ``ready`` (a function of the
-        # beat) reaches only the buffer's own registers, and the FIFO's read enable is a
-        # register (``~skid_valid``); one beat a cycle still passes
-        main_valid, skid_valid = Signal(), Signal()
-        main_data = Signal(feed_lay, reset_less=True)
-        skid_data = Signal(feed_lay, reset_less=True)
-        take_in = Signal()
-        m.d.comb += [sfifo.r_en.eq(~skid_valid), take_in.eq(sfifo.r_rdy & ~skid_valid)]
-        with m.If(soft.entries.ready | ~main_valid):  # the main slot is free next cycle
-            with m.If(skid_valid):
-                m.d.sync += [main_valid.eq(1), main_data.eq(skid_data), skid_valid.eq(0)]
-            with m.Else():
-                m.d.sync += [main_valid.eq(take_in), main_data.eq(sfifo.r_data)]
-        with m.Elif(take_in):  # the main slot holds: park the FIFO's beat
-            m.d.sync += [skid_valid.eq(1), skid_data.eq(sfifo.r_data)]
+        # the FIFO's storage is read asynchronously (LUT RAM), so the unit's ``ready`` (a function
+        # of the beat) reaches only the FIFO's read pointer and level, never a data register
         feed_empty = Signal()
-        m.d.comb += feed_empty.eq((sfifo.level == 0) & ~main_valid & ~skid_valid)
+        m.d.comb += feed_empty.eq(sfifo.level == 0)
+        main_data = Signal(feed_lay)
+        m.d.comb += [main_data.eq(sfifo.r_data), sfifo.r_en.eq(soft.entries.ready)]
         beat = soft.entries.payload
         m.d.comb += [
-            soft.entries.valid.eq(main_valid),
+            soft.entries.valid.eq(sfifo.r_rdy),
             beat.sweep.eq(kind),
             beat.first.eq(fcount == 0),
             beat.last.eq(fcount == n_m1),
             beat.count.eq(main_data.count),
             beat.s.eq(main_data.part),
         ]
-        with m.If(main_valid & soft.entries.ready):
+        with m.If(sfifo.r_rdy & soft.entries.ready):
             m.d.sync += fcount.eq(fcount + 1)
         # the scores, in alive-list order, into the score memory
         m.d.comb += [

@@ -36,6 +36,8 @@ SWEEP_MAX, SWEEP_SUM, SWEEP_SCORE = 0, 1, 2
 UCAP = (SOFT_E + 1) << SOFT_FB
 #: output FIFO depth (bounds the entries in flight in the score sweep)
 OUT_DEPTH = 16
+#: input FIFO depth: ``entries.ready`` is its "not full", a function of its level register only
+IN_DEPTH = 4
 
 
 class SoftScore(wiring.Component):
@@ -67,6 +69,11 @@ class SoftScore(wiring.Component):
 
     Timing
     ------
+    ``entries.ready`` depends on registers only, never on ``entries.valid`` or the beat of the
+    same cycle: beats land in an ``IN_DEPTH``-entry input FIFO (LUT RAM, read asynchronously),
+    and the issue logic below takes them from there one cycle later.  So the producer's
+    handshake logic and the unit's issue logic meet only in registers, wherever the two are
+    placed.
     MAX beats: one per cycle (the first SUM beat waits one cycle for the last maximum).  SUM
     and SCORE beats: ``n_q`` cycles each (the queries are served in turn through one multiplier
     and one ``2^x`` table; ``ready`` rises in the cycle of the last query).  The SUM sweep's
@@ -79,8 +86,8 @@ class SoftScore(wiring.Component):
     """
 
     #: the fixed part of a retrieval's cycles: the SUM sweep's drain into ``S_c``, the SCORE
-    #: sweep's drain into the output FIFO, and the FIFO
-    FIXED_CYCLES = 27
+    #: sweep's drain into the output FIFO, and the input and output FIFOs
+    FIXED_CYCLES = 28
     #: cycles per query of the ``Z_c`` sequencer
     Z_CYCLES = 9
 
@@ -122,7 +129,6 @@ class SoftScore(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         qm, sb, E, FB = self.q_max, self.s_bits, SOFT_E, SOFT_FB
-        beat = self.entries.payload
         diff_bits = sb + 1
         u_bits = UCAP.bit_length()
 
@@ -133,6 +139,19 @@ class SoftScore(wiring.Component):
             self.scores.valid.eq(out.r_rdy),
             self.scores.payload.eq(out.r_data),
             out.r_en.eq(self.scores.ready),
+        ]
+
+        # the input FIFO: the issue logic below consumes from it
+        m.submodules.inbuf = inbuf = fifo.SyncFIFO(width=self.entry_layout.size, depth=IN_DEPTH)
+        beat = Signal(self.entry_layout)
+        in_valid, in_take = Signal(), Signal()
+        m.d.comb += [
+            inbuf.w_data.eq(self.entries.payload),
+            inbuf.w_en.eq(self.entries.valid),
+            self.entries.ready.eq(inbuf.w_rdy),
+            beat.eq(inbuf.r_data),
+            in_valid.eq(inbuf.r_rdy),
+            inbuf.r_en.eq(in_take),
         ]
 
         # Effective n_q in 1 .. q_max, registered (a held input).
@@ -160,7 +179,7 @@ class SoftScore(wiring.Component):
         issue = Signal()
         mx_v = Signal()
         m.d.comb += issue.eq(
-            self.entries.valid
+            in_valid
             & ~z_busy
             & ~mx_v
             & ~is_max
@@ -181,19 +200,19 @@ class SoftScore(wiring.Component):
                 m.d.sync += M[q].eq(mx_s[q])
         with m.If(mx_first):
             m.d.sync += [s.eq(0) for s in S]
-        with m.If(self.entries.valid & is_max & ~z_busy & ~z_pending):
-            m.d.comb += self.entries.ready.eq(1)
+        with m.If(in_valid & is_max & ~z_busy & ~z_pending):
+            m.d.comb += in_take.eq(1)
             m.d.sync += [mx_v.eq(1), mx_first.eq(beat.first), mx_s.eq(beat.s)]
         with m.Elif(issue):
             with m.If(c == last_q):
-                m.d.comb += self.entries.ready.eq(1)
+                m.d.comb += in_take.eq(1)
                 m.d.sync += c.eq(0)
                 with m.If(is_sum & beat.last):
                     m.d.sync += z_pending.eq(1)
             with m.Else():
                 m.d.sync += c.eq(c + 1)
-        with m.If(self.entries.valid & (beat.sweep == 3)):  # not a sweep: consume, no effect
-            m.d.comb += self.entries.ready.eq(1)
+        with m.If(in_valid & (beat.sweep == 3)):  # not a sweep: consume, no effect
+            m.d.comb += in_take.eq(1)
 
         # ---- the (entry, query) pipeline ----
         # Control fields travel with each (entry, query) pair: after every registered data
@@ -280,7 +299,7 @@ class SoftScore(wiring.Component):
             out.w_data.eq(w),
             out.w_en.eq(emit),
         ]
-        accepted_score = self.entries.valid & self.entries.ready & is_score
+        accepted_score = in_valid & in_take & is_score
         m.d.sync += inflight.eq(inflight + accepted_score - emit)
         # st10, st11: SUM: count * e
         ne = _mul(reg, ctl["cnt"], e, "count")
@@ -355,7 +374,7 @@ class SoftScore(wiring.Component):
                         m.d.sync += zc.eq(zc + 1)
 
         m.d.comb += self.busy.eq(
-            z_busy | z_pending | (inflight != 0) | z_start | mx_v | Cat(*valids).any()
+            in_valid | z_busy | z_pending | (inflight != 0) | z_start | mx_v | Cat(*valids).any()
         )
         return m
 

@@ -339,7 +339,8 @@ def dre_retrieval_cycles(n: float, d: int, lanes: int, bk: int, planes_read: flo
 def soft_score_cycles(n: float, q: int) -> float:
     """Cycles of the soft-score unit (``hw/soft_score.py``) over ``n`` live entries and ``q``
     query vectors: ``N (1 + 2Q) + 9Q + 28`` (MAX sweep one entry per cycle, SUM and SCORE sweeps
-    ``Q`` cycles per entry, ``Z_c`` 9 cycles per query, 28 of pipeline fill and drain and the two FIFOs)."""
+    ``Q`` cycles per entry, ``Z_c`` 9 cycles per query, 28 of pipeline fill and drain and the
+    unit's two FIFOs)."""
     if n <= 0:
         return 0.0
     return n * (1 + 2 * q) + SOFT_Z_CYCLES * q + SOFT_FIXED_CYCLES

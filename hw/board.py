@@ -115,7 +115,8 @@ def check_clock(clock_hz: int) -> None:
 class ULX3STop(Elaboratable):
     """:class:`BridgedDRE` on the ULX3S pins: ``uart`` 0 (the FTDI USB serial port), LED 0 busy,
     LED 1 receive overrun.  The ``sync`` domain runs at ``clock_hz``: clk25 itself for 25 MHz,
-    else the output of an EHXPLLL (:data:`PLL_SETTINGS`), held in reset until the PLL locks."""
+    else the output of an EHXPLLL (:data:`PLL_SETTINGS`), held in reset until the PLL locks.
+    ``rule``: the DRE's retrieval rule (:class:`BridgedDRE`)."""
 
     def __init__(self, cfg: DREConfig, baud: int, clock_hz: int = CLOCK_HZ, *, rule: str = "v2"):
         check_clock(clock_hz)

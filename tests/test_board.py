@@ -342,9 +342,9 @@ def _random_setup(cfg, rng, rule):
         table_size=cfg.n_max,
         bias_scale=rng.randrange(1, 50),
         margin=rng.randrange(0, 40),
-        k_min=1,
+        k_min=2,  # v1: at least two records once there are two clusters
         k_max=cfg.k_cap,
-        budget=rng.randint(1, 10),
+        budget=rng.randint(6, 12),  # v2: half of the 12 tokens to all of them
         gain=rng.randrange(2000, 40000),
     )
     lo, hi = -(1 << (cfg.bk - 1)), (1 << (cfg.bk - 1)) - 1
@@ -352,7 +352,7 @@ def _random_setup(cfg, rng, rule):
     frames = [
         [
             [min(hi, max(lo, x + rng.randint(-1, 1))) for x in base]
-            if rng.random() < 0.6
+            if rng.random() < 0.4
             else [rng.randint(lo, hi) for _ in range(cfg.d)]
             for _ in range(regs.grid_w * regs.grid_h)
         ]
@@ -496,7 +496,7 @@ def test_bridge_dre_driver_against_reference(seed, rule):
     ref = DRERef(cfg, regs)
     regs.soft = int(rule == "v2")  # CTRL's reset value: the soft score (v1 ignores it)
     expect_read = {"ID": ID_VALUE, "CTRL": CTRL_RESET, "GAIN": regs.gain}
-    failures, checked = [], 0
+    failures, checked, seen = [], 0, []
     for step in steps:
         if step[0] == "write":
             drv.write_reg(step[1], step[2])
@@ -523,6 +523,7 @@ def test_bridge_dre_driver_against_reference(seed, rule):
             got = (records, trailer["planes_read"], trailer["error"], trailer["flags"])
             flags = tuple(n for i, n in enumerate(names) if r.error >> i & 1)
             want = (r.records, r.planes_read, r.error, flags)
+            seen.append((len(r.records), r.error))
         checked += 1
         if got != want:
             failures.append(f"{step[0]} {step[1]!r}: got {got}, want {want}")
@@ -530,5 +531,7 @@ def test_bridge_dre_driver_against_reference(seed, rule):
     assert port.written == b"".join(data for data, _ in script), "the driver sent other bytes"
     assert not port.data and not drv.pending, "bytes left over"
     assert checked >= 7
-    if rule == "v2":  # the stream exercised what it should
-        assert regs.gain != GAIN_RESET and ref.n_clusters >= 2
+    # the stream exercised what it should: selections of several records, and for v2 an error
+    assert max(n for n, _ in seen) >= 2, seen
+    if rule == "v2":
+        assert seen[0] == (0, 1) and regs.gain != GAIN_RESET and ref.n_clusters >= 2, seen

@@ -1,6 +1,6 @@
 """Board build: the DRE behind a UART bridge, and the ULX3S (ECP5-85F) bitstream.
 
-``python -m hw.board [--baud 115200] [--clock-mhz 15] [--set NAME=VALUE ...]
+``python -m hw.board [--rule {v2,v1}] [--baud 115200] [--clock-mhz 15] [--set NAME=VALUE ...]
 [--build-dir build/ulx3s]``
 (``make bitstream``) builds :class:`BridgedDRE` for ``amaranth_boards.ulx3s.ULX3S_85F_Platform``
 with Yosys, nextpnr-ecp5 and ecppack from YoWASP and writes ``<build-dir>/top.bit``.
@@ -44,19 +44,26 @@ class BridgedDRE(wiring.Component):
     """A :class:`hw.dre.DRE` whose register bus and streams are reached through a
     :class:`hw.uart_bridge.UartBridge` (``divisor`` clock cycles per bit).
 
+    ``rule`` is the DRE's retrieval rule (``hw.dre.DRE``), ``"v2"`` (default: up to ``q_max``
+    query vectors per 'Q' message, ``(id, take)`` selection beats) or ``"v1"`` (one query vector,
+    ``(index, score)`` beats); the bridge is built with that rule's stream widths
+    (:meth:`host.dre_driver.Widths.of`) and the host driver must use the same rule.
+
     Interface: ``rx`` In(1), ``tx`` Out(1) (8N1 serial line), ``busy`` Out(1) (the DRE's),
     ``overrun`` Out(1) (the bridge's sticky receive-FIFO overrun).
     """
 
-    def __init__(self, cfg: DREConfig, divisor: int):
+    def __init__(self, cfg: DREConfig, divisor: int, *, rule: str = "v2"):
+        from host.dre_driver import RULES, Widths
+
         if not isinstance(cfg, DREConfig):
             raise ConfigError(f"cfg must be a DREConfig, got {type(cfg).__name__}")
-        self.cfg, self.divisor = cfg, divisor
-        from host.dre_driver import Widths
-
-        self.widths = Widths.of(cfg)
-        if not isinstance(divisor, int) or divisor < 4:
+        if rule not in RULES:
+            raise ConfigError(f"BridgedDRE: rule={rule!r}; choose one of {', '.join(RULES)}")
+        if not isinstance(divisor, int) or isinstance(divisor, bool) or divisor < 4:
             raise ConfigError(f"BridgedDRE: divisor={divisor!r} must be an integer >= 4")
+        self.cfg, self.divisor, self.rule = cfg, divisor, rule
+        self.widths = Widths.of(cfg, rule)
         super().__init__(
             {"rx": In(1, init=1), "tx": Out(1, init=1), "busy": Out(1), "overrun": Out(1)}
         )
@@ -73,9 +80,7 @@ class BridgedDRE(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        # The bridge and host driver speak the version-1 retrieval streams (one query, (index,
-        # score) records); the v2 token streams are not bridged yet.
-        m.submodules.dre = dre = DRE(self.cfg, rule="v1")
+        m.submodules.dre = dre = DRE(self.cfg, rule=self.rule)
         m.submodules.bridge = br = UartBridge(**self._bridge_args())
         m.d.comb += [
             br.rx.eq(self.rx),
@@ -110,12 +115,13 @@ def check_clock(clock_hz: int) -> None:
 class ULX3STop(Elaboratable):
     """:class:`BridgedDRE` on the ULX3S pins: ``uart`` 0 (the FTDI USB serial port), LED 0 busy,
     LED 1 receive overrun.  The ``sync`` domain runs at ``clock_hz``: clk25 itself for 25 MHz,
-    else the output of an EHXPLLL (:data:`PLL_SETTINGS`), held in reset until the PLL locks."""
+    else the output of an EHXPLLL (:data:`PLL_SETTINGS`), held in reset until the PLL locks.
+    ``rule``: the DRE's retrieval rule (:class:`BridgedDRE`)."""
 
-    def __init__(self, cfg: DREConfig, baud: int, clock_hz: int = CLOCK_HZ):
+    def __init__(self, cfg: DREConfig, baud: int, clock_hz: int = CLOCK_HZ, *, rule: str = "v2"):
         check_clock(clock_hz)
         self.clock_hz = clock_hz
-        self.core = BridgedDRE(cfg, round(clock_hz / baud))
+        self.core = BridgedDRE(cfg, round(clock_hz / baud), rule=rule)
 
     def elaborate(self, platform):
         m = Module()
@@ -185,6 +191,13 @@ def yowasp_env() -> dict[str, str]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="ULX3S 85F bitstream of the DRE with a UART bridge")
+    ap.add_argument(
+        "--rule",
+        choices=("v2", "v1"),
+        default="v2",
+        help="retrieval rule of the DRE and so of the bridge's streams and the host driver "
+        "(default v2: token budget, several query vectors; v1: margin / k_min / k_max)",
+    )
     ap.add_argument("--baud", type=int, default=115200)
     ap.add_argument(
         "--clock-mhz",
@@ -197,9 +210,11 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     try:
         check_clock(round(args.clock_mhz * 1e6))
+        if args.baud < 1:
+            raise ConfigError(f"--baud {args.baud} must be >= 1")
         cfg = DREConfig.from_overrides(args.set)
         DRE.check_config(cfg)
-        top = ULX3STop(cfg, args.baud, round(args.clock_mhz * 1e6))
+        top = ULX3STop(cfg, args.baud, round(args.clock_mhz * 1e6), rule=args.rule)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -213,7 +228,8 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.update(yowasp_env())
     t0 = time.monotonic()
     print(
-        f"[bitstream] DREConfig {cfg.to_dict()}, clock {top.clock_hz / 1e6:g} MHz, "
+        f"[bitstream] DREConfig {cfg.to_dict()}, rule {args.rule}, "
+        f"clock {top.clock_hz / 1e6:g} MHz, "
         f"{args.baud} baud (divisor {top.core.divisor}), building in {args.build_dir}"
     )
     # Yosys 0.70's ABC9 trips an internal assertion on the DRE (as in synth/ecp5_flow.py): stop

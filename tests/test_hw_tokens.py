@@ -21,9 +21,7 @@ from hw.select_tokens import SelectTokensCore, cycle_formula, lookahead_stages
 from hw.token_selector import TokenSelector
 from model.dre.config import PRESETS, ConfigError, DREConfig
 from model.dre.ref import select_tokens
-from model.dre.tokens import GAIN_BITS
-
-GAIN_MAX = (1 << GAIN_BITS) - 1
+from verif.tb_tokens import rand_gain  # the co-simulation's draw: one distribution for both
 
 SMALL = DREConfig(d=8, lanes=4, bq=4, bk=4, n_max=8, k_cap=2, q_max=3, count_bits=6)
 
@@ -61,11 +59,6 @@ def rand_problem(rng, cfg, n=None):
         soft=soft,
         gain=rand_gain(rng) if soft else 0,
     )
-
-
-def rand_gain(rng):
-    """A soft-score gain: the extremes, and log-uniform between (sharp and flat scores)."""
-    return rng.choice([1, GAIN_MAX, int(2 ** rng.uniform(8, GAIN_BITS)) or 1])
 
 
 def run_retrievals(cfg, problems, rng, stall=0.0, with_cycles=False):

@@ -45,7 +45,6 @@ edge.
 from __future__ import annotations
 
 import json
-import os
 import random
 from collections import deque
 from pathlib import Path
@@ -58,7 +57,7 @@ from cocotb.triggers import FallingEdge, RisingEdge
 
 from model.dre.cluster import STATUS_NAMES, ClusterRef, ClusterWidths
 from model.dre.config import DREConfig
-from verif.streams import pack_signed, unpack_signed
+from verif.streams import pack_signed, spec_from_env, unpack_signed
 
 PERIOD_NS = 10
 ROOT = Path(__file__).resolve().parent.parent
@@ -394,7 +393,7 @@ def scenario_frames(name: str, cfg: DREConfig, rng: random.Random, spec: dict):
 
 @cocotb.test()
 async def cluster_scenarios(dut):
-    spec = json.loads(os.environ["VREX_CLUSTER"])
+    spec = spec_from_env("VREX_CLUSTER")
     cfg = DREConfig(**spec["cfg"])
     seed = spec.get("seed", 0)
     rng = random.Random(seed)

@@ -144,7 +144,7 @@ class SelectTokensCore(wiring.Component):
       drain and one cycle for the next pass's constants (:func:`cycle_formula`).  After every
       pass but the last with early exit, the threshold walk: the ranking is shifted out one
       entry a cycle while a registered copy of the head is summed (``T`` is the ``SL`` of the
-      entry at which the counts reach the budget; no drop if the slots run out): ``2 + w``
+      entry at which the counts reach the budget; no drop if the slots run out): ``3 + w``
       cycles, ``w <= k_cap``.
     * output rounds: one set-up cycle, one sweep over the survivors ranking their exact scores
       (one entry a cycle plus the drain), then records shifted out of the ranking while the
@@ -241,8 +241,9 @@ class SelectTokensCore(wiring.Component):
         thr = Signal(vs)
         thr_valid = Signal()
         rem = Signal(bshape)  # budget less the counts walked (threshold walk)
-        tphase = Signal()
+        tphase = Signal(2)  # THRESH: h valid (bit 0), h_end / h_ge valid (bit 1)
         h = Signal(topk.layout)  # registered head of the ranking (threshold walk)
+        h_end, h_ge, h_key = Signal(), Signal(), Signal(vs)  # h's end-of-walk tests, registered
 
         # ---- soft-score state -------------------------------------------------------------------
         soft_feed = Signal()  # the look-ahead feeds the soft unit (its three sweeps)
@@ -836,18 +837,26 @@ class SelectTokensCore(wiring.Component):
                         m.next = "THRESH"
 
             with m.State("THRESH"):  # shift the ranking out, sum the counts of its copy h
+                # three registers deep: the head (h), then h's end-of-walk tests against the
+                # counts walked before it (h_end, h_ge, beside h_key), then the decision on
+                # those registers; rem is updated on speculation (the walk ends anyway)
                 m.d.sync += cycles.eq(cycles + 1)
-                m.d.sync += [h.eq(head), tphase.eq(1)]
-                with m.If(tphase):
-                    with m.If(~h.valid):
+                m.d.sync += [h.eq(head), tphase.eq(Cat(1, tphase[0]))]
+                with m.If(tphase[0]):
+                    m.d.sync += [
+                        h_end.eq(~h.valid),
+                        h_ge.eq(~_lt(h.payload, rem)),  # h.payload >= rem
+                        h_key.eq(h.key),
+                        rem.eq(rem - h.payload),
+                    ]
+                with m.If(tphase[1]):
+                    with m.If(h_end):
                         m.d.sync += [do_clear.eq(1), in_thresh.eq(0)]
                         m.next = "SETUP"
-                    with m.Elif(~_lt(h.payload, rem)):  # h.payload >= rem
-                        m.d.sync += [thr.eq(h.key), thr_valid.eq(1), in_thresh.eq(0)]
+                    with m.Elif(h_ge):
+                        m.d.sync += [thr.eq(h_key), thr_valid.eq(1), in_thresh.eq(0)]
                         m.d.sync += do_clear.eq(1)
                         m.next = "SETUP"
-                    with m.Else():
-                        m.d.sync += rem.eq(rem - h.payload)
 
             with m.State("SOFT_SETUP"):  # one sweep of the soft unit over the alive list
                 m.d.sync += cycles.eq(cycles + 1)

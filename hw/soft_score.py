@@ -172,7 +172,8 @@ class SoftScore(wiring.Component):
         # Room in the output FIFO for one more entry, registered: ``inflight + level`` grows by
         # at most one a cycle, so last cycle's ``< OUT_DEPTH - 1`` means ``< OUT_DEPTH`` now.
         credit = Signal()
-        m.d.sync += credit.eq(inflight + out.level < OUT_DEPTH - 1)
+        acc_d = Signal()  # a SCORE entry accepted last cycle, not yet counted in ``inflight``
+        m.d.sync += credit.eq(inflight + acc_d + out.level < OUT_DEPTH - 1)
         is_max = beat.sweep == SWEEP_MAX
         is_sum = beat.sweep == SWEEP_SUM
         is_score = beat.sweep == SWEEP_SCORE
@@ -300,7 +301,8 @@ class SoftScore(wiring.Component):
             out.w_en.eq(emit),
         ]
         accepted_score = in_valid & in_take & is_score
-        m.d.sync += inflight.eq(inflight + accepted_score - emit)
+        # counted a cycle late (the issue decision reaches a register, not an adder)
+        m.d.sync += [acc_d.eq(accepted_score), inflight.eq(inflight + acc_d - emit)]
         # st10, st11: SUM: count * e
         ne = _mul(reg, ctl["cnt"], e, "count")
         for tag in ("10", "11"):
@@ -374,7 +376,7 @@ class SoftScore(wiring.Component):
                         m.d.sync += zc.eq(zc + 1)
 
         m.d.comb += self.busy.eq(
-            in_valid | z_busy | z_pending | (inflight != 0) | z_start | mx_v | Cat(*valids).any()
+            in_valid | z_busy | z_pending | acc_d | (inflight != 0) | z_start | mx_v | Cat(*valids).any()
         )
         return m
 

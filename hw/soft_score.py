@@ -65,7 +65,8 @@ class SoftScore(wiring.Component):
     scores : Out(stream.Signature(score_layout))
         One beat per SCORE-sweep entry, in order: ``score`` and ``last``.
     busy : Out(1)
-        Work is in flight (an accepted beat has not yet had all of its effect).
+        Work is in flight (an accepted beat has not yet had all of its effect, or a score
+        waits in the output FIFO).
 
     Timing
     ------
@@ -168,12 +169,14 @@ class SoftScore(wiring.Component):
         c = Signal(range(qm))
         z_pending = Signal()  # the SUM sweep's last beat was issued, Z not yet computed
         z_busy = Signal()
-        inflight = Signal(range(OUT_DEPTH + 1))  # SCORE entries accepted, not yet in the FIFO
-        # Room in the output FIFO for one more entry, registered: ``inflight + level`` grows by
-        # at most one a cycle, so last cycle's ``< OUT_DEPTH - 1`` means ``< OUT_DEPTH`` now.
+        # SCORE entries accepted and not yet read out of the output FIFO: ``used`` counts them
+        # but an accept a cycle late (``acc_d``), so ``used + acc_d <= used + 1``, and
+        # ``used < OUT_DEPTH - 1`` leaves room for one more; ``credit`` is LUT logic on one
+        # register, and the issue decision ends in a register, not in an adder
+        used = Signal(range(OUT_DEPTH + 1))
+        acc_d = Signal()
         credit = Signal()
-        acc_d = Signal()  # a SCORE entry accepted last cycle, not yet counted in ``inflight``
-        m.d.sync += credit.eq(inflight + acc_d + out.level < OUT_DEPTH - 1)
+        m.d.comb += credit.eq(used < OUT_DEPTH - 1)
         is_max = beat.sweep == SWEEP_MAX
         is_sum = beat.sweep == SWEEP_SUM
         is_score = beat.sweep == SWEEP_SCORE
@@ -301,8 +304,8 @@ class SoftScore(wiring.Component):
             out.w_en.eq(emit),
         ]
         accepted_score = in_valid & in_take & is_score
-        # counted a cycle late (the issue decision reaches a register, not an adder)
-        m.d.sync += [acc_d.eq(accepted_score), inflight.eq(inflight + acc_d - emit)]
+        read_out = out.r_rdy & out.r_en
+        m.d.sync += [acc_d.eq(accepted_score), used.eq(used + acc_d - read_out)]
         # st10, st11: SUM: count * e
         ne = _mul(reg, ctl["cnt"], e, "count")
         for tag in ("10", "11"):
@@ -376,7 +379,7 @@ class SoftScore(wiring.Component):
                         m.d.sync += zc.eq(zc + 1)
 
         m.d.comb += self.busy.eq(
-            in_valid | z_busy | z_pending | acc_d | (inflight != 0) | z_start | mx_v | Cat(*valids).any()
+            in_valid | z_busy | z_pending | acc_d | (used != 0) | z_start | mx_v | Cat(*valids).any()
         )
         return m
 

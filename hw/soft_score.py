@@ -379,7 +379,14 @@ class SoftScore(wiring.Component):
                         m.d.sync += zc.eq(zc + 1)
 
         m.d.comb += self.busy.eq(
-            in_valid | z_busy | z_pending | acc_d | (used != 0) | z_start | mx_v | Cat(*valids).any()
+            in_valid
+            | z_busy
+            | z_pending
+            | acc_d
+            | (used != 0)
+            | z_start
+            | mx_v
+            | Cat(*valids).any()
         )
         return m
 

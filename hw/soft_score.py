@@ -143,14 +143,22 @@ class SoftScore(wiring.Component):
         ]
 
         # the input FIFO: the issue logic below consumes from it
-        m.submodules.inbuf = inbuf = fifo.SyncFIFO(width=self.entry_layout.size, depth=IN_DEPTH)
-        beat = Signal(self.entry_layout)
+        # (the sweep is stored one-hot beside the beat, decoded on the way in: the issue
+        # logic after the asynchronous read is one level shallower)
+        held = data.StructLayout({"beat": self.entry_layout, "kind": 4})
+        m.submodules.inbuf = inbuf = fifo.SyncFIFO(width=held.size, depth=IN_DEPTH)
+        w_held, r_held = Signal(held), Signal(held)
+        m.d.comb += [
+            w_held.beat.eq(self.entries.payload),
+            w_held.kind.eq(1 << self.entries.payload.sweep),
+            r_held.eq(inbuf.r_data),
+        ]
+        beat = r_held.beat
         in_valid, in_take = Signal(), Signal()
         m.d.comb += [
-            inbuf.w_data.eq(self.entries.payload),
+            inbuf.w_data.eq(w_held),
             inbuf.w_en.eq(self.entries.valid),
             self.entries.ready.eq(inbuf.w_rdy),
-            beat.eq(inbuf.r_data),
             in_valid.eq(inbuf.r_rdy),
             inbuf.r_en.eq(in_take),
         ]
@@ -171,15 +179,14 @@ class SoftScore(wiring.Component):
         z_busy = Signal()
         # SCORE entries accepted and not yet read out of the output FIFO: ``used`` counts them
         # but an accept a cycle late (``acc_d``), so ``used + acc_d <= used + 1``, and
-        # ``used < OUT_DEPTH - 1`` leaves room for one more; ``credit`` is LUT logic on one
-        # register, and the issue decision ends in a register, not in an adder
+        # ``used < OUT_DEPTH - 1`` leaves room for one more; ``credit`` is that compare,
+        # registered from ``used``'s next value, and the issue decision ends in a register
         used = Signal(range(OUT_DEPTH + 1))
         acc_d = Signal()
-        credit = Signal()
-        m.d.comb += credit.eq(used < OUT_DEPTH - 1)
-        is_max = beat.sweep == SWEEP_MAX
-        is_sum = beat.sweep == SWEEP_SUM
-        is_score = beat.sweep == SWEEP_SCORE
+        credit = Signal(init=1)
+        is_max = r_held.kind[SWEEP_MAX]
+        is_sum = r_held.kind[SWEEP_SUM]
+        is_score = r_held.kind[SWEEP_SCORE]
         issue = Signal()
         mx_v = Signal()
         m.d.comb += issue.eq(
@@ -215,7 +222,7 @@ class SoftScore(wiring.Component):
                     m.d.sync += z_pending.eq(1)
             with m.Else():
                 m.d.sync += c.eq(c + 1)
-        with m.If(in_valid & (beat.sweep == 3)):  # not a sweep: consume, no effect
+        with m.If(in_valid & r_held.kind[3]):  # not a sweep: consume, no effect
             m.d.comb += in_take.eq(1)
 
         # ---- the (entry, query) pipeline ----
@@ -305,7 +312,10 @@ class SoftScore(wiring.Component):
         ]
         accepted_score = in_valid & in_take & is_score
         read_out = out.r_rdy & out.r_en
-        m.d.sync += [acc_d.eq(accepted_score), used.eq(used + acc_d - read_out)]
+        used_next = Signal.like(used)
+        m.d.comb += used_next.eq(used + acc_d - read_out)
+        m.d.sync += [acc_d.eq(accepted_score), used.eq(used_next)]
+        m.d.sync += credit.eq(used_next < OUT_DEPTH - 1)
         # st10, st11: SUM: count * e
         ne = _mul(reg, ctl["cnt"], e, "count")
         for tag in ("10", "11"):

@@ -102,7 +102,7 @@ class SelectTokensCore(wiring.Component):
         ``queries`` (the first ``n_q`` of ``q_max``), ``budget``, ``n``, ``no_exit``,
         ``raw_max``.  Accepted only when idle.  ``n = 0``, ``n > n_max``, ``n_q = 0`` or
         ``n_q > q_max`` skip the retrieval: only a trailer with the ``error`` flags, ``cycles =
-        1``.  ``budget = 0`` with early exit gives a trailer at once too (no error, no plane read).
+        2``.  ``budget = 0`` with early exit gives a trailer at once too (no error, no plane read).
     result : Out(stream.Signature(hw.layouts.token_result_layout(cfg)))
         ``RECORD`` beats (``id``, ``take``) in selection order, then one ``TRAILER``
         (``planes_read``, ``cycles``, ``error``).  ``ready`` may be low at any time.
@@ -219,6 +219,7 @@ class SelectTokensCore(wiring.Component):
         nq_m1 = Signal(qrange)  # n_q - 1
         raw = qy.raw_max
         m.d.comb += [soft.n_q.eq(qy.n_q), soft.gain.eq(qy.gain)]
+        skip_all = Signal()  # the query has an error flag or nothing to select
         idle = Signal(init=1)  # the FSM is in IDLE (a register: it enables the query capture)
         with m.If(idle):
             m.d.sync += qy.eq(self.query.payload)
@@ -760,18 +761,21 @@ class SelectTokensCore(wiring.Component):
                         wpos.eq(0),
                     ]
                     empty = (pl.budget == 0) & (~pl.no_exit | pl.soft)  # nothing to select
-                    with m.If(checks.as_value().any() | empty):
-                        m.next = "TRAILER"
-                    with m.Else():
-                        m.next = "INIT"
+                    # decided in INIT's first cycle from a register: the payload's checks reach
+                    # a flop, not the state register
+                    m.d.sync += skip_all.eq(checks.as_value().any() | empty)
+                    m.next = "INIT"
 
             with m.State("INIT"):  # Qpos_c, Qneg_c for c = 0 .. n_q-1 on the dot pipeline
                 m.d.sync += cycles.eq(cycles + 1)
-                m.d.comb += in_init.eq(1)
-                with m.If(fin):
-                    m.d.sync += init_neg.eq(1)
-                    with m.If(init_neg):
-                        m.next = "INIT_WAIT"
+                with m.If(skip_all):  # an error or nothing to select: the trailer only
+                    m.next = "TRAILER"
+                with m.Else():
+                    m.d.comb += in_init.eq(1)
+                    with m.If(fin):
+                        m.d.sync += init_neg.eq(1)
+                        with m.If(init_neg):
+                            m.next = "INIT_WAIT"
 
             with m.State("INIT_WAIT"):
                 m.d.sync += cycles.eq(cycles + 1)

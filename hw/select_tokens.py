@@ -221,8 +221,14 @@ class SelectTokensCore(wiring.Component):
         m.d.comb += [soft.n_q.eq(qy.n_q), soft.gain.eq(qy.gain)]
         skip_all = Signal()  # the query has an error flag or nothing to select
         idle = Signal(init=1)  # the FSM is in IDLE (a register: it enables the query capture)
+        # per query and element: x > 0 (the init micro-ops sum the positive elements), captured
+        # with the query so that the lane products' select is a register two stages later
+        q_gt = Signal(data.ArrayLayout(d, qm))
         with m.If(idle):
             m.d.sync += qy.eq(self.query.payload)
+            for k in range(qm):
+                x = self.query.payload.queries[k]
+                m.d.sync += q_gt[k].eq(Cat(x[i] > 0 for i in range(d)))
 
         # ---- pass state -----------------------------------------------------------------------
         p = Signal(range(bk), init=bk - 1)
@@ -477,9 +483,10 @@ class SelectTokensCore(wiring.Component):
         dm = [Signal(meta, name=f"d{i}") for i in range(11)]
         d0 = dm[0]
         qword = Signal(data.ArrayLayout(signed(bq), d))  # D0: query c
+        qword_gt = Signal(d)  # D0: its elements > 0
         bits0 = Signal(lanes)
         qlanes = Signal(data.ArrayLayout(signed(bq), lanes))  # D0b: its lane group g
-        bits = Signal(lanes)
+        lane_on = Signal(lanes)  # D0b: lane i's product is x (else 0)
         m.d.sync += [
             d0.valid.eq(issue),
             d0.init.eq(in_init),
@@ -497,27 +504,28 @@ class SelectTokensCore(wiring.Component):
         with m.Switch(qc_q):
             for k in range(qm):
                 with m.Case(k):
-                    m.d.sync += qword.eq(qy.queries[k])
+                    m.d.sync += [qword.eq(qy.queries[k]), qword_gt.eq(q_gt[k])]
         with m.Switch(g):
             for gg in range(groups):
                 with m.Case(gg):
                     m.d.sync += bits0.eq(ci.word[gg * lanes : (gg + 1) * lanes])
-        m.d.sync += bits.eq(bits0)
         with m.Switch(d0.g):
             for gg in range(groups):
                 with m.Case(gg):
                     lo = gg * lanes * bq
                     m.d.sync += qlanes.eq(qword.as_value()[lo : lo + lanes * bq])
+                    for i in range(lanes):  # init: the positive / negative elements
+                        e_i = gg * lanes + i
+                        sign = qword[e_i][-1]
+                        init_on = Mux(d0.neg, sign, qword_gt[e_i])
+                        m.d.sync += lane_on[i].eq(Mux(d0.init, init_on, bits0[i]))
         for i in range(1, 11):
             m.d.sync += dm[i].eq(dm[i - 1])
 
         # D1: lane products (init: the query's positive / negative elements)
-        d0b = dm[1]
         prods = Signal(data.ArrayLayout(signed(bq), lanes))
         for i in range(lanes):
-            x = qlanes[i]
-            on = Mux(d0b.init, Mux(d0b.neg, x < 0, x > 0), bits[i])
-            m.d.sync += prods[i].eq(Mux(on, x, 0))
+            m.d.sync += prods[i].eq(Mux(lane_on[i], qlanes[i], 0))
         # D2, D3: the adder tree in two halves
         levels = tree_depth(lanes)
         sums = [prods[i] for i in range(lanes)]

@@ -126,10 +126,11 @@ class SelectTokensCore(wiring.Component):
     an entry for ``n_q * groups`` cycles, issuing one (query, lane group) micro-op per cycle,
     or for one cycle if skipped.  ``adv = ~I.valid | skip | last micro-op | score sweep`` is a
     register (computed from the next values), replicated per register group.
-    *Dot and bounds* (never stalls): D0 query ``c`` and the plane bits of group ``g``, D0b the
-    lane group of the query, D1 lane products, D2 / D3 the two halves of the lane adder tree,
-    D4 accumulator, D5 shift by ``p``, D6 partial ``P +- (dot << p)``, D7 ``L``, ``U`` and
-    ``SL_c = L - MU'_c`` (one add: ``r*Qneg_c - MU'_c`` is a per-pass constant), D8 their
+    *Dot and bounds* (never stalls): D0 query ``c`` (with its elements' ``x > 0``) and the plane
+    bits of group ``g``, D0b the lane group of the query and each lane's select (the plane bit,
+    or in init the element's sign test), D1 lane products, D2 / D3 the two halves of the lane
+    adder tree, D4 accumulator, D5 shift by ``p``, D6 partial ``P +- (dot << p)``, D7 ``L``,
+    ``U`` and ``SL_c = L - MU'_c`` (one add: ``r*Qneg_c - MU'_c`` is a per-pass constant), D8 their
     compares with the ``ML``, ``MU`` maxima and the running maximum of ``SL`` over the queries
     (bypassed: the same maximum can be updated back to back), D9 the updates and the new
     partials, W write-back (partial memory, next alive list), T0 ranking input register, then

@@ -9,7 +9,7 @@ exit and its proof are in ``docs/select.md``.  Pipelined for the ECP5 (``docs/se
 from __future__ import annotations
 
 from amaranth import Cat, Module, Mux, Signal, signed, unsigned
-from amaranth.lib import data, fifo, stream, wiring
+from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
@@ -32,6 +32,7 @@ from model.dre.tokens import SOFT_E
 STORE_LATENCY = 2
 #: Entries the look-ahead may have in flight to the soft-score unit (its feed FIFO's depth).
 SOFT_FEED_DEPTH = 16
+assert SOFT_FEED_DEPTH & (SOFT_FEED_DEPTH - 1) == 0, "the feed FIFO's pointers wrap by themselves"
 
 
 def value_shape(cfg: DREConfig):
@@ -203,7 +204,10 @@ class SelectTokensCore(wiring.Component):
             q_max=qm, s_bits=vs.width, count_bits=cfg.count_bits, n_max=n_max
         )
         feed_lay = data.StructLayout({"part": vec, "count": cshape})
-        sfifo = m.submodules.soft_feed = fifo.SyncFIFO(width=feed_lay.size, depth=SOFT_FEED_DEPTH)
+        # the feed FIFO: LUT RAM read asynchronously, written without a "not full" test (A0's
+        # credit guarantees the room), so its write enable is two registers ANDed
+        feed_mem = m.submodules.soft_feed = Memory(shape=feed_lay, depth=SOFT_FEED_DEPTH, init=[])
+        feed_wr, feed_rd = feed_mem.write_port(), feed_mem.read_port(domain="comb")
         sc_mem = m.submodules.soft_scores = Memory(
             shape=unsigned(soft.score_bits), depth=n_max, init=[], attrs=rw
         )
@@ -654,33 +658,42 @@ class SelectTokensCore(wiring.Component):
         # soft feed: the issue stage writes each entry's exact dot products and count into the
         # FIFO; A0 issues an entry only with room for it (a registered credit: the entries in
         # flight plus the FIFO's level grow by at most one a cycle)
-        feed = Signal(feed_lay)
+        feed_push, feed_pop, feed_valid = Signal(), Signal(), Signal()
+        produce = Signal(range(SOFT_FEED_DEPTH))  # a power of two: the pointers wrap by themselves
+        consume = Signal(range(SOFT_FEED_DEPTH))
+        feed_level = Signal(range(SOFT_FEED_DEPTH + 1))
         m.d.comb += [
-            feed.part.eq(ci.part),
-            feed.count.eq(ci.count),
-            sfifo.w_data.eq(feed),
-            sfifo.w_en.eq(ci.valid & soft_feed),
+            feed_push.eq(ci.valid & soft_feed),
+            feed_wr.addr.eq(produce),
+            feed_wr.data.part.eq(ci.part),
+            feed_wr.data.count.eq(ci.count),
+            feed_wr.en.eq(feed_push),
+            feed_rd.addr.eq(consume),
+            feed_valid.eq(feed_level != 0),
+            feed_pop.eq(feed_valid & soft.entries.ready),
         ]
         m.d.sync += [
-            feed_inflight.eq(feed_inflight + (a0_valid & adv & soft_feed) - sfifo.w_en),
-            feed_credit.eq(feed_inflight + sfifo.level < SOFT_FEED_DEPTH - 1),
+            produce.eq(produce + feed_push),
+            consume.eq(consume + feed_pop),
+            feed_level.eq(feed_level + feed_push - feed_pop),
+            feed_inflight.eq(feed_inflight + (a0_valid & adv & soft_feed) - feed_push),
+            feed_credit.eq(feed_inflight + feed_level < SOFT_FEED_DEPTH - 1),
         ]
-        # the FIFO's storage is read asynchronously (LUT RAM), so the unit's ``ready`` (a function
-        # of the beat) reaches only the FIFO's read pointer and level, never a data register
+        # the unit's ``ready`` is a function of its own registers (its input FIFO's level), so
+        # it reaches only this FIFO's read pointer and level, never a data register
         feed_empty = Signal()
-        m.d.comb += feed_empty.eq(sfifo.level == 0)
-        main_data = Signal(feed_lay)
-        m.d.comb += [main_data.eq(sfifo.r_data), sfifo.r_en.eq(soft.entries.ready)]
+        m.d.comb += feed_empty.eq(feed_level == 0)
+        main_data = feed_rd.data
         beat = soft.entries.payload
         m.d.comb += [
-            soft.entries.valid.eq(sfifo.r_rdy),
+            soft.entries.valid.eq(feed_valid),
             beat.sweep.eq(kind),
             beat.first.eq(fcount == 0),
             beat.last.eq(fcount == n_m1),
             beat.count.eq(main_data.count),
             beat.s.eq(main_data.part),
         ]
-        with m.If(sfifo.r_rdy & soft.entries.ready):
+        with m.If(feed_pop):
             m.d.sync += fcount.eq(fcount + 1)
         # the scores, in alive-list order, into the score memory
         m.d.comb += [

@@ -367,27 +367,24 @@ class DREDriver:
         """v2: one retrieval for ``queries`` (``1 .. q_max`` vectors of ``d`` integers) with the
         BUDGET, CTRL and GAIN the registers hold: the ``(id, take)`` records in selection order
         and the trailer (``planes_read``, ``cycles``, ``error`` bits, ``flags``: their names)."""
-        from hw.layouts import Kind
-
         self._need("v2", "retrieve_tokens", "retrieve")
         self.port.write(encode_queries(self.cfg, queries))
-        records = []
-        while True:
-            beat = unpack_token_result(self.cfg, self._next("S").payload)
-            if beat["kind"] != Kind.RECORD.value:
-                return records, {**beat, "flags": error_flags(beat["error"], "v2")}
-            records.append((beat["id"], beat["take"]))
+        return self._records(unpack_token_result, "v2", ("id", "take"))
 
     def retrieve(self, q: Sequence[int]) -> tuple[list[tuple[int, int]], dict]:
         """v1: one query: the ``(index, score)`` records in selection order and the trailer
         (``planes_read``, ``cycles``, ``error`` bits, ``flags``: their names)."""
-        from hw.layouts import Kind
-
         self._need("v1", "retrieve", "retrieve_tokens")
         self.port.write(encode_query(self.cfg, q))
+        return self._records(unpack_selection, "v1", ("index", "score"))
+
+    def _records(self, unpack, rule: str, fields: tuple[str, str]):
+        """The 'S' beats of one retrieval: its records' two ``fields`` and the trailer."""
+        from hw.layouts import Kind
+
         records = []
         while True:
-            beat = unpack_selection(self.cfg, self._next("S").payload)
+            beat = unpack(self.cfg, self._next("S").payload)
             if beat["kind"] != Kind.RECORD.value:
-                return records, {**beat, "flags": error_flags(beat["error"], "v1")}
-            records.append((beat["index"], beat["score"]))
+                return records, {**beat, "flags": error_flags(beat["error"], rule)}
+            records.append((beat[fields[0]], beat[fields[1]]))

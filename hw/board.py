@@ -22,7 +22,7 @@ from amaranth.lib.wiring import In, Out
 
 from hw.dre import DRE
 from hw.uart_bridge import UartBridge
-from model.dre.config import ConfigError, DREConfig
+from model.dre.config import ConfigError, DREConfig, require_config
 
 ROOT = Path(__file__).resolve().parent.parent
 OSC_HZ = 25_000_000  # the ULX3S's oscillator (clk25)
@@ -56,8 +56,7 @@ class BridgedDRE(wiring.Component):
     def __init__(self, cfg: DREConfig, divisor: int, *, rule: str = "v2"):
         from host.dre_driver import RULES, Widths
 
-        if not isinstance(cfg, DREConfig):
-            raise ConfigError(f"cfg must be a DREConfig, got {type(cfg).__name__}")
+        require_config(cfg)
         if rule not in RULES:
             raise ConfigError(f"BridgedDRE: rule={rule!r}; choose one of {', '.join(RULES)}")
         if not isinstance(divisor, int) or isinstance(divisor, bool) or divisor < 4:

@@ -8,7 +8,7 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from model.dre.cluster import ClusterWidths
-from model.dre.config import ConfigError, DREConfig
+from model.dre.config import ConfigError, DREConfig, require_config
 
 
 def chunk_shape(cfg: DREConfig) -> range:
@@ -122,8 +122,7 @@ class CentroidTable(wiring.Component):
         wb_port: bool = True,
         bypass_out: bool = False,
     ):
-        if not isinstance(cfg, DREConfig):
-            raise ConfigError(f"cfg must be a DREConfig, got {type(cfg).__name__}")
+        require_config(cfg)
         if not isinstance(ports, int) or ports < 1:
             raise ConfigError(f"ports={ports!r} must be an integer >= 1")
         meta_ports = ports if meta_ports is None else meta_ports

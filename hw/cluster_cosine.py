@@ -9,7 +9,7 @@ from amaranth.lib.wiring import In, Out
 
 from hw.arith import exp_shape, lut_mul, normalise
 from model.dre.cluster import ClusterWidths
-from model.dre.config import ConfigError, DREConfig
+from model.dre.config import ConfigError, DREConfig, require_config
 
 #: The most-similar comparisons the screen makes, as (a, b): ``more[j]`` is
 #: ``more_similar(a, b)``, i.e. ``cos(k, S_a) > cos(k, S_b)``.
@@ -115,8 +115,7 @@ class ClusterCompare(wiring.Component):
     """
 
     def __init__(self, cfg: DREConfig, mantissa_bits: int = 17):
-        if not isinstance(cfg, DREConfig):
-            raise ConfigError(f"cfg must be a DREConfig, got {type(cfg).__name__}")
+        require_config(cfg)
         if not isinstance(mantissa_bits, int) or not 6 <= mantissa_bits <= 32:
             raise ConfigError(f"mantissa_bits={mantissa_bits!r} must be an integer in 6 .. 32")
         self.cfg, self.mant = cfg, mantissa_bits

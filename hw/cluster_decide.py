@@ -11,7 +11,7 @@ from hw.arith import lut_mul
 from hw.cluster_cosine import PAIRS
 from hw.cluster_exact import ExactCompare
 from model.dre.cluster import DROPPED, FORCED, JOINED, NEW, ClusterWidths
-from model.dre.config import ConfigError, DREConfig
+from model.dre.config import DREConfig, require_config
 
 #: Digit width of the exact unit's shift-and-add multiplier (cycles against LUTs).
 EXACT_DIGIT_BITS = 1
@@ -71,8 +71,7 @@ class ClusterDecide(wiring.Component):
     """
 
     def __init__(self, cfg: DREConfig):
-        if not isinstance(cfg, DREConfig):
-            raise ConfigError(f"cfg must be a DREConfig, got {type(cfg).__name__}")
+        require_config(cfg)
         self.cfg = cfg
         wd = self.widths = ClusterWidths.of(cfg)
         super().__init__(

@@ -9,7 +9,7 @@ from amaranth.lib.wiring import In, Out
 from hw.arith import lut_mul, tree_sum
 from hw.centroid_table import sum_chunk_layout
 from model.dre.cluster import ClusterWidths
-from model.dre.config import ConfigError, DREConfig
+from model.dre.config import DREConfig, require_config
 
 #: Sum inputs (read ports of the centroid table) of the pipeline.
 N_SUMS = 5
@@ -91,8 +91,7 @@ class ClusterDots(wiring.Component):
     accumulators)."""
 
     def __init__(self, cfg: DREConfig):
-        if not isinstance(cfg, DREConfig):
-            raise ConfigError(f"cfg must be a DREConfig, got {type(cfg).__name__}")
+        require_config(cfg)
         self.cfg = cfg
         wd = self.widths = ClusterWidths.of(cfg)
         super().__init__(

@@ -9,7 +9,7 @@ from amaranth.lib.wiring import In, Out
 
 from hw.arith import lut_mul
 from model.dre.cluster import ClusterWidths
-from model.dre.config import ConfigError, DREConfig
+from model.dre.config import ConfigError, DREConfig, require_config
 
 
 def exact_widths(cfg: DREConfig) -> tuple[int, int]:
@@ -58,8 +58,7 @@ class ExactCompare(wiring.Component):
     """
 
     def __init__(self, cfg: DREConfig, digit_bits: int = 4):
-        if not isinstance(cfg, DREConfig):
-            raise ConfigError(f"cfg must be a DREConfig, got {type(cfg).__name__}")
+        require_config(cfg)
         if not isinstance(digit_bits, int) or not 1 <= digit_bits <= 8:
             raise ConfigError(f"digit_bits={digit_bits!r} must be an integer in 1 .. 8")
         self.cfg, self.r = cfg, digit_bits

@@ -8,7 +8,7 @@ from amaranth.lib.wiring import In, Out
 
 from hw.cluster_dots import key_layout
 from model.dre.cluster import ClusterWidths
-from model.dre.config import ConfigError, DREConfig
+from model.dre.config import DREConfig, require_config
 
 
 def token_layout(cfg: DREConfig) -> data.StructLayout:
@@ -75,8 +75,7 @@ class TokenFramer(wiring.Component):
     """
 
     def __init__(self, cfg: DREConfig):
-        if not isinstance(cfg, DREConfig):
-            raise ConfigError(f"cfg must be a DREConfig, got {type(cfg).__name__}")
+        require_config(cfg)
         self.cfg = cfg
         wd = ClusterWidths.of(cfg)
         super().__init__(

@@ -7,7 +7,7 @@ from amaranth.lib import stream, wiring
 from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.wiring import In, Out
 
-from model.dre.config import ConfigError, DREConfig
+from model.dre.config import DREConfig, require_config
 
 
 class WritebackQueue(wiring.Component):
@@ -29,8 +29,7 @@ class WritebackQueue(wiring.Component):
     """
 
     def __init__(self, cfg: DREConfig):
-        if not isinstance(cfg, DREConfig):
-            raise ConfigError(f"cfg must be a DREConfig, got {type(cfg).__name__}")
+        require_config(cfg)
         self.cfg = cfg
         super().__init__(
             {

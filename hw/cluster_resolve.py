@@ -11,7 +11,7 @@ from hw.centroid_table import meta_layout
 from hw.cluster_decide import LEFT, TEMPORAL
 from hw.cluster_dots import N_SUMS
 from model.dre.cluster import ClusterWidths
-from model.dre.config import ConfigError, DREConfig
+from model.dre.config import DREConfig, require_config
 
 
 class CandidateResolve(wiring.Component):
@@ -59,8 +59,7 @@ class CandidateResolve(wiring.Component):
     """
 
     def __init__(self, cfg: DREConfig):
-        if not isinstance(cfg, DREConfig):
-            raise ConfigError(f"cfg must be a DREConfig, got {type(cfg).__name__}")
+        require_config(cfg)
         self.cfg = cfg
         wd = self.widths = ClusterWidths.of(cfg)
         ids = range(cfg.n_max)

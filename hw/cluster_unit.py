@@ -18,7 +18,7 @@ from hw.cluster_update import SumUpdate
 from hw.cluster_writeback import ClusterWriteback
 from hw.plane_store import PlaneWriteSignature
 from model.dre.cluster import DROPPED, FORCED, JOINED, NEW, ClusterWidths
-from model.dre.config import ConfigError, DREConfig
+from model.dre.config import ConfigError, DREConfig, require_config
 
 __all__ = ["ClusterUnit", "key_layout", "result_layout", "token_latency", "token_period"]
 
@@ -127,8 +127,7 @@ class ClusterUnit(wiring.Component):
     """
 
     def __init__(self, cfg: DREConfig, mantissa_bits: int = 17):
-        if not isinstance(cfg, DREConfig):
-            raise ConfigError(f"cfg must be a DREConfig, got {type(cfg).__name__}")
+        require_config(cfg)
         if not isinstance(mantissa_bits, int) or not 6 <= mantissa_bits <= 32:
             raise ConfigError(f"mantissa_bits={mantissa_bits!r} must be an integer in 6 .. 32")
         self.cfg = cfg

@@ -8,7 +8,7 @@ from amaranth.lib.wiring import In, Out
 
 from hw.centroid_table import SumReadSignature, SumWriteSignature, chunk_shape
 from hw.cluster_dots import key_chunk_layout, key_layout
-from model.dre.config import ConfigError, DREConfig
+from model.dre.config import DREConfig, require_config
 
 
 class SumUpdate(wiring.Component):
@@ -46,8 +46,7 @@ class SumUpdate(wiring.Component):
     """
 
     def __init__(self, cfg: DREConfig):
-        if not isinstance(cfg, DREConfig):
-            raise ConfigError(f"cfg must be a DREConfig, got {type(cfg).__name__}")
+        require_config(cfg)
         self.cfg = cfg
         super().__init__(
             {

@@ -10,7 +10,7 @@ from hw.arith import bit_length
 from hw.centroid_table import MetaReadSignature, SumReadSignature, chunk_shape
 from hw.plane_store import PlaneWriteSignature
 from model.dre.cluster import ClusterWidths
-from model.dre.config import ConfigError, DREConfig
+from model.dre.config import DREConfig, require_config
 
 
 def log2_fixed(m: Module, n, frac_bits: int, name: str = "log2"):
@@ -87,8 +87,7 @@ class ClusterWriteback(wiring.Component):
     """
 
     def __init__(self, cfg: DREConfig):
-        if not isinstance(cfg, DREConfig):
-            raise ConfigError(f"cfg must be a DREConfig, got {type(cfg).__name__}")
+        require_config(cfg)
         self.cfg = cfg
         self.widths = ClusterWidths.of(cfg)
         super().__init__(

@@ -21,7 +21,7 @@ from hw.plane_store import PlaneStore
 from hw.select_core import SelectCore
 from hw.select_tokens import SelectTokensCore
 from model.dre.cluster import DROPPED, FORCED, NEW
-from model.dre.config import ConfigError, DREConfig
+from model.dre.config import ConfigError, DREConfig, require_config
 
 #: retrieval rules the top level can be built with (``DRE(cfg, rule=...)``)
 RULES = ("v1", "v2")
@@ -89,8 +89,7 @@ class DRE(wiring.Component):
     @staticmethod
     def check_config(cfg: DREConfig) -> None:
         """Raise :class:`ConfigError` if ``cfg`` cannot be built (before anything is built)."""
-        if not isinstance(cfg, DREConfig):
-            raise ConfigError(f"cfg must be a DREConfig, got {type(cfg).__name__}")
+        require_config(cfg)
         if cfg.n_max < 2:
             raise ConfigError(f"DRE: n_max={cfg.n_max} must be >= 2 (the table needs an address)")
 

@@ -48,7 +48,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from model.dre.config import ConfigError, DREConfig
+from model.dre.config import ConfigError, DREConfig, require_config
 
 JOINED, NEW, FORCED, DROPPED = 0, 1, 2, 3
 STATUS_NAMES = ("joined", "new", "forced", "dropped")
@@ -165,8 +165,7 @@ class ClusterRef:
         tau_s: int = 0,
         bias_scale: int = 0,
     ):
-        if not isinstance(cfg, DREConfig):
-            raise ConfigError(f"cfg must be a DREConfig, got {type(cfg).__name__}")
+        require_config(cfg)
         self.cfg = cfg
         self.widths = ClusterWidths.of(cfg)
         self.table_size = cfg.n_max if table_size is None else table_size

@@ -182,3 +182,11 @@ def preset(name: str) -> DREConfig:
     if name not in PRESETS:
         raise ConfigError(f"unknown preset {name!r}; choose from {', '.join(PRESETS)}")
     return PRESETS[name]
+
+
+def require_config(cfg) -> DREConfig:
+    """``cfg`` itself when it is a :class:`DREConfig`; one :class:`ConfigError` otherwise (the
+    first check of every unit built from a configuration)."""
+    if not isinstance(cfg, DREConfig):
+        raise ConfigError(f"cfg must be a DREConfig, got {type(cfg).__name__}")
+    return cfg

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 import torch
 
 from model.dre.cluster import DROPPED, ClusterRef, tau_fixed
-from model.dre.config import ConfigError, DREConfig
+from model.dre.config import ConfigError, DREConfig, require_config
 from model.dre.select import SelectError, Selection, select
 from model.dre.tokens import TokenSelection, select_tokens, soft_gain
 
@@ -125,8 +125,7 @@ class DRERef:
     """
 
     def __init__(self, cfg: DREConfig, regs: Registers | None = None):
-        if not isinstance(cfg, DREConfig):
-            raise ConfigError(f"cfg must be a DREConfig, got {type(cfg).__name__}")
+        require_config(cfg)
         self.cfg = cfg
         self.regs = regs or Registers(k_max=cfg.k_cap)
         self.cluster = ClusterRef(cfg)

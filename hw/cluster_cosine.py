@@ -70,6 +70,19 @@ def band_compare(m: Module, am, ea, bm, eb, guard: int, name: str):
     return band_decide(band_align(m, am, ea, bm, eb, guard, name))
 
 
+def screen_operands(wd: ClusterWidths) -> dict:
+    """The ports of a cosine test's operands (the three candidates' ``dot`` and ``norm``, the
+    key's norm, the two thresholds): :class:`ClusterCompare` screens them, and
+    :class:`hw.cluster_decide.ClusterDecide` recomputes unsure results from the same values."""
+    return {
+        "dot": In(signed(wd.dot)).array(3),
+        "norm": In(unsigned(wd.sum_norm)).array(3),
+        "key_norm": In(unsigned(wd.key_norm)),
+        "tau_t": In(unsigned(wd.tau)),
+        "tau_s": In(unsigned(wd.tau)),
+    }
+
+
 class ClusterCompare(wiring.Component):
     """The decisions of one token against its three candidates, on ``M``-bit mantissas.
 
@@ -122,11 +135,7 @@ class ClusterCompare(wiring.Component):
         wd = self.widths = ClusterWidths.of(cfg)
         super().__init__(
             {
-                "dot": In(signed(wd.dot)).array(3),
-                "norm": In(unsigned(wd.sum_norm)).array(3),
-                "key_norm": In(unsigned(wd.key_norm)),
-                "tau_t": In(unsigned(wd.tau)),
-                "tau_s": In(unsigned(wd.tau)),
+                **screen_operands(wd),
                 "passed": Out(3),
                 "sure": Out(3),
                 "more": Out(3),

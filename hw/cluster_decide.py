@@ -3,12 +3,12 @@ with exact recomputes of the results the screen left inside its guard band."""
 
 from __future__ import annotations
 
-from amaranth import Module, Mux, Signal, signed, unsigned
+from amaranth import Module, Mux, Signal
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
 from hw.arith import lut_mul
-from hw.cluster_cosine import PAIRS
+from hw.cluster_cosine import PAIRS, screen_operands
 from hw.cluster_exact import ExactCompare
 from model.dre.cluster import DROPPED, FORCED, JOINED, NEW, ClusterWidths
 from model.dre.config import DREConfig, require_config
@@ -84,11 +84,7 @@ class ClusterDecide(wiring.Component):
                 "active": In(1),
                 "elig": In(3),
                 "full": In(1),
-                "dot": In(signed(wd.dot)).array(3),
-                "norm": In(unsigned(wd.sum_norm)).array(3),
-                "key_norm": In(unsigned(wd.key_norm)),
-                "tau_t": In(unsigned(wd.tau)),
-                "tau_s": In(unsigned(wd.tau)),
+                **screen_operands(wd),
                 "ready": Out(1),
                 "status": Out(2),
                 "which": Out(range(3)),

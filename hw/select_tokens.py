@@ -30,9 +30,9 @@ from model.dre.tokens import SOFT_E
 
 #: Cycles a plane/count read of the store takes (``PlaneStore(..., out_reg=True)``).
 STORE_LATENCY = 2
-#: Entries the look-ahead may have in flight to the soft-score unit (its feed FIFO's depth).
+#: Entries the look-ahead may have in flight to the soft-score unit: the depth of the unit's
+#: input FIFO, into which the issue stage writes directly (``SoftScore(in_depth=...)``)
 SOFT_FEED_DEPTH = 16
-assert SOFT_FEED_DEPTH & (SOFT_FEED_DEPTH - 1) == 0, "the feed FIFO's pointers wrap by themselves"
 
 
 def value_shape(cfg: DREConfig):
@@ -64,15 +64,15 @@ def cycle_formula(cfg: DREConfig, n: int, n_q: int, *, soft: bool = False) -> in
     budget taking all of them (``tests/test_hw_tokens.py`` pins it; docs/select.md derives it):
     ``9 + 2*Q*g + bk*(N*Q*g + LA + 16) + R*(N + LA + 6) + N`` with ``LA`` the look-ahead depth
     (:func:`lookahead_stages`) and ``R = ceil(N / k_cap)`` output rounds.  ``soft``: the soft
-    score adds its three sweeps, ``N*(1 + 2*Q) + Z*Q + F + 2*LA + 6`` (``Z``, ``F``:
-    :class:`SoftScore`'s ``Z_CYCLES`` and ``FIXED_CYCLES``; ``2*LA + 6``: two sweep changes that
-    wait for the look-ahead to drain, the set-up cycles and the feed FIFO)."""
+    score adds its three sweeps, ``N*(1 + 2*Q) + Z*Q + F + 2*LA + 5`` (``Z``, ``F``:
+    :class:`SoftScore`'s ``Z_CYCLES`` and ``FIXED_CYCLES``; ``2*LA + 5``: two sweep changes that
+    wait for the look-ahead to drain and the set-up cycles)."""
     g, la = cfg.groups, lookahead_stages(cfg)
     rounds = -(-n // cfg.k_cap)
     total = 9 + 2 * n_q * g + cfg.bk * (n * n_q * g + la + 16) + rounds * (n + la + 6) + n
     if soft:
         z, f = SoftScore.Z_CYCLES, SoftScore.FIXED_CYCLES
-        total += n * (1 + 2 * n_q) + z * n_q + f + 2 * la + 6
+        total += n * (1 + 2 * n_q) + z * n_q + f + 2 * la + 5
     return total
 
 
@@ -198,16 +198,16 @@ class SelectTokensCore(wiring.Component):
         # two alive lists, addressed {bank, position}
         list_mem = m.submodules.alive = Memory(shape=ib, depth=2 << ib, init=[], attrs=rw)
         list_rd, list_wr = list_mem.read_port(), list_mem.write_port()
-        # the soft score (``qy.soft``): the unit, the FIFO that feeds it from the issue stage,
-        # and the scores by alive-list position (written in its SCORE sweep, read to rank)
+        # the soft score (``qy.soft``): the unit, whose input FIFO the issue stage writes
+        # directly, and the scores by alive-list position (written in its SCORE sweep, read to
+        # rank)
         soft = m.submodules.soft = SoftScore(
-            q_max=qm, s_bits=vs.width, count_bits=cfg.count_bits, n_max=n_max
+            q_max=qm,
+            s_bits=vs.width,
+            count_bits=cfg.count_bits,
+            n_max=n_max,
+            in_depth=SOFT_FEED_DEPTH,
         )
-        feed_lay = data.StructLayout({"part": vec, "count": cshape})
-        # the feed FIFO: LUT RAM read asynchronously, written without a "not full" test (A0's
-        # credit guarantees the room), so its write enable is two registers ANDed
-        feed_mem = m.submodules.soft_feed = Memory(shape=feed_lay, depth=SOFT_FEED_DEPTH, init=[])
-        feed_wr, feed_rd = feed_mem.write_port(), feed_mem.read_port(domain="comb")
         sc_mem = m.submodules.soft_scores = Memory(
             shape=unsigned(soft.score_bits), depth=n_max, init=[], attrs=rw
         )
@@ -261,7 +261,7 @@ class SelectTokensCore(wiring.Component):
         soft_feed = Signal()  # the look-ahead feeds the soft unit (its three sweeps)
         soft_rank = Signal()  # the score sweeps rank the stored soft scores
         kind = Signal(2)  # the sweep being fed: SWEEP_MAX, SWEEP_SUM, SWEEP_SCORE
-        feed_inflight = Signal(range(SOFT_FEED_DEPTH + 1))  # issued at A0, not yet in the FIFO
+        feed_inflight = Signal(range(SOFT_FEED_DEPTH + 1))  # issued at A0, not yet in the unit
         feed_credit = Signal()
         fcount = Signal(range(n_max + 1))  # beats of this sweep handed to the unit
         n_m1 = Signal(range(n_max))  # n_cur - 1: the sweep's last beat
@@ -656,44 +656,26 @@ class SelectTokensCore(wiring.Component):
             m.d.sync += [n_next.eq(n_next + 1), planes_read.eq(planes_read + qy.n_q)]
 
         # soft feed: the issue stage writes each entry's exact dot products and count into the
-        # FIFO; A0 issues an entry only with room for it (a registered credit: the entries in
-        # flight plus the FIFO's level grow by at most one a cycle)
-        feed_push, feed_pop, feed_valid = Signal(), Signal(), Signal()
-        produce = Signal(range(SOFT_FEED_DEPTH))  # a power of two: the pointers wrap by themselves
-        consume = Signal(range(SOFT_FEED_DEPTH))
-        feed_level = Signal(range(SOFT_FEED_DEPTH + 1))
-        m.d.comb += [
-            feed_push.eq(ci.valid & soft_feed),
-            feed_wr.addr.eq(produce),
-            feed_wr.data.part.eq(ci.part),
-            feed_wr.data.count.eq(ci.count),
-            feed_wr.en.eq(feed_push),
-            feed_rd.addr.eq(consume),
-            feed_valid.eq(feed_level != 0),
-            feed_pop.eq(feed_valid & soft.entries.ready),
-        ]
-        m.d.sync += [
-            produce.eq(produce + feed_push),
-            consume.eq(consume + feed_pop),
-            feed_level.eq(feed_level + feed_push - feed_pop),
-            feed_inflight.eq(feed_inflight + (a0_valid & adv & soft_feed) - feed_push),
-            feed_credit.eq(feed_inflight + feed_level < SOFT_FEED_DEPTH - 1),
-        ]
-        # the unit's ``ready`` is a function of its own registers (its input FIFO's level), so
-        # it reaches only this FIFO's read pointer and level, never a data register
-        feed_empty = Signal()
-        m.d.comb += feed_empty.eq(feed_level == 0)
-        main_data = feed_rd.data
+        # unit's input FIFO; A0 issues an entry only with room for it there (a registered
+        # credit: the entries in flight plus the FIFO's level grow by at most one a cycle), so
+        # ``entries.ready`` is high whenever ``valid`` is and is not looked at.  The two sides
+        # meet only in registers: ``ci.valid`` into the unit's write, its level into the credit.
+        feed_push = Signal()
         beat = soft.entries.payload
         m.d.comb += [
-            soft.entries.valid.eq(feed_valid),
+            feed_push.eq(ci.valid & soft_feed),
+            soft.entries.valid.eq(feed_push),
             beat.sweep.eq(kind),
             beat.first.eq(fcount == 0),
             beat.last.eq(fcount == n_m1),
-            beat.count.eq(main_data.count),
-            beat.s.eq(main_data.part),
+            beat.count.eq(ci.count),
+            beat.s.eq(ci.part),
         ]
-        with m.If(feed_pop):
+        m.d.sync += [
+            feed_inflight.eq(feed_inflight + (a0_valid & adv & soft_feed) - feed_push),
+            feed_credit.eq(feed_inflight + soft.in_level < SOFT_FEED_DEPTH - 1),
+        ]
+        with m.If(feed_push):
             m.d.sync += fcount.eq(fcount + 1)
         # the scores, in alive-list order, into the score memory
         m.d.comb += [
@@ -897,9 +879,9 @@ class SelectTokensCore(wiring.Component):
                 m.d.sync += sweep.eq(1)
                 m.next = "SOFT_SWEEP"
 
-            with m.State("SOFT_SWEEP"):  # until the FIFO has handed the sweep's last beat on
+            with m.State("SOFT_SWEEP"):  # until the sweep's last beat is in the unit
                 m.d.sync += cycles.eq(cycles + 1)
-                with m.If(drained & ~e_left.any() & feed_empty):
+                with m.If(drained & ~e_left.any()):
                     m.d.sync += sweep.eq(0)
                     with m.If(kind == SWEEP_SCORE):
                         m.next = "SOFT_WAIT"

@@ -36,7 +36,8 @@ SWEEP_MAX, SWEEP_SUM, SWEEP_SCORE = 0, 1, 2
 UCAP = (SOFT_E + 1) << SOFT_FB
 #: output FIFO depth (bounds the entries in flight in the score sweep)
 OUT_DEPTH = 16
-#: input FIFO depth: ``entries.ready`` is its "not full", a function of its level register only
+#: default input FIFO depth: ``entries.ready`` is its "not full", a function of its level
+#: register only
 IN_DEPTH = 4
 
 
@@ -49,6 +50,7 @@ class SoftScore(wiring.Component):
     s_bits      signed width of the dot products ``s``
     count_bits  width of a member count
     n_max       most entries per retrieval (sizes the sum ``S_c``)
+    in_depth    input FIFO depth (``2 .. 64``, default ``IN_DEPTH``)
 
     Interface
     ---------
@@ -67,11 +69,17 @@ class SoftScore(wiring.Component):
     busy : Out(1)
         Work is in flight (an accepted beat has not yet had all of its effect, or a score
         waits in the output FIFO).
+    in_level : Out(range(in_depth + 1))
+        The input FIFO's level, a register: beats accepted and not yet taken by the issue
+        logic.  A producer that counts the beats it has in flight towards the unit can keep
+        ``in_level + in flight <= in_depth`` (a credit) and then offer each beat without
+        looking at ``entries.ready``, which is high whenever that holds
+        (:class:`hw.select_tokens.SelectTokensCore` does: its issue stage writes here directly).
 
     Timing
     ------
     ``entries.ready`` depends on registers only, never on ``entries.valid`` or the beat of the
-    same cycle: beats land in an ``IN_DEPTH``-entry input FIFO (LUT RAM, read asynchronously),
+    same cycle: beats land in an ``in_depth``-entry input FIFO (LUT RAM, read asynchronously),
     and the issue logic below takes them from there one cycle later.  So the producer's
     handshake logic and the unit's issue logic meet only in registers, wherever the two are
     placed.
@@ -92,15 +100,19 @@ class SoftScore(wiring.Component):
     #: cycles per query of the ``Z_c`` sequencer
     Z_CYCLES = 9
 
-    def __init__(self, *, q_max: int, s_bits: int, count_bits: int, n_max: int):
+    def __init__(
+        self, *, q_max: int, s_bits: int, count_bits: int, n_max: int, in_depth: int = IN_DEPTH
+    ):
         for name, v, lo, hi in (
             ("q_max", q_max, 1, 16),
             ("s_bits", s_bits, 2, 48),
             ("count_bits", count_bits, 1, 40),
             ("n_max", n_max, 1, 1 << 20),
+            ("in_depth", in_depth, 2, 64),
         ):
             check_int(f"SoftScore {name}", v, lo, hi)
         self.q_max, self.s_bits, self.count_bits, self.n_max = q_max, s_bits, count_bits, n_max
+        self.in_depth = in_depth
         #: S_c <= n_max * (2^count_bits - 1) * 2^E
         self.sum_bits = count_bits + SOFT_E + n_max.bit_length()
         #: score <= q_max * 2^E
@@ -124,6 +136,7 @@ class SoftScore(wiring.Component):
                 "entries": In(stream.Signature(self.entry_layout)),
                 "scores": Out(stream.Signature(self.score_layout)),
                 "busy": Out(1),
+                "in_level": Out(range(in_depth + 1)),
             }
         )
 
@@ -146,7 +159,7 @@ class SoftScore(wiring.Component):
         # (the sweep is stored one-hot beside the beat, decoded on the way in: the issue
         # logic after the asynchronous read is one level shallower)
         held = data.StructLayout({"beat": self.entry_layout, "kind": 4})
-        m.submodules.inbuf = inbuf = fifo.SyncFIFO(width=held.size, depth=IN_DEPTH)
+        m.submodules.inbuf = inbuf = fifo.SyncFIFO(width=held.size, depth=self.in_depth)
         w_held, r_held = Signal(held), Signal(held)
         m.d.comb += [
             w_held.beat.eq(self.entries.payload),
@@ -161,6 +174,7 @@ class SoftScore(wiring.Component):
             self.entries.ready.eq(inbuf.w_rdy),
             in_valid.eq(inbuf.r_rdy),
             inbuf.r_en.eq(in_take),
+            self.in_level.eq(inbuf.level),
         ]
 
         # Effective n_q in 1 .. q_max, registered (a held input).

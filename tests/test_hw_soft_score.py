@@ -48,7 +48,11 @@ def reference(pr) -> list[int]:
     return soft_scores(s, [pr["counts"][j] for j in live], pr["gain"])
 
 
-def run(unit: SoftScore, problems, rng: random.Random, stall=0.0, n_q_override=None):
+def run(
+    unit: SoftScore, problems, rng: random.Random, stall=0.0, n_q_override=None, credit=False
+):
+    """``credit``: offer a beat only while ``in_level < in_depth`` (a producer with no beats in
+    flight), and then expect ``ready`` in the same cycle, as a credit-counting producer does."""
     lay = unit.entry_layout
     results, cycles = [], []
 
@@ -70,8 +74,16 @@ def run(unit: SoftScore, problems, rng: random.Random, stall=0.0, n_q_override=N
                         s=col,
                     )
                     ctx.set(unit.entries.payload, lay.const(fields))
-                    ctx.set(unit.entries.valid, 1)
-                    await ctx.tick().until(unit.entries.ready)
+                    if credit:
+                        while ctx.get(unit.in_level) >= unit.in_depth:
+                            ctx.set(unit.entries.valid, 0)
+                            await ctx.tick()
+                        ctx.set(unit.entries.valid, 1)
+                        assert ctx.get(unit.entries.ready), "in_level < in_depth but not ready"
+                        await ctx.tick()
+                    else:
+                        ctx.set(unit.entries.valid, 1)
+                        await ctx.tick().until(unit.entries.ready)
             ctx.set(unit.entries.valid, 0)
             await ctx.tick().until(~unit.busy)
 
@@ -118,6 +130,18 @@ def test_soft_score_matches_reference(params, seed, stall):
     got = run(unit, problems, rng, stall=stall)
     for i, (pr, g) in enumerate(zip(problems, got, strict=True)):
         assert g == reference(pr), f"seed {seed} problem {i}: {pr}"
+
+
+@pytest.mark.parametrize("in_depth", [2, 3, 16])
+def test_input_fifo_depth_and_level_credit(in_depth):
+    """The input FIFO at other depths (3: pointers that do not wrap by themselves; 16: the
+    selector's), fed by a producer that looks at ``in_level`` instead of ``ready``."""
+    rng = random.Random(100 + in_depth)
+    unit = SoftScore(q_max=3, s_bits=12, count_bits=6, n_max=10, in_depth=in_depth)
+    problems = [rand_problem(rng, unit) for _ in range(8)]
+    got = run(unit, problems, rng, stall=0.3, credit=True)
+    for i, (pr, g) in enumerate(zip(problems, got, strict=True)):
+        assert g == reference(pr), f"in_depth {in_depth} problem {i}: {pr}"
 
 
 def test_out_of_contract_n_q_does_not_hang():
@@ -186,6 +210,7 @@ def test_cycles_follow_the_documented_formula():
         (dict(q_max=2, s_bits=10, count_bits=0, n_max=6), "count_bits=0"),
         (dict(q_max=2, s_bits=10, count_bits=4, n_max=0), "n_max=0"),
         (dict(q_max=2.0, s_bits=10, count_bits=4, n_max=6), "q_max must be an integer"),
+        (dict(q_max=2, s_bits=10, count_bits=4, n_max=6, in_depth=1), "in_depth=1"),
     ],
 )
 def test_parameters_are_checked(kw, msg):

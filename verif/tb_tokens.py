@@ -16,7 +16,10 @@ vectors), ``budget``, ``no_exit``, ``raw_max``, ``soft`` with its ``gain`` and a
 As ``verif/tb_select.py``: sources with random idle gaps, a sink with random ``ready``, and a
 scoreboard that pops each retrieval's expected ``(id, take)`` records, ``planes_read`` and error
 flags, computed by the reference when the query is sent.  ``cycles`` in the trailer is checked
-against the latency measured on the bus when the sink never stalls.
+against the latency measured on the bus when the sink never stalls.  A watchdog fails the
+test (with the seed) when retrievals are outstanding and none completes within a bound well
+above the longest retrieval's cycles: a lost beat or a stuck handshake ends the run instead of
+hanging it.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from hw.layouts import (
     token_query_layout,
     token_result_layout,
 )
+from hw.select_tokens import cycle_formula
 from model.dre.config import DREConfig
 from model.dre.ref import select_tokens
 from model.dre.tokens import GAIN_BITS
@@ -157,6 +161,25 @@ class TB:
         while self.expected:
             await RisingEdge(self.dut.clk)
 
+    async def watchdog(self, seed):
+        """Fail when retrievals are outstanding and none completes for ``limit`` cycles: four
+        times the longest retrieval (no early exit, the soft score, ``n_max`` entries,
+        ``q_max`` queries), stretched by the sink's stalls."""
+        cfg = self.cfg
+        longest = cycle_formula(cfg, cfg.n_max, cfg.q_max, soft=True)
+        limit = int((4 * longest + 1000) / (1.0 - min(self.stall, 0.9)))
+        last, quiet = self.compared, 0
+        while True:
+            await RisingEdge(self.dut.clk)
+            if self.compared != last or not self.expected:
+                last, quiet = self.compared, 0
+                continue
+            quiet += 1
+            assert quiet < limit, (
+                f"seed={seed}: no retrieval completed in {limit} cycles with "
+                f"{len(self.expected)} outstanding (a lost beat or a stuck handshake)"
+            )
+
 
 # ---- stimulus ---------------------------------------------------------------------------------
 def rand_problem(rng, cfg, n_hi):
@@ -236,6 +259,7 @@ async def run_tokens(dut):
     tb = TB(dut, cfg, rng, spec.get("stall"))
     await reset(dut)
     cocotb.start_soon(tb.sink())
+    cocotb.start_soon(tb.watchdog(seed))
 
     if spec.get("bench"):
         for case in spec["bench"]:

@@ -211,23 +211,23 @@ class SoftScore(wiring.Component):
             & ((is_sum & ~z_pending) | (is_score & ~z_pending & credit))
         )
         # A MAX beat is registered, then compared in the next cycle (the compare-and-update
-        # loop alone in its cycle); SUM beats wait while one is in that register.  Between MAX
-        # beats the register holds the most negative value, so the strict compare fails there
-        # and no valid bit gates the update.
+        # loop alone in its cycle); SUM beats wait while one is in that register.  The register
+        # takes whatever beat the FIFO shows, every cycle; its valid bit gates the update.
         mx_first = Signal()
-        mx_s = Signal(data.ArrayLayout(signed(sb), qm))
-        lowest = -(1 << (sb - 1))
+        mx_s = Signal(data.ArrayLayout(signed(sb), qm), reset_less=True)
         m.d.sync += [mx_v.eq(0), mx_first.eq(0)]
-        m.d.sync += [mx_s[q].eq(lowest) for q in range(qm)]
+        # the beat's dot products every cycle (no enable: the take decision reaches only the
+        # two valid bits, not ~q_max * s_bits flops)
+        m.d.sync += mx_s.eq(beat.s)
         for q in range(qm):
             # mx_s > M as the sign of M - mx_s one bit wider: a plain carry chain on ECP5
-            with m.If(mx_first | (M[q] - mx_s[q])[-1]):
+            with m.If(mx_v & (mx_first | (M[q] - mx_s[q])[-1])):
                 m.d.sync += M[q].eq(mx_s[q])
         with m.If(mx_first):
             m.d.sync += [s.eq(0) for s in S]
         with m.If(in_valid & is_max & ~z_busy & ~z_pending):
             m.d.comb += in_take.eq(1)
-            m.d.sync += [mx_v.eq(1), mx_first.eq(beat.first), mx_s.eq(beat.s)]
+            m.d.sync += [mx_v.eq(1), mx_first.eq(beat.first)]
         with m.Elif(issue):
             with m.If(c == last_q):
                 m.d.comb += in_take.eq(1)

@@ -49,10 +49,19 @@ def reference(pr) -> list[int]:
 
 
 def run(
-    unit: SoftScore, problems, rng: random.Random, stall=0.0, n_q_override=None, credit=False
+    unit: SoftScore,
+    problems,
+    rng: random.Random,
+    stall=0.0,
+    n_q_override=None,
+    credit=False,
+    idle=0.0,
 ):
-    """``credit``: offer a beat only while ``in_level < in_depth`` (a producer with no beats in
-    flight), and then expect ``ready`` in the same cycle, as a credit-counting producer does."""
+    """``stall``: probability of ``scores.ready`` low in a cycle; ``idle``: probability of a gap
+    of 1 .. 3 cycles before a beat (the input FIFO runs empty in mid-sweep and shows stale
+    entries); ``credit``: offer a beat only while ``in_level < in_depth`` (a producer with no
+    beats in flight), and then expect ``ready`` in the same cycle, as a credit-counting producer
+    does."""
     lay = unit.entry_layout
     results, cycles = [], []
 
@@ -73,6 +82,9 @@ def run(
                         count=pr["counts"][j],
                         s=col,
                     )
+                    if rng.random() < idle:
+                        ctx.set(unit.entries.valid, 0)
+                        await ctx.tick().repeat(rng.randint(1, 3))
                     ctx.set(unit.entries.payload, lay.const(fields))
                     if credit:
                         while ctx.get(unit.in_level) >= unit.in_depth:
@@ -113,21 +125,24 @@ def run(
 
 
 @pytest.mark.parametrize(
-    "params,seed,stall",
+    "params,seed,stall,idle",
     [
-        (dict(q_max=4, s_bits=12, count_bits=6, n_max=12), 1, 0.0),
-        (dict(q_max=4, s_bits=12, count_bits=6, n_max=12), 2, 0.5),
-        (dict(q_max=1, s_bits=25, count_bits=16, n_max=9), 3, 0.3),
-        (dict(q_max=3, s_bits=25, count_bits=16, n_max=20), 4, 0.0),
+        (dict(q_max=4, s_bits=12, count_bits=6, n_max=12), 1, 0.0, 0.0),
+        (dict(q_max=4, s_bits=12, count_bits=6, n_max=12), 2, 0.5, 0.0),
+        (dict(q_max=1, s_bits=25, count_bits=16, n_max=9), 3, 0.3, 0.0),
+        (dict(q_max=3, s_bits=25, count_bits=16, n_max=20), 4, 0.0, 0.0),
         # one query: an entry a cycle into an output taken 1 cycle in 10, the FIFO fills
-        (dict(q_max=1, s_bits=12, count_bits=6, n_max=40), 6, 0.9),
+        (dict(q_max=1, s_bits=12, count_bits=6, n_max=40), 6, 0.9, 0.0),
+        # gaps on the input: the FIFO runs empty in mid-sweep
+        (dict(q_max=2, s_bits=12, count_bits=6, n_max=16), 7, 0.0, 0.3),
+        (dict(q_max=3, s_bits=25, count_bits=16, n_max=12), 8, 0.3, 0.5),
     ],
 )
-def test_soft_score_matches_reference(params, seed, stall):
+def test_soft_score_matches_reference(params, seed, stall, idle):
     rng = random.Random(seed)
     unit = SoftScore(**params)
     problems = [rand_problem(rng, unit) for _ in range(12)]
-    got = run(unit, problems, rng, stall=stall)
+    got = run(unit, problems, rng, stall=stall, idle=idle)
     for i, (pr, g) in enumerate(zip(problems, got, strict=True)):
         assert g == reference(pr), f"seed {seed} problem {i}: {pr}"
 

@@ -253,6 +253,7 @@ class SelectTokensCore(wiring.Component):
         thr = Signal(vs)
         thr_valid = Signal()
         rem = Signal(bshape)  # budget less the counts walked (threshold walk)
+        next_pass = Signal()  # PASS_END with p > 0 (a register: the per-pass updates' enable)
         tphase = Signal(2)  # THRESH: h valid (bit 0), h_end / h_ge valid (bit 1)
         h = Signal(topk.layout)  # registered head of the ranking (threshold walk)
         h_end, h_ge, h_key = Signal(), Signal(), Signal(vs)  # h's end-of-walk tests, registered
@@ -726,6 +727,18 @@ class SelectTokensCore(wiring.Component):
         ]
 
         # ---- control ----------------------------------------------------------------------
+        # PASS_END's per-pass constants (~5 * q_max * value_shape flops), enabled by a register
+        # set with the transition into PASS_END (p > 0) rather than by the state decode
+        with m.If(next_pass):
+            m.d.sync += [next_pass.eq(0), ml.eq(ml_new)]
+            for k in range(qm):
+                m.d.sync += [
+                    mu_sub[k].eq(Mux(raw, 0, mu_new[k])),
+                    rqp_prev[k].eq(rqp[k]),
+                    rqp[k].eq((rqp[k] - q_pos[k]) >> 1),
+                    rqn[k].eq((rqn[k] - q_neg[k]) >> 1),
+                ]
+
         with m.FSM():
             with m.State("IDLE"):
                 pl = self.query.payload
@@ -808,7 +821,7 @@ class SelectTokensCore(wiring.Component):
             with m.State("PASS"):
                 m.d.sync += cycles.eq(cycles + 1)
                 with m.If(drained):
-                    m.d.sync += sweep.eq(0)
+                    m.d.sync += [sweep.eq(0), next_pass.eq(p != 0)]
                     m.next = "PASS_END"
 
             with m.State("PASS_END"):  # the per-pass constants, from registers only
@@ -823,20 +836,13 @@ class SelectTokensCore(wiring.Component):
                         m.next = "SCORE_SETUP"
                 with m.Else():
                     m.d.sync += [
-                        ml.eq(ml_new),
                         p.eq(p - 1),
                         first.eq(0),
                         rem.eq(qy.budget),
                         thr_valid.eq(0),
                         tphase.eq(0),
                     ]
-                    for k in range(qm):
-                        m.d.sync += [
-                            mu_sub[k].eq(Mux(raw, 0, mu_new[k])),
-                            rqp_prev[k].eq(rqp[k]),
-                            rqp[k].eq((rqp[k] - q_pos[k]) >> 1),
-                            rqn[k].eq((rqn[k] - q_neg[k]) >> 1),
-                        ]
+                    # ML, MU', the bounds' constants: below, enabled by ``next_pass``
                     with m.If(qy.no_exit | qy.soft):  # the soft score has no early exit
                         m.d.sync += do_clear.eq(1)
                         m.next = "SETUP"

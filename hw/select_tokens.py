@@ -262,7 +262,10 @@ class SelectTokensCore(wiring.Component):
         soft_feed = Signal()  # the look-ahead feeds the soft unit (its three sweeps)
         soft_rank = Signal()  # the score sweeps rank the stored soft scores
         kind = Signal(2)  # the sweep being fed: SWEEP_MAX, SWEEP_SUM, SWEEP_SCORE
-        feed_inflight = Signal(range(SOFT_FEED_DEPTH + 1))  # issued at A0, not yet in the unit
+        # issued at A0 before the last cycle, not yet in the unit (the last cycle's issue is
+        # ``feed_issued``: counted a cycle late, so A0's decision reaches one flop)
+        feed_inflight = Signal(range(SOFT_FEED_DEPTH + 1))
+        feed_issued = Signal()
         feed_credit = Signal()
         fcount = Signal(range(n_max + 1))  # beats of this sweep handed to the unit
         n_m1 = Signal(range(n_max))  # n_cur - 1: the sweep's last beat
@@ -657,9 +660,11 @@ class SelectTokensCore(wiring.Component):
             m.d.sync += [n_next.eq(n_next + 1), planes_read.eq(planes_read + qy.n_q)]
 
         # soft feed: the issue stage writes each entry's exact dot products and count into the
-        # unit's input FIFO; A0 issues an entry only with room for it there (a registered
-        # credit: the entries in flight plus the FIFO's level grow by at most one a cycle), so
-        # ``entries.ready`` is high whenever ``valid`` is and is not looked at.  The two sides
+        # unit's input FIFO; A0 issues an entry only with room for it there, so
+        # ``entries.ready`` is high whenever ``valid`` is and is not looked at.  The credit is
+        # registered from ``feed_inflight + in_level < DEPTH - 2``: the entries in flight and in
+        # the FIFO are at most that sum + 1 (``feed_issued``, counted late) + 1 (this cycle's
+        # issue) when the credit is computed, and one more issue follows on it: <= DEPTH.  The two sides
         # meet only in registers: ``ci.valid`` into the unit's write, its level into the credit.
         feed_push = Signal()
         beat = soft.entries.payload
@@ -673,8 +678,9 @@ class SelectTokensCore(wiring.Component):
             beat.s.eq(ci.part),
         ]
         m.d.sync += [
-            feed_inflight.eq(feed_inflight + (a0_valid & adv & soft_feed) - feed_push),
-            feed_credit.eq(feed_inflight + soft.in_level < SOFT_FEED_DEPTH - 1),
+            feed_issued.eq(a0_valid & adv & soft_feed),
+            feed_inflight.eq(feed_inflight + feed_issued - feed_push),
+            feed_credit.eq(feed_inflight + soft.in_level < SOFT_FEED_DEPTH - 2),
         ]
         with m.If(feed_push):
             m.d.sync += fcount.eq(fcount + 1)

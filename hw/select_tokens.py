@@ -664,8 +664,9 @@ class SelectTokensCore(wiring.Component):
         # ``entries.ready`` is high whenever ``valid`` is and is not looked at.  The credit is
         # registered from ``feed_inflight + in_level < DEPTH - 2``: the entries in flight and in
         # the FIFO are at most that sum + 1 (``feed_issued``, counted late) + 1 (this cycle's
-        # issue) when the credit is computed, and one more issue follows on it: <= DEPTH.  The two sides
-        # meet only in registers: ``ci.valid`` into the unit's write, its level into the credit.
+        # issue) when the credit is computed, and one more issue follows on it: <= DEPTH.  The
+        # two sides meet only in registers: ``ci.valid`` into the unit's write, its level into
+        # the credit.
         feed_push = Signal()
         beat = soft.entries.payload
         m.d.comb += [

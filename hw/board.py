@@ -178,6 +178,30 @@ class ULX3STop(Elaboratable):
         return m
 
 
+#: ``synth_ecp5`` options of the board flow: its script up to gate mapping (after ``alumacc``).
+SYNTH_OPTS = "-run begin:map_gates"
+
+
+def script_after_synth(top: str, synth_opts: str = "") -> str:
+    """The rest of the board flow after ``synth_ecp5 {SYNTH_OPTS}``.
+
+    ``maccmap -unmap``: ``alumacc`` merges every chain of additions (the adder trees of the
+    clustering unit's dot products, the shift-and-add products of ``hw.arith.lut_mul``) into one
+    multi-operand ``$macc`` cell, which ``synth_ecp5`` maps to a carry-save tree of full adders in
+    LUT4s; unmapped, each addition becomes one ``$alu`` on a CCU2C carry chain, which takes fewer
+    TRELLIS_COMB cells (``docs/board.md``, "LUT budget").  Yosys 0.70's ABC9 trips an internal
+    assertion on the DRE (as in ``synth/ecp5_flow.py``): LUTs are mapped with classic
+    ``abc -lut 4``, then the rest of ``synth_ecp5`` runs.  ``synth_opts``: more ``synth_ecp5``
+    options (``-noflatten`` for :mod:`synth.board_breakdown`)."""
+    run = f"synth_ecp5 {synth_opts} -top {top}".replace("  ", " ")
+    return (
+        "maccmap -unmap\nopt_clean\n"
+        f"{run} -run map_gates:map_luts\n"
+        "techmap -map +/lattice/latches_map.v\nabc -lut 4\nclean\n"
+        f"{run} -run map_cells:"
+    )
+
+
 def yowasp_env() -> dict[str, str]:
     """Environment that points Amaranth's ECP5 toolchain at the YoWASP tools (pip packages)."""
     bindir = Path(sys.executable).parent
@@ -231,18 +255,13 @@ def main(argv: list[str] | None = None) -> int:
         f"clock {top.clock_hz / 1e6:g} MHz, "
         f"{args.baud} baud (divisor {top.core.divisor}), building in {args.build_dir}"
     )
-    # Yosys 0.70's ABC9 trips an internal assertion on the DRE (as in synth/ecp5_flow.py): stop
-    # synth_ecp5 before LUT mapping, map with classic ABC, then run the rest of its script.
     Platform().build(
         top,
         name="top",
         build_dir=str(args.build_dir),
         do_program=False,
-        synth_opts="-run begin:map_luts",
-        script_after_synth=(
-            "techmap -map +/lattice/latches_map.v\nabc -lut 4\nclean\n"
-            "synth_ecp5 -top top -run map_cells:"
-        ),
+        synth_opts=SYNTH_OPTS,
+        script_after_synth=script_after_synth("top"),
     )
     bit = args.build_dir / "top.bit"
     print(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from amaranth import Cat, Module, Mux, Signal, Value, signed, unsigned
+from amaranth import Cat, Const, Module, Mux, Signal, Value, signed, unsigned
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -38,6 +38,17 @@ def offset_low(s) -> Value:
     """``s[0:18] - 2^17`` (``s[0:18]`` unsigned) as a signed 18-bit value: bit 17 inverted."""
     s = Value.cast(s)
     return Cat(s[:17], ~s[17]).as_signed()
+
+
+def lut_square(k) -> Value:
+    """``k * k`` of a signed ``k`` in LUTs, as the partial products of a squarer: with
+    ``x = |k|`` (unsigned), ``x^2 = sum_i x_i 4^i + sum_{i<j} x_i x_j 2^(i+j+1)``, i.e. row ``i`` is
+    ``x_i ? 4^i (1 + 4 (x >> (i + 1))) : 0``; about half the bits of the ``lut_mul(k, k)`` rows."""
+    k = Value.cast(k)
+    x = Mux(k < 0, -k, k)[: len(k)].as_unsigned()  # |k| <= 2^(bk-1) fits bk unsigned bits
+    n = len(x)
+    rows = [Mux(x[i], Cat(Const(1, 2), x[i + 1 :]) << (2 * i), 0) for i in range(n)]
+    return tree_sum(rows)
 
 
 def key_sum(lo_sum, hi_sum, k_sum) -> Value:
@@ -163,7 +174,7 @@ class ClusterDots(wiring.Component):
         q2_ks = stage(tree_levels(q1_kc, 2), "q2_ks") if wide else []
         # The key x key products are small (bk x bk): shift-and-add in LUTs, no DSP blocks.
         q2_kk = stage(tree_levels([lut_mul(q1_kc[l], q1_kp[l]) for l in range(L)], 2), "q2_kk")
-        q2_kn = stage(tree_levels([lut_mul(q1_kc[l], q1_kc[l]) for l in range(L)], 2), "q2_kn")
+        q2_kn = stage(tree_levels([lut_square(q1_kc[l]) for l in range(L)], 2), "q2_kn")
         a_en, a_first, a_last, a_tag = stage(q1_ctl, "a_ctl")
         # A: the rest of the trees, accumulate
         m.d.comb += [self.done.eq(a_en & a_last), self.done_tag.eq(a_tag)]

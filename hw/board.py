@@ -178,28 +178,24 @@ class ULX3STop(Elaboratable):
         return m
 
 
-#: ``synth_ecp5`` options of the board flow: its script up to gate mapping (after ``alumacc``).
-SYNTH_OPTS = "-run begin:map_gates"
+#: ``synth_ecp5`` options of the board flow: its script up to LUT mapping.
+SYNTH_OPTS = "-run begin:map_luts"
 
 
-def script_after_synth(top: str, synth_opts: str = "") -> str:
-    """The rest of the board flow after ``synth_ecp5 {SYNTH_OPTS}``.
-
-    ``maccmap -unmap``: ``alumacc`` merges every chain of additions (the adder trees of the
-    clustering unit's dot products, the shift-and-add products of ``hw.arith.lut_mul``) into one
-    multi-operand ``$macc`` cell, which ``synth_ecp5`` maps to a carry-save tree of full adders in
-    LUT4s; unmapped, each addition becomes one ``$alu`` on a CCU2C carry chain, which takes fewer
-    TRELLIS_COMB cells (``docs/board.md``, "LUT budget").  Yosys 0.70's ABC9 trips an internal
-    assertion on the DRE (as in ``synth/ecp5_flow.py``): LUTs are mapped with classic
+def script_after_synth(top: str, synth_opts: str = "", *, unmap_macc: bool = False) -> str:
+    """The rest of the board flow after ``synth_ecp5 {SYNTH_OPTS}``: Yosys 0.70's ABC9 trips an
+    internal assertion on the DRE (as in ``synth/ecp5_flow.py``), so LUTs are mapped with classic
     ``abc -lut 4``, then the rest of ``synth_ecp5`` runs.  ``synth_opts``: more ``synth_ecp5``
-    options (``-noflatten`` for :mod:`synth.board_breakdown`)."""
+    options (``-noflatten`` for :mod:`synth.board_breakdown`).
+
+    ``unmap_macc`` (an experiment, not the board flow; the script then follows
+    ``synth_ecp5 -run begin:map_gates``): ``maccmap -unmap`` turns the multi-operand ``$macc``
+    cells ``alumacc`` makes of adder chains back into one ``$alu`` per addition, on CCU2C carry
+    chains instead of carry-save LUTs.  Fewer LUT4 + 2 CCU2C in Yosys, but more TRELLIS_COMB
+    after nextpnr's packing (``docs/board.md``, "LUT budget")."""
     run = f"synth_ecp5 {synth_opts} -top {top}".replace("  ", " ")
-    return (
-        "maccmap -unmap\nopt_clean\n"
-        f"{run} -run map_gates:map_luts\n"
-        "techmap -map +/lattice/latches_map.v\nabc -lut 4\nclean\n"
-        f"{run} -run map_cells:"
-    )
+    head = f"maccmap -unmap\nopt_clean\n{run} -run map_gates:map_luts\n" if unmap_macc else ""
+    return f"{head}techmap -map +/lattice/latches_map.v\nabc -lut 4\nclean\n{run} -run map_cells:"
 
 
 def yowasp_env() -> dict[str, str]:

@@ -2,16 +2,15 @@
 
 ``python -m synth.board_breakdown [--rule v2] [--depth 3] [--workdir build/breakdown]``
 
-The board flow of ``make bitstream`` (:func:`hw.board.script_after_synth`: ``synth_ecp5`` up to gate
-mapping, ``maccmap -unmap``, classic ``abc -lut 4``, the rest of ``synth_ecp5``), with
-``-noflatten``: every Amaranth submodule stays a Verilog module, so its cells can be counted.
-Without flattening Yosys cannot optimise across unit boundaries, so the total is somewhat above the
-flattened board build's; the split between units is what this is for. Prints one Markdown row per
-unit down to ``--depth`` (LUT4, CCU2C, flip-flops, MULT18X18D, DP16KD, TRELLIS_DPR16X4 LUT RAM, and
-LUT4 + 2 CCU2C, the TRELLIS_COMB cells they pack into), each row the unit's whole subtree. ``--flow
-macc``: the board flow as it was before ``maccmap -unmap`` (for the comparison in
-``docs/board.md``). No place and route: nextpnr packs LUT4s and CCU2Cs (2 LUTs each) into
-TRELLIS_COMB.
+The board flow of ``make bitstream`` (:func:`hw.board.script_after_synth`: ``synth_ecp5`` up to LUT
+mapping, classic ``abc -lut 4``, the rest of ``synth_ecp5``), with ``-noflatten``: every Amaranth
+submodule stays a Verilog module, so its cells can be counted. Without flattening Yosys cannot
+optimise across unit boundaries, so the total is somewhat above the flattened board build's; the
+split between units is what this is for. Prints one Markdown row per unit down to ``--depth`` (LUT4,
+CCU2C, flip-flops, MULT18X18D, DP16KD, TRELLIS_DPR16X4 LUT RAM, and LUT4 + 2 CCU2C, the TRELLIS_COMB
+cells they pack into), each row the unit's whole subtree. ``--flow unmap``: the board flow with
+``maccmap -unmap`` (:func:`hw.board.script_after_synth`), for the comparison in ``docs/board.md``.
+No place and route: nextpnr packs LUT4s and CCU2Cs (2 LUTs each) into TRELLIS_COMB.
 """
 
 from __future__ import annotations
@@ -37,20 +36,15 @@ def _ff(kind: str) -> bool:
 
 def script(top: str, flow: str = "board") -> str:
     """``flow="board"``: the flow of ``hw.board`` (:func:`hw.board.script_after_synth`);
-    ``"macc"``: the flow before it, ``$macc`` cells mapped to carry-save adders in LUTs."""
+    ``"unmap"``: the same with ``maccmap -unmap`` (adder chains on CCU2C carry chains)."""
     from hw.board import SYNTH_OPTS, script_after_synth
 
-    if flow == "board":
-        body = f"synth_ecp5 -noflatten -top {top} {SYNTH_OPTS}\n"
-        body += script_after_synth(top, "-noflatten") + "\n"
-    else:
-        body = (
-            f"synth_ecp5 -noflatten -top {top} -run begin:map_luts\n"
-            "techmap -map +/lattice/latches_map.v\nabc -lut 4\nclean\n"
-            f"synth_ecp5 -noflatten -top {top} -run map_cells:\n"
-        )
+    unmap = flow == "unmap"
+    opts = "-run begin:map_gates" if unmap else SYNTH_OPTS
     return (
-        f"read_verilog -sv {top}.v\n{body}"
+        f"read_verilog -sv {top}.v\n"
+        f"synth_ecp5 -noflatten -top {top} {opts}\n"
+        f"{script_after_synth(top, '-noflatten', unmap_macc=unmap)}\n"
         f"tee -o {top}.stat stat\n"
         f"tee -q -o {top}.stat.json stat -json\n"
     )
@@ -90,9 +84,9 @@ def main(argv=None) -> int:
     ap.add_argument("--timeout", type=float, default=3600)
     ap.add_argument(
         "--flow",
-        choices=("board", "macc"),
+        choices=("board", "unmap"),
         default="board",
-        help="board: the flow of `make bitstream`; macc: the flow before `maccmap -unmap`",
+        help="board: the flow of `make bitstream`; unmap: with `maccmap -unmap` (an experiment)",
     )
     args = ap.parse_args(argv)
     from hw.board import BridgedDRE

@@ -34,6 +34,21 @@ def key_sum_terms(k, s, lanes: int):
     return lo, hi
 
 
+def high_slices(k, s, lanes: int) -> list[list]:
+    """``sum_l k[l] s_hi[l]`` (``s_hi = s[18:]``, signed) bit-sliced over the lanes: slice ``j``
+    is the list ``[s_hi[l][j] ? k[l] : 0 for l]``; the sum is :func:`high_sum` of the slices'
+    sums (the same value as ``sum(hi)`` of :func:`key_sum_terms`, with narrower adders: each
+    slice is summed at ``bk`` bits and shifted once)."""
+    n = len(Value.cast(s[0])) - 18
+    return [[Mux(Value.cast(s[l])[18 + j], k[l], 0) for l in range(lanes)] for j in range(n)]
+
+
+def high_sum(slice_sums: list) -> Value:
+    """``sum_j w_j 2^j slice_sums[j]``, ``w_j = -1`` for the top (sign) bit, else 1."""
+    n = len(slice_sums)
+    return tree_sum([(-t if j == n - 1 else t) << j for j, t in enumerate(slice_sums)])
+
+
 def offset_low(s) -> Value:
     """``s[0:18] - 2^17`` (``s[0:18]`` unsigned) as a signed 18-bit value: bit 17 inverted."""
     s = Value.cast(s)
@@ -164,13 +179,15 @@ class ClusterDots(wiring.Component):
         q1_s = [[Mux(q1_hit[i], q1_fwd[l], q1_raw[i][l]) for l in range(L)] for i in range(N_SUMS)]
         q1_ctl = stage([self.en, self.first, self.last, self.tag], "q1_ctl")
         # q2: products and two tree levels
+        wide = len(Value.cast(q1_s[0][0])) > 18
         q2_lo, q2_hi = [], []
         for i in range(N_SUMS):
-            lo, hi = key_sum_terms(q1_kc, q1_s[i], L)
+            lo, _ = key_sum_terms(q1_kc, q1_s[i], L)
             q2_lo.append(stage(tree_levels(lo, 2), f"q2_lo{i}_"))
-            q2_hi.append(stage(tree_levels(hi, 2), f"q2_hi{i}_") if hi else [])
+            # k x s_hi bit-sliced over the lanes (high_slices): two tree levels per slice
+            slices = high_slices(q1_kc, q1_s[i], L) if wide else []
+            q2_hi.append([stage(tree_levels(t, 2), f"q2_hi{i}_{j}_") for j, t in enumerate(slices)])
         # sum(k) over the chunk, shared by the five dot products (see key_sum_terms)
-        wide = len(Value.cast(q1_s[0][0])) > 18
         q2_ks = stage(tree_levels(q1_kc, 2), "q2_ks") if wide else []
         # The key x key products are small (bk x bk): shift-and-add in LUTs, no DSP blocks.
         q2_kk = stage(tree_levels([lut_mul(q1_kc[l], q1_kp[l]) for l in range(L)], 2), "q2_kk")
@@ -185,7 +202,8 @@ class ClusterDots(wiring.Component):
             for i in range(N_SUMS):
                 part = tree_sum(q2_lo[i])
                 if wide:
-                    part = key_sum(part, tree_sum(q2_hi[i]), k_sum)
+                    hi_sum = high_sum([tree_sum(t) for t in q2_hi[i]])
+                    part = key_sum(part, hi_sum, k_sum)
                 m.d.sync += self.dot[i].eq(Mux(a_first, 0, self.dot[i]) + part)
             m.d.sync += [
                 self.kk.eq(Mux(a_first, 0, self.kk) + tree_sum(q2_kk)),

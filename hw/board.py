@@ -178,6 +178,26 @@ class ULX3STop(Elaboratable):
         return m
 
 
+#: ``synth_ecp5`` options of the board flow: its script up to LUT mapping.
+SYNTH_OPTS = "-run begin:map_luts"
+
+
+def script_after_synth(top: str, synth_opts: str = "", *, unmap_macc: bool = False) -> str:
+    """The rest of the board flow after ``synth_ecp5 {SYNTH_OPTS}``: Yosys 0.70's ABC9 trips an
+    internal assertion on the DRE (as in ``synth/ecp5_flow.py``), so LUTs are mapped with classic
+    ``abc -lut 4``, then the rest of ``synth_ecp5`` runs.  ``synth_opts``: more ``synth_ecp5``
+    options (``-noflatten`` for :mod:`synth.board_breakdown`).
+
+    ``unmap_macc`` (an experiment, not the board flow; the script then follows
+    ``synth_ecp5 -run begin:map_gates``): ``maccmap -unmap`` turns the multi-operand ``$macc``
+    cells ``alumacc`` makes of adder chains back into one ``$alu`` per addition, on CCU2C carry
+    chains instead of carry-save LUTs.  Fewer LUT4 + 2 CCU2C in Yosys, but more TRELLIS_COMB
+    after nextpnr's packing (``docs/board.md``, "LUT budget")."""
+    run = f"synth_ecp5 {synth_opts} -top {top}".replace("  ", " ")
+    head = f"maccmap -unmap\nopt_clean\n{run} -run map_gates:map_luts\n" if unmap_macc else ""
+    return f"{head}techmap -map +/lattice/latches_map.v\nabc -lut 4\nclean\n{run} -run map_cells:"
+
+
 def yowasp_env() -> dict[str, str]:
     """Environment that points Amaranth's ECP5 toolchain at the YoWASP tools (pip packages)."""
     bindir = Path(sys.executable).parent
@@ -231,18 +251,13 @@ def main(argv: list[str] | None = None) -> int:
         f"clock {top.clock_hz / 1e6:g} MHz, "
         f"{args.baud} baud (divisor {top.core.divisor}), building in {args.build_dir}"
     )
-    # Yosys 0.70's ABC9 trips an internal assertion on the DRE (as in synth/ecp5_flow.py): stop
-    # synth_ecp5 before LUT mapping, map with classic ABC, then run the rest of its script.
     Platform().build(
         top,
         name="top",
         build_dir=str(args.build_dir),
         do_program=False,
-        synth_opts="-run begin:map_luts",
-        script_after_synth=(
-            "techmap -map +/lattice/latches_map.v\nabc -lut 4\nclean\n"
-            "synth_ecp5 -top top -run map_cells:"
-        ),
+        synth_opts=SYNTH_OPTS,
+        script_after_synth=script_after_synth("top"),
     )
     bit = args.build_dir / "top.bit"
     print(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from amaranth import Module, Mux, Signal, Value, signed, unsigned
+from amaranth import Cat, Const, Module, Mux, Signal, Value, signed, unsigned
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -17,18 +17,58 @@ N_SUMS = 5
 
 def key_sum_terms(k, s, lanes: int):
     """The products of ``sum_l k[l] * s[l]`` over ``lanes`` key and sum elements (both signed),
-    as ``(lo, hi)`` lists whose sums give ``sum(lo) + (sum(hi) << 17)``, each product fitting
-    one 18 x 18 DSP multiplier: for sums wider than 18 bits, ``k`` times the low 17 bits of
-    ``s`` (zero-extended) in the DSP blocks (``lo``), ``k`` times the high bits in LUTs
-    (:func:`hw.arith.lut_mul`, ``hi``); the two partial dot products are summed by separate
-    adder trees and added once.  Written as one product per lane, a synthesis tool spends two
-    DSP blocks on every ``bk x (bk + count_bits)`` product.  ``hi`` is empty for sums of 18 bits
-    or fewer."""
+    as ``(lo, hi)`` lists whose sums give ``sum(lo) + (sum(hi) << 18) + (sum(k) << 17)``, each
+    product fitting one 18 x 18 signed DSP multiplier: for sums wider than 18 bits,
+    ``s = s_hi 2^18 + s_lo`` with ``s_lo = s[0:18]`` unsigned, and ``s_lo - 2^17`` is ``s[0:18]``
+    with bit 17 inverted, read as signed 18 bits; so
+    ``k s = k (s_lo - 2^17) + 2^18 k s_hi + 2^17 k``: ``k (s_lo - 2^17)`` in the DSP blocks
+    (``lo``), ``k s_hi`` (``bk x (sum - 18)`` bits) in LUTs (:func:`hw.arith.lut_mul`, ``hi``), and
+    ``2^17 sum(k)``, the same for every sum, added once by the caller (:func:`key_sum`).  Written
+    as one product per lane, a synthesis tool spends two DSP blocks on every
+    ``bk x (bk + count_bits)`` product.  ``hi`` is empty for sums of 18 bits or fewer (then
+    ``sum(lo)`` is the whole dot product and there is no ``sum(k)`` term)."""
     if len(Value.cast(s[0])) <= 18:
         return [k[l] * s[l] for l in range(lanes)], []
-    lo = [k[l] * Value.cast(s[l])[:17] for l in range(lanes)]
-    hi = [lut_mul(k[l], Value.cast(s[l])[17:].as_signed()) for l in range(lanes)]
+    lo = [k[l] * offset_low(s[l]) for l in range(lanes)]
+    hi = [lut_mul(k[l], Value.cast(s[l])[18:].as_signed()) for l in range(lanes)]
     return lo, hi
+
+
+def high_slices(k, s, lanes: int) -> list[list]:
+    """``sum_l k[l] s_hi[l]`` (``s_hi = s[18:]``, signed) bit-sliced over the lanes: slice ``j``
+    is the list ``[s_hi[l][j] ? k[l] : 0 for l]``; the sum is :func:`high_sum` of the slices'
+    sums (the same value as ``sum(hi)`` of :func:`key_sum_terms`, with narrower adders: each
+    slice is summed at ``bk`` bits and shifted once)."""
+    n = len(Value.cast(s[0])) - 18
+    return [[Mux(Value.cast(s[l])[18 + j], k[l], 0) for l in range(lanes)] for j in range(n)]
+
+
+def high_sum(slice_sums: list) -> Value:
+    """``sum_j w_j 2^j slice_sums[j]``, ``w_j = -1`` for the top (sign) bit, else 1."""
+    n = len(slice_sums)
+    return tree_sum([(-t if j == n - 1 else t) << j for j, t in enumerate(slice_sums)])
+
+
+def offset_low(s) -> Value:
+    """``s[0:18] - 2^17`` (``s[0:18]`` unsigned) as a signed 18-bit value: bit 17 inverted."""
+    s = Value.cast(s)
+    return Cat(s[:17], ~s[17]).as_signed()
+
+
+def lut_square(k) -> Value:
+    """``k * k`` of a signed ``k`` in LUTs, as the partial products of a squarer: with
+    ``x = |k|`` (unsigned), ``x^2 = sum_i x_i 4^i + sum_{i<j} x_i x_j 2^(i+j+1)``, i.e. row ``i`` is
+    ``x_i ? 4^i (1 + 4 (x >> (i + 1))) : 0``; about half the bits of the ``lut_mul(k, k)`` rows."""
+    k = Value.cast(k)
+    x = Mux(k < 0, -k, k)[: len(k)].as_unsigned()  # |k| <= 2^(bk-1) fits bk unsigned bits
+    n = len(x)
+    rows = [Mux(x[i], Cat(Const(1, 2), x[i + 1 :]) << (2 * i), 0) for i in range(n)]
+    return tree_sum(rows)
+
+
+def key_sum(lo_sum, hi_sum, k_sum) -> Value:
+    """The dot product from the sums of :func:`key_sum_terms`' lists and ``sum(k)``."""
+    return lo_sum + (hi_sum << 18) + (k_sum << 17)
 
 
 def tree_levels(terms: list, levels: int) -> list:
@@ -83,8 +123,9 @@ class ClusterDots(wiring.Component):
     Timing
     ------
     Three stages: ``q1`` registers the chunk data and key chunks (cycle ``D``), ``q2`` the
-    bypass multiplexer, the products (``k x S[0:17]`` in DSP blocks, ``k x S[17:]`` and the key
-    products in LUTs) and the first two adder-tree levels (``D + 1``), the accumulate stage
+    bypass multiplexer, the products (``k x (S[0:18] - 2^17)`` in DSP blocks, ``k x S[18:]``
+    and the key products in LUTs, ``sum(k)``) and the first two adder-tree levels (``D + 1``),
+    the accumulate stage
     ``A`` the rest of the trees and the accumulators (``D + 2``): a token whose last chunk is
     presented in cycle ``D`` has ``done`` in ``D + 2`` and its results in ``dot``/``kk``/``kn``
     from ``D + 3`` on.  One chunk per cycle, back to back across tokens (``first`` restarts the
@@ -138,22 +179,31 @@ class ClusterDots(wiring.Component):
         q1_s = [[Mux(q1_hit[i], q1_fwd[l], q1_raw[i][l]) for l in range(L)] for i in range(N_SUMS)]
         q1_ctl = stage([self.en, self.first, self.last, self.tag], "q1_ctl")
         # q2: products and two tree levels
+        wide = len(Value.cast(q1_s[0][0])) > 18
         q2_lo, q2_hi = [], []
         for i in range(N_SUMS):
-            lo, hi = key_sum_terms(q1_kc, q1_s[i], L)
+            lo, _ = key_sum_terms(q1_kc, q1_s[i], L)
             q2_lo.append(stage(tree_levels(lo, 2), f"q2_lo{i}_"))
-            q2_hi.append(stage(tree_levels(hi, 2), f"q2_hi{i}_") if hi else [])
+            # k x s_hi bit-sliced over the lanes (high_slices): two tree levels per slice
+            slices = high_slices(q1_kc, q1_s[i], L) if wide else []
+            q2_hi.append([stage(tree_levels(t, 2), f"q2_hi{i}_{j}_") for j, t in enumerate(slices)])
+        # sum(k) over the chunk, shared by the five dot products (see key_sum_terms)
+        q2_ks = stage(tree_levels(q1_kc, 2), "q2_ks") if wide else []
         # The key x key products are small (bk x bk): shift-and-add in LUTs, no DSP blocks.
         q2_kk = stage(tree_levels([lut_mul(q1_kc[l], q1_kp[l]) for l in range(L)], 2), "q2_kk")
-        q2_kn = stage(tree_levels([lut_mul(q1_kc[l], q1_kc[l]) for l in range(L)], 2), "q2_kn")
+        q2_kn = stage(tree_levels([lut_square(q1_kc[l]) for l in range(L)], 2), "q2_kn")
         a_en, a_first, a_last, a_tag = stage(q1_ctl, "a_ctl")
         # A: the rest of the trees, accumulate
         m.d.comb += [self.done.eq(a_en & a_last), self.done_tag.eq(a_tag)]
+        if wide:
+            k_sum = Signal.like(tree_sum(q2_ks), name="a_ksum")
+            m.d.comb += k_sum.eq(tree_sum(q2_ks))
         with m.If(a_en):
             for i in range(N_SUMS):
                 part = tree_sum(q2_lo[i])
-                if q2_hi[i]:
-                    part = part + (tree_sum(q2_hi[i]) << 17)
+                if wide:
+                    hi_sum = high_sum([tree_sum(t) for t in q2_hi[i]])
+                    part = key_sum(part, hi_sum, k_sum)
                 m.d.sync += self.dot[i].eq(Mux(a_first, 0, self.dot[i]) + part)
             m.d.sync += [
                 self.kk.eq(Mux(a_first, 0, self.kk) + tree_sum(q2_kk)),

@@ -21,7 +21,7 @@ Any other opcode byte is dropped (the parser waits for the next opcode).
 
 from __future__ import annotations
 
-from amaranth import Module, Signal, Value
+from amaranth import Cat, Module, Mux, Signal, Value
 from amaranth.lib import stream, wiring
 from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.wiring import In, Out
@@ -121,13 +121,24 @@ class UartBridge(wiring.Component):
 
         # ---- receive: opcode, payload bytes, then the action --------------------------------
         nbytes = max(5, payload_bytes(w["key"]), payload_bytes(w["query"]))
-        buf = Signal(8 * nbytes)
+        buf = Signal(8 * nbytes)  # payload bytes shift in at the top
         op = Signal(8)
         idx = Signal(range(nbytes + 1))
         need = Signal(range(nbytes + 1))
         rd_data = Signal(32)
         rd_pending = Signal()  # read data waits to be sent
         send_rd = Signal()  # the transmitter takes rd_data this cycle
+
+        def field(n, width, at=0):  # a message of n payload bytes is in the top n bytes of buf
+            lo = 8 * (nbytes - n + at)
+            return buf[lo : lo + width]
+
+        # The stream payloads are the buffer itself, in every cycle (only ``valid`` depends on the
+        # state: gating the 2,052 query bits with the state took a LUT4 each).
+        m.d.comb += [
+            self.keys.payload.eq(field(payload_bytes(w["key"]), w["key"])),
+            self.queries.payload.eq(field(payload_bytes(w["query"]), w["query"])),
+        ]
         with m.FSM(name="rx"):
             with m.State("OPCODE"):
                 m.d.comb += fifo.r_en.eq(1)
@@ -145,20 +156,14 @@ class UartBridge(wiring.Component):
                                 m.next = "PAYLOAD"
             with m.State("PAYLOAD"):
                 m.d.comb += fifo.r_en.eq(1)
-                with m.If(fifo.r_rdy):
-                    with m.Switch(idx):
-                        for i in range(nbytes):
-                            with m.Case(i):
-                                m.d.sync += buf[8 * i : 8 * i + 8].eq(fifo.r_data)
-                    m.d.sync += idx.eq(idx + 1)
+                with m.If(fifo.r_rdy):  # a shift register: no per-byte write decoder
+                    m.d.sync += [buf.eq(Cat(buf[8:], fifo.r_data)), idx.eq(idx + 1)]
                     with m.If(idx + 1 == need):
                         m.next = "ACT"
             with m.State("ACT"):
                 m.d.comb += [
-                    self.regs.addr.eq(buf[:8]),
-                    self.regs.w_data.eq(buf[8:40]),
-                    self.keys.payload.eq(buf[: w["key"]]),
-                    self.queries.payload.eq(buf[: w["query"]]),
+                    self.regs.addr.eq(Mux(op == OP_READ, field(1, 8), field(5, 8))),
+                    self.regs.w_data.eq(field(5, 32, at=1)),
                 ]
                 with m.Switch(op):
                     with m.Case(OP_WRITE):

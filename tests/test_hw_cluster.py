@@ -215,6 +215,61 @@ def test_compare_screen_band_cases_are_unsure():
     assert msure & 0b001 == 0  # more(1, 0): equal cosines, different norms
 
 
+# ---- ClusterDots ---------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "cfg",
+    [SMALL, DREConfig(d=8, lanes=4, bk=8, n_max=16, k_cap=4, grid_max=16, count_bits=16)],
+    ids=["narrow-sums", "wide-sums"],
+)
+def test_dots_against_integers(seed, cfg):
+    """Five k.S sums (with the bypass), k.k_prev and |k|^2 of random tokens against Python
+    integers; the wide-sum configuration (sums of 24 bits, as the default's) takes the DSP / LUT
+    split of ``key_sum_terms``, with extreme keys and sums drawn often."""
+    rng = random.Random(seed)
+    dut = ClusterDots(cfg)
+    L, G = cfg.lanes, cfg.d // cfg.lanes
+    wsum = ClusterWidths.of(cfg).sum
+    kmin, kmax = -(1 << (cfg.bk - 1)), (1 << (cfg.bk - 1)) - 1
+    smin, smax = -(1 << (wsum - 1)), (1 << (wsum - 1)) - 1
+
+    def draw(lo, hi):
+        return rng.choice([lo, hi, 0, -1, rng.randint(lo, hi), rng.randint(lo, hi)])
+
+    async def bench(ctx):
+        for _ in range(24):
+            key = [draw(kmin, kmax) for _ in range(cfg.d)]
+            prev = [draw(kmin, kmax) for _ in range(cfg.d)]
+            want = [0] * 5
+            for g in range(G):
+                sums = [[draw(smin, smax) for _ in range(L)] for _ in range(5)]
+                fwd = [draw(smin, smax) for _ in range(L)]
+                hit = [rng.random() < 0.3 for _ in range(5)]
+                kc = key[g * L : (g + 1) * L]
+                for i in range(5):
+                    row = fwd if hit[i] else sums[i]
+                    want[i] += sum(a * b for a, b in zip(kc, row, strict=True))
+                ctx.set(dut.en, 1)
+                ctx.set(dut.first, g == 0)
+                ctx.set(dut.last, g == G - 1)
+                for lane in range(L):
+                    ctx.set(dut.key[lane], kc[lane])
+                    ctx.set(dut.key_prev[lane], prev[g * L + lane])
+                    ctx.set(dut.fwd[lane], fwd[lane])
+                    for i in range(5):
+                        ctx.set(dut.sums[i][lane], sums[i][lane])
+                ctx.set(dut.hit, sum(h << i for i, h in enumerate(hit)))
+                await ctx.tick()
+            ctx.set(dut.en, 0)
+            for _ in range(3):
+                await ctx.tick()
+            got = [ctx.get(dut.dot[i]) for i in range(5)]
+            assert got == want, (seed, key, got, want)
+            assert ctx.get(dut.kk) == sum(a * b for a, b in zip(key, prev, strict=True)), seed
+            assert ctx.get(dut.kn) == sum(a * a for a in key), seed
+
+    _simulate(dut, bench)
+
+
 def test_exact_compare_against_integers(seed):
     cfg = DREConfig()
     rng = random.Random(seed)

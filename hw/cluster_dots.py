@@ -15,30 +15,26 @@ from model.dre.config import DREConfig, require_config
 N_SUMS = 5
 
 
-def key_sum_terms(k, s, lanes: int):
-    """The products of ``sum_l k[l] * s[l]`` over ``lanes`` key and sum elements (both signed),
-    as ``(lo, hi)`` lists whose sums give ``sum(lo) + (sum(hi) << 18) + (sum(k) << 17)``, each
-    product fitting one 18 x 18 signed DSP multiplier: for sums wider than 18 bits,
-    ``s = s_hi 2^18 + s_lo`` with ``s_lo = s[0:18]`` unsigned, and ``s_lo - 2^17`` is ``s[0:18]``
-    with bit 17 inverted, read as signed 18 bits; so
-    ``k s = k (s_lo - 2^17) + 2^18 k s_hi + 2^17 k``: ``k (s_lo - 2^17)`` in the DSP blocks
-    (``lo``), ``k s_hi`` (``bk x (sum - 18)`` bits) in LUTs (:func:`hw.arith.lut_mul`, ``hi``), and
-    ``2^17 sum(k)``, the same for every sum, added once by the caller (:func:`key_sum`).  Written
-    as one product per lane, a synthesis tool spends two DSP blocks on every
-    ``bk x (bk + count_bits)`` product.  ``hi`` is empty for sums of 18 bits or fewer (then
-    ``sum(lo)`` is the whole dot product and there is no ``sum(k)`` term)."""
+def key_sum_terms(k, s, lanes: int) -> list:
+    """The DSP products of ``sum_l k[l] * s[l]`` over ``lanes`` key and sum elements (both
+    signed), each fitting one 18 x 18 signed multiplier.  For sums of 18 bits or fewer they are
+    the whole products.  For wider sums, ``s = s_hi 2^18 + s_lo`` with ``s_lo = s[0:18]``
+    unsigned, and ``s_lo - 2^17`` is ``s[0:18]`` with bit 17 inverted, read as signed 18 bits;
+    so ``k s = k (s_lo - 2^17) + 2^18 k s_hi + 2^17 k``: the products returned are
+    ``k (s_lo - 2^17)``; ``k s_hi`` is summed over the lanes bit-sliced in LUTs
+    (:func:`high_slices`, :func:`high_sum`), and ``2^17 sum(k)``, the same for every sum, is
+    added once (:func:`key_sum`).  Written as one product per lane, a synthesis tool spends two
+    DSP blocks on every ``bk x (bk + count_bits)`` product."""
     if len(Value.cast(s[0])) <= 18:
-        return [k[l] * s[l] for l in range(lanes)], []
-    lo = [k[l] * offset_low(s[l]) for l in range(lanes)]
-    hi = [lut_mul(k[l], Value.cast(s[l])[18:].as_signed()) for l in range(lanes)]
-    return lo, hi
+        return [k[l] * s[l] for l in range(lanes)]
+    return [k[l] * offset_low(s[l]) for l in range(lanes)]
 
 
 def high_slices(k, s, lanes: int) -> list[list]:
     """``sum_l k[l] s_hi[l]`` (``s_hi = s[18:]``, signed) bit-sliced over the lanes: slice ``j``
     is the list ``[s_hi[l][j] ? k[l] : 0 for l]``; the sum is :func:`high_sum` of the slices'
-    sums (the same value as ``sum(hi)`` of :func:`key_sum_terms`, with narrower adders: each
-    slice is summed at ``bk`` bits and shifted once)."""
+    sums (``sum_l k[l] s_hi[l]`` with narrow adders: each slice is summed at ``bk`` bits and
+    shifted once)."""
     n = len(Value.cast(s[0])) - 18
     return [[Mux(Value.cast(s[l])[18 + j], k[l], 0) for l in range(lanes)] for j in range(n)]
 
@@ -67,7 +63,8 @@ def lut_square(k) -> Value:
 
 
 def key_sum(lo_sum, hi_sum, k_sum) -> Value:
-    """The dot product from the sums of :func:`key_sum_terms`' lists and ``sum(k)``."""
+    """The dot product from the sum of :func:`key_sum_terms`' products, :func:`high_sum` and
+    ``sum(k)``."""
     return lo_sum + (hi_sum << 18) + (k_sum << 17)
 
 
@@ -182,7 +179,7 @@ class ClusterDots(wiring.Component):
         wide = len(Value.cast(q1_s[0][0])) > 18
         q2_lo, q2_hi = [], []
         for i in range(N_SUMS):
-            lo, _ = key_sum_terms(q1_kc, q1_s[i], L)
+            lo = key_sum_terms(q1_kc, q1_s[i], L)
             q2_lo.append(stage(tree_levels(lo, 2), f"q2_lo{i}_"))
             # k x s_hi bit-sliced over the lanes (high_slices): two tree levels per slice
             slices = high_slices(q1_kc, q1_s[i], L) if wide else []

@@ -61,16 +61,12 @@ def subtree(cells: dict[str, Counter], mod: str, memo: dict) -> Counter:
     total = Counter()
     for kind, n in cells.get(mod, {}).items():
         key = kind[1:] if kind.startswith("\\") else kind
-        if key in cells:
-            sub = subtree(cells, key, memo)
-            for k, v in sub.items():
-                total[k] += v * n
-        elif "\\" + key in cells:
-            sub = subtree(cells, "\\" + key, memo)
-            for k, v in sub.items():
-                total[k] += v * n
-        else:
+        child = next((c for c in (key, "\\" + key) if c in cells), None)
+        if child is None:  # a cell, not a submodule instance
             total["FF" if _ff(key) else key] += n
+            continue
+        for k, v in subtree(cells, child, memo).items():
+            total[k] += v * n
     memo[mod] = total
     return total
 

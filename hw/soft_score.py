@@ -78,14 +78,15 @@ class SoftScore(wiring.Component):
 
     Timing
     ------
-    ``entries.ready`` depends on registers only, never on ``entries.valid`` or the beat of the
-    same cycle: beats land in an ``in_depth``-entry input FIFO (LUT RAM, read asynchronously),
-    and the issue logic below takes them from there one cycle later.  So the producer's
-    handshake logic and the unit's issue logic meet only in registers, wherever the two are
-    placed.
+    ``entries.ready`` is a register (room in the input buffer), never a function of
+    ``entries.valid`` or the beat of the same cycle.  Beats land in an ``in_depth``-entry LUT
+    RAM and reach the issue logic through a head register, two cycles after they are accepted
+    (then one per cycle while the buffer holds more), so the issue decision reads registers
+    only, and the producer's handshake logic and the unit's issue logic meet only in registers,
+    wherever the two are placed.  ``in_level`` counts the RAM and the head.
     MAX beats: one per cycle (the first SUM beat waits one cycle for the last maximum).  SUM
     and SCORE beats: ``n_q`` cycles each (the queries are served in turn through one multiplier
-    and one ``2^x`` table; ``ready`` rises in the cycle of the last query).  The SUM sweep's
+    and one ``2^x`` table).  The SUM sweep's
     last beat is followed by the pipeline drain (13
     cycles) and ``Z_c`` (``Z_CYCLES`` per query), during which SCORE beats wait.  A retrieval of
     ``N`` entries, offered back to back with ``scores.ready`` high, takes
@@ -96,7 +97,7 @@ class SoftScore(wiring.Component):
 
     #: the fixed part of a retrieval's cycles: the SUM sweep's drain into ``S_c``, the SCORE
     #: sweep's drain into the output FIFO, and the input and output FIFOs
-    FIXED_CYCLES = 28
+    FIXED_CYCLES = 29
     #: cycles per query of the ``Z_c`` sequencer
     Z_CYCLES = 9
 
@@ -155,33 +156,60 @@ class SoftScore(wiring.Component):
             out.r_en.eq(self.scores.ready),
         ]
 
-        # the input FIFO: the issue logic below consumes from it
-        # (the sweep is stored one-hot beside the beat, decoded on the way in: the issue
-        # logic after the asynchronous read is one level shallower)
+        # The input buffer: ``in_depth`` beats in LUT RAM (written synchronously, read
+        # asynchronously) and a head register in front of the issue logic, so that the issue
+        # decision reads registers only (not the RAM's read pointer, the RAM and the beat in one
+        # cycle).  The sweep is stored one-hot beside the beat, decoded on the way in.
+        #   level   beats accepted and not yet taken by the issue logic (RAM + head); ``ready``
+        #           is registered from its next value
+        #   stored  beats in the RAM; the head loads from it when empty or taken
         held = data.StructLayout({"beat": self.entry_layout, "kind": 4})
-        m.submodules.inbuf = inbuf = fifo.SyncFIFO(width=held.size, depth=self.in_depth)
-        w_held, r_held = Signal(held), Signal(held)
+        m.submodules.inbuf = inbuf = memory.Memory(shape=held, depth=self.in_depth, init=[])
+        in_wr, in_rd = inbuf.write_port(), inbuf.read_port(domain="comb")
+        w_ptr = Signal(range(self.in_depth))
+        r_ptr = Signal(range(self.in_depth))
+        level = Signal(range(self.in_depth + 1))
+        stored = Signal(range(self.in_depth + 1))
+        rdy = Signal(init=1)
+        w_held = Signal(held)
+        head = Signal(held, reset_less=True)
+        in_valid, in_take = Signal(), Signal()  # head valid; the issue logic takes the head
+        do_write, load = Signal(), Signal()
         m.d.comb += [
             w_held.beat.eq(self.entries.payload),
             w_held.kind.eq(1 << self.entries.payload.sweep),
-            r_held.eq(inbuf.r_data),
-        ]
-        beat = r_held.beat
-        in_valid, in_take = Signal(), Signal()
-        m.d.comb += [
-            inbuf.w_data.eq(w_held),
-            inbuf.w_en.eq(self.entries.valid),
-            self.entries.ready.eq(inbuf.w_rdy),
-            in_valid.eq(inbuf.r_rdy),
-            inbuf.r_en.eq(in_take),
-            self.in_level.eq(inbuf.level),
+            self.entries.ready.eq(rdy),
+            do_write.eq(self.entries.valid & rdy),
+            in_wr.addr.eq(w_ptr),
+            in_wr.data.eq(w_held),
+            in_wr.en.eq(do_write),
+            in_rd.addr.eq(r_ptr),
+            load.eq((stored != 0) & (~in_valid | in_take)),
+            self.in_level.eq(level),
         ]
 
-        # Effective n_q in 1 .. q_max, registered (a held input).
-        n_q = Signal(range(qm + 1), init=1)
-        m.d.sync += n_q.eq(Mux(self.n_q == 0, 1, Mux(self.n_q > qm, qm, self.n_q)))
+        def wrap_inc(ptr):
+            return Mux(ptr == self.in_depth - 1, 0, ptr + 1)
+
+        with m.If(do_write):
+            m.d.sync += w_ptr.eq(wrap_inc(w_ptr))
+        with m.If(load):
+            m.d.sync += [head.eq(in_rd.data), r_ptr.eq(wrap_inc(r_ptr)), in_valid.eq(1)]
+        with m.Elif(in_take):
+            m.d.sync += in_valid.eq(0)
+        level_next = Signal.like(level)
+        m.d.comb += level_next.eq(level + do_write - in_take)
+        m.d.sync += [
+            level.eq(level_next),
+            stored.eq(stored + do_write - load),
+            rdy.eq(level_next < self.in_depth),
+        ]
+        r_held = head
+        beat = head.beat
+
+        # The last query index, from n_q served in 1 .. q_max, registered (a held input).
         last_q = Signal(range(qm))
-        m.d.comb += last_q.eq(n_q - 1)  # n_q >= 1, also out of reset
+        m.d.sync += last_q.eq(Mux(self.n_q == 0, 0, Mux(self.n_q > qm, qm - 1, self.n_q - 1)))
 
         M = [Signal(signed(sb), name=f"M{c}") for c in range(qm)]
         S = [Signal(self.sum_bits, name=f"S{c}") for c in range(qm)]

@@ -65,7 +65,7 @@ WORDS = {"score": SCORES}
 #: query vectors per KV head of the ReKV-style baseline (``model.baselines.ReKV``: the mean query)
 REKV_QUERIES = 1
 #: the soft-score unit (``hw/soft_score.py``, ``SoftScore.Z_CYCLES`` / ``FIXED_CYCLES``)
-SOFT_Z_CYCLES, SOFT_FIXED_CYCLES = 9, 28
+SOFT_Z_CYCLES, SOFT_FIXED_CYCLES = 9, 29
 #: FP16 operations per (query vector, cluster) of the soft score on a GPU besides the dot product:
 #: subtract the maximum and exponentiate, weight by the count and sum (the softmax's denominator),
 #: then subtract its log, exponentiate and sum over the queries
@@ -338,7 +338,7 @@ def dre_retrieval_cycles(n: float, d: int, lanes: int, bk: int, planes_read: flo
 
 def soft_score_cycles(n: float, q: int) -> float:
     """Cycles of the soft-score unit (``hw/soft_score.py``) over ``n`` live entries and ``q``
-    query vectors: ``N (1 + 2Q) + 9Q + 28`` (MAX sweep one entry per cycle, SUM and SCORE sweeps
+    query vectors: ``N (1 + 2Q) + 9Q + 29`` (MAX sweep one entry per cycle, SUM and SCORE sweeps
     ``Q`` cycles per entry, ``Z_c`` 9 cycles per query, 28 of pipeline fill and drain and the
     unit's two FIFOs)."""
     if n <= 0:
@@ -366,7 +366,7 @@ def dre_v2_retrieval_cycles(
 
         1 + 2 Q' G                                   set-up (Qpos, Qneg on the dot unit)
         + w N bk Q' G + (N - A) + bk (5 + lat)       the bk plane passes
-        + [soft] N (1 + 2Q) + 9Q + 28                the soft-score unit (soft_score_cycles)
+        + [soft] N (1 + 2Q) + 9Q + 29                the soft-score unit (soft_score_cycles)
         + R (A + 5) + records                        output: R = ceil(records / k_cap) rounds
 
     ``Q' = Q`` (one dot unit serves the queries in turn) or 1 with ``s.parallel_queries`` (``Q``

@@ -75,11 +75,18 @@ def _topk(cfg: DREConfig) -> wiring.Component:
 
 
 def _soft_score(cfg: DREConfig) -> wiring.Component:
+    from hw.select_tokens import SOFT_FEED_DEPTH
     from hw.soft_score import SoftScore
 
-    # s_bits: the selector's partial width (hw.select_tokens.value_shape)
+    # s_bits: the selector's partial width (hw.select_tokens.value_shape); in_depth as there
     s_bits = cfg.bq + cfg.bk + cfg.d.bit_length() + 2
-    return SoftScore(q_max=cfg.q_max, s_bits=s_bits, count_bits=cfg.count_bits, n_max=cfg.n_max)
+    return SoftScore(
+        q_max=cfg.q_max,
+        s_bits=s_bits,
+        count_bits=cfg.count_bits,
+        n_max=cfg.n_max,
+        in_depth=SOFT_FEED_DEPTH,
+    )
 
 
 def _board(cfg: DREConfig) -> wiring.Component:

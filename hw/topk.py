@@ -118,10 +118,11 @@ class TopKPipe(wiring.Component):
     goes after it; once full, a key not strictly larger than ``entries[k-1]`` is lost), but an
     ``insert`` presented in cycle ``t`` is compared in cycle ``t`` (``k`` comparators against the
     registered entries, one against the insert in flight) and written in cycle ``t+1``: the
-    entries show it in cycle ``t+2``.  One insert per cycle, back to back: the insert stage
-    corrects the registered comparisons for the insert it follows (``goes_before`` of slot ``i``
-    after an insert at slot ``s`` is the comparison with the old entry ``i``, the inserted key or
-    the old entry ``i-1``), so no comparison reaches across two cycles.
+    entries show it in cycle ``t+2``.  One insert per cycle, back to back: the compare stage
+    applies the insert in the insert stage to its comparisons (slot ``i`` after that insert
+    holds its old entry, the inserted pair or the old entry ``i-1``, so its comparison is one
+    of the three, chosen by that insert's registered placement), so no comparison reaches
+    across two cycles and the insert stage's selects and enables come straight from registers.
 
     Interface
     ---------
@@ -158,16 +159,20 @@ class TopKPipe(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         k, e = self.k, self.entries
-        # compare stage (registered): the new pair, its comparisons with the entries and with
-        # the insert in the insert stage
+        # compare stage (registered): the new pair and ``gb``, its comparisons with the entries
+        # as they will be when it reaches the insert stage, that is with the insert now in that
+        # stage already applied: slot ``i`` then holds its old entry, the inserted pair or its
+        # upper neighbour's old entry, so its comparison is one of ``key > e[i]``,
+        # ``key > new`` or ``key > e[i-1]``, chosen by the insert stage's own (registered) ``gb``.
+        # The insert stage's selects and enables are then registers, not logic.
         ins = Signal()
         new = Signal(self.layout)
-        cmp = Signal(k)  # key > entries[i].key or entries[i] empty, against the entries of cycle t
-        cmp_p = Signal()  # key > the key being inserted in cycle t
-        prev = Signal()  # an insert was written in cycle t (placement prev_gb)
-        prev_gb = Signal(k)
-        gb = Signal(k)  # goes_before against the entries of this cycle
-        m.d.sync += [ins.eq(0), prev.eq(0)]
+        gb = Signal(k)  # goes_before: key > entries[i].key or entries[i] empty
+        cur = Signal(k)  # against the entries of this cycle
+        m.d.comb += [cur[i].eq(~e[i].valid | _gt(self.key, e[i].key)) for i in range(k)]
+        beats_new = Signal()
+        m.d.comb += beats_new.eq(_gt(self.key, new.key))
+        m.d.sync += ins.eq(0)
         with m.If(self.insert & ~self.clear):
             m.d.sync += [
                 ins.eq(1),
@@ -175,19 +180,15 @@ class TopKPipe(wiring.Component):
                 new.key.eq(self.key),
                 new.index.eq(self.index),
                 new.payload.eq(self.payload),
-                cmp_p.eq(_gt(self.key, new.key)),
             ]
             for i in range(k):
-                m.d.sync += cmp[i].eq(~e[i].valid | _gt(self.key, e[i].key))
-        for i in range(k):
-            below = cmp_p if i == 0 else Mux(prev_gb[i - 1], cmp[i - 1], cmp_p)
-            m.d.comb += gb[i].eq(Mux(prev & prev_gb[i], below, cmp[i]))
+                above = beats_new if i == 0 else Mux(gb[i - 1], cur[i - 1], beats_new)
+                m.d.sync += gb[i].eq(Mux(ins & gb[i], above, cur[i]))
         m.d.comb += self.busy.eq(ins | self.insert)
 
         # ``clear`` only empties the valid bits (the data of an empty slot is never used), so
         # the data bits' enables do not wait for it: ``ins ? gb[i] : shift``
         with m.If(ins):
-            m.d.sync += [prev.eq(1), prev_gb.eq(gb)]
             with m.If(e[k - 1].valid):
                 m.d.sync += self.overflow.eq(1)
             insert_sorted(m, e, gb, new)
@@ -196,5 +197,5 @@ class TopKPipe(wiring.Component):
         with m.If(self.clear):  # wins over the above (the later assignment)
             for i in range(k):
                 m.d.sync += e[i].valid.eq(0)
-            m.d.sync += [self.overflow.eq(0), prev.eq(0)]
+            m.d.sync += self.overflow.eq(0)
         return m

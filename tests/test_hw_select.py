@@ -4,6 +4,8 @@
 * PlaneStore: whole-key writes, (entry, plane) reads with one cycle of latency, hold on en = 0,
   old data on read-during-write, bias port.
 * TopK: random inserts with many equal keys against a stable sort in Python; shift and clear.
+* TopKPipe: the same against a stable sort with inserts back to back and with gaps, then pops;
+  `overflow`.
 * SelectCore + PlaneStore (the Selector) on a few retrievals against model.dre.ref.select.
 """
 
@@ -14,14 +16,14 @@ import random
 
 import numpy as np
 import pytest
-from amaranth import signed
+from amaranth import signed, unsigned
 from amaranth.sim import Simulator
 
 from hw.bitplane_dot import BitplaneDot
 from hw.layouts import Kind, score_shape, select_key_load_layout, select_query_layout
 from hw.plane_store import PlaneStore
 from hw.selector import Selector
-from hw.topk import TopK
+from hw.topk import TopK, TopKPipe
 from model.dre.config import ConfigError, DREConfig
 from model.dre.ref import select
 
@@ -162,6 +164,54 @@ def test_topk_against_stable_sort(seed, k):
                 await ctx.tick()
             ctx.set(dut.shift, 0)
             assert contents(ctx) == sorted(model, key=lambda t: -t[0])[:k][pops:]
+
+    run_sim(dut, bench)
+
+
+@pytest.mark.parametrize("k", [1, 2, 5])
+def test_topk_pipe_against_stable_sort(seed, k):
+    """TopKPipe: inserts back to back and with gaps (the compare stage applies the insert in
+    the insert stage to its comparisons), then pops; ``overflow`` once an insert met a full
+    structure.  Keys from a small range: many ties (equal keys keep insertion order)."""
+    rng = random.Random(seed)
+    dut = TopKPipe(k, signed(6), 5, unsigned(4))
+
+    def contents(ctx):
+        out = []
+        for i in range(k):
+            e = ctx.get(dut.entries[i])
+            if e.valid:
+                out.append((e.key, e.index, e.payload))
+        return out
+
+    async def bench(ctx):
+        for trial in range(40):
+            ctx.set(dut.clear, 1)
+            await ctx.tick()
+            ctx.set(dut.clear, 0)
+            model = []
+            for index in range(rng.randint(0, 3 * k + 3)):
+                key = rng.choice([rng.randint(-32, 31), rng.randint(-2, 2)])
+                model.append((key, index, (key * 7 + index) & 15))
+                ctx.set(dut.insert, 1)
+                ctx.set(dut.key, key)
+                ctx.set(dut.index, index)
+                ctx.set(dut.payload, model[-1][2])
+                await ctx.tick()
+                ctx.set(dut.insert, 0)
+                for _ in range(rng.choice([0, 0, 0, 1, 2])):
+                    await ctx.tick()
+            while ctx.get(dut.busy):
+                await ctx.tick()
+            want = sorted(model, key=lambda t: -t[0])[:k]  # stable: earlier first on ties
+            assert contents(ctx) == want, (seed, trial)
+            assert ctx.get(dut.overflow) == (len(model) > k), (seed, trial)
+            pops = rng.randint(0, k)
+            for _ in range(pops):
+                ctx.set(dut.shift, 1)
+                await ctx.tick()
+            ctx.set(dut.shift, 0)
+            assert contents(ctx) == want[pops:], (seed, trial)
 
     run_sim(dut, bench)
 

@@ -156,34 +156,47 @@ class SoftScore(wiring.Component):
             out.r_en.eq(self.scores.ready),
         ]
 
-        # The input buffer: ``in_depth`` beats in LUT RAM (written synchronously, read
-        # asynchronously) and a head register in front of the issue logic, so that the issue
-        # decision reads registers only (not the RAM's read pointer, the RAM and the beat in one
-        # cycle).  The sweep is stored one-hot beside the beat, decoded on the way in.
-        #   level   beats accepted and not yet taken by the issue logic (RAM + head); ``ready``
-        #           is registered from its next value
-        #   stored  beats in the RAM; the head loads from it when empty or taken
-        held = data.StructLayout({"beat": self.entry_layout, "kind": 4})
-        m.submodules.inbuf = inbuf = memory.Memory(shape=held, depth=self.in_depth, init=[])
-        in_wr, in_rd = inbuf.write_port(), inbuf.read_port(domain="comb")
+        # The input buffer: ``in_depth`` beats in two LUT RAMs (written synchronously, read
+        # asynchronously), the control fields (sweep one-hot, first, last) in one, the data (the
+        # dot products, the count) in the other, and in front of the issue logic a small head
+        # register with the head beat's control fields and its slot.  The issue decision reads
+        # registers only; the data is read at the head's slot (a register), so the decision
+        # reaches a handful of flops (the head, the pointers), never the wide data.  A slot is
+        # free again once its beat is taken.
+        #   level   beats accepted and not yet taken (the head's included); ``ready`` is
+        #           registered from its next value
+        #   stored  beats not yet in the head
+        ctl_layout = data.StructLayout({"kind": 4, "first": 1, "last": 1})
+        dat_layout = data.StructLayout(
+            {"count": unsigned(self.count_bits), "s": data.ArrayLayout(signed(sb), qm)}
+        )
+        m.submodules.in_ctl = in_ctl = memory.Memory(shape=ctl_layout, depth=self.in_depth, init=[])
+        m.submodules.in_dat = in_dat = memory.Memory(shape=dat_layout, depth=self.in_depth, init=[])
+        ctl_wr, ctl_rd = in_ctl.write_port(), in_ctl.read_port(domain="comb")
+        dat_wr, dat_rd = in_dat.write_port(), in_dat.read_port(domain="comb")
         w_ptr = Signal(range(self.in_depth))
         r_ptr = Signal(range(self.in_depth))
+        h_slot = Signal(range(self.in_depth))
         level = Signal(range(self.in_depth + 1))
         stored = Signal(range(self.in_depth + 1))
         rdy = Signal(init=1)
-        w_held = Signal(held)
-        head = Signal(held, reset_less=True)
+        head = Signal(ctl_layout)
         in_valid, in_take = Signal(), Signal()  # head valid; the issue logic takes the head
         do_write, load = Signal(), Signal()
         m.d.comb += [
-            w_held.beat.eq(self.entries.payload),
-            w_held.kind.eq(1 << self.entries.payload.sweep),
+            ctl_wr.data.kind.eq(1 << self.entries.payload.sweep),
+            ctl_wr.data.first.eq(self.entries.payload.first),
+            ctl_wr.data.last.eq(self.entries.payload.last),
+            dat_wr.data.count.eq(self.entries.payload.count),
+            dat_wr.data.s.eq(self.entries.payload.s),
             self.entries.ready.eq(rdy),
             do_write.eq(self.entries.valid & rdy),
-            in_wr.addr.eq(w_ptr),
-            in_wr.data.eq(w_held),
-            in_wr.en.eq(do_write),
-            in_rd.addr.eq(r_ptr),
+            ctl_wr.addr.eq(w_ptr),
+            ctl_wr.en.eq(do_write),
+            dat_wr.addr.eq(w_ptr),
+            dat_wr.en.eq(do_write),
+            ctl_rd.addr.eq(r_ptr),
+            dat_rd.addr.eq(h_slot),
             load.eq((stored != 0) & (~in_valid | in_take)),
             self.in_level.eq(level),
         ]
@@ -194,7 +207,12 @@ class SoftScore(wiring.Component):
         with m.If(do_write):
             m.d.sync += w_ptr.eq(wrap_inc(w_ptr))
         with m.If(load):
-            m.d.sync += [head.eq(in_rd.data), r_ptr.eq(wrap_inc(r_ptr)), in_valid.eq(1)]
+            m.d.sync += [
+                head.eq(ctl_rd.data),
+                h_slot.eq(r_ptr),
+                r_ptr.eq(wrap_inc(r_ptr)),
+                in_valid.eq(1),
+            ]
         with m.Elif(in_take):
             m.d.sync += in_valid.eq(0)
         level_next = Signal.like(level)
@@ -205,7 +223,13 @@ class SoftScore(wiring.Component):
             rdy.eq(level_next < self.in_depth),
         ]
         r_held = head
-        beat = head.beat
+        beat = Signal(self.entry_layout)  # the head beat: control from the head, data from RAM
+        m.d.comb += [
+            beat.first.eq(head.first),
+            beat.last.eq(head.last),
+            beat.count.eq(dat_rd.data.count),
+            beat.s.eq(dat_rd.data.s),
+        ]
 
         # The last query index, from n_q served in 1 .. q_max, registered (a held input).
         last_q = Signal(range(qm))

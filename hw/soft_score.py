@@ -36,8 +36,7 @@ SWEEP_MAX, SWEEP_SUM, SWEEP_SCORE = 0, 1, 2
 UCAP = (SOFT_E + 1) << SOFT_FB
 #: output FIFO depth (bounds the entries in flight in the score sweep)
 OUT_DEPTH = 16
-#: default input FIFO depth: ``entries.ready`` is its "not full", a function of its level
-#: register only
+#: default input buffer depth: ``entries.ready`` is its "not full", a register
 IN_DEPTH = 4
 
 
@@ -70,8 +69,9 @@ class SoftScore(wiring.Component):
         Work is in flight (an accepted beat has not yet had all of its effect, or a score
         waits in the output FIFO).
     in_level : Out(range(in_depth + 1))
-        The input FIFO's level, a register: beats accepted and not yet taken by the issue
-        logic.  A producer that counts the beats it has in flight towards the unit can keep
+        The input buffer's level, a register: beats accepted and not yet taken by the issue
+        logic (a take is counted a cycle late, so for a cycle it may be one above that).  A
+        producer that counts the beats it has in flight towards the unit can keep
         ``in_level + in flight <= in_depth`` (a credit) and then offer each beat without
         looking at ``entries.ready``, which is high whenever that holds
         (:class:`hw.select_tokens.SelectTokensCore` does: its issue stage writes here directly).
@@ -83,7 +83,7 @@ class SoftScore(wiring.Component):
     RAM and reach the issue logic through a head register, two cycles after they are accepted
     (then one per cycle while the buffer holds more), so the issue decision reads registers
     only, and the producer's handshake logic and the unit's issue logic meet only in registers,
-    wherever the two are placed.  ``in_level`` counts the RAM and the head.
+    wherever the two are placed.
     MAX beats: one per cycle (the first SUM beat waits one cycle for the last maximum).  SUM
     and SCORE beats: ``n_q`` cycles each (the queries are served in turn through one multiplier
     and one ``2^x`` table).  The SUM sweep's
@@ -163,9 +163,11 @@ class SoftScore(wiring.Component):
         # registers only; the data is read at the head's slot (a register), so the decision
         # reaches a handful of flops (the head, the pointers), never the wide data.  A slot is
         # free again once its beat is taken.
-        #   level   beats accepted and not yet taken (the head's included); ``ready`` is
-        #           registered from its next value
-        #   stored  beats not yet in the head
+        #   level   beats accepted and not yet taken (the head's included), a take counted a
+        #           cycle late (``take_d``: the decision reaches one flop, not the adder and
+        #           the compare behind it); ``ready`` is registered from its next value
+        #   stored  beats not yet in the head, thermometer-coded (``stored[i]``: more than
+        #           ``i``), so "not empty" is a flop and each bit's update one LUT after ``load``
         ctl_layout = data.StructLayout({"kind": 4, "first": 1, "last": 1})
         dat_layout = data.StructLayout(
             {"count": unsigned(self.count_bits), "s": data.ArrayLayout(signed(sb), qm)}
@@ -178,7 +180,8 @@ class SoftScore(wiring.Component):
         r_ptr = Signal(range(self.in_depth))
         h_slot = Signal(range(self.in_depth))
         level = Signal(range(self.in_depth + 1))
-        stored = Signal(range(self.in_depth + 1))
+        take_d = Signal()
+        stored = Signal(self.in_depth)
         rdy = Signal(init=1)
         head = Signal(ctl_layout)
         in_valid, in_take = Signal(), Signal()  # head valid; the issue logic takes the head
@@ -197,7 +200,7 @@ class SoftScore(wiring.Component):
             dat_wr.en.eq(do_write),
             ctl_rd.addr.eq(r_ptr),
             dat_rd.addr.eq(h_slot),
-            load.eq((stored != 0) & (~in_valid | in_take)),
+            load.eq(stored[0] & (~in_valid | in_take)),
             self.in_level.eq(level),
         ]
 
@@ -216,12 +219,16 @@ class SoftScore(wiring.Component):
         with m.Elif(in_take):
             m.d.sync += in_valid.eq(0)
         level_next = Signal.like(level)
-        m.d.comb += level_next.eq(level + do_write - in_take)
+        m.d.comb += level_next.eq(level + do_write - take_d)
         m.d.sync += [
+            take_d.eq(in_take),
             level.eq(level_next),
-            stored.eq(stored + do_write - load),
             rdy.eq(level_next < self.in_depth),
         ]
+        with m.If(do_write & ~load):
+            m.d.sync += stored.eq(Cat(1, stored[:-1]))
+        with m.Elif(load & ~do_write):
+            m.d.sync += stored.eq(stored[1:])
         r_held = head
         beat = Signal(self.entry_layout)  # the head beat: control from the head, data from RAM
         m.d.comb += [

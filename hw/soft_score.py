@@ -49,7 +49,7 @@ class SoftScore(wiring.Component):
     s_bits      signed width of the dot products ``s``
     count_bits  width of a member count
     n_max       most entries per retrieval (sizes the sum ``S_c``)
-    in_depth    input FIFO depth (``2 .. 64``, default ``IN_DEPTH``)
+    in_depth    input buffer depth (``2 .. 64``, default ``IN_DEPTH``)
 
     Interface
     ---------
@@ -216,8 +216,8 @@ class SoftScore(wiring.Component):
                 r_ptr.eq(wrap_inc(r_ptr)),
                 in_valid.eq(1),
             ]
-        with m.Elif(in_take):
-            m.d.sync += in_valid.eq(0)
+        with m.Elif(in_take):  # the kind bits are 0 while the head is empty
+            m.d.sync += [in_valid.eq(0), head.kind.eq(0)]
         level_next = Signal.like(level)
         m.d.comb += level_next.eq(level + do_write - take_d)
         m.d.sync += [
@@ -239,8 +239,9 @@ class SoftScore(wiring.Component):
         ]
 
         # The last query index, from n_q served in 1 .. q_max, registered (a held input).
-        last_q = Signal(range(qm))
-        m.d.sync += last_q.eq(Mux(self.n_q == 0, 0, Mux(self.n_q > qm, qm - 1, self.n_q - 1)))
+        last_q, last_q_next = Signal(range(qm)), Signal(range(qm))
+        m.d.comb += last_q_next.eq(Mux(self.n_q == 0, 0, Mux(self.n_q > qm, qm - 1, self.n_q - 1)))
+        m.d.sync += last_q.eq(last_q_next)
 
         M = [Signal(signed(sb), name=f"M{c}") for c in range(qm)]
         S = [Signal(self.sum_bits, name=f"S{c}") for c in range(qm)]
@@ -260,15 +261,27 @@ class SoftScore(wiring.Component):
         is_max = r_held.kind[SWEEP_MAX]
         is_sum = r_held.kind[SWEEP_SUM]
         is_score = r_held.kind[SWEEP_SCORE]
-        issue = Signal()
+        # The issue decision from registers, few of them: the head's kind bits (0 while it is
+        # empty), ``sgate`` (no Z pending and no MAX beat in its compare register; registered
+        # from their next values), ``credit`` and ``c_last`` (``c`` is the last query).
+        # ``z_busy`` implies ``z_pending`` (both end together), so only the latter is looked at.
+        issue, max_take, z_done = Signal(), Signal(), Signal()
         mx_v = Signal()
-        m.d.comb += issue.eq(
-            in_valid
-            & ~z_busy
-            & ~mx_v
-            & ~is_max
-            & ((is_sum & ~z_pending) | (is_score & ~z_pending & credit))
+        sgate = Signal(init=1)
+        c_last = Signal(init=1)
+        m.d.comb += [
+            issue.eq(sgate & (is_sum | (is_score & credit))),
+            max_take.eq(is_max & ~z_pending),
+        ]
+        z_pending_next = Signal()
+        m.d.comb += z_pending_next.eq(
+            Mux(z_done, 0, z_pending | (issue & c_last & is_sum & beat.last))
         )
+        m.d.sync += [
+            z_pending.eq(z_pending_next),
+            sgate.eq(~z_pending_next & ~max_take),
+            c_last.eq(Mux(issue, Mux(c_last, 0, c + 1), c) == last_q_next),
+        ]
         # A MAX beat is registered, then compared in the next cycle (the compare-and-update
         # loop alone in its cycle); SUM beats wait while one is in that register.  The register
         # takes whatever beat the FIFO shows, every cycle; its valid bit gates the update.
@@ -284,18 +297,16 @@ class SoftScore(wiring.Component):
                 m.d.sync += M[q].eq(mx_s[q])
         with m.If(mx_first):
             m.d.sync += [s.eq(0) for s in S]
-        with m.If(in_valid & is_max & ~z_busy & ~z_pending):
+        with m.If(max_take):
             m.d.comb += in_take.eq(1)
             m.d.sync += [mx_v.eq(1), mx_first.eq(beat.first)]
         with m.Elif(issue):
-            with m.If(c == last_q):
+            with m.If(c_last):
                 m.d.comb += in_take.eq(1)
                 m.d.sync += c.eq(0)
-                with m.If(is_sum & beat.last):
-                    m.d.sync += z_pending.eq(1)
             with m.Else():
                 m.d.sync += c.eq(c + 1)
-        with m.If(in_valid & r_held.kind[3]):  # not a sweep: consume, no effect
+        with m.If(r_held.kind[3]):  # not a sweep: consume, no effect
             m.d.comb += in_take.eq(1)
 
         # ---- the (entry, query) pipeline ----
@@ -319,7 +330,7 @@ class SoftScore(wiring.Component):
             "v": issue,
             "score": is_score,
             "c": c,
-            "lastc": c == last_q,
+            "lastc": c_last,
             "last": beat.last,
             "cnt": beat.count,
         }
@@ -383,7 +394,7 @@ class SoftScore(wiring.Component):
             out.w_data.eq(w),
             out.w_en.eq(emit),
         ]
-        accepted_score = in_valid & in_take & is_score
+        accepted_score = in_take & is_score
         read_out = out.r_rdy & out.r_en
         used_next = Signal.like(used)
         m.d.comb += used_next.eq(used + acc_d - read_out)
@@ -457,7 +468,8 @@ class SoftScore(wiring.Component):
                                 m.d.sync += Z[q].eq(zval)
                     m.d.sync += zstep.eq(0)
                     with m.If(zc == last_q):
-                        m.d.sync += [z_busy.eq(0), z_pending.eq(0)]
+                        m.d.comb += z_done.eq(1)
+                        m.d.sync += z_busy.eq(0)
                     with m.Else():
                         m.d.sync += zc.eq(zc + 1)
 

@@ -222,7 +222,11 @@ class SelectTokensCore(wiring.Component):
         cycles = Signal(CYCLES_BITS)
         qmask = Signal(qm)  # query k counts (k < n_q)
         nq_m1 = Signal(qrange)  # n_q - 1
-        raw = qy.raw_max
+        # raw_max, a copy registered every cycle (the query register is held from the cycle
+        # after IDLE, and the first use is in SETUP, cycles later): placed by the ~200 bound
+        # bits it selects rather than by the query register
+        raw = Signal()
+        m.d.sync += raw.eq(qy.raw_max)
         m.d.comb += [soft.n_q.eq(qy.n_q), soft.gain.eq(qy.gain)]
         skip_all = Signal()  # the query has an error flag or nothing to select
         idle = Signal(init=1)  # the FSM is in IDLE (a register: it enables the query capture)
@@ -245,7 +249,7 @@ class SelectTokensCore(wiring.Component):
         rqn = Signal(vec)  # (2^p - 1) * Qneg_c: L of this pass
         rqp = Signal(vec)  # (2^p - 1) * Qpos_c: U of this pass
         rqp_prev = Signal(vec)  # (2^(p+1) - 1) * Qpos_c: U of the previous pass
-        ml = Signal(vec)  # ML_c of the previous pass
+        ml = Signal(vec)  # ML_c of the previous pass (0 with raw_max)
         mu_sub = Signal(vec)  # MU'_c (MU0 before the first pass), 0 with raw_max
         ml_new = Signal(vec)  # ML_c, MU_c of this pass, accumulating
         mu_new = Signal(vec)
@@ -737,9 +741,10 @@ class SelectTokensCore(wiring.Component):
         # PASS_END's per-pass constants (~5 * q_max * value_shape flops), enabled by a register
         # set with the transition into PASS_END (p > 0) rather than by the state decode
         with m.If(next_pass):
-            m.d.sync += [next_pass.eq(0), ml.eq(ml_new)]
+            m.d.sync += next_pass.eq(0)
             for k in range(qm):
                 m.d.sync += [
+                    ml[k].eq(Mux(raw, 0, ml_new[k])),
                     mu_sub[k].eq(Mux(raw, 0, mu_new[k])),
                     rqp_prev[k].eq(rqp[k]),
                     rqp[k].eq((rqp[k] - q_pos[k]) >> 1),
@@ -819,7 +824,7 @@ class SelectTokensCore(wiring.Component):
                 m.d.sync += [e.eq(0), e_left.eq(n_cur), n_next.eq(0)]
                 m.d.sync += [x.eq(vmin) for x in (*ml_new, *mu_new)]  # running maxima
                 for k in range(qm):
-                    m.d.sync += addend[k].eq(rqp_prev[k] - Mux(raw, 0, ml[k]))
+                    m.d.sync += addend[k].eq(rqp_prev[k] - ml[k])
                     with m.If(first):  # MU0 = (2^(bk-1) - 1) Qpos - 2^(bk-1) Qneg
                         m.d.sync += mu_sub[k].eq(Mux(raw, 0, rqp[k] - (q_neg[k] << (bk - 1))))
                 m.d.sync += sweep.eq(1)

@@ -664,13 +664,17 @@ class SelectTokensCore(wiring.Component):
             m.d.sync += [n_next.eq(n_next + 1), planes_read.eq(planes_read + qy.n_q)]
 
         # soft feed: the issue stage writes each entry's exact dot products and count into the
-        # unit's input FIFO; A0 issues an entry only with room for it there, so
-        # ``entries.ready`` is high whenever ``valid`` is and is not looked at.  The credit is
-        # registered from ``feed_inflight + in_level < DEPTH - 2``: the entries in flight and in
-        # the FIFO are at most that sum + 1 (``feed_issued``, counted late) + 1 (this cycle's
-        # issue) when the credit is computed, and one more issue follows on it: <= DEPTH.  The
-        # two sides meet only in registers: ``ci.valid`` into the unit's write, its level into
-        # the credit.
+        # unit's input buffer; A0 issues an entry only with room for it there, so
+        # ``entries.ready`` (``in_level < DEPTH - 1``) is high whenever ``valid`` is and is not
+        # looked at.  X, the entries issued and not yet taken as ``in_level`` counts them, is
+        # what has to stay small: a beat is written with ``in_level <= X - 1``, so X <= DEPTH - 1
+        # keeps ``ready`` high.  The credit for an issue in cycle t is registered from
+        # S = ``feed_inflight + in_level`` of cycle t-1, which misses at most two of X there
+        # (the issue of t-2, reaching ``feed_inflight`` through ``feed_issued``, and the write
+        # of t-2, reaching ``in_level`` through the unit's own late count): X(t-1) <= S + 2
+        # <= DEPTH - 3 with S < DEPTH - 4, and with the issues of t-1 and t, X <= DEPTH - 1.
+        # The two sides meet only in registers: ``ci.valid`` into the unit's write, its level
+        # into the credit.
         feed_push = Signal()
         beat = soft.entries.payload
         m.d.comb += [
@@ -685,7 +689,7 @@ class SelectTokensCore(wiring.Component):
         m.d.sync += [
             feed_issued.eq(a0_valid & adv & soft_feed),
             feed_inflight.eq(feed_inflight + feed_issued - feed_push),
-            feed_credit.eq(feed_inflight + soft.in_level < SOFT_FEED_DEPTH - 2),
+            feed_credit.eq(feed_inflight + soft.in_level < SOFT_FEED_DEPTH - 4),
         ]
         with m.If(feed_push):
             m.d.sync += fcount.eq(fcount + 1)

@@ -70,10 +70,11 @@ class SoftScore(wiring.Component):
         waits in the output FIFO).
     in_level : Out(range(in_depth + 1))
         The input buffer's level, a register: beats accepted and not yet taken by the issue
-        logic (a take is counted a cycle late, so for a cycle it may be one above that).  A
-        producer that counts the beats it has in flight towards the unit can keep
-        ``in_level + in flight <= in_depth`` (a credit) and then offer each beat without
-        looking at ``entries.ready``, which is high whenever that holds
+        logic, each write and each take counted a cycle late.  ``entries.ready`` is high
+        exactly when ``in_level < in_depth - 1``.  A producer that counts the beats it has in
+        flight towards the unit (a beat stays "in flight" until the cycle after it is
+        accepted) can keep ``in_level + in flight < in_depth - 1`` (a credit) and then offer
+        each beat without looking at ``entries.ready``
         (:class:`hw.select_tokens.SelectTokensCore` does: its issue stage writes here directly).
 
     Timing
@@ -163,9 +164,12 @@ class SoftScore(wiring.Component):
         # registers only; the data is read at the head's slot (a register), so the decision
         # reaches a handful of flops (the head, the pointers), never the wide data.  A slot is
         # free again once its beat is taken.
-        #   level   beats accepted and not yet taken (the head's included), a take counted a
-        #           cycle late (``take_d``: the decision reaches one flop, not the adder and
-        #           the compare behind it); ``ready`` is registered from its next value
+        #   level   beats accepted and not yet taken (the head's included), a write and a take
+        #           each counted a cycle late (``w_d``, ``take_d``: neither the producer's
+        #           ``valid`` nor the issue decision reaches the adder and the compare behind
+        #           it); ``ready`` = ``level < in_depth - 1``, registered from the next level:
+        #           the beats in the buffer are at most ``level`` + 1 (last cycle's write), so
+        #           one more fits
         #   stored  beats not yet in the head, thermometer-coded (``stored[i]``: more than
         #           ``i``), so "not empty" is a flop and each bit's update one LUT after ``load``
         ctl_layout = data.StructLayout({"kind": 4, "first": 1, "last": 1})
@@ -180,7 +184,7 @@ class SoftScore(wiring.Component):
         r_ptr = Signal(range(self.in_depth))
         h_slot = Signal(range(self.in_depth))
         level = Signal(range(self.in_depth + 1))
-        take_d = Signal()
+        take_d, w_d = Signal(), Signal()
         stored = Signal(self.in_depth)
         rdy = Signal(init=1)
         head = Signal(ctl_layout)
@@ -219,11 +223,12 @@ class SoftScore(wiring.Component):
         with m.Elif(in_take):  # the kind bits are 0 while the head is empty
             m.d.sync += [in_valid.eq(0), head.kind.eq(0)]
         level_next = Signal.like(level)
-        m.d.comb += level_next.eq(level + do_write - take_d)
+        m.d.comb += level_next.eq(level + w_d - take_d)
         m.d.sync += [
+            w_d.eq(do_write),
             take_d.eq(in_take),
             level.eq(level_next),
-            rdy.eq(level_next < self.in_depth),
+            rdy.eq(level_next < self.in_depth - 1),
         ]
         with m.If(do_write & ~load):
             m.d.sync += stored.eq(Cat(1, stored[:-1]))

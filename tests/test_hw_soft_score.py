@@ -59,9 +59,9 @@ def run(
 ):
     """``stall``: probability of ``scores.ready`` low in a cycle; ``idle``: probability of a gap
     of 1 .. 3 cycles before a beat (the input FIFO runs empty in mid-sweep and shows stale
-    entries); ``credit``: offer a beat only while ``in_level < in_depth`` (a producer with no
-    beats in flight), and then expect ``ready`` in the same cycle, as a credit-counting producer
-    does."""
+    entries); ``credit``: offer a beat only while ``in_level < in_depth - 1`` (a producer with
+    no beats in flight: the unit counts an accepted beat a cycle late), and then expect
+    ``ready`` in the same cycle, as a credit-counting producer does."""
     lay = unit.entry_layout
     results, cycles = [], []
 
@@ -87,11 +87,11 @@ def run(
                         await ctx.tick().repeat(rng.randint(1, 3))
                     ctx.set(unit.entries.payload, lay.const(fields))
                     if credit:
-                        while ctx.get(unit.in_level) >= unit.in_depth:
+                        while ctx.get(unit.in_level) >= unit.in_depth - 1:
                             ctx.set(unit.entries.valid, 0)
                             await ctx.tick()
                         ctx.set(unit.entries.valid, 1)
-                        assert ctx.get(unit.entries.ready), "in_level < in_depth but not ready"
+                        assert ctx.get(unit.entries.ready), "in_level < in_depth - 1, not ready"
                         await ctx.tick()
                     else:
                         ctx.set(unit.entries.valid, 1)

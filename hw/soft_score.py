@@ -228,7 +228,15 @@ class SoftScore(wiring.Component):
             w_d.eq(do_write),
             take_d.eq(in_take),
             level.eq(level_next),
-            rdy.eq(level_next < self.in_depth - 1),
+            # level_next < in_depth - 1, with the compares on the level register, so that the
+            # late counts reach ``ready`` through one multiplexer, not the adder and a compare
+            rdy.eq(
+                Mux(
+                    w_d == take_d,
+                    level < self.in_depth - 1,
+                    Mux(w_d, level < self.in_depth - 2, level < self.in_depth),
+                )
+            ),
         ]
         with m.If(do_write & ~load):
             m.d.sync += stored.eq(Cat(1, stored[:-1]))

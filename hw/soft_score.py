@@ -488,6 +488,7 @@ class SoftScore(wiring.Component):
 
         m.d.comb += self.busy.eq(
             in_valid
+            | stored[0]
             | z_busy
             | z_pending
             | acc_d

@@ -159,6 +159,33 @@ def test_input_fifo_depth_and_level_credit(in_depth):
         assert g == reference(pr), f"in_depth {in_depth} problem {i}: {pr}"
 
 
+def test_busy_from_the_cycle_after_a_beat_is_accepted():
+    """``busy`` is high from the cycle after an idle unit accepts a beat (the beat is then in
+    the input buffer, not yet in the head register) until its effect is complete."""
+    unit = SoftScore(q_max=2, s_bits=10, count_bits=4, n_max=6)
+    lay = unit.entry_layout
+
+    async def bench(ctx):
+        ctx.set(unit.n_q, 1)
+        ctx.set(unit.gain, 100)
+        ctx.set(unit.scores.ready, 1)
+        await ctx.tick().repeat(3)
+        assert not ctx.get(unit.busy)
+        fields = dict(sweep=SWEEP_MAX, first=1, last=1, count=1, s=[5, 0])
+        ctx.set(unit.entries.payload, lay.const(fields))
+        ctx.set(unit.entries.valid, 1)
+        await ctx.tick().until(unit.entries.ready)
+        ctx.set(unit.entries.valid, 0)
+        for cycle in range(3):  # buffer, head, MAX register
+            assert ctx.get(unit.busy), f"busy low {cycle} cycles after the beat was accepted"
+            await ctx.tick()
+
+    sim = Simulator(unit)
+    sim.add_clock(1e-6)
+    sim.add_testbench(bench)
+    sim.run()
+
+
 def test_out_of_contract_n_q_does_not_hang():
     rng = random.Random(5)
     unit = SoftScore(q_max=2, s_bits=10, count_bits=4, n_max=6)

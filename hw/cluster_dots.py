@@ -124,8 +124,7 @@ class ClusterDots(wiring.Component):
     Three stages: ``q1`` registers the chunk data and key chunks (cycle ``D``), ``q2`` the
     bypass multiplexer, the products (``k x (S[0:18] - 2^17)`` in DSP blocks, ``k x S[18:]``
     and the key products in LUTs, ``sum(k)``), the first two adder-tree levels of the DSP and key
-    products and the whole lane sums of ``k x S[18:]``'s slices (added in pairs) and of ``sum(k)``
-    (``D + 1``),
+    products and the whole lane sums of ``k x S[18:]``'s slices and of ``sum(k)`` (``D + 1``),
     the accumulate stage
     ``A`` the rest of the trees and the accumulators (``D + 2``): a token whose last chunk is
     presented in cycle ``D`` has ``done`` in ``D + 2`` and its results in ``dot``/``kk``/``kn``
@@ -186,15 +185,11 @@ class ClusterDots(wiring.Component):
             lo = key_sum_terms(q1_kc, q1_s[i], L)
             q2_lo.append(stage(tree_levels(lo, 2), f"q2_lo{i}_"))
             # k x s_hi bit-sliced over the lanes (high_slices): each slice summed over the
-            # lanes here (bk-bit adders, short next to the DSP path), then the weighted slice
-            # terms (high_terms, less its constant) added in pairs: one register per pair
+            # lanes here (bk-bit adders, short next to the DSP path), one register per slice
             slices = high_slices(q1_kc, q1_s[i], L) if wide else []
-            hi = high_terms([tree_sum(t) for t in slices])[:-1] if wide else []
-            q2_hi.append(stage(tree_levels(hi, 1), f"q2_hi{i}_"))
-        # sum(k) over the chunk, shared by the five dot products (see key_sum_terms), whole,
-        # with high_terms' constant 2^(n-1) 2^18 = 2^n 2^17 (n = len(slices)) folded in
-        n_hi = len(Value.cast(q1_s[0][0])) - 18
-        q2_ks = stage([tree_sum(q1_kc) + (1 << n_hi)], "q2_ks") if wide else []
+            q2_hi.append(stage([tree_sum(t) for t in slices], f"q2_hi{i}_"))
+        # sum(k) over the chunk, shared by the five dot products (see key_sum_terms), whole
+        q2_ks = stage([tree_sum(q1_kc)], "q2_ks") if wide else []
         # The key x key products are small (bk x bk): shift-and-add in LUTs, no DSP blocks.
         q2_kk = stage(tree_levels([lut_mul(q1_kc[l], q1_kp[l]) for l in range(L)], 2), "q2_kk")
         q2_kn = stage(tree_levels([lut_square(q1_kc[l]) for l in range(L)], 2), "q2_kn")
@@ -205,11 +200,11 @@ class ClusterDots(wiring.Component):
             k_sum = q2_ks[0]
         with m.If(a_en):
             for i in range(N_SUMS):
-                # DSP sum, slice pairs (high_terms), 2^17 sum(k) (with high_terms' constant) and
-                # the accumulator: one tree (3 adder levels for 24-bit sums, not 6 in a row)
+                # DSP sum, slice sums (high_terms), 2^17 sum(k) and the accumulator: one tree
+                # (4 adder levels for 24-bit sums, not 3 + 2 + 1 in a row)
                 terms = [Mux(a_first, 0, self.dot[i]), *q2_lo[i]]
                 if wide:
-                    terms += [t << 18 for t in q2_hi[i]] + [k_sum << 17]
+                    terms += [t << 18 for t in high_terms(q2_hi[i])] + [k_sum << 17]
                 m.d.sync += self.dot[i].eq(tree_sum(terms))
             m.d.sync += [
                 self.kk.eq(Mux(a_first, 0, self.kk) + tree_sum(q2_kk)),

@@ -23,8 +23,8 @@ def key_sum_terms(k, s, lanes: int) -> list:
     so ``k s = k (s_lo - 2^17) + 2^18 k s_hi + 2^17 k``: the products returned are
     ``k (s_lo - 2^17)``; ``k s_hi`` is summed over the lanes bit-sliced in LUTs
     (:func:`high_slices`, :func:`high_sum`), and ``2^17 sum(k)``, the same for every sum, is
-    added once (:func:`key_sum`).  Written as one product per lane, a synthesis tool spends two
-    DSP blocks on every ``bk x (bk + count_bits)`` product."""
+    added once (in the accumulate stage's adder tree).  Written as one product per lane, a
+    synthesis tool spends two DSP blocks on every ``bk x (bk + count_bits)`` product."""
     if len(Value.cast(s[0])) <= 18:
         return [k[l] * s[l] for l in range(lanes)]
     return [k[l] * offset_low(s[l]) for l in range(lanes)]
@@ -39,10 +39,18 @@ def high_slices(k, s, lanes: int) -> list[list]:
     return [[Mux(Value.cast(s[l])[18 + j], k[l], 0) for l in range(lanes)] for j in range(n)]
 
 
+def high_terms(slice_sums: list) -> list:
+    """``sum_j w_j 2^j slice_sums[j]`` (``w_j = -1`` for the top (sign) bit, else 1) as a list of
+    terms to add, with no negation: ``-t = ~t + 1``, so the top slice is ``~t`` and the ``+1``
+    a constant term ``2^(n-1)``."""
+    n = len(slice_sums)
+    terms = [t << j for j, t in enumerate(slice_sums[:-1])]
+    return [*terms, (~slice_sums[-1]) << (n - 1), Const(1 << (n - 1))]
+
+
 def high_sum(slice_sums: list) -> Value:
     """``sum_j w_j 2^j slice_sums[j]``, ``w_j = -1`` for the top (sign) bit, else 1."""
-    n = len(slice_sums)
-    return tree_sum([(-t if j == n - 1 else t) << j for j, t in enumerate(slice_sums)])
+    return tree_sum(high_terms(slice_sums))
 
 
 def offset_low(s) -> Value:
@@ -60,12 +68,6 @@ def lut_square(k) -> Value:
     n = len(x)
     rows = [Mux(x[i], Cat(Const(1, 2), x[i + 1 :]) << (2 * i), 0) for i in range(n)]
     return tree_sum(rows)
-
-
-def key_sum(lo_sum, hi_sum, k_sum) -> Value:
-    """The dot product from the sum of :func:`key_sum_terms`' products, :func:`high_sum` and
-    ``sum(k)``."""
-    return lo_sum + (hi_sum << 18) + (k_sum << 17)
 
 
 def tree_levels(terms: list, levels: int) -> list:
@@ -121,7 +123,8 @@ class ClusterDots(wiring.Component):
     ------
     Three stages: ``q1`` registers the chunk data and key chunks (cycle ``D``), ``q2`` the
     bypass multiplexer, the products (``k x (S[0:18] - 2^17)`` in DSP blocks, ``k x S[18:]``
-    and the key products in LUTs, ``sum(k)``) and the first two adder-tree levels (``D + 1``),
+    and the key products in LUTs, ``sum(k)``), the first two adder-tree levels of the DSP and key
+    products and the whole lane sums of ``k x S[18:]``'s slices and of ``sum(k)`` (``D + 1``),
     the accumulate stage
     ``A`` the rest of the trees and the accumulators (``D + 2``): a token whose last chunk is
     presented in cycle ``D`` has ``done`` in ``D + 2`` and its results in ``dot``/``kk``/``kn``
@@ -175,17 +178,18 @@ class ClusterDots(wiring.Component):
         q1_fwd = stage([self.fwd[l] for l in range(L)], "q1_fwd")
         q1_s = [[Mux(q1_hit[i], q1_fwd[l], q1_raw[i][l]) for l in range(L)] for i in range(N_SUMS)]
         q1_ctl = stage([self.en, self.first, self.last, self.tag], "q1_ctl")
-        # q2: products and two tree levels
+        # q2: products and two tree levels (the bk-bit slice and sum(k) trees whole)
         wide = len(Value.cast(q1_s[0][0])) > 18
         q2_lo, q2_hi = [], []
         for i in range(N_SUMS):
             lo = key_sum_terms(q1_kc, q1_s[i], L)
             q2_lo.append(stage(tree_levels(lo, 2), f"q2_lo{i}_"))
-            # k x s_hi bit-sliced over the lanes (high_slices): two tree levels per slice
+            # k x s_hi bit-sliced over the lanes (high_slices): each slice summed over the
+            # lanes here (bk-bit adders, short next to the DSP path), one register per slice
             slices = high_slices(q1_kc, q1_s[i], L) if wide else []
-            q2_hi.append([stage(tree_levels(t, 2), f"q2_hi{i}_{j}_") for j, t in enumerate(slices)])
-        # sum(k) over the chunk, shared by the five dot products (see key_sum_terms)
-        q2_ks = stage(tree_levels(q1_kc, 2), "q2_ks") if wide else []
+            q2_hi.append(stage([tree_sum(t) for t in slices], f"q2_hi{i}_"))
+        # sum(k) over the chunk, shared by the five dot products (see key_sum_terms), whole
+        q2_ks = stage([tree_sum(q1_kc)], "q2_ks") if wide else []
         # The key x key products are small (bk x bk): shift-and-add in LUTs, no DSP blocks.
         q2_kk = stage(tree_levels([lut_mul(q1_kc[l], q1_kp[l]) for l in range(L)], 2), "q2_kk")
         q2_kn = stage(tree_levels([lut_square(q1_kc[l]) for l in range(L)], 2), "q2_kn")
@@ -193,15 +197,15 @@ class ClusterDots(wiring.Component):
         # A: the rest of the trees, accumulate
         m.d.comb += [self.done.eq(a_en & a_last), self.done_tag.eq(a_tag)]
         if wide:
-            k_sum = Signal.like(tree_sum(q2_ks), name="a_ksum")
-            m.d.comb += k_sum.eq(tree_sum(q2_ks))
+            k_sum = q2_ks[0]
         with m.If(a_en):
             for i in range(N_SUMS):
-                part = tree_sum(q2_lo[i])
+                # DSP sum, slice sums (high_terms), 2^17 sum(k) and the accumulator: one tree
+                # (4 adder levels for 24-bit sums, not 3 + 2 + 1 in a row)
+                terms = [Mux(a_first, 0, self.dot[i]), *q2_lo[i]]
                 if wide:
-                    hi_sum = high_sum([tree_sum(t) for t in q2_hi[i]])
-                    part = key_sum(part, hi_sum, k_sum)
-                m.d.sync += self.dot[i].eq(Mux(a_first, 0, self.dot[i]) + part)
+                    terms += [t << 18 for t in high_terms(q2_hi[i])] + [k_sum << 17]
+                m.d.sync += self.dot[i].eq(tree_sum(terms))
             m.d.sync += [
                 self.kk.eq(Mux(a_first, 0, self.kk) + tree_sum(q2_kk)),
                 self.kn.eq(Mux(a_first, 0, self.kn) + tree_sum(q2_kn)),

@@ -97,7 +97,7 @@ class SoftScore(wiring.Component):
     """
 
     #: the fixed part of a retrieval's cycles: the SUM sweep's drain into ``S_c``, the SCORE
-    #: sweep's drain into the output FIFO, and the input and output FIFOs
+    #: sweep's drain into the output FIFO, the input buffer's head register and the output FIFO
     FIXED_CYCLES = 29
     #: cycles per query of the ``Z_c`` sequencer
     Z_CYCLES = 9
@@ -242,7 +242,6 @@ class SoftScore(wiring.Component):
             m.d.sync += stored.eq(Cat(1, stored[:-1]))
         with m.Elif(load & ~do_write):
             m.d.sync += stored.eq(stored[1:])
-        r_held = head
         beat = Signal(self.entry_layout)  # the head beat: control from the head, data from RAM
         m.d.comb += [
             beat.first.eq(head.first),
@@ -271,9 +270,9 @@ class SoftScore(wiring.Component):
         used = Signal(range(OUT_DEPTH + 1))
         acc_d = Signal()
         credit = Signal(init=1)
-        is_max = r_held.kind[SWEEP_MAX]
-        is_sum = r_held.kind[SWEEP_SUM]
-        is_score = r_held.kind[SWEEP_SCORE]
+        is_max = head.kind[SWEEP_MAX]
+        is_sum = head.kind[SWEEP_SUM]
+        is_score = head.kind[SWEEP_SCORE]
         # The issue decision from registers, few of them: the head's kind bits (0 while it is
         # empty), ``sgate`` (no Z pending and no MAX beat in its compare register; registered
         # from their next values), ``credit`` and ``c_last`` (``c`` is the last query).
@@ -319,7 +318,7 @@ class SoftScore(wiring.Component):
                 m.d.sync += c.eq(0)
             with m.Else():
                 m.d.sync += c.eq(c + 1)
-        with m.If(r_held.kind[3]):  # not a sweep: consume, no effect
+        with m.If(head.kind[3]):  # not a sweep: consume, no effect
             m.d.comb += in_take.eq(1)
 
         # ---- the (entry, query) pipeline ----

@@ -129,18 +129,19 @@ def test_plane_store_timing(seed):
     run_sim(dut, bench)
 
 
+def topk_contents(ctx, dut, fields=("key", "index")):
+    """The valid entries of a TopK / TopKPipe, top first, as tuples of ``fields``."""
+    entries = (ctx.get(dut.entries[i]) for i in range(dut.k))
+    return [tuple(getattr(e, f) for f in fields) for e in entries if e.valid]
+
+
 @pytest.mark.parametrize("k", [1, 4, 7])
 def test_topk_against_stable_sort(seed, k):
     rng = random.Random(seed)
     dut = TopK(k, signed(6), 5)
 
     def contents(ctx):
-        out = []
-        for i in range(k):
-            e = ctx.get(dut.entries[i])
-            if e.valid:
-                out.append((e.key, e.index))
-        return out
+        return topk_contents(ctx, dut)
 
     async def bench(ctx):
         for _ in range(30):
@@ -177,12 +178,7 @@ def test_topk_pipe_against_stable_sort(seed, k):
     dut = TopKPipe(k, signed(6), 5, unsigned(4))
 
     def contents(ctx):
-        out = []
-        for i in range(k):
-            e = ctx.get(dut.entries[i])
-            if e.valid:
-                out.append((e.key, e.index, e.payload))
-        return out
+        return topk_contents(ctx, dut, ("key", "index", "payload"))
 
     async def bench(ctx):
         for trial in range(40):

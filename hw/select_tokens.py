@@ -723,18 +723,31 @@ class SelectTokensCore(wiring.Component):
         # the ranking's controls from registers, not from the state decode (fan-out ~800):
         # do_clear is 1 exactly in SETUP / SCORE_SETUP, in_thresh in THRESH, in_out in OUT
         do_clear, in_thresh, in_out = Signal(), Signal(), Signal()
+        in_trailer = Signal()  # exactly in TRAILER
         # OUT: the record's valid is a register, rec_ok = in_out & head.valid & ~met, kept from
-        # the next values (a pop moves entries[1] to the head and sets met from the subtract
-        # below), so that ``ready`` reaches the ranking's ~800 enables through one LUT.  It is
-        # 0 in the first cycle of an output round (one cycle per round).
+        # the next values (a pop moves entries[1] to the head), so that ``ready`` reaches the
+        # ranking's ~800 enables through one LUT; it is 0 in the first cycle of an output round
+        # (one cycle per round).  The head's compare with the budget left (``lg``: count <
+        # left, the budget not met by this record) and the difference are registers kept for
+        # the head of the next cycle: after a pop, entries[1] against the difference (the
+        # popped record's ``left - count``, what ``left`` becomes), else the head against
+        # ``left``.  So a pop's ``met``, ``left``, the record's ``take`` and the next ``rec_ok``
+        # are register -> LUT -> register, and a count's carry chain ends in ``lg`` / ``diff``
+        # (small fan-out, placed by the chain), never in the ranking's controls.
         rec_ok = Signal()
-        out_diff = Signal(signed(len(left) + 1))  # left - take of the head, negative: cut
-        m.d.comb += out_diff.eq(left - head.payload)
+        lg = Signal()  # the head's count < left
+        diff = Signal(len(left))  # left - the head's count (used only when lg)
         pop = rec_ok & self.result.ready
-        next_valid = topk.entries[1].valid if cfg.k_cap > 1 else 0
-        left_gt = Signal()  # left > the head's count: the budget is not met by this record
-        m.d.comb += left_gt.eq(_lt(head.payload, left))
-        m.d.sync += rec_ok.eq(in_out & Mux(pop, next_valid & left_gt, head.valid & ~met))
+        if cfg.k_cap > 1:
+            nxt = topk.entries[1]
+            next_valid, next_lg, next_diff = nxt.valid, _lt(nxt.payload, diff), diff - nxt.payload
+        else:
+            next_valid, next_lg, next_diff = 0, 0, 0
+        m.d.sync += [
+            lg.eq(Mux(pop, next_lg, _lt(head.payload, left))),
+            diff.eq(Mux(pop, next_diff, left - head.payload)),
+            rec_ok.eq(in_out & Mux(pop, next_valid & lg, head.valid & ~met)),
+        ]
         m.d.sync += do_clear.eq(0)
         m.d.comb += [
             topk.clear.eq(do_clear),
@@ -802,6 +815,7 @@ class SelectTokensCore(wiring.Component):
             with m.State("INIT"):  # Qpos_c, Qneg_c for c = 0 .. n_q-1 on the dot pipeline
                 m.d.sync += cycles.eq(cycles + 1)
                 with m.If(skip_all):  # an error or nothing to select: the trailer only
+                    m.d.sync += in_trailer.eq(1)
                     m.next = "TRAILER"
                 with m.Else():
                     m.d.comb += in_init.eq(1)
@@ -933,22 +947,14 @@ class SelectTokensCore(wiring.Component):
                     m.next = "OUT"
 
             with m.State("OUT"):
-                rec = self.result.payload
                 want = Signal()
-                diff = out_diff
-                m.d.comb += [
-                    want.eq(head.valid & ~met),
-                    self.result.valid.eq(rec_ok),
-                    rec.kind.eq(Kind.RECORD),
-                    rec.id.eq(head.index),
-                    rec.take.eq(Mux(diff < 0, left, head.payload)),
-                ]
+                m.d.comb += want.eq(head.valid & ~met)
                 with m.If(~rec_ok | self.result.ready):
                     m.d.sync += cycles.eq(cycles + 1)
                 with m.If(pop):
                     m.d.sync += [
-                        left.eq(Mux(diff < 0, 0, diff)),
-                        met.eq(~left_gt),
+                        left.eq(Mux(lg, diff, 0)),
+                        met.eq(~lg),
                         last_valid.eq(1),
                         last_key.eq(head.key),
                         last_id.eq(head.index),
@@ -959,22 +965,28 @@ class SelectTokensCore(wiring.Component):
                         m.d.sync += do_clear.eq(1)
                         m.next = "SCORE_SETUP"
                     with m.Else():
+                        m.d.sync += in_trailer.eq(1)
                         m.next = "TRAILER"
 
-            with m.State("TRAILER"):
-                rec = self.result.payload
-                m.d.comb += [
-                    self.result.valid.eq(1),
-                    rec.kind.eq(Kind.TRAILER),
-                    rec.planes_read.eq(planes_read),
-                    rec.cycles.eq(cycles),
-                    rec.error.eq(err),
-                ]
-                with m.If(self.result.ready):
-                    m.d.sync += idle.eq(1)
-                    m.next = "IDLE"
+            with m.State("TRAILER"), m.If(self.result.ready):
+                m.d.sync += [idle.eq(1), in_trailer.eq(0)]
+                m.next = "IDLE"
 
-        m.d.comb += [self.query.ready.eq(idle), self.busy.eq(~idle)]
+        # the result beat from registers of its own (in_out, in_trailer: exactly the OUT and
+        # TRAILER states), not from a decode of the state register that the next-state logic
+        # would share
+        rec = self.result.payload
+        m.d.comb += [
+            self.result.valid.eq(rec_ok | in_trailer),
+            rec.kind.eq(Mux(in_trailer, Kind.TRAILER, Kind.RECORD)),
+            rec.id.eq(Mux(in_out, head.index, 0)),
+            rec.take.eq(Mux(in_out, Mux(lg, head.payload, left), 0)),
+            rec.planes_read.eq(Mux(in_trailer, planes_read, 0)),
+            rec.cycles.eq(Mux(in_trailer, cycles, 0)),
+            rec.error.eq(Mux(in_trailer, err, 0)),
+            self.query.ready.eq(idle),
+            self.busy.eq(~idle),
+        ]
         return m
 
 

@@ -768,21 +768,28 @@ class SelectTokensCore(wiring.Component):
                     rqn[k].eq((rqn[k] - q_neg[k]) >> 1),
                 ]
 
+        pl = self.query.payload
+        checks = Signal(TOKEN_ERROR_LAYOUT)
+        m.d.comb += [
+            checks.n_zero.eq(pl.n == 0),
+            checks.n_over.eq(pl.n > n_max),
+            checks.q_zero.eq(pl.n_q == 0),
+            checks.q_over.eq(pl.n_q > qm),
+            checks.gain_zero.eq(pl.soft & (pl.gain == 0)),
+        ]
+        # the checks reach err / skip_all in every idle cycle (the last is the handshake's),
+        # through no decode of the state register: err is read in the trailer only, skip_all in
+        # INIT only
+        empty = (pl.budget == 0) & (~pl.no_exit | pl.soft)  # nothing to select
+        with m.If(idle):
+            m.d.sync += [err.eq(checks), skip_all.eq(checks.as_value().any() | empty)]
+
         with m.FSM():
             with m.State("IDLE"):
                 pl = self.query.payload
-                checks = Signal(TOKEN_ERROR_LAYOUT)
-                m.d.comb += [
-                    checks.n_zero.eq(pl.n == 0),
-                    checks.n_over.eq(pl.n > n_max),
-                    checks.q_zero.eq(pl.n_q == 0),
-                    checks.q_over.eq(pl.n_q > qm),
-                    checks.gain_zero.eq(pl.soft & (pl.gain == 0)),
-                ]
                 with m.If(self.query.valid):
                     m.d.sync += [
                         idle.eq(0),
-                        err.eq(checks),
                         cycles.eq(1),
                         planes_read.eq(0),
                         p.eq(bk - 1),
@@ -806,10 +813,6 @@ class SelectTokensCore(wiring.Component):
                         soft_rank.eq(0),
                         wpos.eq(0),
                     ]
-                    empty = (pl.budget == 0) & (~pl.no_exit | pl.soft)  # nothing to select
-                    # decided in INIT's first cycle from a register: the payload's checks reach
-                    # a flop, not the state register
-                    m.d.sync += skip_all.eq(checks.as_value().any() | empty)
                     m.next = "INIT"
 
             with m.State("INIT"):  # Qpos_c, Qneg_c for c = 0 .. n_q-1 on the dot pipeline

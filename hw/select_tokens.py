@@ -448,7 +448,7 @@ class SelectTokensCore(wiring.Component):
         qc = Signal(qrange)
         g = Signal(grange)
         init_neg = Signal()
-        in_init = Signal()
+        in_init = Signal()  # a register: exactly INIT without skip_all (issues the init sweep)
         last_g, last_c, issue = Signal(), Signal(), Signal()
         fin = Signal()  # registered: (g, qc) is the last micro-op of an entry
         fin0 = Signal()  # fin at (0, 0): one micro-op per entry
@@ -781,8 +781,10 @@ class SelectTokensCore(wiring.Component):
         # through no decode of the state register: err is read in the trailer only, skip_all in
         # INIT only
         empty = (pl.budget == 0) & (~pl.no_exit | pl.soft)  # nothing to select
+        skip_next = Signal()
+        m.d.comb += skip_next.eq(checks.as_value().any() | empty)
         with m.If(idle):
-            m.d.sync += [err.eq(checks), skip_all.eq(checks.as_value().any() | empty)]
+            m.d.sync += [err.eq(checks), skip_all.eq(skip_next)]
 
         with m.FSM():
             with m.State("IDLE"):
@@ -813,6 +815,7 @@ class SelectTokensCore(wiring.Component):
                         soft_rank.eq(0),
                         wpos.eq(0),
                     ]
+                    m.d.sync += in_init.eq(~skip_next)
                     m.next = "INIT"
 
             with m.State("INIT"):  # Qpos_c, Qneg_c for c = 0 .. n_q-1 on the dot pipeline
@@ -820,12 +823,11 @@ class SelectTokensCore(wiring.Component):
                 with m.If(skip_all):  # an error or nothing to select: the trailer only
                     m.d.sync += in_trailer.eq(1)
                     m.next = "TRAILER"
-                with m.Else():
-                    m.d.comb += in_init.eq(1)
-                    with m.If(fin):
-                        m.d.sync += init_neg.eq(1)
-                        with m.If(init_neg):
-                            m.next = "INIT_WAIT"
+                with m.Elif(fin):
+                    m.d.sync += init_neg.eq(1)
+                    with m.If(init_neg):
+                        m.d.sync += in_init.eq(0)
+                        m.next = "INIT_WAIT"
 
             with m.State("INIT_WAIT"):
                 m.d.sync += cycles.eq(cycles + 1)

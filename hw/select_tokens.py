@@ -673,26 +673,31 @@ class SelectTokensCore(wiring.Component):
         # (the issue of t-2, reaching ``feed_inflight`` through ``feed_issued``, and the write
         # of t-2, reaching ``in_level`` through the unit's own late count): X(t-1) <= S + 2
         # <= DEPTH - 3 with S < DEPTH - 4, and with the issues of t-1 and t, X <= DEPTH - 1.
-        # The two sides meet only in registers: ``ci.valid`` into the unit's write, its level
+        # The beat is a register of its own (``fb``), loaded with the issue stage ``ci`` from
+        # the same input, so the unit's write and occupancy logic start from flops placed by
+        # the unit, not from ``ci`` (placed by the issue stage, far across the die); no cycle is
+        # added.  The two sides meet only in registers: ``fb`` into the unit's write, its level
         # into the credit.
-        feed_push = Signal()
-        beat = soft.entries.payload
-        m.d.comb += [
-            feed_push.eq(ci.valid & soft_feed),
-            soft.entries.valid.eq(feed_push),
-            beat.sweep.eq(kind),
-            beat.first.eq(fcount == 0),
-            beat.last.eq(fcount == n_m1),
-            beat.count.eq(ci.count),
-            beat.s.eq(ci.part),
-        ]
+        fb_valid = Signal()
+        fb = Signal.like(soft.entries.payload, reset_less=True)
+        nxt_valid = Mux(adv_ci, stage.valid, ci.valid)  # ci.valid of the next cycle
+        m.d.sync += fb_valid.eq(nxt_valid & soft_feed)
+        with m.If(adv_ci):
+            m.d.sync += [
+                fb.sweep.eq(kind),
+                fb.first.eq(fcount == 0),
+                fb.last.eq(fcount == n_m1),
+                fb.count.eq(stage.count),
+                fb.s.eq(stage.part),
+            ]
+            with m.If(stage.valid & soft_feed):
+                m.d.sync += fcount.eq(fcount + 1)
+        m.d.comb += [soft.entries.valid.eq(fb_valid), soft.entries.payload.eq(fb)]
         m.d.sync += [
             feed_issued.eq(a0_valid & adv & soft_feed),
-            feed_inflight.eq(feed_inflight + feed_issued - feed_push),
+            feed_inflight.eq(feed_inflight + feed_issued - fb_valid),
             feed_credit.eq(feed_inflight + soft.in_level < SOFT_FEED_DEPTH - 4),
         ]
-        with m.If(feed_push):
-            m.d.sync += fcount.eq(fcount + 1)
         # the scores, in alive-list order, into the score memory
         m.d.comb += [
             soft.scores.ready.eq(1),

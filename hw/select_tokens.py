@@ -313,6 +313,9 @@ class SelectTokensCore(wiring.Component):
         adv_a5 = adv_copy("adv_a5")
         e = Signal(range(n_max + 1))
         e_left = Signal(range(n_max + 1))  # n_cur - e
+        # e_left == 0, a register kept from the next value (an OR over e_left in front of
+        # A0's valid and the sweep's end reached the FSM through four LUTs)
+        e_zero = Signal(init=1)
         a0_valid = Signal()
         a1_valid, a1_e = Signal(), Signal(ib)
         # memory read data registers have no reset (ECP5: block RAM output registers)
@@ -325,7 +328,7 @@ class SelectTokensCore(wiring.Component):
         a5 = Signal(look)
         use_e = Signal()
         m.d.comb += [
-            a0_valid.eq(sweep & e_left.any() & (~soft_feed | feed_credit)),
+            a0_valid.eq(sweep & ~e_zero & (~soft_feed | feed_credit)),
             use_e.eq(first & ~score_mode),
             list_rd.addr.eq(Cat(e[:ib], bank)),
             list_rd.en.eq(adv),
@@ -361,7 +364,7 @@ class SelectTokensCore(wiring.Component):
                 score4.eq(sc_rd.data),
             ]
             with m.If(a0_valid):
-                m.d.sync += [e.eq(e + 1), e_left.eq(e_left - 1)]
+                m.d.sync += [e.eq(e + 1), e_left.eq(e_left - 1), e_zero.eq(e_left == 1)]
         with m.If(adv_a5):
             m.d.sync += [
                 a5.valid.eq(a4_valid),
@@ -714,7 +717,6 @@ class SelectTokensCore(wiring.Component):
         m.d.sync += ci_valid_d.eq(Cat(ci.valid, ci_valid_d[0]))
         busy_bits = [
             ci_valid_d.any(),
-            a0_valid,
             a1_valid,
             a1r_valid,
             a2_valid,
@@ -724,7 +726,7 @@ class SelectTokensCore(wiring.Component):
             w_valid,
         ]
         busy_bits += [a5.valid, topk.busy] + [x.valid for x in dm + tree_stages]
-        drained = Signal()
+        drained = Signal()  # the look-ahead and the pipeline empty (A0: see e_zero in the states)
         m.d.comb += drained.eq(~Cat(*busy_bits).any())
         head = topk.entries[0]
         # the ranking's controls from registers, not from the state decode (fan-out ~800):
@@ -851,7 +853,7 @@ class SelectTokensCore(wiring.Component):
 
             with m.State("SETUP"):  # start of the pass over plane p
                 m.d.sync += cycles.eq(cycles + 1)
-                m.d.sync += [e.eq(0), e_left.eq(n_cur), n_next.eq(0)]
+                m.d.sync += [e.eq(0), e_left.eq(n_cur), e_zero.eq(n_cur == 0), n_next.eq(0)]
                 m.d.sync += [x.eq(vmin) for x in (*ml_new, *mu_new)]  # running maxima
                 for k in range(qm):
                     m.d.sync += addend[k].eq(rqp_prev[k] - ml[k])
@@ -862,7 +864,7 @@ class SelectTokensCore(wiring.Component):
 
             with m.State("PASS"):
                 m.d.sync += cycles.eq(cycles + 1)
-                with m.If(drained):
+                with m.If(drained & e_zero):
                     m.d.sync += [sweep.eq(0), next_pass.eq(p != 0)]
                     m.next = "PASS_END"
 
@@ -919,6 +921,7 @@ class SelectTokensCore(wiring.Component):
                 m.d.sync += [
                     e.eq(0),
                     e_left.eq(n_cur),
+                    e_zero.eq(n_cur == 0),
                     fcount.eq(0),
                     n_m1.eq(n_cur - 1),
                     score_mode.eq(1),
@@ -929,7 +932,7 @@ class SelectTokensCore(wiring.Component):
 
             with m.State("SOFT_SWEEP"):  # until the sweep's last beat is in the unit
                 m.d.sync += cycles.eq(cycles + 1)
-                with m.If(drained & ~e_left.any()):
+                with m.If(drained & e_zero):
                     m.d.sync += sweep.eq(0)
                     with m.If(kind == SWEEP_SCORE):
                         m.next = "SOFT_WAIT"
@@ -945,7 +948,7 @@ class SelectTokensCore(wiring.Component):
 
             with m.State("SCORE_SETUP"):
                 m.d.sync += cycles.eq(cycles + 1)
-                m.d.sync += [e.eq(0), e_left.eq(n_cur), score_mode.eq(1)]
+                m.d.sync += [e.eq(0), e_left.eq(n_cur), e_zero.eq(n_cur == 0), score_mode.eq(1)]
                 for k in range(qm):
                     m.d.sync += addend[k].eq(-Mux(raw, 0, mu_new[k]))
                 m.d.sync += sweep.eq(1)
@@ -953,7 +956,7 @@ class SelectTokensCore(wiring.Component):
 
             with m.State("SCORE"):  # rank the survivors' exact scores
                 m.d.sync += cycles.eq(cycles + 1)
-                with m.If(drained):
+                with m.If(drained & e_zero):
                     m.d.sync += sweep.eq(0)
                     m.d.sync += in_out.eq(1)
                     m.next = "OUT"

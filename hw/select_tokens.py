@@ -62,19 +62,19 @@ def dot_stages() -> int:
 def cycle_formula(cfg: DREConfig, n: int, n_q: int, *, soft: bool = False) -> int:
     """Cycles of a retrieval without early exit, every one of the ``n`` entries live and the
     budget taking all of them (``tests/test_hw_tokens.py`` pins it; docs/select.md derives it):
-    ``9 + 2*Q*g + bk*(N*Q*g + LA + 16) + R*(N + LA + 6) + N`` with ``LA`` the look-ahead depth
+    ``10 + 2*Q*g + bk*(N*Q*g + LA + 17) + R*(N + LA + 7) + N`` with ``LA`` the look-ahead depth
     (:func:`lookahead_stages`) and ``R = ceil(N / k_cap)`` output rounds.  ``soft``: the soft
-    score adds its three sweeps, ``N*(1 + 2*Q) + Z*Q + F + 2*LA + 5`` (``Z``, ``F``:
-    :class:`SoftScore`'s ``Z_CYCLES`` and ``FIXED_CYCLES``; ``2*LA + 5``: two sweep changes that
+    score adds its three sweeps, ``N*(1 + 2*Q) + Z*Q + F + 2*LA + 6`` (``Z``, ``F``:
+    :class:`SoftScore`'s ``Z_CYCLES`` and ``FIXED_CYCLES``; ``2*LA + 6``: two sweep changes that
     wait for the look-ahead to drain and the set-up cycles); with ``soft`` and ``n_q = 1`` on
     more than 12 entries the unit may wait 1 or 2 cycles more for the feed's credit loop
     (docs/select.md, "The soft score in the selector"))."""
     g, la = cfg.groups, lookahead_stages(cfg)
     rounds = -(-n // cfg.k_cap)
-    total = 9 + 2 * n_q * g + cfg.bk * (n * n_q * g + la + 16) + rounds * (n + la + 6) + n
+    total = 10 + 2 * n_q * g + cfg.bk * (n * n_q * g + la + 17) + rounds * (n + la + 7) + n
     if soft:
         z, f = SoftScore.Z_CYCLES, SoftScore.FIXED_CYCLES
-        total += n * (1 + 2 * n_q) + z * n_q + f + 2 * la + 5
+        total += n * (1 + 2 * n_q) + z * n_q + f + 2 * la + 6
     return total
 
 
@@ -728,6 +728,13 @@ class SelectTokensCore(wiring.Component):
         busy_bits += [a5.valid, topk.busy] + [x.valid for x in dm + tree_stages]
         drained = Signal()  # the look-ahead and the pipeline empty (A0: see e_zero in the states)
         m.d.comb += drained.eq(~Cat(*busy_bits).any())
+        # what the FSM waits on, registered: empty in the cycle before, and neither A0 nor the
+        # init sweep put anything in then, so empty now (nothing else fills the pipeline).  One
+        # cycle per wait (INIT_WAIT, each pass, each soft sweep, each output round's score
+        # sweep), so that the NOR over valid bits spread along the pipeline reaches one flop,
+        # not the FSM's next-state logic
+        drained_r = Signal()
+        m.d.sync += drained_r.eq(drained & ~(a0_valid & adv) & ~in_init)
         head = topk.entries[0]
         # the ranking's controls from registers, not from the state decode (fan-out ~800):
         # do_clear is 1 exactly in SETUP / SCORE_SETUP, in_thresh in THRESH, in_out in OUT
@@ -840,7 +847,7 @@ class SelectTokensCore(wiring.Component):
 
             with m.State("INIT_WAIT"):
                 m.d.sync += cycles.eq(cycles + 1)
-                with m.If(drained):
+                with m.If(drained_r):
                     m.next = "PREP"
 
             with m.State("PREP"):  # (2^(bk-1) - 1) * Qpos_c, Qneg_c: U, L of the first pass
@@ -864,7 +871,7 @@ class SelectTokensCore(wiring.Component):
 
             with m.State("PASS"):
                 m.d.sync += cycles.eq(cycles + 1)
-                with m.If(drained & e_zero):
+                with m.If(drained_r & e_zero):
                     m.d.sync += [sweep.eq(0), next_pass.eq(p != 0)]
                     m.next = "PASS_END"
 
@@ -932,7 +939,7 @@ class SelectTokensCore(wiring.Component):
 
             with m.State("SOFT_SWEEP"):  # until the sweep's last beat is in the unit
                 m.d.sync += cycles.eq(cycles + 1)
-                with m.If(drained & e_zero):
+                with m.If(drained_r & e_zero):
                     m.d.sync += sweep.eq(0)
                     with m.If(kind == SWEEP_SCORE):
                         m.next = "SOFT_WAIT"
@@ -956,7 +963,7 @@ class SelectTokensCore(wiring.Component):
 
             with m.State("SCORE"):  # rank the survivors' exact scores
                 m.d.sync += cycles.eq(cycles + 1)
-                with m.If(drained & e_zero):
+                with m.If(drained_r & e_zero):
                     m.d.sync += sweep.eq(0)
                     m.d.sync += in_out.eq(1)
                     m.next = "OUT"

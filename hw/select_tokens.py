@@ -802,6 +802,12 @@ class SelectTokensCore(wiring.Component):
         with m.If(idle):
             m.d.sync += [err.eq(checks), skip_all.eq(skip_next)]
 
+        # PASS_END's two choices, registered every cycle (the query register is held, and
+        # n_next is final in the cycle before PASS_END): local flops instead of the query
+        # register's, placed by the dot pipeline
+        soft_go, no_walk = Signal(), Signal()
+        m.d.sync += [soft_go.eq(qy.soft & n_next.any()), no_walk.eq(qy.no_exit | qy.soft)]
+
         with m.FSM():
             with m.State("IDLE"):
                 pl = self.query.payload
@@ -880,7 +886,7 @@ class SelectTokensCore(wiring.Component):
                 m.d.sync += [bank.eq(~bank), n_cur.eq(n_next), e.eq(0)]
                 with m.If(p == 0):
                     m.d.sync += do_clear.eq(1)
-                    with m.If(qy.soft & n_next.any()):
+                    with m.If(soft_go):
                         m.d.sync += kind.eq(SWEEP_MAX)
                         m.next = "SOFT_SETUP"
                     with m.Else():
@@ -894,7 +900,7 @@ class SelectTokensCore(wiring.Component):
                         tphase.eq(0),
                     ]
                     # ML, MU', the bounds' constants: below, enabled by ``next_pass``
-                    with m.If(qy.no_exit | qy.soft):  # the soft score has no early exit
+                    with m.If(no_walk):  # the soft score has no early exit
                         m.d.sync += do_clear.eq(1)
                         m.next = "SETUP"
                     with m.Else():

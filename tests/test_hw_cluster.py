@@ -13,7 +13,7 @@ from amaranth.sim import Simulator
 
 from hw.centroid_table import CentroidTable
 from hw.cluster_cosine import LATENCY as COMPARE_LATENCY
-from hw.cluster_cosine import PAIRS, ClusterCompare
+from hw.cluster_cosine import PAIRS, ClusterCompare, normalise_onehot
 from hw.cluster_decide import ClusterDecide
 from hw.cluster_dots import ClusterDots
 from hw.cluster_exact import ExactCompare, exact_cycles, exact_widths
@@ -48,6 +48,30 @@ ALL = [
 def _simulate(dut, bench):
     sim = Simulator(dut)
     sim.add_clock(1e-6)
+    sim.add_testbench(bench)
+    sim.run()
+
+
+# ---- normalise_onehot ----------------------------------------------------------------------------
+@pytest.mark.parametrize("width,mant", [(52, 17), (37, 17), (21, 17), (17, 17), (10, 17), (37, 6)])
+def test_normalise_onehot_against_integers(seed, width, mant):
+    """The screen's normaliser against its definition (``hw.arith.normalise``): for ``v > 0``
+    with ``b = bitlen(v)``, mantissa ``floor(v 2^(M - b))`` and exponent ``b - M``; 0 -> 0, -M."""
+    rng = random.Random(seed)
+    m = Module()
+    v = Signal(width)
+    mant_sig, exp_sig = normalise_onehot(m, v, mant, "n")
+    vals = [0, 1, 2, 3, (1 << width) - 1, 1 << (width - 1)]
+    vals += [rng.getrandbits(rng.randint(1, width)) for _ in range(600)]
+
+    async def bench(ctx):
+        for x in vals:
+            ctx.set(v, x)
+            b = x.bit_length()
+            want = ((x << mant) >> b, b - mant) if x else (0, -mant)
+            assert (ctx.get(mant_sig), ctx.get(exp_sig)) == want, (width, mant, x)
+
+    sim = Simulator(m)
     sim.add_testbench(bench)
     sim.run()
 

@@ -3,11 +3,11 @@ most-similar comparisons, each answered "sure" or sent to the exact unit (``docs
 
 from __future__ import annotations
 
-from amaranth import Cat, Const, Module, Mux, Signal, Value, signed, unsigned
+from amaranth import Module, Mux, Signal, signed, unsigned
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
-from hw.arith import exp_shape, lut_mul
+from hw.arith import exp_shape, lut_mul, normalise
 from model.dre.cluster import ClusterWidths
 from model.dre.config import ConfigError, DREConfig, require_config
 
@@ -16,45 +16,8 @@ from model.dre.config import ConfigError, DREConfig, require_config
 PAIRS = ((1, 0), (2, 0), (2, 1))
 #: Threshold of each candidate (temporal, left, up): 0 ``tau_t``, 1 ``tau_s``.
 TAU_OF = (0, 1, 1)
-#: Cycles from ``dot`` / ``norm`` to the outputs (``tau_*`` and ``key_norm`` one cycle earlier).
+#: Cycles from ``dot`` / ``norm`` / ``key_norm`` to the outputs (``tau_*`` one cycle earlier).
 LATENCY = 3
-
-
-def normalise_onehot(m: Module, v, mant: int, name: str):
-    """:func:`hw.arith.normalise` (the same ``(mantissa, exponent)``, bit for bit) with less
-    logic depth: the leading one as a one-hot vector (``lead[j] = v[j] & ~any(v[j+1:])``, the
-    suffix ORs by recursive doubling), then every mantissa bit and every exponent bit as an
-    AND-OR over the ``width`` positions (no barrel shifter behind the leading-one search): about
-    8 LUT4 levels for a 52-bit value instead of 12 to 13."""
-    v = Value.cast(v)
-    n = len(v)
-    es = exp_shape(n, mant)
-    # suf[j] = any(v[j:]), by recursive doubling (log2(n) levels of 2-input ORs)
-    suf = [v[j] for j in range(n)]
-    step = 1
-    while step < n:
-        suf = [suf[j] | suf[j + step] if j + step < n else suf[j] for j in range(n)]
-        step *= 2
-    lead = Signal(n, name=f"{name}_lead")
-    m.d.comb += lead.eq(Cat(*(v[j] & ~suf[j + 1] if j + 1 < n else v[j] for j in range(n))))
-    mantissa = Signal(mant, name=f"{name}_m")
-    exponent = Signal(es, name=f"{name}_e")
-    # leading one at j (bitlen j + 1): mantissa bit i = v[j + 1 - M + i]; exponent j + 1 - M
-    bits = []
-    for i in range(mant):
-        terms = [lead[j] & v[j + 1 - mant + i] for j in range(n) if 0 <= j + 1 - mant + i <= j]
-        bits.append(_or_all(terms))
-    m.d.comb += mantissa.eq(Cat(*bits))
-    zero = ~suf[0]
-    codes = [(lead[j], Const(j + 1 - mant, es)) for j in range(n)] + [(zero, Const(-mant, es))]
-    m.d.comb += exponent.eq(
-        Cat(*(_or_all([sel for sel, c in codes if c.value >> k & 1]) for k in range(len(exponent))))
-    )
-    return mantissa, exponent
-
-
-def _or_all(terms: list):
-    return Cat(*terms).any() if terms else Const(0, 1)
 
 
 def band_align(m: Module, am, ea, bm, eb, guard: int, name: str) -> dict:
@@ -144,24 +107,24 @@ class ClusterCompare(wiring.Component):
     dot : In(signed) x 3, norm : In(unsigned) x 3
         ``k.S_i`` and ``|S_i|^2`` of the three candidates.
     key_norm : In(unsigned)
-        ``|k|^2``, **one cycle ahead** of ``dot`` and ``norm``.
+        ``|k|^2``.
     tau_t, tau_s : In(unsigned)
-        The thresholds ``T`` (``F = tau_frac_bits`` fraction bits), **one cycle ahead** of
-        ``dot`` and ``norm``.
+        The thresholds ``T`` (``F = tau_frac_bits`` fraction bits), **one cycle ahead** of the
+        other inputs.
     passed, sure : Out(3)
         Per candidate: the test's result, valid where ``sure`` is set.
     more, more_sure : Out(3)
         Per pair of :data:`PAIRS`: ``more_similar(a, b)``, valid where ``more_sure`` is set.
 
-    Timing: free-running, no handshake; the outputs answer the ``dot`` and ``norm`` of
-    :data:`LATENCY` = 3 cycles before and the ``tau_*`` and ``key_norm`` of 4 cycles before.
-    Stage 0 (the cycle before): ``T^2`` (LUT product), normalised; ``|k|^2`` normalised.
-    Stage 1: normalise ``|dot_i|``, ``|S_i|^2``; ``T^2 |k|^2`` once per threshold.  Stage 2:
-    ``(k.S_i)^2`` and ``T^2 |k|^2 |S_i|^2`` per candidate.  Stage 3: the cosine band compares
-    (registered), the cross products ``(k.S_a)^2 |S_b|^2`` of the pairs (reusing stage 2's
-    squares), aligned and with their guard sums (registered).  Outputs: ``passed``/``sure`` are
-    registers, ``more``/``more_sure`` one compare of registers.  DSP-sized products
-    (``M x M``): 2 + 3 + 3 + 6 = 14.
+    Timing: free-running, no handshake; the outputs answer the ``dot``, ``norm`` and
+    ``key_norm`` of :data:`LATENCY` = 3 cycles before and the ``tau_*`` of 4 cycles before.
+    Stage 0 (the cycle before): ``T^2`` (LUT product), normalised.  Stage 1: normalise
+    ``|dot_i|``, ``|S_i|^2``, ``|k|^2``; ``T^2 |k|^2`` once per threshold.  Stage 2: ``(k.S_i)^2``
+    and ``T^2 |k|^2 |S_i|^2`` per candidate.  Stage 3: the cosine band compares (registered),
+    the cross products ``(k.S_a)^2 |S_b|^2`` of the pairs (reusing stage 2's squares), aligned
+    and with their guard sums (registered).  Outputs: ``passed``/``sure`` are registers,
+    ``more``/``more_sure`` one compare of registers.  DSP-sized products (``M x M``):
+    2 + 3 + 3 + 6 = 14.
     """
 
     def __init__(self, cfg: DREConfig, mantissa_bits: int = 17):
@@ -201,25 +164,21 @@ class ClusterCompare(wiring.Component):
         for j, tau in enumerate((self.tau_t, self.tau_s)):
             t2 = Signal(unsigned(2 * wd.tau), name=f"t2_{j}")
             m.d.comb += t2.eq(lut_mul(tau, tau))
-            mt, et = normalise_onehot(m, t2, M, f"t2_{j}")
+            mt, et = normalise(m, t2, M, f"t2_{j}")
             r = [reg(M, f"s0_mt{j}"), reg(es, f"s0_et{j}"), reg(1, f"s0_tz{j}")]
             m.d.sync += [r[0].eq(mt), r[1].eq(et), r[2].eq(tau == 0)]
             s0_mt.append(r[0])
             s0_et.append(r[1])
             s0_tz.append(r[2])
 
-        # |k|^2 (one cycle ahead as well), normalised in stage 0
-        mk, ek = normalise_onehot(m, self.key_norm, M, "kn")
-        s0_mk, s0_ek, s0_kz = reg(M, "s0_mk"), reg(es, "s0_ek"), reg(1, "s0_kz")
-        m.d.sync += [s0_mk.eq(mk), s0_ek.eq(ek), s0_kz.eq(self.key_norm == 0)]
-
         # ---- stage 1: normalise; T^2 |k|^2 per threshold ------------------------------------
+        mk, ek = normalise(m, self.key_norm, M, "kn")
         s1_kz = reg(1, "s1_kz")  # |k|^2 == 0
-        m.d.sync += s1_kz.eq(s0_kz)
+        m.d.sync += s1_kz.eq(self.key_norm == 0)
         s1_z, s1_ez, s1_tz = [], [], []
         for j in range(2):
             z, ez, tz = reg(2 * M, f"s1_z{j}"), reg(es, f"s1_ez{j}"), reg(1, f"s1_tz{j}")
-            m.d.sync += [z.eq(s0_mt[j] * s0_mk), ez.eq(s0_et[j] + s0_ek), tz.eq(s0_tz[j])]
+            m.d.sync += [z.eq(s0_mt[j] * mk), ez.eq(s0_et[j] + ek), tz.eq(s0_tz[j])]
             s1_z.append(z)
             s1_ez.append(ez)
             s1_tz.append(tz)
@@ -228,8 +187,8 @@ class ClusterCompare(wiring.Component):
             dot, norm = self.dot[i], self.norm[i]
             mag = Signal(unsigned(wd.dot), name=f"mag{i}")
             m.d.comb += mag.eq(Mux(dot < 0, -dot, dot))
-            ma, ea = normalise_onehot(m, mag, M, f"dot{i}")
-            mn, en = normalise_onehot(m, norm, M, f"norm{i}")
+            ma, ea = normalise(m, mag, M, f"dot{i}")
+            mn, en = normalise(m, norm, M, f"norm{i}")
             r = {
                 "ma": reg(M, f"s1_ma{i}"),
                 "ea": reg(es, f"s1_ea{i}"),

@@ -376,10 +376,9 @@ class ClusterUnit(wiring.Component):
                 dcd.dot[i].eq(r_dot[i]),
                 dcd.norm[i].eq(r_norm[i]),
             ]
-        # The screen takes the registered T1 results (stage 1 in T2), its taus and |k|^2 one
-        # cycle ahead (|k|^2 is the accumulator that T1 registers).
+        # The screen takes the registered T1 results (stage 1 in T2), its taus one cycle ahead.
         m.d.comb += [
-            cmp.key_norm.eq(dots.kn),
+            cmp.key_norm.eq(r_kn),
             cmp.tau_t.eq(pick(b_tau_t, B)),
             cmp.tau_s.eq(pick(b_tau_s, B)),
         ]

@@ -22,8 +22,7 @@ class SumUpdate(wiring.Component):
         Begin an update with ``id``, ``opened`` and ``key`` of this cycle.  Only while not
         ``busy``.
     id : In(range(n_max)), opened : In(1), key : In(ArrayLayout(signed(bk), d))
-        The cluster, whether it is opened by this key (its old sum is ignored), the key: those
-        of the ``start`` cycle are used (they are sampled in every cycle without ``busy``).
+        The cluster, whether it is opened by this key (its old sum is ignored), the key.
     busy : Out(1)
         Chunk reads ``1 .. G-1`` of the update are pending (a new ``start`` must wait).
     writing : Out(1)
@@ -103,11 +102,11 @@ class SumUpdate(wiring.Component):
             old = Mux(upd_new, 0, self.read.data[l])
             m.d.comb += self.write.data[l].eq(old + key_chunk[l])
         with m.If(self.start):
-            m.d.sync += [rd.eq(G > 1), chunk.eq(1 % max(2, G))]
-        # The update's id, opened flag and key are sampled in every cycle without pending reads
-        # (the start cycle among them), not only at ``start``: the last write of an update is in
-        # the cycle after its last read, and uses the values before that cycle's edge.  So the
-        # start (the unit's decision) does not fan out into their enables.
-        with m.If(~rd):
-            m.d.sync += [upd_id.eq(self.id), upd_new.eq(self.opened), key.eq(self.key)]
+            m.d.sync += [
+                rd.eq(G > 1),
+                chunk.eq(1 % max(2, G)),
+                upd_id.eq(self.id),
+                upd_new.eq(self.opened),
+                key.eq(self.key),
+            ]
         return m

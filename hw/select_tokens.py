@@ -809,36 +809,34 @@ class SelectTokensCore(wiring.Component):
         m.d.sync += [soft_go.eq(qy.soft & n_next.any()), no_walk.eq(qy.no_exit | qy.soft)]
 
         with m.FSM():
-            with m.State("IDLE"):
-                pl = self.query.payload
-                with m.If(self.query.valid):
-                    m.d.sync += [
-                        idle.eq(0),
-                        cycles.eq(1),
-                        planes_read.eq(0),
-                        p.eq(bk - 1),
-                        first.eq(1),
-                        bank.eq(0),
-                        n_cur.eq(pl.n),
-                        qc.eq(0),
-                        qc_q.eq(0),
-                        g.eq(0),
-                        fin.eq((groups == 1) & (pl.n_q == 1)),
-                        fin0.eq((groups == 1) & (pl.n_q == 1)),
-                        init_neg.eq(0),
-                        score_mode.eq(0),
-                        thr_valid.eq(0),
-                        left.eq(pl.budget),
-                        met.eq(pl.budget == 0),
-                        last_valid.eq(0),
-                        nq_m1.eq(pl.n_q - 1),
-                        qmask.eq(Cat(pl.n_q > k for k in range(qm))),
-                        soft_feed.eq(0),
-                        soft_rank.eq(0),
-                        wpos.eq(0),
-                    ]
-                    m.d.sync += in_init.eq(~skip_next)
-                    m.next = "INIT"
+            with m.State("IDLE"), m.If(self.query.valid):
+                m.d.sync += [
+                    idle.eq(0),
+                    cycles.eq(1),
+                    planes_read.eq(0),
+                    p.eq(bk - 1),
+                    first.eq(1),
+                    bank.eq(0),
+                    n_cur.eq(pl.n),
+                    qc.eq(0),
+                    qc_q.eq(0),
+                    g.eq(0),
+                    fin.eq((groups == 1) & (pl.n_q == 1)),
+                    fin0.eq((groups == 1) & (pl.n_q == 1)),
+                    init_neg.eq(0),
+                    score_mode.eq(0),
+                    thr_valid.eq(0),
+                    left.eq(pl.budget),
+                    met.eq(pl.budget == 0),
+                    last_valid.eq(0),
+                    nq_m1.eq(pl.n_q - 1),
+                    qmask.eq(Cat(pl.n_q > k for k in range(qm))),
+                    soft_feed.eq(0),
+                    soft_rank.eq(0),
+                    wpos.eq(0),
+                ]
+                m.d.sync += in_init.eq(~skip_next)
+                m.next = "INIT"
 
             with m.State("INIT"):  # Qpos_c, Qneg_c for c = 0 .. n_q-1 on the dot pipeline
                 m.d.sync += cycles.eq(cycles + 1)

@@ -8,6 +8,8 @@ exit and its proof are in ``docs/select.md``.  Pipelined for the ECP5 (``docs/se
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 from amaranth import Cat, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
@@ -33,6 +35,24 @@ STORE_LATENCY = 2
 #: Entries the look-ahead may have in flight to the soft-score unit: the depth of the unit's
 #: input FIFO, into which the issue stage writes directly (``SoftScore(in_depth=...)``)
 SOFT_FEED_DEPTH = 16
+#: The control states, one flip-flop each (``IDLE`` set at reset)
+STATES = (
+    "IDLE",
+    "INIT",
+    "INIT_WAIT",
+    "PREP",
+    "SETUP",
+    "PASS",
+    "PASS_END",
+    "THRESH",
+    "SOFT_SETUP",
+    "SOFT_SWEEP",
+    "SOFT_WAIT",
+    "SCORE_SETUP",
+    "SCORE",
+    "OUT",
+    "TRAILER",
+)
 
 
 def value_shape(cfg: DREConfig):
@@ -231,7 +251,11 @@ class SelectTokensCore(wiring.Component):
         m.d.sync += raw.eq(qy.raw_max)
         m.d.comb += [soft.n_q.eq(qy.n_q), soft.gain.eq(qy.gain)]
         skip_all = Signal()  # the query has an error flag or nothing to select
-        idle = Signal(init=1)  # the FSM is in IDLE (a register: it enables the query capture)
+        # the control states, one-hot: one flop each, a transition clears the current state's
+        # flop and sets the next one's, so a flop's next value is an OR of (predecessor and
+        # condition) terms with no decode of an encoded state in front (``docs/select.md``)
+        st = {s: Signal(init=int(s == "IDLE"), name=f"st_{s.lower()}") for s in STATES}
+        idle = st["IDLE"]  # it also enables the query capture
         # per query and element: x > 0 (the init micro-ops sum the positive elements), captured
         # with the query so that the lane products' select is a register two stages later
         q_gt = Signal(data.ArrayLayout(d, qm))
@@ -738,8 +762,8 @@ class SelectTokensCore(wiring.Component):
         head = topk.entries[0]
         # the ranking's controls from registers, not from the state decode (fan-out ~800):
         # do_clear is 1 exactly in SETUP / SCORE_SETUP, in_thresh in THRESH, in_out in OUT
-        do_clear, in_thresh, in_out = Signal(), Signal(), Signal()
-        in_trailer = Signal()  # exactly in TRAILER
+        do_clear = Signal()
+        in_thresh, in_out, in_trailer = st["THRESH"], st["OUT"], st["TRAILER"]
         # OUT: the record's valid is a register, rec_ok = in_out & head.valid & ~met, kept from
         # the next values (a pop moves entries[1] to the head), so that ``ready`` reaches the
         # ranking's ~800 enables through one LUT; it is 0 in the first cycle of an output round
@@ -808,199 +832,187 @@ class SelectTokensCore(wiring.Component):
         soft_go, no_walk = Signal(), Signal()
         m.d.sync += [soft_go.eq(qy.soft & n_next.any()), no_walk.eq(qy.no_exit | qy.soft)]
 
-        with m.FSM():
-            with m.State("IDLE"), m.If(self.query.valid):
-                m.d.sync += [
-                    idle.eq(0),
-                    cycles.eq(1),
-                    planes_read.eq(0),
-                    p.eq(bk - 1),
-                    first.eq(1),
-                    bank.eq(0),
-                    n_cur.eq(pl.n),
-                    qc.eq(0),
-                    qc_q.eq(0),
-                    g.eq(0),
-                    fin.eq((groups == 1) & (pl.n_q == 1)),
-                    fin0.eq((groups == 1) & (pl.n_q == 1)),
-                    init_neg.eq(0),
-                    score_mode.eq(0),
-                    thr_valid.eq(0),
-                    left.eq(pl.budget),
-                    met.eq(pl.budget == 0),
-                    last_valid.eq(0),
-                    nq_m1.eq(pl.n_q - 1),
-                    qmask.eq(Cat(pl.n_q > k for k in range(qm))),
-                    soft_feed.eq(0),
-                    soft_rank.eq(0),
-                    wpos.eq(0),
-                ]
-                m.d.sync += in_init.eq(~skip_next)
-                m.next = "INIT"
+        cur = []  # the state whose block is being described
 
-            with m.State("INIT"):  # Qpos_c, Qneg_c for c = 0 .. n_q-1 on the dot pipeline
-                m.d.sync += cycles.eq(cycles + 1)
-                with m.If(skip_all):  # an error or nothing to select: the trailer only
-                    m.d.sync += in_trailer.eq(1)
-                    m.next = "TRAILER"
-                with m.Elif(fin):
-                    m.d.sync += init_neg.eq(1)
-                    with m.If(init_neg):
-                        m.d.sync += in_init.eq(0)
-                        m.next = "INIT_WAIT"
+        @contextmanager
+        def state(name):
+            with m.If(st[name]):
+                cur.append(name)
+                yield
+                cur.pop()
 
-            with m.State("INIT_WAIT"):
-                m.d.sync += cycles.eq(cycles + 1)
-                with m.If(drained_r):
-                    m.next = "PREP"
+        def goto(name):
+            m.d.sync += [st[cur[-1]].eq(0), st[name].eq(1)]
 
-            with m.State("PREP"):  # (2^(bk-1) - 1) * Qpos_c, Qneg_c: U, L of the first pass
-                m.d.sync += cycles.eq(cycles + 1)
-                for k in range(qm):
-                    qp, qn = q_pos[k], q_neg[k]
-                    m.d.sync += [rqn[k].eq((qn << (bk - 1)) - qn), rqp[k].eq((qp << (bk - 1)) - qp)]
+        # from the query handshake to the trailer, less the cycles a record waits for ready
+        with m.If(~idle & ~in_trailer & ~(in_out & rec_ok & ~self.result.ready)):
+            m.d.sync += cycles.eq(cycles + 1)
+
+        with state("IDLE"), m.If(self.query.valid):
+            m.d.sync += [
+                planes_read.eq(0),
+                cycles.eq(1),
+                p.eq(bk - 1),
+                first.eq(1),
+                bank.eq(0),
+                n_cur.eq(pl.n),
+                qc.eq(0),
+                qc_q.eq(0),
+                g.eq(0),
+                fin.eq((groups == 1) & (pl.n_q == 1)),
+                fin0.eq((groups == 1) & (pl.n_q == 1)),
+                init_neg.eq(0),
+                score_mode.eq(0),
+                thr_valid.eq(0),
+                left.eq(pl.budget),
+                met.eq(pl.budget == 0),
+                last_valid.eq(0),
+                nq_m1.eq(pl.n_q - 1),
+                qmask.eq(Cat(pl.n_q > k for k in range(qm))),
+                soft_feed.eq(0),
+                soft_rank.eq(0),
+                wpos.eq(0),
+            ]
+            m.d.sync += in_init.eq(~skip_next)
+            goto("INIT")
+
+        with state("INIT"):  # Qpos_c, Qneg_c for c = 0 .. n_q-1 on the dot pipeline
+            with m.If(skip_all):  # an error or nothing to select: the trailer only
+                goto("TRAILER")
+            with m.Elif(fin):
+                m.d.sync += init_neg.eq(1)
+                with m.If(init_neg):
+                    m.d.sync += in_init.eq(0)
+                    goto("INIT_WAIT")
+
+        with state("INIT_WAIT"), m.If(drained_r):
+            goto("PREP")
+
+        with state("PREP"):  # (2^(bk-1) - 1) * Qpos_c, Qneg_c: U, L of the first pass
+            for k in range(qm):
+                qp, qn = q_pos[k], q_neg[k]
+                m.d.sync += [rqn[k].eq((qn << (bk - 1)) - qn), rqp[k].eq((qp << (bk - 1)) - qp)]
+            m.d.sync += do_clear.eq(1)
+            goto("SETUP")
+
+        with state("SETUP"):  # start of the pass over plane p
+            m.d.sync += [e.eq(0), e_left.eq(n_cur), e_zero.eq(n_cur == 0), n_next.eq(0)]
+            m.d.sync += [x.eq(vmin) for x in (*ml_new, *mu_new)]  # running maxima
+            for k in range(qm):
+                m.d.sync += addend[k].eq(rqp_prev[k] - ml[k])
+                with m.If(first):  # MU0 = (2^(bk-1) - 1) Qpos - 2^(bk-1) Qneg
+                    m.d.sync += mu_sub[k].eq(Mux(raw, 0, rqp[k] - (q_neg[k] << (bk - 1))))
+            m.d.sync += sweep.eq(1)
+            goto("PASS")
+
+        with state("PASS"), m.If(drained_r & e_zero):
+            m.d.sync += [sweep.eq(0), next_pass.eq(p != 0)]
+            goto("PASS_END")
+
+        with state("PASS_END"):  # the per-pass constants, from registers only
+            m.d.sync += [bank.eq(~bank), n_cur.eq(n_next), e.eq(0)]
+            with m.If(p == 0):
                 m.d.sync += do_clear.eq(1)
-                m.next = "SETUP"
-
-            with m.State("SETUP"):  # start of the pass over plane p
-                m.d.sync += cycles.eq(cycles + 1)
-                m.d.sync += [e.eq(0), e_left.eq(n_cur), e_zero.eq(n_cur == 0), n_next.eq(0)]
-                m.d.sync += [x.eq(vmin) for x in (*ml_new, *mu_new)]  # running maxima
-                for k in range(qm):
-                    m.d.sync += addend[k].eq(rqp_prev[k] - ml[k])
-                    with m.If(first):  # MU0 = (2^(bk-1) - 1) Qpos - 2^(bk-1) Qneg
-                        m.d.sync += mu_sub[k].eq(Mux(raw, 0, rqp[k] - (q_neg[k] << (bk - 1))))
-                m.d.sync += sweep.eq(1)
-                m.next = "PASS"
-
-            with m.State("PASS"):
-                m.d.sync += cycles.eq(cycles + 1)
-                with m.If(drained_r & e_zero):
-                    m.d.sync += [sweep.eq(0), next_pass.eq(p != 0)]
-                    m.next = "PASS_END"
-
-            with m.State("PASS_END"):  # the per-pass constants, from registers only
-                m.d.sync += cycles.eq(cycles + 1)
-                m.d.sync += [bank.eq(~bank), n_cur.eq(n_next), e.eq(0)]
-                with m.If(p == 0):
-                    m.d.sync += do_clear.eq(1)
-                    with m.If(soft_go):
-                        m.d.sync += kind.eq(SWEEP_MAX)
-                        m.next = "SOFT_SETUP"
-                    with m.Else():
-                        m.next = "SCORE_SETUP"
+                with m.If(soft_go):
+                    m.d.sync += kind.eq(SWEEP_MAX)
+                    goto("SOFT_SETUP")
                 with m.Else():
-                    m.d.sync += [
-                        p.eq(p - 1),
-                        first.eq(0),
-                        rem.eq(qy.budget),
-                        thr_valid.eq(0),
-                        tphase.eq(0),
-                    ]
-                    # ML, MU', the bounds' constants: below, enabled by ``next_pass``
-                    with m.If(no_walk):  # the soft score has no early exit
-                        m.d.sync += do_clear.eq(1)
-                        m.next = "SETUP"
-                    with m.Else():
-                        m.d.sync += in_thresh.eq(1)
-                        m.next = "THRESH"
-
-            with m.State("THRESH"):  # shift the ranking out, sum the counts of its copy h
-                # three registers deep: the head (h), then h's end-of-walk tests against the
-                # counts walked before it (h_end, h_ge, beside h_key), then the decision on
-                # those registers; rem is updated on speculation (the walk ends anyway)
-                m.d.sync += cycles.eq(cycles + 1)
-                m.d.sync += [h.eq(head), tphase.eq(Cat(1, tphase[0]))]
-                with m.If(tphase[0]):
-                    m.d.sync += [
-                        h_end.eq(~h.valid),
-                        h_ge.eq(~_lt(h.payload, rem)),  # h.payload >= rem
-                        h_key.eq(h.key),
-                        rem.eq(rem - h.payload),
-                    ]
-                with m.If(tphase[1]):
-                    with m.If(h_end):
-                        m.d.sync += [do_clear.eq(1), in_thresh.eq(0)]
-                        m.next = "SETUP"
-                    with m.Elif(h_ge):
-                        m.d.sync += [thr.eq(h_key), thr_valid.eq(1), in_thresh.eq(0)]
-                        m.d.sync += do_clear.eq(1)
-                        m.next = "SETUP"
-
-            with m.State("SOFT_SETUP"):  # one sweep of the soft unit over the alive list
-                m.d.sync += cycles.eq(cycles + 1)
+                    goto("SCORE_SETUP")
+            with m.Else():
                 m.d.sync += [
-                    e.eq(0),
-                    e_left.eq(n_cur),
-                    e_zero.eq(n_cur == 0),
-                    fcount.eq(0),
-                    n_m1.eq(n_cur - 1),
-                    score_mode.eq(1),
-                    soft_feed.eq(1),
+                    p.eq(p - 1),
+                    first.eq(0),
+                    rem.eq(qy.budget),
+                    thr_valid.eq(0),
+                    tphase.eq(0),
                 ]
-                m.d.sync += sweep.eq(1)
-                m.next = "SOFT_SWEEP"
+                # ML, MU', the bounds' constants: below, enabled by ``next_pass``
+                with m.If(no_walk):  # the soft score has no early exit
+                    m.d.sync += do_clear.eq(1)
+                    goto("SETUP")
+                with m.Else():
+                    goto("THRESH")
 
-            with m.State("SOFT_SWEEP"):  # until the sweep's last beat is in the unit
-                m.d.sync += cycles.eq(cycles + 1)
-                with m.If(drained_r & e_zero):
-                    m.d.sync += sweep.eq(0)
-                    with m.If(kind == SWEEP_SCORE):
-                        m.next = "SOFT_WAIT"
-                    with m.Else():
-                        m.d.sync += kind.eq(kind + 1)
-                        m.next = "SOFT_SETUP"
+        with state("THRESH"):  # shift the ranking out, sum the counts of its copy h
+            # three registers deep: the head (h), then h's end-of-walk tests against the
+            # counts walked before it (h_end, h_ge, beside h_key), then the decision on
+            # those registers; rem is updated on speculation (the walk ends anyway)
+            m.d.sync += [h.eq(head), tphase.eq(Cat(1, tphase[0]))]
+            with m.If(tphase[0]):
+                m.d.sync += [
+                    h_end.eq(~h.valid),
+                    h_ge.eq(~_lt(h.payload, rem)),  # h.payload >= rem
+                    h_key.eq(h.key),
+                    rem.eq(rem - h.payload),
+                ]
+            with m.If(tphase[1]):
+                with m.If(h_end):
+                    m.d.sync += do_clear.eq(1)
+                    goto("SETUP")
+                with m.Elif(h_ge):
+                    m.d.sync += [thr.eq(h_key), thr_valid.eq(1)]
+                    m.d.sync += do_clear.eq(1)
+                    goto("SETUP")
 
-            with m.State("SOFT_WAIT"):  # every score in the memory, the unit idle
-                m.d.sync += cycles.eq(cycles + 1)
-                with m.If((wpos == n_cur) & ~soft.busy):
-                    m.d.sync += [soft_feed.eq(0), soft_rank.eq(1), do_clear.eq(1)]
-                    m.next = "SCORE_SETUP"
+        with state("SOFT_SETUP"):  # one sweep of the soft unit over the alive list
+            m.d.sync += [
+                e.eq(0),
+                e_left.eq(n_cur),
+                e_zero.eq(n_cur == 0),
+                fcount.eq(0),
+                n_m1.eq(n_cur - 1),
+                score_mode.eq(1),
+                soft_feed.eq(1),
+            ]
+            m.d.sync += sweep.eq(1)
+            goto("SOFT_SWEEP")
 
-            with m.State("SCORE_SETUP"):
-                m.d.sync += cycles.eq(cycles + 1)
-                m.d.sync += [e.eq(0), e_left.eq(n_cur), e_zero.eq(n_cur == 0), score_mode.eq(1)]
-                for k in range(qm):
-                    m.d.sync += addend[k].eq(-Mux(raw, 0, mu_new[k]))
-                m.d.sync += sweep.eq(1)
-                m.next = "SCORE"
+        with state("SOFT_SWEEP"), m.If(drained_r & e_zero):  # the sweep's last beat is in
+            m.d.sync += sweep.eq(0)
+            with m.If(kind == SWEEP_SCORE):
+                goto("SOFT_WAIT")
+            with m.Else():
+                m.d.sync += kind.eq(kind + 1)
+                goto("SOFT_SETUP")
 
-            with m.State("SCORE"):  # rank the survivors' exact scores
-                m.d.sync += cycles.eq(cycles + 1)
-                with m.If(drained_r & e_zero):
-                    m.d.sync += sweep.eq(0)
-                    m.d.sync += in_out.eq(1)
-                    m.next = "OUT"
+        # every score in the memory, the unit idle
+        with state("SOFT_WAIT"), m.If((wpos == n_cur) & ~soft.busy):
+            m.d.sync += [soft_feed.eq(0), soft_rank.eq(1), do_clear.eq(1)]
+            goto("SCORE_SETUP")
 
-            with m.State("OUT"):
-                want = Signal()
-                m.d.comb += want.eq(head.valid & ~met)
-                with m.If(~rec_ok | self.result.ready):
-                    m.d.sync += cycles.eq(cycles + 1)
-                with m.If(pop):
-                    m.d.sync += [
-                        left.eq(Mux(lg, diff, 0)),
-                        met.eq(~lg),
-                        last_valid.eq(1),
-                        last_key.eq(head.key),
-                        last_id.eq(head.index),
-                    ]
-                with m.If(~want):
-                    m.d.sync += in_out.eq(0)
-                    with m.If(topk.overflow & ~met):
-                        m.d.sync += do_clear.eq(1)
-                        m.next = "SCORE_SETUP"
-                    with m.Else():
-                        m.d.sync += in_trailer.eq(1)
-                        m.next = "TRAILER"
+        with state("SCORE_SETUP"):
+            m.d.sync += [e.eq(0), e_left.eq(n_cur), e_zero.eq(n_cur == 0), score_mode.eq(1)]
+            for k in range(qm):
+                m.d.sync += addend[k].eq(-Mux(raw, 0, mu_new[k]))
+            m.d.sync += sweep.eq(1)
+            goto("SCORE")
 
-            with m.State("TRAILER"), m.If(self.result.ready):
-                m.d.sync += [idle.eq(1), in_trailer.eq(0)]
-                m.next = "IDLE"
+        with state("SCORE"), m.If(drained_r & e_zero):  # rank the survivors' exact scores
+            m.d.sync += sweep.eq(0)
+            goto("OUT")
 
-        # the result beat from registers of its own (in_out, in_trailer: exactly the OUT and
-        # TRAILER states), not from a decode of the state register that the next-state logic
-        # would share
+        with state("OUT"):
+            want = Signal()
+            m.d.comb += want.eq(head.valid & ~met)
+            with m.If(pop):
+                m.d.sync += [
+                    left.eq(Mux(lg, diff, 0)),
+                    met.eq(~lg),
+                    last_valid.eq(1),
+                    last_key.eq(head.key),
+                    last_id.eq(head.index),
+                ]
+            with m.If(~want):
+                with m.If(topk.overflow & ~met):
+                    m.d.sync += do_clear.eq(1)
+                    goto("SCORE_SETUP")
+                with m.Else():
+                    goto("TRAILER")
+
+        with state("TRAILER"), m.If(self.result.ready):
+            goto("IDLE")
+
+        # the result beat from the OUT and TRAILER states' flops
         rec = self.result.payload
         m.d.comb += [
             self.result.valid.eq(rec_ok | in_trailer),

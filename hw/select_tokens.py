@@ -848,7 +848,10 @@ class SelectTokensCore(wiring.Component):
         with m.If(~idle & ~in_trailer & ~(in_out & rec_ok & ~self.result.ready)):
             m.d.sync += cycles.eq(cycles + 1)
 
-        with state("IDLE"), m.If(self.query.valid):
+        with state("IDLE"):
+            # a retrieval's initial values, loaded in every idle cycle (the last load is the
+            # handshake's; nothing reads them while idle): only the state flops and in_init
+            # wait for query.valid, which comes from outside the core
             m.d.sync += [
                 planes_read.eq(0),
                 cycles.eq(1),
@@ -873,8 +876,9 @@ class SelectTokensCore(wiring.Component):
                 soft_rank.eq(0),
                 wpos.eq(0),
             ]
-            m.d.sync += in_init.eq(~skip_next)
-            goto("INIT")
+            m.d.sync += in_init.eq(self.query.valid & ~skip_next)
+            with m.If(self.query.valid):
+                goto("INIT")
 
         with state("INIT"):  # Qpos_c, Qneg_c for c = 0 .. n_q-1 on the dot pipeline
             with m.If(skip_all):  # an error or nothing to select: the trailer only

@@ -398,9 +398,11 @@ class SelectTokensCore(wiring.Component):
                 a5.zero.eq(self.store.count == 0),
                 a5.part.eq(part4),
             ]
-            for k in range(qm):  # queries k >= n_q repeat query 0 (the maximum is unchanged)
-                term = Mux(qmask[k], part4[k] + addend[k], part4[0] + addend[0])
-                m.d.sync += terms[k].eq(Mux(soft_rank, score4, term))
+            # queries k >= n_q repeat query 0 (the maximum is unchanged): their partials are
+            # query 0's (written so at W) and so are their addends (selected in the set-up
+            # states), so the block RAM's data meets no multiplexer before the adder
+            for k in range(qm):
+                m.d.sync += terms[k].eq(Mux(soft_rank, score4, part4[k] + addend[k]))
         stage, level = a5, 0
         tree_stages = []
         # below[i]: terms[i] < T, computed beside the maximum (max(a, b) < T iff a < T and
@@ -661,8 +663,8 @@ class SelectTokensCore(wiring.Component):
         # D9: the new partials
         newp = Signal(vec)
         w_valid, w_j, w_count = Signal(), Signal(ib), Signal(cshape)
-        for k in range(qm):
-            with m.If(sel8[k]):
+        for k in range(qm):  # a query k >= n_q holds a copy of query 0's (see A5)
+            with m.If(sel8[k] | (sel8[0] & ~qmask[k])):
                 m.d.sync += newp[k].eq(new8)
         m.d.sync += [w_valid.eq(d8.valid & d8.last_c), w_j.eq(d8.j), w_count.eq(d8.count)]
         # W: write back, append, rank SL (score sweep: rank the exact score from the issue stage)
@@ -903,7 +905,9 @@ class SelectTokensCore(wiring.Component):
             m.d.sync += [e.eq(0), e_left.eq(n_cur), e_zero.eq(n_cur == 0), n_next.eq(0)]
             m.d.sync += [x.eq(vmin) for x in (*ml_new, *mu_new)]  # running maxima
             for k in range(qm):
-                m.d.sync += addend[k].eq(rqp_prev[k] - ml[k])
+                # a query k >= n_q takes query 0's (see A5)
+                a_k, a_0 = rqp_prev[k] - ml[k], rqp_prev[0] - ml[0]
+                m.d.sync += addend[k].eq(Mux(qmask[k], a_k, a_0))
                 with m.If(first):  # MU0 = (2^(bk-1) - 1) Qpos - 2^(bk-1) Qneg
                     m.d.sync += mu_sub[k].eq(Mux(raw, 0, rqp[k] - (q_neg[k] << (bk - 1))))
             m.d.sync += sweep.eq(1)
@@ -987,7 +991,8 @@ class SelectTokensCore(wiring.Component):
         with state("SCORE_SETUP"):
             m.d.sync += [e.eq(0), e_left.eq(n_cur), e_zero.eq(n_cur == 0), score_mode.eq(1)]
             for k in range(qm):
-                m.d.sync += addend[k].eq(-Mux(raw, 0, mu_new[k]))
+                mu_k = Mux(qmask[k], mu_new[k], mu_new[0])  # k >= n_q: query 0's
+                m.d.sync += addend[k].eq(-Mux(raw, 0, mu_k))
             m.d.sync += sweep.eq(1)
             goto("SCORE")
 

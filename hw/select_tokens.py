@@ -38,6 +38,7 @@ SOFT_FEED_DEPTH = 16
 #: The control states, one flip-flop each (``IDLE`` set at reset)
 STATES = (
     "IDLE",
+    "START",
     "INIT",
     "INIT_WAIT",
     "PREP",
@@ -82,7 +83,7 @@ def dot_stages() -> int:
 def cycle_formula(cfg: DREConfig, n: int, n_q: int, *, soft: bool = False) -> int:
     """Cycles of a retrieval without early exit, every one of the ``n`` entries live and the
     budget taking all of them (``tests/test_hw_tokens.py`` pins it; docs/select.md derives it):
-    ``10 + 2*Q*g + bk*(N*Q*g + LA + 17) + R*(N + LA + 7) + N`` with ``LA`` the look-ahead depth
+    ``11 + 2*Q*g + bk*(N*Q*g + LA + 17) + R*(N + LA + 7) + N`` with ``LA`` the look-ahead depth
     (:func:`lookahead_stages`) and ``R = ceil(N / k_cap)`` output rounds.  ``soft``: the soft
     score adds its three sweeps, ``N*(1 + 2*Q) + Z*Q + F + 2*LA + 6`` (``Z``, ``F``:
     :class:`SoftScore`'s ``Z_CYCLES`` and ``FIXED_CYCLES``; ``2*LA + 6``: two sweep changes that
@@ -91,7 +92,7 @@ def cycle_formula(cfg: DREConfig, n: int, n_q: int, *, soft: bool = False) -> in
     (docs/select.md, "The soft score in the selector"))."""
     g, la = cfg.groups, lookahead_stages(cfg)
     rounds = -(-n // cfg.k_cap)
-    total = 10 + 2 * n_q * g + cfg.bk * (n * n_q * g + la + 17) + rounds * (n + la + 7) + n
+    total = 11 + 2 * n_q * g + cfg.bk * (n * n_q * g + la + 17) + rounds * (n + la + 7) + n
     if soft:
         z, f = SoftScore.Z_CYCLES, SoftScore.FIXED_CYCLES
         total += n * (1 + 2 * n_q) + z * n_q + f + 2 * la + 6
@@ -158,6 +159,15 @@ class SelectTokensCore(wiring.Component):
     (bypassed: the same maximum can be updated back to back), D9 the updates and the new
     partials, W write-back (partial memory, next alive list), T0 ranking input register, then
     :class:`TopKPipe` (T1 compare, T2 insert).  The output's record ``valid`` is a register.
+
+    Control
+    -------
+    One flip-flop per state of :data:`STATES` (one-hot, ``IDLE`` at reset).  A state's
+    actions are enabled by its own flop; a transition clears it and sets the next state's, so
+    no encoded state is decoded in front of the next-state logic.  Conditions that come from
+    far units are registered first (``drained_r``, ``e_zero``, ``soft_go``, ``no_walk``), and
+    the flags that leave the core (``idle``: ``query.ready``; ``OUT`` / ``TRAILER``: the
+    result beat) are state flops.
 
     Schedule
     --------
@@ -479,7 +489,7 @@ class SelectTokensCore(wiring.Component):
         qc = Signal(qrange)
         g = Signal(grange)
         init_neg = Signal()
-        in_init = Signal()  # a register: exactly INIT without skip_all (issues the init sweep)
+        in_init = st["INIT"]  # issues the init sweep (a skipped retrieval never enters INIT)
         last_g, last_c, issue = Signal(), Signal(), Signal()
         fin = Signal()  # registered: (g, qc) is the last micro-op of an entry
         fin0 = Signal()  # fin at (0, 0): one micro-op per entry
@@ -819,9 +829,8 @@ class SelectTokensCore(wiring.Component):
             checks.q_over.eq(pl.n_q > qm),
             checks.gain_zero.eq(pl.soft & (pl.gain == 0)),
         ]
-        # the checks reach err / skip_all in every idle cycle (the last is the handshake's),
-        # through no decode of the state register: err is read in the trailer only, skip_all in
-        # INIT only
+        # the checks reach err / skip_all in every idle cycle (the last is the handshake's):
+        # err is read in the trailer only, skip_all in START only
         empty = (pl.budget == 0) & (~pl.no_exit | pl.soft)  # nothing to select
         skip_next = Signal()
         m.d.comb += skip_next.eq(checks.as_value().any() | empty)
@@ -852,8 +861,8 @@ class SelectTokensCore(wiring.Component):
 
         with state("IDLE"):
             # a retrieval's initial values, loaded in every idle cycle (the last load is the
-            # handshake's; nothing reads them while idle): only the state flops and in_init
-            # wait for query.valid, which comes from outside the core
+            # handshake's; nothing reads them while idle): only the state flops wait for
+            # query.valid, which comes from outside the core
             m.d.sync += [
                 planes_read.eq(0),
                 cycles.eq(1),
@@ -878,18 +887,22 @@ class SelectTokensCore(wiring.Component):
                 soft_rank.eq(0),
                 wpos.eq(0),
             ]
-            m.d.sync += in_init.eq(self.query.valid & ~skip_next)
             with m.If(self.query.valid):
-                goto("INIT")
+                goto("START")
 
-        with state("INIT"):  # Qpos_c, Qneg_c for c = 0 .. n_q-1 on the dot pipeline
+        # one cycle for the query checks (registered in the handshake's cycle, from the
+        # payload as it arrives: their path ends in skip_all, not in the init sweep's issue)
+        with state("START"):
             with m.If(skip_all):  # an error or nothing to select: the trailer only
                 goto("TRAILER")
-            with m.Elif(fin):
-                m.d.sync += init_neg.eq(1)
-                with m.If(init_neg):
-                    m.d.sync += in_init.eq(0)
-                    goto("INIT_WAIT")
+            with m.Else():
+                goto("INIT")
+
+        # Qpos_c, Qneg_c for c = 0 .. n_q-1 on the dot pipeline
+        with state("INIT"), m.If(fin):
+            m.d.sync += init_neg.eq(1)
+            with m.If(init_neg):
+                goto("INIT_WAIT")
 
         with state("INIT_WAIT"), m.If(drained_r):
             goto("PREP")

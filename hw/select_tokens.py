@@ -409,8 +409,9 @@ class SelectTokensCore(wiring.Component):
                 a5.part.eq(part4),
             ]
             # queries k >= n_q repeat query 0 (the maximum is unchanged): their partials are
-            # query 0's (written so at W) and so are their addends (selected in the set-up
-            # states), so the block RAM's data meets no multiplexer before the adder
+            # query 0's (written so at W) and so are their addends (the per-pass constants ML,
+            # U and the score sweep's MU copy query 0's), so the adder reads the block RAM's
+            # data with no multiplexer on either side but the soft-rank one
             for k in range(qm):
                 m.d.sync += terms[k].eq(Mux(soft_rank, score4, part4[k] + addend[k]))
         stage, level = a5, 0
@@ -807,15 +808,21 @@ class SelectTokensCore(wiring.Component):
         ]
 
         # ---- control ----------------------------------------------------------------------
+        # MU_c for the score sweep's addend (0 with raw_max; a query k >= n_q takes query 0's),
+        # registered every cycle: MU is final a cycle before SCORE_SETUP (PASS_END between)
+        mu_fin = Signal(vec)
+        for k in range(qm):
+            m.d.sync += mu_fin[k].eq(Mux(raw, 0, Mux(qmask[k], mu_new[k], mu_new[0])))
         # PASS_END's per-pass constants (~5 * q_max * value_shape flops), enabled by a register
         # set with the transition into PASS_END (p > 0) rather than by the state decode
+        # (ML and U of a query k >= n_q are query 0's, for the look-ahead's addend: see A5)
         with m.If(next_pass):
             m.d.sync += next_pass.eq(0)
             for k in range(qm):
                 m.d.sync += [
-                    ml[k].eq(Mux(raw, 0, ml_new[k])),
+                    ml[k].eq(Mux(raw, 0, Mux(qmask[k], ml_new[k], ml_new[0]))),
                     mu_sub[k].eq(Mux(raw, 0, mu_new[k])),
-                    rqp_prev[k].eq(rqp[k]),
+                    rqp_prev[k].eq(Mux(qmask[k], rqp[k], rqp[0])),
                     rqp[k].eq((rqp[k] - q_pos[k]) >> 1),
                     rqn[k].eq((rqn[k] - q_neg[k]) >> 1),
                 ]
@@ -918,9 +925,7 @@ class SelectTokensCore(wiring.Component):
             m.d.sync += [e.eq(0), e_left.eq(n_cur), e_zero.eq(n_cur == 0), n_next.eq(0)]
             m.d.sync += [x.eq(vmin) for x in (*ml_new, *mu_new)]  # running maxima
             for k in range(qm):
-                # a query k >= n_q takes query 0's (see A5)
-                a_k, a_0 = rqp_prev[k] - ml[k], rqp_prev[0] - ml[0]
-                m.d.sync += addend[k].eq(Mux(qmask[k], a_k, a_0))
+                m.d.sync += addend[k].eq(rqp_prev[k] - ml[k])
                 with m.If(first):  # MU0 = (2^(bk-1) - 1) Qpos - 2^(bk-1) Qneg
                     m.d.sync += mu_sub[k].eq(Mux(raw, 0, rqp[k] - (q_neg[k] << (bk - 1))))
             m.d.sync += sweep.eq(1)
@@ -1004,8 +1009,7 @@ class SelectTokensCore(wiring.Component):
         with state("SCORE_SETUP"):
             m.d.sync += [e.eq(0), e_left.eq(n_cur), e_zero.eq(n_cur == 0), score_mode.eq(1)]
             for k in range(qm):
-                mu_k = Mux(qmask[k], mu_new[k], mu_new[0])  # k >= n_q: query 0's
-                m.d.sync += addend[k].eq(-Mux(raw, 0, mu_k))
+                m.d.sync += addend[k].eq(-mu_fin[k])
             m.d.sync += sweep.eq(1)
             goto("SCORE")
 

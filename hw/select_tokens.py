@@ -85,9 +85,9 @@ def cycle_formula(cfg: DREConfig, n: int, n_q: int, *, soft: bool = False) -> in
     budget taking all of them (``tests/test_hw_tokens.py`` pins it; docs/select.md derives it):
     ``11 + 2*Q*g + bk*(N*Q*g + LA + 17) + R*(N + LA + 7) + N`` with ``LA`` the look-ahead depth
     (:func:`lookahead_stages`) and ``R = ceil(N / k_cap)`` output rounds.  ``soft``: the soft
-    score adds its three sweeps, ``N*(1 + 2*Q) + Z*Q + F + 2*LA + 6`` (``Z``, ``F``:
-    :class:`SoftScore`'s ``Z_CYCLES`` and ``FIXED_CYCLES``; ``2*LA + 6``: two sweep changes that
-    wait for the look-ahead to drain and the set-up cycles); with ``soft`` and ``n_q = 1`` on
+    score adds its three sweeps, ``N*(1 + 2*Q) + Z*Q + F + 2*LA + 7`` (``Z``, ``F``:
+    :class:`SoftScore`'s ``Z_CYCLES`` and ``FIXED_CYCLES``; ``2*LA + 7``: two sweep changes that
+    wait for the look-ahead to drain, the set-up cycles and the registered end of the wait); with ``soft`` and ``n_q = 1`` on
     more than 12 entries the unit may wait 1 or 2 cycles more for the feed's credit loop
     (docs/select.md, "The soft score in the selector"))."""
     g, la = cfg.groups, lookahead_stages(cfg)
@@ -95,7 +95,7 @@ def cycle_formula(cfg: DREConfig, n: int, n_q: int, *, soft: bool = False) -> in
     total = 11 + 2 * n_q * g + cfg.bk * (n * n_q * g + la + 17) + rounds * (n + la + 7) + n
     if soft:
         z, f = SoftScore.Z_CYCLES, SoftScore.FIXED_CYCLES
-        total += n * (1 + 2 * n_q) + z * n_q + f + 2 * la + 6
+        total += n * (1 + 2 * n_q) + z * n_q + f + 2 * la + 7
     return total
 
 
@@ -1001,8 +1001,11 @@ class SelectTokensCore(wiring.Component):
                 m.d.sync += kind.eq(kind + 1)
                 goto("SOFT_SETUP")
 
-        # every score in the memory, the unit idle
-        with state("SOFT_WAIT"), m.If((wpos == n_cur) & ~soft.busy):
+        # every score in the memory, the unit idle (registered: the unit's busy comes from its
+        # state across the die; one cycle late, and it stays true once true)
+        soft_done = Signal()
+        m.d.sync += soft_done.eq((wpos == n_cur) & ~soft.busy)
+        with state("SOFT_WAIT"), m.If(soft_done):
             m.d.sync += [soft_feed.eq(0), soft_rank.eq(1), do_clear.eq(1)]
             goto("SCORE_SETUP")
 

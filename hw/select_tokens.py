@@ -87,9 +87,9 @@ def cycle_formula(cfg: DREConfig, n: int, n_q: int, *, soft: bool = False) -> in
     (:func:`lookahead_stages`) and ``R = ceil(N / k_cap)`` output rounds.  ``soft``: the soft
     score adds its three sweeps, ``N*(1 + 2*Q) + Z*Q + F + 2*LA + 7`` (``Z``, ``F``:
     :class:`SoftScore`'s ``Z_CYCLES`` and ``FIXED_CYCLES``; ``2*LA + 7``: two sweep changes that
-    wait for the look-ahead to drain, the set-up cycles and the registered end of the wait); with ``soft`` and ``n_q = 1`` on
-    more than 12 entries the unit may wait 1 or 2 cycles more for the feed's credit loop
-    (docs/select.md, "The soft score in the selector"))."""
+    wait for the look-ahead to drain, the set-up cycles and the registered end of the wait);
+    with ``soft`` and ``n_q = 1`` on more than 12 entries the unit may wait 1 or 2 cycles more
+    for the feed's credit loop (docs/select.md, "The soft score in the selector"))."""
     g, la = cfg.groups, lookahead_stages(cfg)
     rounds = -(-n // cfg.k_cap)
     total = 11 + 2 * n_q * g + cfg.bk * (n * n_q * g + la + 17) + rounds * (n + la + 7) + n

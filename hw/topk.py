@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from amaranth import Module, Mux, Signal, unsigned
+from amaranth import Cat, Module, Mux, Signal, unsigned
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -13,6 +13,19 @@ def _gt(a, b):
     """``a > b`` as the sign of ``b - a`` one bit wider (never overflows): on ECP5 the carry
     chain's last sum output, without the overflow logic Yosys puts behind a signed compare."""
     return (b - a)[-1]
+
+
+def _gt_or_empty(a, b, b_valid):
+    """``~b_valid | a > b`` as one carry chain, for signed ``a``, ``b`` of one width ``w``: the
+    keys with their sign bits flipped are ordered as unsigned numbers; above them ``a`` gets a 1
+    and ``b`` its valid bit, so ``{1, a'} > {v, b'}`` iff ``v = 0`` or ``a > b``; the compare
+    is the sign of the difference (:func:`_gt`).  The valid bit is then no LUT behind the
+    chain."""
+    w = len(a)
+    assert len(b) == w
+    x = Cat(a[: w - 1], ~a[w - 1], 1)
+    y = Cat(b[: w - 1], ~b[w - 1], b_valid)
+    return (y - x)[-1]
 
 
 def entry_layout(key_shape, index_bits: int, payload_shape=None) -> data.StructLayout:
@@ -169,7 +182,7 @@ class TopKPipe(wiring.Component):
         new = Signal(self.layout)
         gb = Signal(k)  # goes_before: key > entries[i].key or entries[i] empty
         cur = Signal(k)  # against the entries of this cycle
-        m.d.comb += [cur[i].eq(~e[i].valid | _gt(self.key, e[i].key)) for i in range(k)]
+        m.d.comb += [cur[i].eq(_gt_or_empty(self.key, e[i].key, e[i].valid)) for i in range(k)]
         beats_new = Signal()
         m.d.comb += beats_new.eq(_gt(self.key, new.key))
         m.d.sync += ins.eq(0)

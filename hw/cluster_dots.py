@@ -70,6 +70,31 @@ def lut_square(k) -> Value:
     return tree_sum(rows)
 
 
+def offset_sum(terms: list, width: int) -> Value:
+    """``sum(terms) mod 2^width`` (unsigned, ``width`` bits) with no sign extension: a signed term
+    ``t`` of ``w`` bits enters as ``t + 2^(w-1)`` (``t`` with its top bit inverted, read as
+    unsigned) and the offsets are subtracted once, as one constant term.  Equal to the signed sum
+    read as ``signed(width)`` whenever that sum fits ``width`` bits.
+
+    Why: Yosys merges an adder tree into one ``$macc`` cell and maps it (``maccmap``) to a
+    carry-save tree of full adders in LUTs, extending every signed operand to the output width
+    first; each sign-extension bit costs a full adder (two LUTs and six input pins).  With
+    unsigned operands only the operands' own bits (and the constant's ones) enter the tree."""
+    ops, offset = [], 0
+    for t in terms:
+        t = Value.cast(t)
+        w = len(t)
+        if t.shape().signed and w > 0:
+            ops.append(Cat(t[: w - 1], ~t[w - 1]))
+            offset += 1 << (w - 1)
+        else:
+            ops.append(t)
+    const = -offset % (1 << width)
+    if const:
+        ops.append(Const(const, width))
+    return tree_sum(ops)[:width]
+
+
 def tree_levels(terms: list, levels: int) -> list:
     """``levels`` levels of a balanced adder tree (as :func:`hw.arith.tree_sum`): the partial
     sums, ``ceil(len / 2^levels)`` of them, for a pipeline register between levels."""
@@ -90,6 +115,12 @@ def key_layout(cfg: DREConfig) -> data.ArrayLayout:
 def key_chunk_layout(cfg: DREConfig) -> data.ArrayLayout:
     """``lanes`` signed key elements: one chunk of a key."""
     return data.ArrayLayout(signed(cfg.bk), cfg.lanes)
+
+
+def _slice_sum(terms: list) -> Value:
+    """``tree_sum(terms)`` of signed terms (same width and value), summed by :func:`offset_sum`."""
+    width = len(tree_sum(terms))
+    return offset_sum(terms, width).as_signed()
 
 
 class ClusterDots(wiring.Component):
@@ -187,9 +218,9 @@ class ClusterDots(wiring.Component):
             # k x s_hi bit-sliced over the lanes (high_slices): each slice summed over the
             # lanes here (bk-bit adders, short next to the DSP path), one register per slice
             slices = high_slices(q1_kc, q1_s[i], L) if wide else []
-            q2_hi.append(stage([tree_sum(t) for t in slices], f"q2_hi{i}_"))
+            q2_hi.append(stage([_slice_sum(t) for t in slices], f"q2_hi{i}_"))
         # sum(k) over the chunk, shared by the five dot products (see key_sum_terms), whole
-        q2_ks = stage([tree_sum(q1_kc)], "q2_ks") if wide else []
+        q2_ks = stage([_slice_sum(q1_kc)], "q2_ks") if wide else []
         # The key x key products are small (bk x bk): shift-and-add in LUTs, no DSP blocks.
         q2_kk = stage(tree_levels([lut_mul(q1_kc[l], q1_kp[l]) for l in range(L)], 2), "q2_kk")
         q2_kn = stage(tree_levels([lut_square(q1_kc[l]) for l in range(L)], 2), "q2_kn")
@@ -205,9 +236,10 @@ class ClusterDots(wiring.Component):
                 terms = [Mux(a_first, 0, self.dot[i]), *q2_lo[i]]
                 if wide:
                     terms += [t << 18 for t in high_terms(q2_hi[i])] + [k_sum << 17]
-                m.d.sync += self.dot[i].eq(tree_sum(terms))
+                m.d.sync += self.dot[i].eq(offset_sum(terms, len(self.dot[i])))
+            kk_terms = [Mux(a_first, 0, self.kk), *q2_kk]
             m.d.sync += [
-                self.kk.eq(Mux(a_first, 0, self.kk) + tree_sum(q2_kk)),
+                self.kk.eq(offset_sum(kk_terms, len(self.kk))),
                 self.kn.eq(Mux(a_first, 0, self.kn) + tree_sum(q2_kn)),
             ]
         return m

@@ -145,10 +145,12 @@ class ClusterWriteback(wiring.Component):
 
         # Non-restoring division of 2|S| + n by 2n, quotient bits MSB first: one shared shifted
         # divisor ``2n << step`` and its negation; per element one adder, the operand chosen by
-        # the sign of its partial remainder.
+        # the sign of its partial remainder.  Both are registers, loaded in LAST (``step = bk -
+        # 1``: ``n << bk``) and halved in every DIVIDE step (exact: ``n << (step + 1)`` is even),
+        # so that the dividers' adders start at registers, not at the meta memory's read data
+        # (``count``) through a shifter and a negation.
         shifted = Signal(signed(rw))
         minus = Signal(signed(rw))
-        m.d.comb += [shifted.eq(count << (step + 1)), minus.eq(-shifted)]
 
         # Loading: the chunk read in the previous (granted) cycle: ``lanes`` dividends formed
         # once, routed to the dividers of its slot in the round.
@@ -194,14 +196,18 @@ class ClusterWriteback(wiring.Component):
                 fetch()
             with m.State("LAST"):  # the round's last chunk is loaded at this cycle's edge
                 m.d.comb += self.busy.eq(1)
-                m.d.sync += step.eq(bk - 1)
+                m.d.sync += [
+                    step.eq(bk - 1),
+                    shifted.eq(count << bk),
+                    minus.eq(-(count << bk)),
+                ]
                 m.next = "DIVIDE"
             with m.State("DIVIDE"):
                 m.d.comb += self.busy.eq(1)
                 for i in range(D):  # quotient bit = sign of the new partial remainder
                     nxt = rem[i] + Mux(rem[i] < 0, shifted, minus)
                     m.d.sync += [rem[i].eq(nxt), quo[i].eq(Cat(nxt >= 0, quo[i][:-1]))]
-                m.d.sync += step.eq(step - 1)
+                m.d.sync += [step.eq(step - 1), shifted.eq(shifted >> 1), minus.eq(minus >> 1)]
                 with m.If(step == 0):
                     m.next = "NEXT"
                     with m.If(last_round):

@@ -185,10 +185,7 @@ class TopKPipe(wiring.Component):
         m.d.comb += [cur[i].eq(_gt_or_empty(self.key, e[i].key, e[i].valid)) for i in range(k)]
         beats_new = Signal()
         m.d.comb += beats_new.eq(_gt(self.key, new.key))
-        # ins & gb[i], a register of its own (the compare's select): gb's next value is then a
-        # function of five signals, two of them registers, which fits one LUT5
-        igb = Signal(k)
-        m.d.sync += [ins.eq(0), igb.eq(0)]
+        m.d.sync += ins.eq(0)
         with m.If(self.insert & ~self.clear):
             m.d.sync += [
                 ins.eq(1),
@@ -199,8 +196,7 @@ class TopKPipe(wiring.Component):
             ]
             for i in range(k):
                 above = beats_new if i == 0 else Mux(gb[i - 1], cur[i - 1], beats_new)
-                nxt = Mux(igb[i], above, cur[i])
-                m.d.sync += [gb[i].eq(nxt), igb[i].eq(nxt)]
+                m.d.sync += gb[i].eq(Mux(ins & gb[i], above, cur[i]))
         m.d.comb += self.busy.eq(ins | self.insert)
 
         # ``clear`` only empties the valid bits (the data of an empty slot is never used), so

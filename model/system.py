@@ -360,9 +360,9 @@ def dre_v2_retrieval_cycles(
     Selector (``docs/select.md``, "v2 hardware"; without early exit, every entry live and the
     budget taking all of them it is exactly ``1 + 2QG + bk (NQG + 5) + R (N + 5) + N``, ``G =
     d / lanes``, ``R = ceil(N / k_cap)``, the unpipelined RTL's formula; the pipelined RTL
-    (``hw.select_tokens.cycle_formula``) adds ``9 + bk (LA + 12) + R (LA + 2)`` cycles, and ``2 LA +
-    6`` with the soft score, ``LA`` ~ 9: under 1 % at N >= 256; ``pass_latency`` models the
-    per-pass part)::
+    (``hw.select_tokens.cycle_formula``) adds ``10 + bk (LA + 12) + R (LA + 2)`` cycles, and
+    ``2 LA + 7`` with the soft score, ``LA`` ~ 9: under 1 % at N >= 256; ``pass_latency`` models
+    the per-pass part)::
 
         1 + 2 Q' G                                   set-up (Qpos, Qneg on the dot unit)
         + w N bk Q' G + (N - A) + bk (5 + lat)       the bk plane passes

@@ -21,11 +21,38 @@ def _gt_or_empty(a, b, b_valid):
     and ``b`` its valid bit, so ``{1, a'} > {v, b'}`` iff ``v = 0`` or ``a > b``; the compare
     is the sign of the difference (:func:`_gt`).  The valid bit is then no LUT behind the
     chain."""
+    assert len(b) == len(a)
+    return _gt_or_empty_ord(_ordered(a), b, b_valid)
+
+
+#: The register copies :class:`TopKPipe` can keep of its input key (``key_copies``): each a
+#: different (stored polarity, reset value) pair, so that no two are the same flip-flop to
+#: Yosys (``opt_merge`` merges flip-flops with the same data input, enable, reset and reset
+#: value, ``keep`` attribute or not)
+KEY_COPY_VARIANTS = ((False, 0), (True, 0), (False, 1), (True, 1))
+
+
+def _ordered(a):
+    """``a`` (signed) with its sign bit flipped: the same order, as an unsigned number."""
     w = len(a)
-    assert len(b) == w
-    x = Cat(a[: w - 1], ~a[w - 1], 1)
+    return Cat(a[: w - 1], ~a[w - 1])
+
+
+def _gt_or_empty_ord(ua, b, b_valid):
+    """:func:`_gt_or_empty` with ``a`` given as ``ua = _ordered(a)`` (a register copy)."""
+    w = len(ua)
+    return (Cat(b[: w - 1], ~b[w - 1], b_valid) - Cat(ua, 1))[-1]
+
+
+def _gt_or_empty_inv(na, b, b_valid):
+    """:func:`_gt_or_empty` with ``a`` given as ``na = ~_ordered(a)`` (an inverted register
+    copy), as one carry chain of an addition with no inverter in front of it.  With ``x =
+    {1, ua}`` and ``y = {v, b'}`` (``w + 1`` bits), ``~x = {0, na}`` and ``y + ~x + 1 = y - x +
+    2^(w+1)``; the ``+ 1`` is a 1 below both operands, so ``{1, y} + {1, 0, na, 1} = 2 (y - x)
+    + 2^(w+3)``, whose bit ``w + 2`` is 1 exactly when ``y < x``."""
+    w = len(na)
     y = Cat(b[: w - 1], ~b[w - 1], b_valid)
-    return (y - x)[-1]
+    return (Cat(1, y) + Cat(1, na, 0, 1))[w + 2]
 
 
 def entry_layout(key_shape, index_bits: int, payload_shape=None) -> data.StructLayout:
@@ -144,15 +171,39 @@ class TopKPipe(wiring.Component):
     key, index, payload : In
     shift : In(1)     pop ``entries[0]`` (immediate; no insert may be in flight: wait for ``busy``)
     entries : Out(ArrayLayout(entry_layout, k))   the registered contents
-    busy : Out(1)     an insert is in one of the two stages
+    busy : Out(1)     an insert is in one of the two stages (``in_reg``: in the input register
+                      or one of the two stages; an ``insert`` presented in this cycle is not
+                      counted)
     overflow : Out(1) an insert found the structure full (an entry was lost) since ``clear``
+
+    ``in_reg=True`` registers ``insert``, ``key``, ``index`` and ``payload`` first (one more
+    cycle: an insert presented in cycle ``t`` is compared in ``t+1`` and shown in ``t+3``),
+    in ``key_copies`` copies of the key register (1 to 4, :data:`KEY_COPY_VARIANTS`), each
+    feeding the comparators of one group of consecutive slots: the key drives ``k + 1`` carry
+    chains, and its route to them, not the chains, was the compare stage's longest delay.
     """
 
-    def __init__(self, k: int, key_shape, index_bits: int, payload_shape):
+    def __init__(
+        self,
+        k: int,
+        key_shape,
+        index_bits: int,
+        payload_shape,
+        *,
+        in_reg: bool = False,
+        key_copies: int = 1,
+    ):
         if not isinstance(k, int) or k < 1:
             raise ConfigError(f"TopKPipe: k={k!r} must be an integer >= 1")
         if not isinstance(index_bits, int) or index_bits < 1:
             raise ConfigError(f"TopKPipe: index_bits={index_bits!r} must be an integer >= 1")
+        nv = len(KEY_COPY_VARIANTS)
+        if not isinstance(key_copies, int) or not 1 <= key_copies <= nv:
+            raise ConfigError(f"TopKPipe: key_copies={key_copies!r} must be an integer 1 .. {nv}")
+        if key_copies > 1 and not in_reg:
+            raise ConfigError("TopKPipe: key_copies > 1 needs in_reg=True (copies are registers)")
+        self.in_reg = bool(in_reg)
+        self.key_copies = key_copies
         self.k = k
         self.layout = entry_layout(key_shape, index_bits, payload_shape)
         super().__init__(
@@ -182,22 +233,63 @@ class TopKPipe(wiring.Component):
         new = Signal(self.layout)
         gb = Signal(k)  # goes_before: key > entries[i].key or entries[i] empty
         cur = Signal(k)  # against the entries of this cycle
-        m.d.comb += [cur[i].eq(_gt_or_empty(self.key, e[i].key, e[i].valid)) for i in range(k)]
-        beats_new = Signal()
-        m.d.comb += beats_new.eq(_gt(self.key, new.key))
+        if self.in_reg:
+            # the input register; copy c of the key feeds the compares of slots
+            # [c * k / copies, (c + 1) * k / copies) (the last one also ``beats_new``), stored
+            # in the sign-flipped order of ``_gt_or_empty`` (the flip is a LUT on the input
+            # side), inverted in the odd copies (``_gt_or_empty_inv``)
+            i_ins = Signal()
+            i_index = Signal.like(self.index, name="i_index")
+            i_payload = Signal.like(self.payload, name="i_payload")
+            m.d.sync += [
+                i_ins.eq(self.insert),
+                i_index.eq(self.index),
+                i_payload.eq(self.payload),
+            ]
+            w = len(self.key)
+            kin = _ordered(self.key)
+            copies = []
+            for c in range(self.key_copies):
+                inv, ones = KEY_COPY_VARIANTS[c]
+                r = Signal(w, init=(1 << w) - 1 if ones else 0, name=f"i_key{c}")
+                m.d.sync += r.eq(~kin if inv else kin)
+                copies.append((r, inv))
+
+            def gt_copy(c, b, b_valid):
+                r, inv = copies[c]
+                return (_gt_or_empty_inv if inv else _gt_or_empty_ord)(r, b, b_valid)
+
+            def copy_of(i):
+                return min(i * self.key_copies // k, self.key_copies - 1)
+
+            m.d.comb += [cur[i].eq(gt_copy(copy_of(i), e[i].key, e[i].valid)) for i in range(k)]
+            # the key itself (for ``new``): the first copy, back in signed form
+            r0 = copies[0][0]
+            in_key = Cat(r0[: w - 1], ~r0[w - 1])
+            beats_new = gt_copy(self.key_copies - 1, new.key, 1)
+            in_insert, in_index, in_payload = i_ins, i_index, i_payload
+        else:
+            m.d.comb += [cur[i].eq(_gt_or_empty(self.key, e[i].key, e[i].valid)) for i in range(k)]
+            beats_new = _gt(self.key, new.key)
+            in_insert, in_key, in_index, in_payload = (
+                self.insert,
+                self.key,
+                self.index,
+                self.payload,
+            )
         m.d.sync += ins.eq(0)
-        with m.If(self.insert & ~self.clear):
+        with m.If(in_insert & ~self.clear):
             m.d.sync += [
                 ins.eq(1),
                 new.valid.eq(1),
-                new.key.eq(self.key),
-                new.index.eq(self.index),
-                new.payload.eq(self.payload),
+                new.key.eq(in_key),
+                new.index.eq(in_index),
+                new.payload.eq(in_payload),
             ]
             for i in range(k):
                 above = beats_new if i == 0 else Mux(gb[i - 1], cur[i - 1], beats_new)
                 m.d.sync += gb[i].eq(Mux(ins & gb[i], above, cur[i]))
-        m.d.comb += self.busy.eq(ins | self.insert)
+        m.d.comb += self.busy.eq(ins | (i_ins if self.in_reg else self.insert))
 
         # ``clear`` only empties the valid bits (the data of an empty slot is never used), so
         # the data bits' enables do not wait for it: ``ins ? gb[i] : shift``

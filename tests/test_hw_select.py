@@ -24,7 +24,7 @@ from hw.bitplane_dot import BitplaneDot
 from hw.layouts import Kind, score_shape, select_key_load_layout, select_query_layout
 from hw.plane_store import PlaneStore
 from hw.selector import Selector
-from hw.topk import TopK, TopKPipe, _gt_or_empty
+from hw.topk import TopK, TopKPipe, _gt_or_empty, _gt_or_empty_inv, _gt_or_empty_ord, _ordered
 from model.dre.config import ConfigError, DREConfig
 from model.dre.ref import select
 
@@ -170,13 +170,20 @@ def test_topk_against_stable_sort(seed, k):
     run_sim(dut, bench)
 
 
+@pytest.mark.parametrize("form", ["signed", "ordered", "inverted"])
 @pytest.mark.parametrize("w", [2, 4])
-def test_gt_or_empty_exhaustive(w):
+def test_gt_or_empty_exhaustive(w, form):
     """TopKPipe's compare ``~valid | a > b`` as one carry chain, on every pair of ``w``-bit
-    signed keys and both valid values, against Python integers."""
+    signed keys and both valid values, against Python integers: from the signed key, from its
+    sign-flipped register copy and from the inverted copy (``key_copies``)."""
     a, b, v, out = Signal(signed(w)), Signal(signed(w)), Signal(), Signal()
     m = Module()
-    m.d.comb += out.eq(_gt_or_empty(a, b, v))
+    if form == "signed":
+        m.d.comb += out.eq(_gt_or_empty(a, b, v))
+    elif form == "ordered":
+        m.d.comb += out.eq(_gt_or_empty_ord(_ordered(a), b, v))
+    else:
+        m.d.comb += out.eq(_gt_or_empty_inv(~_ordered(a), b, v))
     sim = Simulator(m)
     lo, hi = -(1 << (w - 1)), 1 << (w - 1)
     wrong = []
@@ -195,13 +202,25 @@ def test_gt_or_empty_exhaustive(w):
     assert wrong == []
 
 
-@pytest.mark.parametrize("k", [1, 2, 5])
-def test_topk_pipe_against_stable_sort(seed, k):
+@pytest.mark.parametrize(
+    "k, in_reg, copies",
+    [
+        (1, False, 1),
+        (2, False, 1),
+        (5, False, 1),
+        (1, True, 1),
+        (5, True, 4),
+        (6, True, 3),
+        (2, True, 2),
+    ],
+)
+def test_topk_pipe_against_stable_sort(seed, k, in_reg, copies):
     """TopKPipe: inserts back to back and with gaps (the compare stage applies the insert in
     the insert stage to its comparisons), then pops; ``overflow`` once an insert met a full
-    structure.  Keys from a small range: many ties (equal keys keep insertion order)."""
+    structure.  Keys from a small range: many ties (equal keys keep insertion order).  With
+    ``in_reg``, the input register and ``copies`` key copies (each feeding a group of slots)."""
     rng = random.Random(seed)
-    dut = TopKPipe(k, signed(6), 5, unsigned(4))
+    dut = TopKPipe(k, signed(6), 5, unsigned(4), in_reg=in_reg, key_copies=copies)
 
     def contents(ctx):
         return topk_contents(ctx, dut, ("key", "index", "payload"))
@@ -236,6 +255,15 @@ def test_topk_pipe_against_stable_sort(seed, k):
             assert contents(ctx) == want[pops:], (seed, trial)
 
     run_sim(dut, bench)
+
+
+@pytest.mark.filterwarnings("ignore::amaranth.hdl.UnusedElaboratable")
+def test_topk_pipe_key_copies_checked():
+    """Bad ``key_copies`` give one ConfigError, before elaboration."""
+    with pytest.raises(ConfigError, match="key_copies=5"):
+        TopKPipe(4, signed(6), 5, unsigned(4), in_reg=True, key_copies=5)
+    with pytest.raises(ConfigError, match="needs in_reg"):
+        TopKPipe(4, signed(6), 5, unsigned(4), key_copies=2)
 
 
 def test_selector_small_retrievals(seed):

@@ -32,6 +32,9 @@ from model.dre.tokens import SOFT_E
 
 #: Cycles a plane/count read of the store takes (``PlaneStore(..., out_reg=True)``).
 STORE_LATENCY = 2
+#: Register copies of the ranking's input key (``TopKPipe(key_copies=...)``): it drives
+#: ``k_cap + 1`` carry chains, and its route to them limited the clock (docs/select.md)
+TOPK_KEY_COPIES = 4
 #: Entries the look-ahead may have in flight to the soft-score unit: the depth of the unit's
 #: input FIFO, into which the issue stage writes directly (``SoftScore(in_depth=...)``)
 SOFT_FEED_DEPTH = 16
@@ -220,7 +223,9 @@ class SelectTokensCore(wiring.Component):
         qrange = range(max(2, qm))
         grange = range(max(2, groups))
 
-        topk = m.submodules.topk = TopKPipe(cfg.k_cap, vs, ib, cshape)
+        topk = m.submodules.topk = TopKPipe(
+            cfg.k_cap, vs, ib, cshape, in_reg=True, key_copies=min(TOPK_KEY_COPIES, cfg.k_cap)
+        )
         # no_rw_check: no entry is read and written in the same cycle (an entry's partials are
         # read once per pass, written after its micro-ops; passes are separated by the drain;
         # the alive lists read one bank and write the other), so synthesis adds no bypass logic
@@ -687,20 +692,13 @@ class SelectTokensCore(wiring.Component):
             list_wr.data.eq(w_j),
             list_wr.en.eq(w_valid),
         ]
-        # the ranking's inputs are registered (T0), then TopKPipe compares (T1) and inserts (T2)
-        tk_ins, tk_key = Signal(), Signal(vs)
-        tk_index, tk_payload = Signal(ib), Signal(cshape)
-        m.d.sync += [
-            tk_ins.eq(Mux(score_mode, ci.valid & ci_after & ~soft_feed, w_valid)),
-            tk_key.eq(Mux(score_mode, ci_mx, sl_acc)),
-            tk_index.eq(Mux(score_mode, ci.j, w_j)),
-            tk_payload.eq(Mux(score_mode, ci.count, w_count)),
-        ]
+        # the ranking's inputs are registered (T0, in TopKPipe: ``in_reg``, the key in
+        # TOPK_KEY_COPIES copies), then TopKPipe compares (T1) and inserts (T2)
         m.d.comb += [
-            topk.insert.eq(tk_ins),
-            topk.key.eq(tk_key),
-            topk.index.eq(tk_index),
-            topk.payload.eq(tk_payload),
+            topk.insert.eq(Mux(score_mode, ci.valid & ci_after & ~soft_feed, w_valid)),
+            topk.key.eq(Mux(score_mode, ci_mx, sl_acc)),
+            topk.index.eq(Mux(score_mode, ci.j, w_j)),
+            topk.payload.eq(Mux(score_mode, ci.count, w_count)),
         ]
         with m.If(w_valid):
             m.d.sync += [n_next.eq(n_next + 1), planes_read.eq(planes_read + qy.n_q)]

@@ -408,10 +408,19 @@ class SoftScore(wiring.Component):
         ]
         accepted_score = in_take & is_score
         read_out = out.r_rdy & out.r_en
-        used_next = Signal.like(used)
-        m.d.comb += used_next.eq(used + acc_d - read_out)
-        m.d.sync += [acc_d.eq(accepted_score), used.eq(used_next)]
-        m.d.sync += credit.eq(used_next < OUT_DEPTH - 1)
+        # an up/down counter whose carry chains start at ``used`` alone: ``used + 1``,
+        # ``used - 1`` and the credit compare of each of the three next values are formed from
+        # the register, and the read (``ready`` from the consumer, far away) and ``acc_d`` only
+        # choose among them (one LUT level, no carry chain behind the consumer's ``ready``)
+        up, down = Signal(), Signal()
+        m.d.comb += [up.eq(acc_d & ~read_out), down.eq(read_out & ~acc_d)]
+        m.d.sync += [
+            acc_d.eq(accepted_score),
+            used.eq(Mux(up, used + 1, Mux(down, used - 1, used))),
+            credit.eq(
+                Mux(up, used < OUT_DEPTH - 2, Mux(down, used < OUT_DEPTH, used < OUT_DEPTH - 1))
+            ),
+        ]
         # st10, st11: SUM: count * e
         ne = _mul(reg, ctl["cnt"], e, "count")
         for tag in ("10", "11"):

@@ -142,14 +142,20 @@ class PlaneStore(wiring.Component):
         with m.If(self.read.en):
             m.d.sync += plane_q.eq(self.read.plane)
         if self.out_reg:
-            plane_q2 = Signal(range(cfg.bk))
+            # the second stage's select is one-hot, so the multiplexer is an AND-OR: two LUT
+            # levels behind the block RAM's output register, where a binary select took three
+            # (its route from the block-RAM row is long: docs/select.md, seventh round)
+            sel = Signal(cfg.bk, init=1)
             with m.If(self.read.en):
-                m.d.sync += plane_q2.eq(plane_q)
-            plane_q = plane_q2
-        with m.Switch(plane_q):
-            for p in range(cfg.bk):
-                with m.Case(p):
-                    m.d.comb += self.read.word.eq(words[p])
+                m.d.sync += sel.eq(Cat(plane_q == p for p in range(cfg.bk)))
+            m.d.comb += self.read.word.eq(
+                Cat(Cat(words[p][i] & sel[p] for p in range(cfg.bk)).any() for i in range(cfg.d))
+            )
+        else:
+            with m.Switch(plane_q):
+                for p in range(cfg.bk):
+                    with m.Case(p):
+                        m.d.comb += self.read.word.eq(words[p])
 
         bias_mem = m.submodules.bias = Memory(shape=signed(cfg.bias_bits), depth=cfg.n_max, init=[])
         bwr = bias_mem.write_port()

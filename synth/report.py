@@ -98,7 +98,7 @@ def _summary_table(rows: list[Row], quick: bool) -> list[str]:
         "total GE (flop memories)",
     ]
     if not quick:
-        head += [RESOURCES[k] for k in RESOURCES] + ["Fmax MHz"]
+        head += [RESOURCES[k] for k in RESOURCES] + ["target MHz", "Fmax MHz"]
     out = ["| " + " | ".join(head) + " |", "|" + "---|" * 2 + "---:|" * (len(head) - 2)]
     for r in rows:
         cells = [r.config, f"`{r.design}`"]
@@ -118,13 +118,13 @@ def _summary_table(rows: list[Row], quick: bool) -> list[str]:
         if not quick:
             if r.ecp5 is not None and not r.ecp5.placed:
                 cells += [f"{_util(r.ecp5, k)}*" for k in RESOURCES]
-                cells.append("does not fit*")
+                cells += [f"{r.ecp5.target_mhz:g}", "does not fit*"]
             elif r.ecp5 is not None:
                 cells += [_util(r.ecp5, k) for k in RESOURCES]
                 f = r.ecp5.fmax_mhz
-                cells.append("no clock" if f is None else f"{f:.1f}")
+                cells += [f"{r.ecp5.target_mhz:g}", "no clock" if f is None else f"{f:.1f}"]
             else:
-                cells += ["failed" if r.errors else "-"] + ["-"] * len(RESOURCES)
+                cells += ["failed" if r.errors else "-"] + ["-"] * (len(RESOURCES) + 1)
         out.append("| " + " | ".join(cells) + " |")
     return out
 
@@ -183,11 +183,16 @@ def render(rows: list[Row], meta: dict[str, str], quick: bool) -> str:
         "counts each table as a flip-flop array (DFF + MUX2 per bit + read MUX trees).",
     ]
     if not quick:
-        e = next((r.ecp5 for r in rows if r.ecp5 is not None), None)
-        if e is not None:
+        done = [r.ecp5 for r in rows if r.ecp5 is not None]
+        if done:
+            e = done[0]
+            targets = sorted({x.target_mhz for x in done})
+            one = len(targets) == 1
             lines.append(
                 f"ECP5: `synth_ecp5`, then nextpnr-ecp5 `--{e.device} --package {e.package} "
-                f"--out-of-context --freq {e.target_mhz:g} --seed 1`; resources as placed "
+                f"--out-of-context --freq {f'{targets[0]:g}' if one else 'F'} --seed 1`"
+                + ("" if one else " (F: the row's clock target, the *target MHz* column)")
+                + "; resources as placed "
                 "(LUT4 = TRELLIS_COMB slices incl. carry and LUT-RAM logic, DSP = MULT18X18D, "
                 "BRAM = DP16KD, LUTRAM = TRELLIS_RAMW write ports), Fmax of the slowest clock, "
                 "register to register."
@@ -279,7 +284,7 @@ def run(
     *,
     quick: bool,
     workdir: Path,
-    freq: float,
+    freq: float | None,
     device: str,
     package: str,
     timeout: float,
@@ -315,7 +320,7 @@ def run(
                         where / "ecp5",
                         device=device,
                         package=package,
-                        freq_mhz=freq,
+                        freq_mhz=registry.target_mhz(design.name) if freq is None else freq,
                         timeout=timeout,
                         abc9=abc9,
                     )
@@ -347,7 +352,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--designs", nargs="+", default=None, help="design names (default: dre, or all units)"
     )
-    ap.add_argument("--freq", type=float, default=100.0, help="ECP5 clock target, MHz")
+    ap.add_argument(
+        "--freq",
+        type=float,
+        default=None,
+        help="ECP5 clock target, MHz, for every design (default: each design's own, "
+        "synth.designs.TARGET_MHZ: token_selector 150, the others 100)",
+    )
     ap.add_argument("--device", default="85k", help="nextpnr-ecp5 device flag, e.g. 25k, 85k")
     ap.add_argument("--package", default="CABGA381")
     ap.add_argument("--timeout", type=float, default=1800, help="seconds per tool run")

@@ -397,6 +397,35 @@ def test_report_cli_quick(fake_hw, tmp_path, monkeypatch):
     assert "| `$_NAND_` | NAND2_X1 | 0.798 | 1.000 |" in text
 
 
+def test_report_uses_each_designs_clock_target(fake_hw, tmp_path, monkeypatch):
+    """Without ``--freq`` each design is placed for its own target (``TARGET_MHZ``, else 100
+    MHz), and the summary shows it beside the Fmax; ``--freq`` overrides every target."""
+    reg = [("tiny", f"{fake_hw}.good", "unit"), ("tiny2", f"{fake_hw}.good", "unit")]
+    monkeypatch.setattr(registry, "REGISTRY", reg)
+    monkeypatch.setattr(registry, "TARGET_MHZ", {"tiny": 150.0})
+    asked = {}
+    real = report.synth_ecp5
+
+    def spy(component, name, workdir, **kw):
+        asked[name] = kw["freq_mhz"]
+        return real(component, name, workdir, **kw)
+
+    monkeypatch.setattr(report, "synth_ecp5", spy)
+    out = tmp_path / "synth.md"
+    common = ["--configs", "bq=4", "--designs", "tiny", "tiny2", "--workdir", str(tmp_path)]
+    assert report.main(["--out", str(out), *common]) == 0
+    assert asked == {"tiny": 150.0, "tiny2": 100.0}
+    text = out.read_text()
+    head = next(ln for ln in text.splitlines() if ln.startswith("| config |"))
+    col = [c.strip() for c in head.split("|")].index("target MHz")
+    rows = {ln.split("|")[2].strip(): ln.split("|") for ln in text.splitlines() if "| bq=4 |" in ln}
+    assert rows["`tiny`"][col].strip() == "150" and rows["`tiny2`"][col].strip() == "100"
+    assert "--freq F --seed 1` (F: the row's clock target" in text
+    assert report.main(["--out", str(out), "--freq", "75", *common]) == 0
+    assert asked == {"tiny": 75.0, "tiny2": 75.0}
+    assert "--out-of-context --freq 75 --seed 1`;" in out.read_text()
+
+
 # ---- lint ---------------------------------------------------------------------------------
 
 

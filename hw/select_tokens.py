@@ -160,8 +160,9 @@ class SelectTokensCore(wiring.Component):
     ``U`` and ``SL_c = L - MU'_c`` (one add: ``r*Qneg_c - MU'_c`` is a per-pass constant), D8 their
     compares with the ``ML``, ``MU`` maxima and the running maximum of ``SL`` over the queries
     (bypassed: the same maximum can be updated back to back), D9 the updates and the new
-    partials, W write-back (partial memory, next alive list), T0 ranking input register, then
-    :class:`TopKPipe` (T1 compare, T2 insert).  The output's record ``valid`` is a register.
+    partials, W write-back (partial memory, next alive list), then :class:`TopKPipe` (T0 its
+    input register, the key in ``TOPK_KEY_COPIES`` copies; T1 compare, T2 insert).  The
+    output's record ``valid`` is a register.
 
     Control
     -------

@@ -142,9 +142,9 @@ class PlaneStore(wiring.Component):
         with m.If(self.read.en):
             m.d.sync += plane_q.eq(self.read.plane)
         if self.out_reg:
-            # the second stage's select is one-hot, so the multiplexer is an AND-OR: two LUT
-            # levels behind the block RAM's output register, where a binary select took three
-            # (its route from the block-RAM row is long: docs/select.md, seventh round)
+            # the second stage's select is one-hot, so the multiplexer is an AND-OR, which two
+            # LUT levels can form behind the block RAM's output register (a binary select took
+            # three; ABC may still map three: docs/select.md, seventh round)
             sel = Signal(cfg.bk, init=1)
             with m.If(self.read.en):
                 m.d.sync += sel.eq(Cat(plane_q == p for p in range(cfg.bk)))

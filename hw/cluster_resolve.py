@@ -27,7 +27,8 @@ class CandidateResolve(wiring.Component):
     it opened a cluster, ``acc[2]`` if it was decided before this token started (``pend`` low:
     then port 2 read its own cluster).  An own candidate equal to that cluster gets ``+ kk``
     when ``pend`` (its sum update was not seen).  ``|S|^2`` and counts come from the table's
-    meta reads, or the previous decision's own registers.
+    meta reads, or the previous decision's own registers (also for an own candidate equal to its
+    cluster).
 
     Interface
     ---------
@@ -39,7 +40,10 @@ class CandidateResolve(wiring.Component):
     own_id : In(range(n_max)) x 2
         The ids of the own temporal and up candidates (owner map or decision history).
     meta : In(StructLayout(norm, count)) x 2
-        The table's meta data of ``own_id`` (read in the cycle before ``load``).
+        The table's meta data of ``own_id`` (read in the cycle before ``load``).  It may lack the
+        last decision's write (written one cycle after the decision, which may be the cycle of
+        that read): an own candidate equal to ``last_id`` (``last_ok``) takes ``last_norm`` and
+        ``last_count`` instead, the values that write stores.
     last_id, last_ok, last_new, last_merge, last_which, last_norm, last_count : In
         The last decision: its cluster, whether it joined or opened one (not dropped), opened,
         joined / forced, into which candidate slot, and the ``|S|^2`` and count it wrote.
@@ -120,8 +124,11 @@ class CandidateResolve(wiring.Component):
                 cid = Mux(is_prev, self.last_id, own)
                 dot = Signal(signed(wd.dot), name=f"t1_dot{i}")
                 m.d.comb += dot.eq(Mux(is_prev, prev_dot, own_dot))
-                norm = Mux(is_prev, self.last_norm, meta.norm)
-                count = Mux(is_prev, self.last_count, meta.count)
+                # The last decision's meta write is one cycle late for the meta read when this
+                # token's T1 directly follows it: its own registers stand in for the table.
+                last = is_prev | (self.last_ok & (self.last_id == own))
+                norm = Mux(last, self.last_norm, meta.norm)
+                count = Mux(last, self.last_count, meta.count)
             el = Signal(name=f"t1_elig{i}")
             m.d.comb += el.eq(ex & (count != cfg.count_max))
             eligible.append(el)

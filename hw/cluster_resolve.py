@@ -59,7 +59,9 @@ class CandidateResolve(wiring.Component):
     Timing
     ------
     ``id`` .. ``key_norm`` from the cycle after ``load``, ``new_norm``/``new_count`` from the
-    cycle after that; all held until the next ``load``.
+    cycle after that; all held until the next ``load``.  No output register has a reset: each
+    is loaded (or, ``new_*``, formed from those) for a token at its ``load``, and read for that
+    token only, after it.
     """
 
     def __init__(self, cfg: DREConfig):
@@ -101,6 +103,20 @@ class CandidateResolve(wiring.Component):
         m = Module()
         acc, kk = self.acc, self.kk
 
+        def out_reg(port, name):  # the output's register, no reset (see Timing)
+            r = Signal.like(port, name=name, reset_less=True)
+            m.d.comb += port.eq(r)
+            return r
+
+        o_id = [out_reg(self.id[i], f"r_id{i}") for i in range(3)]
+        o_dot = [out_reg(self.dot[i], f"r_dot{i}") for i in range(3)]
+        o_norm = [out_reg(self.norm[i], f"r_norm{i}") for i in range(3)]
+        o_count = [out_reg(self.count[i], f"r_count{i}") for i in range(3)]
+        o_new_norm = [out_reg(self.new_norm[i], f"r_new_norm{i}") for i in range(3)]
+        o_new_count = [out_reg(self.new_count[i], f"r_new_count{i}") for i in range(3)]
+        o_elig = out_reg(self.elig, "r_elig")
+        o_kn = out_reg(self.key_norm, "r_key_norm")
+
         spec_sel = Signal(signed(wd.dot))
         with m.Switch(self.last_which):
             for j in range(3):
@@ -134,15 +150,15 @@ class CandidateResolve(wiring.Component):
             eligible.append(el)
             with m.If(self.load):
                 m.d.sync += [
-                    self.id[i].eq(cid),
-                    self.dot[i].eq(dot),
-                    self.norm[i].eq(norm),
-                    self.count[i].eq(count),
+                    o_id[i].eq(cid),
+                    o_dot[i].eq(dot),
+                    o_norm[i].eq(norm),
+                    o_count[i].eq(count),
                 ]
             m.d.sync += [
-                self.new_norm[i].eq(self.norm[i] + 2 * self.dot[i] + self.key_norm),
-                self.new_count[i].eq(self.count[i] + 1),
+                o_new_norm[i].eq(o_norm[i] + 2 * o_dot[i] + o_kn),
+                o_new_count[i].eq(o_count[i] + 1),
             ]
         with m.If(self.load):
-            m.d.sync += [self.elig.eq(Cat(*eligible)), self.key_norm.eq(self.kn)]
+            m.d.sync += [o_elig.eq(Cat(*eligible)), o_kn.eq(self.kn)]
         return m

@@ -214,22 +214,30 @@ class ClusterUnit(wiring.Component):
         # pd_*: the last decision, registered in its cycle (the commit stage, below, applies it
         # one cycle later).  dec0: the last committed token (its cluster, whether it joined
         # one), dec1 the one before.
-        dec0_id, dec1_id = Signal(range(cfg.n_max)), Signal(range(cfg.n_max))
+        # No reset on the data (ids, values, position, bank): each is read only where its valid
+        # bit (dec0_ok, dec1_ok, pd_ok: reset, and cleared by a clear) or the commit says so.
+        dec0_id = Signal(range(cfg.n_max), reset_less=True)
+        dec1_id = Signal(range(cfg.n_max), reset_less=True)
         dec0_ok, dec1_ok = Signal(), Signal()
-        pd_id, pd_ok = Signal(range(cfg.n_max)), Signal()  # its cluster, not dropped
-        pd_new, pd_merge = Signal(), Signal()  # the last decision opened / joined a cluster
-        pd_which = Signal(range(3))  # its candidate slot (joined / forced)
-        pd_norm = Signal(unsigned(wd.sum_norm))  # |S|^2 and count it writes
-        pd_count = Signal(unsigned(cfg.count_bits))
-        pd_pos = Signal(16)  # its grid position (owner map)
-        pd_par = Signal()  # its bank (key)
+        pd_id = Signal(range(cfg.n_max), reset_less=True)  # its cluster
+        pd_ok = Signal()  # not dropped
+        # the last decision opened / joined a cluster, its candidate slot (joined / forced)
+        pd_new, pd_merge = Signal(reset_less=True), Signal(reset_less=True)
+        pd_which = Signal(range(3), reset_less=True)
+        pd_norm = Signal(unsigned(wd.sum_norm), reset_less=True)  # |S|^2 and count it writes
+        pd_count = Signal(unsigned(cfg.count_bits), reset_less=True)
+        pd_pos = Signal(16, reset_less=True)  # its grid position (owner map)
+        pd_par = Signal(reset_less=True)  # its bank (key)
         commit = Signal()  # the decision of the previous cycle is applied in this one
         n_undec = Signal(range(3))  # tokens whose dot products started, not yet committed
         par_next = Signal()  # bank of the next token to start
 
         # ---- per-token banks (two tokens between start and decision at most) ----------------
+        # No reset: a bank is loaded when its token starts and read for that token only (and
+        # as the key of the token before by the next one, whose k.k_prev is used only when it
+        # started with that token undecided, i.e. after it loaded the bank).
         def bank(shape, name):
-            return [Signal(shape, name=f"{name}{b}") for b in range(2)]
+            return [Signal(shape, name=f"{name}{b}", reset_less=True) for b in range(2)]
 
         b_key = bank(key_layout(cfg), "b_key")
         b_pos, b_last = bank(16, "b_pos"), bank(1, "b_last")
@@ -256,7 +264,7 @@ class ClusterUnit(wiring.Component):
         for j in range(3):
             spec = Mux(pick(b_prev, pb)[j], dec0_id, pick(b_id[j], pb))
             go_ids.append(Mux(pend, spec, dec0_id))
-        rd_ids = [Signal(range(cfg.n_max), name=f"rd_id{i}") for i in range(5)]
+        rd_ids = [Signal(range(cfg.n_max), name=f"rd_id{i}", reset_less=True) for i in range(5)]
         for i in range(5):
             m.d.comb += [
                 table.cand[i].id.eq(Mux(go, go_ids[i], rd_ids[i])),

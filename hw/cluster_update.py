@@ -75,9 +75,13 @@ class SumUpdate(wiring.Component):
         m = Module()
 
         rd = self.busy
-        chunk, wchunk = Signal(chunk_shape(cfg)), Signal(chunk_shape(cfg))
-        upd_id, upd_new = Signal(range(cfg.n_max)), Signal()
-        key = Signal(key_layout(cfg))
+        # No reset on the update's data (loaded at start, read only while the update reads or
+        # writes: ``busy``, ``writing`` have theirs).
+        chunk = Signal(chunk_shape(cfg))
+        wchunk = Signal(chunk_shape(cfg), reset_less=True)
+        upd_id = Signal(range(cfg.n_max), reset_less=True)
+        upd_new = Signal(reset_less=True)
+        key = Signal(key_layout(cfg), reset_less=True)
         rd_chunk = Mux(self.start, 0, chunk)
         m.d.comb += [
             self.read.id.eq(Mux(self.start, self.id, Mux(rd, upd_id, self.wb_read.id))),

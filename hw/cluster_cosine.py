@@ -124,7 +124,10 @@ class ClusterCompare(wiring.Component):
     the cross products ``(k.S_a)^2 |S_b|^2`` of the pairs (reusing stage 2's squares), aligned
     and with their guard sums (registered).  Outputs: ``passed``/``sure`` are registers,
     ``more``/``more_sure`` one compare of registers.  DSP-sized products (``M x M``):
-    2 + 3 + 3 + 6 = 14.
+    2 + 3 + 3 + 6 = 14.  The stage registers have no reset: each is loaded in every cycle from
+    the stage before, so after :data:`LATENCY` cycles every output answers inputs of the
+    current run (the unit reads the outputs only for a token whose inputs were loaded
+    :data:`LATENCY` cycles earlier); ``passed`` and ``sure`` keep theirs.
     """
 
     def __init__(self, cfg: DREConfig, mantissa_bits: int = 17):
@@ -150,8 +153,8 @@ class ClusterCompare(wiring.Component):
         es = exp_shape(max(wd.sum_norm, wd.dot, 2 * wd.tau) + 2 * M, M)
         m = Module()
 
-        def reg(shape, name):
-            return Signal(shape, name=name)
+        def reg(shape, name):  # stage registers: loaded in every cycle, no reset (Timing)
+            return Signal(shape, name=name, reset_less=True)
 
         def top_bits(m, v, name):  # top M bits of a 2M-bit mantissa product, and the shift
             top = v[2 * M - 1]

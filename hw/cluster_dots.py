@@ -144,7 +144,8 @@ class ClusterDots(wiring.Component):
         register), the replacement made after that register.
     dot : Out(signed(dot)) x 5, kk : Out(signed(key_norm + 1)), kn : Out(unsigned(key_norm))
         The accumulators: ``k.S_i``, ``k.k_prev``, ``|k|^2`` of the last token whose last chunk
-        has gone through; they change only while chunks go through.
+        has gone through; they change only while chunks go through.  Undefined after reset
+        until a token's chunks went through (no reset, see Timing).
     done, done_tag : Out(1)
         ``done``: the token's last chunk is in the accumulate stage in this cycle, so the
         accumulators hold the token's results from the next cycle on.  ``done_tag`` is the tag
@@ -160,7 +161,14 @@ class ClusterDots(wiring.Component):
     ``A`` the rest of the trees and the accumulators (``D + 2``): a token whose last chunk is
     presented in cycle ``D`` has ``done`` in ``D + 2`` and its results in ``dot``/``kk``/``kn``
     from ``D + 3`` on.  One chunk per cycle, back to back across tokens (``first`` restarts the
-    accumulators)."""
+    accumulators).
+
+    Only the control bits (``en``, ``first``, ``last``, ``tag`` through q1 and A) have a
+    synchronous reset.  The data registers of q1 and q2 are loaded in every cycle from this
+    cycle's inputs and reach the accumulators only under the control bits, and the accumulators
+    are loaded without their old value with a token's first chunk (``first``) before ``done``
+    reports it: no data register is read before it is written, so none needs a reset ("Fmax,
+    sixth round" in ``docs/cluster.md``: fewer reset sinks, freer flip-flop packing)."""
 
     def __init__(self, cfg: DREConfig):
         require_config(cfg)
@@ -189,7 +197,7 @@ class ClusterDots(wiring.Component):
         L = self.cfg.lanes
         m = Module()
 
-        def stage(values, name, reset_less=False):  # one register per value, same shape
+        def stage(values, name, reset_less=True):  # one register per value, same shape
             out = []
             for k, v in enumerate(values):
                 v = Value.cast(v)
@@ -201,14 +209,11 @@ class ClusterDots(wiring.Component):
         # q1: data and key chunks
         q1_kc = stage([self.key[l] for l in range(L)], "q1_kc")
         q1_kp = stage([self.key_prev[l] for l in range(L)], "q1_kp")
-        q1_raw = [
-            stage([self.sums[i][l] for l in range(L)], f"q1_s{i}_", reset_less=True)
-            for i in range(N_SUMS)
-        ]
+        q1_raw = [stage([self.sums[i][l] for l in range(L)], f"q1_s{i}_") for i in range(N_SUMS)]
         q1_hit = stage([self.hit[i] for i in range(N_SUMS)], "q1_hit")
         q1_fwd = stage([self.fwd[l] for l in range(L)], "q1_fwd")
         q1_s = [[Mux(q1_hit[i], q1_fwd[l], q1_raw[i][l]) for l in range(L)] for i in range(N_SUMS)]
-        q1_ctl = stage([self.en, self.first, self.last, self.tag], "q1_ctl")
+        q1_ctl = stage([self.en, self.first, self.last, self.tag], "q1_ctl", reset_less=False)
         # q2: products and two tree levels (the bk-bit slice and sum(k) trees whole)
         wide = len(Value.cast(q1_s[0][0])) > 18
         q2_lo, q2_hi = [], []
@@ -224,7 +229,16 @@ class ClusterDots(wiring.Component):
         # The key x key products are small (bk x bk): shift-and-add in LUTs, no DSP blocks.
         q2_kk = stage(tree_levels([lut_mul(q1_kc[l], q1_kp[l]) for l in range(L)], 2), "q2_kk")
         q2_kn = stage(tree_levels([lut_square(q1_kc[l]) for l in range(L)], 2), "q2_kn")
-        a_en, a_first, a_last, a_tag = stage(q1_ctl, "a_ctl")
+        a_en, a_first, a_last, a_tag = stage(q1_ctl, "a_ctl", reset_less=False)
+        # the accumulators, without reset (loaded from 0 with a token's first chunk)
+        acc = [Signal.like(self.dot[i], name=f"acc{i}", reset_less=True) for i in range(N_SUMS)]
+        acc_kk = Signal.like(self.kk, name="acc_kk", reset_less=True)
+        acc_kn = Signal.like(self.kn, name="acc_kn", reset_less=True)
+        m.d.comb += [
+            *(self.dot[i].eq(acc[i]) for i in range(N_SUMS)),
+            self.kk.eq(acc_kk),
+            self.kn.eq(acc_kn),
+        ]
         # A: the rest of the trees, accumulate
         m.d.comb += [self.done.eq(a_en & a_last), self.done_tag.eq(a_tag)]
         if wide:
@@ -233,13 +247,13 @@ class ClusterDots(wiring.Component):
             for i in range(N_SUMS):
                 # DSP sum, slice sums (high_terms), 2^17 sum(k) and the accumulator: one tree
                 # (4 adder levels for 24-bit sums, not 3 + 2 + 1 in a row)
-                terms = [Mux(a_first, 0, self.dot[i]), *q2_lo[i]]
+                terms = [Mux(a_first, 0, acc[i]), *q2_lo[i]]
                 if wide:
                     terms += [t << 18 for t in high_terms(q2_hi[i])] + [k_sum << 17]
-                m.d.sync += self.dot[i].eq(offset_sum(terms, len(self.dot[i])))
-            kk_terms = [Mux(a_first, 0, self.kk), *q2_kk]
+                m.d.sync += acc[i].eq(offset_sum(terms, len(acc[i])))
+            kk_terms = [Mux(a_first, 0, acc_kk), *q2_kk]
             m.d.sync += [
-                self.kk.eq(offset_sum(kk_terms, len(self.kk))),
-                self.kn.eq(Mux(a_first, 0, self.kn) + tree_sum(q2_kn)),
+                acc_kk.eq(offset_sum(kk_terms, len(acc_kk))),
+                acc_kn.eq(Mux(a_first, 0, acc_kn) + tree_sum(q2_kn)),
             ]
         return m

@@ -99,14 +99,21 @@ class TokenFramer(wiring.Component):
     def elaborate(self, platform):
         cfg = self.cfg
         m = Module()
-        tok = self.token
+        # No reset on the token register (read only while ``valid``) nor on the frame registers
+        # (read only at positions after the frame start that loaded them, ``pos != 0``; pos
+        # is reset) and the previous frame's size (read only with ``temporal_ok``).
+        tok = Signal(token_layout(cfg), reset_less=True)
+        m.d.comb += self.token.eq(tok)
+
+        def kept(shape):
+            return Signal(shape, reset_less=True)
 
         pos, col, row = Signal(16), Signal(16), Signal(16)  # next token's position
-        f_w, f_h, f_size = Signal(16), Signal(16), Signal(32)  # sampled at the frame start
-        f_tau_t, f_tau_s = Signal.like(self.tau_t), Signal.like(self.tau_s)
-        f_table = Signal(range(cfg.n_max + 1))
-        f_temporal = Signal()  # this frame has a temporal candidate
-        temporal_ok, prev_w, prev_h = Signal(), Signal(16), Signal(16)
+        f_w, f_h, f_size = kept(16), kept(16), kept(32)  # sampled at the frame start
+        f_tau_t, f_tau_s = kept(len(self.tau_t)), kept(len(self.tau_s))
+        f_table = kept(range(cfg.n_max + 1))
+        f_temporal = kept(1)  # this frame has a temporal candidate
+        temporal_ok, prev_w, prev_h = Signal(), kept(16), kept(16)
         aged = Signal()
         m.d.comb += self.aged.eq(self.valid & aged)
 

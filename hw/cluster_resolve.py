@@ -27,7 +27,8 @@ class CandidateResolve(wiring.Component):
     it opened a cluster, ``acc[2]`` if it was decided before this token started (``pend`` low:
     then port 2 read its own cluster).  An own candidate equal to that cluster gets ``+ kk``
     when ``pend`` (its sum update was not seen).  ``|S|^2`` and counts come from the table's
-    meta reads, or the previous decision's own registers.
+    meta reads, or the previous decision's own registers (also for an own candidate equal to its
+    cluster).
 
     Interface
     ---------
@@ -39,7 +40,10 @@ class CandidateResolve(wiring.Component):
     own_id : In(range(n_max)) x 2
         The ids of the own temporal and up candidates (owner map or decision history).
     meta : In(StructLayout(norm, count)) x 2
-        The table's meta data of ``own_id`` (read in the cycle before ``load``).
+        The table's meta data of ``own_id`` (read in the cycle before ``load``).  It may lack the
+        last decision's write (written one cycle after the decision, which may be the cycle of
+        that read): an own candidate equal to ``last_id`` (``last_ok``) takes ``last_norm`` and
+        ``last_count`` instead, the values that write stores.
     last_id, last_ok, last_new, last_merge, last_which, last_norm, last_count : In
         The last decision: its cluster, whether it joined or opened one (not dropped), opened,
         joined / forced, into which candidate slot, and the ``|S|^2`` and count it wrote.
@@ -55,7 +59,9 @@ class CandidateResolve(wiring.Component):
     Timing
     ------
     ``id`` .. ``key_norm`` from the cycle after ``load``, ``new_norm``/``new_count`` from the
-    cycle after that; all held until the next ``load``.
+    cycle after that; all held until the next ``load``.  No output register has a reset: each
+    is loaded (or, ``new_*``, formed from those) for a token at its ``load``, and read for that
+    token only, after it.
     """
 
     def __init__(self, cfg: DREConfig):
@@ -97,6 +103,20 @@ class CandidateResolve(wiring.Component):
         m = Module()
         acc, kk = self.acc, self.kk
 
+        def out_reg(port, name):  # the output's register, no reset (see Timing)
+            r = Signal.like(port, name=name, reset_less=True)
+            m.d.comb += port.eq(r)
+            return r
+
+        o_id = [out_reg(self.id[i], f"r_id{i}") for i in range(3)]
+        o_dot = [out_reg(self.dot[i], f"r_dot{i}") for i in range(3)]
+        o_norm = [out_reg(self.norm[i], f"r_norm{i}") for i in range(3)]
+        o_count = [out_reg(self.count[i], f"r_count{i}") for i in range(3)]
+        o_new_norm = [out_reg(self.new_norm[i], f"r_new_norm{i}") for i in range(3)]
+        o_new_count = [out_reg(self.new_count[i], f"r_new_count{i}") for i in range(3)]
+        o_elig = out_reg(self.elig, "r_elig")
+        o_kn = out_reg(self.key_norm, "r_key_norm")
+
         spec_sel = Signal(signed(wd.dot))
         with m.Switch(self.last_which):
             for j in range(3):
@@ -120,22 +140,25 @@ class CandidateResolve(wiring.Component):
                 cid = Mux(is_prev, self.last_id, own)
                 dot = Signal(signed(wd.dot), name=f"t1_dot{i}")
                 m.d.comb += dot.eq(Mux(is_prev, prev_dot, own_dot))
-                norm = Mux(is_prev, self.last_norm, meta.norm)
-                count = Mux(is_prev, self.last_count, meta.count)
+                # The last decision's meta write is one cycle late for the meta read when this
+                # token's T1 directly follows it: its own registers stand in for the table.
+                last = is_prev | (self.last_ok & (self.last_id == own))
+                norm = Mux(last, self.last_norm, meta.norm)
+                count = Mux(last, self.last_count, meta.count)
             el = Signal(name=f"t1_elig{i}")
             m.d.comb += el.eq(ex & (count != cfg.count_max))
             eligible.append(el)
             with m.If(self.load):
                 m.d.sync += [
-                    self.id[i].eq(cid),
-                    self.dot[i].eq(dot),
-                    self.norm[i].eq(norm),
-                    self.count[i].eq(count),
+                    o_id[i].eq(cid),
+                    o_dot[i].eq(dot),
+                    o_norm[i].eq(norm),
+                    o_count[i].eq(count),
                 ]
             m.d.sync += [
-                self.new_norm[i].eq(self.norm[i] + 2 * self.dot[i] + self.key_norm),
-                self.new_count[i].eq(self.count[i] + 1),
+                o_new_norm[i].eq(o_norm[i] + 2 * o_dot[i] + o_kn),
+                o_new_count[i].eq(o_count[i] + 1),
             ]
         with m.If(self.load):
-            m.d.sync += [self.elig.eq(Cat(*eligible)), self.key_norm.eq(self.kn)]
+            m.d.sync += [o_elig.eq(Cat(*eligible)), o_kn.eq(self.kn)]
         return m

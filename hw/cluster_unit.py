@@ -23,12 +23,13 @@ from model.dre.config import ConfigError, DREConfig, require_config
 __all__ = ["ClusterUnit", "key_layout", "result_layout", "token_latency", "token_period"]
 
 
-def token_period(cfg: DREConfig) -> int:
-    """Cycles between tokens at full rate (no input gaps, no backpressure):
-    ``max(G, ceil((G + 8) / 2), 5)`` with ``G = d / lanes``, i.e. ``G`` for ``G >= 8`` and 6 at
-    the default ``G = 4`` (``docs/cluster.md`` derives it)."""
+def token_period(cfg: DREConfig) -> float:
+    """Cycles per token at full rate (no input gaps, no backpressure), on average:
+    ``max(G, (G + 9) / 2, 5)`` with ``G = d / lanes``, i.e. ``G`` for ``G >= 9`` and 6.5 at
+    the default ``G = 4`` (the starts alternate 5 and 8 cycles apart; ``docs/cluster.md``
+    derives it).  A float: half a cycle where ``G + 9`` is odd and the loop binds."""
     G = cfg.groups
-    return max(G, (G + 9) // 2, 5)
+    return max(2 * G, G + 9, 10) / 2
 
 
 def token_latency(cfg: DREConfig) -> int:
@@ -90,25 +91,29 @@ class ClusterUnit(wiring.Component):
 
     Timing
     ------
-    Throughput one token per ``token_period(cfg) = max(G, ceil((G + 8) / 2), 5)`` cycles
+    Throughput one token per ``token_period(cfg) = max(G, (G + 9) / 2, 5)`` cycles on average
     (without exact recomputes)
-    (``G = d / lanes``; ``G`` for ``G >= 8``, 6 at the default d = 64, lanes = 16), latency
+    (``G = d / lanes``; ``G`` for ``G >= 9``, 6.5 at the default d = 64, lanes = 16), latency
     ``token_latency(cfg) = G + 10`` cycles from acceptance to the result.  Stages: ``accept |
     IN: owner-map reads | G chunk reads (5 sums) | q1: data registered | q2: products, two
     adder-tree levels | A: accumulate (5 sums, k.k_prev, |k|^2) | T1: resolve | T2 .. T4: screen
-    stages 1-3 | DEC``.  Token ``t+1`` starts its dot products as soon as the read ports
-    are free and token ``t-1`` is decided, i.e. while token ``t`` is still being decided.  Its
+    stages 1-3 | DEC | commit``; the decision is registered in DEC (the result, the history)
+    and applied one cycle later (commit: owner map, meta memory, start of the sum update).
+    Token ``t+1`` starts its dot products as soon as the read ports
+    are free and token ``t-1`` is committed, i.e. while token ``t`` is still being decided.  Its
     *left* candidate (and its up / temporal candidate on a grid 1 wide / of 1 token) is ``t``'s
     cluster, not known yet: ``t+1`` reads the sums of all three of ``t``'s candidates and
     computes ``k_{t+1}.k_t``; at T1, once ``t`` is decided, it takes ``k_{t+1}.S_c + k_{t+1}.k_t``
     for the candidate ``c`` that ``t`` joined, or ``k_{t+1}.k_t`` if ``t`` opened a cluster.
-    ``t``'s sum update starts writing after ``t+1``'s reads began, so ``t+1`` never sees it and
+    If ``t`` is not committed before ``t+1`` starts, ``t``'s sum update starts writing after
+    ``t+1``'s reads began, so ``t+1`` never sees it and
     corrects any of its own candidates equal to ``t``'s cluster by ``k_{t+1}.k_t``; every
     earlier update is complete in time (transparent table ports).  ``|S|^2`` and counts come from
-    the table (transparent reads, written at the decision) or, for ``t``'s cluster, from the
+    the table (transparent reads, written at the commit) or, for ``t``'s cluster, from the
     decision's own registers.  Candidates two tokens back (grid width 2, frames of 2 tokens)
     come from the decision history instead of the owner map.  The decision waits for a free
-    ``result`` register and a free sum-update engine (``G`` cycles per update), and for the
+    ``result`` register and a sum-update engine free in the commit cycle (``G`` cycles per
+    update), and for the
     exact unit when the mantissa screen left a result it needs inside its guard band
     (:func:`hw.cluster_exact.exact_cycles` per recomputed result plus one, 211 at the default;
     rare).
@@ -206,19 +211,33 @@ class ClusterUnit(wiring.Component):
         result_free = ~self.result.valid | self.result.ready
 
         # ---- decision history -----------------------------------------------------------------
-        # dec0: the last decided token (its cluster, whether it joined one), dec1 the one before.
-        dec0_id, dec1_id = Signal(range(cfg.n_max)), Signal(range(cfg.n_max))
+        # pd_*: the last decision, registered in its cycle (the commit stage, below, applies it
+        # one cycle later).  dec0: the last committed token (its cluster, whether it joined
+        # one), dec1 the one before.
+        # No reset on the data (ids, values, position, bank): each is read only where its valid
+        # bit (dec0_ok, dec1_ok, pd_ok: reset, and cleared by a clear) or the commit says so.
+        dec0_id = Signal(range(cfg.n_max), reset_less=True)
+        dec1_id = Signal(range(cfg.n_max), reset_less=True)
         dec0_ok, dec1_ok = Signal(), Signal()
-        pd_new, pd_merge = Signal(), Signal()  # the last decision opened / joined a cluster
-        pd_which = Signal(range(3))  # its candidate slot (joined / forced)
-        pd_norm = Signal(unsigned(wd.sum_norm))  # |S|^2 and count it wrote
-        pd_count = Signal(unsigned(cfg.count_bits))
-        n_undec = Signal(range(3))  # tokens whose dot products started, not yet decided
+        pd_id = Signal(range(cfg.n_max), reset_less=True)  # its cluster
+        pd_ok = Signal()  # not dropped
+        # the last decision opened / joined a cluster, its candidate slot (joined / forced)
+        pd_new, pd_merge = Signal(reset_less=True), Signal(reset_less=True)
+        pd_which = Signal(range(3), reset_less=True)
+        pd_norm = Signal(unsigned(wd.sum_norm), reset_less=True)  # |S|^2 and count it writes
+        pd_count = Signal(unsigned(cfg.count_bits), reset_less=True)
+        pd_pos = Signal(16, reset_less=True)  # its grid position (owner map)
+        pd_par = Signal(reset_less=True)  # its bank (key)
+        commit = Signal()  # the decision of the previous cycle is applied in this one
+        n_undec = Signal(range(3))  # tokens whose dot products started, not yet committed
         par_next = Signal()  # bank of the next token to start
 
         # ---- per-token banks (two tokens between start and decision at most) ----------------
+        # No reset: a bank is loaded when its token starts and read for that token only (and
+        # as the key of the token before by the next one, whose k.k_prev is used only when it
+        # started with that token undecided, i.e. after it loaded the bank).
         def bank(shape, name):
-            return [Signal(shape, name=f"{name}{b}") for b in range(2)]
+            return [Signal(shape, name=f"{name}{b}", reset_less=True) for b in range(2)]
 
         b_key = bank(key_layout(cfg), "b_key")
         b_pos, b_last = bank(16, "b_pos"), bank(1, "b_last")
@@ -232,7 +251,7 @@ class ClusterUnit(wiring.Component):
         rd_chunk = Signal(chunk_shape(cfg))
         go = Signal()
         m.d.comb += go.eq(framer.aged & ~tok.err & ~rd_busy & (n_undec <= 1))
-        pend = n_undec == 1  # the token before is not decided: its sum update is not seen
+        pend = n_undec == 1  # the token before is not committed: its sum update is not seen
         hist_id = Mux(pend, dec0_id, dec1_id)
         hist_ok = Mux(pend, dec0_ok, dec1_ok)
         go_ids = [
@@ -245,7 +264,7 @@ class ClusterUnit(wiring.Component):
         for j in range(3):
             spec = Mux(pick(b_prev, pb)[j], dec0_id, pick(b_id[j], pb))
             go_ids.append(Mux(pend, spec, dec0_id))
-        rd_ids = [Signal(range(cfg.n_max), name=f"rd_id{i}") for i in range(5)]
+        rd_ids = [Signal(range(cfg.n_max), name=f"rd_id{i}", reset_less=True) for i in range(5)]
         for i in range(5):
             m.d.comb += [
                 table.cand[i].id.eq(Mux(go, go_ids[i], rd_ids[i])),
@@ -357,8 +376,8 @@ class ClusterUnit(wiring.Component):
             res.own_id[1].eq(pick(b_id[UP], B)),
             res.meta[0].eq(table.cand_meta[0].data),
             res.meta[1].eq(table.cand_meta[1].data),
-            res.last_id.eq(dec0_id),
-            res.last_ok.eq(dec0_ok),
+            res.last_id.eq(pd_id),
+            res.last_ok.eq(pd_ok),
             res.last_new.eq(pd_new),
             res.last_merge.eq(pd_merge),
             res.last_which.eq(pd_which),
@@ -430,43 +449,58 @@ class ClusterUnit(wiring.Component):
             new_norm.eq(Mux(new, r_kn, norm_w)),
             new_count.eq(Mux(new, 1, count_w)),
         ]
-        m.d.comb += decide.eq(in_dec & dcd.ready & result_free & ~upd.busy)
+        # The decision waits until the sum update engine can start in the next cycle (commit).
+        m.d.comb += decide.eq(in_dec & dcd.ready & result_free & upd.free_next)
+        m.d.sync += commit.eq(decide)
         with m.If(decide):
             m.d.sync += [
                 self.result.valid.eq(1),
                 self.result.payload.id.eq(choice),
                 self.result.payload.status.eq(status),
                 self.result.payload.last.eq(pick(b_last, tst_par)),
-                dec0_id.eq(choice),
-                dec0_ok.eq(~dropped),
-                dec1_id.eq(dec0_id),
-                dec1_ok.eq(dec0_ok),
+                pd_id.eq(choice),
+                pd_ok.eq(~dropped),
                 pd_new.eq(new),
                 pd_merge.eq((status == JOINED) | (status == FORCED)),
                 pd_which.eq(which),
                 pd_norm.eq(new_norm),
                 pd_count.eq(new_count),
-            ]
-            m.d.comb += [
-                own_wr.en.eq(1),
-                own_wr.addr.eq(pick(b_pos, tst_par)),
-                own_wr.data.valid.eq(~dropped),
-                own_wr.data.id.eq(choice),
-                table.wr_meta.en.eq(~dropped),
-                table.wr_meta.id.eq(choice),
-                table.wr_meta.data.norm.eq(new_norm),
-                table.wr_meta.data.count.eq(new_count),
+                pd_pos.eq(pick(b_pos, tst_par)),
+                pd_par.eq(tst_par),
             ]
             with m.If(new):
                 m.d.sync += n_used.eq(n_used + 1)
-        m.d.sync += n_undec.eq(n_undec + go - decide)
+
+        # ---- commit: the registered decision goes to the owner map, the meta memory, the sum
+        # update engine and the history one cycle after it ("Fmax, sixth round"), so the
+        # decision's logic does not fan out across the device in its own cycle.
+        with m.If(commit):
+            m.d.sync += [
+                dec0_id.eq(pd_id),
+                dec0_ok.eq(pd_ok),
+                dec1_id.eq(dec0_id),
+                dec1_ok.eq(dec0_ok),
+            ]
+            m.d.comb += [
+                own_wr.en.eq(1),
+                own_wr.addr.eq(pd_pos),
+                own_wr.data.valid.eq(pd_ok),
+                own_wr.data.id.eq(pd_id),
+                table.wr_meta.en.eq(pd_ok),
+            ]
+        m.d.comb += [
+            table.wr_meta.id.eq(pd_id),
+            table.wr_meta.data.norm.eq(pd_norm),
+            table.wr_meta.data.count.eq(pd_count),
+        ]
+        m.d.sync += n_undec.eq(n_undec + go - commit)
 
         # ---- sum update (SumUpdate) and write-back (WritebackQueue, ClusterWriteback) --------
         m.d.comb += [
-            upd.start.eq(decide & ~dropped),
-            upd.id.eq(choice),
-            upd.opened.eq(new),
-            upd.key.eq(pick(b_key, tst_par)),
+            upd.start.eq(commit & pd_ok),
+            upd.id.eq(pd_id),
+            upd.opened.eq(pd_new),
+            upd.key.eq(pick(b_key, pd_par)),
         ]
         wiring.connect(m, upd.read, table.upd)
         wiring.connect(m, upd.write, table.wr)
@@ -508,6 +542,7 @@ class ClusterUnit(wiring.Component):
             m.d.sync += [
                 clear_pending.eq(self.clear),
                 n_used.eq(0),
+                pd_ok.eq(0),
                 dec0_ok.eq(0),
                 dec1_ok.eq(0),
             ]

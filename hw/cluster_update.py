@@ -25,6 +25,9 @@ class SumUpdate(wiring.Component):
         The cluster, whether it is opened by this key (its old sum is ignored), the key.
     busy : Out(1)
         Chunk reads ``1 .. G-1`` of the update are pending (a new ``start`` must wait).
+    free_next : Out(1)
+        A ``start`` is allowed in the next cycle: no ``start`` in this one, and none of the
+        update's chunk reads is pending after this cycle's.
     writing : Out(1)
         A chunk is written in this cycle.
     updated : Out(1), updated_id : Out(range(n_max))
@@ -42,7 +45,7 @@ class SumUpdate(wiring.Component):
     ------
     Chunk ``g`` is read in cycle ``start + g`` and written (old + key chunk) in ``start + 1 +
     g``: ``G`` cycles of reads (``busy`` in the last ``G - 1``), the last write in ``start + G``
-    (``updated``).  ``wb_grant = ~start & ~busy``.
+    (``updated``).  ``wb_grant = ~start & ~busy``; ``free_next`` in the cycle of the last read.
     """
 
     def __init__(self, cfg: DREConfig):
@@ -55,6 +58,7 @@ class SumUpdate(wiring.Component):
                 "opened": In(1),
                 "key": In(key_layout(cfg)),
                 "busy": Out(1),
+                "free_next": Out(1),
                 "writing": Out(1),
                 "updated": Out(1),
                 "updated_id": Out(range(cfg.n_max)),
@@ -71,15 +75,20 @@ class SumUpdate(wiring.Component):
         m = Module()
 
         rd = self.busy
-        chunk, wchunk = Signal(chunk_shape(cfg)), Signal(chunk_shape(cfg))
-        upd_id, upd_new = Signal(range(cfg.n_max)), Signal()
-        key = Signal(key_layout(cfg))
+        # No reset on the update's data (loaded at start, read only while the update reads or
+        # writes: ``busy``, ``writing`` have theirs).
+        chunk = Signal(chunk_shape(cfg))
+        wchunk = Signal(chunk_shape(cfg), reset_less=True)
+        upd_id = Signal(range(cfg.n_max), reset_less=True)
+        upd_new = Signal(reset_less=True)
+        key = Signal(key_layout(cfg), reset_less=True)
         rd_chunk = Mux(self.start, 0, chunk)
         m.d.comb += [
             self.read.id.eq(Mux(self.start, self.id, Mux(rd, upd_id, self.wb_read.id))),
             self.read.chunk.eq(Mux(self.start | rd, rd_chunk, self.wb_read.chunk)),
             self.wb_read.data.eq(self.read.data),
             self.wb_grant.eq(~self.start & ~rd),
+            self.free_next.eq(~self.start & (~rd | (chunk == G - 1))),
         ]
         m.d.sync += [self.writing.eq(self.start | rd), wchunk.eq(rd_chunk)]
         with m.If(rd):

@@ -109,17 +109,25 @@ class ClusterWriteback(wiring.Component):
         D = per * L  # dividers
         m = Module()
 
-        cid = Signal(range(cfg.n_max))
-        count = Signal(cfg.count_bits)
+        # No reset on the data registers (cluster id, count, remainders, quotients, signs, the
+        # centroid, the divisor, the bias pipeline): each cluster's walk IDLE .. WRITE loads
+        # every one of them before reading it (cid in IDLE, count in COUNT, rem / neg when its
+        # chunk arrives, the divisor in LAST, quo by bk shifts, cen by R - 1 rounds, the bias
+        # pipeline >= 4 cycles before WRITE); the FSM, chunk, step and the load flags keep theirs.
+        def kept(shape, name):
+            return Signal(shape, name=name, reset_less=True)
+
+        cid = kept(range(cfg.n_max), "cid")
+        count = kept(cfg.count_bits, "count")
         chunk = Signal(chunk_shape(cfg))  # the next sum chunk to read
         last_round = Signal()
         step = Signal(range(bk))  # division step: quotient bit ``step`` is decided
         # Signed partial remainder: R0 = 2|S| + n < 2^(sum + 1) + 2^count_bits; |R| < 2n 2^bk after.
         rw = max(wd.sum + 2, cfg.count_bits + 1 + bk) + 1
-        rem = [Signal(signed(rw), name=f"rem{i}") for i in range(D)]
-        quo = [Signal(unsigned(bk), name=f"quo{i}") for i in range(D)]
-        neg = Signal(D)
-        cen = Signal(d * bk)  # the centroid, filled one round (D elements) at a time
+        rem = [kept(signed(rw), f"rem{i}") for i in range(D)]
+        quo = [kept(unsigned(bk), f"quo{i}") for i in range(D)]
+        neg = kept(D, "neg")
+        cen = kept(d * bk, "cen")  # the centroid, filled one round (D elements) at a time
         bias = Signal(signed(cfg.bias_bits))
         ld, ld_slot = Signal(), Signal(range(max(2, per)))  # a granted read's data arrives
 
@@ -131,10 +139,10 @@ class ClusterWriteback(wiring.Component):
         # ``count`` is loaded at the end of COUNT, ``bias`` follows 3 cycles later; the write
         # comes at least ``bk + 2 >= 4`` cycles after COUNT.  The copy keeps the log2 off the
         # meta memory's read data (synthesis may merge ``count`` into the memory's read port).
-        count_q = Signal.like(count, name="count_q")
+        count_q = kept(len(count), "count_q")
         log_c = log2_fixed(m, count_q, cfg.log_frac_bits)
-        log = Signal.like(log_c, name="log_q")
-        scaled = Signal(len(log) + wd.bias_scale)
+        log = kept(len(log_c), "log_q")
+        scaled = kept(len(log) + wd.bias_scale, "scaled")
         m.d.sync += [
             count_q.eq(count),
             log.eq(log_c),
@@ -149,8 +157,8 @@ class ClusterWriteback(wiring.Component):
         # 1``: ``n << bk``) and halved in every DIVIDE step (exact: ``n << (step + 1)`` is even),
         # so that the dividers' adders start at registers, not at the meta memory's read data
         # (``count``) through a shifter and a negation.
-        shifted = Signal(signed(rw))
-        minus = Signal(signed(rw))
+        shifted = kept(signed(rw), "shifted")
+        minus = kept(signed(rw), "minus")
 
         # Loading: the chunk read in the previous (granted) cycle: ``lanes`` dividends formed
         # once, routed to the dividers of its slot in the round.

@@ -391,12 +391,12 @@ def dre_v2_retrieval_cycles(
     return 1 + 2 * qd * g + passes + soft + rounds * (alive + 5) + records
 
 
-def token_period(d: int, lanes: int) -> int:
-    """Clustering cycles per token, ``max(G, ceil((G + 8) / 2), 5)`` with ``G = d / lanes``
-    (``hw/cluster_unit.py`` as changed on branch ``issue11-fit``; it was ``max(G, ceil((G + 4)
-    / 2), 3)``)."""
+def token_period(d: int, lanes: int) -> float:
+    """Clustering cycles per token on average, ``max(G, (G + 9) / 2, 5)`` with ``G = d / lanes``
+    (``hw/cluster_unit.py`` since the commit stage, ``docs/cluster.md`` "Fmax, sixth round"; it
+    was ``max(G, ceil((G + 8) / 2), 5)``, before that ``max(G, ceil((G + 4) / 2), 3)``)."""
     g = d // lanes
-    return max(g, (g + 9) // 2, 5)
+    return max(2 * g, g + 9, 10) / 2
 
 
 def token_latency(d: int, lanes: int) -> int:

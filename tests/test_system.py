@@ -358,8 +358,8 @@ def test_soft_score_cycles_match_the_unit():
 
 
 def test_token_period_new_formula_by_hand():
-    """``max(G, ceil((G + 8) / 2), 5)`` (hw/cluster_unit.py on branch issue11-fit)."""
-    for g, want in ((1, 5), (2, 5), (3, 6), (4, 6), (8, 8), (9, 9), (32, 32)):
+    """``max(G, (G + 9) / 2, 5)`` (hw/cluster_unit.py with the commit stage)."""
+    for g, want in ((1, 5), (2, 5.5), (3, 6), (4, 6.5), (8, 8.5), (9, 9), (32, 32)):
         assert sysm.token_period(16 * g, 16) == want, g
     assert sysm.token_latency(128, 16) == 18
 

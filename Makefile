@@ -30,7 +30,8 @@ help:
 	@echo "make clean    remove build output (keeps $(VENV))"
 	@echo "arguments: make sim SIMARGS='...' (python -m verif.sim_dre --help),"
 	@echo "           make bench BENCHARGS='...' (python -m model.bench --help),"
-	@echo "           make system SYSARGS='...' (python -m model.system --help)"
+	@echo "           make system SYSARGS='...' (python -m model.system --help),"
+	@echo "           make synth SYNTHARGS='...' (python -m synth.report --help; later options win)"
 
 setup: $(STAMP)
 
@@ -60,7 +61,7 @@ sim: setup
 	$(TOOLS) $(PY) -m verif.sim_dre $(SIMARGS)
 
 synth: setup
-	$(TOOLS) $(PY) -m synth.report --designs dre token_selector --no-abc9 --out docs/synth.md
+	$(TOOLS) $(PY) -m synth.report --designs dre token_selector --no-abc9 --out docs/synth.md $(SYNTHARGS)
 
 bitstream: setup
 	$(PY) -m hw.board $(BOARDARGS)

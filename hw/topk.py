@@ -40,8 +40,7 @@ def _ordered(a):
 
 def _gt_or_empty_ord(ua, b, b_valid):
     """:func:`_gt_or_empty` with ``a`` given as ``ua = _ordered(a)`` (a register copy)."""
-    w = len(ua)
-    return (Cat(b[: w - 1], ~b[w - 1], b_valid) - Cat(ua, 1))[-1]
+    return (Cat(_ordered(b), b_valid) - Cat(ua, 1))[-1]
 
 
 def _gt_or_empty_inv(na, b, b_valid):
@@ -50,9 +49,8 @@ def _gt_or_empty_inv(na, b, b_valid):
     {1, ua}`` and ``y = {v, b'}`` (``w + 1`` bits), ``~x = {0, na}`` and ``y + ~x + 1 = y - x +
     2^(w+1)``; the ``+ 1`` is a 1 below both operands, so ``{1, y} + {1, 0, na, 1} = 2 (y - x)
     + 2^(w+3)``, whose bit ``w + 2`` is 1 exactly when ``y < x``."""
-    w = len(na)
-    y = Cat(b[: w - 1], ~b[w - 1], b_valid)
-    return (Cat(1, y) + Cat(1, na, 0, 1))[w + 2]
+    y = Cat(_ordered(b), b_valid)
+    return (Cat(1, y) + Cat(1, na, 0, 1))[len(na) + 2]
 
 
 def entry_layout(key_shape, index_bits: int, payload_shape=None) -> data.StructLayout:
@@ -264,8 +262,7 @@ class TopKPipe(wiring.Component):
 
             m.d.comb += [cur[i].eq(gt_copy(copy_of(i), e[i].key, e[i].valid)) for i in range(k)]
             # the key itself (for ``new``): the first copy, back in signed form
-            r0 = copies[0][0]
-            in_key = Cat(r0[: w - 1], ~r0[w - 1])
+            in_key = _ordered(copies[0][0])
             beats_new = gt_copy(self.key_copies - 1, new.key, 1)
             in_insert, in_index, in_payload = i_ins, i_index, i_payload
         else:

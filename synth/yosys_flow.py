@@ -12,7 +12,9 @@ and their sizes, from which :class:`Area` computes NAND2 gate equivalents with t
 3. the ``fine`` part of ``synth`` without its ABC step, then ``dfflegalize`` to plain D
    flip-flops (with async reset/set where the design has them; clock enables and synchronous
    resets become gates), and ``abc -g`` (with :data:`ABC_SCRIPT`) to the gate set of
-   :data:`synth.gates.ABC_GATES`.
+   :data:`synth.gates.ABC_GATES`; the ``opt`` after ABC runs with ``-nodffe -nosdff``, so
+   it does not fold those gates back into enable or reset flip-flops (it did, on reset-less
+   registers with enables in the clustering unit, into cells the area table does not have).
 4. ``stat -json`` per module.  The hierarchy is *not* flattened, so each Amaranth submodule
    keeps its own numbers (the cost: no constant propagation across module boundaries).
 
@@ -222,7 +224,7 @@ techmap
 opt -fast
 dfflegalize {dff}
 abc -script {ABC_SCRIPT} -g {gates.ABC_GATES}
-opt -fast
+opt -fast -nodffe -nosdff
 opt_clean -purge
 tee -q -o stat.json stat -json
 """

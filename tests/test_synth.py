@@ -231,6 +231,25 @@ def test_hierarchy_split_adds_up(tmp_path):
     assert res.total.n_ff == 2 * (w + 1) + (w + 2)
 
 
+def test_enables_stay_gates_after_abc(tmp_path):
+    """The generic flow turns clock enables into multiplexers (``dfflegalize``) before ABC; the
+    ``opt`` after ABC must not fold them back into ``$_DFFE_*`` cells, which have no entry in
+    the area table.  No small component written here made ``opt_dff`` do that (it did not on
+    reset-less registers with enables, accumulators or banks), but the clustering unit's
+    dot-product unit at the small configuration does: its reset-less accumulators and stage
+    registers gave 2,273 ``$_DFFE_PP_`` / ``$_DFFE_PN_`` cells and an ``UnknownCell`` error
+    before the flow's last ``opt`` got ``-nodffe -nosdff``.  Every flip-flop must be a plain
+    D flip-flop of the table, and the GE total must be the table's sum over the cells."""
+    from hw.cluster_dots import ClusterDots
+
+    dots = ClusterDots(registry.CONFIGS["small"])
+    res = synth_generic(verilog_of(dots, "dots"), "dots", tmp_path)
+    a = res.total
+    ffs = {c: n for c, n in a.cells.items() if gates.is_flipflop(c)}
+    assert ffs and set(ffs) <= {"$_DFF_P_", "$_DFF_PP0_", "$_DFF_PP1_"}, ffs
+    assert a.ge_logic == pytest.approx(recomputed_ge(a.cells))
+
+
 def test_memory_kept_as_macro(tmp_path):
     res = synth_generic(verilog_of(MemoryEcho(16, 8), "echo"), "echo", tmp_path)
     a = res.total

@@ -333,7 +333,7 @@ def run(
                         + (", no clock" if f is None else f", Fmax {f:.1f} MHz"),
                         flush=True,
                     )
-            except (registry.DesignError, ToolError, ConfigError) as exc:
+            except (registry.DesignError, ToolError, ConfigError, gates.UnknownCell) as exc:
                 print(f"{tag}: FAILED: {exc}", file=sys.stderr, flush=True)
                 row.errors.append(str(exc).replace("\n", " / "))
     return rows

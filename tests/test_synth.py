@@ -416,6 +416,29 @@ def test_report_cli_quick(fake_hw, tmp_path, monkeypatch):
     assert "| `$_NAND_` | NAND2_X1 | 0.798 | 1.000 |" in text
 
 
+def test_report_goes_on_after_a_cell_without_area(fake_hw, tmp_path, monkeypatch, capsys):
+    """A cell type the area table lacks fails that row with one readable line and the run
+    goes on to the next design (it ended the whole run with a traceback before)."""
+    reg = [("tiny", f"{fake_hw}.good", "unit"), ("tiny2", f"{fake_hw}.good", "unit")]
+    monkeypatch.setattr(registry, "REGISTRY", reg)
+    real = report.synth_generic
+
+    def flaky(text, name, workdir, timeout):
+        if name == "tiny":
+            raise gates.UnknownCell("$_DFFE_PN_")
+        return real(text, name, workdir, timeout)
+
+    monkeypatch.setattr(report, "synth_generic", flaky)
+    out = tmp_path / "synth.md"
+    args = ["--quick", "--out", str(out), "--configs", "bq=4", "--workdir", str(tmp_path / "w")]
+    assert report.main(args) == 1
+    err = capsys.readouterr().err
+    assert "tiny: FAILED: no NAND2-equivalent area for Yosys cell type '$_DFFE_PN_'" in err
+    assert "Traceback" not in err
+    text = out.read_text()
+    assert any(ln.startswith("| bq=4 | `tiny2` | ") for ln in text.splitlines())
+
+
 def test_report_uses_each_designs_clock_target(fake_hw, tmp_path, monkeypatch):
     """Without ``--freq`` each design is placed for its own target (``TARGET_MHZ``, else 100
     MHz), and the summary shows it beside the Fmax; ``--freq`` overrides every target."""

@@ -3,11 +3,11 @@ most-similar comparisons, each answered "sure" or sent to the exact unit (``docs
 
 from __future__ import annotations
 
-from amaranth import Module, Mux, Signal, signed, unsigned
+from amaranth import Module, Mux, Shape, Signal, signed, unsigned
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
-from hw.arith import exp_shape, lut_mul, normalise
+from hw.arith import exp_shape, normalise
 from model.dre.cluster import ClusterWidths
 from model.dre.config import ConfigError, DREConfig, require_config
 
@@ -16,8 +16,15 @@ from model.dre.config import ConfigError, DREConfig, require_config
 PAIRS = ((1, 0), (2, 0), (2, 1))
 #: Threshold of each candidate (temporal, left, up): 0 ``tau_t``, 1 ``tau_s``.
 TAU_OF = (0, 1, 1)
-#: Cycles from ``dot`` / ``norm`` / ``key_norm`` to the outputs (``tau_*`` one cycle earlier).
+#: Cycles from ``dot`` / ``norm`` / ``key_norm`` to the outputs (the threshold operands one
+#: cycle earlier).
 LATENCY = 3
+
+
+def screen_exp_shape(wd: ClusterWidths, mantissa_bits: int) -> Shape:
+    """Signed shape of every exponent inside :class:`ClusterCompare` (and of its ``t_exp``
+    inputs): wide enough for every exponent sum of the screen."""
+    return exp_shape(max(wd.sum_norm, wd.dot, 2 * wd.tau) + 2 * mantissa_bits, mantissa_bits)
 
 
 def band_align(m: Module, am, ea, bm, eb, guard: int, name: str) -> dict:
@@ -71,15 +78,15 @@ def band_compare(m: Module, am, ea, bm, eb, guard: int, name: str):
 
 
 def screen_operands(wd: ClusterWidths) -> dict:
-    """The ports of a cosine test's operands (the three candidates' ``dot`` and ``norm``, the
-    key's norm, the two thresholds): :class:`ClusterCompare` screens them, and
-    :class:`hw.cluster_decide.ClusterDecide` recomputes unsure results from the same values."""
+    """The ports of a cosine test's token operands (the three candidates' ``dot`` and ``norm``,
+    the key's norm): :class:`ClusterCompare` screens them, and
+    :class:`hw.cluster_decide.ClusterDecide` recomputes unsure results from the same values.
+    The thresholds come in as :class:`hw.cluster_threshold.ThresholdSquare` forms them:
+    normalised for the screen, exact ``T^2`` for the recompute."""
     return {
         "dot": In(signed(wd.dot)).array(3),
         "norm": In(unsigned(wd.sum_norm)).array(3),
         "key_norm": In(unsigned(wd.key_norm)),
-        "tau_t": In(unsigned(wd.tau)),
-        "tau_s": In(unsigned(wd.tau)),
     }
 
 
@@ -108,19 +115,22 @@ class ClusterCompare(wiring.Component):
         ``k.S_i`` and ``|S_i|^2`` of the three candidates.
     key_norm : In(unsigned)
         ``|k|^2``.
-    tau_t, tau_s : In(unsigned)
-        The thresholds ``T`` (``F = tau_frac_bits`` fraction bits), **one cycle ahead** of the
-        other inputs.
+    t_mant : In(M) x 2, t_exp : In(screen_exp_shape) x 2, t_zero : In(2)
+        The thresholds (0 ``tau_t``, 1 ``tau_s``; ``T`` with ``F = tau_frac_bits`` fraction
+        bits) as :class:`hw.cluster_threshold.ThresholdSquare` forms them: ``normalise(T^2)``
+        and ``T == 0``, **one cycle ahead** of the other inputs.
     passed, sure : Out(3)
         Per candidate: the test's result, valid where ``sure`` is set.
     more, more_sure : Out(3)
         Per pair of :data:`PAIRS`: ``more_similar(a, b)``, valid where ``more_sure`` is set.
 
     Timing: free-running, no handshake; the outputs answer the ``dot``, ``norm`` and
-    ``key_norm`` of :data:`LATENCY` = 3 cycles before and the ``tau_*`` of 4 cycles before.
-    Stage 0 (the cycle before): ``T^2`` (LUT product), normalised.  Stage 1: normalise
-    ``|dot_i|``, ``|S_i|^2``, ``|k|^2``; ``T^2 |k|^2`` once per threshold.  Stage 2: ``(k.S_i)^2``
-    and ``T^2 |k|^2 |S_i|^2`` per candidate.  Stage 3: the cosine band compares (registered),
+    ``key_norm`` of :data:`LATENCY` = 3 cycles before and the ``t_*`` of 4 cycles before.
+    Stage 0 (the cycle before): the threshold operands registered (no logic: ``T^2`` and its
+    normalisation are formed outside the token loop,
+    :class:`hw.cluster_threshold.ThresholdSquare`).  Stage 1: normalise ``|dot_i|``,
+    ``|S_i|^2``, ``|k|^2``; ``T^2 |k|^2`` once per threshold.  Stage 2: ``(k.S_i)^2`` and
+    ``T^2 |k|^2 |S_i|^2`` per candidate.  Stage 3: the cosine band compares (registered),
     the cross products ``(k.S_a)^2 |S_b|^2`` of the pairs (reusing stage 2's squares), aligned
     and with their guard sums (registered).  Outputs: ``passed``/``sure`` are registers,
     ``more``/``more_sure`` one compare of registers.  DSP-sized products (``M x M``):
@@ -139,6 +149,9 @@ class ClusterCompare(wiring.Component):
         super().__init__(
             {
                 **screen_operands(wd),
+                "t_mant": In(mantissa_bits).array(2),
+                "t_exp": In(screen_exp_shape(wd, mantissa_bits)).array(2),
+                "t_zero": In(2),
                 "passed": Out(3),
                 "sure": Out(3),
                 "more": Out(3),
@@ -150,7 +163,7 @@ class ClusterCompare(wiring.Component):
         cfg, wd, M = self.cfg, self.widths, self.mant
         F = cfg.tau_frac_bits
         guard = M - 4
-        es = exp_shape(max(wd.sum_norm, wd.dot, 2 * wd.tau) + 2 * M, M)
+        es = screen_exp_shape(wd, M)
         m = Module()
 
         def reg(shape, name):  # stage registers: loaded in every cycle, no reset (Timing)
@@ -162,14 +175,11 @@ class ClusterCompare(wiring.Component):
             m.d.comb += t.eq(Mux(top, v >> M, v >> (M - 1)))
             return t, Mux(top, M, M - 1)
 
-        # ---- stage 0: T^2, normalised (the taus arrive one cycle ahead) ---------------------
+        # ---- stage 0: the threshold operands (normalised T^2, T == 0), one cycle ahead -----
         s0_mt, s0_et, s0_tz = [], [], []
-        for j, tau in enumerate((self.tau_t, self.tau_s)):
-            t2 = Signal(unsigned(2 * wd.tau), name=f"t2_{j}")
-            m.d.comb += t2.eq(lut_mul(tau, tau))
-            mt, et = normalise(m, t2, M, f"t2_{j}")
+        for j in range(2):
             r = [reg(M, f"s0_mt{j}"), reg(es, f"s0_et{j}"), reg(1, f"s0_tz{j}")]
-            m.d.sync += [r[0].eq(mt), r[1].eq(et), r[2].eq(tau == 0)]
+            m.d.sync += [r[0].eq(self.t_mant[j]), r[1].eq(self.t_exp[j]), r[2].eq(self.t_zero[j])]
             s0_mt.append(r[0])
             s0_et.append(r[1])
             s0_tz.append(r[2])

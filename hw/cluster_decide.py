@@ -3,11 +3,10 @@ with exact recomputes of the results the screen left inside its guard band."""
 
 from __future__ import annotations
 
-from amaranth import Module, Mux, Signal
+from amaranth import Module, Mux, Signal, unsigned
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
-from hw.arith import lut_mul
 from hw.cluster_cosine import PAIRS, screen_operands
 from hw.cluster_exact import ExactCompare
 from model.dre.cluster import DROPPED, FORCED, JOINED, NEW, ClusterWidths
@@ -49,8 +48,10 @@ class ClusterDecide(wiring.Component):
     dot : In(signed(dot)) x 3, norm : In(unsigned(sum_norm)) x 3, key_norm : In(unsigned)
         ``k.S_i``, ``|S_i|^2``, ``|k|^2`` of the token (stable while ``active``): the exact
         unit's operands.
-    tau_t, tau_s : In(unsigned(tau))
-        The token's thresholds (stable while ``active``).
+    t_sq : In(unsigned(2 tau)) x 2
+        ``T^2`` of the token's thresholds (0 ``tau_t``, 1 ``tau_s``; stable while ``active``):
+        the exact unit's operand, from registers (:class:`hw.cluster_threshold.ThresholdSquare`
+        forms it outside the token loop).
     ready : Out(1)
         ``status`` and ``which`` are final (no recompute needed or pending); meaningful while
         ``active`` (and from the cycle after ``fresh`` on).
@@ -85,6 +86,7 @@ class ClusterDecide(wiring.Component):
                 "elig": In(3),
                 "full": In(1),
                 **screen_operands(wd),
+                "t_sq": In(unsigned(2 * wd.tau)).array(2),
                 "ready": Out(1),
                 "status": Out(2),
                 "which": Out(range(3)),
@@ -189,7 +191,6 @@ class ClusterDecide(wiring.Component):
             return Mux(v < 0, -v, v)[:op]
 
         dot, norm = self.dot, self.norm
-        t_sq = [lut_mul(self.tau_t, self.tau_t), lut_mul(self.tau_s, self.tau_s)]
         with m.Switch(rc_item):
             for i in range(3):  # (k.S)^2 2^(2F) >= T^2 |k|^2 |S|^2
                 with m.Case(i):
@@ -197,7 +198,7 @@ class ClusterDecide(wiring.Component):
                         exact.x[0].eq(mag(dot[i])),
                         exact.x[1].eq(mag(dot[i])),
                         exact.x[2].eq(1 << (2 * cfg.tau_frac_bits)),
-                        exact.y[0].eq(t_sq[0 if i == TEMPORAL else 1]),
+                        exact.y[0].eq(self.t_sq[0 if i == TEMPORAL else 1]),
                         exact.y[1].eq(self.key_norm),
                         exact.y[2].eq(norm[i]),
                     ]

@@ -14,6 +14,7 @@ from hw.cluster_dots import ClusterDots, key_chunk_layout, key_layout
 from hw.cluster_frame import TokenFramer
 from hw.cluster_queue import WritebackQueue
 from hw.cluster_resolve import CandidateResolve
+from hw.cluster_threshold import ThresholdSquare
 from hw.cluster_update import SumUpdate
 from hw.cluster_writeback import ClusterWriteback
 from hw.plane_store import PlaneWriteSignature
@@ -95,10 +96,11 @@ class ClusterUnit(wiring.Component):
     (without exact recomputes)
     (``G = d / lanes``; ``G`` for ``G >= 9``, 6.5 at the default d = 64, lanes = 16), latency
     ``token_latency(cfg) = G + 10`` cycles from acceptance to the result.  Stages: ``accept |
-    IN: owner-map reads | G chunk reads (5 sums) | q1: data registered | q2: products, two
-    adder-tree levels | A: accumulate (5 sums, k.k_prev, |k|^2) | T1: resolve | T2 .. T4: screen
-    stages 1-3 | DEC | commit``; the decision is registered in DEC (the result, the history)
-    and applied one cycle later (commit: owner map, meta memory, start of the sum update).
+    IN: owner-map reads, T^2 of the thresholds | G chunk reads (5 sums) | q1: data registered |
+    q2: products, two adder-tree levels | A: accumulate (5 sums, k.k_prev, |k|^2) | T1:
+    resolve | T2 .. T4: screen stages 1-3 | DEC | commit``; the decision is registered in DEC
+    (the result, the history) and applied one cycle later (commit: owner map, meta memory,
+    start of the sum update).
     Token ``t+1`` starts its dot products as soon as the read ports
     are free and token ``t-1`` is committed, i.e. while token ``t`` is still being decided.  Its
     *left* candidate (and its up / temporal candidate on a grid 1 wide / of 1 token) is ``t``'s
@@ -121,6 +123,8 @@ class ClusterUnit(wiring.Component):
     ``docs/cluster.md`` has the schedule and the hazard argument.
 
     Structure: :class:`hw.cluster_frame.TokenFramer` (acceptance, IN stage),
+    :class:`hw.cluster_threshold.ThresholdSquare` (``T^2`` of the token's thresholds, exact and
+    normalised, formed in IN and kept in its bank: the token loop reads them from registers),
     :class:`hw.cluster_dots.ClusterDots` (q1, q2, A), :class:`hw.cluster_resolve.CandidateResolve`
     (T1), :class:`hw.cluster_cosine.ClusterCompare` (T2 .. T4),
     :class:`hw.cluster_decide.ClusterDecide` (DEC, exact recomputes),
@@ -170,6 +174,7 @@ class ClusterUnit(wiring.Component):
         m.submodules.framer = framer = TokenFramer(cfg)
         m.submodules.dots = dots = ClusterDots(cfg)
         m.submodules.compare = cmp = ClusterCompare(cfg, self.mantissa_bits)
+        m.submodules.tsq = tsq = ThresholdSquare(cfg, self.mantissa_bits)
         m.submodules.resolve = res = CandidateResolve(cfg)
         m.submodules.decide = dcd = ClusterDecide(cfg)
         m.submodules.update = upd = SumUpdate(cfg)
@@ -204,6 +209,11 @@ class ClusterUnit(wiring.Component):
         ]
         tok, in_valid = framer.token, framer.valid
         m.d.comb += [own_t.addr.eq(tok.pos), own_u.addr.eq(tok.upos)]
+        # T^2 of the token's thresholds, exact and normalised (ThresholdSquare, "Fmax, seventh
+        # round"), formed while it waits in IN: a token starts only once aged (in IN since the
+        # cycle before), so in its start cycle t_sq is its own, and t_mant .. t_zero are in the
+        # cycle after; both go into its bank, and nothing in the token loop forms them.
+        m.d.comb += [tsq.tau[0].eq(tok.tau_t), tsq.tau[1].eq(tok.tau_s)]
 
         # ---- result register ------------------------------------------------------------------
         with m.If(self.result.ready):
@@ -233,15 +243,21 @@ class ClusterUnit(wiring.Component):
         par_next = Signal()  # bank of the next token to start
 
         # ---- per-token banks (two tokens between start and decision at most) ----------------
-        # No reset: a bank is loaded when its token starts and read for that token only (and
-        # as the key of the token before by the next one, whose k.k_prev is used only when it
-        # started with that token undecided, i.e. after it loaded the bank).
+        # No reset: a bank is loaded when its token starts (the normalised T^2 one cycle later,
+        # at least G + 2 cycles before T1 reads it) and read for that token only (and as the
+        # key of the token before by the next one, whose k.k_prev is used only when it started
+        # with that token undecided, i.e. after it loaded the bank).
         def bank(shape, name):
             return [Signal(shape, name=f"{name}{b}", reset_less=True) for b in range(2)]
 
         b_key = bank(key_layout(cfg), "b_key")
         b_pos, b_last = bank(16, "b_pos"), bank(1, "b_last")
-        b_tau_t, b_tau_s = bank(wd.tau, "b_tau_t"), bank(wd.tau, "b_tau_s")
+        # per threshold (0 tau_t, 1 tau_s): T^2 (the exact recompute's operand), loaded at the
+        # start; its normalised mantissa, exponent and T == 0 (the screen's), one cycle later
+        b_tsq = [bank(unsigned(2 * wd.tau), f"b_tsq{j}_") for j in range(2)]
+        b_tm = [bank(self.mantissa_bits, f"b_tm{j}_") for j in range(2)]
+        b_te = [bank(tsq.t_exp[j].shape(), f"b_te{j}_") for j in range(2)]
+        b_tz = [bank(1, f"b_tz{j}_") for j in range(2)]
         b_table = bank(range(cfg.n_max + 1), "b_table")
         b_ex, b_prev, b_pend = bank(3, "b_ex"), bank(3, "b_prev"), bank(1, "b_pend")
         b_id = [bank(range(cfg.n_max), f"b_id{i}_") for i in range(3)]
@@ -283,8 +299,7 @@ class ClusterUnit(wiring.Component):
                         b_key[b].eq(tok.key),
                         b_pos[b].eq(tok.pos),
                         b_last[b].eq(tok.last),
-                        b_tau_t[b].eq(tok.tau_t),
-                        b_tau_s[b].eq(tok.tau_s),
+                        *(b_tsq[j][b].eq(tsq.t_sq[j]) for j in range(2)),
                         b_table[b].eq(tok.table),
                         b_ex[b].eq(
                             Cat(
@@ -314,6 +329,16 @@ class ClusterUnit(wiring.Component):
         ]
         with m.If(go):
             m.d.sync += d_par.eq(par_next)
+        # the cycle after the start (d_first): the normalised T^2 of the started token (T1 is
+        # G + 3 cycles or more after the start)
+        for b in range(2):
+            with m.If(d_first & (d_par == b)):
+                for j in range(2):
+                    m.d.sync += [
+                        b_tm[j][b].eq(tsq.t_mant[j]),
+                        b_te[j][b].eq(tsq.t_exp[j]),
+                        b_tz[j][b].eq(tsq.t_zero[j]),
+                    ]
 
         def key_chunk(key, chunk, name):
             kc = Signal(key_chunk_layout(cfg), name=name)
@@ -395,12 +420,15 @@ class ClusterUnit(wiring.Component):
                 dcd.dot[i].eq(r_dot[i]),
                 dcd.norm[i].eq(r_norm[i]),
             ]
-        # The screen takes the registered T1 results (stage 1 in T2), its taus one cycle ahead.
-        m.d.comb += [
-            cmp.key_norm.eq(r_kn),
-            cmp.tau_t.eq(pick(b_tau_t, B)),
-            cmp.tau_s.eq(pick(b_tau_s, B)),
-        ]
+        # The screen takes the registered T1 results (stage 1 in T2), its threshold operands
+        # one cycle ahead (stage 0 registers them: the bank's, loaded before T1).
+        m.d.comb += cmp.key_norm.eq(r_kn)
+        for j in range(2):
+            m.d.comb += [
+                cmp.t_mant[j].eq(pick(b_tm[j], B)),
+                cmp.t_exp[j].eq(pick(b_te[j], B)),
+                cmp.t_zero[j].eq(pick(b_tz[j], B)),
+            ]
         with m.If(t1):
             m.d.sync += tst_par.eq(B)
 
@@ -420,8 +448,7 @@ class ClusterUnit(wiring.Component):
             dcd.elig.eq(res.elig),
             dcd.full.eq(full),
             dcd.key_norm.eq(r_kn),
-            dcd.tau_t.eq(pick(b_tau_t, tst_par)),
-            dcd.tau_s.eq(pick(b_tau_s, tst_par)),
+            *(dcd.t_sq[j].eq(pick(b_tsq[j], tst_par)) for j in range(2)),
             self.exact_count.eq(dcd.exact_count),
         ]
         status, which = dcd.status, dcd.which

@@ -46,6 +46,7 @@ REGISTRY: list[tuple[str, str, str]] = [
     ("soft_score", "hw.soft_score", "part"),
     ("centroid_table", "hw.centroid_table", "part"),
     ("cluster_cosine", "hw.cluster_cosine", "part"),
+    ("cluster_threshold", "hw.cluster_threshold", "part"),
     ("cluster_exact", "hw.cluster_exact", "part"),
     ("cluster_queue", "hw.cluster_queue", "part"),
     ("cluster_writeback", "hw.cluster_writeback", "part"),

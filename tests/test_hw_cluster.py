@@ -19,6 +19,7 @@ from hw.cluster_dots import ClusterDots
 from hw.cluster_exact import ExactCompare, exact_cycles, exact_widths
 from hw.cluster_frame import TokenFramer
 from hw.cluster_resolve import CandidateResolve
+from hw.cluster_threshold import NORMALISE_LATENCY, SQUARE_LATENCY, ThresholdSquare
 from hw.cluster_unit import ClusterUnit, token_latency, token_period
 from hw.cluster_update import SumUpdate
 from hw.cluster_writeback import ClusterWriteback, log2_fixed, writeback_cycles
@@ -42,6 +43,7 @@ ALL = [
     "narrow",
     "throughput",
     "video",
+    "taus",
 ]
 
 
@@ -128,17 +130,27 @@ def _compare_cases(cfg, rng, n):
     return cases
 
 
+def _normalise(v, mant):
+    """``hw.arith.normalise`` from its definition: ``(floor(v 2^(M - b)), b - M)`` with
+    ``b = bitlen(v)``; ``(0, -M)`` for 0."""
+    b = v.bit_length()
+    return (v << mant >> b if b else 0), b - mant
+
+
 def _run_compare(cfg, mant, cases):
-    """Returns per case (passed, sure, more, more_sure) of a ClusterCompare (the taus go in one
-    cycle ahead of the other inputs, the answers come LATENCY cycles after those)."""
+    """Returns per case (passed, sure, more, more_sure) of a ClusterCompare (the thresholds'
+    operands, ``normalise(T^2)`` and ``T == 0`` from their definition, go in one cycle ahead of
+    the other inputs, the answers come LATENCY cycles after those)."""
     dut = ClusterCompare(cfg, mant)
     got = []
 
     def set_taus(ctx, i):
         if i < len(cases):
-            tt, ts = cases[i][3]
-            ctx.set(dut.tau_t, tt)
-            ctx.set(dut.tau_s, ts)
+            for j, t in enumerate(cases[i][3]):
+                mt, et = _normalise(t * t, mant)
+                ctx.set(dut.t_mant[j], mt)
+                ctx.set(dut.t_exp[j], et)
+            ctx.set(dut.t_zero, sum(1 << j for j, t in enumerate(cases[i][3]) if t == 0))
 
     async def bench(ctx):
         set_taus(ctx, 0)
@@ -213,6 +225,36 @@ def test_compare_screen_band_cases_are_unsure():
     _check_compare(cfg, cases, [(passed, sure, more, msure)])
     assert sure == 0b000, bin(sure)  # 1 == 1 twice, 1 - 1e-6 vs 1 once
     assert msure & 0b001 == 0  # more(1, 0): equal cosines, different norms
+
+
+@pytest.mark.parametrize("mant", [17, 6])
+def test_threshold_square_against_integers(mant):
+    """ThresholdSquare over every threshold code (also the invalid ones above 2^F), both
+    thresholds at once in opposite orders, a new pair in every cycle: ``t_sq`` is ``T^2`` one
+    cycle later, ``t_mant``, ``t_exp``, ``t_zero`` are ``normalise(T^2)`` and ``T == 0`` two
+    cycles later."""
+    cfg = DREConfig()
+    dut = ThresholdSquare(cfg, mant)
+    n = 1 << ClusterWidths.of(cfg).tau
+    seq = [(t, n - 1 - t) for t in range(n)] + [(0, 0), (5, 5)]
+
+    async def bench(ctx):
+        for c in range(len(seq) + NORMALISE_LATENCY):
+            if c < len(seq):
+                for j in range(2):
+                    ctx.set(dut.tau[j], seq[c][j])
+            await ctx.tick()  # now the inputs of cycle c are the ones one cycle back
+            if 0 <= c - SQUARE_LATENCY + 1 < len(seq):
+                for j, t in enumerate(seq[c - SQUARE_LATENCY + 1]):
+                    assert ctx.get(dut.t_sq[j]) == t * t, (c, j, t)
+            if 0 <= c - NORMALISE_LATENCY + 1 < len(seq):
+                taus = seq[c - NORMALISE_LATENCY + 1]
+                for j, t in enumerate(taus):
+                    got = (ctx.get(dut.t_mant[j]), ctx.get(dut.t_exp[j]))
+                    assert got == _normalise(t * t, mant), (c, j, t, got)
+                assert ctx.get(dut.t_zero) == sum(1 << j for j, t in enumerate(taus) if t == 0)
+
+    _simulate(dut, bench)
 
 
 # ---- ClusterDots ---------------------------------------------------------------------------------
@@ -498,6 +540,8 @@ def test_components_reject_bad_parameters():
     for cls in (CandidateResolve, ClusterDecide, ClusterDots, SumUpdate, TokenFramer):
         with pytest.raises(ConfigError):
             cls("d=8")
+    with pytest.raises(ConfigError):
+        ThresholdSquare(SMALL, mantissa_bits=33)
 
 
 # ---- Verilator co-simulation --------------------------------------------------------------------
@@ -589,7 +633,7 @@ def test_cluster_unit_guard_band(seed, tmp_path):
     s = _cosim(
         SMALL,
         seed,
-        ["random", "identical", "equal", "full", "extreme", "narrow", "video"],
+        ["random", "identical", "equal", "full", "extreme", "narrow", "video", "taus"],
         tmp_path,
         mantissa_bits=6,
         frames=4,

@@ -29,6 +29,10 @@ reset start from the previous block's values; every one runs with random input g
                 keys (consecutive tokens join the same cluster), also with a full table
 ``throughput``  random near-equal frames without input gaps or backpressure (whatever the
                 spec says); its cycles per frame are what the tests pin
+``taus``        near-equal frames whose thresholds (and table size) change from frame to frame
+                without a clear: sent frame by frame, then back to back (the registers change
+                as a frame's first key is offered, while the previous frame's last tokens are
+                still in the pipeline): each token must use its own frame's values
 
 Checked: every result (id, status, ``last``) against the reference as it arrives; after each
 scenario (once ``idle``) the last write-back of every cluster (quantised centroid and bias)
@@ -101,7 +105,7 @@ class TB:
         self.id_bits = Shape.cast(range(cfg.n_max)).width
         self.gap = 0.0  # probability of an idle cycle on keys before a token
         self.stall = 0.0  # probability of ready low on result
-        self.pending: deque = deque()  # keys to send
+        self.pending: deque = deque()  # (key, registers to set when it is offered, or None)
         self.expected: deque = deque()  # (id, status, last) per token sent
         self.writebacks: dict[int, tuple[list[int], int]] = {}
         self.mismatches: list[str] = []
@@ -127,6 +131,10 @@ class TB:
         d.tau_t.value, d.tau_s.value = ref.tau_t, ref.tau_s
         d.table_size.value, d.bias_scale.value = ref.table_size, ref.bias_scale
 
+    def frame_registers(self, ref: ClusterRef, h: int, w: int) -> dict:
+        """What :meth:`registers` sets, as a dict for :meth:`stream`'s first key of a frame."""
+        return dict(grid_w=w, grid_h=h, tau_t=ref.tau_t, tau_s=ref.tau_s, table_size=ref.table_size)
+
     # One clock cycle of source, sink and monitor.
     async def tick(self):
         d = self.dut
@@ -143,7 +151,10 @@ class TB:
         await RisingEdge(d.clk)
         self.cycle += 1
         if not self._valid and self.pending and self.rng.random() >= self.gap:
-            d.keys__payload.value = pack_signed(self.pending[0], self.cfg.bk)
+            key, regs = self.pending[0]
+            for name, v in (regs or {}).items():  # a frame's first key, sent back to back
+                getattr(d, name).value = v
+            d.keys__payload.value = pack_signed(key, self.cfg.bk)
             self._valid = True
         d.keys__valid.value = int(self._valid)
         d.result__ready.value = int(self.rng.random() >= self.stall)
@@ -174,11 +185,31 @@ class TB:
         for n, (i, s) in enumerate(zip(ids, status, strict=True)):
             last = int(n == len(ids) - 1 and not error)
             self.expected.append((i, s, last))
-        self.pending.extend(keys)
+        self.pending.extend((k, None) for k in keys)
+        return await self._results(len(keys))
+
+    async def stream(self, ref: ClusterRef, frames: list) -> int:
+        """Send frames ``(keys, h, w, ref settings)`` back to back, each frame's registers set as
+        its first key is offered (the previous frame's keys all taken by then); return the
+        cycles until the last result."""
+        n = 0
+        self.dut.bias_scale.value = ref.bias_scale
+        for keys, h, w, regs in frames:
+            for k, v in regs.items():
+                setattr(ref, k, v)
+            ids, status = ref.add_frame(keys, h, w)
+            for i, (c, st) in enumerate(zip(ids, status, strict=True)):
+                self.expected.append((c, st, int(i == len(ids) - 1 and not ref.error)))
+            first = self.frame_registers(ref, h, w)
+            self.pending.extend((k, first if i == 0 else None) for i, k in enumerate(keys))
+            n += len(keys)
+        return await self._results(n)
+
+    async def _results(self, n: int) -> int:
         start = self.cycle
         while self.expected:
             await self.tick()
-            if self.cycle - start > 200 * (len(keys) + 10) * (self.cfg.groups + 8):
+            if self.cycle - start > 200 * (n + 10) * (self.cfg.groups + 8):
                 self.mismatches.append("timeout waiting for results")
                 self.expected.clear()
                 self.pending.clear()
@@ -396,6 +427,27 @@ def scenario_frames(name: str, cfg: DREConfig, rng: random.Random, spec: dict):
                 protos = [_rand_key(rng, cfg) for _ in range(segs)]
                 keys += [protos[j * segs // fw] for j in range(fw)]
             yield dict(table_size=cfg.n_max, tau_t=half, tau_s=half), [(keys, fh, fw)]
+    elif name == "taus":
+        lo, hi = -(1 << (cfg.bk - 1)), (1 << (cfg.bk - 1)) - 1
+        base = [_rand_key(rng, cfg) for _ in range(P)]
+        settings = [
+            dict(tau_t=one, tau_s=0),
+            dict(tau_t=0, tau_s=one),
+            dict(tau_t=one, tau_s=one),
+            dict(tau_t=0, tau_s=0),
+            dict(tau_t=one // 2, tau_s=one // 4, table_size=max(1, cfg.n_max // 4)),
+            dict(tau_t=one, tau_s=one // 2, table_size=cfg.n_max),
+            dict(tau_t=rng.randint(0, one), tau_s=rng.randint(0, one)),
+            dict(tau_t=0, tau_s=one),
+        ]
+
+        def frame(regs):  # the base frame with noise: the cosines fall between the taus
+            keys = [[min(hi, max(lo, x + rng.randint(-2, 2))) for x in k] for k in base]
+            return (keys, h, w, regs)
+
+        start = dict(table_size=cfg.n_max, tau_t=0, tau_s=0)
+        yield start, [frame(r) for r in settings]
+        yield dict(start, stream=True), [frame(r) for r in settings[::-1] + settings]
     elif name == "grid":
         f1 = [_rand_key(rng, cfg, -1, 1) for _ in range(P)]
         h2, w2 = (w, h) if h != w else (h, max(1, w - 1))
@@ -440,6 +492,7 @@ async def cluster_scenarios(dut):
                 tb.stall = rng.choice([0.0, 0.0, 0.3, 0.7])
             ref = ClusterRef(cfg, bias_scale=_scale(cfg))
             err = regs.pop("error_frame", None)
+            stream = regs.pop("stream", False)
             for k, v in regs.items():
                 setattr(ref, k, v)
             if err is not None:  # a bad frame first: everything after it is dropped too
@@ -449,7 +502,19 @@ async def cluster_scenarios(dut):
                     tb.mismatches.append(f"{name}: error flag not set by {regs}")
                 ref.table_size, ref.tau_t, ref.tau_s = 1, 0, 0
             t0 = tb.cycle
-            for keys, h, w in frames:
+            if stream:  # the frames back to back, each with its own settings
+                before = ref.n_clusters
+                rc0 = int(dut.exact_count.value)
+                stats["cycles"].append(await tb.stream(ref, frames))
+                stats["tokens"] += sum(len(f[0]) for f in frames)
+                stats["frames"] += len(frames)
+                stats.setdefault("recomputes", []).append(int(dut.exact_count.value) - rc0)
+                stats["clusters"].append(ref.n_clusters - before)
+                stats["grid"] = list(frames[-1][1:3])
+                frames = []
+            for keys, h, w, *more in frames:
+                for k, v in (more[0] if more else {}).items():  # this frame's settings
+                    setattr(ref, k, v)
                 before = ref.n_clusters
                 rc0 = int(dut.exact_count.value)
                 cycles = await tb.frame(ref, keys, h, w)

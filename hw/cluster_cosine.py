@@ -21,6 +21,12 @@ TAU_OF = (0, 1, 1)
 LATENCY = 3
 
 
+def check_mantissa_bits(mantissa_bits) -> None:
+    """The screen's mantissa width ``M`` (6 .. 32 bits), for every unit built around it."""
+    if not isinstance(mantissa_bits, int) or not 6 <= mantissa_bits <= 32:
+        raise ConfigError(f"mantissa_bits={mantissa_bits!r} must be an integer in 6 .. 32")
+
+
 def screen_exp_shape(wd: ClusterWidths, mantissa_bits: int) -> Shape:
     """Signed shape of every exponent inside :class:`ClusterCompare` (and of its ``t_exp``
     inputs): wide enough for every exponent sum of the screen."""
@@ -142,8 +148,7 @@ class ClusterCompare(wiring.Component):
 
     def __init__(self, cfg: DREConfig, mantissa_bits: int = 17):
         require_config(cfg)
-        if not isinstance(mantissa_bits, int) or not 6 <= mantissa_bits <= 32:
-            raise ConfigError(f"mantissa_bits={mantissa_bits!r} must be an integer in 6 .. 32")
+        check_mantissa_bits(mantissa_bits)
         self.cfg, self.mant = cfg, mantissa_bits
         wd = self.widths = ClusterWidths.of(cfg)
         super().__init__(

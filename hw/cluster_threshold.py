@@ -8,9 +8,9 @@ from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
 from hw.arith import lut_mul, normalise
-from hw.cluster_cosine import screen_exp_shape
+from hw.cluster_cosine import check_mantissa_bits, screen_exp_shape
 from model.dre.cluster import ClusterWidths
-from model.dre.config import ConfigError, DREConfig, require_config
+from model.dre.config import DREConfig, require_config
 
 #: Cycles from :class:`ThresholdSquare`'s ``tau`` to its ``t_sq`` (exact ``T^2``) ...
 SQUARE_LATENCY = 1
@@ -48,8 +48,7 @@ class ThresholdSquare(wiring.Component):
 
     def __init__(self, cfg: DREConfig, mantissa_bits: int = 17):
         require_config(cfg)
-        if not isinstance(mantissa_bits, int) or not 6 <= mantissa_bits <= 32:
-            raise ConfigError(f"mantissa_bits={mantissa_bits!r} must be an integer in 6 .. 32")
+        check_mantissa_bits(mantissa_bits)
         self.cfg, self.mant = cfg, mantissa_bits
         wd = self.widths = ClusterWidths.of(cfg)
         super().__init__(

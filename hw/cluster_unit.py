@@ -8,7 +8,7 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from hw.centroid_table import CentroidTable, chunk_shape
-from hw.cluster_cosine import ClusterCompare
+from hw.cluster_cosine import ClusterCompare, check_mantissa_bits
 from hw.cluster_decide import TEMPORAL, UP, ClusterDecide
 from hw.cluster_dots import ClusterDots, key_chunk_layout, key_layout
 from hw.cluster_frame import TokenFramer
@@ -19,7 +19,7 @@ from hw.cluster_update import SumUpdate
 from hw.cluster_writeback import ClusterWriteback
 from hw.plane_store import PlaneWriteSignature
 from model.dre.cluster import DROPPED, FORCED, JOINED, NEW, ClusterWidths
-from model.dre.config import ConfigError, DREConfig, require_config
+from model.dre.config import DREConfig, require_config
 
 __all__ = ["ClusterUnit", "key_layout", "result_layout", "token_latency", "token_period"]
 
@@ -137,8 +137,7 @@ class ClusterUnit(wiring.Component):
 
     def __init__(self, cfg: DREConfig, mantissa_bits: int = 17):
         require_config(cfg)
-        if not isinstance(mantissa_bits, int) or not 6 <= mantissa_bits <= 32:
-            raise ConfigError(f"mantissa_bits={mantissa_bits!r} must be an integer in 6 .. 32")
+        check_mantissa_bits(mantissa_bits)
         self.cfg = cfg
         self.mantissa_bits = mantissa_bits
         wd = self.widths = ClusterWidths.of(cfg)

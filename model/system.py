@@ -400,7 +400,8 @@ def token_period(d: int, lanes: int) -> float:
 
 
 def token_latency(d: int, lanes: int) -> int:
-    """Clustering cycles from a token's acceptance to its result, ``G + 10`` (``issue11-fit``)."""
+    """Clustering cycles from a token's acceptance to its result, ``G + 10``
+    (``hw/cluster_unit.py`` ``token_latency``; ``tests/test_system.py`` checks they agree)."""
     return d // lanes + 10
 
 

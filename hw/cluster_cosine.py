@@ -84,13 +84,15 @@ def band_compare(m: Module, am, ea, bm, eb, guard: int, name: str):
 
 
 def screen_operands(wd: ClusterWidths) -> dict:
-    """The ports of a cosine test's token operands (the three candidates' ``dot`` and ``norm``,
-    the key's norm): :class:`ClusterCompare` screens them, and
+    """The ports of a cosine test's token operands (the three candidates' ``dot``, its
+    magnitude ``mag = |dot|`` and ``norm``, the key's norm): :class:`ClusterCompare` screens
+    them, and
     :class:`hw.cluster_decide.ClusterDecide` recomputes unsure results from the same values.
     The thresholds come in as :class:`hw.cluster_threshold.ThresholdSquare` forms them:
     normalised for the screen, exact ``T^2`` for the recompute."""
     return {
         "dot": In(signed(wd.dot)).array(3),
+        "mag": In(unsigned(wd.dot)).array(3),
         "norm": In(unsigned(wd.sum_norm)).array(3),
         "key_norm": In(unsigned(wd.key_norm)),
     }
@@ -117,8 +119,10 @@ class ClusterCompare(wiring.Component):
 
     Interface
     ---------
-    dot : In(signed) x 3, norm : In(unsigned) x 3
-        ``k.S_i`` and ``|S_i|^2`` of the three candidates.
+    dot : In(signed) x 3, mag : In(unsigned) x 3, norm : In(unsigned) x 3
+        ``k.S_i``, ``|k.S_i|`` and ``|S_i|^2`` of the three candidates (``mag`` is an input,
+        registered with ``dot`` by :class:`hw.cluster_resolve.CandidateResolve`, so that no
+        negation precedes the normalisation in stage 1).
     key_norm : In(unsigned)
         ``|k|^2``.
     t_mant : In(M) x 2, t_exp : In(screen_exp_shape) x 2, t_zero : In(2)
@@ -130,7 +134,7 @@ class ClusterCompare(wiring.Component):
     more, more_sure : Out(3)
         Per pair of :data:`PAIRS`: ``more_similar(a, b)``, valid where ``more_sure`` is set.
 
-    Timing: free-running, no handshake; the outputs answer the ``dot``, ``norm`` and
+    Timing: free-running, no handshake; the outputs answer the ``dot``, ``mag``, ``norm`` and
     ``key_norm`` of :data:`LATENCY` = 3 cycles before and the ``t_*`` of 4 cycles before.
     Stage 0 (the cycle before): the threshold operands registered (no logic: ``T^2`` and its
     normalisation are formed outside the token loop,
@@ -203,9 +207,7 @@ class ClusterCompare(wiring.Component):
         s1 = []
         for i in range(3):
             dot, norm = self.dot[i], self.norm[i]
-            mag = Signal(unsigned(wd.dot), name=f"mag{i}")
-            m.d.comb += mag.eq(Mux(dot < 0, -dot, dot))
-            ma, ea = normalise(m, mag, M, f"dot{i}")
+            ma, ea = normalise(m, self.mag[i], M, f"dot{i}")
             mn, en = normalise(m, norm, M, f"norm{i}")
             r = {
                 "ma": reg(M, f"s1_ma{i}"),

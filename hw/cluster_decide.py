@@ -45,9 +45,10 @@ class ClusterDecide(wiring.Component):
         Candidate ``i`` exists and is not saturated.
     full : In(1)
         The table holds ``table_size`` clusters (no new one can be opened).
-    dot : In(signed(dot)) x 3, norm : In(unsigned(sum_norm)) x 3, key_norm : In(unsigned)
-        ``k.S_i``, ``|S_i|^2``, ``|k|^2`` of the token (stable while ``active``): the exact
-        unit's operands.
+    dot : In(signed(dot)) x 3, mag : In(unsigned(dot)) x 3, norm : In(unsigned(sum_norm)) x 3,
+    key_norm : In(unsigned)
+        ``k.S_i``, ``|k.S_i|``, ``|S_i|^2``, ``|k|^2`` of the token (stable while ``active``):
+        the exact unit's operands (``dot`` for the signs).
     t_sq : In(unsigned(2 tau)) x 2
         ``T^2`` of the token's thresholds (0 ``tau_t``, 1 ``tau_s``; stable while ``active``):
         the exact unit's operand, from registers (:class:`hw.cluster_threshold.ThresholdSquare`
@@ -185,18 +186,13 @@ class ClusterDecide(wiring.Component):
             rc_req.eq(self.active & need & ~exact.busy & ~rc_pend),
             exact.start.eq(rc_pend),
         ]
-        op = exact.operand
-
-        def mag(v):
-            return Mux(v < 0, -v, v)[:op]
-
-        dot, norm = self.dot, self.norm
+        dot, mag, norm = self.dot, self.mag, self.norm
         with m.Switch(rc_item):
             for i in range(3):  # (k.S)^2 2^(2F) >= T^2 |k|^2 |S|^2
                 with m.Case(i):
                     m.d.comb += [
-                        exact.x[0].eq(mag(dot[i])),
-                        exact.x[1].eq(mag(dot[i])),
+                        exact.x[0].eq(mag[i]),
+                        exact.x[1].eq(mag[i]),
                         exact.x[2].eq(1 << (2 * cfg.tau_frac_bits)),
                         exact.y[0].eq(self.t_sq[0 if i == TEMPORAL else 1]),
                         exact.y[1].eq(self.key_norm),
@@ -205,11 +201,11 @@ class ClusterDecide(wiring.Component):
             for j, (a, b) in enumerate(PAIRS):  # (k.S_a)^2 |S_b|^2 vs (k.S_b)^2 |S_a|^2
                 with m.Case(3 + j):
                     m.d.comb += [
-                        exact.x[0].eq(mag(dot[a])),
-                        exact.x[1].eq(mag(dot[a])),
+                        exact.x[0].eq(mag[a]),
+                        exact.x[1].eq(mag[a]),
                         exact.x[2].eq(norm[b]),
-                        exact.y[0].eq(mag(dot[b])),
-                        exact.y[1].eq(mag(dot[b])),
+                        exact.y[0].eq(mag[b]),
+                        exact.y[1].eq(mag[b]),
                         exact.y[2].eq(norm[a]),
                     ]
         with m.If(rc_req):

@@ -49,9 +49,12 @@ class CandidateResolve(wiring.Component):
         joined / forced, into which candidate slot, and the ``|S|^2`` and count it wrote.
     acc : In(signed(dot)) x 5, kk : In(signed(key_norm + 1)), kn : In(unsigned(key_norm))
         The token's dot products (:class:`hw.cluster_dots.ClusterDots`).
-    id, dot, norm, count : Out x 3; elig : Out(3); key_norm : Out
-        Registered at ``load``: per candidate its cluster, ``k.S``, ``|S|^2``, count, and
-        whether it is eligible (exists and is not saturated); ``|k|^2``.
+    id, dot, mag, norm, count : Out x 3; elig : Out(3); key_norm : Out
+        Registered at ``load``: per candidate its cluster, ``k.S``, ``|k.S|``, ``|S|^2``,
+        count, and whether it is eligible (exists and is not saturated); ``|k|^2``.  ``mag``
+        is formed here, before the register, so that the screen's first stage starts its
+        normalisation from a register, not behind a negation's carry chain
+        (``docs/cluster.md``, "Fmax, eighth round").
     new_norm, new_count : Out x 3
         Registered one cycle after ``load``: per candidate ``|S + k|^2`` and ``n + 1`` (what the
         decision writes when the token joins it).
@@ -89,6 +92,7 @@ class CandidateResolve(wiring.Component):
                 "kn": In(unsigned(wd.key_norm)),
                 "id": Out(ids).array(3),
                 "dot": Out(signed(wd.dot)).array(3),
+                "mag": Out(unsigned(wd.dot)).array(3),
                 "norm": Out(unsigned(wd.sum_norm)).array(3),
                 "count": Out(unsigned(cfg.count_bits)).array(3),
                 "elig": Out(3),
@@ -110,6 +114,7 @@ class CandidateResolve(wiring.Component):
 
         o_id = [out_reg(self.id[i], f"r_id{i}") for i in range(3)]
         o_dot = [out_reg(self.dot[i], f"r_dot{i}") for i in range(3)]
+        o_mag = [out_reg(self.mag[i], f"r_mag{i}") for i in range(3)]
         o_norm = [out_reg(self.norm[i], f"r_norm{i}") for i in range(3)]
         o_count = [out_reg(self.count[i], f"r_count{i}") for i in range(3)]
         o_new_norm = [out_reg(self.new_norm[i], f"r_new_norm{i}") for i in range(3)]
@@ -152,6 +157,7 @@ class CandidateResolve(wiring.Component):
                 m.d.sync += [
                     o_id[i].eq(cid),
                     o_dot[i].eq(dot),
+                    o_mag[i].eq(Mux(dot < 0, -dot, dot)),
                     o_norm[i].eq(norm),
                     o_count[i].eq(count),
                 ]

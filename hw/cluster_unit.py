@@ -415,8 +415,10 @@ class ClusterUnit(wiring.Component):
         for i in range(3):
             m.d.comb += [
                 cmp.dot[i].eq(r_dot[i]),
+                cmp.mag[i].eq(res.mag[i]),
                 cmp.norm[i].eq(r_norm[i]),
                 dcd.dot[i].eq(r_dot[i]),
+                dcd.mag[i].eq(res.mag[i]),
                 dcd.norm[i].eq(r_norm[i]),
             ]
         # The screen takes the registered T1 results (stage 1 in T2), its threshold operands

@@ -160,6 +160,7 @@ def _run_compare(cfg, mant, cases):
                 dots, norms, k2, _ = cases[i]
                 for j in range(3):
                     ctx.set(dut.dot[j], dots[j])
+                    ctx.set(dut.mag[j], abs(dots[j]))
                     ctx.set(dut.norm[j], norms[j])
                 ctx.set(dut.key_norm, k2)
             set_taus(ctx, i + 1)

@@ -66,7 +66,7 @@ class CandidateResolve(wiring.Component):
 
     Timing
     ------
-    ``id`` .. ``key_norm`` from the cycle after ``load``, ``new_norm``/``new_count`` from the
+    ``id`` .. ``kn_exp`` from the cycle after ``load``, ``new_norm``/``new_count`` from the
     cycle after that; all held until the next ``load``.  No output register has a reset: each
     is loaded (or, ``new_*``, formed from those) for a token at its ``load``, and read for that
     token only, after it.

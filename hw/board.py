@@ -3,7 +3,8 @@
 ``python -m hw.board [--rule {v2,v1}] [--baud 115200] [--clock-mhz 15] [--set NAME=VALUE ...]
 [--build-dir build/ulx3s]``
 (``make bitstream``) builds :class:`BridgedDRE` for ``amaranth_boards.ulx3s.ULX3S_85F_Platform``
-with Yosys, nextpnr-ecp5 and ecppack from YoWASP and writes ``<build-dir>/top.bit``.
+with Yosys, nextpnr-ecp5 and ecppack from YoWASP and writes ``<build-dir>/top.bit``.  The DRE is
+:data:`BOARD_CONFIG` (the default configuration with ``lanes = 8``) changed by ``--set``.
 Pins, clock, resources and timing: ``docs/board.md``.
 """
 
@@ -25,6 +26,13 @@ from hw.uart_bridge import UartBridge
 from model.dre.config import ConfigError, DREConfig, require_config
 
 ROOT = Path(__file__).resolve().parent.parent
+#: The DRE configuration the board build starts from (``--set`` changes it): the default
+#: configuration with ``lanes = 8``.  At the default's ``lanes = 16`` the build places (68 % of
+#: the LUTs, 99 DSPs, 79 % of the block RAMs) but nextpnr cannot route it on the 85F: the
+#: clustering unit's five ``lanes x 24``-bit sum rows into the DSPs need more wires than the die
+#: has (docs/board.md, "Where it is congested").  Half the lanes halve that datapath; a token
+#: then takes ``G = d / lanes = 8`` chunk cycles instead of 4, which the serial line hides.
+BOARD_CONFIG = DREConfig(lanes=8)
 OSC_HZ = 25_000_000  # the ULX3S's oscillator (clk25)
 #: The design clock of the board build, made from clk25 by the ECP5 PLL (docs/board.md).
 CLOCK_HZ = 15_000_000
@@ -231,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
         check_clock(round(args.clock_mhz * 1e6))
         if args.baud < 1:
             raise ConfigError(f"--baud {args.baud} must be >= 1")
-        cfg = DREConfig.from_overrides(args.set)
+        cfg = DREConfig.from_overrides(args.set, base=BOARD_CONFIG)
         DRE.check_config(cfg)
         top = ULX3STop(cfg, args.baud, round(args.clock_mhz * 1e6), rule=args.rule)
     except ConfigError as exc:

@@ -287,6 +287,26 @@ def test_board_cli_rule(capsys, monkeypatch):
     assert capsys.readouterr().err.startswith("error: --baud 0")
 
 
+def test_board_cli_config_is_the_default_with_eight_lanes(monkeypatch):
+    """Without ``--set`` the board build is the DRE's default configuration except ``lanes = 8``
+    (the 16-lane default does not route on the 85F, docs/board.md); ``--set`` overrides it."""
+    built = []
+
+    def stop(self, top, **_kw):
+        built.append(top.core.cfg)
+        raise SystemExit(0)
+
+    from amaranth_boards.ulx3s import ULX3S_85F_Platform
+
+    monkeypatch.setattr(ULX3S_85F_Platform, "build", stop)
+    monkeypatch.setattr(board, "yowasp_env", dict)
+    for args, lanes in (([], 8), (["--set", "lanes=16"], 16)):
+        with pytest.raises(SystemExit):
+            board.main([*args, "--build-dir", "/nonexistent/x"])
+        want = {**DREConfig().to_dict(), "lanes": lanes}
+        assert built[-1].to_dict() == want
+
+
 # ---- UART loopback -------------------------------------------------------------------------------
 class _Loop(Elaboratable):
     def __init__(self):

@@ -551,31 +551,33 @@ def synth_ecp5(
     synth_cells = Counter(
         {c: n for c, n in stat["design"]["num_cells_by_type"].items() if c != "$scopeinfo"}
     )
+    harness = _harness_ffs(json.loads((workdir / "ecp5.json").read_text()), top)
+    common = dict(
+        device=device,
+        package=package,
+        target_mhz=freq_mhz,
+        harness_ffs=harness,
+        synth_cells=synth_cells,
+        seconds_synth=t1 - t0,
+        seconds_pnr=t2 - t1,
+        abc9=abc9,
+        bram_outregs=absorbed,
+        dsp_regs=dsp_regs,
+    )
     if stopped is not None:
-        harness = _harness_ffs(json.loads((workdir / "ecp5.json").read_text()), top)
         used = {k: stopped.used.get(k, 0) for k in RESOURCES}
         used["TRELLIS_FF"] -= harness
         return Ecp5Result(
-            device=device,
-            package=package,
-            target_mhz=freq_mhz,
+            **common,
             used=used,
-            harness_ffs=harness,
             available={k: stopped.available.get(k, 0) for k in RESOURCES},
             fmax={},
-            synth_cells=synth_cells,
             critical_path=None,
-            seconds_synth=t1 - t0,
-            seconds_pnr=t2 - t1,
-            abc9=abc9,
-            bram_outregs=absorbed,
-            dsp_regs=dsp_regs,
             routed=False,
             fmax_estimate=stopped.fmax_estimate,
             arcs=stopped.arcs,
         )
     if pnr_error:
-        harness = _harness_ffs(json.loads((workdir / "ecp5.json").read_text()), top)
         used = {
             "TRELLIS_COMB": synth_cells["LUT4"] + 2 * synth_cells["CCU2C"],
             "TRELLIS_FF": synth_cells["TRELLIS_FF"] - harness,
@@ -584,27 +586,17 @@ def synth_ecp5(
             "TRELLIS_RAMW": synth_cells["TRELLIS_DPR16X4"],
         }
         return Ecp5Result(
-            device,
-            package,
-            freq_mhz,
-            used,
-            harness,
-            {},
-            {},
-            synth_cells,
-            None,
-            t1 - t0,
-            t2 - t1,
+            **common,
+            used=used,
+            available={},
+            fmax={},
+            critical_path=None,
             placed=False,
             pnr_error=pnr_error,
-            abc9=abc9,
-            bram_outregs=absorbed,
-            dsp_regs=dsp_regs,
         )
     report = json.loads((workdir / "pnr_report.json").read_text())
     util = report["utilization"]
     used = {k: int(util.get(k, {}).get("used", 0)) for k in RESOURCES}
-    harness = _harness_ffs(json.loads((workdir / "ecp5.json").read_text()), top)
     used["TRELLIS_FF"] -= harness
     available = {k: int(util.get(k, {}).get("available", 0)) for k in RESOURCES}
     fmax = {clk: float(v["achieved"]) for clk, v in report.get("fmax", {}).items()}
@@ -618,22 +610,7 @@ def synth_ecp5(
         steps = worst.get("path", [])
         if steps:
             critical = (steps[0]["from"]["cell"], steps[-1]["to"]["cell"])
-    return Ecp5Result(
-        device=device,
-        package=package,
-        target_mhz=freq_mhz,
-        used=used,
-        harness_ffs=harness,
-        available=available,
-        fmax=fmax,
-        synth_cells=synth_cells,
-        critical_path=critical,
-        seconds_synth=t1 - t0,
-        seconds_pnr=t2 - t1,
-        abc9=abc9,
-        bram_outregs=absorbed,
-        dsp_regs=dsp_regs,
-    )
+    return Ecp5Result(**common, used=used, available=available, fmax=fmax, critical_path=critical)
 
 
 @dataclass

@@ -320,6 +320,29 @@ def test_ecp5_multiplier_registers_are_absorbed(tmp_path):
     assert fast.fmax_mhz > 150 > slow.fmax_mhz
 
 
+class ManyProducts(wiring.Component):
+    """``n`` independent registered 16 x 16 products: ``n`` MULT18X18D."""
+
+    def __init__(self, n):
+        self.n = n
+        super().__init__({"a": In(16 * n), "b": In(16 * n), "p": Out(32 * n)})
+
+    def elaborate(self, platform):
+        m = Module()
+        for i in range(self.n):
+            x, y = self.a[16 * i : 16 * i + 16], self.b[16 * i : 16 * i + 16]
+            m.d.sync += self.p[32 * i : 32 * i + 32].eq(x * y)
+        return m
+
+
+def test_ecp5_design_too_big_for_the_device(tmp_path):
+    """30 multipliers on an LFE5U-25F (28 MULT18X18D): nextpnr runs out of them; the result is
+    not an error but ``placed=False`` with nextpnr's message and Yosys's mapped counts."""
+    e = synth_ecp5(ManyProducts(30), "mp", tmp_path, device="25k", freq_mhz=50)
+    assert not e.placed and "no BELs remaining" in e.pnr_error and "MULT18X18D" in e.pnr_error
+    assert e.used["MULT18X18D"] == 30 and e.available == {} and e.fmax == {}
+
+
 def test_ecp5_placed_only_agrees_with_the_routed_run(tmp_path, monkeypatch):
     """``route=False`` (nextpnr ``--no-route``) and a route stopped at the time limit report the
     placed resources from nextpnr's log: the same figures the routed run's JSON report gives,

@@ -257,7 +257,13 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"[bitstream] DREConfig {cfg.to_dict()}, rule {args.rule}, "
         f"clock {top.clock_hz / 1e6:g} MHz, "
-        f"{args.baud} baud (divisor {top.core.divisor}), building in {args.build_dir}"
+        f"{args.baud} baud (divisor {top.core.divisor}), building in {args.build_dir}",
+        flush=True,
+    )
+    print(
+        "[bitstream] Yosys, nextpnr, ecppack: about 75 minutes for the default on a 2-core "
+        f"machine; nextpnr's progress is in {args.build_dir / 'top.tim'}",
+        flush=True,
     )
     Platform().build(
         top,

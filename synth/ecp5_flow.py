@@ -531,21 +531,20 @@ def synth_ecp5(
     t1 = time.monotonic()
     log = workdir / "nextpnr.log"
     pnr_error = ""
-    stopped = None  # placed-only figures when routing was not run or did not finish
+    timed_out = None
     try:
         _nextpnr(device, package, freq_mhz, seed, workdir, log, timeout, route)
-    except ToolTimeout:
-        stopped = placed_from_log(log.read_text(errors="replace"))
-        if stopped is None:  # stopped before placement ended: nothing to report
-            raise
+    except ToolTimeout as exc:
+        timed_out = exc
     except ToolError as exc:
         if "no BELs remaining" not in str(exc):
             raise
         pnr_error = next(ln for ln in str(exc).splitlines() if "no BELs remaining" in ln)
-    if not route and not pnr_error:
+    stopped = None  # placed-only figures when routing was not run or did not finish
+    if timed_out is not None or (not route and not pnr_error):
         stopped = placed_from_log(log.read_text(errors="replace"))
-        if stopped is None:
-            raise ToolError(f"nextpnr --no-route left no placement report in {log}")
+        if stopped is None:  # stopped before placement ended: nothing placed to report
+            raise timed_out or ToolError(f"nextpnr --no-route left no placement report in {log}")
     t2 = time.monotonic()
     stat = json.loads((workdir / "ecp5_stat.json").read_text())
     synth_cells = Counter(

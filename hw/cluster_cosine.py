@@ -125,10 +125,6 @@ class ClusterCompare(wiring.Component):
         negation precedes the normalisation in stage 1).
     key_norm : In(unsigned)
         ``|k|^2``.
-    kn_mant : In(M), kn_exp : In(screen_exp_shape)
-        ``normalise(|k|^2)``, with ``key_norm`` (registered by
-        :class:`hw.cluster_resolve.CandidateResolve`, so that stage 1's ``T^2 |k|^2`` is a DSP
-        product of two registers).
     t_mant : In(M) x 2, t_exp : In(screen_exp_shape) x 2, t_zero : In(2)
         The thresholds (0 ``tau_t``, 1 ``tau_s``; ``T`` with ``F = tau_frac_bits`` fraction
         bits) as :class:`hw.cluster_threshold.ThresholdSquare` forms them: ``normalise(T^2)``
@@ -138,13 +134,12 @@ class ClusterCompare(wiring.Component):
     more, more_sure : Out(3)
         Per pair of :data:`PAIRS`: ``more_similar(a, b)``, valid where ``more_sure`` is set.
 
-    Timing: free-running, no handshake; the outputs answer the ``dot``, ``mag``, ``norm``,
-    ``key_norm``, ``kn_mant`` and ``kn_exp`` of :data:`LATENCY` = 3 cycles before and the
-    ``t_*`` of 4 cycles before.
+    Timing: free-running, no handshake; the outputs answer the ``dot``, ``mag``, ``norm`` and
+    ``key_norm`` of :data:`LATENCY` = 3 cycles before and the ``t_*`` of 4 cycles before.
     Stage 0 (the cycle before): the threshold operands registered (no logic: ``T^2`` and its
     normalisation are formed outside the token loop,
-    :class:`hw.cluster_threshold.ThresholdSquare`).  Stage 1: normalise ``|dot_i|`` and
-    ``|S_i|^2``; ``T^2 |k|^2`` once per threshold.  Stage 2: ``(k.S_i)^2`` and
+    :class:`hw.cluster_threshold.ThresholdSquare`).  Stage 1: normalise ``|dot_i|``,
+    ``|S_i|^2``, ``|k|^2``; ``T^2 |k|^2`` once per threshold.  Stage 2: ``(k.S_i)^2`` and
     ``T^2 |k|^2 |S_i|^2`` per candidate.  Stage 3: the cosine band compares (registered),
     the cross products ``(k.S_a)^2 |S_b|^2`` of the pairs (reusing stage 2's squares), aligned
     and with their guard sums (registered).  Outputs: ``passed``/``sure`` are registers,
@@ -163,8 +158,6 @@ class ClusterCompare(wiring.Component):
         super().__init__(
             {
                 **screen_operands(wd),
-                "kn_mant": In(mantissa_bits),
-                "kn_exp": In(screen_exp_shape(wd, mantissa_bits)),
                 "t_mant": In(mantissa_bits).array(2),
                 "t_exp": In(screen_exp_shape(wd, mantissa_bits)).array(2),
                 "t_zero": In(2),
@@ -201,7 +194,7 @@ class ClusterCompare(wiring.Component):
             s0_tz.append(r[2])
 
         # ---- stage 1: normalise; T^2 |k|^2 per threshold ------------------------------------
-        mk, ek = self.kn_mant, self.kn_exp
+        mk, ek = normalise(m, self.key_norm, M, "kn")
         s1_kz = reg(1, "s1_kz")  # |k|^2 == 0
         m.d.sync += s1_kz.eq(self.key_norm == 0)
         s1_z, s1_ez, s1_tz = [], [], []

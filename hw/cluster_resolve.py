@@ -7,9 +7,7 @@ from amaranth import Cat, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
-from hw.arith import normalise
 from hw.centroid_table import meta_layout
-from hw.cluster_cosine import check_mantissa_bits, screen_exp_shape
 from hw.cluster_decide import LEFT, TEMPORAL
 from hw.cluster_dots import N_SUMS
 from model.dre.cluster import ClusterWidths
@@ -57,25 +55,21 @@ class CandidateResolve(wiring.Component):
         is formed here, before the register, so that the screen's first stage starts its
         normalisation from a register, not behind a negation's carry chain
         (``docs/cluster.md``, "Fmax, eighth round").
-    kn_mant : Out(M), kn_exp : Out(screen_exp_shape)
-        Registered at ``load``: ``normalise(|k|^2)`` on ``M = mantissa_bits`` bits, for the
-        screen, whose first stage then multiplies it with ``T^2`` straight from a register.
     new_norm, new_count : Out x 3
         Registered one cycle after ``load``: per candidate ``|S + k|^2`` and ``n + 1`` (what the
         decision writes when the token joins it).
 
     Timing
     ------
-    ``id`` .. ``kn_exp`` from the cycle after ``load``, ``new_norm``/``new_count`` from the
+    ``id`` .. ``key_norm`` from the cycle after ``load``, ``new_norm``/``new_count`` from the
     cycle after that; all held until the next ``load``.  No output register has a reset: each
     is loaded (or, ``new_*``, formed from those) for a token at its ``load``, and read for that
     token only, after it.
     """
 
-    def __init__(self, cfg: DREConfig, mantissa_bits: int = 17):
+    def __init__(self, cfg: DREConfig):
         require_config(cfg)
-        check_mantissa_bits(mantissa_bits)
-        self.cfg, self.mant = cfg, mantissa_bits
+        self.cfg = cfg
         wd = self.widths = ClusterWidths.of(cfg)
         ids = range(cfg.n_max)
         super().__init__(
@@ -103,8 +97,6 @@ class CandidateResolve(wiring.Component):
                 "count": Out(unsigned(cfg.count_bits)).array(3),
                 "elig": Out(3),
                 "key_norm": Out(unsigned(wd.key_norm)),
-                "kn_mant": Out(mantissa_bits),
-                "kn_exp": Out(screen_exp_shape(wd, mantissa_bits)),
                 "new_norm": Out(unsigned(wd.sum_norm)).array(3),
                 "new_count": Out(unsigned(cfg.count_bits)).array(3),
             }
@@ -129,9 +121,6 @@ class CandidateResolve(wiring.Component):
         o_new_count = [out_reg(self.new_count[i], f"r_new_count{i}") for i in range(3)]
         o_elig = out_reg(self.elig, "r_elig")
         o_kn = out_reg(self.key_norm, "r_key_norm")
-        o_kn_m = out_reg(self.kn_mant, "r_kn_mant")
-        o_kn_e = out_reg(self.kn_exp, "r_kn_exp")
-        kn_m, kn_e = normalise(m, self.kn, self.mant, "kn")
 
         spec_sel = Signal(signed(wd.dot))
         with m.Switch(self.last_which):
@@ -177,10 +166,5 @@ class CandidateResolve(wiring.Component):
                 o_new_count[i].eq(o_count[i] + 1),
             ]
         with m.If(self.load):
-            m.d.sync += [
-                o_elig.eq(Cat(*eligible)),
-                o_kn.eq(self.kn),
-                o_kn_m.eq(kn_m),
-                o_kn_e.eq(kn_e),
-            ]
+            m.d.sync += [o_elig.eq(Cat(*eligible)), o_kn.eq(self.kn)]
         return m

@@ -174,7 +174,7 @@ class ClusterUnit(wiring.Component):
         m.submodules.dots = dots = ClusterDots(cfg)
         m.submodules.compare = cmp = ClusterCompare(cfg, self.mantissa_bits)
         m.submodules.tsq = tsq = ThresholdSquare(cfg, self.mantissa_bits)
-        m.submodules.resolve = res = CandidateResolve(cfg, self.mantissa_bits)
+        m.submodules.resolve = res = CandidateResolve(cfg)
         m.submodules.decide = dcd = ClusterDecide(cfg)
         m.submodules.update = upd = SumUpdate(cfg)
         m.submodules.queue = queue = WritebackQueue(cfg)
@@ -423,11 +423,7 @@ class ClusterUnit(wiring.Component):
             ]
         # The screen takes the registered T1 results (stage 1 in T2), its threshold operands
         # one cycle ahead (stage 0 registers them: the bank's, loaded before T1).
-        m.d.comb += [
-            cmp.key_norm.eq(r_kn),
-            cmp.kn_mant.eq(res.kn_mant),
-            cmp.kn_exp.eq(res.kn_exp),
-        ]
+        m.d.comb += cmp.key_norm.eq(r_kn)
         for j in range(2):
             m.d.comb += [
                 cmp.t_mant[j].eq(pick(b_tm[j], B)),

@@ -9,7 +9,8 @@ exists), it runs
 * unless ``--quick``, the ECP5 flow (:mod:`synth.ecp5_flow`): LUT4, FF, DSP, BRAM and Fmax
   after nextpnr place-and-route (``--no-route``: placed figures and nextpnr's estimate only; a
   route still running after ``--timeout`` seconds is stopped and reported the same way, with
-  the arcs it had left, so a congested design gives its placed figures in bounded time);
+  the arcs it had left, so a congested design gives its placed figures in bounded time;
+  ``--seed`` sets nextpnr's placement seed, 1 by default);
 
 and writes one Markdown page; a hand-written part at the end of an existing page (from the line
 :data:`KEEP_MARKER` on) is kept.  Progress is printed as each step runs.  A design that exists but
@@ -212,7 +213,7 @@ def render(rows: list[Row], meta: dict[str, str], quick: bool) -> str:
             one = len(targets) == 1
             lines.append(
                 f"ECP5: `synth_ecp5`, then nextpnr-ecp5 `--{e.device} --package {e.package} "
-                f"--out-of-context --freq {f'{targets[0]:g}' if one else 'F'} --seed 1`"
+                f"--out-of-context --freq {f'{targets[0]:g}' if one else 'F'} --seed {e.seed}`"
                 + ("" if one else " (F: the row's clock target, the *target MHz* column)")
                 + "; resources as placed "
                 "(LUT4 = TRELLIS_COMB slices incl. carry and LUT-RAM logic, DSP = MULT18X18D, "
@@ -332,6 +333,7 @@ def run(
     timeout: float,
     abc9: bool = True,
     route: bool = True,
+    seed: int = 1,
 ) -> list[Row]:
     found = registry.designs()
     chosen = registry.default_selection(found) if names is None else registry.select(found, names)
@@ -367,6 +369,7 @@ def run(
                         timeout=timeout,
                         abc9=abc9,
                         route=route,
+                        seed=seed,
                     )
                     f = e.fmax_mhz if e.routed else e.fmax_estimate
                     if not e.placed:
@@ -423,8 +426,18 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="map ECP5 LUTs with classic abc (faster on the big designs than ABC9)",
     )
+    ap.add_argument(
+        "--seed",
+        type=int,
+        default=1,
+        help="nextpnr-ecp5 placement seed (default 1); on the congested units the routed Fmax "
+        "moves by about 12 %% between seeds (docs/cluster.md), so compare changes at equal "
+        "seeds, or over several",
+    )
     ap.add_argument("--workdir", type=Path, default=ROOT / "build" / "synth")
     args = ap.parse_args(argv)
+    if args.seed < 0:
+        ap.error(f"--seed must be 0 or more, not {args.seed}")
     argv_used = sys.argv[1:] if argv is None else argv
     try:
         configs = [registry.parse_config(s) for s in args.configs]
@@ -447,6 +460,7 @@ def main(argv: list[str] | None = None) -> int:
             timeout=args.timeout,
             abc9=not args.no_abc9,
             route=not args.no_route,
+            seed=args.seed,
         )
     except (ConfigError, registry.DesignError, ToolError) as exc:
         print(f"error: {exc}", file=sys.stderr)

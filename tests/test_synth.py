@@ -546,6 +546,32 @@ def test_report_uses_each_designs_clock_target(fake_hw, tmp_path, monkeypatch):
     assert "--out-of-context --freq 75 --seed 1`;" in out.read_text()
 
 
+def test_report_seed_reaches_nextpnr(fake_hw, tmp_path, monkeypatch):
+    """``--seed N`` is the seed nextpnr is run with (spied at the command line the flow builds)
+    and the one the page names; the default is 1; a negative seed is one usage error."""
+    monkeypatch.setattr(registry, "REGISTRY", [("tiny", f"{fake_hw}.good", "unit")])
+    seen = []
+    real = ecp5_flow.run_tool
+
+    def spy(argv, *args, **kw):
+        if "nextpnr" in str(argv[0]):
+            seen.append(int(argv[argv.index("--seed") + 1]))
+        return real(argv, *args, **kw)
+
+    monkeypatch.setattr(ecp5_flow, "run_tool", spy)
+    out = tmp_path / "synth.md"
+    common = ["--out", str(out), "--configs", "bq=4", "--workdir", str(tmp_path)]
+    assert report.main([*common, "--seed", "7"]) == 0
+    assert seen == [7]
+    assert "--out-of-context --freq 100 --seed 7`;" in out.read_text()
+    assert report.main(common) == 0
+    assert seen == [7, 1]
+    assert "--seed 1`;" in out.read_text()
+    with pytest.raises(SystemExit) as exc:
+        report.main([*common, "--seed", "-1"])
+    assert exc.value.code == 2 and seen == [7, 1]
+
+
 def test_report_no_route_marks_rows_placed_not_routed(fake_hw, tmp_path, monkeypatch):
     """``--no-route``: the summary's Fmax cell says placed, not routed, with the footnote that
     explains it, and the design's section says why; the resources are still filled in."""

@@ -13,7 +13,7 @@ timed: input-to-register and register-to-output logic included.  The harness fli
 found in the netlist by name and subtracted, so the FF column is the design's own.  The clock is
 constrained with ``--freq``; ``--timing-allow-fail`` makes a slower result a number rather than
 an error.  The seed is fixed (``seed``, 1 by default), so a run is reproducible; Fmax moves
-from seed to seed, by about 12 % on the congested clustering unit (``docs/cluster.md``).
+from seed to seed, by up to 14 % on the congested clustering unit (``docs/cluster.md``).
 
 Between Yosys and nextpnr the netlist is edited in two exact ways that Yosys's ECP5 mapping does
 not do itself: registers behind a block RAM read become its output register

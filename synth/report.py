@@ -431,7 +431,7 @@ def main(argv: list[str] | None = None) -> int:
         type=int,
         default=1,
         help="nextpnr-ecp5 placement seed (default 1); on the congested units the routed Fmax "
-        "moves by about 12 %% between seeds (docs/cluster.md), so compare changes at equal "
+        "moves by up to 14 %% between seeds (docs/cluster.md), so compare changes at equal "
         "seeds, or over several",
     )
     ap.add_argument("--workdir", type=Path, default=ROOT / "build" / "synth")

@@ -27,11 +27,13 @@ from model.dre.config import ConfigError, DREConfig, require_config
 
 ROOT = Path(__file__).resolve().parent.parent
 #: The DRE configuration the board build starts from (``--set`` changes it): the default
-#: configuration with ``lanes = 8``.  At the default's ``lanes = 16`` the build places (68 % of
-#: the LUTs, 99 DSPs, 79 % of the block RAMs) but nextpnr cannot route it on the 85F: the
+#: configuration with ``lanes = 8``.  With 16 clustering lanes the build places (68 % of the
+#: LUTs, 99 DSPs, 79 % of the block RAMs) but nextpnr cannot route it on the 85F: the
 #: clustering unit's five ``lanes x 24``-bit sum rows into the DSPs need more wires than the die
 #: has (docs/board.md, "Where it is congested").  Half the lanes halve that datapath; a token
-#: then takes ``G = d / lanes = 8`` chunk cycles instead of 4, which the serial line hides.
+#: then takes ``G = 8`` chunk cycles instead of 4, which the serial line hides.  The default
+#: configuration has clustered on 8 lanes since (``cluster_lanes``); this build also halves the
+#: selector's lanes, the configuration that has been built and routed on the board.
 BOARD_CONFIG = DREConfig(lanes=8)
 OSC_HZ = 25_000_000  # the ULX3S's oscillator (clk25)
 #: The design clock of the board build, made from clk25 by the ECP5 PLL (docs/board.md).

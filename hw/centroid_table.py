@@ -13,12 +13,12 @@ from model.dre.config import ConfigError, DREConfig, require_config
 
 def chunk_shape(cfg: DREConfig) -> range:
     """Shape of a chunk index ``0 .. G-1`` (at least one bit, so that no port is 0 bits wide)."""
-    return range(max(2, cfg.groups))
+    return range(max(2, cfg.cl_groups))
 
 
 def sum_chunk_layout(cfg: DREConfig) -> data.ArrayLayout:
     """``lanes`` signed sum elements: one row of the sum memory."""
-    return data.ArrayLayout(signed(ClusterWidths.of(cfg).sum), cfg.lanes)
+    return data.ArrayLayout(signed(ClusterWidths.of(cfg).sum), cfg.cl_lanes)
 
 
 def meta_layout(cfg: DREConfig) -> data.StructLayout:
@@ -77,7 +77,7 @@ class CentroidTable(wiring.Component):
     """``n_max`` clusters: exact key sum ``S`` (``d`` x ``bk + count_bits`` signed), ``|S|^2`` and
     the member count ``n``, in two :class:`amaranth.lib.memory.Memory`.
 
-    Organisation: the *sum memory* has ``n_max * G`` rows (``G = d / lanes``) of ``lanes``
+    Organisation: the *sum memory* has ``n_max * G`` rows (``G = d / cl_lanes``) of ``lanes``
     elements; row ``id * G + chunk`` holds elements ``chunk*lanes ..`` of ``S_id``.  The *meta
     memory* has ``n_max`` rows of ``(norm, count)``.  The quantised centroid is not stored here: it
     is computed from ``S`` and ``n`` by the write-back engine and kept by the retrieval datapath's
@@ -149,7 +149,7 @@ class CentroidTable(wiring.Component):
 
     def elaborate(self, platform):
         cfg = self.cfg
-        G = cfg.groups
+        G = cfg.cl_groups
         m = Module()
         # no_rw_check: every sum read port's read-during-write bypass is explicit (below)
         m.submodules.sums = sums = Memory(

@@ -114,7 +114,7 @@ def key_layout(cfg: DREConfig) -> data.ArrayLayout:
 
 def key_chunk_layout(cfg: DREConfig) -> data.ArrayLayout:
     """``lanes`` signed key elements: one chunk of a key."""
-    return data.ArrayLayout(signed(cfg.bk), cfg.lanes)
+    return data.ArrayLayout(signed(cfg.bk), cfg.cl_lanes)
 
 
 def _slice_sum(terms: list) -> Value:
@@ -126,7 +126,7 @@ def _slice_sum(terms: list) -> Value:
 class ClusterDots(wiring.Component):
     """The dot products of one token, one chunk of ``lanes`` elements per cycle: ``k.S_i`` for
     the ``N_SUMS = 5`` sums read from the centroid table, ``k.k_prev`` (the key of the token
-    before) and ``|k|^2``, accumulated over the ``G = d / lanes`` chunks of the token.
+    before) and ``|k|^2``, accumulated over the ``G = d / cl_lanes`` chunks of the token.
 
     Interface
     ---------
@@ -194,7 +194,7 @@ class ClusterDots(wiring.Component):
         )
 
     def elaborate(self, platform):
-        L = self.cfg.lanes
+        L = self.cfg.cl_lanes
         m = Module()
 
         def stage(values, name, reset_less=True):  # one register per value, same shape

@@ -26,17 +26,18 @@ __all__ = ["ClusterUnit", "key_layout", "result_layout", "token_latency", "token
 
 def token_period(cfg: DREConfig) -> float:
     """Cycles per token at full rate (no input gaps, no backpressure), on average:
-    ``max(G, (G + 9) / 2, 5)`` with ``G = d / lanes``, i.e. ``G`` for ``G >= 9`` and 6.5 at
-    the default ``G = 4`` (the starts alternate 5 and 8 cycles apart; ``docs/cluster.md``
-    derives it).  A float: half a cycle where ``G + 9`` is odd and the loop binds."""
-    G = cfg.groups
+    ``max(G, (G + 9) / 2, 5)`` with ``G = d / cl_lanes``, i.e. ``G`` for ``G >= 9``, 8.5 at
+    the default ``G = 64 / 8`` (the starts alternate 8 and 9 cycles apart) and 6.5 at ``G = 4``
+    (``cluster_lanes = 16``: 5 and 8 apart; ``docs/cluster.md`` derives it).  A float: half a
+    cycle where ``G + 9`` is odd and the loop binds."""
+    G = cfg.cl_groups
     return max(2 * G, G + 9, 10) / 2
 
 
 def token_latency(cfg: DREConfig) -> int:
     """Cycles from a token's acceptance to its result with the pipeline empty (no exact
     recompute, no backpressure): ``G + 10`` (``docs/cluster.md``)."""
-    return cfg.groups + 10
+    return cfg.cl_groups + 10
 
 
 def result_layout(cfg: DREConfig) -> data.StructLayout:
@@ -94,7 +95,8 @@ class ClusterUnit(wiring.Component):
     ------
     Throughput one token per ``token_period(cfg) = max(G, (G + 9) / 2, 5)`` cycles on average
     (without exact recomputes)
-    (``G = d / lanes``; ``G`` for ``G >= 9``, 6.5 at the default d = 64, lanes = 16), latency
+    (``G = d / cl_lanes``; ``G`` for ``G >= 9``, 8.5 at the default d = 64 on 8 clustering
+    lanes), latency
     ``token_latency(cfg) = G + 10`` cycles from acceptance to the result.  Stages: ``accept |
     IN: owner-map reads, T^2 of the thresholds | G chunk reads (5 sums) | q1: data registered |
     q2: products, two adder-tree levels | A: accumulate (5 sums, k.k_prev, |k|^2) | T1:
@@ -162,7 +164,7 @@ class ClusterUnit(wiring.Component):
 
     def elaborate(self, platform):
         cfg, wd = self.cfg, self.widths
-        G, L = cfg.groups, cfg.lanes
+        G, L = cfg.cl_groups, cfg.cl_lanes
         m = Module()
 
         # Sum read ports: 0 own temporal, 1 own up, 2..4 the previous token's three candidates.

@@ -71,7 +71,7 @@ class SumUpdate(wiring.Component):
 
     def elaborate(self, platform):
         cfg = self.cfg
-        G, L = cfg.groups, cfg.lanes
+        G, L = cfg.cl_groups, cfg.cl_lanes
         m = Module()
 
         rd = self.busy

@@ -32,16 +32,17 @@ def log2_fixed(m: Module, n, frac_bits: int, name: str = "log2"):
 
 def chunks_per_round(cfg: DREConfig) -> int:
     """Chunks of ``lanes`` elements the write-back engine divides at once: 2 (``2 lanes``
-    dividers) when ``G = d / lanes`` is even, else 1."""
-    return 2 if cfg.groups % 2 == 0 else 1
+    dividers) when ``G = d / cl_lanes`` is even, else 1."""
+    return 2 if cfg.cl_groups % 2 == 0 else 1
 
 
 def writeback_cycles(cfg: DREConfig) -> int:
     """Cycles per cluster of :class:`ClusterWriteback` with every sum read granted, from the
     cycle that takes the id to the cycle of the write, both included:
-    ``2 + G + R (bk + 1)`` with ``R = G / chunks_per_round`` rounds (24 at the default)."""
-    rounds = cfg.groups // chunks_per_round(cfg)
-    return 2 + cfg.groups + rounds * (cfg.bk + 1)
+    ``2 + G + R (bk + 1)`` with ``R = G / chunks_per_round`` rounds (46 at the default's
+    ``G = 8``, 24 at ``G = 4``)."""
+    rounds = cfg.cl_groups // chunks_per_round(cfg)
+    return 2 + cfg.cl_groups + rounds * (cfg.bk + 1)
 
 
 class ClusterWriteback(wiring.Component):
@@ -50,9 +51,10 @@ class ClusterWriteback(wiring.Component):
 
     * centroid: per element ``round(S_i / n)`` half away from zero
       (:func:`model.dre.cluster.quantise_centroid`: ``sign(S_i) floor((floor(2|S_i|/n) + 1)/2)``,
-      which equals ``sign(S_i) floor((2|S_i| + n) / (2n))``), by ``d`` non-restoring dividers
-      (one per element) that produce the ``bk`` bits of that quotient (``|S_i| <= n 2^(bk-1)``,
-      so it has no more), then the sign;
+      which equals ``sign(S_i) floor((2|S_i| + n) / (2n))``), by non-restoring dividers that
+      produce the ``bk`` bits of that quotient (``|S_i| <= n 2^(bk-1)``, so it has no more),
+      then the sign: ``chunks_per_round * cl_lanes`` dividers (16 at the default), used in
+      ``R = G / chunks_per_round`` rounds;
     * bias: ``min((log2_fixed(n) * bias_scale) >> LF, 2^(bias_bits-1) - 1)``
       (:func:`model.dre.cluster.size_bias`).
 
@@ -74,13 +76,14 @@ class ClusterWriteback(wiring.Component):
     busy : Out(1)
         An id was taken and its write has not happened yet (high in the write's cycle too).
 
-    Timing: :func:`writeback_cycles` ``= G + bk + 3`` cycles per cluster (``G = d / lanes``;
-    15 at the default) from the cycle that takes the id to the cycle of the write, both
-    included, plus one cycle per sum read not granted: take the id (IDLE), read the count and
-    chunk 0 (COUNT), chunks 1 .. G-1 (FETCH), the last chunk arrives (LAST), ``bk`` division
-    steps on all ``d`` elements at once (DIVIDE), sign and write (WRITE).  A chunk is loaded as
-    it arrives: ``lanes`` magnitudes ``2|S_i| + n`` are formed per cycle and routed to their
-    dividers.  The next
+    Timing: :func:`writeback_cycles` ``= 2 + G + R (bk + 1)`` cycles per cluster (``G = d /
+    cl_lanes``; 46 at the default, ``G = 8``, ``R = 4``) from the cycle that takes the id to
+    the cycle of the write, both included, plus one cycle per sum read not granted: take the
+    id (IDLE), read the count and chunk 0 (COUNT); per round, the round's chunks (FETCH), its
+    last chunk arrives (LAST), ``bk`` division steps on the round's elements (DIVIDE), the
+    results kept and the next round's first chunk read (NEXT); sign and write (WRITE).  A chunk
+    is loaded as it arrives: ``cl_lanes`` magnitudes ``2|S_i| + n`` are formed per cycle and
+    routed to their dividers.  The next
     id is taken in the cycle after the write.  The sums and the count are read while the
     cluster is processed: if the clustering unit updates it meanwhile, it queues the id again,
     so the last write of an entry always carries its final value.
@@ -104,7 +107,7 @@ class ClusterWriteback(wiring.Component):
 
     def elaborate(self, platform):
         cfg, wd = self.cfg, self.widths
-        G, L, bk, d = cfg.groups, cfg.lanes, cfg.bk, cfg.d
+        G, L, bk, d = cfg.cl_groups, cfg.cl_lanes, cfg.bk, cfg.d
         per, rounds = chunks_per_round(cfg), G // chunks_per_round(cfg)
         D = per * L  # dividers
         m = Module()

@@ -231,6 +231,7 @@ class Setup:
     summaries: int
     mean_value_bits: int
     lanes: int
+    cluster_lanes: int
     bq: int
     bk: int
     count_bits: int
@@ -255,6 +256,11 @@ class Setup:
     @property
     def soft(self) -> bool:
         return self.score == "soft"
+
+    @property
+    def cl_lanes(self) -> int:
+        """Lanes of the clustering unit, ``min(cluster_lanes, lanes)`` (``DREConfig.cl_lanes``)."""
+        return min(self.cluster_lanes, self.lanes)
 
 
 @dataclass
@@ -294,7 +300,16 @@ def load_all(folder: Path = PROFILES) -> Profiles:
     models = {k: _build(LLM, k, cast(v), folder / "models.toml") for k, v in mv.items()}
     flat = {k: v for sec in sv.values() for k, v in sec.items()}
     int_setup = {"tokens_per_frame", "budget_rekv", "budget_resv", "table_size"}
-    int_setup |= {"queries_per_head", "lanes", "bq", "bk", "count_bits", "bias_bits", "k_cap"}
+    int_setup |= {
+        "queries_per_head",
+        "lanes",
+        "cluster_lanes",
+        "bq",
+        "bk",
+        "count_bits",
+        "bias_bits",
+        "k_cap",
+    }
     int_setup |= {"parallel_queries", "summaries", "mean_value_bits", "pass_latency"}
     flat = {k: int(v) if k in int_setup else v for k, v in flat.items()}
     try:
@@ -303,8 +318,11 @@ def load_all(folder: Path = PROFILES) -> Profiles:
         raise ProfileError(f"{folder / 'system.toml'}: {exc}") from None
     check_setup(setup, folder / "system.toml")
     for m in models.values():
-        if m.q_heads % m.kv_heads or m.head_dim % setup.lanes:
-            raise ProfileError(f"model {m.key}: q_heads % kv_heads and head_dim % lanes must be 0")
+        if m.q_heads % m.kv_heads or m.head_dim % setup.lanes or m.head_dim % setup.cl_lanes:
+            raise ProfileError(
+                f"model {m.key}: q_heads % kv_heads, head_dim % lanes and "
+                f"head_dim % min(cluster_lanes, lanes) must be 0"
+            )
     sources = {}
     for part in (ds, ms, ss):
         sources.update(part)
@@ -318,7 +336,7 @@ def check_setup(s: Setup, where) -> None:
     for name in ("parallel_queries", "summaries"):
         if getattr(s, name) not in (0, 1):
             raise ProfileError(f"{where}: {name}={getattr(s, name)} must be 0 or 1")
-    for name in ("queries_per_head", "table_size", "lanes", "bk", "k_cap"):
+    for name in ("queries_per_head", "table_size", "lanes", "cluster_lanes", "bk", "k_cap"):
         if getattr(s, name) < 1:
             raise ProfileError(f"{where}: {name}={getattr(s, name)} must be >= 1")
 
@@ -420,8 +438,8 @@ def dre_cluster_cycles(p: int, d: int, s: Setup) -> float:
     period leaves free cycles on the update engine's port and the write-back overlaps the frame
     (``docs/cluster.md``, "Frame time": 1,224 cycles for 35 updated clusters and 4,728 for 196
     at the default, measured)."""
-    cluster = token_period(d, s.lanes) * (p - 1) + token_latency(d, s.lanes)
-    return max(cluster, s.updated_clusters_per_frame * writeback_cycles(d, s.lanes, s.bk))
+    cluster = token_period(d, s.cl_lanes) * (p - 1) + token_latency(d, s.cl_lanes)
+    return max(cluster, s.updated_clusters_per_frame * writeback_cycles(d, s.cl_lanes, s.bk))
 
 
 def value_width(d: int, bq: int, bk: int) -> int:

@@ -138,7 +138,7 @@ FACTORIES: dict[str, Callable[[DREConfig], wiring.Component]] = {
 CONFIGS: dict[str, DREConfig] = {
     "small": DREConfig(d=32, lanes=8, n_max=64, k_cap=8, grid_max=64),
     "default": DREConfig(),
-    "lanes32": DREConfig(lanes=32),
+    "lanes32": DREConfig(lanes=32),  # the selector's lanes; the clustering unit keeps its 8
     "video7b": PRESETS["video7b"],  # not in DEFAULT_CONFIGS: name it with --configs
 }
 DEFAULT_CONFIGS = ("small", "default", "lanes32")

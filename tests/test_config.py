@@ -15,6 +15,8 @@ from model.dre.config import ConfigError, DREConfig
         ({"k_cap": 32, "n_max": 16}, "exceeds n_max"),
         ({"nope": 3}, "unknown parameter(s) nope; valid: d, lanes"),
         ({"d": 64.0}, "d must be an integer"),
+        ({"cluster_lanes": 0}, "cluster_lanes=0 is out of range"),
+        ({"d": 24, "lanes": 12, "cluster_lanes": 9}, "clustering unit's lanes"),
     ],
 )
 def test_bad_values_raise_config_error(changes, message):
@@ -48,3 +50,13 @@ def test_index_bits():
     assert DREConfig(n_max=1, k_cap=1).index_bits == 1
     assert DREConfig(n_max=256).index_bits == 8
     assert DREConfig(n_max=257).index_bits == 9
+
+
+def test_clustering_lanes_are_capped_by_lanes():
+    """The clustering unit runs ``min(cluster_lanes, lanes)`` lanes: 8 of the default's 16."""
+    assert (DREConfig().cl_lanes, DREConfig().cl_groups, DREConfig().groups) == (8, 8, 4)
+    assert DREConfig(cluster_lanes=16).cl_groups == 4
+    small = DREConfig(d=8, lanes=4, cluster_lanes=16)
+    assert (small.cl_lanes, small.cl_groups) == (4, 2)
+    cfg = DREConfig.from_overrides(["cluster_lanes=32", "lanes=32"])
+    assert (cfg.cl_lanes, cfg.cl_groups) == (32, 2)

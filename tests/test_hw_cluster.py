@@ -270,7 +270,7 @@ def test_dots_against_integers(seed, cfg):
     split of ``key_sum_terms``, with extreme keys and sums drawn often."""
     rng = random.Random(seed)
     dut = ClusterDots(cfg)
-    L, G = cfg.lanes, cfg.d // cfg.lanes
+    L, G = cfg.cl_lanes, cfg.d // cfg.cl_lanes
     wsum = ClusterWidths.of(cfg).sum
     kmin, kmax = -(1 << (cfg.bk - 1)), (1 << (cfg.bk - 1)) - 1
     smin, smax = -(1 << (wsum - 1)), (1 << (wsum - 1)) - 1
@@ -373,7 +373,7 @@ G3 = DREConfig(d=12, lanes=4, bk=4, n_max=16, k_cap=4, grid_max=16, count_bits=5
 def test_centroid_table_read_write_timing(seed, cfg, bypass_out):
     rng = random.Random(seed)
     dut = CentroidTable(cfg, ports=3, meta_ports=2, bypass_out=bypass_out)
-    G, L = cfg.groups, cfg.lanes
+    G, L = cfg.cl_groups, cfg.cl_lanes
     smax = (1 << (ClusterWidths.of(cfg).sum - 1)) - 1
 
     async def bench(ctx):
@@ -441,7 +441,7 @@ class _WritebackHarness(Elaboratable):
         self.wb = ClusterWriteback(cfg)
         self.grant = Signal(init=1)
         self.other_id = Signal(range(cfg.n_max))
-        self.other_chunk = Signal(range(max(2, cfg.groups)))
+        self.other_chunk = Signal(range(max(2, cfg.cl_groups)))
 
     def elaborate(self, platform):
         m = Module()
@@ -476,7 +476,7 @@ def test_writeback_engine_rounds_and_biases(seed, cfg, shared):
     rng = random.Random(seed)
     h = _WritebackHarness(cfg)
     t, wb = h.table, h.wb
-    G, L = cfg.groups, cfg.lanes
+    G, L = cfg.cl_groups, cfg.cl_lanes
     lo, hi = -(1 << (cfg.bk - 1)), (1 << (cfg.bk - 1)) - 1
     clusters = {}
     for cid in range(cfg.n_max):
@@ -570,7 +570,7 @@ def _frame_cycles(cfg, n):
     ``max(s_t + G + 3, D_{t-1} + 1)`` (accumulators done, test section free); decision
     ``D_t = T1 + 4``.  The first start is 2 cycles after the first offer, and the result is seen
     by the testbench 3 cycles after the decision."""
-    G = cfg.groups
+    G = cfg.cl_groups
     s, d = [], []
     for t in range(n):
         st = 0 if t == 0 else s[-1] + max(G, 3)
@@ -606,11 +606,18 @@ def _check_throughput(cfg, stats):
 
 @pytest.mark.parametrize(
     "cfg,period",
-    [(SMALL, 5.5), (ONE_CHUNK, 5), (DREConfig(), 6.5), (DREConfig(d=24, lanes=8), 6)],
-    ids=["G2", "G1", "G4", "G3"],
+    [
+        (SMALL, 5.5),
+        (ONE_CHUNK, 5),
+        (DREConfig(cluster_lanes=16), 6.5),
+        (DREConfig(d=24, lanes=8), 6),
+        (DREConfig(), 8.5),
+    ],
+    ids=["G2", "G1", "G4", "G3", "G8-default"],
 )
 def test_token_period(cfg, period):
-    """``token_period`` against the schedule's recurrence (``_frame_cycles``) over a long frame."""
+    """``token_period`` against the schedule's recurrence (``_frame_cycles``) over a long frame.
+    The default clusters on 8 of its 16 lanes (``cluster_lanes``): ``G = 8`` there."""
     assert token_period(cfg) == period
     assert token_period(DREConfig(d=64, lanes=8)) == 8.5  # G = 8: the loop, 8 and 9 apart
     assert token_period(DREConfig(d=72, lanes=8)) == 9  # G >= 9: one token per G cycles
@@ -658,7 +665,7 @@ def test_cluster_unit_one_chunk_per_key(seed, tmp_path):
 
 
 REGRESS = [
-    DREConfig(grid_max=196),  # the default: d 64, lanes 16, bk 8, n_max 256, count_bits 16
+    DREConfig(grid_max=196),  # the default: d 64, lanes 16 (8 clustering), bk 8, n_max 256
     DREConfig(d=32, lanes=8, bk=6, n_max=64, k_cap=8, grid_max=64, count_bits=6),
     DREConfig(d=24, lanes=3, bk=5, n_max=12, k_cap=4, grid_max=30, count_bits=4),
 ]

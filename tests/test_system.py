@@ -86,6 +86,7 @@ TOY_SETUP = sysm.Setup(
     summaries=1,
     mean_value_bits=16,
     lanes=4,
+    cluster_lanes=4,
     bq=8,
     bk=8,
     count_bits=16,
@@ -369,10 +370,29 @@ def test_token_period_matches_hardware():
     from model.dre.config import DREConfig as C
 
     cases = ((64, 16), (128, 16), (64, 8), (16, 16), (128, 4), (48, 16))
-    hw = [cluster_unit.token_period(C(d=d, lanes=lanes)) for d, lanes in cases]
+    hw = [cluster_unit.token_period(C(d=d, lanes=lanes, cluster_lanes=lanes)) for d, lanes in cases]
     for (d, lanes), want in zip(cases, hw, strict=True):
+        cfg = C(d=d, lanes=lanes, cluster_lanes=lanes)
         assert sysm.token_period(d, lanes) == want
-        assert sysm.token_latency(d, lanes) == cluster_unit.token_latency(C(d=d, lanes=lanes))
+        assert sysm.token_latency(d, lanes) == cluster_unit.token_latency(cfg)
+
+
+def test_cluster_cycles_use_the_clustering_lanes():
+    """The frame's clustering runs on ``min(cluster_lanes, lanes)`` lanes, as the RTL does:
+    the default DREConfig (16 lanes, 8 clustering) against the hardware's own formulas."""
+    from hw import cluster_unit
+    from hw.cluster_writeback import writeback_cycles
+    from model.dre.config import DREConfig as C
+
+    cfg = C()
+    s = replace(TOY_SETUP, lanes=cfg.lanes, cluster_lanes=cfg.cluster_lanes, bk=cfg.bk)
+    p = 196
+    want = cluster_unit.token_period(cfg) * (p - 1) + cluster_unit.token_latency(cfg)
+    assert want == 8.5 * 195 + 18  # G = 64 / 8 = 8
+    s = replace(s, updated_clusters_per_frame=0)
+    assert sysm.dre_cluster_cycles(p, cfg.d, s) == want
+    s = replace(s, updated_clusters_per_frame=196)
+    assert sysm.dre_cluster_cycles(p, cfg.d, s) == 196 * writeback_cycles(cfg) == 196 * 46
 
 
 def test_writeback_cycles_match_hardware():
@@ -382,7 +402,8 @@ def test_writeback_cycles_match_hardware():
     # by hand: d 128 / 16 lanes: G 8, 4 rounds: 2 + 8 + 4 x 9 = 46; G 3: 2 + 3 + 3 x 9 = 32
     assert sysm.writeback_cycles(128, 16, 8) == 46 and sysm.writeback_cycles(48, 16, 8) == 32
     for d, lanes, bk in ((64, 16, 8), (128, 16, 8), (48, 16, 8), (32, 8, 4)):
-        assert sysm.writeback_cycles(d, lanes, bk) == writeback_cycles(C(d=d, lanes=lanes, bk=bk))
+        cfg = C(d=d, lanes=lanes, bk=bk, cluster_lanes=lanes)
+        assert sysm.writeback_cycles(d, lanes, bk) == writeback_cycles(cfg)
 
 
 # ---- memories against make synth --------------------------------------------------------------

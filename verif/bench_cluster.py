@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"[bench_cluster] DREConfig {cfg.to_dict()}")
     print(
         f"[bench_cluster] {args.frames} frames of synthetic video, tau_t 0.9, tau_s 0.8, "
-        f"table_size {cfg.n_max}, G = d/lanes = {cfg.groups}"
+        f"table_size {cfg.n_max}, G = d/cl_lanes = {cfg.cl_groups}"
     )
     rows = []
     for h, w in args.grids:

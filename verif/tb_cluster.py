@@ -209,7 +209,7 @@ class TB:
         start = self.cycle
         while self.expected:
             await self.tick()
-            if self.cycle - start > 200 * (n + 10) * (self.cfg.groups + 8):
+            if self.cycle - start > 200 * (n + 10) * (self.cfg.cl_groups + 8):
                 self.mismatches.append("timeout waiting for results")
                 self.expected.clear()
                 self.pending.clear()
@@ -220,7 +220,7 @@ class TB:
     async def wait_idle(self):
         for _ in range(8):  # let the write-back queue start
             await self.tick()
-        limit = self.cycle + 100 * self.cfg.n_max * (self.cfg.groups * (self.cfg.bk + 2) + 4)
+        limit = self.cycle + 100 * self.cfg.n_max * (self.cfg.cl_groups * (self.cfg.bk + 2) + 4)
         while self.dut.idle.value != 1:
             await self.tick()
             if self.cycle > limit:

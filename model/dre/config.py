@@ -47,6 +47,10 @@ class DREConfig:
 
     d             key/query length (head dimension), lanes of the dot products
     lanes         lanes processed per cycle; one plane of one key takes ceil(d/lanes) cycles
+    cluster_lanes most lanes of the clustering unit's dot products: it uses
+                  ``min(cluster_lanes, lanes)`` (:attr:`cl_lanes`), which must divide d.  8 by
+                  default, the widest clustering datapath that routes on an ECP5-85k
+                  (``docs/cluster.md``, "Cluster lanes"); the selector keeps ``lanes``
     bq            query width, signed two's complement
     bk            key / quantised-centroid width, signed two's complement
     n_max         centroid-table entries = most candidates one retrieval scores
@@ -71,6 +75,7 @@ class DREConfig:
     log_frac_bits: int = 8
     bias_bits: int = 24
     q_max: int = 4
+    cluster_lanes: int = 8
 
     # ---- validation -------------------------------------------------------------------------
     _RANGES: ClassVar[dict[str, tuple[int, int]]] = {
@@ -86,6 +91,7 @@ class DREConfig:
         "log_frac_bits": (0, 16),
         "bias_bits": (2, 48),
         "q_max": (1, 16),
+        "cluster_lanes": (1, 4096),
     }
 
     def __post_init__(self):
@@ -98,6 +104,12 @@ class DREConfig:
                 f"d={self.d} is not a multiple of lanes={self.lanes}; "
                 f"choose lanes from the divisors of d"
             )
+        if self.d % self.cl_lanes:
+            raise ConfigError(
+                f"d={self.d} is not a multiple of the clustering unit's lanes "
+                f"min(cluster_lanes={self.cluster_lanes}, lanes={self.lanes}) = {self.cl_lanes}; "
+                f"choose cluster_lanes from the divisors of d"
+            )
         if self.k_cap > self.n_max:
             raise ConfigError(f"k_cap={self.k_cap} exceeds n_max={self.n_max}")
 
@@ -106,6 +118,18 @@ class DREConfig:
     def groups(self) -> int:
         """Cycles one plane (or one dot product) of one key takes: d / lanes."""
         return self.d // self.lanes
+
+    @property
+    def cl_lanes(self) -> int:
+        """Lanes of the clustering unit's dot products, sum memory rows and write-back:
+        ``min(cluster_lanes, lanes)``."""
+        return min(self.cluster_lanes, self.lanes)
+
+    @property
+    def cl_groups(self) -> int:
+        """Cycles one dot product (or one sum update) of one key takes in the clustering unit:
+        ``d / cl_lanes``."""
+        return self.d // self.cl_lanes
 
     @property
     def index_bits(self) -> int:

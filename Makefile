@@ -61,7 +61,7 @@ sim: setup
 	$(TOOLS) $(PY) -m verif.sim_dre $(SIMARGS)
 
 synth: setup
-	$(TOOLS) $(PY) -m synth.report --designs dre token_selector --no-abc9 --out docs/synth.md $(SYNTHARGS)
+	$(TOOLS) $(PY) -m synth.report --designs dre token_selector --no-abc9 --timeout 7200 --out docs/synth.md $(SYNTHARGS)
 
 bitstream: setup
 	$(PY) -m hw.board $(BOARDARGS)

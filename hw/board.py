@@ -33,7 +33,8 @@ ROOT = Path(__file__).resolve().parent.parent
 #: has (docs/board.md, "Where it is congested").  Half the lanes halve that datapath; a token
 #: then takes ``G = 8`` chunk cycles instead of 4, which the serial line hides.  The default
 #: configuration has clustered on 8 lanes since (``cluster_lanes``); this build also halves the
-#: selector's lanes, the configuration that has been built and routed on the board.
+#: selector's lanes, the configuration that has been built and routed on the board (the default
+#: itself had 25 k of 176 k arcs left after an hour of routing, docs/board.md).
 BOARD_CONFIG = DREConfig(lanes=8)
 OSC_HZ = 25_000_000  # the ULX3S's oscillator (clk25)
 #: The design clock of the board build, made from clk25 by the ECP5 PLL (docs/board.md).

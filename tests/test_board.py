@@ -289,7 +289,7 @@ def test_board_cli_rule(capsys, monkeypatch):
 
 def test_board_cli_config_is_the_default_with_eight_lanes(monkeypatch):
     """Without ``--set`` the board build is the DRE's default configuration except ``lanes = 8``
-    (the 16-lane default does not route on the 85F, docs/board.md); ``--set`` overrides it."""
+    (the default's 16 lanes have not routed on the 85F, docs/board.md); ``--set`` overrides it."""
     built = []
 
     def stop(self, top, **_kw):

@@ -17,7 +17,7 @@ def chunk_shape(cfg: DREConfig) -> range:
 
 
 def sum_chunk_layout(cfg: DREConfig) -> data.ArrayLayout:
-    """``lanes`` signed sum elements: one row of the sum memory."""
+    """``cl_lanes`` signed sum elements: one row of the sum memory."""
     return data.ArrayLayout(signed(ClusterWidths.of(cfg).sum), cfg.cl_lanes)
 
 
@@ -31,7 +31,8 @@ class SumReadSignature(wiring.Signature):
     """A read port of the sum memory, from the reader's side.
 
     ``id``, ``chunk`` (Out) -> ``data`` (In): one cycle after ``id``/``chunk`` are presented,
-    ``data`` holds elements ``chunk*lanes .. chunk*lanes + lanes-1`` of ``S_id``.  Always enabled.
+    ``data`` holds elements ``chunk*cl_lanes .. chunk*cl_lanes + cl_lanes-1`` of ``S_id``.
+    Always enabled.
     """
 
     def __init__(self, cfg: DREConfig):
@@ -77,8 +78,8 @@ class CentroidTable(wiring.Component):
     """``n_max`` clusters: exact key sum ``S`` (``d`` x ``bk + count_bits`` signed), ``|S|^2`` and
     the member count ``n``, in two :class:`amaranth.lib.memory.Memory`.
 
-    Organisation: the *sum memory* has ``n_max * G`` rows (``G = d / cl_lanes``) of ``lanes``
-    elements; row ``id * G + chunk`` holds elements ``chunk*lanes ..`` of ``S_id``.  The *meta
+    Organisation: the *sum memory* has ``n_max * G`` rows (``G = d / cl_lanes``) of ``cl_lanes``
+    elements; row ``id * G + chunk`` holds elements ``chunk*cl_lanes ..`` of ``S_id``.  The *meta
     memory* has ``n_max`` rows of ``(norm, count)``.  The quantised centroid is not stored here: it
     is computed from ``S`` and ``n`` by the write-back engine and kept by the retrieval datapath's
     plane store.  Contents after reset are zero, but the clustering unit never relies on it (it

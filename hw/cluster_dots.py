@@ -113,7 +113,7 @@ def key_layout(cfg: DREConfig) -> data.ArrayLayout:
 
 
 def key_chunk_layout(cfg: DREConfig) -> data.ArrayLayout:
-    """``lanes`` signed key elements: one chunk of a key."""
+    """``cl_lanes`` signed key elements: one chunk of a key."""
     return data.ArrayLayout(signed(cfg.bk), cfg.cl_lanes)
 
 
@@ -124,7 +124,7 @@ def _slice_sum(terms: list) -> Value:
 
 
 class ClusterDots(wiring.Component):
-    """The dot products of one token, one chunk of ``lanes`` elements per cycle: ``k.S_i`` for
+    """The dot products of one token, one chunk of ``cl_lanes`` elements per cycle: ``k.S_i`` for
     the ``N_SUMS = 5`` sums read from the centroid table, ``k.k_prev`` (the key of the token
     before) and ``|k|^2``, accumulated over the ``G = d / cl_lanes`` chunks of the token.
 
@@ -134,9 +134,9 @@ class ClusterDots(wiring.Component):
         A chunk is presented in this cycle (``D``); it is the token's first / last chunk.
     tag : In(1)
         Carried with the chunk to ``done_tag`` (the unit's bank of the token).
-    key, key_prev : In(ArrayLayout(signed(bk), lanes))
+    key, key_prev : In(ArrayLayout(signed(bk), cl_lanes))
         The chunk of the token's key and of the key of the token before (for ``k.k_prev``).
-    sums : In(ArrayLayout(signed(sum), lanes)) x 5, hit : In(5), fwd : In(ArrayLayout)
+    sums : In(ArrayLayout(signed(sum), cl_lanes)) x 5, hit : In(5), fwd : In(ArrayLayout)
         The chunk of each sum: the table's raw read data of this cycle, replaced by ``fwd`` where
         ``hit[i]`` (the row was written in the read's address cycle,
         :class:`hw.centroid_table.CentroidTable` with ``bypass_out``).  The raw data is

@@ -13,7 +13,7 @@ from model.dre.config import DREConfig, require_config
 
 class SumUpdate(wiring.Component):
     """Read-modify-write of one cluster's sum, ``S_id := (opened ? 0 : S_id) + key``, one chunk of
-    ``lanes`` elements per cycle, through one read port and the write port of the centroid
+    ``cl_lanes`` elements per cycle, through one read port and the write port of the centroid
     table; the write-back engine's reads share the read port.
 
     Interface

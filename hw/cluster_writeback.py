@@ -31,7 +31,7 @@ def log2_fixed(m: Module, n, frac_bits: int, name: str = "log2"):
 
 
 def chunks_per_round(cfg: DREConfig) -> int:
-    """Chunks of ``lanes`` elements the write-back engine divides at once: 2 (``2 lanes``
+    """Chunks of ``cl_lanes`` elements the write-back engine divides at once: 2 (``2 cl_lanes``
     dividers) when ``G = d / cl_lanes`` is even, else 1."""
     return 2 if cfg.cl_groups % 2 == 0 else 1
 
@@ -163,7 +163,7 @@ class ClusterWriteback(wiring.Component):
         shifted = kept(signed(rw), "shifted")
         minus = kept(signed(rw), "minus")
 
-        # Loading: the chunk read in the previous (granted) cycle: ``lanes`` dividends formed
+        # Loading: the chunk read in the previous (granted) cycle: ``cl_lanes`` dividends formed
         # once, routed to the dividers of its slot in the round.
         m.d.sync += ld.eq(0)
         dividend = [Signal(signed(rw), name=f"dividend{i}") for i in range(L)]

@@ -36,6 +36,12 @@ def check_int(name: str, value, lo: int | None = None, hi: int | None = None, *,
     return value
 
 
+def clustering_lanes(cluster_lanes: int, lanes: int) -> int:
+    """Lanes the clustering unit runs: ``cluster_lanes`` capped by the DRE's ``lanes`` (the rule
+    of :attr:`DREConfig.cl_lanes`, shared with the system model's ``Setup``)."""
+    return min(cluster_lanes, lanes)
+
+
 def _clog2(n: int) -> int:
     """Bits needed to hold the values 0 .. n-1 (at least 1)."""
     return max(1, (n - 1).bit_length())
@@ -50,7 +56,7 @@ class DREConfig:
     cluster_lanes most lanes of the clustering unit's dot products: it uses
                   ``min(cluster_lanes, lanes)`` (:attr:`cl_lanes`), which must divide d.  8 by
                   default, the widest clustering datapath that routes on an ECP5-85k
-                  (``docs/cluster.md``, "Cluster lanes"); the selector keeps ``lanes``
+                  (``docs/cluster.md``, "Clustering lanes"); the selector keeps ``lanes``
     bq            query width, signed two's complement
     bk            key / quantised-centroid width, signed two's complement
     n_max         centroid-table entries = most candidates one retrieval scores
@@ -122,8 +128,8 @@ class DREConfig:
     @property
     def cl_lanes(self) -> int:
         """Lanes of the clustering unit's dot products, sum memory rows and write-back:
-        ``min(cluster_lanes, lanes)``."""
-        return min(self.cluster_lanes, self.lanes)
+        ``min(cluster_lanes, lanes)`` (:func:`clustering_lanes`)."""
+        return clustering_lanes(self.cluster_lanes, self.lanes)
 
     @property
     def cl_groups(self) -> int:

@@ -12,7 +12,7 @@ STAMP  := $(VENV)/.setup-stamp
 # that knows where it lies.  Targets that run a simulator prefix their command with $(TOOLS).
 TOOLS  := eval "$$($(PY) -m verif.toolenv --shell)" &&
 PYTEST := $(PY) -m pytest
-JOBS   ?= 2
+JOBS   ?= 2  # make synth: place-and-route runs at a time (one core each)
 
 .PHONY: help setup test regress sim synth bitstream export bench system lint clean
 
@@ -61,7 +61,7 @@ sim: setup
 	$(TOOLS) $(PY) -m verif.sim_dre $(SIMARGS)
 
 synth: setup
-	$(TOOLS) $(PY) -m synth.report --designs dre token_selector --no-abc9 --timeout 7200 --out docs/synth.md $(SYNTHARGS)
+	$(TOOLS) $(PY) -m synth.report --designs dre token_selector --no-abc9 --timeout 7200 --jobs $(JOBS) --out docs/synth.md $(SYNTHARGS)
 
 bitstream: setup
 	$(PY) -m hw.board $(BOARDARGS)

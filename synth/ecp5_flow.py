@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+import threading
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -89,10 +90,17 @@ class RegisteredIO(Elaboratable):
         return m
 
 
+#: Held while Amaranth elaborates and converts a design: ``synth.report --jobs N`` runs the
+#: tools of several designs side by side in threads, and the conversions (plain Python, no gain
+#: from threads) one at a time.
+ELABORATION = threading.RLock()
+
+
 def harness_verilog(component, top: str) -> str:
     """Verilog of ``component`` inside :class:`RegisteredIO`, top module ``top``."""
-    wrapper = RegisteredIO(component)
-    return verilog.convert(wrapper, name=top, ports=wrapper.pins, emit_src=False)
+    with ELABORATION:
+        wrapper = RegisteredIO(component)
+        return verilog.convert(wrapper, name=top, ports=wrapper.pins, emit_src=False)
 
 
 def _harness_ffs(netlist: dict, top: str) -> int:

@@ -26,13 +26,14 @@ import datetime
 import shlex
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from model.dre.config import ConfigError, DREConfig
 from synth import designs as registry
 from synth import gates
-from synth.ecp5_flow import RESOURCES, Ecp5Result, nextpnr_version, synth_ecp5
+from synth.ecp5_flow import ELABORATION, RESOURCES, Ecp5Result, nextpnr_version, synth_ecp5
 from synth.yosys_flow import (
     ABC_SCRIPT,
     Area,
@@ -321,6 +322,68 @@ def render(rows: list[Row], meta: dict[str, str], quick: bool) -> str:
     return "\n".join(lines)
 
 
+def _run_one(
+    label: str,
+    cfg: DREConfig,
+    design: registry.Design,
+    *,
+    quick: bool,
+    workdir: Path,
+    freq: float | None,
+    device: str,
+    package: str,
+    timeout: float,
+    abc9: bool,
+    route: bool,
+    seed: int,
+) -> Row:
+    """One design in one configuration: its :class:`Row` (tool failures recorded in it)."""
+    row = Row(config=label, cfg=cfg, design=design.name)
+    where = workdir / label.replace("=", "").replace(",", "_") / design.name
+    tag = f"[synth] {label} / {design.name}"
+    try:
+        print(f"{tag}: elaborating", flush=True)
+        with ELABORATION:
+            text = design.verilog(cfg)
+            component = None if quick else design.build(cfg)
+        print(f"{tag}: generic Yosys flow ...", flush=True)
+        row.generic = synth_generic(text, design.name, where / "generic", timeout)
+        a = row.generic.total
+        print(
+            f"{tag}: generic done in {row.generic.seconds:.1f} s: {a.n_cells:,} cells, "
+            f"{a.n_ff:,} FF, {a.ge_logic:,.0f} GE logic, {a.mem_bits:,} memory bits",
+            flush=True,
+        )
+        if not quick:
+            print(f"{tag}: synth_ecp5 + nextpnr-ecp5 ...", flush=True)
+            row.ecp5 = e = synth_ecp5(
+                component,
+                design.name,
+                where / "ecp5",
+                device=device,
+                package=package,
+                freq_mhz=registry.target_mhz(design.name) if freq is None else freq,
+                timeout=timeout,
+                abc9=abc9,
+                route=route,
+                seed=seed,
+            )
+            f = e.fmax_mhz if e.routed else e.fmax_estimate
+            if not e.placed:
+                print(f"{tag}: ECP5: does not fit ({e.pnr_error.strip()})", flush=True)
+            print(
+                f"{tag}: ECP5 done in {e.seconds_synth + e.seconds_pnr:.1f} s: "
+                + ", ".join(f"{RESOURCES[k]} {e.used[k]:,}" for k in RESOURCES)
+                + (", no clock" if f is None else f", Fmax {f:.1f} MHz")
+                + ("" if e.routed else " (estimate after placement; not routed)"),
+                flush=True,
+            )
+    except (registry.DesignError, ToolError, ConfigError, gates.UnknownCell) as exc:
+        print(f"{tag}: FAILED: {exc}", file=sys.stderr, flush=True)
+        row.errors.append(str(exc).replace("\n", " / "))
+    return row
+
+
 def run(
     configs: list[tuple[str, DREConfig]],
     names: list[str] | None,
@@ -334,57 +397,34 @@ def run(
     abc9: bool = True,
     route: bool = True,
     seed: int = 1,
+    jobs: int = 1,
 ) -> list[Row]:
+    """The rows of every configuration x design, in that order.  ``jobs > 1`` runs that many
+    (configuration, design) pairs at once: the tools are subprocesses, so threads suffice (the
+    Amaranth conversions take turns, :data:`synth.ecp5_flow.ELABORATION`).  Each pair has its
+    own work folder and the same tool arguments, so the figures do not depend on ``jobs``; only
+    the tools' run times do (they share the cores)."""
     found = registry.designs()
     chosen = registry.default_selection(found) if names is None else registry.select(found, names)
     if not chosen:
         print("[synth] no hw design exists yet: nothing to synthesise")
-    rows = []
-    for label, cfg in configs:
-        for design in chosen:
-            row = Row(config=label, cfg=cfg, design=design.name)
-            rows.append(row)
-            where = workdir / label.replace("=", "").replace(",", "_") / design.name
-            tag = f"[synth] {label} / {design.name}"
-            try:
-                print(f"{tag}: elaborating", flush=True)
-                text = design.verilog(cfg)
-                print(f"{tag}: generic Yosys flow ...", flush=True)
-                row.generic = synth_generic(text, design.name, where / "generic", timeout)
-                a = row.generic.total
-                print(
-                    f"{tag}: generic done in {row.generic.seconds:.1f} s: {a.n_cells:,} cells, "
-                    f"{a.n_ff:,} FF, {a.ge_logic:,.0f} GE logic, {a.mem_bits:,} memory bits",
-                    flush=True,
-                )
-                if not quick:
-                    print(f"{tag}: synth_ecp5 + nextpnr-ecp5 ...", flush=True)
-                    row.ecp5 = e = synth_ecp5(
-                        design.build(cfg),
-                        design.name,
-                        where / "ecp5",
-                        device=device,
-                        package=package,
-                        freq_mhz=registry.target_mhz(design.name) if freq is None else freq,
-                        timeout=timeout,
-                        abc9=abc9,
-                        route=route,
-                        seed=seed,
-                    )
-                    f = e.fmax_mhz if e.routed else e.fmax_estimate
-                    if not e.placed:
-                        print(f"{tag}: ECP5: does not fit ({e.pnr_error.strip()})", flush=True)
-                    print(
-                        f"{tag}: ECP5 done in {e.seconds_synth + e.seconds_pnr:.1f} s: "
-                        + ", ".join(f"{RESOURCES[k]} {e.used[k]:,}" for k in RESOURCES)
-                        + (", no clock" if f is None else f", Fmax {f:.1f} MHz")
-                        + ("" if e.routed else " (estimate after placement; not routed)"),
-                        flush=True,
-                    )
-            except (registry.DesignError, ToolError, ConfigError, gates.UnknownCell) as exc:
-                print(f"{tag}: FAILED: {exc}", file=sys.stderr, flush=True)
-                row.errors.append(str(exc).replace("\n", " / "))
-    return rows
+    pairs = [(label, cfg, design) for label, cfg in configs for design in chosen]
+    opts = dict(
+        quick=quick,
+        workdir=workdir,
+        freq=freq,
+        device=device,
+        package=package,
+        timeout=timeout,
+        abc9=abc9,
+        route=route,
+        seed=seed,
+    )
+    if jobs <= 1 or len(pairs) <= 1:
+        return [_run_one(*p, **opts) for p in pairs]
+    print(f"[synth] {len(pairs)} runs, {jobs} at a time", flush=True)
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        return list(pool.map(lambda p: _run_one(*p, **opts), pairs))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -435,9 +475,18 @@ def main(argv: list[str] | None = None) -> int:
         "seeds, or over several",
     )
     ap.add_argument("--workdir", type=Path, default=ROOT / "build" / "synth")
+    ap.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="(configuration, design) runs at a time (default 1); each nextpnr run uses one "
+        "core, so at most the machine's cores; the figures do not depend on it",
+    )
     args = ap.parse_args(argv)
     if args.seed < 0:
         ap.error(f"--seed must be 0 or more, not {args.seed}")
+    if args.jobs < 1:
+        ap.error(f"--jobs must be 1 or more, not {args.jobs}")
     argv_used = sys.argv[1:] if argv is None else argv
     try:
         configs = [registry.parse_config(s) for s in args.configs]
@@ -461,6 +510,7 @@ def main(argv: list[str] | None = None) -> int:
             abc9=not args.no_abc9,
             route=not args.no_route,
             seed=args.seed,
+            jobs=args.jobs,
         )
     except (ConfigError, registry.DesignError, ToolError) as exc:
         print(f"error: {exc}", file=sys.stderr)

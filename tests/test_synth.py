@@ -476,6 +476,49 @@ def test_report_cli_quick(fake_hw, tmp_path, monkeypatch):
     assert "| `$_NAND_` | NAND2_X1 | 0.798 | 1.000 |" in text
 
 
+def test_report_jobs_run_side_by_side_with_the_same_page(fake_hw, tmp_path, monkeypatch):
+    """``--jobs 2`` runs two (configuration, design) pairs at once (each generic run waits at a
+    two-party barrier, which times out unless a second run is in flight) and writes the same
+    summary rows, in the same order, as ``--jobs 1``; ``--jobs 0`` is one usage error."""
+    import threading
+
+    reg = [("tiny", f"{fake_hw}.good", "unit"), ("tiny2", f"{fake_hw}.good", "unit")]
+    monkeypatch.setattr(registry, "REGISTRY", reg)
+    real = report.synth_generic
+    barrier = None
+
+    def spy(*args, **kw):
+        if barrier is not None:
+            barrier.wait()
+        return real(*args, **kw)
+
+    monkeypatch.setattr(report, "synth_generic", spy)
+
+    def summary(jobs: int) -> list[str]:
+        out = tmp_path / f"synth{jobs}.md"
+        args = ["--quick", "--out", str(out), "--configs", "bq=4", "bq=6"]
+        args += ["--workdir", str(tmp_path / f"w{jobs}"), "--jobs", str(jobs)]
+        assert report.main(args) == 0
+        return [
+            ln for ln in out.read_text().splitlines() if ln.startswith("| bq=") and "`tiny" in ln
+        ]
+
+    one = summary(1)
+    barrier = threading.Barrier(2, timeout=60)
+    two = summary(2)
+    assert not barrier.broken
+    assert [r.split("|")[1:3] for r in one] == [
+        [" bq=4 ", " `tiny` "],
+        [" bq=4 ", " `tiny2` "],
+        [" bq=6 ", " `tiny` "],
+        [" bq=6 ", " `tiny2` "],
+    ]
+    assert two == one
+    with pytest.raises(SystemExit) as exc:
+        report.main(["--quick", "--jobs", "0", "--out", str(tmp_path / "x.md")])
+    assert exc.value.code == 2
+
+
 def test_report_keeps_the_hand_written_tail(fake_hw, tmp_path, monkeypatch):
     """Rewriting a page keeps what follows :data:`report.KEEP_MARKER` and replaces the rest; a
     page without the marker is replaced whole."""

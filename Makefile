@@ -12,7 +12,8 @@ STAMP  := $(VENV)/.setup-stamp
 # that knows where it lies.  Targets that run a simulator prefix their command with $(TOOLS).
 TOOLS  := eval "$$($(PY) -m verif.toolenv --shell)" &&
 PYTEST := $(PY) -m pytest
-JOBS   ?= 2  # make synth: place-and-route runs at a time (one core each)
+# make synth: place-and-route runs at a time (one core each)
+JOBS   ?= 2
 
 .PHONY: help setup test regress sim synth bitstream export bench system lint clean
 

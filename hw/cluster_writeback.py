@@ -108,7 +108,8 @@ class ClusterWriteback(wiring.Component):
     def elaborate(self, platform):
         cfg, wd = self.cfg, self.widths
         G, L, bk, d = cfg.cl_groups, cfg.cl_lanes, cfg.bk, cfg.d
-        per, rounds = chunks_per_round(cfg), G // chunks_per_round(cfg)
+        per = chunks_per_round(cfg)
+        rounds = G // per
         D = per * L  # dividers
         m = Module()
 

@@ -322,51 +322,52 @@ def render(rows: list[Row], meta: dict[str, str], quick: bool) -> str:
     return "\n".join(lines)
 
 
-def _run_one(
-    label: str,
-    cfg: DREConfig,
-    design: registry.Design,
-    *,
-    quick: bool,
-    workdir: Path,
-    freq: float | None,
-    device: str,
-    package: str,
-    timeout: float,
-    abc9: bool,
-    route: bool,
-    seed: int,
-) -> Row:
+@dataclass(frozen=True)
+class FlowOptions:
+    """The tool arguments shared by every run of one report (the command line's)."""
+
+    quick: bool
+    workdir: Path
+    freq: float | None
+    device: str
+    package: str
+    timeout: float
+    abc9: bool = True
+    route: bool = True
+    seed: int = 1
+
+
+def _run_one(label: str, cfg: DREConfig, design: registry.Design, o: FlowOptions) -> Row:
     """One design in one configuration: its :class:`Row` (tool failures recorded in it)."""
     row = Row(config=label, cfg=cfg, design=design.name)
-    where = workdir / label.replace("=", "").replace(",", "_") / design.name
+    where = o.workdir / label.replace("=", "").replace(",", "_") / design.name
     tag = f"[synth] {label} / {design.name}"
     try:
         print(f"{tag}: elaborating", flush=True)
         with ELABORATION:
             text = design.verilog(cfg)
-            component = None if quick else design.build(cfg)
+            component = None if o.quick else design.build(cfg)
         print(f"{tag}: generic Yosys flow ...", flush=True)
-        row.generic = synth_generic(text, design.name, where / "generic", timeout)
+        row.generic = synth_generic(text, design.name, where / "generic", o.timeout)
         a = row.generic.total
         print(
             f"{tag}: generic done in {row.generic.seconds:.1f} s: {a.n_cells:,} cells, "
             f"{a.n_ff:,} FF, {a.ge_logic:,.0f} GE logic, {a.mem_bits:,} memory bits",
             flush=True,
         )
-        if not quick:
+        if not o.quick:
             print(f"{tag}: synth_ecp5 + nextpnr-ecp5 ...", flush=True)
             row.ecp5 = e = synth_ecp5(
                 component,
                 design.name,
                 where / "ecp5",
-                device=device,
-                package=package,
-                freq_mhz=registry.target_mhz(design.name) if freq is None else freq,
-                timeout=timeout,
-                abc9=abc9,
-                route=route,
-                seed=seed,
+                device=o.device,
+                package=o.package,
+                freq_mhz=registry.target_mhz(design.name) if o.freq is None else o.freq,
+                timeout=o.timeout,
+                abc9=o.abc9,
+                route=o.route,
+                seed=o.seed,
             )
             f = e.fmax_mhz if e.routed else e.fmax_estimate
             if not e.placed:
@@ -387,16 +388,7 @@ def _run_one(
 def run(
     configs: list[tuple[str, DREConfig]],
     names: list[str] | None,
-    *,
-    quick: bool,
-    workdir: Path,
-    freq: float | None,
-    device: str,
-    package: str,
-    timeout: float,
-    abc9: bool = True,
-    route: bool = True,
-    seed: int = 1,
+    options: FlowOptions,
     jobs: int = 1,
 ) -> list[Row]:
     """The rows of every configuration x design, in that order.  ``jobs > 1`` runs that many
@@ -409,22 +401,11 @@ def run(
     if not chosen:
         print("[synth] no hw design exists yet: nothing to synthesise")
     pairs = [(label, cfg, design) for label, cfg in configs for design in chosen]
-    opts = dict(
-        quick=quick,
-        workdir=workdir,
-        freq=freq,
-        device=device,
-        package=package,
-        timeout=timeout,
-        abc9=abc9,
-        route=route,
-        seed=seed,
-    )
     if jobs <= 1 or len(pairs) <= 1:
-        return [_run_one(*p, **opts) for p in pairs]
+        return [_run_one(*p, options) for p in pairs]
     print(f"[synth] {len(pairs)} runs, {jobs} at a time", flush=True)
     with ThreadPoolExecutor(max_workers=jobs) as pool:
-        return list(pool.map(lambda p: _run_one(*p, **opts), pairs))
+        return list(pool.map(lambda p: _run_one(*p, options), pairs))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -498,9 +479,7 @@ def main(argv: list[str] | None = None) -> int:
         meta = env_summary()
         if not args.quick:
             meta["nextpnr"] = nextpnr_version()
-        rows = run(
-            configs,
-            args.designs,
+        options = FlowOptions(
             quick=args.quick,
             workdir=args.workdir,
             freq=args.freq,
@@ -510,8 +489,8 @@ def main(argv: list[str] | None = None) -> int:
             abc9=not args.no_abc9,
             route=not args.no_route,
             seed=args.seed,
-            jobs=args.jobs,
         )
+        rows = run(configs, args.designs, options, jobs=args.jobs)
     except (ConfigError, registry.DesignError, ToolError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -297,6 +297,12 @@ def test_ecp5_block_ram_output_register_is_absorbed(tmp_path):
     assert (fast.bram_outregs, slow.bram_outregs, port.bram_outregs) == (1, 0, 0)
     assert fast.used["TRELLIS_FF"] == slow.used["TRELLIS_FF"] - 32
     assert fast.fmax_mhz > 150 > slow.fmax_mhz
+    # the report's line on it: one of one block folded, none of the other's
+    assert report._folded(fast) == [
+        "Folded into the hard blocks by the flow: 1 of 1 MULT18X18D with their own input and "
+        "output registers (0 combinational)."
+    ]
+    assert "0 of 1 MULT18X18D" in report._folded(slow)[0]
 
 
 def test_ecp5_multiplier_registers_are_absorbed(tmp_path):

@@ -192,11 +192,11 @@ def _folded(e: Ecp5Result) -> list[str]:
     misses its clock."""
     parts = []
     if e.synth_cells.get("DP16KD"):
-        parts.append(f"{e.bram_outregs:,} block-RAM output registers")
+        parts.append(f"block-RAM output registers: {e.bram_outregs:,}")
     n = e.synth_cells.get("MULT18X18D", 0)
     if n:
         parts.append(
-            f"{e.dsp_regs:,} of {n:,} MULT18X18D with their own input and output registers "
+            f"MULT18X18D with their own input and output registers: {e.dsp_regs:,} of {n:,} "
             f"({n - e.dsp_regs:,} combinational)"
         )
     return [f"Folded into the hard blocks by the flow: {'; '.join(parts)}."] if parts else []

@@ -12,11 +12,12 @@ exists), it runs
   the arcs it had left, so a congested design gives its placed figures in bounded time;
   ``--seed`` sets nextpnr's placement seed, 1 by default);
 
-and writes one Markdown page; a hand-written part at the end of an existing page (from the line
-:data:`KEEP_MARKER` on) is kept.  Progress is printed as each step runs.  A design that exists but
-fails to import or elaborate, or a tool that fails, makes the command exit non-zero (after the
-page is written, with the failure in it), so ``make synth`` never reports a partial result as
-complete.
+(``--jobs N``: N of these runs at a time, each in its own work folder; the figures do not
+depend on N) and writes one Markdown page; a hand-written part at the end of an existing page
+(from the line :data:`KEEP_MARKER` on) is kept.  Progress is printed as each step runs.  A design
+that exists but fails to import or elaborate, or a tool that fails, makes the command exit
+non-zero (after the page is written, with the failure in it), so ``make synth`` never reports a
+partial result as complete.
 """
 
 from __future__ import annotations

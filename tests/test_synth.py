@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import sys
 import textwrap
+import threading
 
 import pytest
 from amaranth import Module
@@ -493,8 +494,6 @@ def test_report_jobs_run_side_by_side_with_the_same_page(fake_hw, tmp_path, monk
     """``--jobs 2`` runs two (configuration, design) pairs at once (each generic run waits at a
     two-party barrier, which times out unless a second run is in flight) and writes the same
     summary rows, in the same order, as ``--jobs 1``; ``--jobs 0`` is one usage error."""
-    import threading
-
     reg = [("tiny", f"{fake_hw}.good", "unit"), ("tiny2", f"{fake_hw}.good", "unit")]
     monkeypatch.setattr(registry, "REGISTRY", reg)
     real = report.synth_generic

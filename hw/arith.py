@@ -23,17 +23,23 @@ def tree_sum(terms: list):
     return terms[0]
 
 
-def lut_mul(a, b) -> Value:
-    """``a * b`` (either may be signed) as a sum of partial products ``b[j] ? a << j : 0``; the
-    top partial product is subtracted when ``b`` is signed (two's complement weight).  Same value
-    as ``a * b``, with no ``$mul`` cell for a synthesis tool to put into a DSP block."""
+def mul_rows(a, b) -> list:
+    """The partial products of ``a * b`` (either may be signed): ``b[j] ? a << j : 0``, the top
+    one negated when ``b`` is signed (two's complement weight); their sum is ``a * b``."""
     a, b = Value.cast(a), Value.cast(b)
     n = len(b)
     terms = []
     for j in range(n):
         t = Mux(b[j], a << j, 0)
         terms.append(-t if (j == n - 1 and b.shape().signed) else t)
-    return tree_sum(terms)
+    return terms
+
+
+def lut_mul(a, b) -> Value:
+    """``a * b`` (either may be signed) as the sum of its partial products (:func:`mul_rows`).
+    Same value as ``a * b``, with no ``$mul`` cell for a synthesis tool to put into a DSP
+    block."""
+    return tree_sum(mul_rows(a, b))
 
 
 def bit_length(v) -> Value:

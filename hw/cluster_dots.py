@@ -6,7 +6,7 @@ from amaranth import Cat, Const, Module, Mux, Signal, Value, signed, unsigned
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
-from hw.arith import lut_mul, tree_sum
+from hw.arith import mul_rows, tree_sum
 from hw.centroid_table import sum_chunk_layout
 from model.dre.cluster import ClusterWidths
 from model.dre.config import DREConfig, require_config
@@ -15,28 +15,33 @@ from model.dre.config import DREConfig, require_config
 N_SUMS = 5
 
 
-def key_sum_terms(k, s, lanes: int) -> list:
-    """The DSP products of ``sum_l k[l] * s[l]`` over ``lanes`` key and sum elements (both
-    signed), each fitting one 18 x 18 signed multiplier.  For sums of 18 bits or fewer they are
-    the whole products.  For wider sums, ``s = s_hi 2^18 + s_lo`` with ``s_lo = s[0:18]``
-    unsigned, and ``s_lo - 2^17`` is ``s[0:18]`` with bit 17 inverted, read as signed 18 bits;
-    so ``k s = k (s_lo - 2^17) + 2^18 k s_hi + 2^17 k``: the products returned are
-    ``k (s_lo - 2^17)``; ``k s_hi`` is summed over the lanes bit-sliced in LUTs
-    (:func:`high_slices`, :func:`high_sum`), and ``2^17 sum(k)``, the same for every sum, is
-    added once (in the accumulate stage's adder tree).  Written as one product per lane, a
-    synthesis tool spends two DSP blocks on every ``bk x (bk + count_bits)`` product."""
-    if len(Value.cast(s[0])) <= 18:
-        return [k[l] * s[l] for l in range(lanes)]
-    return [k[l] * offset_low(s[l]) for l in range(lanes)]
+#: Cycles from a chunk presented (``D``) to ``done`` for a token's last chunk: the stages q1 ..
+#: q4 (:class:`ClusterDots`, Timing); the token's results are in the accumulators one cycle
+#: later.
+LATENCY = 4
 
 
-def high_slices(k, s, lanes: int) -> list[list]:
-    """``sum_l k[l] s_hi[l]`` (``s_hi = s[18:]``, signed) bit-sliced over the lanes: slice ``j``
-    is the list ``[s_hi[l][j] ? k[l] : 0 for l]``; the sum is :func:`high_sum` of the slices'
-    sums (``sum_l k[l] s_hi[l]`` with narrow adders: each slice is summed at ``bk`` bits and
-    shifted once)."""
-    n = len(Value.cast(s[0])) - 18
-    return [[Mux(Value.cast(s[l])[18 + j], k[l], 0) for l in range(lanes)] for j in range(n)]
+def dsp_operand(s) -> Value:
+    """The sum element ``s`` as the operand of one 18 x 18 signed DSP multiplier: ``s`` itself
+    when it has 18 bits or fewer, else ``s_lo - 2^17`` (:func:`offset_low`).  For wider sums,
+    ``s = s_hi 2^18 + s_lo`` with ``s_lo = s[0:18]`` unsigned and ``s_hi = s[18:]`` signed, so
+    ``k s = k (s_lo - 2^17) + 2^18 k s_hi + 2^17 k``: the DSP forms ``k (s_lo - 2^17)``;
+    ``k s_hi`` is summed over the lanes bit-sliced in LUTs (:func:`high_slices`,
+    :func:`high_terms`), and ``2^17 sum(k)``, the same for every sum, is added once (in the
+    accumulate stage's adder tree).  Written as one product per lane, a synthesis tool spends
+    two DSP blocks on every ``bk x (bk + count_bits)`` product."""
+    if len(Value.cast(s)) <= 18:
+        return Value.cast(s)
+    return offset_low(s)
+
+
+def high_slices(k, s_hi, lanes: int) -> list[list]:
+    """``sum_l k[l] s_hi[l]`` (``s_hi[l]`` signed, the bits 18 and up of a wide sum) bit-sliced
+    over the lanes: slice ``j`` is the list ``[s_hi[l][j] ? k[l] : 0 for l]``; the sum is
+    ``sum_j w_j 2^j`` of the slices' sums (:func:`high_terms`: narrow adders, each slice summed
+    at ``bk`` bits and shifted once)."""
+    n = len(Value.cast(s_hi[0]))
+    return [[Mux(Value.cast(s_hi[l])[j], k[l], 0) for l in range(lanes)] for j in range(n)]
 
 
 def high_terms(slice_sums: list) -> list:
@@ -48,26 +53,25 @@ def high_terms(slice_sums: list) -> list:
     return [*terms, (~slice_sums[-1]) << (n - 1), Const(1 << (n - 1))]
 
 
-def high_sum(slice_sums: list) -> Value:
-    """``sum_j w_j 2^j slice_sums[j]``, ``w_j = -1`` for the top (sign) bit, else 1."""
-    return tree_sum(high_terms(slice_sums))
-
-
 def offset_low(s) -> Value:
     """``s[0:18] - 2^17`` (``s[0:18]`` unsigned) as a signed 18-bit value: bit 17 inverted."""
     s = Value.cast(s)
     return Cat(s[:17], ~s[17]).as_signed()
 
 
-def lut_square(k) -> Value:
-    """``k * k`` of a signed ``k`` in LUTs, as the partial products of a squarer: with
-    ``x = |k|`` (unsigned), ``x^2 = sum_i x_i 4^i + sum_{i<j} x_i x_j 2^(i+j+1)``, i.e. row ``i`` is
-    ``x_i ? 4^i (1 + 4 (x >> (i + 1))) : 0``; about half the bits of the ``lut_mul(k, k)`` rows."""
+def magnitude(k) -> Value:
+    """``|k|`` of a signed ``k`` as an unsigned value of the same width (``|k| <= 2^(bk-1)``)."""
     k = Value.cast(k)
-    x = Mux(k < 0, -k, k)[: len(k)].as_unsigned()  # |k| <= 2^(bk-1) fits bk unsigned bits
+    return Mux(k < 0, -k, k)[: len(k)].as_unsigned()
+
+
+def square_rows(x) -> list:
+    """The partial products of ``x * x`` for an unsigned ``x``, as a squarer forms them:
+    ``x^2 = sum_i x_i 4^i + sum_{i<j} x_i x_j 2^(i+j+1)``, i.e. row ``i`` is ``x_i ? 4^i (1 + 4
+    (x >> (i + 1))) : 0``; about half the bits of the :func:`hw.arith.mul_rows` of ``x x``."""
+    x = Value.cast(x)
     n = len(x)
-    rows = [Mux(x[i], Cat(Const(1, 2), x[i + 1 :]) << (2 * i), 0) for i in range(n)]
-    return tree_sum(rows)
+    return [Mux(x[i], Cat(Const(1, 2), x[i + 1 :]) << (2 * i), 0) for i in range(n)]
 
 
 def offset_sum(terms: list, width: int) -> Value:
@@ -153,18 +157,23 @@ class ClusterDots(wiring.Component):
 
     Timing
     ------
-    Three stages: ``q1`` registers the chunk data and key chunks (cycle ``D``), ``q2`` the
-    bypass multiplexer, the products (``k x (S[0:18] - 2^17)`` in DSP blocks, ``k x S[18:]``
-    and the key products in LUTs, ``sum(k)``), the first two adder-tree levels of the DSP and key
-    products and the whole lane sums of ``k x S[18:]``'s slices and of ``sum(k)`` (``D + 1``),
-    the accumulate stage
-    ``A`` the rest of the trees and the accumulators (``D + 2``): a token whose last chunk is
-    presented in cycle ``D`` has ``done`` in ``D + 2`` and its results in ``dot``/``kk``/``kn``
-    from ``D + 3`` on.  One chunk per cycle, back to back across tokens (``first`` restarts the
-    accumulators).
+    Five stages, each named after the registers it loads: ``q1`` registers the chunk data and
+    key chunks (in cycle ``D``, no logic); ``q2`` (``D + 1``) the bypass multiplexer and the
+    DSP operands (``S`` itself, or ``S[0:18] - 2^17`` and ``S[18:]`` for wide sums,
+    :func:`dsp_operand`); ``q3`` (``D + 2``) the DSP products alone (``k x S`` or ``k x
+    (S[0:18] - 2^17)``: register -> multiplier -> register, so the FPGA flow folds both into
+    the block's own registers), and in LUTs the key products (``k.k_prev``, ``|k|^2``) and the
+    first two adder-tree levels of ``k x S[18:]``'s slices and of ``sum(k)``; ``q4`` (``D +
+    3``) two adder-tree levels of the DSP and key products and the whole slice and ``sum(k)``
+    sums; the accumulate stage ``A`` (``D + 4``) the rest of the trees and the accumulators.  A
+    token whose last chunk is presented in cycle ``D`` has ``done`` in ``D + LATENCY = D + 4``
+    and its results in ``dot``/``kk``/``kn`` from ``D + 5`` on.  One chunk per cycle, back to
+    back across tokens (``first`` restarts the accumulators).  (Until the ninth Fmax round,
+    ``docs/cluster.md``, q2 was the multiplexer, the products and two tree levels at once, and
+    ``LATENCY`` 2.)
 
-    Only the control bits (``en``, ``first``, ``last``, ``tag`` through q1 and A) have a
-    synchronous reset.  The data registers of q1 and q2 are loaded in every cycle from this
+    Only the control bits (``en``, ``first``, ``last``, ``tag`` through q1 .. q4) have a
+    synchronous reset.  The data registers of q1 .. q4 are loaded in every cycle from this
     cycle's inputs and reach the accumulators only under the control bits, and the accumulators
     are loaded without their old value with a token's first chunk (``first``) before ``done``
     reports it: no data register is read before it is written, so none needs a reset ("Fmax,
@@ -206,30 +215,63 @@ class ClusterDots(wiring.Component):
                 out.append(r)
             return out
 
-        # q1: data and key chunks
+        # q1: data and key chunks, straight from the inputs (the raw sum data from the block
+        # RAMs: the FPGA flow folds these registers into the block RAMs' output registers)
         q1_kc = stage([self.key[l] for l in range(L)], "q1_kc")
         q1_kp = stage([self.key_prev[l] for l in range(L)], "q1_kp")
         q1_raw = [stage([self.sums[i][l] for l in range(L)], f"q1_s{i}_") for i in range(N_SUMS)]
         q1_hit = stage([self.hit[i] for i in range(N_SUMS)], "q1_hit")
         q1_fwd = stage([self.fwd[l] for l in range(L)], "q1_fwd")
-        q1_s = [[Mux(q1_hit[i], q1_fwd[l], q1_raw[i][l]) for l in range(L)] for i in range(N_SUMS)]
         q1_ctl = stage([self.en, self.first, self.last, self.tag], "q1_ctl", reset_less=False)
-        # q2: products and two tree levels (the bk-bit slice and sum(k) trees whole)
-        wide = len(Value.cast(q1_s[0][0])) > 18
-        q2_lo, q2_hi = [], []
-        for i in range(N_SUMS):
-            lo = key_sum_terms(q1_kc, q1_s[i], L)
-            q2_lo.append(stage(tree_levels(lo, 2), f"q2_lo{i}_"))
-            # k x s_hi bit-sliced over the lanes (high_slices): each slice summed over the
-            # lanes here (bk-bit adders, short next to the DSP path), one register per slice
-            slices = high_slices(q1_kc, q1_s[i], L) if wide else []
-            q2_hi.append(stage([_slice_sum(t) for t in slices], f"q2_hi{i}_"))
-        # sum(k) over the chunk, shared by the five dot products (see key_sum_terms), whole
-        q2_ks = stage([_slice_sum(q1_kc)], "q2_ks") if wide else []
-        # The key x key products are small (bk x bk): shift-and-add in LUTs, no DSP blocks.
-        q2_kk = stage(tree_levels([lut_mul(q1_kc[l], q1_kp[l]) for l in range(L)], 2), "q2_kk")
-        q2_kn = stage(tree_levels([lut_square(q1_kc[l]) for l in range(L)], 2), "q2_kn")
-        a_en, a_first, a_last, a_tag = stage(q1_ctl, "a_ctl", reset_less=False)
+        # q2: the operands.  The bypass multiplexer, and for wide sums the DSP operand
+        # ``S[0:18] - 2^17`` (offset_low) apart from the high bits: every DSP multiplier input
+        # comes straight from a register (the flow folds them into the block's input registers).
+        wide = len(Value.cast(q1_raw[0][0])) > 18
+        q1_s = [[Mux(q1_hit[i], q1_fwd[l], q1_raw[i][l]) for l in range(L)] for i in range(N_SUMS)]
+        q2_kc = stage(q1_kc, "q2_kc")
+        q2_kp = stage(q1_kp, "q2_kp")
+        q2_ka = stage([magnitude(k) for k in q1_kc], "q2_ka")  # |k| for the squarer's rows
+        if wide:
+            q2_lo = [stage([dsp_operand(s) for s in q1_s[i]], f"q2_lo{i}_") for i in range(N_SUMS)]
+            q2_hi = [
+                stage([Value.cast(s)[18:].as_signed() for s in q1_s[i]], f"q2_hi{i}_")
+                for i in range(N_SUMS)
+            ]
+        else:
+            q2_lo = [stage(q1_s[i], f"q2_s{i}_") for i in range(N_SUMS)]
+        q2_ctl = stage(q1_ctl, "q2_ctl", reset_less=False)
+        # q3: the DSP products alone, registered (the block's output register); in LUTs the
+        # first two adder-tree levels of k x S[18:]'s slices and of sum(k), and the key x key
+        # products (bk x bk shift-and-add: no DSP blocks)
+        q3_p = [
+            stage([q2_kc[l] * q2_lo[i][l] for l in range(L)], f"q3_p{i}_") for i in range(N_SUMS)
+        ]
+        q3_hi = []
+        if wide:
+            for i in range(N_SUMS):
+                slices = high_slices(q2_kc, q2_hi[i], L)
+                q3_hi.append(stage([_slice_sum(t) for t in slices], f"q3_hi{i}_"))
+        q3_ks = stage([_slice_sum(q2_kc)], "q3_ks") if wide else []
+        # (the rows of all lanes in one tree: two levels here, two in q4, the rest in A)
+        q3_kk = stage(
+            tree_levels([r for l in range(L) for r in mul_rows(q2_kc[l], q2_kp[l])], 2), "q3_kk"
+        )
+        q3_kn = stage(tree_levels([r for l in range(L) for r in square_rows(q2_ka[l])], 2), "q3_kn")
+        q3_ctl = stage(q2_ctl, "q3_ctl", reset_less=False)
+        # q4: two adder-tree levels of the DSP and key products, the slice and sum(k) sums whole
+        q4_lo = [stage(tree_levels(q3_p[i], 2), f"q4_lo{i}_") for i in range(N_SUMS)]
+        # the high part of each sum and 2^17 sum(k) in one term: 2^17 (2 sum_j w_j 2^j
+        # slice_j + sum(k)), its low 17 bits zero (not stored), modulo the accumulator's width
+        wh = len(self.dot[0]) - 17
+        q4_h = [
+            stage(
+                [offset_sum([t << 1 for t in high_terms(q3_hi[i])] + [q3_ks[0]], wh)], f"q4_h{i}_"
+            )
+            for i in range(len(q3_hi))
+        ]
+        q4_kk = stage(tree_levels(q3_kk, 2), "q4_kk")
+        q4_kn = stage(tree_levels(q3_kn, 2), "q4_kn")
+        a_en, a_first, a_last, a_tag = stage(q3_ctl, "a_ctl", reset_less=False)
         # the accumulators, without reset (loaded from 0 with a token's first chunk)
         acc = [Signal.like(self.dot[i], name=f"acc{i}", reset_less=True) for i in range(N_SUMS)]
         acc_kk = Signal.like(self.kk, name="acc_kk", reset_less=True)
@@ -241,19 +283,17 @@ class ClusterDots(wiring.Component):
         ]
         # A: the rest of the trees, accumulate
         m.d.comb += [self.done.eq(a_en & a_last), self.done_tag.eq(a_tag)]
-        if wide:
-            k_sum = q2_ks[0]
         with m.If(a_en):
             for i in range(N_SUMS):
                 # DSP sum, slice sums (high_terms), 2^17 sum(k) and the accumulator: one tree
                 # (4 adder levels for 24-bit sums, not 3 + 2 + 1 in a row)
-                terms = [Mux(a_first, 0, acc[i]), *q2_lo[i]]
+                terms = [Mux(a_first, 0, acc[i]), *q4_lo[i]]
                 if wide:
-                    terms += [t << 18 for t in high_terms(q2_hi[i])] + [k_sum << 17]
+                    terms.append(q4_h[i][0] << 17)
                 m.d.sync += acc[i].eq(offset_sum(terms, len(acc[i])))
-            kk_terms = [Mux(a_first, 0, acc_kk), *q2_kk]
+            kk_terms = [Mux(a_first, 0, acc_kk), *q4_kk]
             m.d.sync += [
                 acc_kk.eq(offset_sum(kk_terms, len(acc_kk))),
-                acc_kn.eq(Mux(a_first, 0, acc_kn) + tree_sum(q2_kn)),
+                acc_kn.eq(Mux(a_first, 0, acc_kn) + tree_sum(q4_kn)),
             ]
         return m

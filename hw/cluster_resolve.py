@@ -122,29 +122,64 @@ class CandidateResolve(wiring.Component):
         o_elig = out_reg(self.elig, "r_elig")
         o_kn = out_reg(self.key_norm, "r_key_norm")
 
-        spec_sel = Signal(signed(wd.dot))
-        with m.Switch(self.last_which):
-            for j in range(3):
-                with m.Case(j):
-                    m.d.comb += spec_sel.eq(acc[2 + j])
-        prev_dot = Signal(signed(wd.dot))
-        m.d.comb += prev_dot.eq(Mux(self.pend, Mux(self.last_new, kk, spec_sel + kk), acc[2]))
+        # Every candidate dot product is one of a few sums of the accumulators, each formed
+        # together with its magnitude: the negation from the same operands, side by side
+        # (-(a + b) = ~a + ~b + 2), so no negation's carry chain follows the sum's.  The
+        # candidate's value and magnitude are then picked from those options by one-hot
+        # conditions (AND-OR), formed from the control inputs while the sums settle ("Fmax,
+        # ninth round" in docs/cluster.md).
+        w = wd.dot
+
+        def option(name, a, b=None):  # (a [+ b], |a [+ b]|): signed(w), unsigned(w)
+            p, n = Signal(signed(w), name=f"{name}_p"), Signal(signed(w), name=f"{name}_n")
+            if b is None:
+                m.d.comb += [p.eq(a), n.eq(-a)]
+            else:
+                m.d.comb += [p.eq(a + b), n.eq(~a + ~b + 2)]
+            mag = Signal(unsigned(w), name=f"{name}_m")
+            m.d.comb += mag.eq(Mux(p < 0, n, p))
+            return p, mag
+
+        def or_tree(terms):  # balanced, so the OR is log2(len) levels deep
+            while len(terms) > 1:
+                terms = [terms[i] | terms[i + 1] for i in range(0, len(terms) - 1, 2)] + (
+                    [terms[-1]] if len(terms) % 2 else []
+                )
+            return terms[0]
+
+        def one_hot(choices):  # [(condition, (value, magnitude))], conditions exclusive
+            value = or_tree([Mux(c, v, 0) for c, (v, _) in choices])
+            mag = or_tree([Mux(c, g, 0) for c, (_, g) in choices])
+            return value, mag
+
+        # the previous-token candidate: its dot product and when each form applies
+        pend, new = self.pend, self.last_new
+        which = [self.last_which == 0, self.last_which == 1, self.last_which >= 2]
+        prev_choices = [
+            (~pend, option("acc2", acc[2])),
+            (pend & new, option("kk", kk)),
+            *((pend & ~new & which[j], option(f"spec{j}", acc[2 + j], kk)) for j in range(3)),
+        ]
         eligible = []
         for i in range(3):
             is_prev = self.prev[i]
             ex = self.ex[i] & (~is_prev | self.last_ok)
             if i == LEFT:  # always the token before
-                cid, dot = self.last_id, prev_dot
+                cid, dot = self.last_id, one_hot(prev_choices)
                 norm, count = self.last_norm, self.last_count
             else:
                 k = 0 if i == TEMPORAL else 1
                 own = self.own_id[k]
                 meta = self.meta[k]
                 corr = self.pend & self.last_merge & self.last_ok & (self.last_id == own)
-                own_dot = acc[k] + Mux(corr, kk, 0)
                 cid = Mux(is_prev, self.last_id, own)
-                dot = Signal(signed(wd.dot), name=f"t1_dot{i}")
-                m.d.comb += dot.eq(Mux(is_prev, prev_dot, own_dot))
+                dot = one_hot(
+                    [
+                        (~is_prev & ~corr, option(f"own{k}", acc[k])),
+                        (~is_prev & corr, option(f"own{k}kk", acc[k], kk)),
+                        *((is_prev & c, v) for c, v in prev_choices),
+                    ]
+                )
                 # The last decision's meta write is one cycle late for the meta read when this
                 # token's T1 directly follows it: its own registers stand in for the table.
                 last = is_prev | (self.last_ok & (self.last_id == own))
@@ -156,8 +191,8 @@ class CandidateResolve(wiring.Component):
             with m.If(self.load):
                 m.d.sync += [
                     o_id[i].eq(cid),
-                    o_dot[i].eq(dot),
-                    o_mag[i].eq(Mux(dot < 0, -dot, dot)),
+                    o_dot[i].eq(dot[0]),
+                    o_mag[i].eq(dot[1]),
                     o_norm[i].eq(norm),
                     o_count[i].eq(count),
                 ]

@@ -8,8 +8,10 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from hw.centroid_table import CentroidTable, chunk_shape
+from hw.cluster_cosine import LATENCY as COMPARE_LATENCY
 from hw.cluster_cosine import ClusterCompare, check_mantissa_bits
 from hw.cluster_decide import TEMPORAL, UP, ClusterDecide
+from hw.cluster_dots import LATENCY as DOTS_LATENCY
 from hw.cluster_dots import ClusterDots, key_chunk_layout, key_layout
 from hw.cluster_frame import TokenFramer
 from hw.cluster_queue import WritebackQueue
@@ -24,20 +26,30 @@ from model.dre.config import DREConfig, require_config
 __all__ = ["ClusterUnit", "key_layout", "result_layout", "token_latency", "token_period"]
 
 
+def _loop(cfg: DREConfig) -> int:
+    """Cycles from a token's start to the earliest start of the token two after it: ``G`` chunk
+    reads, the dot products' :data:`hw.cluster_dots.LATENCY`, T1, the screen's
+    :data:`hw.cluster_cosine.LATENCY`, DEC, the commit (``docs/cluster.md``, "Where `P` comes
+    from")."""
+    return cfg.cl_groups + DOTS_LATENCY + COMPARE_LATENCY + 4
+
+
 def token_period(cfg: DREConfig) -> float:
     """Cycles per token at full rate (no input gaps, no backpressure), on average:
-    ``max(G, (G + 9) / 2, 5)`` with ``G = d / cl_lanes``, i.e. ``G`` for ``G >= 9``, 8.5 at
-    the default ``G = 64 / 8`` (the starts alternate 8 and 9 cycles apart) and 6.5 at ``G = 4``
-    (``cluster_lanes = 16``: 5 and 8 apart; ``docs/cluster.md`` derives it).  A float: half a
-    cycle where ``G + 9`` is odd and the loop binds."""
+    ``max(G, loop / 2, S)`` with ``G = d / cl_lanes``, ``loop = G + 11`` (the token loop, which
+    two tokens share) and ``S = 6`` (the test section: T1, 4 screen stages, DEC), i.e. ``G``
+    for ``G >= 11``, 9.5 at the default ``G = 64 / 8`` (the starts alternate 9 and 10 cycles
+    apart; ``docs/cluster.md`` derives it).  A float: half a cycle where ``loop`` is odd and
+    binds."""
     G = cfg.cl_groups
-    return max(2 * G, G + 9, 10) / 2
+    return max(2 * G, _loop(cfg), 2 * (COMPARE_LATENCY + 2)) / 2
 
 
 def token_latency(cfg: DREConfig) -> int:
     """Cycles from a token's acceptance to its result with the pipeline empty (no exact
-    recompute, no backpressure): ``G + 10`` (``docs/cluster.md``)."""
-    return cfg.cl_groups + 10
+    recompute, no backpressure): ``G + 12`` (``docs/cluster.md``): the loop less the commit,
+    plus acceptance and the IN stage."""
+    return _loop(cfg) + 1
 
 
 def result_layout(cfg: DREConfig) -> data.StructLayout:
@@ -367,18 +379,17 @@ class ClusterUnit(wiring.Component):
         full_par, acc_full = Signal(), Signal()  # a token's dot products wait for T1
         t1 = Signal()
         decide = Signal()
+        # the screen's stages: T2 .. T(COMPARE_LATENCY + 1), then DEC
+        screen = [f"T{n + 2}" for n in range(COMPARE_LATENCY)]
         with m.FSM(name="test") as test_fsm:
             with m.State("IDLE"), m.If(t1):  # T1 is this state's last cycle
-                m.next = "T2"
-            with m.State("T2"):  # screen stage 1 (normalise)
-                m.next = "T3"
-            with m.State("T3"):  # screen stage 2 (squares, threshold products)
-                m.next = "T4"
-            with m.State("T4"):  # screen stage 3 (cosine compares, similarity products)
-                m.next = "DEC"
+                m.next = screen[0]
+            for n, name in enumerate(screen):
+                with m.State(name):  # screen stage n + 1
+                    m.next = screen[n + 1] if n + 1 < len(screen) else "DEC"
             with m.State("DEC"), m.If(decide):  # until the decision (exact unit, backpressure)
                 m.next = "IDLE"
-        in_t4, in_dec = test_fsm.ongoing("T4"), test_fsm.ongoing("DEC")
+        in_last, in_dec = test_fsm.ongoing(screen[-1]), test_fsm.ongoing("DEC")
         m.d.comb += t1.eq(acc_full & test_fsm.ongoing("IDLE"))
         with m.If(dots.done):
             m.d.sync += [acc_full.eq(1), full_par.eq(dots.done_tag)]
@@ -439,7 +450,7 @@ class ClusterUnit(wiring.Component):
         # kept while the decision waits (exact recompute, result backpressure, busy update).
         full = Signal()
         dec_fresh = Signal()
-        m.d.sync += dec_fresh.eq(in_t4)
+        m.d.sync += dec_fresh.eq(in_last)
         m.d.comb += [
             full.eq(n_used >= pick(b_table, tst_par)),
             dcd.fresh.eq(dec_fresh),

@@ -412,17 +412,18 @@ def dre_v2_retrieval_cycles(
 
 
 def token_period(d: int, lanes: int) -> float:
-    """Clustering cycles per token on average, ``max(G, (G + 9) / 2, 5)`` with ``G = d / lanes``
-    (``hw/cluster_unit.py`` since the commit stage, ``docs/cluster.md`` "Fmax, sixth round"; it
-    was ``max(G, ceil((G + 8) / 2), 5)``, before that ``max(G, ceil((G + 4) / 2), 3)``)."""
+    """Clustering cycles per token on average, ``max(G, (G + 11) / 2, 6)`` with ``G = d / lanes``
+    (``hw/cluster_unit.py`` since the dot products' DSP-register stages, ``docs/cluster.md``
+    "Fmax, ninth round"; it was ``max(G, (G + 9) / 2, 5)``, before the commit stage
+    ``max(G, ceil((G + 8) / 2), 5)``, before that ``max(G, ceil((G + 4) / 2), 3)``)."""
     g = d // lanes
-    return max(2 * g, g + 9, 10) / 2
+    return max(2 * g, g + 11, 12) / 2
 
 
 def token_latency(d: int, lanes: int) -> int:
-    """Clustering cycles from a token's acceptance to its result, ``G + 10``
+    """Clustering cycles from a token's acceptance to its result, ``G + 12``
     (``hw/cluster_unit.py`` ``token_latency``; ``tests/test_system.py`` checks they agree)."""
-    return d // lanes + 10
+    return d // lanes + 12
 
 
 def writeback_cycles(d: int, lanes: int, bk: int) -> int:

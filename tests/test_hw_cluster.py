@@ -15,6 +15,7 @@ from hw.centroid_table import CentroidTable
 from hw.cluster_cosine import LATENCY as COMPARE_LATENCY
 from hw.cluster_cosine import PAIRS, ClusterCompare
 from hw.cluster_decide import ClusterDecide
+from hw.cluster_dots import LATENCY as DOTS_LATENCY
 from hw.cluster_dots import ClusterDots
 from hw.cluster_exact import ExactCompare, exact_cycles, exact_widths
 from hw.cluster_frame import TokenFramer
@@ -303,7 +304,10 @@ def test_dots_against_integers(seed, cfg):
                 ctx.set(dut.hit, sum(h << i for i, h in enumerate(hit)))
                 await ctx.tick()
             ctx.set(dut.en, 0)
-            for _ in range(3):
+            # the last chunk was presented in cycle D (before the tick above): done in exactly
+            # D + DOTS_LATENCY, the results from the cycle after
+            for k in range(1, DOTS_LATENCY + 1):
+                assert ctx.get(dut.done) == (k == DOTS_LATENCY), (seed, k)
                 await ctx.tick()
             got = [ctx.get(dut.dot[i]) for i in range(5)]
             assert got == want, (seed, key, got, want)
@@ -566,19 +570,22 @@ def _frame_cycles(cfg, n):
     """Cycles from a frame's first token offered to its last result without gaps, backpressure
     or exact recomputes, from the documented schedule (``docs/cluster.md``), independent of the
     RTL: token ``t`` starts its reads at ``s_t >= s_{t-1} + max(G, 3)`` (read ports, IN stage)
-    and ``s_t >= D_{t-2} + 2`` (the token two back committed, one cycle after its decision); T1 at
-    ``max(s_t + G + 3, D_{t-1} + 1)`` (accumulators done, test section free); decision
-    ``D_t = T1 + 4``.  The first start is 2 cycles after the first offer, and the result is seen
-    by the testbench 3 cycles after the decision."""
+    and ``s_t >= D_{t-2} + 2`` (the token two back committed, one cycle after its decision); its
+    last chunk's data arrive at ``s_t + G``, the dot products are done ``DOTS_LATENCY`` cycles
+    later, T1 at ``max(s_t + G + DOTS_LATENCY + 1, D_{t-1} + 1)`` (accumulators done, test
+    section free); decision ``D_t = T1 + COMPARE_LATENCY + 1`` (the screen's stages, then
+    DEC).  The first start is 2 cycles after the first offer, and the result is seen by the
+    testbench 3 cycles after the decision."""
     G = cfg.cl_groups
     s, d = [], []
     for t in range(n):
         st = 0 if t == 0 else s[-1] + max(G, 3)
         if t >= 2:
             st = max(st, d[t - 2] + 2)
-        t1 = st + G + 3 if t == 0 else max(st + G + 3, d[t - 1] + 1)
+        ready = st + G + DOTS_LATENCY + 1
+        t1 = ready if t == 0 else max(ready, d[t - 1] + 1)
         s.append(st)
-        d.append(t1 + 4)
+        d.append(t1 + COMPARE_LATENCY + 1)
     return 2 + d[-1] + 3
 
 
@@ -607,11 +614,11 @@ def _check_throughput(cfg, stats):
 @pytest.mark.parametrize(
     "cfg,period",
     [
-        (SMALL, 5.5),
-        (ONE_CHUNK, 5),
-        (DREConfig(cluster_lanes=16), 6.5),
-        (DREConfig(d=24, lanes=8), 6),
-        (DREConfig(), 8.5),
+        (SMALL, 6.5),
+        (ONE_CHUNK, 6),
+        (DREConfig(cluster_lanes=16), 7.5),
+        (DREConfig(d=24, lanes=8), 7),
+        (DREConfig(), 9.5),
     ],
     ids=["G2", "G1", "G4", "G3", "G8-default"],
 )
@@ -619,9 +626,9 @@ def test_token_period(cfg, period):
     """``token_period`` against the schedule's recurrence (``_frame_cycles``) over a long frame.
     The default clusters on 8 of its 16 lanes (``cluster_lanes``): ``G = 8`` there."""
     assert token_period(cfg) == period
-    assert token_period(DREConfig(d=64, lanes=8)) == 8.5  # G = 8: the loop, 8 and 9 apart
-    assert token_period(DREConfig(d=72, lanes=8)) == 9  # G >= 9: one token per G cycles
-    for c in (cfg, DREConfig(d=64, lanes=8), DREConfig(d=72, lanes=8)):
+    assert token_period(DREConfig(d=80, lanes=8)) == 10.5  # G = 10: the loop, 10 and 11 apart
+    assert token_period(DREConfig(d=88, lanes=8)) == 11  # G >= 11: one token per G cycles
+    for c in (cfg, DREConfig(d=80, lanes=8), DREConfig(d=88, lanes=8)):
         span = _frame_cycles(c, 1001) - _frame_cycles(c, 1)
         assert span == 1000 * token_period(c), c
 

@@ -24,9 +24,11 @@ def log2_fixed(m: Module, n, frac_bits: int, name: str = "log2"):
     msb = Signal(range(max(2, width)), name=f"{name}_msb")
     m.d.comb += msb.eq(bit_length(n) - 1)  # the highest set bit (a balanced tree); n = 0: unused
     out = Signal(max(1, (width - 1).bit_length()) + frac_bits, name=name)
+    # n in [2^msb, 2^(msb+1)), so (n << LF) >> msb lies in [2^LF, 2^(LF+1)): minus 2^LF it is its
+    # low LF bits, and adding msb 2^LF places msb above them, with no adder
     shifted = (n << frac_bits) >> msb
     with m.If(n != 0):
-        m.d.comb += out.eq((msb << frac_bits) + shifted - (1 << frac_bits))
+        m.d.comb += out.eq(Cat(shifted[:frac_bits], msb))
     return out
 
 
@@ -123,6 +125,7 @@ class ClusterWriteback(wiring.Component):
 
         cid = kept(range(cfg.n_max), "cid")
         count = kept(cfg.count_bits, "count")
+        count2 = kept(cfg.count_bits + 1, "count2")  # count + 2, for the dividends of negative sums
         chunk = Signal(chunk_shape(cfg))  # the next sum chunk to read
         last_round = Signal()
         step = Signal(range(bk))  # division step: quotient bit ``step`` is decided
@@ -170,7 +173,9 @@ class ClusterWriteback(wiring.Component):
         dividend = [Signal(signed(rw), name=f"dividend{i}") for i in range(L)]
         for i in range(L):
             s_i = self.sum.data[i]
-            m.d.comb += dividend[i].eq((Mux(s_i < 0, -s_i, s_i) << 1) + count)
+            # 2|s| + n, both signs formed side by side (2 (-s) = 2 ~s + 2), so no negation's
+            # carry chain precedes the sum's: the read data go through one adder
+            m.d.comb += dividend[i].eq(Mux(s_i < 0, (~s_i << 1) + count2, (s_i << 1) + count))
         with m.If(ld):
             for j in range(per):
                 with m.If(ld_slot == j):
@@ -200,7 +205,7 @@ class ClusterWriteback(wiring.Component):
                     m.next = "COUNT"
             with m.State("COUNT"):  # the meta read was presented in IDLE; chunk 0 now
                 m.d.comb += self.busy.eq(1)
-                m.d.sync += count.eq(self.meta.data.count)
+                m.d.sync += [count.eq(self.meta.data.count), count2.eq(self.meta.data.count + 2)]
                 m.next = "FETCH"
                 fetch()
             with m.State("FETCH"):

@@ -5,12 +5,14 @@
   MULT18X18D on the ECP5; the small products of the clustering unit must not use them).
 * :func:`tree_sum`: a balanced adder tree.
 * :func:`normalise`: leading-one normalisation of an unsigned value to an ``M``-bit mantissa
-  and an exponent, the front end of the mantissa compares of ``hw/cluster_cosine.py``.
+  and an exponent, the front end of the mantissa compares of ``hw/cluster_cosine.py``;
+  :func:`normalise_terms` the same values in two halves, with fewer logic levels from ``v`` to
+  the mantissa.
 """
 
 from __future__ import annotations
 
-from amaranth import Module, Mux, Signal, Value, signed
+from amaranth import Cat, Const, Module, Mux, Signal, Value, signed
 
 
 def tree_sum(terms: list):
@@ -78,3 +80,63 @@ def normalise(m: Module, v, mant: int, name: str):
     exponent = Signal(exp_shape(width, mant), name=f"{name}_e")
     m.d.comb += [mantissa.eq(((v << mant) >> bl)[:mant]), exponent.eq(bl - mant)]
     return mantissa, exponent
+
+
+def normalise_terms(m: Module, v, mant: int, name: str, group: int = 5):
+    """:func:`normalise`'s ``(mantissa, exponent)`` in two halves, with the mantissa built as an
+    AND-OR over ``group``-bit groups of ``v`` instead of a shift by the bit length; returns
+    ``(terms, bitlen)``: ``mantissa[t] = terms[t].any()`` (``terms`` may be registered in
+    between; each ``terms[t]`` has ``ceil(groups / 2)`` bits) and ``exponent = bitlen - M``
+    (left to the caller, which may fold the constant into its exponent sums).
+
+    :func:`normalise` finds ``bitlen(v)`` (a multiplexer tree) and then shifts by it (one
+    multiplexer level per bit of the shift): about 11 LUT4 levels for 21 .. 52 bits.  Here,
+    with ``v`` cut into groups ``g`` (from bit 0), ``lead_g`` = group ``g`` holds the leading
+    one (it is not zero and every bit above it is), found by OR trees from ``v``; within group
+    ``g`` the mantissa bit ``t`` is ``v[p - M + 1 + t]`` for the group's own leading one ``p``
+    (a priority multiplexer on the group's bits), and ``mantissa[t]`` is the OR over the groups
+    of ``lead_g`` and that bit (one-hot).  ``terms[t]`` holds the ORs of pairs of groups' ANDs:
+    with 5-bit groups, about 4 LUT4 levels from ``v`` (``lead_g`` 3, the pair 1), and the OR of
+    the ``terms[t]`` is one more level up to 8 groups (40 bits).  More LUTs than the shift (each
+    mantissa bit is an AND-OR over all groups).  ``bitlen`` is :func:`bit_length`'s, as in
+    :func:`normalise` (it has no shift behind it)."""
+    v = Value.cast(v)
+    width = len(v)
+    groups = (width + group - 1) // group
+    vp = Cat(v, Const(0, group * groups - width))
+    bl = Signal(range(width + 1), name=f"{name}_bitlen")
+    m.d.comb += bl.eq(bit_length(v))
+
+    def bit(i):  # v[i], 0 below bit 0
+        return vp[i] if i >= 0 else Const(0, 1)
+
+    def prio(vs, ds):  # ds[j] for the highest set vs[j] (vs, ds from bit 0 up)
+        if len(vs) == 1:
+            return ds[0]
+        h = len(vs) // 2
+        return Mux(Cat(*vs[h:]).any(), prio(vs[h:], ds[h:]), prio(vs[:h], ds[:h]))
+
+    lead = []
+    for g in range(groups):
+        grp = vp[group * g : group * (g + 1)]
+        above = vp[group * (g + 1) :].any() if g < groups - 1 else Const(0, 1)
+        s = Signal(name=f"{name}_lead{g}")
+        m.d.comb += s.eq(grp.any() & ~above)
+        lead.append(s)
+    terms = []
+    for t in range(mant):
+        if t == mant - 1:  # the leading one itself
+            ands = [lead[g] for g in range(groups)]
+        else:
+            ands = []
+            for g in range(groups):
+                vs = [vp[group * g + j] for j in range(group)]
+                ds = [bit(group * g + j - mant + 1 + t) for j in range(group)]  # lead at j
+                ands.append(lead[g] & prio(vs, ds))
+        pairs = [
+            ands[i] | ands[i + 1] if i + 1 < len(ands) else ands[i] for i in range(0, len(ands), 2)
+        ]
+        s = Signal(len(pairs), name=f"{name}_terms{t}")
+        m.d.comb += s.eq(Cat(*pairs))
+        terms.append(s)
+    return terms, bl

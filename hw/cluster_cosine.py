@@ -3,11 +3,11 @@ most-similar comparisons, each answered "sure" or sent to the exact unit (``docs
 
 from __future__ import annotations
 
-from amaranth import Module, Mux, Shape, Signal, signed, unsigned
+from amaranth import Cat, Module, Mux, Shape, Signal, Value, signed, unsigned
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
-from hw.arith import exp_shape, normalise
+from hw.arith import bit_length, exp_shape, normalise_terms
 from model.dre.cluster import ClusterWidths
 from model.dre.config import ConfigError, DREConfig, require_config
 
@@ -16,9 +16,9 @@ from model.dre.config import ConfigError, DREConfig, require_config
 PAIRS = ((1, 0), (2, 0), (2, 1))
 #: Threshold of each candidate (temporal, left, up): 0 ``tau_t``, 1 ``tau_s``.
 TAU_OF = (0, 1, 1)
-#: Cycles from ``dot`` / ``norm`` / ``key_norm`` to the outputs (the threshold operands one
-#: cycle earlier).
-LATENCY = 3
+#: Cycles from ``dot`` / ``mag`` / ``norm`` / ``key_norm`` to the outputs (the threshold
+#: operands one cycle earlier); :class:`ClusterCompare`'s docstring lists the stages.
+LATENCY = 6
 
 
 def check_mantissa_bits(mantissa_bits) -> None:
@@ -33,28 +33,41 @@ def screen_exp_shape(wd: ClusterWidths, mantissa_bits: int) -> Shape:
     return exp_shape(max(wd.sum_norm, wd.dot, 2 * wd.tau) + 2 * mantissa_bits, mantissa_bits)
 
 
-def band_align(m: Module, am, ea, bm, eb, guard: int, name: str) -> dict:
-    """The first half of :func:`band_compare`: exponent difference, alignment and the two
-    guard-band sums, as combinational signals (``dgt``, ``dlt``, ``a``, ``b``, ``ag``, ``bg``),
-    to be registered before :func:`band_decide` when the whole compare does not fit a cycle."""
-    delta = Signal(signed(max(len(ea), len(eb)) + 1), name=f"{name}_delta")
-    m.d.comb += delta.eq(ea - eb)
-    w = len(am) + 2
+def band_exponents(m: Module, delta, name: str) -> dict:
+    """The first part of :func:`band_compare`, from the exponent difference ``delta = ea - eb``
+    alone: ``dgt`` / ``dlt`` (the difference decides alone) and the alignment shifts ``sa``,
+    ``sb`` (2 bits each), as combinational signals; registered before :func:`band_align` in
+    :class:`ClusterCompare`."""
     out = {
         "dgt": Signal(name=f"{name}_dgt"),
         "dlt": Signal(name=f"{name}_dlt"),
+        "sa": Signal(2, name=f"{name}_sa"),
+        "sb": Signal(2, name=f"{name}_sb"),
+    }
+    m.d.comb += [
+        out["dgt"].eq(delta >= 3),
+        out["dlt"].eq(delta <= -3),
+        out["sa"].eq(Mux(delta > 0, delta, 0)[:2]),
+        out["sb"].eq(Mux(delta < 0, -delta, 0)[:2]),
+    ]
+    return out
+
+
+def band_align(m: Module, am, bm, sh: dict, guard: int, name: str) -> dict:
+    """The second part of :func:`band_compare`: the mantissas aligned by
+    :func:`band_exponents`' shifts ``sh`` and the two guard-band sums, as combinational signals
+    (``a``, ``b``, ``ag``, ``bg``), registered before :func:`band_decide` in
+    :class:`ClusterCompare`."""
+    w = len(am) + 2
+    out = {
         "a": Signal(w, name=f"{name}_a"),
         "b": Signal(w, name=f"{name}_b"),
         "ag": Signal(w + 2, name=f"{name}_ag"),
         "bg": Signal(w + 2, name=f"{name}_bg"),
     }
-    sh_a = Mux(delta > 0, delta, 0)[:2]
-    sh_b = Mux(delta < 0, -delta, 0)[:2]
     m.d.comb += [
-        out["dgt"].eq(delta >= 3),
-        out["dlt"].eq(delta <= -3),
-        out["a"].eq(am << sh_a),
-        out["b"].eq(bm << sh_b),
+        out["a"].eq(am << sh["sa"]),
+        out["b"].eq(bm << sh["sb"]),
     ]
     m.d.comb += [
         out["ag"].eq(out["a"] + (out["a"] >> guard) + 1),
@@ -64,7 +77,8 @@ def band_align(m: Module, am, ea, bm, eb, guard: int, name: str) -> dict:
 
 
 def band_decide(x: dict):
-    """The second half of :func:`band_compare`: ``(gt, lt)`` from :func:`band_align`'s values."""
+    """The last part of :func:`band_compare`: ``(gt, lt)`` from :func:`band_exponents`' and
+    :func:`band_align`'s values (``dgt``, ``dlt``, ``a``, ``b``, ``ag``, ``bg``)."""
     gt = x["dgt"] | (~x["dlt"] & (x["a"] > x["bg"]))
     lt = x["dlt"] | (~x["dgt"] & (x["ag"] <= x["b"]))
     return gt, lt
@@ -79,8 +93,13 @@ def band_compare(m: Module, am, ea, bm, eb, guard: int, name: str):
     ``gt``: ``A > B + floor(B / 2^guard)`` implies ``A > B (1 + 2^-guard)``; ``lt``:
     ``A + floor(A / 2^guard) + 1 <= B`` implies ``A (1 + 2^-guard) < B``, with ``A``, ``B`` the
     two values aligned to the smaller exponent.  An exponent difference of 3 or more decides
-    alone (the mantissa products differ by less than a factor 4)."""
-    return band_decide(band_align(m, am, ea, bm, eb, guard, name))
+    alone (the mantissa products differ by less than a factor 4).  Combinational, in three
+    parts (:func:`band_exponents`, :func:`band_align`, :func:`band_decide`) that
+    :class:`ClusterCompare` spreads over two stages and its outputs."""
+    delta = Signal(signed(max(len(ea), len(eb)) + 1), name=f"{name}_delta")
+    m.d.comb += delta.eq(ea - eb)
+    sh = band_exponents(m, delta, name)
+    return band_decide({**sh, **band_align(m, am, bm, sh, guard, name)})
 
 
 def screen_operands(wd: ClusterWidths) -> dict:
@@ -135,19 +154,36 @@ class ClusterCompare(wiring.Component):
         Per pair of :data:`PAIRS`: ``more_similar(a, b)``, valid where ``more_sure`` is set.
 
     Timing: free-running, no handshake; the outputs answer the ``dot``, ``mag``, ``norm`` and
-    ``key_norm`` of :data:`LATENCY` = 3 cycles before and the ``t_*`` of 4 cycles before.
-    Stage 0 (the cycle before): the threshold operands registered (no logic: ``T^2`` and its
-    normalisation are formed outside the token loop,
-    :class:`hw.cluster_threshold.ThresholdSquare`).  Stage 1: normalise ``|dot_i|``,
-    ``|S_i|^2``, ``|k|^2``; ``T^2 |k|^2`` once per threshold.  Stage 2: ``(k.S_i)^2`` and
-    ``T^2 |k|^2 |S_i|^2`` per candidate.  Stage 3: the cosine band compares (registered),
-    the cross products ``(k.S_a)^2 |S_b|^2`` of the pairs (reusing stage 2's squares), aligned
-    and with their guard sums (registered).  Outputs: ``passed``/``sure`` are registers,
-    ``more``/``more_sure`` one compare of registers.  DSP-sized products (``M x M``):
-    2 + 3 + 3 + 6 = 14.  The stage registers have no reset: each is loaded in every cycle from
-    the stage before, so after :data:`LATENCY` cycles every output answers inputs of the
-    current run (the unit reads the outputs only for a token whose inputs were loaded
-    :data:`LATENCY` cycles earlier); ``passed`` and ``sure`` keep theirs.
+    ``key_norm`` of :data:`LATENCY` = 6 cycles before and the ``t_*`` of 7 cycles before.
+    Every multiplier has registers straight in front of both inputs and straight behind its
+    product (no logic between), so that the ECP5 flow folds them into the MULT18X18D's own
+    input and output registers; operand logic and compares sit in the stages around them.
+
+    * Stage 0 (the cycle before): the threshold operands registered (no logic: ``T^2`` and its
+      normalisation are formed outside the token loop,
+      :class:`hw.cluster_threshold.ThresholdSquare`).
+    * Stage 1: first half of the normalisation of ``|dot_i|`` and ``|k|^2``
+      (:func:`hw.arith.normalise_terms`: leading-one groups and their pair terms) and the bit
+      lengths of all seven operands; ``|S_i|^2`` registered as it is; the zero / sign /
+      identity flags.
+    * Stage 2: the mantissas of ``|dot_i|`` and ``|k|^2`` (the OR of the terms; the first
+      multipliers' inputs) and of ``|S_i|^2`` (the shift by its bit length); the exponent
+      differences of the six compares but for the products' top bits.
+    * Stage 3: multipliers only: ``T^2 |k|^2`` once per threshold, ``(k.S_i)^2`` per candidate.
+    * Stage 4: the top ``M`` bits of those products (the second multipliers' inputs); the
+      exponent differences completed with the products' top bits.
+    * Stage 5: multipliers: ``T^2 |k|^2 |S_i|^2`` per candidate, the cross products
+      ``(k.S_a)^2 |S_b|^2`` and ``(k.S_b)^2 |S_a|^2`` of the pairs; beside them the exponent
+      decisions and alignment shifts of the six compares (:func:`band_exponents`).
+    * Stage 6: the six compares' mantissas aligned and their guard sums (:func:`band_align`).
+    * Outputs: ``passed``/``sure`` and ``more``/``more_sure`` are one compare of stage 6's
+      registers each (:func:`band_decide` and the exact decisions for signs, zeros, ``T = 0``
+      and identical candidates), combinational.
+
+    DSP-sized products (``M x M``): 2 + 3 + 3 + 6 = 14.  The stage registers have no reset:
+    each is loaded in every cycle from the stage before, so after :data:`LATENCY` cycles every
+    output answers inputs of the current run (the unit reads the outputs only for a token whose
+    inputs were loaded :data:`LATENCY` cycles earlier).
     """
 
     def __init__(self, cfg: DREConfig, mantissa_bits: int = 17):
@@ -178,158 +214,146 @@ class ClusterCompare(wiring.Component):
         def reg(shape, name):  # stage registers: loaded in every cycle, no reset (Timing)
             return Signal(shape, name=name, reset_less=True)
 
-        def top_bits(m, v, name):  # top M bits of a 2M-bit mantissa product, and the shift
-            top = v[2 * M - 1]
-            t = Signal(M, name=name)
-            m.d.comb += t.eq(Mux(top, v >> M, v >> (M - 1)))
-            return t, Mux(top, M, M - 1)
+        def stage(n: int, prev: dict, carry: str, **new) -> dict:
+            """The registers of stage ``n``: the values of ``prev`` named in ``carry`` (by name
+            less the candidate / threshold / pair digits) carried on, and the ``new`` ones (a
+            value, or ``(shape, value)``), by name."""
+            regs = {}
+            kept = {k: v for k, v in prev.items() if k.rstrip("0123456789") in carry.split()}
+            for k, v in {**kept, **new}.items():
+                shape, v = v if isinstance(v, tuple) else (Value.cast(v).shape(), v)
+                regs[k] = reg(shape, f"s{n}_{k}")
+                m.d.sync += regs[k].eq(v)
+            return regs
+
+        def top_bits(v, name):  # top M bits of a 2M-bit mantissa product (its exponent + M - 1
+            t = Signal(M, name=name)  # + the product's top bit, folded into the differences)
+            m.d.comb += t.eq(Mux(v[2 * M - 1], v >> M, v >> (M - 1)))
+            return t
 
         # ---- stage 0: the threshold operands (normalised T^2, T == 0), one cycle ahead -----
-        s0_mt, s0_et, s0_tz = [], [], []
-        for j in range(2):
-            r = [reg(M, f"s0_mt{j}"), reg(es, f"s0_et{j}"), reg(1, f"s0_tz{j}")]
-            m.d.sync += [r[0].eq(self.t_mant[j]), r[1].eq(self.t_exp[j]), r[2].eq(self.t_zero[j])]
-            s0_mt.append(r[0])
-            s0_et.append(r[1])
-            s0_tz.append(r[2])
+        s0 = stage(
+            0,
+            {},
+            "",
+            **{f"mt{j}": self.t_mant[j] for j in range(2)},
+            **{f"et{j}": (es, self.t_exp[j]) for j in range(2)},
+            **{f"tz{j}": self.t_zero[j] for j in range(2)},
+        )
 
-        # ---- stage 1: normalise; T^2 |k|^2 per threshold ------------------------------------
-        mk, ek = normalise(m, self.key_norm, M, "kn")
-        s1_kz = reg(1, "s1_kz")  # |k|^2 == 0
-        m.d.sync += s1_kz.eq(self.key_norm == 0)
-        s1_z, s1_ez, s1_tz = [], [], []
-        for j in range(2):
-            z, ez, tz = reg(2 * M, f"s1_z{j}"), reg(es, f"s1_ez{j}"), reg(1, f"s1_tz{j}")
-            m.d.sync += [z.eq(s0_mt[j] * mk), ez.eq(s0_et[j] + ek), tz.eq(s0_tz[j])]
-            s1_z.append(z)
-            s1_ez.append(ez)
-            s1_tz.append(tz)
-        s1 = []
+        # ---- stage 1: normalise |dot_i| and |k|^2, first half; bitlen |S_i|^2 -------------
+        # (exponents as bit lengths here: exponent = bitlen - M, the constants folded below)
+        kt, kbl = normalise_terms(m, self.key_norm, M, "kn")
+        new = {"kbl": kbl, "kz": self.key_norm == 0}
+        new |= {f"kt{t}": v for t, v in enumerate(kt)}
         for i in range(3):
-            dot, norm = self.dot[i], self.norm[i]
-            ma, ea = normalise(m, self.mag[i], M, f"dot{i}")
-            mn, en = normalise(m, norm, M, f"norm{i}")
-            r = {
-                "ma": reg(M, f"s1_ma{i}"),
-                "ea": reg(es, f"s1_ea{i}"),
-                "mn": reg(M, f"s1_mn{i}"),
-                "en": reg(es, f"s1_en{i}"),
-                "pos": reg(1, f"s1_pos{i}"),
-                "neg": reg(1, f"s1_neg{i}"),
-                "nz": reg(1, f"s1_nz{i}"),  # |S|^2 == 0
+            at, abl = normalise_terms(m, self.mag[i], M, f"dot{i}")
+            new |= {f"at{i}_{t}": v for t, v in enumerate(at)}
+            norm = self.norm[i]
+            nbl = Signal(range(len(norm) + 1), name=f"norm{i}_bitlen")
+            m.d.comb += nbl.eq(bit_length(norm))
+            new |= {
+                f"abl{i}": abl,
+                f"nv{i}": norm,
+                f"nbl{i}": nbl,
+                f"pos{i}": self.dot[i] > 0,
+                f"neg{i}": self.dot[i] < 0,
+                f"nz{i}": norm == 0,  # |S|^2 == 0
             }
-            m.d.sync += [
-                r["ma"].eq(ma),
-                r["ea"].eq(ea),
-                r["mn"].eq(mn),
-                r["en"].eq(en),
-                r["pos"].eq(dot > 0),
-                r["neg"].eq(dot < 0),
-                r["nz"].eq(norm == 0),
-            ]
-            s1.append(r)
-        s1_eq = []
         for a, b in PAIRS:
-            e = reg(1, f"s1_eq{a}{b}")
-            m.d.sync += e.eq((self.dot[a] == self.dot[b]) & (self.norm[a] == self.norm[b]))
-            s1_eq.append(e)
+            new[f"eq{a}{b}"] = (self.dot[a] == self.dot[b]) & (self.norm[a] == self.norm[b])
+        s1 = stage(1, s0, "mt et tz", **new)
 
-        # ---- stage 2: (k.S)^2 and T^2 |k|^2 |S|^2 ---------------------------------------------
-        mtk, etk = [], []
-        for j in range(2):
-            v, sh = top_bits(m, s1_z[j], f"mtk{j}")
-            e = Signal(es, name=f"etk{j}")
-            m.d.comb += e.eq(s1_ez[j] + sh)
-            mtk.append(v)
-            etk.append(e)
-        s2 = []
+        # ---- stage 2: the mantissas (|dot_i|, |k|^2 into the multipliers' inputs; |S_i|^2);
+        # the exponent differences but for the products' top bits -------------------------
+        ds = signed(es.width + 2)  # exponent differences
+        new = {"mk": (M, Cat(*(s1[f"kt{t}"].any() for t in range(M))))}
         for i in range(3):
-            r1, j = s1[i], TAU_OF[i]
-            r = {
-                "p": reg(2 * M, f"s2_p{i}"),
-                "ex": reg(es, f"s2_ex{i}"),
-                "q": reg(2 * M, f"s2_q{i}"),
-                "ey": reg(es, f"s2_ey{i}"),
-                "mn": reg(M, f"s2_mn{i}"),
-                "ea": reg(es, f"s2_ea{i}"),
-                "en": reg(es, f"s2_en{i}"),
-                "pos": reg(1, f"s2_pos{i}"),
-                "neg": reg(1, f"s2_neg{i}"),
-                "zero": reg(1, f"s2_zero{i}"),  # |k|^2 == 0 or |S|^2 == 0
-                "tz": reg(1, f"s2_tz{i}"),
-            }
-            m.d.sync += [
-                r["p"].eq(r1["ma"] * r1["ma"]),
-                r["ex"].eq(2 * r1["ea"] + 2 * F),
-                r["q"].eq(mtk[j] * r1["mn"]),
-                r["ey"].eq(etk[j] + r1["en"]),
-                r["mn"].eq(r1["mn"]),
-                r["ea"].eq(r1["ea"]),
-                r["en"].eq(r1["en"]),
-                r["pos"].eq(r1["pos"]),
-                r["neg"].eq(r1["neg"]),
-                r["zero"].eq(s1_kz | r1["nz"]),
-                r["tz"].eq(s1_tz[j]),
-            ]
-            s2.append(r)
-        s2_eq = [reg(1, f"s2_eq{a}{b}") for a, b in PAIRS]
-        m.d.sync += [d.eq(s) for d, s in zip(s2_eq, s1_eq, strict=True)]
+            j = TAU_OF[i]
+            new[f"ma{i}"] = (M, Cat(*(s1[f"at{i}_{t}"].any() for t in range(M))))
+            new[f"mn{i}"] = (M, ((s1[f"nv{i}"] << M) >> s1[f"nbl{i}"])[:M])  # as normalise
+            new[f"zero{i}"] = s1["kz"] | s1[f"nz{i}"]  # |k|^2 == 0 or |S|^2 == 0
+            new[f"tc{i}"] = s1[f"tz{j}"]  # T == 0, per candidate
+            # (k.S)^2 2^(2F) vs T^2 |k|^2 |S|^2: 2 ea + 2F - (et + ek + M - 1 + top + en), with
+            # ea, ek, en = bitlen - M: 2 abl + 2F + 1 - M - nbl - (et + kbl) - top
+            e = 2 * s1[f"abl{i}"] + (2 * F + 1 - M) - s1[f"nbl{i}"]
+            new[f"gc{i}"] = (ds, e - (s1[f"et{j}"] + s1["kbl"]))
+        for a, b in PAIRS:  # (2 ea_a + M - 1 + top_a + en_b) - (2 ea_b + M - 1 + top_b + en_a)
+            e = (2 * s1[f"abl{a}"] + s1[f"nbl{b}"]) - (2 * s1[f"abl{b}"] + s1[f"nbl{a}"])
+            new[f"gs{a}{b}"] = (ds, e)
+        s2 = stage(2, s1, "mt pos neg eq", **new)
 
-        # ---- stage 3: the cosine tests (registered) --------------------------------------------
-        for i, r in enumerate(s2):
-            gt, lt = band_compare(m, r["p"], r["ex"], r["q"], r["ey"], guard, f"cos{i}")
-            with m.If(r["zero"]):
-                m.d.sync += [self.passed[i].eq(r["tz"]), self.sure[i].eq(1)]
-            with m.Elif(r["neg"]):
-                m.d.sync += [self.passed[i].eq(0), self.sure[i].eq(1)]
-            with m.Elif(r["tz"]):
-                m.d.sync += [self.passed[i].eq(1), self.sure[i].eq(1)]
-            with m.Elif(~r["pos"]):  # k.S == 0 < T^2 |k|^2 |S|^2
-                m.d.sync += [self.passed[i].eq(0), self.sure[i].eq(1)]
+        # ---- stage 3: T^2 |k|^2 per threshold, (k.S_i)^2 per candidate (multipliers only) ---
+        new = {}
+        for j in range(2):
+            new[f"z{j}"] = (2 * M, s2[f"mt{j}"] * s2["mk"])
+        for i in range(3):
+            new[f"p{i}"] = (2 * M, s2[f"ma{i}"] * s2[f"ma{i}"])
+        s3 = stage(3, s2, "mn gc gs pos neg zero tc eq", **new)
+
+        # ---- stage 4: the top M bits of those products (the next multipliers' inputs), and the
+        # exponent differences with the products' top bits ---------------------------------
+        new, top = {}, {}
+        for j in range(2):
+            new[f"mtk{j}"] = top_bits(s3[f"z{j}"], f"mtk{j}")
+            top[f"z{j}"] = s3[f"z{j}"][2 * M - 1]
+        for i in range(3):
+            new[f"p1_{i}"] = top_bits(s3[f"p{i}"], f"p1_{i}")
+            top[f"p{i}"] = s3[f"p{i}"][2 * M - 1]
+            new[f"cos{i}_delta"] = (ds, s3[f"gc{i}"] - top[f"z{TAU_OF[i]}"])
+        for a, b in PAIRS:
+            new[f"sim{a}{b}_delta"] = (ds, s3[f"gs{a}{b}"] + top[f"p{a}"] - top[f"p{b}"])
+        s4 = stage(4, s3, "p mn pos neg zero tc eq", **new)
+
+        # ---- stage 5: T^2 |k|^2 |S_i|^2 and the pairs' cross products (multipliers); the
+        # exponent decisions and shifts of all six compares -----------------------------------
+        new = {}
+        for i in range(3):
+            new[f"q{i}"] = (2 * M, s4[f"mtk{TAU_OF[i]}"] * s4[f"mn{i}"])
+            sh = band_exponents(m, s4[f"cos{i}_delta"], f"cos{i}")
+            new |= {f"cos{i}_{k}": v for k, v in sh.items()}
+        for a, b in PAIRS:
+            new[f"la{a}{b}"] = (2 * M, s4[f"p1_{a}"] * s4[f"mn{b}"])  # ~ (k.S_a)^2 |S_b|^2
+            new[f"lb{a}{b}"] = (2 * M, s4[f"p1_{b}"] * s4[f"mn{a}"])  # ~ (k.S_b)^2 |S_a|^2
+            sh = band_exponents(m, s4[f"sim{a}{b}_delta"], f"sim{a}{b}")
+            new |= {f"sim{a}{b}_{k}": v for k, v in sh.items()}
+        s5 = stage(5, s4, "p pos neg zero tc eq", **new)
+
+        # ---- stage 6: all six compares aligned, with their guard sums ------------------------
+        new = {}
+        for i in range(3):
+            sh = {k: s5[f"cos{i}_{k}"] for k in ("sa", "sb")}
+            x = band_align(m, s5[f"p{i}"], s5[f"q{i}"], sh, guard, f"cos{i}")
+            new |= {f"cos{i}_{k}": v for k, v in x.items()}
+        for a, b in PAIRS:
+            sh = {k: s5[f"sim{a}{b}_{k}"] for k in ("sa", "sb")}
+            x = band_align(m, s5[f"la{a}{b}"], s5[f"lb{a}{b}"], sh, guard, f"sim{a}{b}")
+            new |= {f"sim{a}{b}_{k}": v for k, v in x.items()}
+        names = [f"cos{i}" for i in range(3)] + [f"sim{a}{b}" for a, b in PAIRS]
+        flags = " ".join(f"{n}_{k}" for n in names for k in ("dgt", "dlt"))
+        s6 = stage(6, s5, "pos neg zero tc eq " + flags, **new)
+
+        # ---- outputs: one compare of stage 6's registers -------------------------------------
+        def decide(name):
+            return band_decide({k: s6[f"{name}_{k}"] for k in ("dgt", "dlt", "a", "b", "ag", "bg")})
+
+        for i in range(3):
+            gt, lt = decide(f"cos{i}")
+            with m.If(s6[f"zero{i}"]):
+                m.d.comb += [self.passed[i].eq(s6[f"tc{i}"]), self.sure[i].eq(1)]
+            with m.Elif(s6[f"neg{i}"]):
+                m.d.comb += [self.passed[i].eq(0), self.sure[i].eq(1)]
+            with m.Elif(s6[f"tc{i}"]):
+                m.d.comb += [self.passed[i].eq(1), self.sure[i].eq(1)]
+            with m.Elif(~s6[f"pos{i}"]):  # k.S == 0 < T^2 |k|^2 |S|^2
+                m.d.comb += [self.passed[i].eq(0), self.sure[i].eq(1)]
             with m.Else():
-                m.d.sync += [self.passed[i].eq(gt), self.sure[i].eq(gt | lt)]
-
-        # ---- stage 3: the most-similar cross products, aligned (registered); outputs ---------
-        p1, ep1 = [], []
-        for i, r in enumerate(s2):  # top M bits of (k.S)^2's mantissa product
-            v, sh = top_bits(m, r["p"], f"p1_{i}")
-            e = Signal(es, name=f"ep1_{i}")
-            m.d.comb += e.eq(2 * r["ea"] + sh)
-            p1.append(v)
-            ep1.append(e)
+                m.d.comb += [self.passed[i].eq(gt), self.sure[i].eq(gt | lt)]
         for j, (a, b) in enumerate(PAIRS):
-            ra, rb = s2[a], s2[b]
-            la = Signal(2 * M, name=f"sim{a}{b}_la")  # ~ (k.S_a)^2 |S_b|^2
-            lb = Signal(2 * M, name=f"sim{a}{b}_lb")  # ~ (k.S_b)^2 |S_a|^2
-            ela = Signal(es, name=f"sim{a}{b}_ela")
-            elb = Signal(es, name=f"sim{a}{b}_elb")
-            m.d.comb += [
-                la.eq(p1[a] * rb["mn"]),
-                lb.eq(p1[b] * ra["mn"]),
-                ela.eq(ep1[a] + rb["en"]),
-                elb.eq(ep1[b] + ra["en"]),
-            ]
-            comb = band_align(m, la, ela, lb, elb, guard, f"sim{a}{b}")
-            x = {k: reg(len(v), f"s3_sim{a}{b}_{k}") for k, v in comb.items()}
-            m.d.sync += [x[k].eq(v) for k, v in comb.items()]
-            flags = {
-                "eq": reg(1, f"s3_eq{a}{b}"),
-                "apos": reg(1, f"s3_apos{a}{b}"),
-                "aneg": reg(1, f"s3_aneg{a}{b}"),
-                "bpos": reg(1, f"s3_bpos{a}{b}"),
-                "bneg": reg(1, f"s3_bneg{a}{b}"),
-            }
-            m.d.sync += [
-                flags["eq"].eq(s2_eq[j]),
-                flags["apos"].eq(ra["pos"]),
-                flags["aneg"].eq(ra["neg"]),
-                flags["bpos"].eq(rb["pos"]),
-                flags["bneg"].eq(rb["neg"]),
-            ]
-            gt, lt = band_decide(x)
-            sa_pos, sa_neg = flags["apos"], flags["aneg"]
-            sb_pos, sb_neg = flags["bpos"], flags["bneg"]
-            with m.If(flags["eq"] | (~sa_pos & ~sa_neg & ~sb_pos & ~sb_neg)):  # equal: not more
+            gt, lt = decide(f"sim{a}{b}")
+            sa_pos, sa_neg = s6[f"pos{a}"], s6[f"neg{a}"]
+            sb_pos, sb_neg = s6[f"pos{b}"], s6[f"neg{b}"]
+            with m.If(s6[f"eq{a}{b}"] | (~sa_pos & ~sa_neg & ~sb_pos & ~sb_neg)):  # equal
                 m.d.comb += [self.more[j].eq(0), self.more_sure[j].eq(1)]
             with m.Elif(sa_pos & sb_pos):
                 m.d.comb += [self.more[j].eq(gt), self.more_sure[j].eq(gt | lt)]

@@ -11,6 +11,7 @@ import pytest
 from amaranth import Elaboratable, Module, Mux, Signal
 from amaranth.sim import Simulator
 
+from hw.arith import normalise_terms
 from hw.centroid_table import CentroidTable
 from hw.cluster_cosine import LATENCY as COMPARE_LATENCY
 from hw.cluster_cosine import PAIRS, ClusterCompare
@@ -136,6 +137,29 @@ def _normalise(v, mant):
     ``b = bitlen(v)``; ``(0, -M)`` for 0."""
     b = v.bit_length()
     return (v << mant >> b if b else 0), b - mant
+
+
+@pytest.mark.parametrize("width,mant", [(21, 17), (37, 17), (52, 17), (9, 6), (4, 6), (1, 6)])
+def test_compare_normalise_terms(width, mant):
+    """hw.arith.normalise_terms (the screen's first two stages): the OR of each bit's terms and
+    ``bitlen - M`` are ``normalise``'s mantissa and exponent, for zero, every power of two and
+    every all-ones value, and random values of every bit length."""
+    m = Module()
+    v = Signal(width)
+    terms, bl = normalise_terms(m, v, mant, "v")
+    rng = random.Random(width)
+    vals = [0] + [1 << i for i in range(width)] + [(2 << i) - 1 for i in range(width)]
+    vals += [rng.getrandbits(rng.randint(1, width)) for _ in range(200)]
+
+    async def bench(ctx):
+        for x in vals:
+            ctx.set(v, x)
+            mant_got = sum(ctx.get(t.any()) << i for i, t in enumerate(terms))
+            assert (mant_got, ctx.get(bl) - mant) == _normalise(x, mant), x
+
+    sim = Simulator(m)
+    sim.add_testbench(bench)
+    sim.run()
 
 
 def _run_compare(cfg, mant, cases):

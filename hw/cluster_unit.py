@@ -36,9 +36,9 @@ def _loop(cfg: DREConfig) -> int:
 
 def token_period(cfg: DREConfig) -> float:
     """Cycles per token at full rate (no input gaps, no backpressure), on average:
-    ``max(G, loop / 2, S)`` with ``G = d / cl_lanes``, ``loop = G + 11`` (the token loop, which
-    two tokens share) and ``S = 6`` (the test section: T1, 4 screen stages, DEC), i.e. ``G``
-    for ``G >= 11``, 9.5 at the default ``G = 64 / 8`` (the starts alternate 9 and 10 cycles
+    ``max(G, loop / 2, S)`` with ``G = d / cl_lanes``, ``loop = G + 14`` (the token loop, which
+    two tokens share) and ``S = 8`` (the test section: T1, 6 screen stages, DEC), i.e. ``G``
+    for ``G >= 14``, 11 at the default ``G = 64 / 8`` (the loop binds: starts 11 cycles
     apart; ``docs/cluster.md`` derives it).  A float: half a cycle where ``loop`` is odd and
     binds."""
     G = cfg.cl_groups
@@ -47,7 +47,7 @@ def token_period(cfg: DREConfig) -> float:
 
 def token_latency(cfg: DREConfig) -> int:
     """Cycles from a token's acceptance to its result with the pipeline empty (no exact
-    recompute, no backpressure): ``G + 12`` (``docs/cluster.md``): the loop less the commit,
+    recompute, no backpressure): ``G + 15`` (``docs/cluster.md``): the loop less the commit,
     plus acceptance and the IN stage."""
     return _loop(cfg) + 1
 

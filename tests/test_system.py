@@ -202,22 +202,22 @@ def test_select_phase_resv_dre_and_energy():
     # 5 + 168 + 87 + 17 = 277 cycles per layer, at 1000 Hz, 2 layers; member addresses 48 B
     assert sel.seconds == pytest.approx(2 * 277 / 1000 + 2 * 6 * 4 / 1000)
     assert sel.dram == 2 * 6 * 4
-    # clustering: token period max(1, 12 / 2, 6) = 6: 6 x 3 + latency (1 + 12) = 31; the
-    # 2 write-backs of 2 + 1 + 1 x 9 = 12 cycles overlap it: max(31, 24) = 31.  DRE busy
-    # 2 tables x (277 + 31) = 616
-    assert c.dre_seconds == pytest.approx(616 / 1000)
+    # clustering: token period max(1, 15 / 2, 8) = 8: 8 x 3 + latency (1 + 15) = 40; the
+    # 2 write-backs of 2 + 1 + 1 x 9 = 12 cycles overlap it: max(40, 24) = 40.  DRE busy
+    # 2 tables x (277 + 40) = 634
+    assert c.dre_seconds == pytest.approx(634 / 1000)
     # tables on chip, per pair (v2): owner 4 x (3 + 1) + meta 8 x (16 + 48) + sums 8 x 4 x 24
     # + planes 8 x 8 x 4 + counts 8 x 16 + mean values 8 x 4 x 16 = 2192 bits (no bias memory)
     assert c.index_onchip and c.index_bytes == 2 * 2192 / 8
     # frame: linear (no spill) max(9216 / 1e4, 1152 / 1000) = 1.152; attention 3200 / 1000
     assert c.phases["linear"].seconds == pytest.approx(1.152)
     assert c.seconds == pytest.approx(1.152 + 3.2 + sel.seconds)
-    # DRE energy: logic 616 cycles x 1000 GE x 0.1 x 1 fJ.  SRAM bits per table (partials
+    # DRE energy: logic 634 cycles x 1000 GE x 0.1 x 1 fJ.  SRAM bits per table (partials
     # 8 + 8 + 3 + 2 = 21 bits): passes 64 plane reads x (4 + 2 x 2 x 21 + 2 x 3) = 6016; soft
     # sweeps 8 x (3 x 2 x 21 + 16 + 21) = 1304; one output round 8 x 21 = 168; 4 unselected
     # mean values x 64 = 256; clustering 4 x (6 x 4 x 24 + 3 x 64 + 2 x 64) = 3584; write-back
     # 2 x (4 x 24 + 4 x 8 + 16) = 288: 11616; 2 tables, 1 pJ/bit; no leakage
-    dre = 616 * 1000 * 0.1 * 1e-15 + 2 * 11616 * 1e-12
+    dre = 634 * 1000 * 0.1 * 1e-15 + 2 * 11616 * 1e-12
     assert c.dre_energy == pytest.approx(dre)
     dram = 1152 + 2 * (6 + 4) * 16 + 2 * 6 * 4
     energy = dram * 10e-12 + 9216 * 1e-12 + 3200 * 2e-12 + 1.0 * c.seconds + dre
@@ -359,10 +359,10 @@ def test_soft_score_cycles_match_the_unit():
 
 
 def test_token_period_new_formula_by_hand():
-    """``max(G, (G + 11) / 2, 6)`` (hw/cluster_unit.py with the dot products' DSP stages)."""
-    for g, want in ((1, 6), (2, 6.5), (3, 7), (4, 7.5), (8, 9.5), (10, 10.5), (11, 11), (32, 32)):
+    """``max(G, (G + 14) / 2, 8)`` (hw/cluster_unit.py with the DSP-register stages)."""
+    for g, want in ((1, 8), (2, 8), (3, 8.5), (4, 9), (8, 11), (13, 13.5), (14, 14), (32, 32)):
         assert sysm.token_period(16 * g, 16) == want, g
-    assert sysm.token_latency(128, 16) == 20
+    assert sysm.token_latency(128, 16) == 23
 
 
 def test_token_period_matches_hardware():
@@ -387,7 +387,7 @@ def test_cluster_cycles_use_the_clustering_lanes():
     s = replace(TOY_SETUP, lanes=cfg.lanes, cluster_lanes=cfg.cluster_lanes, bk=cfg.bk)
     p = 196
     want = cluster_unit.token_period(cfg) * (p - 1) + cluster_unit.token_latency(cfg)
-    assert want == 9.5 * 195 + 20  # G = 64 / 8 = 8
+    assert want == 11 * 195 + 23  # G = 64 / 8 = 8
     s = replace(s, updated_clusters_per_frame=0)
     assert sysm.dre_cluster_cycles(p, cfg.d, s) == want
     s = replace(s, updated_clusters_per_frame=196)

@@ -105,16 +105,17 @@ class ClusterUnit(wiring.Component):
 
     Timing
     ------
-    Throughput one token per ``token_period(cfg) = max(G, (G + 9) / 2, 5)`` cycles on average
+    Throughput one token per ``token_period(cfg) = max(G, (G + 14) / 2, 8)`` cycles on average
     (without exact recomputes)
-    (``G = d / cl_lanes``; ``G`` for ``G >= 9``, 8.5 at the default d = 64 on 8 clustering
+    (``G = d / cl_lanes``; ``G`` for ``G >= 14``, 11 at the default d = 64 on 8 clustering
     lanes), latency
-    ``token_latency(cfg) = G + 10`` cycles from acceptance to the result.  Stages: ``accept |
+    ``token_latency(cfg) = G + 15`` cycles from acceptance to the result.  Stages: ``accept |
     IN: owner-map reads, T^2 of the thresholds | G chunk reads (5 sums) | q1: data registered |
-    q2: products, two adder-tree levels | A: accumulate (5 sums, k.k_prev, |k|^2) | T1:
-    resolve | T2 .. T4: screen stages 1-3 | DEC | commit``; the decision is registered in DEC
-    (the result, the history) and applied one cycle later (commit: owner map, meta memory,
-    start of the sum update).
+    q2: bypass, DSP operands | q3: DSP products | q4: adder-tree levels | A: accumulate (5
+    sums, k.k_prev, |k|^2) | T1: resolve | T2 .. T7: screen stages 1-6 | DEC | commit``
+    (:data:`hw.cluster_dots.LATENCY` and :data:`hw.cluster_cosine.LATENCY` set the counts);
+    the decision is registered in DEC (the result, the history) and applied one cycle later
+    (commit: owner map, meta memory, start of the sum update).
     Token ``t+1`` starts its dot products as soon as the read ports
     are free and token ``t-1`` is committed, i.e. while token ``t`` is still being decided.  Its
     *left* candidate (and its up / temporal candidate on a grid 1 wide / of 1 token) is ``t``'s
@@ -139,13 +140,13 @@ class ClusterUnit(wiring.Component):
     Structure: :class:`hw.cluster_frame.TokenFramer` (acceptance, IN stage),
     :class:`hw.cluster_threshold.ThresholdSquare` (``T^2`` of the token's thresholds, exact and
     normalised, formed in IN and kept in its bank: the token loop reads them from registers),
-    :class:`hw.cluster_dots.ClusterDots` (q1, q2, A), :class:`hw.cluster_resolve.CandidateResolve`
-    (T1), :class:`hw.cluster_cosine.ClusterCompare` (T2 .. T4),
+    :class:`hw.cluster_dots.ClusterDots` (q1 .. q4, A), :class:`hw.cluster_resolve.CandidateResolve`
+    (T1), :class:`hw.cluster_cosine.ClusterCompare` (T2 .. T7),
     :class:`hw.cluster_decide.ClusterDecide` (DEC, exact recomputes),
     :class:`hw.cluster_update.SumUpdate`, :class:`hw.cluster_queue.WritebackQueue`,
     :class:`hw.cluster_writeback.ClusterWriteback` and :class:`hw.centroid_table.CentroidTable`;
     this module holds the owner map, the start of the dot products (candidate ids, the two
-    per-token banks), the test section's ``m.FSM`` (IDLE / T2 / T3 / T4 / DEC), the decision
+    per-token banks), the test section's ``m.FSM`` (IDLE / T2 .. T7 / DEC), the decision
     history, the result register and the clear.
     """
 
@@ -374,7 +375,7 @@ class ClusterUnit(wiring.Component):
             dots.fwd.eq(table.wr_last),
         ]
 
-        # ---- test section: T1 (resolve) | T2 .. T4 (screen stages 1-3) | DEC -------------------
+        # ---- test section: T1 (resolve) | T2 .. T7 (screen stages 1-6) | DEC -------------------
         tst_par = Signal()  # bank of the token in T2 .. DEC
         full_par, acc_full = Signal(), Signal()  # a token's dot products wait for T1
         t1 = Signal()

@@ -414,8 +414,9 @@ def dre_v2_retrieval_cycles(
 def token_period(d: int, lanes: int) -> float:
     """Clustering cycles per token on average, ``max(G, (G + 14) / 2, 8)`` with ``G = d / lanes``
     (``hw/cluster_unit.py`` since the dot products' and the screen's DSP-register stages,
-    ``docs/cluster.md`` "Fmax, ninth round"; it was ``max(G, (G + 9) / 2, 5)``, before the commit stage
-    ``max(G, ceil((G + 8) / 2), 5)``, before that ``max(G, ceil((G + 4) / 2), 3)``)."""
+    ``docs/cluster.md`` "Fmax, ninth round"; it was ``max(G, (G + 9) / 2, 5)``, before the
+    commit stage ``max(G, ceil((G + 8) / 2), 5)``, before that ``max(G, ceil((G + 4) / 2),
+    3)``)."""
     g = d // lanes
     return max(2 * g, g + 14, 16) / 2
 

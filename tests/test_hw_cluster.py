@@ -18,6 +18,7 @@ from hw.cluster_decide import ClusterDecide
 from hw.cluster_dots import ClusterDots
 from hw.cluster_exact import ExactCompare, exact_cycles, exact_widths
 from hw.cluster_frame import TokenFramer
+from hw.cluster_queue import WritebackQueue
 from hw.cluster_resolve import CandidateResolve
 from hw.cluster_threshold import NORMALISE_LATENCY, SQUARE_LATENCY, ThresholdSquare
 from hw.cluster_unit import ClusterUnit, token_latency, token_period
@@ -427,6 +428,77 @@ def test_centroid_table_read_write_timing(seed, cfg, bypass_out):
                 if ("m", r) in model:
                     got = ctx.get(port.data)
                     assert {"norm": got.norm, "count": got.count} == model[("m", r)]
+
+    _simulate(dut, bench)
+
+
+# ---- write-back queue ---------------------------------------------------------------------------
+class _QueueModel:
+    """The queue as specified, cycle by cycle: ``SyncFIFOBuffered`` (an inner FIFO read into an
+    output register, non-transparent) and one dirty bit per id that clears in the cycle the id
+    is taken (an update of the id in that cycle is not queued)."""
+
+    def __init__(self, n):
+        self.inner, self.out, self.dirty, self.n = [], None, [False] * n, n
+
+    def outputs(self):  # ids.valid, ids.payload, empty (before the clock edge)
+        return self.out is not None, self.out, not self.inner and self.out is None
+
+    def step(self, update, uid, ready):
+        push = update and not self.dirty[uid]
+        taken = self.out if (self.out is not None and ready) else None
+        if self.inner and (self.out is None or ready):
+            self.out = self.inner.pop(0)
+        elif taken is not None:
+            self.out = None
+        if taken is not None:
+            self.dirty[taken] = False  # (never the id pushed now: that one was not waiting)
+        if push:
+            assert len(self.inner) < self.n - 1  # never full: each id waits at most once
+            self.inner.append(uid)
+            self.dirty[uid] = True
+
+
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        SMALL,
+        ONE_CHUNK,
+        DREConfig(d=24, lanes=3, bk=5, n_max=12, k_cap=4, grid_max=30, count_bits=4),
+    ],
+    ids=["n16", "n8", "n12"],
+)
+def test_writeback_queue_against_model(seed, cfg):
+    """The queue's outputs equal the model's in every cycle: random updates (a few ids, so that
+    most find their id waiting) and random ``ready``, with updates of the id taken in the same
+    cycle and in the cycle after it."""
+    rng = random.Random(seed)
+    dut = WritebackQueue(cfg)
+    model = _QueueModel(cfg.n_max)
+
+    async def bench(ctx):
+        last_taken = None
+        for cycle in range(3000):
+            valid, payload, empty = model.outputs()
+            assert ctx.get(dut.ids.valid) == valid, (seed, cycle)
+            assert ctx.get(dut.empty) == empty, (seed, cycle)
+            if valid:
+                assert ctx.get(dut.ids.payload) == payload, (seed, cycle)
+            ready = rng.random() < (0.2 if cycle % 600 < 200 else 0.7)
+            update = rng.random() < 0.6
+            pick = rng.random()
+            if valid and ready and pick < 0.25:
+                uid = payload  # the id taken in this cycle
+            elif last_taken is not None and pick < 0.5:
+                uid = last_taken  # the id taken in the previous cycle
+            else:
+                uid = rng.randrange(cfg.n_max if pick < 0.6 else 4)
+            ctx.set(dut.update, update)
+            ctx.set(dut.update_id, uid)
+            ctx.set(dut.ids.ready, ready)
+            await ctx.tick()
+            model.step(update, uid, ready)
+            last_taken = payload if (valid and ready) else None
 
     _simulate(dut, bench)
 

@@ -314,10 +314,11 @@ def test_dots_against_integers(seed, cfg):
     _simulate(dut, bench)
 
 
-def test_exact_compare_against_integers(seed):
+@pytest.mark.parametrize("digit_bits", [1, 2, 4])
+def test_exact_compare_against_integers(seed, digit_bits):
     cfg = DREConfig()
     rng = random.Random(seed)
-    dut = ExactCompare(cfg)
+    dut = ExactCompare(cfg, digit_bits)
     operand, product = exact_widths(cfg)
     top = (1 << operand) - 1
 
@@ -351,7 +352,7 @@ def test_exact_compare_against_integers(seed):
                 assert ctx.get(dut.busy)
                 await ctx.tick()
                 cycles += 1
-            assert cycles + 1 == exact_cycles(cfg)  # start to done, both included
+            assert cycles + 1 == exact_cycles(cfg, digit_bits)  # start to done, both included
             lhs, rhs = x[0] * x[1] * x[2], y[0] * y[1] * y[2]
             assert (ctx.get(dut.ge), ctx.get(dut.gt), ctx.get(dut.lt)) == (
                 lhs >= rhs,

@@ -46,7 +46,9 @@ class TokenFramer(wiring.Component):
     Interface
     ---------
     keys : In(stream.Signature(ArrayLayout(signed(bk), d)))
-        The unit's key stream; ``ready`` while the token register is empty and not ``hold``.
+        The unit's key stream; ``ready`` while the token register is empty and not ``hold``
+        and, at a frame start (``pos == 0``), ``grid_w`` and ``grid_h`` equal their values of
+        the three cycles before (see Timing).
     grid_w, grid_h, tau_t, tau_s, table_size : In
         Runtime registers, sampled with the first token of a frame (``pos == 0``).
     hold : In(1)
@@ -55,7 +57,7 @@ class TokenFramer(wiring.Component):
         Restart framing at position 0, forget the previous frame (no temporal candidate) and
         reset ``error``; only while the token register is empty.
     valid : Out(1), token : Out(token_layout)
-        The accepted token (held until ``take``).
+        The accepted token (held until ``take``; undefined while not ``valid``).
     aged : Out(1)
         ``valid`` and the token was accepted before this cycle: memory reads addressed by
         ``token.pos`` / ``token.upos`` (one cycle of latency) return its data.
@@ -71,7 +73,14 @@ class TokenFramer(wiring.Component):
     A key is accepted in a cycle with ``keys.valid & keys.ready`` and is in ``token`` from the
     next cycle (``valid``), ``aged`` one cycle later; after ``take`` the next key can be
     accepted in the following cycle.  A frame that ends without error gives the next one a
-    temporal candidate if the grid is unchanged.
+    temporal candidate if the grid is unchanged.  The frame size ``grid_w * grid_h`` and its
+    checks are registered (a DSP block with its own input and output registers, then the
+    checks), so a frame's first token is accepted only while ``grid_w`` and ``grid_h`` equal
+    their values of the three cycles before: not in the 3 cycles from a change of either, nor
+    in the first 2 cycles after reset.  The registers sampled are still those of the cycle of
+    acceptance.  The frame start, the end of a frame and ``col + 1`` are registered too; the
+    token and frame registers load in every cycle the token register is empty (only the last
+    such load, in the cycle of acceptance, is ever read).
     """
 
     def __init__(self, cfg: DREConfig):
@@ -117,10 +126,32 @@ class TokenFramer(wiring.Component):
         aged = Signal()
         m.d.comb += self.aged.eq(self.valid & aged)
 
-        # The frame configuration at a frame start (combinational view).
-        start = pos == 0
-        grid_size = Signal(32)  # one 16 x 16 product (one DSP block)
-        m.d.comb += grid_size.eq(self.grid_w * self.grid_h)
+        # The frame size, registered: grid_w / grid_h -> (w1, h1) -> their product (one DSP
+        # block with its own input and output registers) -> its check.  ``steady`` says that
+        # grid_w and grid_h equal (w1, h1) now and did in the two previous cycles: then
+        # ``grid_size`` is the product of the current inputs and ``size_bad`` their check, and
+        # only then is a frame's first token accepted.
+        start = Signal(init=1)  # pos == 0, registered
+        last_q = Signal()  # pos + 1 == f_size, registered (meaningful when not ``start``)
+        col_p1 = Signal(17, init=1)  # col + 1, registered
+        w1, h1 = kept(16), kept(16)
+        grid_size = kept(32)  # (w1 x h1) of the previous cycle
+        size_bad = kept(1)  # grid_size of the previous cycle is 0 or above grid_max
+        size_one, size_two = kept(1), kept(1)  # it is 1, 2
+        same = Signal()  # grid_w, grid_h equal w1, h1
+        same_1, same_2 = Signal(), Signal()  # ``same`` one and two cycles ago
+        m.d.comb += same.eq((self.grid_w == w1) & (self.grid_h == h1))
+        m.d.sync += [
+            w1.eq(self.grid_w),
+            h1.eq(self.grid_h),
+            grid_size.eq(w1 * h1),
+            size_bad.eq((grid_size == 0) | (grid_size > cfg.grid_max)),
+            size_one.eq(grid_size == 1),
+            size_two.eq(grid_size == 2),
+            same_1.eq(same),
+            same_2.eq(same_1),
+        ]
+        steady = same & same_1 & same_2
         cur_w = Mux(start, self.grid_w, f_w)
         cur_h = Mux(start, self.grid_h, f_h)
         cur_size = Mux(start, grid_size, f_size)
@@ -132,35 +163,39 @@ class TokenFramer(wiring.Component):
         )
         one = 1 << cfg.tau_frac_bits
         bad = (
-            (grid_size == 0)
-            | (grid_size > cfg.grid_max)
+            size_bad
             | (self.table_size == 0)
             | (self.table_size > cfg.n_max)
             | (self.tau_t > one)
             | (self.tau_s > one)
         )
         error_now = self.error | (start & bad)
+        last = Mux(start, size_one, last_q)  # the token at ``pos`` ends its frame
+        pos_next = Signal(16)
+        m.d.comb += pos_next.eq(pos + 1)
 
         accept = Signal()
         m.d.comb += [
-            self.keys.ready.eq(~self.valid & ~self.hold),
+            self.keys.ready.eq(~self.valid & ~self.hold & (~start | steady)),
             accept.eq(self.keys.valid & self.keys.ready),
         ]
-        with m.If(accept):
+        # The token register loads in every cycle it is empty, and the frame registers in every
+        # such cycle at a frame start (both are read only after an acceptance, which is such a
+        # cycle and the last of them before the read): their enables do not wait for
+        # ``accept``, whose fan-out is the state below.
+        with m.If(~self.valid):
             m.d.sync += [
-                self.valid.eq(1),
-                aged.eq(0),
                 tok.err.eq(error_now),
                 tok.key.eq(self.keys.payload),
                 tok.pos.eq(pos),
                 tok.upos.eq(pos - cur_w),
-                tok.last.eq(pos + 1 == cur_size),
+                tok.last.eq(last),
                 tok.tau_t.eq(cur_tau_t),
                 tok.tau_s.eq(cur_tau_s),
                 tok.table.eq(cur_table),
                 tok.ex.eq(Cat(cur_temporal, col != 0, row != 0)),
-                tok.d1.eq(Cat(cur_size == 1, 1, cur_w == 1)),
-                tok.d2.eq(Cat(cur_size == 2, 0, cur_w == 2)),
+                tok.d1.eq(Cat(Mux(start, size_one, f_size == 1), 1, cur_w == 1)),
+                tok.d2.eq(Cat(Mux(start, size_two, f_size == 2), 0, cur_w == 2)),
             ]
             with m.If(start):
                 m.d.sync += [
@@ -171,18 +206,28 @@ class TokenFramer(wiring.Component):
                     f_tau_s.eq(self.tau_s),
                     f_table.eq(self.table_size),
                     f_temporal.eq(cur_temporal),
-                    self.error.eq(error_now),
                 ]
+        with m.If(accept):
+            m.d.sync += [self.valid.eq(1), aged.eq(0)]
+            with m.If(start):
+                m.d.sync += self.error.eq(error_now)
             # Advance the position; a complete frame without error gives the next one a
             # temporal candidate (every accepted token is decided, nothing aborts a frame).
-            with m.If(pos + 1 == cur_size):
-                m.d.sync += [pos.eq(0), col.eq(0), row.eq(0)]
+            with m.If(last):
+                m.d.sync += [pos.eq(0), col.eq(0), col_p1.eq(1), row.eq(0), start.eq(1)]
                 with m.If(~error_now):
                     m.d.sync += [temporal_ok.eq(1), prev_w.eq(cur_w), prev_h.eq(cur_h)]
-            with m.Elif(col + 1 == cur_w):
-                m.d.sync += [pos.eq(pos + 1), col.eq(0), row.eq(row + 1)]
             with m.Else():
-                m.d.sync += [pos.eq(pos + 1), col.eq(col + 1)]
+                m.d.sync += [
+                    pos.eq(pos_next),
+                    start.eq(pos.all()),  # pos_next wraps to 0
+                    # (pos + 2 is pos_next + 1 except at the wrap, where ``start`` follows)
+                    last_q.eq(pos + 2 == cur_size),
+                ]
+                with m.If(col_p1 == cur_w):
+                    m.d.sync += [col.eq(0), col_p1.eq(1), row.eq(row + 1)]
+                with m.Else():
+                    m.d.sync += [col.eq(col_p1[:16]), col_p1.eq(col_p1[:16] + 1)]
         with m.Elif(self.valid):
             m.d.sync += aged.eq(1)
         with m.If(self.take):
@@ -192,7 +237,9 @@ class TokenFramer(wiring.Component):
                 temporal_ok.eq(0),
                 self.error.eq(0),
                 pos.eq(0),
+                start.eq(1),
                 col.eq(0),
+                col_p1.eq(1),
                 row.eq(0),
             ]
         return m

@@ -68,7 +68,9 @@ class ClusterUnit(wiring.Component):
     keys : In(stream.Signature(ArrayLayout(signed(bk), d)))
         One token per transfer, frames back to back in raster order.  Framing is by count: a
         frame is ``grid_w * grid_h`` tokens; the first token after reset, after ``clear`` or after
-        a complete frame starts a new one.
+        a complete frame starts a new one.  A frame's first token is taken only while
+        ``grid_w`` and ``grid_h`` equal their values of the three cycles before
+        (:class:`hw.cluster_frame.TokenFramer`).
     result : Out(stream.Signature(result_layout))
         One result per token, in order: ``id``, ``status`` (0 joined, 1 new, 2 forced, 3 dropped;
         a dropped token reports id 0) and ``last``.  Held until taken (``ready``).

@@ -20,6 +20,7 @@ from hw.cluster_dots import LATENCY as DOTS_LATENCY
 from hw.cluster_dots import ClusterDots
 from hw.cluster_exact import ExactCompare, exact_cycles, exact_widths
 from hw.cluster_frame import TokenFramer
+from hw.cluster_queue import WritebackQueue
 from hw.cluster_resolve import CandidateResolve
 from hw.cluster_threshold import NORMALISE_LATENCY, SQUARE_LATENCY, ThresholdSquare
 from hw.cluster_unit import ClusterUnit, token_latency, token_period
@@ -341,10 +342,11 @@ def test_dots_against_integers(seed, cfg):
     _simulate(dut, bench)
 
 
-def test_exact_compare_against_integers(seed):
+@pytest.mark.parametrize("digit_bits", [1, 2, 4])
+def test_exact_compare_against_integers(seed, digit_bits):
     cfg = DREConfig()
     rng = random.Random(seed)
-    dut = ExactCompare(cfg)
+    dut = ExactCompare(cfg, digit_bits)
     operand, product = exact_widths(cfg)
     top = (1 << operand) - 1
 
@@ -378,7 +380,7 @@ def test_exact_compare_against_integers(seed):
                 assert ctx.get(dut.busy)
                 await ctx.tick()
                 cycles += 1
-            assert cycles + 1 == exact_cycles(cfg)  # start to done, both included
+            assert cycles + 1 == exact_cycles(cfg, digit_bits)  # start to done, both included
             lhs, rhs = x[0] * x[1] * x[2], y[0] * y[1] * y[2]
             assert (ctx.get(dut.ge), ctx.get(dut.gt), ctx.get(dut.lt)) == (
                 lhs >= rhs,
@@ -455,6 +457,190 @@ def test_centroid_table_read_write_timing(seed, cfg, bypass_out):
                 if ("m", r) in model:
                     got = ctx.get(port.data)
                     assert {"norm": got.norm, "count": got.count} == model[("m", r)]
+
+    _simulate(dut, bench)
+
+
+# ---- token framer --------------------------------------------------------------------------------
+class _FramerModel:
+    """TokenFramer's framing as specified: at an acceptance, the runtime registers of that cycle
+    (sampled at a frame start), the position, the candidate slots and the sticky error."""
+
+    def __init__(self, cfg):
+        self.cfg, self.error, self.temporal_ok = cfg, 0, 0
+        self.pos = self.col = self.row = 0
+        self.prev = self.f = None
+
+    def clear(self):
+        self.error = self.temporal_ok = self.pos = self.col = self.row = 0
+
+    def accept(self, w, h, tau_t, tau_s, table):
+        cfg, one = self.cfg, 1 << self.cfg.tau_frac_bits
+        start = self.pos == 0
+        if start:
+            bad = not (0 < w * h <= cfg.grid_max and 0 < table <= cfg.n_max)
+            bad = bad or tau_t > one or tau_s > one
+            temporal = int(bool(self.temporal_ok) and self.prev == (w, h))
+            error_now = int(self.error or bad)
+            self.f = (w, h, w * h, tau_t, tau_s, table, temporal)
+            self.error = error_now
+        else:
+            error_now = self.error
+        w, h, size, tau_t, tau_s, table, temporal = self.f
+        tok = {
+            "err": error_now,
+            "pos": self.pos,
+            "upos": (self.pos - w) % (1 << 16),
+            "last": int(self.pos + 1 == size),
+            "tau_t": tau_t,
+            "tau_s": tau_s,
+            "table": table,
+            "ex": temporal | (self.col != 0) << 1 | (self.row != 0) << 2,
+            "d1": (size == 1) | 2 | (w == 1) << 2,
+            "d2": (size == 2) | (w == 2) << 2,
+        }
+        if self.pos + 1 == size:
+            self.pos = self.col = self.row = 0
+            if not error_now:
+                self.temporal_ok, self.prev = 1, (w, h)
+        elif self.col + 1 == w:
+            self.pos, self.col, self.row = (self.pos + 1) % (1 << 16), 0, self.row + 1
+        else:
+            self.pos, self.col = (self.pos + 1) % (1 << 16), self.col + 1
+        return tok
+
+
+def test_token_framer_against_model(seed):
+    """Every accepted token (and ``error``) equals the model's for the runtime registers of its
+    cycle of acceptance, with the grid, taus and table size changing at random (grids of 0 to
+    5 x 5 tokens around ``grid_max = 16``); ``keys.ready`` is exactly as documented (a frame's
+    first token waits until ``grid_w`` / ``grid_h`` equal their values of the three cycles
+    before)."""
+    rng = random.Random(seed)
+    cfg = SMALL
+    dut = TokenFramer(cfg)
+    model = _FramerModel(cfg)
+    one = 1 << cfg.tau_frac_bits
+
+    async def bench(ctx):
+        grid, regs, valid, accepted = (2, 3), (one // 2, one // 3, 5), 0, 0
+        last_grid, steady = (0, 0), 1  # the grid registers' initial value, for one cycle
+        for cycle in range(4000):
+            if rng.random() < 0.02:
+                grid = (rng.randrange(6), rng.randrange(6))
+            if rng.random() < 0.02:
+                regs = (rng.randrange(one + 2), rng.randrange(one + 2), rng.randrange(18))
+            steady, last_grid = (steady + 1 if grid == last_grid else 1), grid
+            clear = not valid and rng.random() < 0.005
+            hold = clear or rng.random() < 0.05
+            kvalid = rng.random() < 0.7
+            key = [rng.randrange(-8, 8) for _ in range(cfg.d)]
+            take = valid and rng.random() < 0.5
+            for sig, v in (
+                (dut.grid_w, grid[0]),
+                (dut.grid_h, grid[1]),
+                (dut.tau_t, regs[0]),
+                (dut.tau_s, regs[1]),
+                (dut.table_size, regs[2]),
+                (dut.hold, hold),
+                (dut.clear, clear),
+                (dut.keys.valid, kvalid),
+                (dut.keys.payload, key),
+                (dut.take, take),
+            ):
+                ctx.set(sig, v)
+            # at a frame start: the grid as in the three cycles before, two cycles after reset
+            ready = not valid and not hold and (model.pos != 0 or (steady >= 4 and cycle >= 2))
+            assert ctx.get(dut.keys.ready) == ready, (seed, cycle)
+            assert ctx.get(dut.valid) == valid, (seed, cycle)
+            assert ctx.get(dut.error) == model.error, (seed, cycle)
+            want = None
+            if kvalid and ready:
+                want = model.accept(*grid, *regs)
+                accepted += 1
+            await ctx.tick()
+            if clear:
+                model.clear()
+            if want is not None:
+                got = ctx.get(dut.token)
+                assert [got.key[i] for i in range(cfg.d)] == key, (seed, cycle)
+                for name, v in want.items():
+                    assert getattr(got, name) == v, (seed, cycle, name)
+                valid = 1
+            elif take:
+                valid = 0
+        assert accepted > 1000, accepted
+
+    _simulate(dut, bench)
+
+
+# ---- write-back queue ---------------------------------------------------------------------------
+class _QueueModel:
+    """The queue as specified, cycle by cycle: ``SyncFIFOBuffered`` (an inner FIFO read into an
+    output register, non-transparent) and one dirty bit per id that clears in the cycle the id
+    is taken (an update of the id in that cycle is not queued)."""
+
+    def __init__(self, n):
+        self.inner, self.out, self.dirty, self.n = [], None, [False] * n, n
+
+    def outputs(self):  # ids.valid, ids.payload, empty (before the clock edge)
+        return self.out is not None, self.out, not self.inner and self.out is None
+
+    def step(self, update, uid, ready):
+        push = update and not self.dirty[uid]
+        taken = self.out if (self.out is not None and ready) else None
+        if self.inner and (self.out is None or ready):
+            self.out = self.inner.pop(0)
+        elif taken is not None:
+            self.out = None
+        if taken is not None:
+            self.dirty[taken] = False  # (never the id pushed now: that one was not waiting)
+        if push:
+            assert len(self.inner) < self.n - 1  # never full: each id waits at most once
+            self.inner.append(uid)
+            self.dirty[uid] = True
+
+
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        SMALL,
+        ONE_CHUNK,
+        DREConfig(d=24, lanes=3, bk=5, n_max=12, k_cap=4, grid_max=30, count_bits=4),
+    ],
+    ids=["n16", "n8", "n12"],
+)
+def test_writeback_queue_against_model(seed, cfg):
+    """The queue's outputs equal the model's in every cycle: random updates (a few ids, so that
+    most find their id waiting) and random ``ready``, with updates of the id taken in the same
+    cycle and in the cycle after it."""
+    rng = random.Random(seed)
+    dut = WritebackQueue(cfg)
+    model = _QueueModel(cfg.n_max)
+
+    async def bench(ctx):
+        last_taken = None
+        for cycle in range(3000):
+            valid, payload, empty = model.outputs()
+            assert ctx.get(dut.ids.valid) == valid, (seed, cycle)
+            assert ctx.get(dut.empty) == empty, (seed, cycle)
+            if valid:
+                assert ctx.get(dut.ids.payload) == payload, (seed, cycle)
+            ready = rng.random() < (0.2 if cycle % 600 < 200 else 0.7)
+            update = rng.random() < 0.6
+            pick = rng.random()
+            if valid and ready and pick < 0.25:
+                uid = payload  # the id taken in this cycle
+            elif last_taken is not None and pick < 0.5:
+                uid = last_taken  # the id taken in the previous cycle
+            else:
+                uid = rng.randrange(cfg.n_max if pick < 0.6 else 4)
+            ctx.set(dut.update, update)
+            ctx.set(dut.update_id, uid)
+            ctx.set(dut.ids.ready, ready)
+            await ctx.tick()
+            model.step(update, uid, ready)
+            last_taken = payload if (valid and ready) else None
 
     _simulate(dut, bench)
 

@@ -6,7 +6,8 @@ Configuration arrives in the environment variable ``VREX_CLUSTER`` (JSON)::
      "frames": 6, "grid": [4, 4], "video_frames": 64, "video_grid": [14, 14],
      "bench": false, "out": "path/to/summary.json" | null}
 
-``bench``: no input gaps and no backpressure (the benchmark's cycle counts).
+``bench``: no input gaps and no backpressure (the benchmark's cycle counts); a new grid is set
+three cycles ahead of its frame.
 
 Scenarios (each block of frames starts with a ``clear`` or, half of the time outside ``bench``,
 a synchronous reset of the idle unit, drawn from a stream of its own, so that registers without
@@ -28,7 +29,8 @@ reset start from the previous block's values; every one runs with random input g
                 just before or two before: the pipeline's read-after-write cases), near-equal
                 keys (consecutive tokens join the same cluster), also with a full table
 ``throughput``  random near-equal frames without input gaps or backpressure (whatever the
-                spec says); its cycles per frame are what the tests pin
+                spec says), a new grid set three cycles ahead of the frame; its cycles per
+                frame are what the tests pin
 ``taus``        near-equal frames whose thresholds (and table size) change from frame to frame
                 without a clear: sent frame by frame, then back to back (the registers change
                 as a frame's first key is offered, while the previous frame's last tokens are
@@ -105,6 +107,9 @@ class TB:
         self.id_bits = Shape.cast(range(cfg.n_max)).width
         self.gap = 0.0  # probability of an idle cycle on keys before a token
         self.stall = 0.0  # probability of ready low on result
+        # Set a frame's registers ahead of its first key: a new grid_w / grid_h is taken only
+        # once held for three cycles (TokenFramer), not counted in the frame's cycles then.
+        self.settle = False
         self.pending: deque = deque()  # (key, registers to set when it is offered, or None)
         self.expected: deque = deque()  # (id, status, last) per token sent
         self.writebacks: dict[int, tuple[list[int], int]] = {}
@@ -179,7 +184,12 @@ class TB:
 
     async def frame(self, ref: ClusterRef, keys: list[list[int]], h: int, w: int) -> int:
         """Send one frame, its expectation from ``ref``; return the cycles until its last result."""
+        d = self.dut
+        changed = (int(d.grid_w.value), int(d.grid_h.value)) != (w, h)
         self.registers(ref, h, w)
+        if self.settle and changed:
+            for _ in range(3):
+                await self.tick()
         ids, status = ref.add_frame(keys, h, w)
         error = ref.error
         for n, (i, s) in enumerate(zip(ids, status, strict=True)):
@@ -485,7 +495,8 @@ async def cluster_scenarios(dut):
                 await tb.restart()  # a reset instead of a clear, half of the time
             else:
                 await tb.clear()
-            if spec.get("bench") or name == "throughput":  # the unit's own cycles
+            tb.settle = bool(spec.get("bench") or name == "throughput")
+            if tb.settle:  # the unit's own cycles
                 tb.gap = tb.stall = 0.0
             else:
                 tb.gap = rng.choice([0.0, 0.0, 0.2, 0.5])

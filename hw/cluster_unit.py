@@ -38,7 +38,7 @@ def token_period(cfg: DREConfig) -> float:
     """Cycles per token at full rate (no input gaps, no backpressure), on average:
     ``max(G, loop / 2, S)`` with ``G = d / cl_lanes``, ``loop = G + 14`` (the token loop, which
     two tokens share) and ``S = 8`` (the test section: T1, 6 screen stages, DEC), i.e. ``G``
-    for ``G >= 14``, 11 at the default ``G = 64 / 8`` (the loop binds: starts 11 cycles
+    for ``G >= 14``, 11 at the default ``G = 64 / 8`` (the starts alternate 8 and 14 cycles
     apart; ``docs/cluster.md`` derives it).  A float: half a cycle where ``loop`` is odd and
     binds."""
     G = cfg.cl_groups

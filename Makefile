@@ -15,7 +15,7 @@ PYTEST := $(PY) -m pytest
 # make synth: place-and-route runs at a time (one core each)
 JOBS   ?= 2
 
-.PHONY: help setup test regress sim synth bitstream export bench system lint clean
+.PHONY: help setup test regress sim synth synth-parts bitstream export bench system lint clean
 
 help:
 	@echo "make setup    create $(VENV) and install pinned packages (idempotent)"
@@ -23,6 +23,7 @@ help:
 	@echo "make sim      the main job: RTL regression against the golden model, with a summary"
 	@echo "make regress  long sweeps (pytest -m regress)"
 	@echo "make synth    Yosys + nextpnr-ecp5 area/Fmax report -> docs/synth.md"
+	@echo "make synth-parts  each clustering-unit part placed and routed alone -> build/parts.md"
 	@echo "make bitstream ULX3S 85F bitstream: DRE + UART bridge -> build/ulx3s/top.bit"
 	@echo "make export   Verilog of the default DRE -> build/dre.v"
 	@echo "make bench    golden-model streaming benchmark (python -m model.bench)"
@@ -63,6 +64,14 @@ sim: setup
 
 synth: setup
 	$(TOOLS) $(PY) -m synth.report --designs dre token_selector --no-abc9 --timeout 7200 --jobs $(JOBS) --out docs/synth.md $(SYNTHARGS)
+
+# make synth-parts: the eleven parts of the clustering unit, each placed and routed alone at the
+# default configuration (about 4 minutes with JOBS=2): the quick Fmax map of docs/cluster.md
+# ("Fmax, ninth round"); a part below the DRE's target alone cannot reach it inside the DRE.
+CLUSTER_PARTS := cluster_dots cluster_cosine cluster_resolve cluster_decide cluster_update \
+	cluster_writeback cluster_frame centroid_table cluster_threshold cluster_exact cluster_queue
+synth-parts: setup
+	$(TOOLS) $(PY) -m synth.report --configs default --designs $(CLUSTER_PARTS) --no-abc9 --timeout 1500 --jobs $(JOBS) --workdir build/parts --out build/parts.md $(SYNTHARGS)
 
 bitstream: setup
 	$(PY) -m hw.board $(BOARDARGS)

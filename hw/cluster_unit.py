@@ -92,6 +92,10 @@ class ClusterUnit(wiring.Component):
     idle : Out(1)
         Every accepted token is decided and every write-back it caused is done (the condition a
         top level waits for before a retrieval).
+    clearing : Out(1)
+        A ``clear`` is pending (registered, not carried out yet): with ``idle`` low, the table
+        is about to be emptied.  (``keys.ready`` is also low for a few cycles after reset and
+        after a grid change, :class:`hw.cluster_frame.TokenFramer`, without work in flight.)
     n_clusters : Out
         Clusters allocated since the last clear.
     exact_count : Out(32)
@@ -172,6 +176,7 @@ class ClusterUnit(wiring.Component):
                 "clear": In(1),
                 "error": Out(1),
                 "idle": Out(1),
+                "clearing": Out(1),
                 "n_clusters": Out(range(cfg.n_max + 1)),
                 "exact_count": Out(32),
             }
@@ -564,7 +569,7 @@ class ClusterUnit(wiring.Component):
 
         drained = ~upd.busy & ~upd.writing & queue.empty & ~wb.busy
         empty = ~in_valid & (n_undec == 0)
-        m.d.comb += self.idle.eq(empty & drained)
+        m.d.comb += [self.idle.eq(empty & drained), self.clearing.eq(clear_pending)]
 
         # ---- error tokens: answered once everything before them is decided -------------------
         err_answer = Signal()

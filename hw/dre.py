@@ -142,8 +142,9 @@ class DRE(wiring.Component):
             m.d.comb += cmd.eq(bus.w_data)
 
         cluster_idle = Signal()
-        # cu.keys.ready is low while a clear request is pending: idle & ready means nothing left.
-        m.d.comb += cluster_idle.eq(cu.idle & cu.keys.ready)
+        # idle and no clear request pending: nothing left.  (Not cu.keys.ready, which is also low
+        # while the framer waits for new grid registers to settle, with no work in flight.)
+        m.d.comb += cluster_idle.eq(cu.idle & ~cu.clearing)
         status = Signal(regs["STATUS"].width)
         m.d.comb += status.eq(Cat(cluster_idle, core.busy, cu.error, sel_err))
 

@@ -3,7 +3,8 @@
 * :func:`lut_mul`: a product written as shift-and-add, so that FPGA flows build it from LUTs
   and carry chains instead of a DSP block (Yosys maps every ``$mul`` of 2 x 2 bits or more to a
   MULT18X18D on the ECP5; the small products of the clustering unit must not use them).
-* :func:`tree_sum`: a balanced adder tree.
+* :func:`tree_sum`: a balanced adder tree (:func:`tree_level`, :func:`tree_reduce`: one level,
+  and any operator).
 * :func:`normalise`: leading-one normalisation of an unsigned value to an ``M``-bit mantissa
   and an exponent, the front end of the mantissa compares of ``hw/cluster_cosine.py``;
   :func:`normalise_terms` the same values in two halves, with fewer logic levels from ``v`` to
@@ -12,17 +13,31 @@
 
 from __future__ import annotations
 
+import operator
+
 from amaranth import Cat, Const, Module, Mux, Signal, Value, signed
+
+
+def tree_level(terms: list, op=operator.add) -> list:
+    """One level of a balanced tree of ``op`` (the sum by default: Amaranth widens each sum by
+    one bit): adjacent pairs combined, an odd last term passed through."""
+    pairs = [op(terms[i], terms[i + 1]) for i in range(0, len(terms) - 1, 2)]
+    return pairs + ([terms[-1]] if len(terms) % 2 else [])
+
+
+def tree_reduce(terms: list, op):
+    """``op`` over the (non-empty) ``terms`` as a balanced tree, ``ceil(log2(len))`` levels of
+    :func:`tree_level` deep."""
+    while len(terms) > 1:
+        terms = tree_level(terms, op)
+    return terms[0]
 
 
 def tree_sum(terms: list):
     """Balanced adder tree (depth ceil(log2(len))); Amaranth widens each sum by one bit."""
     if not terms:
         return Value.cast(0)
-    while len(terms) > 1:
-        pairs = [terms[i] + terms[i + 1] for i in range(0, len(terms) - 1, 2)]
-        terms = pairs + ([terms[-1]] if len(terms) % 2 else [])
-    return terms[0]
+    return tree_reduce(terms, operator.add)
 
 
 def mul_rows(a, b) -> list:

@@ -6,6 +6,7 @@ from amaranth import Module, Mux, Signal, signed
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
+from hw.arith import tree_sum
 from model.dre.config import ConfigError
 
 
@@ -14,23 +15,9 @@ def dot_shape(d: int, bq: int):
     return signed(bq + d.bit_length())
 
 
-def tree_level(terms: list) -> list:
-    """One level of a balanced adder tree: pairwise sums (Amaranth widens each by one bit), an
-    odd last term passed through."""
-    pairs = [terms[i] + terms[i + 1] for i in range(0, len(terms) - 1, 2)]
-    return pairs + ([terms[-1]] if len(terms) % 2 else [])
-
-
 def tree_depth(n: int) -> int:
-    """Levels of :func:`tree_level` that reduce ``n`` terms to one: ``ceil(log2(n))``."""
+    """Levels of :func:`hw.arith.tree_level` that reduce ``n`` terms to one: ``ceil(log2(n))``."""
     return (n - 1).bit_length()
-
-
-def _tree_sum(terms: list):
-    """Balanced adder tree (depth ceil(log2(len))); Amaranth widens each sum by one bit."""
-    while len(terms) > 1:
-        terms = tree_level(terms)
-    return terms[0]
 
 
 class BitplaneDot(wiring.Component):
@@ -95,7 +82,7 @@ class BitplaneDot(wiring.Component):
                         self.q.as_value()[g * lanes * self.bq : (g + 1) * lanes * self.bq]
                     )
         products = [Mux(bits[i], qs[i], 0) for i in range(lanes)]  # AND, no multiplier
-        m.d.comb += self.partial.eq(_tree_sum(products))
+        m.d.comb += self.partial.eq(tree_sum(products))
 
         acc = Signal(dot_shape(self.d, self.bq))
         m.d.comb += self.total.eq(Mux(self.first, 0, acc) + self.partial)

@@ -6,7 +6,7 @@ from amaranth import Cat, Const, Module, Mux, Signal, Value, signed, unsigned
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
-from hw.arith import mul_rows, tree_sum
+from hw.arith import mul_rows, tree_level, tree_sum
 from hw.centroid_table import sum_chunk_layout
 from model.dre.cluster import ClusterWidths
 from model.dre.config import DREConfig, require_config
@@ -100,14 +100,13 @@ def offset_sum(terms: list, width: int) -> Value:
 
 
 def tree_levels(terms: list, levels: int) -> list:
-    """``levels`` levels of a balanced adder tree (as :func:`hw.arith.tree_sum`): the partial
+    """``levels`` levels of a balanced adder tree (:func:`hw.arith.tree_level`): the partial
     sums, ``ceil(len / 2^levels)`` of them, for a pipeline register between levels."""
     terms = list(terms)
     for _ in range(levels):
         if len(terms) <= 1:
             break
-        pairs = [terms[i] + terms[i + 1] for i in range(0, len(terms) - 1, 2)]
-        terms = pairs + ([terms[-1]] if len(terms) % 2 else [])
+        terms = tree_level(terms)
     return terms
 
 

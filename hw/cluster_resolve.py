@@ -3,10 +3,13 @@ products, the table's meta data and the decision of the token before it."""
 
 from __future__ import annotations
 
+import operator
+
 from amaranth import Cat, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
+from hw.arith import tree_reduce
 from hw.centroid_table import meta_layout
 from hw.cluster_decide import LEFT, TEMPORAL
 from hw.cluster_dots import N_SUMS
@@ -140,16 +143,10 @@ class CandidateResolve(wiring.Component):
             m.d.comb += mag.eq(Mux(p < 0, n, p))
             return p, mag
 
-        def or_tree(terms):  # balanced, so the OR is log2(len) levels deep
-            while len(terms) > 1:
-                terms = [terms[i] | terms[i + 1] for i in range(0, len(terms) - 1, 2)] + (
-                    [terms[-1]] if len(terms) % 2 else []
-                )
-            return terms[0]
-
         def one_hot(choices):  # [(condition, (value, magnitude))], conditions exclusive
-            value = or_tree([Mux(c, v, 0) for c, (v, _) in choices])
-            mag = or_tree([Mux(c, g, 0) for c, (_, g) in choices])
+            # balanced ORs, log2(len) levels deep
+            value = tree_reduce([Mux(c, v, 0) for c, (v, _) in choices], operator.or_)
+            mag = tree_reduce([Mux(c, g, 0) for c, (_, g) in choices], operator.or_)
             return value, mag
 
         # the previous-token candidate: its dot product and when each form applies

@@ -15,7 +15,8 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-from hw.bitplane_dot import dot_shape, tree_depth, tree_level
+from hw.arith import tree_level
+from hw.bitplane_dot import dot_shape, tree_depth
 from hw.layouts import (
     CYCLES_BITS,
     TOKEN_ERROR_LAYOUT,

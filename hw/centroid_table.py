@@ -30,9 +30,10 @@ def meta_layout(cfg: DREConfig) -> data.StructLayout:
 class SumReadSignature(wiring.Signature):
     """A read port of the sum memory, from the reader's side.
 
-    ``id``, ``chunk`` (Out) -> ``data`` (In): one cycle after ``id``/``chunk`` are presented,
-    ``data`` holds elements ``chunk*cl_lanes .. chunk*cl_lanes + cl_lanes-1`` of ``S_id``.
-    Always enabled.
+    ``id``, ``chunk`` (Out) -> ``data`` (In): one cycle (a candidate port of
+    :class:`CentroidTable`) or two (its registered ``upd`` and ``wb`` ports) after
+    ``id``/``chunk`` are presented, ``data`` holds elements ``chunk*cl_lanes ..
+    chunk*cl_lanes + cl_lanes-1`` of ``S_id``.  Always enabled.
     """
 
     def __init__(self, cfg: DREConfig):
@@ -85,26 +86,37 @@ class CentroidTable(wiring.Component):
     plane store.  Contents after reset are zero, but the clustering unit never relies on it (it
     writes a new cluster's row before reading it).
 
-    Interface (all read ports synchronous, always enabled, one cycle of latency)
-    ------------------------------------------------------------------------------
+    Interface (all read ports synchronous and always enabled)
+    ---------------------------------------------------------
     cand : In(SumReadSignature) x ``ports``, cand_meta : In(MetaReadSignature) x ``meta_ports``
-        The candidates' reads of the cosine test (``meta_ports`` defaults to ``ports``).
+        The candidates' reads of the cosine test (``meta_ports`` defaults to ``ports``); one
+        cycle of latency, transparent.
     upd : In(SumReadSignature)
-        Read half of the read-modify-write that adds a key to a sum.
+        Read half of the read-modify-write that adds a key to a sum: *registered*, two cycles
+        of latency, not transparent (below).
     wb : In(SumReadSignature), wb_meta : In(MetaReadSignature)
         The write-back engine's reads (``wb`` only with ``wb_port=True``; without it, the user
         shares ``upd`` between the sum update and the write-back, saving a replica of the sum
-        memory).
+        memory).  ``wb`` is registered like ``upd``; ``wb_meta`` has one cycle of latency and
+        is transparent.
     wr : In(SumWriteSignature), wr_meta : In(MetaWriteSignature)
         One chunk and one meta row per cycle; no backpressure.
 
-    Every read port is transparent: a read of a row written in the same cycle returns the new
-    contents (the clustering unit relies on it: a sum update that starts writing in the cycle a
-    dot product starts reading is seen by all its chunks, and so is a ``|S|^2``/count written by
-    the decision in the cycle the next token's candidates are read).  On an FPGA or ASIC this is
-    a bypass multiplexer per read port; for the sum memory it is written out here (the memory
-    itself carries Yosys's ``no_rw_check``): the write's row is compared with each read's row in
-    the read's address cycle, registered, and the write data is registered once (``wr_last``).
+    The candidate ports and the meta ports are transparent: a read of a row written in the same
+    cycle returns the new contents (the clustering unit relies on it: a sum update that writes
+    its first chunk in the cycle a dot product starts reading is seen by all its chunks, and so
+    is a ``|S|^2``/count written at the commit in the cycle the next token's candidates are
+    read).  On an FPGA or ASIC this is a bypass multiplexer per read port; for the sum memory it
+    is written out here (the memory itself carries Yosys's ``no_rw_check``): the write's row is
+    compared with each read's row in the read's address cycle, registered, and the write data
+    is registered once (``wr_last``).
+
+    The registered ports ``upd`` and ``wb`` put the memory's read data straight into a register
+    (no reset), which the FPGA flow folds into the block RAM's output register (0.96 ns clock to
+    out instead of 5.83, "Fmax, tenth round" of ``docs/cluster.md``): ``data`` two cycles after
+    the address holds the contents *before* the writes of the address cycle and the next one.
+    The sum update never reads a row written so recently (``hw.cluster_update.SumUpdate``), and
+    the write-back engine is given the id again by any update that overlaps its reads.
 
     ``bypass_out=True`` leaves that multiplexer of the ``cand`` ports to the reader: their
     ``data`` is then the memory's raw read data (the contents before a write in the read's
@@ -178,15 +190,22 @@ class CentroidTable(wiring.Component):
         m.d.sync += wr_last.eq(self.wr.data)
         if self.bypass_out:
             m.d.comb += self.wr_last.eq(wr_last)
-        for k, port in enumerate((*self.cand, self.upd, *((self.wb,) if self.wb_port else ()))):
+        for k, port in enumerate(self.cand):
             rp = sums.read_port(transparent_for=())
             hit = Signal(name=f"sum_hit{k}")  # the row read was written in the address cycle
             m.d.comb += rp.addr.eq(row(port))
             m.d.sync += hit.eq(self.wr.en & (row(self.wr) == row(port)))
-            if self.bypass_out and k < self.ports:
+            if self.bypass_out:
                 m.d.comb += [port.data.eq(rp.data), self.cand_hit[k].eq(hit)]
             else:
                 m.d.comb += port.data.eq(Mux(hit, wr_last, rp.data))
+        # the registered ports: the read data straight into a register (no reset), which the
+        # FPGA flow folds into the block RAM's output register
+        for k, port in enumerate((self.upd, *((self.wb,) if self.wb_port else ()))):
+            rp = sums.read_port(transparent_for=())
+            data_q = Signal(sum_chunk_layout(cfg), name=f"sum_q{k}", reset_less=True)
+            m.d.comb += [rp.addr.eq(row(port)), port.data.eq(data_q)]
+            m.d.sync += data_q.eq(rp.data)
         for port in (*self.cand_meta, self.wb_meta):
             rp = meta.read_port(transparent_for=(mw,))
             m.d.comb += [rp.addr.eq(port.id), port.data.eq(rp.data)]

@@ -17,28 +17,38 @@ from hw.cluster_frame import TokenFramer
 from hw.cluster_queue import WritebackQueue
 from hw.cluster_resolve import CandidateResolve
 from hw.cluster_threshold import ThresholdSquare
-from hw.cluster_update import SumUpdate
+from hw.cluster_update import WRITE_DELAY, SumUpdate
 from hw.cluster_writeback import ClusterWriteback
 from hw.plane_store import PlaneWriteSignature
 from model.dre.cluster import DROPPED, FORCED, JOINED, NEW, ClusterWidths
 from model.dre.config import DREConfig, require_config
 
-__all__ = ["ClusterUnit", "key_layout", "result_layout", "token_latency", "token_period"]
+__all__ = ["SETTLE", "ClusterUnit", "key_layout", "result_layout", "token_latency", "token_period"]
+
+
+#: Cycles after a commit in which no token starts its reads: the commit's sum update writes its
+#: chunk ``g`` in ``commit + WRITE_DELAY + g`` (:data:`hw.cluster_update.WRITE_DELAY`), and a
+#: token that starts in ``s`` reads chunk ``g`` in ``s + g``: it sees the whole update iff
+#: ``s >= commit + WRITE_DELAY`` (transparent candidate ports), none of it iff ``s <= commit``.
+SETTLE = WRITE_DELAY - 1
+# Commits are at least the test section's COMPARE_LATENCY + 2 cycles apart (T1, the screen,
+# DEC); SumUpdate needs WRITE_DELAY + 1 between its starts.
+assert COMPARE_LATENCY + 2 > WRITE_DELAY
 
 
 def _loop(cfg: DREConfig) -> int:
     """Cycles from a token's start to the earliest start of the token two after it: ``G`` chunk
     reads, the dot products' :data:`hw.cluster_dots.LATENCY`, T1, the screen's
-    :data:`hw.cluster_cosine.LATENCY`, DEC, the commit (``docs/cluster.md``, "Where `P` comes
-    from")."""
-    return cfg.cl_groups + DOTS_LATENCY + COMPARE_LATENCY + 4
+    :data:`hw.cluster_cosine.LATENCY`, DEC, the commit, :data:`SETTLE` (``docs/cluster.md``,
+    "Where `P` comes from")."""
+    return cfg.cl_groups + DOTS_LATENCY + COMPARE_LATENCY + 4 + SETTLE
 
 
 def token_period(cfg: DREConfig) -> float:
     """Cycles per token at full rate (no input gaps, no backpressure), on average:
-    ``max(G, loop / 2, S)`` with ``G = d / cl_lanes``, ``loop = G + 14`` (the token loop, which
+    ``max(G, loop / 2, S)`` with ``G = d / cl_lanes``, ``loop = G + 16`` (the token loop, which
     two tokens share) and ``S = 8`` (the test section: T1, 6 screen stages, DEC), i.e. ``G``
-    for ``G >= 14``, 11 at the default ``G = 64 / 8`` (the starts alternate 8 and 14 cycles
+    for ``G >= 16``, 12 at the default ``G = 64 / 8`` (the starts alternate 8 and 16 cycles
     apart; ``docs/cluster.md`` derives it).  A float: half a cycle where ``loop`` is odd and
     binds."""
     G = cfg.cl_groups
@@ -47,9 +57,9 @@ def token_period(cfg: DREConfig) -> float:
 
 def token_latency(cfg: DREConfig) -> int:
     """Cycles from a token's acceptance to its result with the pipeline empty (no exact
-    recompute, no backpressure): ``G + 15`` (``docs/cluster.md``): the loop less the commit,
-    plus acceptance and the IN stage."""
-    return _loop(cfg) + 1
+    recompute, no backpressure): ``G + 15`` (``docs/cluster.md``): acceptance, the IN stage,
+    ``G`` chunk reads, the dot products, T1, the screen and DEC."""
+    return cfg.cl_groups + DOTS_LATENCY + COMPARE_LATENCY + 5
 
 
 def result_layout(cfg: DREConfig) -> data.StructLayout:
@@ -111,9 +121,9 @@ class ClusterUnit(wiring.Component):
 
     Timing
     ------
-    Throughput one token per ``token_period(cfg) = max(G, (G + 14) / 2, 8)`` cycles on average
+    Throughput one token per ``token_period(cfg) = max(G, (G + 16) / 2, 8)`` cycles on average
     (without exact recomputes)
-    (``G = d / cl_lanes``; ``G`` for ``G >= 14``, 11 at the default d = 64 on 8 clustering
+    (``G = d / cl_lanes``; ``G`` for ``G >= 16``, 12 at the default d = 64 on 8 clustering
     lanes), latency
     ``token_latency(cfg) = G + 15`` cycles from acceptance to the result.  Stages: ``accept |
     IN: owner-map reads, T^2 of the thresholds | G chunk reads (5 sums) | q1: data registered |
@@ -123,7 +133,8 @@ class ClusterUnit(wiring.Component):
     the decision is registered in DEC (the result, the history) and applied one cycle later
     (commit: owner map, meta memory, start of the sum update).
     Token ``t+1`` starts its dot products as soon as the read ports
-    are free and token ``t-1`` is committed, i.e. while token ``t`` is still being decided.  Its
+    are free and token ``t-1`` is committed, but not in the :data:`SETTLE` = 2 cycles after any
+    commit (the update's writes are registered), i.e. while token ``t`` is still being decided.  Its
     *left* candidate (and its up / temporal candidate on a grid 1 wide / of 1 token) is ``t``'s
     cluster, not known yet: ``t+1`` reads the sums of all three of ``t``'s candidates and
     computes ``k_{t+1}.k_t``; at T1, once ``t`` is decided, it takes ``k_{t+1}.S_c + k_{t+1}.k_t``
@@ -287,7 +298,10 @@ class ClusterUnit(wiring.Component):
         rd_busy = Signal()  # chunk reads 1 .. G-1 of the started token pending
         rd_chunk = Signal(chunk_shape(cfg))
         go = Signal()
-        m.d.comb += go.eq(framer.aged & ~tok.err & ~rd_busy & (n_undec <= 1))
+        # no start in the SETTLE cycles after a commit: its update's first write is not in the
+        # table yet, and a start there would see a part of it (SETTLE above)
+        settle = Signal(SETTLE)  # settle[i]: a commit i + 1 cycles ago
+        m.d.comb += go.eq(framer.aged & ~tok.err & ~rd_busy & (n_undec <= 1) & ~settle.any())
         pend = n_undec == 1  # the token before is not committed: its sum update is not seen
         hist_id = Mux(pend, dec0_id, dec1_id)
         hist_ok = Mux(pend, dec0_ok, dec1_ok)
@@ -500,7 +514,7 @@ class ClusterUnit(wiring.Component):
         ]
         # The decision waits until the sum update engine can start in the next cycle (commit).
         m.d.comb += decide.eq(in_dec & dcd.ready & result_free & upd.free_next)
-        m.d.sync += commit.eq(decide)
+        m.d.sync += [commit.eq(decide), settle.eq(Cat(commit, settle[:-1]))]
         with m.If(decide):
             m.d.sync += [
                 self.result.valid.eq(1),
@@ -567,7 +581,7 @@ class ClusterUnit(wiring.Component):
         ]
         wiring.connect(m, wiring.flipped(self.writeback), wb.write)
 
-        drained = ~upd.busy & ~upd.writing & queue.empty & ~wb.busy
+        drained = upd.idle & queue.empty & ~wb.busy
         empty = ~in_valid & (n_undec == 0)
         m.d.comb += [self.idle.eq(empty & drained), self.clearing.eq(clear_pending)]
 

@@ -41,10 +41,10 @@ def chunks_per_round(cfg: DREConfig) -> int:
 def writeback_cycles(cfg: DREConfig) -> int:
     """Cycles per cluster of :class:`ClusterWriteback` with every sum read granted, from the
     cycle that takes the id to the cycle of the write, both included:
-    ``2 + G + R (bk + 1)`` with ``R = G / chunks_per_round`` rounds (46 at the default's
-    ``G = 8``, 24 at ``G = 4``)."""
+    ``2 + G + R (bk + 2)`` with ``R = G / chunks_per_round`` rounds (50 at the default's
+    ``G = 8``, 26 at ``G = 4``)."""
     rounds = cfg.cl_groups // chunks_per_round(cfg)
-    return 2 + cfg.cl_groups + rounds * (cfg.bk + 1)
+    return 2 + cfg.cl_groups + rounds * (cfg.bk + 2)
 
 
 class ClusterWriteback(wiring.Component):
@@ -65,7 +65,8 @@ class ClusterWriteback(wiring.Component):
     ids : In(stream.Signature(range(n_max)))
         Clusters to write back.  Taken (``ready``) only while the engine is idle.
     sum : Out(SumReadSignature), meta : Out(MetaReadSignature)
-        Reads of the centroid table (one cycle of latency).
+        Reads of the centroid table: ``sum`` from a registered port (two cycles of latency,
+        :class:`hw.centroid_table.CentroidTable`'s ``upd`` or ``wb``), ``meta`` one cycle.
     write : Out(PlaneWriteSignature)
         ``en`` for one cycle with ``addr`` = the cluster, ``key`` = its quantised centroid and
         ``bias``; connects to :class:`hw.plane_store.PlaneStore`'s write port (no backpressure).
@@ -78,11 +79,12 @@ class ClusterWriteback(wiring.Component):
     busy : Out(1)
         An id was taken and its write has not happened yet (high in the write's cycle too).
 
-    Timing: :func:`writeback_cycles` ``= 2 + G + R (bk + 1)`` cycles per cluster (``G = d /
-    cl_lanes``; 46 at the default, ``G = 8``, ``R = 4``) from the cycle that takes the id to
+    Timing: :func:`writeback_cycles` ``= 2 + G + R (bk + 2)`` cycles per cluster (``G = d /
+    cl_lanes``; 50 at the default, ``G = 8``, ``R = 4``) from the cycle that takes the id to
     the cycle of the write, both included, plus one cycle per sum read not granted: take the
-    id (IDLE), read the count and chunk 0 (COUNT); per round, the round's chunks (FETCH), its
-    last chunk arrives (LAST), ``bk`` division steps on the round's elements (DIVIDE), the
+    id (IDLE), read the count and chunk 0 (COUNT); per round, the round's chunks (FETCH), a
+    cycle of the port's latency (WAIT), its last chunk arrives (LAST), ``bk`` division steps
+    on the round's elements (DIVIDE), the
     results kept and the next round's first chunk read (NEXT); sign and write (WRITE).  A chunk
     is loaded as it arrives: ``cl_lanes`` magnitudes ``2|S_i| + n`` are formed per cycle and
     routed to their dividers.  The next
@@ -136,9 +138,12 @@ class ClusterWriteback(wiring.Component):
         neg = kept(D, "neg")
         cen = kept(d * bk, "cen")  # the centroid, filled one round (D elements) at a time
         bias = Signal(signed(cfg.bias_bits))
-        ld, ld_slot = Signal(), Signal(range(max(2, per)))  # a granted read's data arrives
+        # a granted read's data arrive two cycles later (ld1, then ld), with its slot
+        ld1, ld1_slot = Signal(), Signal(range(max(2, per)))
+        ld, ld_slot = Signal(), Signal(range(max(2, per)))
 
-        # Read addresses: the data of the address presented in a cycle arrives in the next one.
+        # Read addresses: the data of a sum address presented in a cycle arrive two cycles
+        # later, a meta address's in the next cycle.
         m.d.comb += [self.sum.id.eq(cid), self.sum.chunk.eq(chunk), self.meta.id.eq(cid)]
 
         # Bias of the count being processed: a free-running 3-register pipeline from ``count``
@@ -167,9 +172,9 @@ class ClusterWriteback(wiring.Component):
         shifted = kept(signed(rw), "shifted")
         minus = kept(signed(rw), "minus")
 
-        # Loading: the chunk read in the previous (granted) cycle: ``cl_lanes`` dividends formed
+        # Loading: the chunk read two cycles before (granted): ``cl_lanes`` dividends formed
         # once, routed to the dividers of its slot in the round.
-        m.d.sync += ld.eq(0)
+        m.d.sync += [ld1.eq(0), ld.eq(ld1), ld_slot.eq(ld1_slot)]
         dividend = [Signal(signed(rw), name=f"dividend{i}") for i in range(L)]
         for i in range(L):
             s_i = self.sum.data[i]
@@ -186,14 +191,14 @@ class ClusterWriteback(wiring.Component):
         for i in range(D):
             m.d.comb += results[i * bk : (i + 1) * bk].eq(Mux(neg[i], -quo[i], quo[i]))
 
-        def fetch():  # present chunk ``chunk``; on a grant its data arrives next cycle
+        def fetch():  # present chunk ``chunk``; on a grant its data arrive two cycles later
             with m.If(self.sum_grant):
-                m.d.sync += [ld.eq(1), ld_slot.eq(chunk % per if per > 1 else 0)]
+                m.d.sync += [ld1.eq(1), ld1_slot.eq(chunk % per if per > 1 else 0)]
                 with m.If(chunk != G - 1):
                     m.d.sync += chunk.eq(chunk + 1)
                 m.d.sync += last_round.eq(chunk == G - 1)
                 with m.If((chunk % per == per - 1) if per > 1 else 1):
-                    m.next = "LAST"
+                    m.next = "WAIT"
                 with m.Else():
                     m.next = "FETCH"
 
@@ -211,6 +216,9 @@ class ClusterWriteback(wiring.Component):
             with m.State("FETCH"):
                 m.d.comb += self.busy.eq(1)
                 fetch()
+            with m.State("WAIT"):  # the round's last chunk is in the table's output register
+                m.d.comb += self.busy.eq(1)
+                m.next = "LAST"
             with m.State("LAST"):  # the round's last chunk is loaded at this cycle's edge
                 m.d.comb += self.busy.eq(1)
                 m.d.sync += [

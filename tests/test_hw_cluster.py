@@ -23,7 +23,7 @@ from hw.cluster_frame import TokenFramer
 from hw.cluster_queue import WritebackQueue
 from hw.cluster_resolve import CandidateResolve
 from hw.cluster_threshold import NORMALISE_LATENCY, SQUARE_LATENCY, ThresholdSquare
-from hw.cluster_unit import ClusterUnit, token_latency, token_period
+from hw.cluster_unit import SETTLE, ClusterUnit, token_latency, token_period
 from hw.cluster_update import SumUpdate
 from hw.cluster_writeback import ClusterWriteback, log2_fixed, writeback_cycles
 from model.dre.cluster import ClusterWidths, quantise_centroid, size_bias
@@ -408,6 +408,7 @@ def test_centroid_table_read_write_timing(seed, cfg, bypass_out):
 
     async def bench(ctx):
         model = {}
+        registered = []  # the previous cycle's reads of the registered ports, with the contents
         for _ in range(300):
             # a write, and reads on every port of random rows (possibly the row written)
             cid, ch = rng.randrange(cfg.n_max), rng.randrange(G)
@@ -439,15 +440,23 @@ def test_centroid_table_read_write_timing(seed, cfg, bypass_out):
                 r = cid if rng.random() < 0.5 else rng.randrange(cfg.n_max)
                 ctx.set(port.id, r)
                 mreads.append((port, (r, None)))
+            before = dict(model)
             await ctx.tick()
+            # Two cycles after its address, a registered port (upd, wb) holds the contents
+            # *before* the writes of its address cycle (the block RAM's output register).
+            for port, r, contents in registered:
+                if r in contents:
+                    assert [ctx.get(port.data[i]) for i in range(L)] == contents[r], r
+            ports = len(dut.cand)
+            registered = [(port, r, before) for port, (r, _) in reads[ports:]]
             if we:
                 model[(cid, ch)] = data
                 model[("m", cid)] = meta
-            # One cycle later, the contents *after* a write in the cycle of the read: every port
-            # is transparent (the clustering unit's pipeline relies on it).
+            # One cycle later, the contents *after* a write in the cycle of the read: the
+            # candidate and meta ports are transparent (the clustering unit relies on it).
             # With bypass_out the candidate ports give the raw data, the hit flag and the data
             # written in the previous cycle: the reader's multiplexer gives the same contents.
-            for k, (port, (r, _)) in enumerate(reads):
+            for k, (port, (r, _)) in enumerate(reads[: len(dut.cand)]):
                 if r in model:
                     got = [ctx.get(port.data[i]) for i in range(L)]
                     if bypass_out and k < len(dut.cand) and ctx.get(dut.cand_hit[k]):
@@ -780,7 +789,9 @@ def _frame_cycles(cfg, n):
     """Cycles from a frame's first token offered to its last result without gaps, backpressure
     or exact recomputes, from the documented schedule (``docs/cluster.md``), independent of the
     RTL: token ``t`` starts its reads at ``s_t >= s_{t-1} + max(G, 3)`` (read ports, IN stage)
-    and ``s_t >= D_{t-2} + 2`` (the token two back committed, one cycle after its decision); its
+    and ``s_t >= D_{t-2} + 2`` (the token two back committed, one cycle after its decision),
+    but never in the ``SETTLE = 2`` cycles after a commit (``D + 2``, ``D + 3`` for any decision
+    ``D``: the commit's sum update is not written yet); its
     last chunk's data arrive at ``s_t + G``, the dot products are done ``DOTS_LATENCY`` cycles
     later, T1 at ``max(s_t + G + DOTS_LATENCY + 1, D_{t-1} + 1)`` (accumulators done, test
     section free); decision ``D_t = T1 + COMPARE_LATENCY + 1`` (the screen's stages, then
@@ -792,6 +803,8 @@ def _frame_cycles(cfg, n):
         st = 0 if t == 0 else s[-1] + max(G, 3)
         if t >= 2:
             st = max(st, d[t - 2] + 2)
+        while any(st - (dt + 1) in range(1, SETTLE + 1) for dt in d[-3:]):  # commit dt + 1
+            st += 1
         ready = st + G + DOTS_LATENCY + 1
         t1 = ready if t == 0 else max(ready, d[t - 1] + 1)
         s.append(st)
@@ -824,11 +837,11 @@ def _check_throughput(cfg, stats):
 @pytest.mark.parametrize(
     "cfg,period",
     [
-        (SMALL, 8),
-        (ONE_CHUNK, 8),
-        (DREConfig(cluster_lanes=16), 9),
-        (DREConfig(d=24, lanes=8), 8.5),
-        (DREConfig(), 11),
+        (SMALL, 9),
+        (ONE_CHUNK, 8.5),
+        (DREConfig(cluster_lanes=16), 10),
+        (DREConfig(d=24, lanes=8), 9.5),
+        (DREConfig(), 12),
     ],
     ids=["G2", "G1", "G4", "G3", "G8-default"],
 )
@@ -836,9 +849,9 @@ def test_token_period(cfg, period):
     """``token_period`` against the schedule's recurrence (``_frame_cycles``) over a long frame.
     The default clusters on 8 of its 16 lanes (``cluster_lanes``): ``G = 8`` there."""
     assert token_period(cfg) == period
-    assert token_period(DREConfig(d=104, lanes=8)) == 13.5  # G = 13: the loop, 13 and 14 apart
-    assert token_period(DREConfig(d=112, lanes=8)) == 14  # G >= 14: one token per G cycles
-    for c in (cfg, DREConfig(d=104, lanes=8), DREConfig(d=112, lanes=8)):
+    assert token_period(DREConfig(d=120, lanes=8)) == 15.5  # G = 15: the loop, 15 and 16 apart
+    assert token_period(DREConfig(d=128, lanes=8)) == 16  # G >= 16: one token per G cycles
+    for c in (cfg, DREConfig(d=120, lanes=8), DREConfig(d=128, lanes=8)):
         span = _frame_cycles(c, 1001) - _frame_cycles(c, 1)
         assert span == 1000 * token_period(c), c
 

@@ -68,6 +68,16 @@ class SumWriteSignature(wiring.Signature):
         )
 
 
+class SumRowSignature(wiring.Signature):
+    """A row of the sum memory that a write will change (from the writer's side): ``en``,
+    ``id``, ``chunk``; announced ahead of the write (``SumUpdate.ahead``)."""
+
+    def __init__(self, cfg: DREConfig):
+        super().__init__(
+            {"en": Out(1), "id": Out(range(cfg.n_max)), "chunk": Out(chunk_shape(cfg))}
+        )
+
+
 class MetaWriteSignature(wiring.Signature):
     """Write of ``|S_id|^2`` and ``n_id`` in a cycle with ``en`` high."""
 
@@ -120,11 +130,16 @@ class CentroidTable(wiring.Component):
 
     ``bypass_out=True`` leaves that multiplexer of the ``cand`` ports to the reader: their
     ``data`` is then the memory's raw read data (the contents before a write in the read's
-    address cycle), ``cand_hit[i]`` (Out, in the data cycle) says that the row was written in
-    that cycle, and the transparent value is ``Mux(cand_hit[i], wr_last, cand[i].data)``.  A
-    reader that registers ``data`` directly (no reset) lets the FPGA flow fold that register into
-    the block RAM's output register (``synth.ecp5_flow``: 0.96 ns clock-to-out instead of 5.83)
-    and applies the multiplexer after it.
+    address cycle), ``cand_hit[i][0]`` (Out, in the data cycle) says that the row was written in
+    the address cycle, and the transparent value is ``Mux(cand_hit[i][0], wr_last,
+    cand[i].data)``.  A reader that registers ``data`` directly (no reset) lets the FPGA flow
+    fold that register into the block RAM's output register (``synth.ecp5_flow``: 0.96 ns
+    clock-to-out instead of 5.83) and applies the multiplexer after it.  With it the table also
+    *forwards*: ``wr_ahead[n]`` (In) names the row written ``n + 1`` cycles after this one, and
+    ``cand_hit[i][n + 1]`` says that the read's row is written ``n + 1`` cycles after its
+    address cycle, so that a reader that waits for that write (``ClusterDots``' q2, two cycles
+    after the address) takes its data instead: the contents after the writes of the address
+    cycle and the two after it.
     """
 
     def __init__(
@@ -156,8 +171,9 @@ class CentroidTable(wiring.Component):
         if not self.wb_port:
             del members["wb"]
         if self.bypass_out:
-            members["cand_hit"] = Out(1).array(ports)
+            members["cand_hit"] = Out(3).array(ports)
             members["wr_last"] = Out(sum_chunk_layout(cfg))
+            members["wr_ahead"] = In(SumRowSignature(cfg)).array(2)
         super().__init__(members)
 
     def elaborate(self, platform):
@@ -190,15 +206,18 @@ class CentroidTable(wiring.Component):
         m.d.sync += wr_last.eq(self.wr.data)
         if self.bypass_out:
             m.d.comb += self.wr_last.eq(wr_last)
+        # the writes of the address cycle and, with bypass_out, of the two after it
+        writes = (self.wr, *self.wr_ahead) if self.bypass_out else (self.wr,)
         for k, port in enumerate(self.cand):
             rp = sums.read_port(transparent_for=())
-            hit = Signal(name=f"sum_hit{k}")  # the row read was written in the address cycle
+            # hit[n]: the row read is written n cycles after the address cycle
+            hit = Signal(len(writes), name=f"sum_hit{k}")
             m.d.comb += rp.addr.eq(row(port))
-            m.d.sync += hit.eq(self.wr.en & (row(self.wr) == row(port)))
+            m.d.sync += hit.eq(Cat(*[w.en & (row(w) == row(port)) for w in writes]))
             if self.bypass_out:
                 m.d.comb += [port.data.eq(rp.data), self.cand_hit[k].eq(hit)]
             else:
-                m.d.comb += port.data.eq(Mux(hit, wr_last, rp.data))
+                m.d.comb += port.data.eq(Mux(hit[0], wr_last, rp.data))
         # the registered ports: the read data straight into a register (no reset), which the
         # FPGA flow folds into the block RAM's output register
         for k, port in enumerate((self.upd, *((self.wb,) if self.wb_port else ()))):

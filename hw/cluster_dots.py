@@ -139,12 +139,18 @@ class ClusterDots(wiring.Component):
         Carried with the chunk to ``done_tag`` (the unit's bank of the token).
     key, key_prev : In(ArrayLayout(signed(bk), cl_lanes))
         The chunk of the token's key and of the key of the token before (for ``k.k_prev``).
-    sums : In(ArrayLayout(signed(sum), cl_lanes)) x 5, hit : In(5), fwd : In(ArrayLayout)
-        The chunk of each sum: the table's raw read data of this cycle, replaced by ``fwd`` where
-        ``hit[i]`` (the row was written in the read's address cycle,
-        :class:`hw.centroid_table.CentroidTable` with ``bypass_out``).  The raw data is
-        registered first (no reset: the FPGA flow folds it into the block RAM's output
-        register), the replacement made after that register.
+    sums : In(ArrayLayout(signed(sum), cl_lanes)) x 5, hit : In(3) x 5
+        The chunk of each sum: the table's raw read data of this cycle, replaced where
+        ``hit[i][n]`` says the row is written ``n`` cycles after the read's address cycle
+        (:class:`hw.centroid_table.CentroidTable` with ``bypass_out``) by that write's data:
+        ``fwd`` one cycle after it, ``wdata`` in its cycle, the newest write first.  The raw
+        data is registered first (no reset: the FPGA flow folds it into the block RAM's output
+        register), the replacement made after that register, in q2 (two cycles after the
+        address: the write of ``n = 2`` is ``wdata`` then, that of ``n = 1`` is ``fwd``, that
+        of ``n = 0`` ``fwd`` registered in q1).
+    fwd : In(ArrayLayout(signed(sum), cl_lanes)), wdata : In(ArrayLayout(...))
+        The table's ``wr_last`` (the data written in the previous cycle) and the data written
+        in this cycle.
     dot : Out(signed(dot)) x 5, kk : Out(signed(key_norm + 1)), kn : Out(unsigned(key_norm))
         The accumulators: ``k.S_i``, ``k.k_prev``, ``|k|^2`` of the last token whose last chunk
         has gone through; they change only while chunks go through.  Undefined after reset
@@ -191,8 +197,9 @@ class ClusterDots(wiring.Component):
                 "key": In(key_chunk_layout(cfg)),
                 "key_prev": In(key_chunk_layout(cfg)),
                 "sums": In(sum_chunk_layout(cfg)).array(N_SUMS),
-                "hit": In(N_SUMS),
+                "hit": In(3).array(N_SUMS),
                 "fwd": In(sum_chunk_layout(cfg)),
+                "wdata": In(sum_chunk_layout(cfg)),
                 "dot": Out(signed(wd.dot)).array(N_SUMS),
                 "kk": Out(signed(wd.key_norm + 1)),
                 "kn": Out(unsigned(wd.key_norm)),
@@ -219,14 +226,22 @@ class ClusterDots(wiring.Component):
         q1_kc = stage([self.key[l] for l in range(L)], "q1_kc")
         q1_kp = stage([self.key_prev[l] for l in range(L)], "q1_kp")
         q1_raw = [stage([self.sums[i][l] for l in range(L)], f"q1_s{i}_") for i in range(N_SUMS)]
-        q1_hit = stage([self.hit[i] for i in range(N_SUMS)], "q1_hit")
+        q1_hit = stage([self.hit[i] for i in range(N_SUMS)], "q1_hit")  # (no reset: data)
         q1_fwd = stage([self.fwd[l] for l in range(L)], "q1_fwd")
         q1_ctl = stage([self.en, self.first, self.last, self.tag], "q1_ctl", reset_less=False)
         # q2: the operands.  The bypass multiplexer, and for wide sums the DSP operand
         # ``S[0:18] - 2^17`` (offset_low) apart from the high bits: every DSP multiplier input
         # comes straight from a register (the flow folds them into the block's input registers).
         wide = len(Value.cast(q1_raw[0][0])) > 18
-        q1_s = [[Mux(q1_hit[i], q1_fwd[l], q1_raw[i][l]) for l in range(L)] for i in range(N_SUMS)]
+
+        # the newest write of the row up to two cycles after the read's address cycle (this one)
+        def bypass(i, l):
+            h = q1_hit[i]
+            return Mux(
+                h[2], self.wdata[l], Mux(h[1], self.fwd[l], Mux(h[0], q1_fwd[l], q1_raw[i][l]))
+            )
+
+        q1_s = [[bypass(i, l) for l in range(L)] for i in range(N_SUMS)]
         q2_kc = stage(q1_kc, "q2_kc")
         q2_kp = stage(q1_kp, "q2_kp")
         q2_ka = stage([magnitude(k) for k in q1_kc], "q2_ka")  # |k| for the squarer's rows

@@ -23,14 +23,15 @@ from hw.plane_store import PlaneWriteSignature
 from model.dre.cluster import DROPPED, FORCED, JOINED, NEW, ClusterWidths
 from model.dre.config import DREConfig, require_config
 
-__all__ = ["SETTLE", "ClusterUnit", "key_layout", "result_layout", "token_latency", "token_period"]
+__all__ = ["ClusterUnit", "key_layout", "result_layout", "token_latency", "token_period"]
 
 
-#: Cycles after a commit in which no token starts its reads: the commit's sum update writes its
-#: chunk ``g`` in ``commit + WRITE_DELAY + g`` (:data:`hw.cluster_update.WRITE_DELAY`), and a
-#: token that starts in ``s`` reads chunk ``g`` in ``s + g``: it sees the whole update iff
-#: ``s >= commit + WRITE_DELAY`` (transparent candidate ports), none of it iff ``s <= commit``.
-SETTLE = WRITE_DELAY - 1
+# A commit's sum update writes its chunk ``g`` in ``commit + WRITE_DELAY + g``
+# (:data:`hw.cluster_update.WRITE_DELAY`), and a token that starts in ``s`` reads chunk ``g`` in
+# ``s + g``: the table forwards the writes of the read's address cycle and the two after it
+# (``CentroidTable`` ``wr_ahead``, ``ClusterDots``' q2), so the token sees the whole update iff
+# ``s >= commit + 1``, none of it iff ``s <= commit``.
+assert WRITE_DELAY <= 3
 # Commits are at least the test section's COMPARE_LATENCY + 2 cycles apart (T1, the screen,
 # DEC); SumUpdate needs WRITE_DELAY + 1 between its starts.
 assert COMPARE_LATENCY + 2 > WRITE_DELAY
@@ -39,16 +40,16 @@ assert COMPARE_LATENCY + 2 > WRITE_DELAY
 def _loop(cfg: DREConfig) -> int:
     """Cycles from a token's start to the earliest start of the token two after it: ``G`` chunk
     reads, the dot products' :data:`hw.cluster_dots.LATENCY`, T1, the screen's
-    :data:`hw.cluster_cosine.LATENCY`, DEC, the commit, :data:`SETTLE` (``docs/cluster.md``,
-    "Where `P` comes from")."""
-    return cfg.cl_groups + DOTS_LATENCY + COMPARE_LATENCY + 4 + SETTLE
+    :data:`hw.cluster_cosine.LATENCY`, DEC, the commit (``docs/cluster.md``, "Where `P` comes
+    from")."""
+    return cfg.cl_groups + DOTS_LATENCY + COMPARE_LATENCY + 4
 
 
 def token_period(cfg: DREConfig) -> float:
     """Cycles per token at full rate (no input gaps, no backpressure), on average:
-    ``max(G, loop / 2, S)`` with ``G = d / cl_lanes``, ``loop = G + 16`` (the token loop, which
+    ``max(G, loop / 2, S)`` with ``G = d / cl_lanes``, ``loop = G + 14`` (the token loop, which
     two tokens share) and ``S = 8`` (the test section: T1, 6 screen stages, DEC), i.e. ``G``
-    for ``G >= 16``, 12 at the default ``G = 64 / 8`` (the starts alternate 8 and 16 cycles
+    for ``G >= 14``, 11 at the default ``G = 64 / 8`` (the starts alternate 8 and 14 cycles
     apart; ``docs/cluster.md`` derives it).  A float: half a cycle where ``loop`` is odd and
     binds."""
     G = cfg.cl_groups
@@ -121,9 +122,9 @@ class ClusterUnit(wiring.Component):
 
     Timing
     ------
-    Throughput one token per ``token_period(cfg) = max(G, (G + 16) / 2, 8)`` cycles on average
+    Throughput one token per ``token_period(cfg) = max(G, (G + 14) / 2, 8)`` cycles on average
     (without exact recomputes)
-    (``G = d / cl_lanes``; ``G`` for ``G >= 16``, 12 at the default d = 64 on 8 clustering
+    (``G = d / cl_lanes``; ``G`` for ``G >= 14``, 11 at the default d = 64 on 8 clustering
     lanes), latency
     ``token_latency(cfg) = G + 15`` cycles from acceptance to the result.  Stages: ``accept |
     IN: owner-map reads, T^2 of the thresholds | G chunk reads (5 sums) | q1: data registered |
@@ -133,8 +134,7 @@ class ClusterUnit(wiring.Component):
     the decision is registered in DEC (the result, the history) and applied one cycle later
     (commit: owner map, meta memory, start of the sum update).
     Token ``t+1`` starts its dot products as soon as the read ports
-    are free and token ``t-1`` is committed, but not in the :data:`SETTLE` = 2 cycles after any
-    commit (the update's writes are registered), i.e. while token ``t`` is still being decided.  Its
+    are free and token ``t-1`` is committed, i.e. while token ``t`` is still being decided.  Its
     *left* candidate (and its up / temporal candidate on a grid 1 wide / of 1 token) is ``t``'s
     cluster, not known yet: ``t+1`` reads the sums of all three of ``t``'s candidates and
     computes ``k_{t+1}.k_t``; at T1, once ``t`` is decided, it takes ``k_{t+1}.S_c + k_{t+1}.k_t``
@@ -298,10 +298,7 @@ class ClusterUnit(wiring.Component):
         rd_busy = Signal()  # chunk reads 1 .. G-1 of the started token pending
         rd_chunk = Signal(chunk_shape(cfg))
         go = Signal()
-        # no start in the SETTLE cycles after a commit: its update's first write is not in the
-        # table yet, and a start there would see a part of it (SETTLE above)
-        settle = Signal(SETTLE)  # settle[i]: a commit i + 1 cycles ago
-        m.d.comb += go.eq(framer.aged & ~tok.err & ~rd_busy & (n_undec <= 1) & ~settle.any())
+        m.d.comb += go.eq(framer.aged & ~tok.err & ~rd_busy & (n_undec <= 1))
         pend = n_undec == 1  # the token before is not committed: its sum update is not seen
         hist_id = Mux(pend, dec0_id, dec1_id)
         hist_ok = Mux(pend, dec0_ok, dec1_ok)
@@ -394,6 +391,7 @@ class ClusterUnit(wiring.Component):
             *(dots.sums[i].eq(table.cand[i].data) for i in range(5)),
             *(dots.hit[i].eq(table.cand_hit[i]) for i in range(5)),
             dots.fwd.eq(table.wr_last),
+            dots.wdata.eq(upd.write.data),
         ]
 
         # ---- test section: T1 (resolve) | T2 .. T7 (screen stages 1-6) | DEC -------------------
@@ -514,7 +512,7 @@ class ClusterUnit(wiring.Component):
         ]
         # The decision waits until the sum update engine can start in the next cycle (commit).
         m.d.comb += decide.eq(in_dec & dcd.ready & result_free & upd.free_next)
-        m.d.sync += [commit.eq(decide), settle.eq(Cat(commit, settle[:-1]))]
+        m.d.sync += commit.eq(decide)
         with m.If(decide):
             m.d.sync += [
                 self.result.valid.eq(1),
@@ -567,6 +565,8 @@ class ClusterUnit(wiring.Component):
         ]
         wiring.connect(m, upd.read, table.upd)
         wiring.connect(m, upd.write, table.wr)
+        for n in range(2):
+            wiring.connect(m, upd.ahead[n], table.wr_ahead[n])
         wiring.connect(m, wb.sum, upd.wb_read)
         m.d.comb += [
             wb.sum_grant.eq(upd.wb_grant),

@@ -6,7 +6,7 @@ from amaranth import Module, Mux, Signal, Value
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
-from hw.centroid_table import SumReadSignature, SumWriteSignature, chunk_shape
+from hw.centroid_table import SumReadSignature, SumRowSignature, SumWriteSignature, chunk_shape
 from hw.cluster_dots import key_chunk_layout, key_layout
 from model.dre.config import DREConfig, require_config
 
@@ -47,6 +47,9 @@ class SumUpdate(wiring.Component):
         To the table's ``upd`` read port (registered: data two cycles after the address).
     write : Out(SumWriteSignature)
         To the table's ``wr`` port.
+    ahead : Out(SumRowSignature) x 2
+        ``ahead[n]``: the row ``write`` writes ``n + 1`` cycles later (to the table's
+        ``wr_ahead``, which forwards the data to a candidate read of that row).
     wb_read : In(SumReadSignature), wb_grant : Out(1)
         The write-back engine's sum reads: served through ``read`` in cycles with ``wb_grant``
         (no update reads then), its data is ``read``'s (two cycles later).
@@ -81,6 +84,7 @@ class SumUpdate(wiring.Component):
                 "updated_id": Out(range(cfg.n_max)),
                 "read": Out(SumReadSignature(cfg)),
                 "write": Out(SumWriteSignature(cfg)),
+                "ahead": Out(SumRowSignature(cfg)).array(2),
                 "wb_read": In(SumReadSignature(cfg)),
                 "wb_grant": Out(1),
             }
@@ -160,4 +164,10 @@ class SumUpdate(wiring.Component):
             self.updated_id.eq(ids[2]),
             self.idle.eq(~reading & ~v[0] & ~v[1] & ~v[2]),
         ]
+        for n in range(2):  # the rows of the writes one and two cycles later
+            m.d.comb += [
+                self.ahead[n].en.eq(v[1 - n]),
+                self.ahead[n].id.eq(ids[1 - n]),
+                self.ahead[n].chunk.eq(chunks[1 - n]),
+            ]
         return m

@@ -412,13 +412,13 @@ def dre_v2_retrieval_cycles(
 
 
 def token_period(d: int, lanes: int) -> float:
-    """Clustering cycles per token on average, ``max(G, (G + 16) / 2, 8)`` with ``G = d / lanes``
-    (``hw/cluster_unit.py`` since the sum update's registered read and write, ``docs/cluster.md``
-    "Fmax, tenth round"; it was ``max(G, (G + 14) / 2, 8)`` after the DSP-register stages of the
-    ninth round, ``max(G, (G + 9) / 2, 5)`` before them, before the commit stage ``max(G,
-    ceil((G + 8) / 2), 5)``, before that ``max(G, ceil((G + 4) / 2), 3)``)."""
+    """Clustering cycles per token on average, ``max(G, (G + 14) / 2, 8)`` with ``G = d / lanes``
+    (``hw/cluster_unit.py`` since the dot products' and the screen's DSP-register stages,
+    ``docs/cluster.md`` "Fmax, ninth round"; it was ``max(G, (G + 9) / 2, 5)``, before the
+    commit stage ``max(G, ceil((G + 8) / 2), 5)``, before that ``max(G, ceil((G + 4) / 2),
+    3)``)."""
     g = d // lanes
-    return max(2 * g, g + 16, 16) / 2
+    return max(2 * g, g + 14, 16) / 2
 
 
 def token_latency(d: int, lanes: int) -> int:

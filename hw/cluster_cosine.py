@@ -18,7 +18,7 @@ PAIRS = ((1, 0), (2, 0), (2, 1))
 TAU_OF = (0, 1, 1)
 #: Cycles from ``dot`` / ``mag`` / ``norm`` / ``key_norm`` to the outputs (the threshold
 #: operands one cycle earlier); :class:`ClusterCompare`'s docstring lists the stages.
-LATENCY = 6
+LATENCY = 7
 
 
 def check_mantissa_bits(mantissa_bits) -> None:
@@ -154,7 +154,7 @@ class ClusterCompare(wiring.Component):
         Per pair of :data:`PAIRS`: ``more_similar(a, b)``, valid where ``more_sure`` is set.
 
     Timing: free-running, no handshake; the outputs answer the ``dot``, ``mag``, ``norm`` and
-    ``key_norm`` of :data:`LATENCY` = 6 cycles before and the ``t_*`` of 7 cycles before.
+    ``key_norm`` of :data:`LATENCY` = 7 cycles before and the ``t_*`` of 8 cycles before.
     Every multiplier has registers straight in front of both inputs and straight behind its
     product (no logic between), so that the ECP5 flow folds them into the MULT18X18D's own
     input and output registers; operand logic and compares sit in the stages around them.
@@ -176,9 +176,11 @@ class ClusterCompare(wiring.Component):
       ``(k.S_a)^2 |S_b|^2`` and ``(k.S_b)^2 |S_a|^2`` of the pairs; beside them the exponent
       decisions and alignment shifts of the six compares (:func:`band_exponents`).
     * Stage 6: the six compares' mantissas aligned and their guard sums (:func:`band_align`).
-    * Outputs: ``passed``/``sure`` and ``more``/``more_sure`` are one compare of stage 6's
-      registers each (:func:`band_decide` and the exact decisions for signs, zeros, ``T = 0``
-      and identical candidates), combinational.
+    * Stage 7, the outputs: ``passed``/``sure`` and ``more``/``more_sure``, one compare of
+      stage 6's registers each (:func:`band_decide` and the exact decisions for signs, zeros,
+      ``T = 0`` and identical candidates), registered (until the tenth Fmax round of
+      ``docs/cluster.md`` they were combinational, and the compare's carry chains lay in the
+      same cycle as the decision).
 
     DSP-sized products (``M x M``): 2 + 3 + 3 + 6 = 14.  The stage registers have no reset:
     each is loaded in every cycle from the stage before, so after :data:`LATENCY` cycles every
@@ -333,35 +335,45 @@ class ClusterCompare(wiring.Component):
         flags = " ".join(f"{n}_{k}" for n in names for k in ("dgt", "dlt"))
         s6 = stage(6, s5, "pos neg zero tc eq " + flags, **new)
 
-        # ---- outputs: one compare of stage 6's registers -------------------------------------
+        # ---- stage 7 (the outputs): one compare of stage 6's registers each, registered -------
+        passed, sure, more, more_sure = (
+            Signal(3, name=n) for n in ("passed", "sure", "more", "more_sure")
+        )
+
         def decide(name):
             return band_decide({k: s6[f"{name}_{k}"] for k in ("dgt", "dlt", "a", "b", "ag", "bg")})
 
         for i in range(3):
             gt, lt = decide(f"cos{i}")
             with m.If(s6[f"zero{i}"]):
-                m.d.comb += [self.passed[i].eq(s6[f"tc{i}"]), self.sure[i].eq(1)]
+                m.d.comb += [passed[i].eq(s6[f"tc{i}"]), sure[i].eq(1)]
             with m.Elif(s6[f"neg{i}"]):
-                m.d.comb += [self.passed[i].eq(0), self.sure[i].eq(1)]
+                m.d.comb += [passed[i].eq(0), sure[i].eq(1)]
             with m.Elif(s6[f"tc{i}"]):
-                m.d.comb += [self.passed[i].eq(1), self.sure[i].eq(1)]
+                m.d.comb += [passed[i].eq(1), sure[i].eq(1)]
             with m.Elif(~s6[f"pos{i}"]):  # k.S == 0 < T^2 |k|^2 |S|^2
-                m.d.comb += [self.passed[i].eq(0), self.sure[i].eq(1)]
+                m.d.comb += [passed[i].eq(0), sure[i].eq(1)]
             with m.Else():
-                m.d.comb += [self.passed[i].eq(gt), self.sure[i].eq(gt | lt)]
+                m.d.comb += [passed[i].eq(gt), sure[i].eq(gt | lt)]
         for j, (a, b) in enumerate(PAIRS):
             gt, lt = decide(f"sim{a}{b}")
             sa_pos, sa_neg = s6[f"pos{a}"], s6[f"neg{a}"]
             sb_pos, sb_neg = s6[f"pos{b}"], s6[f"neg{b}"]
             with m.If(s6[f"eq{a}{b}"] | (~sa_pos & ~sa_neg & ~sb_pos & ~sb_neg)):  # equal
-                m.d.comb += [self.more[j].eq(0), self.more_sure[j].eq(1)]
+                m.d.comb += [more[j].eq(0), more_sure[j].eq(1)]
             with m.Elif(sa_pos & sb_pos):
-                m.d.comb += [self.more[j].eq(gt), self.more_sure[j].eq(gt | lt)]
+                m.d.comb += [more[j].eq(gt), more_sure[j].eq(gt | lt)]
             with m.Elif(sa_neg & sb_neg):  # -La > -Lb <=> Lb > La
-                m.d.comb += [self.more[j].eq(lt), self.more_sure[j].eq(gt | lt)]
+                m.d.comb += [more[j].eq(lt), more_sure[j].eq(gt | lt)]
             with m.Else():  # signs differ: the sign decides
                 m.d.comb += [
-                    self.more[j].eq(sa_pos | (~sa_neg & sb_neg)),
-                    self.more_sure[j].eq(1),
+                    more[j].eq(sa_pos | (~sa_neg & sb_neg)),
+                    more_sure[j].eq(1),
                 ]
+        m.d.sync += [
+            self.passed.eq(passed),
+            self.sure.eq(sure),
+            self.more.eq(more),
+            self.more_sure.eq(more_sure),
+        ]
         return m

@@ -47,9 +47,9 @@ def _loop(cfg: DREConfig) -> int:
 
 def token_period(cfg: DREConfig) -> float:
     """Cycles per token at full rate (no input gaps, no backpressure), on average:
-    ``max(G, loop / 2, S)`` with ``G = d / cl_lanes``, ``loop = G + 14`` (the token loop, which
-    two tokens share) and ``S = 8`` (the test section: T1, 6 screen stages, DEC), i.e. ``G``
-    for ``G >= 14``, 11 at the default ``G = 64 / 8`` (the starts alternate 8 and 14 cycles
+    ``max(G, loop / 2, S)`` with ``G = d / cl_lanes``, ``loop = G + 15`` (the token loop, which
+    two tokens share) and ``S = 9`` (the test section: T1, 7 screen stages, DEC), i.e. ``G``
+    for ``G >= 15``, 11.5 at the default ``G = 64 / 8`` (the starts alternate 8 and 15 cycles
     apart; ``docs/cluster.md`` derives it).  A float: half a cycle where ``loop`` is odd and
     binds."""
     G = cfg.cl_groups
@@ -58,7 +58,7 @@ def token_period(cfg: DREConfig) -> float:
 
 def token_latency(cfg: DREConfig) -> int:
     """Cycles from a token's acceptance to its result with the pipeline empty (no exact
-    recompute, no backpressure): ``G + 15`` (``docs/cluster.md``): acceptance, the IN stage,
+    recompute, no backpressure): ``G + 16`` (``docs/cluster.md``): acceptance, the IN stage,
     ``G`` chunk reads, the dot products, T1, the screen and DEC."""
     return cfg.cl_groups + DOTS_LATENCY + COMPARE_LATENCY + 5
 
@@ -122,14 +122,14 @@ class ClusterUnit(wiring.Component):
 
     Timing
     ------
-    Throughput one token per ``token_period(cfg) = max(G, (G + 14) / 2, 8)`` cycles on average
+    Throughput one token per ``token_period(cfg) = max(G, (G + 15) / 2, 9)`` cycles on average
     (without exact recomputes)
-    (``G = d / cl_lanes``; ``G`` for ``G >= 14``, 11 at the default d = 64 on 8 clustering
+    (``G = d / cl_lanes``; ``G`` for ``G >= 15``, 11.5 at the default d = 64 on 8 clustering
     lanes), latency
-    ``token_latency(cfg) = G + 15`` cycles from acceptance to the result.  Stages: ``accept |
+    ``token_latency(cfg) = G + 16`` cycles from acceptance to the result.  Stages: ``accept |
     IN: owner-map reads, T^2 of the thresholds | G chunk reads (5 sums) | q1: data registered |
     q2: bypass, DSP operands | q3: DSP products | q4: adder-tree levels | A: accumulate (5
-    sums, k.k_prev, |k|^2) | T1: resolve | T2 .. T7: screen stages 1-6 | DEC | commit``
+    sums, k.k_prev, |k|^2) | T1: resolve | T2 .. T8: screen stages 1-7 | DEC | commit``
     (:data:`hw.cluster_dots.LATENCY` and :data:`hw.cluster_cosine.LATENCY` set the counts);
     the decision is registered in DEC (the result, the history) and applied one cycle later
     (commit: owner map, meta memory, start of the sum update).
@@ -158,12 +158,12 @@ class ClusterUnit(wiring.Component):
     :class:`hw.cluster_threshold.ThresholdSquare` (``T^2`` of the token's thresholds, exact and
     normalised, formed in IN and kept in its bank: the token loop reads them from registers),
     :class:`hw.cluster_dots.ClusterDots` (q1 .. q4, A), :class:`hw.cluster_resolve.CandidateResolve`
-    (T1), :class:`hw.cluster_cosine.ClusterCompare` (T2 .. T7),
+    (T1), :class:`hw.cluster_cosine.ClusterCompare` (T2 .. T8),
     :class:`hw.cluster_decide.ClusterDecide` (DEC, exact recomputes),
     :class:`hw.cluster_update.SumUpdate`, :class:`hw.cluster_queue.WritebackQueue`,
     :class:`hw.cluster_writeback.ClusterWriteback` and :class:`hw.centroid_table.CentroidTable`;
     this module holds the owner map, the start of the dot products (candidate ids, the two
-    per-token banks), the test section's ``m.FSM`` (IDLE / T2 .. T7 / DEC), the decision
+    per-token banks), the test section's ``m.FSM`` (IDLE / T2 .. T8 / DEC), the decision
     history, the result register and the clear.
     """
 
@@ -394,7 +394,7 @@ class ClusterUnit(wiring.Component):
             dots.wdata.eq(upd.write.data),
         ]
 
-        # ---- test section: T1 (resolve) | T2 .. T7 (screen stages 1-6) | DEC -------------------
+        # ---- test section: T1 (resolve) | T2 .. T8 (screen stages 1-7) | DEC -------------------
         tst_par = Signal()  # bank of the token in T2 .. DEC
         full_par, acc_full = Signal(), Signal()  # a token's dot products wait for T1
         t1 = Signal()

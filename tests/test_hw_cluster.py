@@ -895,11 +895,11 @@ def _check_throughput(cfg, stats):
 @pytest.mark.parametrize(
     "cfg,period",
     [
-        (SMALL, 8),
-        (ONE_CHUNK, 8),
-        (DREConfig(cluster_lanes=16), 9),
-        (DREConfig(d=24, lanes=8), 8.5),
-        (DREConfig(), 11),
+        (SMALL, 9),
+        (ONE_CHUNK, 9),
+        (DREConfig(cluster_lanes=16), 9.5),
+        (DREConfig(d=24, lanes=8), 9),
+        (DREConfig(), 11.5),
     ],
     ids=["G2", "G1", "G4", "G3", "G8-default"],
 )
@@ -907,9 +907,9 @@ def test_token_period(cfg, period):
     """``token_period`` against the schedule's recurrence (``_frame_cycles``) over a long frame.
     The default clusters on 8 of its 16 lanes (``cluster_lanes``): ``G = 8`` there."""
     assert token_period(cfg) == period
-    assert token_period(DREConfig(d=104, lanes=8)) == 13.5  # G = 13: the loop, 13 and 14 apart
-    assert token_period(DREConfig(d=112, lanes=8)) == 14  # G >= 14: one token per G cycles
-    for c in (cfg, DREConfig(d=104, lanes=8), DREConfig(d=112, lanes=8)):
+    assert token_period(DREConfig(d=112, lanes=8)) == 14.5  # G = 14: the loop, 14 and 15 apart
+    assert token_period(DREConfig(d=120, lanes=8)) == 15  # G >= 15: one token per G cycles
+    for c in (cfg, DREConfig(d=112, lanes=8), DREConfig(d=120, lanes=8)):
         span = _frame_cycles(c, 1001) - _frame_cycles(c, 1)
         assert span == 1000 * token_period(c), c
 

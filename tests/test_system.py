@@ -202,10 +202,10 @@ def test_select_phase_resv_dre_and_energy():
     # 5 + 168 + 87 + 17 = 277 cycles per layer, at 1000 Hz, 2 layers; member addresses 48 B
     assert sel.seconds == pytest.approx(2 * 277 / 1000 + 2 * 6 * 4 / 1000)
     assert sel.dram == 2 * 6 * 4
-    # clustering: token period max(1, 15 / 2, 8) = 8: 8 x 3 + latency (1 + 15) = 40; the
-    # 2 write-backs of 2 + 1 + 1 x 10 = 13 cycles overlap it: max(40, 26) = 40.  DRE busy
-    # 2 tables x (277 + 40) = 634
-    assert c.dre_seconds == pytest.approx(634 / 1000)
+    # clustering: token period max(1, 16 / 2, 9) = 9: 9 x 3 + latency (1 + 16) = 44; the
+    # 2 write-backs of 2 + 1 + 1 x 10 = 13 cycles overlap it: max(44, 26) = 44.  DRE busy
+    # 2 tables x (277 + 44) = 642
+    assert c.dre_seconds == pytest.approx(642 / 1000)
     # tables on chip, per pair (v2): owner 4 x (3 + 1) + meta 8 x (16 + 48) + sums 8 x 4 x 24
     # + planes 8 x 8 x 4 + counts 8 x 16 + mean values 8 x 4 x 16 = 2192 bits (no bias memory)
     assert c.index_onchip and c.index_bytes == 2 * 2192 / 8
@@ -359,10 +359,10 @@ def test_soft_score_cycles_match_the_unit():
 
 
 def test_token_period_new_formula_by_hand():
-    """``max(G, (G + 14) / 2, 8)`` (hw/cluster_unit.py with the DSP-register stages)."""
-    for g, want in ((1, 8), (2, 8), (3, 8.5), (4, 9), (8, 11), (13, 13.5), (14, 14), (32, 32)):
+    """``max(G, (G + 15) / 2, 9)`` (hw/cluster_unit.py with the screen's registered outputs)."""
+    for g, want in ((1, 9), (2, 9), (3, 9), (4, 9.5), (8, 11.5), (14, 14.5), (15, 15), (32, 32)):
         assert sysm.token_period(16 * g, 16) == want, g
-    assert sysm.token_latency(128, 16) == 23
+    assert sysm.token_latency(128, 16) == 24
 
 
 def test_token_period_matches_hardware():
@@ -387,7 +387,7 @@ def test_cluster_cycles_use_the_clustering_lanes():
     s = replace(TOY_SETUP, lanes=cfg.lanes, cluster_lanes=cfg.cluster_lanes, bk=cfg.bk)
     p = 196
     want = cluster_unit.token_period(cfg) * (p - 1) + cluster_unit.token_latency(cfg)
-    assert want == 11 * 195 + 23  # G = 64 / 8 = 8
+    assert want == 11.5 * 195 + 24  # G = 64 / 8 = 8
     s = replace(s, updated_clusters_per_frame=0)
     assert sysm.dre_cluster_cycles(p, cfg.d, s) == want
     s = replace(s, updated_clusters_per_frame=196)

@@ -60,7 +60,12 @@ class TokenFramer(wiring.Component):
         The accepted token (held until ``take``; undefined while not ``valid``).
     aged : Out(1)
         ``valid`` and the token was accepted before this cycle: memory reads addressed by
-        ``token.pos`` / ``token.upos`` (one cycle of latency) return its data.
+        ``rd_pos`` / ``rd_upos`` with two cycles of latency return its data.
+    rd_pos, rd_upos : Out(16)
+        ``token.pos`` / ``token.upos`` while ``valid``; before, the position (and the position
+        one row above) that the next token accepted gets, so that a read addressed by them in
+        the cycle of acceptance and after has the token's data in every ``aged`` cycle (reads
+        of two cycles of latency: the owner map's, "Fmax, eleventh round").
     take : In(1)
         The token leaves the register in this cycle (only while ``valid``).
     error : Out(1)
@@ -100,6 +105,8 @@ class TokenFramer(wiring.Component):
                 "valid": Out(1),
                 "token": Out(token_layout(cfg)),
                 "aged": Out(1),
+                "rd_pos": Out(16),
+                "rd_upos": Out(16),
                 "take": In(1),
                 "error": Out(1),
             }
@@ -174,6 +181,12 @@ class TokenFramer(wiring.Component):
         pos_next = Signal(16)
         m.d.comb += pos_next.eq(pos + 1)
 
+        upos = Signal(16)
+        m.d.comb += [
+            upos.eq(pos - cur_w),
+            self.rd_pos.eq(Mux(self.valid, tok.pos, pos)),
+            self.rd_upos.eq(Mux(self.valid, tok.upos, upos)),
+        ]
         accept = Signal()
         m.d.comb += [
             self.keys.ready.eq(~self.valid & ~self.hold & (~start | steady)),
@@ -188,7 +201,7 @@ class TokenFramer(wiring.Component):
                 tok.err.eq(error_now),
                 tok.key.eq(self.keys.payload),
                 tok.pos.eq(pos),
-                tok.upos.eq(pos - cur_w),
+                tok.upos.eq(upos),
                 tok.last.eq(last),
                 tok.tau_t.eq(cur_tau_t),
                 tok.tau_s.eq(cur_tau_s),

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from amaranth import Cat, Module, Mux, Signal, Value, unsigned
 from amaranth.lib import data, stream, wiring
-from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from hw.centroid_table import CentroidTable, chunk_shape
@@ -14,6 +13,8 @@ from hw.cluster_decide import TEMPORAL, UP, ClusterDecide
 from hw.cluster_dots import LATENCY as DOTS_LATENCY
 from hw.cluster_dots import ClusterDots, key_chunk_layout, key_layout
 from hw.cluster_frame import TokenFramer
+from hw.cluster_owner import READ_LATENCY as OWNER_READ_LATENCY
+from hw.cluster_owner import OwnerMap
 from hw.cluster_queue import WritebackQueue
 from hw.cluster_resolve import CandidateResolve
 from hw.cluster_threshold import ThresholdSquare
@@ -35,6 +36,11 @@ assert WRITE_DELAY <= 3
 # Commits are at least the test section's COMPARE_LATENCY + 2 cycles apart (T1, the screen,
 # DEC); SumUpdate needs WRITE_DELAY + 1 between its starts.
 assert COMPARE_LATENCY + 2 > WRITE_DELAY
+# The owner map's reads for a token starting in ``s`` were addressed in ``s - READ_LATENCY``
+# and see the commits up to ``s - READ_LATENCY - 1``.  Candidates one and two tokens back
+# come from the history; the youngest read from the owner map, ``t - 3``, committed at least
+# one commit spacing before ``t - 2``, which committed by ``s - 1`` (``n_undec <= 1``).
+assert COMPARE_LATENCY + 2 >= OWNER_READ_LATENCY
 
 
 def _loop(cfg: DREConfig) -> int:
@@ -123,11 +129,11 @@ class ClusterUnit(wiring.Component):
     Timing
     ------
     Throughput one token per ``token_period(cfg) = max(G, (G + 15) / 2, 9)`` cycles on average
-    (without exact recomputes)
-    (``G = d / cl_lanes``; ``G`` for ``G >= 15``, 11.5 at the default d = 64 on 8 clustering
-    lanes), latency
-    ``token_latency(cfg) = G + 16`` cycles from acceptance to the result.  Stages: ``accept |
-    IN: owner-map reads, T^2 of the thresholds | G chunk reads (5 sums) | q1: data registered |
+    (without exact recomputes) (``G = d / cl_lanes``; ``G`` for ``G >= 15``, 11.5 at the
+    default d = 64 on 8 clustering lanes), latency ``token_latency(cfg) = G + 16`` cycles from
+    acceptance to the result.  Stages: ``accept | IN: owner-map reads (two cycles of latency,
+    addressed from the acceptance on), T^2 of the thresholds | G chunk reads (5 sums) | q1:
+    data registered |
     q2: bypass, DSP operands | q3: DSP products | q4: adder-tree levels | A: accumulate (5
     sums, k.k_prev, |k|^2) | T1: resolve | T2 .. T8: screen stages 1-7 | DEC | commit``
     (:data:`hw.cluster_dots.LATENCY` and :data:`hw.cluster_cosine.LATENCY` set the counts);
@@ -217,11 +223,10 @@ class ClusterUnit(wiring.Component):
             return Mux(bit, pair[1], pair[0])
 
         # ---- owner map: per grid position, (valid, cluster) of the last visit ---------------
-        owner_layout = data.StructLayout({"valid": 1, "id": range(cfg.n_max)})
-        m.submodules.owner = owner = Memory(shape=owner_layout, depth=cfg.grid_max, init=[])
-        own_wr = owner.write_port()
-        own_t = owner.read_port()  # temporal: this position, previous frame
-        own_u = owner.read_port()  # up: the position one row above, this frame
+        # Read ports: 0 temporal (this position, previous frame), 1 up (the position one row
+        # above, this frame); two cycles of latency, addressed from the token's acceptance on.
+        m.submodules.owner = owner = OwnerMap(cfg, ports=2)
+        own_t, own_u = owner.rd_data
 
         # ---- acceptance: the IN stage (one token, its owner-map reads under way) -------------
         n_used = Signal(range(cfg.n_max + 1))
@@ -240,7 +245,7 @@ class ClusterUnit(wiring.Component):
             self.error.eq(framer.error),
         ]
         tok, in_valid = framer.token, framer.valid
-        m.d.comb += [own_t.addr.eq(tok.pos), own_u.addr.eq(tok.upos)]
+        m.d.comb += [owner.rd_addr[0].eq(framer.rd_pos), owner.rd_addr[1].eq(framer.rd_upos)]
         # T^2 of the token's thresholds, exact and normalised (ThresholdSquare, "Fmax, seventh
         # round"), formed while it waits in IN: a token starts only once aged (in IN since the
         # cycle before), so in its start cycle t_sq is its own, and t_mant .. t_zero are in the
@@ -303,11 +308,11 @@ class ClusterUnit(wiring.Component):
         hist_id = Mux(pend, dec0_id, dec1_id)
         hist_ok = Mux(pend, dec0_ok, dec1_ok)
         go_ids = [
-            Mux(tok.d2[0], hist_id, own_t.data.id),
-            Mux(tok.d2[2], hist_id, own_u.data.id),
+            Mux(tok.d2[0], hist_id, own_t.id),
+            Mux(tok.d2[2], hist_id, own_u.id),
         ]
-        ok_t = Mux(tok.d2[0], hist_ok, own_t.data.valid)
-        ok_u = Mux(tok.d2[2], hist_ok, own_u.data.valid)
+        ok_t = Mux(tok.d2[0], hist_ok, own_t.valid)
+        ok_u = Mux(tok.d2[2], hist_ok, own_u.valid)
         pb = ~par_next  # bank of the token before
         for j in range(3):
             spec = Mux(pick(b_prev, pb)[j], dec0_id, pick(b_id[j], pb))
@@ -542,14 +547,11 @@ class ClusterUnit(wiring.Component):
                 dec1_id.eq(dec0_id),
                 dec1_ok.eq(dec0_ok),
             ]
-            m.d.comb += [
-                own_wr.en.eq(1),
-                own_wr.addr.eq(pd_pos),
-                own_wr.data.valid.eq(pd_ok),
-                own_wr.data.id.eq(pd_id),
-                table.wr_meta.en.eq(pd_ok),
-            ]
+            m.d.comb += [owner.wr_en.eq(1), table.wr_meta.en.eq(pd_ok)]
         m.d.comb += [
+            owner.wr_addr.eq(pd_pos),
+            owner.wr_data.valid.eq(pd_ok),
+            owner.wr_data.id.eq(pd_id),
             table.wr_meta.id.eq(pd_id),
             table.wr_meta.data.norm.eq(pd_norm),
             table.wr_meta.data.count.eq(pd_count),

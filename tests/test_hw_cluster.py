@@ -20,6 +20,7 @@ from hw.cluster_dots import LATENCY as DOTS_LATENCY
 from hw.cluster_dots import ClusterDots
 from hw.cluster_exact import ExactCompare, exact_cycles, exact_widths
 from hw.cluster_frame import TokenFramer
+from hw.cluster_owner import OwnerMap
 from hw.cluster_queue import WritebackQueue
 from hw.cluster_resolve import CandidateResolve
 from hw.cluster_threshold import NORMALISE_LATENCY, SQUARE_LATENCY, ThresholdSquare
@@ -586,7 +587,8 @@ def test_token_framer_against_model(seed):
     cycle of acceptance, with the grid, taus and table size changing at random (grids of 0 to
     5 x 5 tokens around ``grid_max = 16``); ``keys.ready`` is exactly as documented (a frame's
     first token waits until ``grid_w`` / ``grid_h`` equal their values of the three cycles
-    before)."""
+    before); ``rd_pos`` / ``rd_upos`` are the token's addresses, and before an acceptance those
+    the next token gets."""
     rng = random.Random(seed)
     cfg = SMALL
     dut = TokenFramer(cfg)
@@ -625,6 +627,14 @@ def test_token_framer_against_model(seed):
             assert ctx.get(dut.keys.ready) == ready, (seed, cycle)
             assert ctx.get(dut.valid) == valid, (seed, cycle)
             assert ctx.get(dut.error) == model.error, (seed, cycle)
+            # the read addresses: the token's, or before it is accepted the ones it will get
+            if valid:
+                got = ctx.get(dut.token)
+                addr = (got.pos, got.upos)
+            else:
+                w = grid[0] if model.pos == 0 else model.f[0]
+                addr = (model.pos, (model.pos - w) % (1 << 16))
+            assert (ctx.get(dut.rd_pos), ctx.get(dut.rd_upos)) == addr, (seed, cycle)
             want = None
             if kvalid and ready:
                 want = model.accept(*grid, *regs)
@@ -641,6 +651,46 @@ def test_token_framer_against_model(seed):
             elif take:
                 valid = 0
         assert accepted > 1000, accepted
+
+    _simulate(dut, bench)
+
+
+# ---- owner map -----------------------------------------------------------------------------------
+@pytest.mark.parametrize("ports", [1, 2])
+def test_owner_map_read_timing(seed, ports):
+    """Each read port's data equal, two cycles after the address, a plain list's row as written
+    up to the cycle before the address cycle (random writes, half of them to an address read
+    in the same cycle): neither the write of the address cycle nor that of the cycle after it
+    is seen."""
+    rng = random.Random(seed)
+    cfg = SMALL
+    dut = OwnerMap(cfg, ports=ports)
+    rows = [None] * cfg.grid_max  # the contents after the writes of the cycles so far
+    pending = []  # per cycle: the expected data of each port, two cycles later
+
+    async def bench(ctx):
+        seen = 0
+        for cycle in range(3000):
+            addrs = [rng.randrange(cfg.grid_max) for _ in range(ports)]
+            wr = rng.random() < 0.7
+            wa = rng.choice(addrs) if rng.random() < 0.5 else rng.randrange(cfg.grid_max)
+            wv = (rng.randrange(2), rng.randrange(cfg.n_max))
+            for k, a in enumerate(addrs):
+                ctx.set(dut.rd_addr[k], a)
+            ctx.set(dut.wr_en, wr)
+            ctx.set(dut.wr_addr, wa)
+            ctx.set(dut.wr_data, {"valid": wv[0], "id": wv[1]})
+            if len(pending) == 2:
+                for k, want in enumerate(pending.pop(0)):
+                    if want is not None:
+                        got = ctx.get(dut.rd_data[k])
+                        assert (got.valid, got.id) == want, (seed, cycle, k)
+                        seen += 1
+            pending.append([rows[a] for a in addrs])
+            if wr:
+                rows[wa] = wv
+            await ctx.tick()
+        assert seen > 1500 * ports, seen
 
     _simulate(dut, bench)
 
@@ -828,6 +878,10 @@ def test_components_reject_bad_parameters():
             cls("d=8")
     with pytest.raises(ConfigError):
         ThresholdSquare(SMALL, mantissa_bits=33)
+    with pytest.raises(ConfigError):
+        OwnerMap("d=8")
+    with pytest.raises(ValueError, match="ports must be a positive integer"):
+        OwnerMap(SMALL, ports=0)
 
 
 # ---- Verilator co-simulation --------------------------------------------------------------------

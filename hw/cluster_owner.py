@@ -1,0 +1,72 @@
+"""Owner map of the clustering unit: per grid position, the cluster of its last token."""
+
+from __future__ import annotations
+
+from amaranth import Module, Signal
+from amaranth.lib import data, wiring
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
+
+from model.dre.config import DREConfig, require_config
+
+#: Cycles from a read's address to its data.
+READ_LATENCY = 2
+
+
+def owner_layout(cfg: DREConfig) -> data.StructLayout:
+    """One owner-map row: whether the position's last token joined or opened a cluster
+    (``valid``: it was not dropped) and that cluster."""
+    return data.StructLayout({"valid": 1, "id": range(cfg.n_max)})
+
+
+class OwnerMap(wiring.Component):
+    """``grid_max`` rows of :func:`owner_layout`, one write port and ``ports`` registered read
+    ports.
+
+    Interface
+    ---------
+    rd_addr : In(range(grid_max)).array(ports)
+        Read addresses.
+    rd_data : Out(owner_layout).array(ports)
+        The row at ``rd_addr`` of :data:`READ_LATENCY` (2) cycles before, as written up to the
+        cycle before that address cycle: a write in the address cycle or in the cycle after it
+        is not seen (the clustering unit never reads a row written so recently:
+        ``docs/cluster.md``, "Fmax, eleventh round").  Undefined for rows never written.
+    wr_en : In(1), wr_addr : In(range(grid_max)), wr_data : In(owner_layout)
+        Write ``wr_data`` to row ``wr_addr`` at the end of a cycle with ``wr_en``.
+
+    Structure: one memory (block RAM at the default sizes), each read port's data straight into
+    a register without reset, which the FPGA flow folds into the block RAM's output register:
+    no logic between the memory and the register, and none after it.
+    """
+
+    def __init__(self, cfg: DREConfig, ports: int = 2):
+        require_config(cfg)
+        if not isinstance(ports, int) or ports < 1:
+            raise ValueError(f"OwnerMap: ports must be a positive integer, got {ports!r}")
+        self.cfg = cfg
+        self.ports = ports
+        layout = owner_layout(cfg)
+        super().__init__(
+            {
+                "rd_addr": In(range(cfg.grid_max)).array(ports),
+                "rd_data": Out(layout).array(ports),
+                "wr_en": In(1),
+                "wr_addr": In(range(cfg.grid_max)),
+                "wr_data": In(layout),
+            }
+        )
+
+    def elaborate(self, platform):
+        cfg = self.cfg
+        layout = owner_layout(cfg)
+        m = Module()
+        m.submodules.mem = mem = Memory(shape=layout, depth=cfg.grid_max, init=[])
+        wp = mem.write_port()
+        m.d.comb += [wp.en.eq(self.wr_en), wp.addr.eq(self.wr_addr), wp.data.eq(self.wr_data)]
+        for k in range(self.ports):
+            rp = mem.read_port(transparent_for=())
+            data_q = Signal(layout, name=f"own_q{k}", reset_less=True)
+            m.d.comb += [rp.addr.eq(self.rd_addr[k]), self.rd_data[k].eq(data_q)]
+            m.d.sync += data_q.eq(rp.data)
+        return m

@@ -388,10 +388,19 @@ def test_exact_compare_against_integers(seed, digit_bits):
             pass
         return f
 
+    def draw_uniform():  # uniform factors, the last one bounded so that the product fits
+        # (three uniform 52-bit factors fit 126 bits with a probability of about 2e-7: drawing
+        # them until they fit took most of this test's time)
+        f = [rng.randint(0, top), rng.randint(0, top)]
+        bound = top if f[0] * f[1] == 0 else min(top, ((1 << product) - 1) // (f[0] * f[1]))
+        f.insert(rng.randrange(3), rng.randint(0, bound))
+        assert fits(f)
+        return f
+
     cases = []
     for _ in range(12):
         x = draw(lambda: rng.choice([0, 1, top, rng.randint(0, top), rng.randint(0, 1 << 20)]))
-        y = list(x) if rng.random() < 0.3 else draw(lambda: rng.randint(0, top))
+        y = list(x) if rng.random() < 0.3 else draw_uniform()
         if rng.random() < 0.3:
             y = [x[1], x[2], x[0]]  # equal products, other order
         cases.append((x, y))

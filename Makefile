@@ -65,11 +65,11 @@ sim: setup
 synth: setup
 	$(TOOLS) $(PY) -m synth.report --designs dre token_selector --no-abc9 --timeout 7200 --jobs $(JOBS) --out docs/synth.md $(SYNTHARGS)
 
-# make synth-parts: the eleven parts of the clustering unit, each placed and routed alone at the
+# make synth-parts: the twelve parts of the clustering unit, each placed and routed alone at the
 # default configuration (about 4 minutes with JOBS=2): the quick Fmax map of docs/cluster.md
 # ("Fmax, ninth round"); a part below the DRE's target alone cannot reach it inside the DRE.
 CLUSTER_PARTS := cluster_dots cluster_cosine cluster_resolve cluster_decide cluster_update \
-	cluster_writeback cluster_frame centroid_table cluster_threshold cluster_exact cluster_queue
+	cluster_writeback cluster_frame cluster_owner centroid_table cluster_threshold cluster_exact cluster_queue
 synth-parts: setup
 	$(TOOLS) $(PY) -m synth.report --configs default --designs $(CLUSTER_PARTS) --no-abc9 --timeout 1500 --jobs $(JOBS) --workdir build/parts --out build/parts.md $(SYNTHARGS)
 

@@ -51,6 +51,7 @@ REGISTRY: list[tuple[str, str, str]] = [
     ("cluster_queue", "hw.cluster_queue", "part"),
     ("cluster_writeback", "hw.cluster_writeback", "part"),
     ("cluster_frame", "hw.cluster_frame", "part"),
+    ("cluster_owner", "hw.cluster_owner", "part"),
     ("cluster_dots", "hw.cluster_dots", "part"),
     ("cluster_resolve", "hw.cluster_resolve", "part"),
     ("cluster_decide", "hw.cluster_decide", "part"),

@@ -29,9 +29,12 @@ class OwnerMap(wiring.Component):
         Read addresses.
     rd_data : Out(owner_layout).array(ports)
         The row at ``rd_addr`` of :data:`READ_LATENCY` (2) cycles before, as written up to the
-        cycle before that address cycle: a write in the address cycle or in the cycle after it
-        is not seen (the clustering unit never reads a row written so recently:
-        ``docs/cluster.md``, "Fmax, eleventh round").  Undefined for rows never written.
+        cycle before that address cycle: a write in the cycle after the address cycle is not
+        seen, and a read whose address cycle writes the same row is undefined (the memory
+        carries Yosys's ``no_rw_check``: no collision logic behind the block RAM; simulation
+        gives the old row).  The clustering unit never uses a read of a row written so
+        recently (``docs/cluster.md``, "Fmax, eleventh round").  Undefined for rows never
+        written.
     wr_en : In(1), wr_addr : In(range(grid_max)), wr_data : In(owner_layout)
         Write ``wr_data`` to row ``wr_addr`` at the end of a cycle with ``wr_en``.
 
@@ -61,7 +64,11 @@ class OwnerMap(wiring.Component):
         cfg = self.cfg
         layout = owner_layout(cfg)
         m = Module()
-        m.submodules.mem = mem = Memory(shape=layout, depth=cfg.grid_max, init=[])
+        # no_rw_check: see rd_data (without it Yosys puts a collision multiplexer between the
+        # block RAM and the register, and the register cannot be folded into it)
+        m.submodules.mem = mem = Memory(
+            shape=layout, depth=cfg.grid_max, init=[], attrs={"no_rw_check": 1}
+        )
         wp = mem.write_port()
         m.d.comb += [wp.en.eq(self.wr_en), wp.addr.eq(self.wr_addr), wp.data.eq(self.wr_data)]
         for k in range(self.ports):

@@ -669,8 +669,9 @@ def test_token_framer_against_model(seed):
 def test_owner_map_read_timing(seed, ports):
     """Each read port's data equal, two cycles after the address, a plain list's row as written
     up to the cycle before the address cycle (random writes, half of them to an address read
-    in the same cycle): neither the write of the address cycle nor that of the cycle after it
-    is seen."""
+    in the same cycle or the one before): the write of the cycle after the address cycle is
+    not seen.  A read whose address cycle writes its row is undefined (``no_rw_check``) and not
+    checked."""
     rng = random.Random(seed)
     cfg = SMALL
     dut = OwnerMap(cfg, ports=ports)
@@ -678,11 +679,12 @@ def test_owner_map_read_timing(seed, ports):
     pending = []  # per cycle: the expected data of each port, two cycles later
 
     async def bench(ctx):
-        seen = 0
+        seen, last_addrs = 0, []
         for cycle in range(3000):
             addrs = [rng.randrange(cfg.grid_max) for _ in range(ports)]
             wr = rng.random() < 0.7
-            wa = rng.choice(addrs) if rng.random() < 0.5 else rng.randrange(cfg.grid_max)
+            near = addrs + (last_addrs if rng.random() < 0.5 else [])
+            wa = rng.choice(near) if rng.random() < 0.5 else rng.randrange(cfg.grid_max)
             wv = (rng.randrange(2), rng.randrange(cfg.n_max))
             for k, a in enumerate(addrs):
                 ctx.set(dut.rd_addr[k], a)
@@ -695,11 +697,12 @@ def test_owner_map_read_timing(seed, ports):
                         got = ctx.get(dut.rd_data[k])
                         assert (got.valid, got.id) == want, (seed, cycle, k)
                         seen += 1
-            pending.append([rows[a] for a in addrs])
+            pending.append([None if wr and wa == a else rows[a] for a in addrs])
             if wr:
                 rows[wa] = wv
+            last_addrs = addrs
             await ctx.tick()
-        assert seen > 1500 * ports, seen
+        assert seen > 1200 * ports, seen
 
     _simulate(dut, bench)
 

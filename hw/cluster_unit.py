@@ -473,11 +473,13 @@ class ClusterUnit(wiring.Component):
 
         # ---- the decision (ClusterDecide): the screen runs freely, its DEC-cycle outputs are
         # kept while the decision waits (exact recompute, result backpressure, busy update).
+        # full: registered ("Fmax, eleventh round"); in DEC it is the value of the cycle before,
+        # which is final: tst_par is set at T1, and n_used changed at the latest in the cycle
+        # after the previous decision, before this token's T1 (one token in T1 .. DEC at a time)
         full = Signal()
         dec_fresh = Signal()
-        m.d.sync += dec_fresh.eq(in_last)
+        m.d.sync += [dec_fresh.eq(in_last), full.eq(n_used >= pick(b_table, tst_par))]
         m.d.comb += [
-            full.eq(n_used >= pick(b_table, tst_par)),
             dcd.fresh.eq(dec_fresh),
             dcd.passed.eq(cmp.passed),
             dcd.sure.eq(cmp.sure),

@@ -497,6 +497,9 @@ def main(argv: list[str] | None = None) -> int:
             flush=True,
         )
         meta = env_summary()
+        # the commit the RTL is elaborated from: read now, not when the report is written
+        # (a whole-DRE route takes an hour, and the checkout may move on meanwhile)
+        meta["commit"] = _commit()
         if not args.quick:
             meta["nextpnr"] = nextpnr_version()
         options = FlowOptions(
@@ -516,7 +519,6 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     meta["command"] = " ".join(["python -m synth.report", *map(shlex.quote, argv_used)])
     meta["date"] = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
-    meta["commit"] = _commit()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     page = render(rows, meta, args.quick)
     args.out.write_text(page + kept_part(args.out))

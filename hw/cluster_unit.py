@@ -167,10 +167,10 @@ class ClusterUnit(wiring.Component):
     (T1), :class:`hw.cluster_cosine.ClusterCompare` (T2 .. T8),
     :class:`hw.cluster_decide.ClusterDecide` (DEC, exact recomputes),
     :class:`hw.cluster_update.SumUpdate`, :class:`hw.cluster_queue.WritebackQueue`,
-    :class:`hw.cluster_writeback.ClusterWriteback` and :class:`hw.centroid_table.CentroidTable`;
-    this module holds the owner map, the start of the dot products (candidate ids, the two
-    per-token banks), the test section's ``m.FSM`` (IDLE / T2 .. T8 / DEC), the decision
-    history, the result register and the clear.
+    :class:`hw.cluster_writeback.ClusterWriteback`, :class:`hw.centroid_table.CentroidTable`
+    and :class:`hw.cluster_owner.OwnerMap`; this module holds the start of the dot products
+    (candidate ids, the two per-token banks), the test section's ``m.FSM`` (IDLE / T2 .. T8 /
+    DEC), the decision history, the result register and the clear.
     """
 
     def __init__(self, cfg: DREConfig, mantissa_bits: int = 17):

@@ -10,6 +10,9 @@ from amaranth.lib.wiring import In, Out
 from model.dre.cluster import ClusterWidths
 from model.dre.config import ConfigError, DREConfig, require_config
 
+#: Cycles from a ``cand_meta`` read's address to its data (:class:`CentroidTable`).
+META_READ_LATENCY = 2
+
 
 def chunk_shape(cfg: DREConfig) -> range:
     """Shape of a chunk index ``0 .. G-1`` (at least one bit, so that no port is 0 bits wide)."""
@@ -48,7 +51,8 @@ class SumReadSignature(wiring.Signature):
 
 class MetaReadSignature(wiring.Signature):
     """A read port of the meta memory: ``id`` (Out) -> ``data`` (In, ``norm``, ``count``), one
-    cycle of latency, always enabled."""
+    cycle (:class:`CentroidTable`'s ``wb_meta``) or :data:`META_READ_LATENCY` (its registered
+    ``cand_meta`` ports) of latency, always enabled."""
 
     def __init__(self, cfg: DREConfig):
         super().__init__({"id": Out(range(cfg.n_max)), "data": In(meta_layout(cfg))})
@@ -98,9 +102,11 @@ class CentroidTable(wiring.Component):
 
     Interface (all read ports synchronous and always enabled)
     ---------------------------------------------------------
-    cand : In(SumReadSignature) x ``ports``, cand_meta : In(MetaReadSignature) x ``meta_ports``
-        The candidates' reads of the cosine test (``meta_ports`` defaults to ``ports``); one
-        cycle of latency, transparent.
+    cand : In(SumReadSignature) x ``ports``
+        The candidates' sum reads of the cosine test; one cycle of latency, transparent.
+    cand_meta : In(MetaReadSignature) x ``meta_ports``
+        The candidates' meta reads (``meta_ports`` defaults to ``ports``): *registered*,
+        :data:`META_READ_LATENCY` (2) cycles of latency, not transparent (below).
     upd : In(SumReadSignature)
         Read half of the read-modify-write that adds a key to a sum: *registered*, two cycles
         of latency, not transparent (below).
@@ -112,21 +118,25 @@ class CentroidTable(wiring.Component):
     wr : In(SumWriteSignature), wr_meta : In(MetaWriteSignature)
         One chunk and one meta row per cycle; no backpressure.
 
-    The candidate ports and the meta ports are transparent: a read of a row written in the same
-    cycle returns the new contents (the clustering unit relies on it: a sum update that writes
-    its first chunk in the cycle a dot product starts reading is seen by all its chunks, and so
-    is a ``|S|^2``/count written at the commit in the cycle the next token's candidates are
-    read).  On an FPGA or ASIC this is a bypass multiplexer per read port; for the sum memory it
-    is written out here (the memory itself carries Yosys's ``no_rw_check``): the write's row is
-    compared with each read's row in the read's address cycle, registered, and the write data
-    is registered once (``wr_last``).
+    The candidate sum ports and ``wb_meta`` are transparent: a read of a row written in the
+    same cycle returns the new contents (the clustering unit relies on it for the sums: a sum
+    update that writes its first chunk in the cycle a dot product starts reading is seen by
+    all its chunks).  On an FPGA or ASIC this is a bypass multiplexer per read port; here it is
+    written out (both memories carry Yosys's ``no_rw_check``): the write's row is compared with
+    each read's row in the read's address cycle, registered, and the write data is registered
+    once (``wr_last``, and its meta counterpart).
 
-    The registered ports ``upd`` and ``wb`` put the memory's read data straight into a register
-    (no reset), which the FPGA flow folds into the block RAM's output register (0.96 ns clock to
-    out instead of 5.83, "Fmax, tenth round" of ``docs/cluster.md``): ``data`` two cycles after
-    the address holds the contents *before* the writes of the address cycle and the next one.
-    The sum update never reads a row written so recently (``hw.cluster_update.SumUpdate``), and
-    the write-back engine is given the id again by any update that overlaps its reads.
+    The registered ports ``upd``, ``wb`` and ``cand_meta`` put the memory's read data straight
+    into a register (no reset), which the FPGA flow folds into the block RAM's output register
+    (0.96 ns clock to out instead of 5.83, "Fmax, tenth round" of ``docs/cluster.md``):
+    ``data`` two cycles after the address holds the row as written up to the cycle before the
+    address cycle.  A write in the cycle after the address cycle is not seen; a read of a row
+    written *in* its address cycle is undefined (``no_rw_check``: no collision logic behind the
+    block RAM; simulation gives the old contents).  The sum update never reads a row written so
+    recently (``hw.cluster_update.SumUpdate``); the write-back engine is given the id again by
+    any update that overlaps its reads; the clustering unit's meta reads may collide only with
+    the last decision's write, whose values it takes from the decision's own registers
+    (``hw.cluster_resolve.CandidateResolve``).
 
     ``bypass_out=True`` leaves that multiplexer of the ``cand`` ports to the reader: their
     ``data`` is then the memory's raw read data (the contents before a write in the read's
@@ -184,7 +194,10 @@ class CentroidTable(wiring.Component):
         m.submodules.sums = sums = Memory(
             shape=sum_chunk_layout(cfg), depth=cfg.n_max * G, init=[], attrs={"no_rw_check": 1}
         )
-        m.submodules.meta = meta = Memory(shape=meta_layout(cfg), depth=cfg.n_max, init=[])
+        # no_rw_check: wb_meta's bypass is explicit (below), cand_meta's reads are registered
+        m.submodules.meta = meta = Memory(
+            shape=meta_layout(cfg), depth=cfg.n_max, init=[], attrs={"no_rw_check": 1}
+        )
 
         def row(port):
             if G == 1:
@@ -225,7 +238,19 @@ class CentroidTable(wiring.Component):
             data_q = Signal(sum_chunk_layout(cfg), name=f"sum_q{k}", reset_less=True)
             m.d.comb += [rp.addr.eq(row(port)), port.data.eq(data_q)]
             m.d.sync += data_q.eq(rp.data)
-        for port in (*self.cand_meta, self.wb_meta):
-            rp = meta.read_port(transparent_for=(mw,))
-            m.d.comb += [rp.addr.eq(port.id), port.data.eq(rp.data)]
+        for k, port in enumerate(self.cand_meta):
+            rp = meta.read_port(transparent_for=())
+            data_q = Signal(meta_layout(cfg), name=f"meta_q{k}", reset_less=True)
+            m.d.comb += [rp.addr.eq(port.id), port.data.eq(data_q)]
+            m.d.sync += data_q.eq(rp.data)
+        # wb_meta: transparent, the bypass written out like the sum ports'
+        rp = meta.read_port(transparent_for=())
+        meta_hit = Signal()
+        meta_last = Signal(meta_layout(cfg), reset_less=True)
+        m.d.comb += rp.addr.eq(self.wb_meta.id)
+        m.d.sync += [
+            meta_hit.eq(self.wr_meta.en & (self.wr_meta.id == self.wb_meta.id)),
+            meta_last.eq(self.wr_meta.data),
+        ]
+        m.d.comb += self.wb_meta.data.eq(Mux(meta_hit, meta_last, rp.data))
         return m

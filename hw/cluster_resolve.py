@@ -43,10 +43,11 @@ class CandidateResolve(wiring.Component):
     own_id : In(range(n_max)) x 2
         The ids of the own temporal and up candidates (owner map or decision history).
     meta : In(StructLayout(norm, count)) x 2
-        The table's meta data of ``own_id`` (read in the cycle before ``load``).  It may lack the
-        last decision's write (written one cycle after the decision, which may be the cycle of
-        that read): an own candidate equal to ``last_id`` (``last_ok``) takes ``last_norm`` and
-        ``last_count`` instead, the values that write stores.
+        The table's meta data of ``own_id`` (read after the token's start and kept in its bank).
+        It holds every decision's write but the last one's, which it may lack (the last
+        decision may commit after that read): an own candidate equal to ``last_id``
+        (``last_ok``) takes ``last_norm`` and ``last_count`` instead, the values that write
+        stores.
     last_id, last_ok, last_new, last_merge, last_which, last_norm, last_count : In
         The last decision: its cluster, whether it joined or opened one (not dropped), opened,
         joined / forced, into which candidate slot, and the ``|S|^2`` and count it wrote.
@@ -177,8 +178,8 @@ class CandidateResolve(wiring.Component):
                         *((is_prev & c, v) for c, v in prev_choices),
                     ]
                 )
-                # The last decision's meta write is one cycle late for the meta read when this
-                # token's T1 directly follows it: its own registers stand in for the table.
+                # The last decision's meta write may come after the meta read (made after this
+                # token's start): its own registers stand in for the table.
                 last = is_prev | (self.last_ok & (self.last_id == own))
                 norm = Mux(last, self.last_norm, meta.norm)
                 count = Mux(last, self.last_count, meta.count)

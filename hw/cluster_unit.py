@@ -6,7 +6,7 @@ from amaranth import Cat, Module, Mux, Signal, Value, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from hw.centroid_table import CentroidTable, chunk_shape
+from hw.centroid_table import META_READ_LATENCY, CentroidTable, chunk_shape, meta_layout
 from hw.cluster_cosine import LATENCY as COMPARE_LATENCY
 from hw.cluster_cosine import ClusterCompare, check_mantissa_bits
 from hw.cluster_decide import TEMPORAL, UP, ClusterDecide
@@ -41,6 +41,11 @@ assert COMPARE_LATENCY + 2 > WRITE_DELAY
 # come from the history; the youngest read from the owner map, ``t - 3``, committed at least
 # one commit spacing before ``t - 2``, which committed by ``s - 1`` (``n_undec <= 1``).
 assert COMPARE_LATENCY + 2 >= OWNER_READ_LATENCY
+# The meta reads of a token starting in ``s`` (its own candidates' |S|^2 and count) are
+# addressed in ``s + 1`` and go into its bank in ``s + 1 + META_READ_LATENCY``; its T1 is in
+# ``s + G + DOTS_LATENCY + 1`` or later (the last chunk's data in ``s + G``, done DOTS_LATENCY
+# later), so the bank is loaded before T1 for every G >= 1.
+assert META_READ_LATENCY <= DOTS_LATENCY
 
 
 def _loop(cfg: DREConfig) -> int:
@@ -149,8 +154,8 @@ class ClusterUnit(wiring.Component):
     ``t+1``'s reads began, so ``t+1`` never sees it and
     corrects any of its own candidates equal to ``t``'s cluster by ``k_{t+1}.k_t``; every
     earlier update is complete in time (transparent table ports).  ``|S|^2`` and counts come from
-    the table (transparent reads, written at the commit) or, for ``t``'s cluster, from the
-    decision's own registers.  Candidates two tokens back (grid width 2, frames of 2 tokens)
+    the table (registered reads in the cycle after the start, kept in the token's bank; they
+    see every commit but ``t``'s) or, for ``t``'s cluster, from the decision's own registers.  Candidates two tokens back (grid width 2, frames of 2 tokens)
     come from the decision history instead of the owner map.  The decision waits for a free
     ``result`` register and a sum-update engine free in the commit cycle (``G`` cycles per
     update), and for the
@@ -377,6 +382,24 @@ class ClusterUnit(wiring.Component):
                         b_tz[j][b].eq(tsq.t_zero[j]),
                     ]
 
+        # Meta reads of the own candidates (|S|^2 and count; "Fmax, twelfth round"): addressed
+        # in the cycle after the start, from the bank's registered ids, registered
+        # (META_READ_LATENCY), then loaded into the token's bank for T1.  A read in s + 1 sees
+        # the commits up to s, so every decision before the token before (committed by s - 1:
+        # n_undec <= 1 at the start); the token before's own write it may miss or collide
+        # with, and CandidateResolve takes that decision's registers instead.
+        b_meta = [bank(meta_layout(cfg), f"b_meta{k}_") for k in range(2)]
+        m_load = [Signal(name=f"meta_load{n}") for n in range(META_READ_LATENCY)]
+        m_par = [Signal(name=f"meta_par{n}", reset_less=True) for n in range(META_READ_LATENCY)]
+        m.d.sync += [m_load[0].eq(d_first), m_par[0].eq(d_par)]
+        for n in range(1, META_READ_LATENCY):
+            m.d.sync += [m_load[n].eq(m_load[n - 1]), m_par[n].eq(m_par[n - 1])]
+        for k, i in enumerate((TEMPORAL, UP)):
+            m.d.comb += table.cand_meta[k].id.eq(pick(b_id[i], d_par))
+            for b in range(2):
+                with m.If(m_load[-1] & (m_par[-1] == b)):
+                    m.d.sync += b_meta[k][b].eq(table.cand_meta[k].data)
+
         def key_chunk(key, chunk, name):
             kc = Signal(key_chunk_layout(cfg), name=name)
             if G > 1:
@@ -421,12 +444,6 @@ class ClusterUnit(wiring.Component):
         with m.Elif(t1):
             m.d.sync += acc_full.eq(0)
 
-        # meta reads of the own candidates: addresses one cycle before T1 (the token waiting
-        # with its dot products done, else the one finishing them: the token that reaches T1
-        # next), transparent, so the last decision's write is seen.
-        next_par = Mux(acc_full, full_par, dots.done_tag)
-        for k, i in enumerate((TEMPORAL, UP)):
-            m.d.comb += table.cand_meta[k].id.eq(pick(b_id[i], next_par))
         # T1 (CandidateResolve): the candidates of the token in bank B, registered for T2.
         B = full_par
         m.d.comb += [
@@ -436,8 +453,8 @@ class ClusterUnit(wiring.Component):
             res.prev.eq(pick(b_prev, B)),
             res.own_id[0].eq(pick(b_id[TEMPORAL], B)),
             res.own_id[1].eq(pick(b_id[UP], B)),
-            res.meta[0].eq(table.cand_meta[0].data),
-            res.meta[1].eq(table.cand_meta[1].data),
+            res.meta[0].eq(pick(b_meta[0], B)),
+            res.meta[1].eq(pick(b_meta[1], B)),
             res.last_id.eq(pd_id),
             res.last_ok.eq(pd_ok),
             res.last_new.eq(pd_new),

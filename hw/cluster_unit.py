@@ -151,17 +151,16 @@ class ClusterUnit(wiring.Component):
     computes ``k_{t+1}.k_t``; at T1, once ``t`` is decided, it takes ``k_{t+1}.S_c + k_{t+1}.k_t``
     for the candidate ``c`` that ``t`` joined, or ``k_{t+1}.k_t`` if ``t`` opened a cluster.
     If ``t`` is not committed before ``t+1`` starts, ``t``'s sum update starts writing after
-    ``t+1``'s reads began, so ``t+1`` never sees it and
-    corrects any of its own candidates equal to ``t``'s cluster by ``k_{t+1}.k_t``; every
-    earlier update is complete in time (transparent table ports).  ``|S|^2`` and counts come from
-    the table (registered reads in the cycle after the start, kept in the token's bank; they
-    see every commit but ``t``'s) or, for ``t``'s cluster, from the decision's own registers.  Candidates two tokens back (grid width 2, frames of 2 tokens)
-    come from the decision history instead of the owner map.  The decision waits for a free
-    ``result`` register and a sum-update engine free in the commit cycle (``G`` cycles per
-    update), and for the
-    exact unit when the mantissa screen left a result it needs inside its guard band
-    (:func:`hw.cluster_exact.exact_cycles` per recomputed result plus one, 211 at the default;
-    rare).
+    ``t+1``'s reads began, so ``t+1`` never sees it and corrects any of its own candidates
+    equal to ``t``'s cluster by ``k_{t+1}.k_t``; every earlier update is complete in time
+    (transparent table ports).  ``|S|^2`` and counts come from the table (registered reads in
+    the cycle after the start, kept in the token's bank; they see every commit but ``t``'s) or,
+    for ``t``'s cluster, from the decision's own registers.  Candidates two tokens back (grid
+    width 2, frames of 2 tokens) come from the decision history instead of the owner map.  The
+    decision waits for a free ``result`` register and a sum-update engine free in the commit
+    cycle (``G`` cycles per update), and for the exact unit when the mantissa screen left a
+    result it needs inside its guard band (:func:`hw.cluster_exact.exact_cycles` per
+    recomputed result plus one, 211 at the default; rare).
     Write-backs run in the background from a queue of updated clusters (each id at most once).
     ``docs/cluster.md`` has the schedule and the hazard argument.
 
@@ -537,12 +536,14 @@ class ClusterUnit(wiring.Component):
         # The decision waits until the sum update engine can start in the next cycle (commit).
         m.d.comb += decide.eq(in_dec & dcd.ready & result_free & upd.free_next)
         m.d.sync += commit.eq(decide)
-        with m.If(decide):
+        # The decision's registers are loaded in every DEC cycle, not only at the decision
+        # ("Fmax, twelfth round"): the last load is the decision's, and nothing reads the
+        # previous decision's pd_* once this token is in DEC (its commit and this token's T1,
+        # which do, come before).  The result's payload likewise, whenever the result register
+        # is free; its valid bit is set at the decision only.  So the walk that forms `decide`
+        # reaches the data of these registers, not the enables of about a hundred of them.
+        with m.If(in_dec):
             m.d.sync += [
-                self.result.valid.eq(1),
-                self.result.payload.id.eq(choice),
-                self.result.payload.status.eq(status),
-                self.result.payload.last.eq(pick(b_last, tst_par)),
                 pd_id.eq(choice),
                 pd_ok.eq(~dropped),
                 pd_new.eq(new),
@@ -553,6 +554,14 @@ class ClusterUnit(wiring.Component):
                 pd_pos.eq(pick(b_pos, tst_par)),
                 pd_par.eq(tst_par),
             ]
+            with m.If(result_free):
+                m.d.sync += [
+                    self.result.payload.id.eq(choice),
+                    self.result.payload.status.eq(status),
+                    self.result.payload.last.eq(pick(b_last, tst_par)),
+                ]
+        with m.If(decide):
+            m.d.sync += self.result.valid.eq(1)
             with m.If(new):
                 m.d.sync += n_used.eq(n_used + 1)
 

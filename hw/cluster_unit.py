@@ -611,6 +611,9 @@ class ClusterUnit(wiring.Component):
         ]
         wiring.connect(m, wiring.flipped(self.writeback), wb.write)
 
+        # upd.idle does not count a start in this cycle: a start is a commit, when n_undec >= 1
+        # and `empty` is low ("Fmax, twelfth round": the commit -> start -> idle -> the top's
+        # query ready path)
         drained = upd.idle & queue.empty & ~wb.busy
         empty = ~in_valid & (n_undec == 0)
         m.d.comb += [self.idle.eq(empty & drained), self.clearing.eq(clear_pending)]

@@ -39,7 +39,9 @@ class SumUpdate(wiring.Component):
         A chunk is written in this cycle.
     idle : Out(1)
         No update is under way: no chunk read pending, none in flight, none written in this
-        cycle (and no ``start`` in it).
+        cycle.  From registers only: a ``start`` in this cycle is not counted (the clustering
+        unit starts an update only while it has a token in flight, so its own ``idle`` is low
+        then; "Fmax, twelfth round" in ``docs/cluster.md``).
     updated : Out(1), updated_id : Out(range(n_max))
         The update's last chunk is written in this cycle (the cluster is complete in the table
         from the next cycle on; it goes to the write-back queue).
@@ -162,7 +164,7 @@ class SumUpdate(wiring.Component):
             self.write.data.eq(wdata),
             self.updated.eq(v[2] & (chunks[2] == G - 1)),
             self.updated_id.eq(ids[2]),
-            self.idle.eq(~reading & ~v[0] & ~v[1] & ~v[2]),
+            self.idle.eq(~rd & ~v[0] & ~v[1] & ~v[2]),
         ]
         for n in range(2):  # the rows of the writes one and two cycles later
             m.d.comb += [

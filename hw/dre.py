@@ -69,6 +69,7 @@ class DRE(wiring.Component):
         (``planes_read``, ``cycles``, ``error`` flags).
     regs : In(hw.dre_regs.RegisterBusSignature())
         Runtime registers, status and performance counters (:func:`hw.dre_regs.register_map`).
+        A counter includes an event one cycle after it (the increments are registered).
     busy : Out(1)
         Clustering or retrieval under way (``~STATUS.cluster_idle | STATUS.select_busy``).
 
@@ -246,11 +247,16 @@ class DRE(wiring.Component):
             "SELECT_CYCLES": Mux(trailer, s.payload.cycles, 0),
             "BUSY_CYCLES": self.busy,
         }
+        # Each counter adds its increment of the cycle before (registered, so that the stream
+        # handshakes and the idle flags that form it do not run into a 48-bit carry chain in the
+        # same cycle): the counts lag the events by one cycle.  A clear drops the increments of
+        # its own cycle and of the one before, as the unregistered form did.
         for name, sig in counters.items():
+            inc = Signal.like(increments[name], name=f"inc_{name.lower()}")
             with m.If(cmd[1]):
-                m.d.sync += sig.eq(0)
+                m.d.sync += [sig.eq(0), inc.eq(0)]
             with m.Else():
-                m.d.sync += sig.eq(sig + increments[name])
+                m.d.sync += [sig.eq(sig + inc), inc.eq(increments[name])]
         with m.If(cmd[2]):
             m.d.sync += sel_err.eq(0)
         with m.Elif(trailer):

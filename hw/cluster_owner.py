@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from amaranth import Module, Signal
+from amaranth import Module
 from amaranth.lib import data, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
+from hw.centroid_table import registered_read
 from model.dre.config import DREConfig, require_config
 
 #: Cycles from a read's address to its data.
@@ -72,8 +73,5 @@ class OwnerMap(wiring.Component):
         wp = mem.write_port()
         m.d.comb += [wp.en.eq(self.wr_en), wp.addr.eq(self.wr_addr), wp.data.eq(self.wr_data)]
         for k in range(self.ports):
-            rp = mem.read_port(transparent_for=())
-            data_q = Signal(layout, name=f"own_q{k}", reset_less=True)
-            m.d.comb += [rp.addr.eq(self.rd_addr[k]), self.rd_data[k].eq(data_q)]
-            m.d.sync += data_q.eq(rp.data)
+            m.d.comb += self.rd_data[k].eq(registered_read(m, mem, self.rd_addr[k], f"own_q{k}"))
         return m

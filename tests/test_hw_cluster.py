@@ -962,9 +962,10 @@ def _check_throughput(cfg, stats):
     n = h * w
     want = _frame_cycles(cfg, n)
     assert _frame_cycles(cfg, 1) == token_latency(cfg) + 2
-    # the formula with the average period; the schedule is up to 2 cycles shorter (the first
-    # start gap is the read ports' G, shorter than the alternation's; the phase at the end)
-    assert -2 <= want - (token_period(cfg) * (n - 1) + token_latency(cfg) + 2) <= 0
+    # the formula with the average period; the schedule is up to 2.5 cycles shorter (the first
+    # start gap is the read ports' G, shorter than the alternation's; the phase at the end: at
+    # the default, G = 8, an even token count ends 2.5 under, e.g. the 14 x 14 grid)
+    assert -2.5 <= want - (token_period(cfg) * (n - 1) + token_latency(cfg) + 2) <= 0
     # Near-equal keys can put a decision inside the screen's guard band: a frame with an exact
     # recompute waits for it (longer, never shorter); every other frame is exactly on schedule.
     plain = [c for c, r in zip(stats["cycles"], stats["recomputes"], strict=True) if r == 0]

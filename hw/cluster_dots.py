@@ -99,6 +99,19 @@ def offset_sum(terms: list, width: int) -> Value:
     return tree_sum(ops)[:width]
 
 
+def negated(terms: list) -> list:
+    """Terms whose sum is ``-sum(terms)``, with no negation's carry chain: ``-t = ~t + 1`` for a
+    signed ``t`` (exact), so each term is inverted and ``len(terms)`` added as one constant.  An
+    unsigned term is first made signed with one more (zero) bit."""
+    out = []
+    for t in terms:
+        t = Value.cast(t)
+        if not t.shape().signed:
+            t = Cat(t, Const(0, 1)).as_signed()
+        out.append(~t)
+    return [*out, Const(len(terms))]
+
+
 def tree_levels(terms: list, levels: int) -> list:
     """``levels`` levels of a balanced adder tree (:func:`hw.arith.tree_level`): the partial
     sums, ``ceil(len / 2^levels)`` of them, for a pipeline register between levels."""
@@ -201,7 +214,11 @@ class ClusterDots(wiring.Component):
                 "fwd": In(sum_chunk_layout(cfg)),
                 "wdata": In(sum_chunk_layout(cfg)),
                 "dot": Out(signed(wd.dot)).array(N_SUMS),
+                "dot_neg": Out(signed(wd.dot)).array(N_SUMS),
+                "dot_kk": Out(signed(wd.dot)).array(N_SUMS),
+                "dot_kk_neg": Out(signed(wd.dot)).array(N_SUMS),
                 "kk": Out(signed(wd.key_norm + 1)),
+                "kk_neg": Out(signed(wd.key_norm + 2)),
                 "kn": Out(unsigned(wd.key_norm)),
                 "done": Out(1),
                 "done_tag": Out(1),
@@ -243,7 +260,13 @@ class ClusterDots(wiring.Component):
 
         q1_s = [[bypass(i, l) for l in range(L)] for i in range(N_SUMS)]
         q2_kc = stage(q1_kc, "q2_kc")
-        q2_kp = stage(q1_kp, "q2_kp")
+        # the key x key products (bk x bk shift-and-add, no DSP blocks) one stage ahead of the
+        # sums' products, from the q1 key chunks: the rows of all lanes in one tree, two levels
+        # in each of q2, q3 and q4, so that k.k_prev's chunk enters the accumulate stage whole
+        # (one term of the speculated sums ``k.S_i + k.k_prev``)
+        q2_kk = stage(
+            tree_levels([r for l in range(L) for r in mul_rows(q1_kc[l], q1_kp[l])], 2), "q2_kk"
+        )
         q2_ka = stage([magnitude(k) for k in q1_kc], "q2_ka")  # |k| for the squarer's rows
         if wide:
             q2_lo = [stage([dsp_operand(s) for s in q1_s[i]], f"q2_lo{i}_") for i in range(N_SUMS)]
@@ -255,8 +278,7 @@ class ClusterDots(wiring.Component):
             q2_lo = [stage(q1_s[i], f"q2_s{i}_") for i in range(N_SUMS)]
         q2_ctl = stage(q1_ctl, "q2_ctl", reset_less=False)
         # q3: the DSP products alone, registered (the block's output register); in LUTs the
-        # first two adder-tree levels of k x S[18:]'s slices and of sum(k), and the key x key
-        # products (bk x bk shift-and-add: no DSP blocks)
+        # first two adder-tree levels of k x S[18:]'s slices and of sum(k), and of |k|^2's rows
         q3_p = [
             stage([q2_kc[l] * q2_lo[i][l] for l in range(L)], f"q3_p{i}_") for i in range(N_SUMS)
         ]
@@ -267,9 +289,7 @@ class ClusterDots(wiring.Component):
                 q3_hi.append(stage([_slice_sum(t) for t in slices], f"q3_hi{i}_"))
         q3_ks = stage([_slice_sum(q2_kc)], "q3_ks") if wide else []
         # (the rows of all lanes in one tree: two levels here, two in q4, the rest in A)
-        q3_kk = stage(
-            tree_levels([r for l in range(L) for r in mul_rows(q2_kc[l], q2_kp[l])], 2), "q3_kk"
-        )
+        q3_kk = stage(tree_levels(q2_kk, 2), "q3_kk")
         q3_kn = stage(tree_levels([r for l in range(L) for r in square_rows(q2_ka[l])], 2), "q3_kn")
         q3_ctl = stage(q2_ctl, "q3_ctl", reset_less=False)
         # q4: two adder-tree levels of the DSP and key products, the slice and sum(k) sums whole
@@ -286,28 +306,49 @@ class ClusterDots(wiring.Component):
         q4_kk = stage(tree_levels(q3_kk, 2), "q4_kk")
         q4_kn = stage(tree_levels(q3_kn, 2), "q4_kn")
         a_en, a_first, a_last, a_tag = stage(q3_ctl, "a_ctl", reset_less=False)
-        # the accumulators, without reset (loaded from 0 with a token's first chunk)
-        acc = [Signal.like(self.dot[i], name=f"acc{i}", reset_less=True) for i in range(N_SUMS)]
+
+        # the accumulators, without reset (loaded from 0 with a token's first chunk): per sum
+        # k.S_i, its negation, k.S_i + k.k_prev and that sum's negation, each a tree of its own
+        # over the same registers; k.k_prev and its negation; |k|^2
+        def accs(port, name):
+            regs = [Signal.like(port[i], name=f"{name}{i}", reset_less=True) for i in range(N_SUMS)]
+            m.d.comb += [port[i].eq(regs[i]) for i in range(N_SUMS)]
+            return regs
+
+        acc = accs(self.dot, "acc")
+        acc_neg = accs(self.dot_neg, "acc_neg")
+        acc_spec = accs(self.dot_kk, "acc_spec")
+        acc_spec_neg = accs(self.dot_kk_neg, "acc_spec_neg")
         acc_kk = Signal.like(self.kk, name="acc_kk", reset_less=True)
+        acc_kk_neg = Signal.like(self.kk_neg, name="acc_kk_neg", reset_less=True)
         acc_kn = Signal.like(self.kn, name="acc_kn", reset_less=True)
         m.d.comb += [
-            *(self.dot[i].eq(acc[i]) for i in range(N_SUMS)),
             self.kk.eq(acc_kk),
+            self.kk_neg.eq(acc_kk_neg),
             self.kn.eq(acc_kn),
         ]
+
+        def accumulate(reg, terms, high=None, neg=False):
+            # reg (or 0 with the first chunk) + terms (+ 2^17 high), or - (terms + 2^17 high):
+            # one tree of full adders and one carry chain, modulo reg's width; -2^17 high is
+            # 2^17 ~high + 2^17 modulo 2^(17 + len(high)), the accumulator's width
+            terms = negated(terms) if neg else list(terms)
+            if high is not None:
+                terms += [(~high) << 17, Const(1 << 17)] if neg else [high << 17]
+            m.d.sync += reg.eq(offset_sum([Mux(a_first, 0, reg), *terms], len(reg)))
+
         # A: the rest of the trees, accumulate
         m.d.comb += [self.done.eq(a_en & a_last), self.done_tag.eq(a_tag)]
         with m.If(a_en):
             for i in range(N_SUMS):
                 # DSP sum, slice sums (high_terms), 2^17 sum(k) and the accumulator: one tree
                 # (4 adder levels for 24-bit sums, not 3 + 2 + 1 in a row)
-                terms = [Mux(a_first, 0, acc[i]), *q4_lo[i]]
-                if wide:
-                    terms.append(q4_h[i][0] << 17)
-                m.d.sync += acc[i].eq(offset_sum(terms, len(acc[i])))
-            kk_terms = [Mux(a_first, 0, acc_kk), *q4_kk]
-            m.d.sync += [
-                acc_kk.eq(offset_sum(kk_terms, len(acc_kk))),
-                acc_kn.eq(Mux(a_first, 0, acc_kn) + tree_sum(q4_kn)),
-            ]
+                high = q4_h[i][0] if wide else None
+                accumulate(acc[i], q4_lo[i], high)
+                accumulate(acc_neg[i], q4_lo[i], high, neg=True)
+                accumulate(acc_spec[i], [*q4_lo[i], *q4_kk], high)
+                accumulate(acc_spec_neg[i], [*q4_lo[i], *q4_kk], high, neg=True)
+            accumulate(acc_kk, q4_kk)
+            accumulate(acc_kk_neg, q4_kk, neg=True)
+            m.d.sync += acc_kn.eq(Mux(a_first, 0, acc_kn) + tree_sum(q4_kn))
         return m

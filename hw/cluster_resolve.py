@@ -92,7 +92,11 @@ class CandidateResolve(wiring.Component):
                 "last_norm": In(unsigned(wd.sum_norm)),
                 "last_count": In(unsigned(cfg.count_bits)),
                 "acc": In(signed(wd.dot)).array(N_SUMS),
+                "acc_neg": In(signed(wd.dot)).array(N_SUMS),
+                "acc_kk": In(signed(wd.dot)).array(N_SUMS),
+                "acc_kk_neg": In(signed(wd.dot)).array(N_SUMS),
                 "kk": In(signed(wd.key_norm + 1)),
+                "kk_neg": In(signed(wd.key_norm + 2)),
                 "kn": In(unsigned(wd.key_norm)),
                 "id": Out(ids).array(3),
                 "dot": Out(signed(wd.dot)).array(3),
@@ -109,7 +113,7 @@ class CandidateResolve(wiring.Component):
     def elaborate(self, platform):
         cfg, wd = self.cfg, self.widths
         m = Module()
-        acc, kk = self.acc, self.kk
+        acc, spec, spec_neg = self.acc, self.acc_kk, self.acc_kk_neg
 
         def out_reg(port, name):  # the output's register, no reset (see Timing)
             r = Signal.like(port, name=name, reset_less=True)
@@ -126,20 +130,15 @@ class CandidateResolve(wiring.Component):
         o_elig = out_reg(self.elig, "r_elig")
         o_kn = out_reg(self.key_norm, "r_key_norm")
 
-        # Every candidate dot product is one of a few sums of the accumulators, each formed
-        # together with its magnitude: the negation from the same operands, side by side
-        # (-(a + b) = ~a + ~b + 2), so no negation's carry chain follows the sum's.  The
-        # candidate's value and magnitude are then picked from those options by one-hot
-        # conditions (AND-OR), formed from the control inputs while the sums settle ("Fmax,
-        # ninth round" in docs/cluster.md).
+        # Every candidate dot product is one of a few sums of the accumulators; ClusterDots
+        # accumulates each of them, and its negation, in registers of their own ("Fmax,
+        # thirteenth round" in docs/cluster.md), so the magnitude is a multiplexer behind a
+        # register's sign bit, with no carry chain.  The candidate's value and magnitude are
+        # then picked from those options by one-hot conditions (AND-OR), formed from the
+        # control inputs ("Fmax, ninth round").
         w = wd.dot
 
-        def option(name, a, b=None):  # (a [+ b], |a [+ b]|): signed(w), unsigned(w)
-            p, n = Signal(signed(w), name=f"{name}_p"), Signal(signed(w), name=f"{name}_n")
-            if b is None:
-                m.d.comb += [p.eq(a), n.eq(-a)]
-            else:
-                m.d.comb += [p.eq(a + b), n.eq(~a + ~b + 2)]
+        def option(name, p, n):  # (p, |p|) for p and n = -p: signed(w), unsigned(w)
             mag = Signal(unsigned(w), name=f"{name}_m")
             m.d.comb += mag.eq(Mux(p < 0, n, p))
             return p, mag
@@ -153,10 +152,15 @@ class CandidateResolve(wiring.Component):
         # the previous-token candidate: its dot product and when each form applies
         pend, new = self.pend, self.last_new
         which = [self.last_which == 0, self.last_which == 1, self.last_which >= 2]
+        kk = Signal(signed(w), name="kk_p")  # k.k_prev at the dot width
+        m.d.comb += kk.eq(self.kk)
         prev_choices = [
-            (~pend, option("acc2", acc[2])),
-            (pend & new, option("kk", kk)),
-            *((pend & ~new & which[j], option(f"spec{j}", acc[2 + j], kk)) for j in range(3)),
+            (~pend, option("acc2", acc[2], self.acc_neg[2])),
+            (pend & new, option("kk", kk, self.kk_neg)),
+            *(
+                (pend & ~new & which[j], option(f"spec{j}", spec[2 + j], spec_neg[2 + j]))
+                for j in range(3)
+            ),
         ]
         eligible = []
         for i in range(3):
@@ -173,8 +177,8 @@ class CandidateResolve(wiring.Component):
                 cid = Mux(is_prev, self.last_id, own)
                 dot = one_hot(
                     [
-                        (~is_prev & ~corr, option(f"own{k}", acc[k])),
-                        (~is_prev & corr, option(f"own{k}kk", acc[k], kk)),
+                        (~is_prev & ~corr, option(f"own{k}", acc[k], self.acc_neg[k])),
+                        (~is_prev & corr, option(f"own{k}kk", spec[k], spec_neg[k])),
                         *((is_prev & c, v) for c, v in prev_choices),
                     ]
                 )

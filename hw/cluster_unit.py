@@ -462,7 +462,11 @@ class ClusterUnit(wiring.Component):
             res.last_norm.eq(pd_norm),
             res.last_count.eq(pd_count),
             *(res.acc[i].eq(dots.dot[i]) for i in range(5)),
+            *(res.acc_neg[i].eq(dots.dot_neg[i]) for i in range(5)),
+            *(res.acc_kk[i].eq(dots.dot_kk[i]) for i in range(5)),
+            *(res.acc_kk_neg[i].eq(dots.dot_kk_neg[i]) for i in range(5)),
             res.kk.eq(dots.kk),
+            res.kk_neg.eq(dots.kk_neg),
             res.kn.eq(dots.kn),
         ]
         r_id, r_dot, r_norm, r_kn = res.id, res.dot, res.norm, res.key_norm

@@ -301,6 +301,10 @@ def test_dots_against_integers(seed, cfg):
     wsum = ClusterWidths.of(cfg).sum
     kmin, kmax = -(1 << (cfg.bk - 1)), (1 << (cfg.bk - 1)) - 1
     smin, smax = -(1 << (wsum - 1)), (1 << (wsum - 1)) - 1
+    wdot = ClusterWidths.of(cfg).dot
+
+    def wrap(v):  # v as a signed wdot-bit value
+        return (v + (1 << (wdot - 1))) % (1 << wdot) - (1 << (wdot - 1))
 
     def draw(lo, hi):
         return rng.choice([lo, hi, 0, -1, rng.randint(lo, hi), rng.randint(lo, hi)])
@@ -366,8 +370,15 @@ def test_dots_against_integers(seed, cfg):
                 await tick()
             got = [ctx.get(dut.dot[i]) for i in range(5)]
             assert got == want, (seed, key, got, want)
-            assert ctx.get(dut.kk) == sum(a * b for a, b in zip(key, prev, strict=True)), seed
+            kk = sum(a * b for a, b in zip(key, prev, strict=True))
+            assert ctx.get(dut.kk) == kk, seed
+            assert ctx.get(dut.kk_neg) == -kk, seed
             assert ctx.get(dut.kn) == sum(a * a for a in key), seed
+            # the negations and the speculated sums k.S_i + k.k_prev, modulo the dot width
+            for i in range(5):
+                assert ctx.get(dut.dot_neg[i]) == wrap(-want[i]), (seed, i)
+                assert ctx.get(dut.dot_kk[i]) == wrap(want[i] + kk), (seed, i)
+                assert ctx.get(dut.dot_kk_neg[i]) == wrap(-want[i] - kk), (seed, i)
 
     _simulate(dut, bench)
 

@@ -168,6 +168,14 @@ class ClusterDots(wiring.Component):
         The accumulators: ``k.S_i``, ``k.k_prev``, ``|k|^2`` of the last token whose last chunk
         has gone through; they change only while chunks go through.  Undefined after reset
         until a token's chunks went through (no reset, see Timing).
+    dot_neg, dot_kk, dot_kk_neg : Out(signed(dot)) x 5, kk_neg : Out(signed(key_norm + 2))
+        More accumulators, with the same timing: ``-k.S_i``, ``k.S_i + k.k_prev`` and
+        ``-(k.S_i + k.k_prev)`` modulo ``2^dot`` (as signed values), and ``-k.k_prev``.  These
+        are the candidate options of :class:`hw.cluster_resolve.CandidateResolve` and their
+        negations, each accumulated by a tree of its own from the same stage registers, so
+        that T1 forms a magnitude without an adder ("Fmax, thirteenth round" in
+        ``docs/cluster.md``).  An unused one (``dot_neg[3]``, ``dot_neg[4]`` in the unit) is
+        removed by synthesis.
     done, done_tag : Out(1)
         ``done``: the token's last chunk is in the accumulate stage in this cycle, so the
         accumulators hold the token's results from the next cycle on.  ``done_tag`` is the tag
@@ -178,12 +186,14 @@ class ClusterDots(wiring.Component):
     Five stages, each named after the registers it loads: ``q1`` registers the chunk data and
     key chunks (in cycle ``D``, no logic); ``q2`` (``D + 1``) the bypass multiplexer and the
     DSP operands (``S`` itself, or ``S[0:18] - 2^17`` and ``S[18:]`` for wide sums,
-    :func:`dsp_operand`); ``q3`` (``D + 2``) the DSP products alone (``k x S`` or ``k x
-    (S[0:18] - 2^17)``: register -> multiplier -> register, so the FPGA flow folds both into
-    the block's own registers), and in LUTs the key products (``k.k_prev``, ``|k|^2``) and the
-    first two adder-tree levels of ``k x S[18:]``'s slices and of ``sum(k)``; ``q4`` (``D +
-    3``) two adder-tree levels of the DSP and key products and the whole slice and ``sum(k)``
-    sums; the accumulate stage ``A`` (``D + 4``) the rest of the trees and the accumulators.  A
+    :func:`dsp_operand`), and the rows of ``k x k_prev`` with two levels of their adder tree;
+    ``q3`` (``D + 2``) the DSP products alone (``k x S`` or ``k x (S[0:18] - 2^17)``: register
+    -> multiplier -> register, so the FPGA flow folds both into the block's own registers), and
+    in LUTs the rows of ``|k|^2`` and two adder-tree levels of them, of ``k x k_prev``'s and of
+    ``k x S[18:]``'s slices and ``sum(k)``; ``q4`` (``D + 3``) two adder-tree levels of the DSP
+    and key products (``k.k_prev``'s chunk whole at the default) and the whole slice and
+    ``sum(k)`` sums; the accumulate stage ``A`` (``D + 4``) the rest of the trees and the
+    accumulators, one tree of full adders and one carry chain each.  A
     token whose last chunk is presented in cycle ``D`` has ``done`` in ``D + LATENCY = D + 4``
     and its results in ``dot``/``kk``/``kn`` from ``D + 5`` on.  One chunk per cycle, back to
     back across tokens (``first`` restarts the accumulators).  (Until the ninth Fmax round,

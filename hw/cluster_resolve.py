@@ -53,6 +53,12 @@ class CandidateResolve(wiring.Component):
         joined / forced, into which candidate slot, and the ``|S|^2`` and count it wrote.
     acc : In(signed(dot)) x 5, kk : In(signed(key_norm + 1)), kn : In(unsigned(key_norm))
         The token's dot products (:class:`hw.cluster_dots.ClusterDots`).
+    acc_neg, acc_kk, acc_kk_neg : In(signed(dot)) x 5, kk_neg : In(signed(key_norm + 2))
+        ``-acc[i]``, ``acc[i] + kk``, ``-(acc[i] + kk)`` (modulo ``2^dot``) and ``-kk``, each
+        from a register of ``ClusterDots``: every option above is a register and its negation
+        another, so a candidate's magnitude is a multiplexer on the option's sign bit, with no
+        adder in T1 ("Fmax, thirteenth round" in ``docs/cluster.md``).  ``acc[3]``, ``acc[4]``
+        and ``acc_neg[3]``, ``acc_neg[4]`` are not used.
     id, dot, mag, norm, count : Out x 3; elig : Out(3); key_norm : Out
         Registered at ``load``: per candidate its cluster, ``k.S``, ``|k.S|``, ``|S|^2``,
         count, and whether it is eligible (exists and is not saturated); ``|k|^2``.  ``mag``

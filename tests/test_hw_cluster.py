@@ -383,6 +383,115 @@ def test_dots_against_integers(seed, cfg):
     _simulate(dut, bench)
 
 
+# ---- CandidateResolve ----------------------------------------------------------------------------
+@pytest.mark.parametrize("cfg", [SMALL, DREConfig()], ids=["small", "default"])
+def test_candidate_resolve_against_rule(seed, cfg):
+    """T1 against the rule written out in Python (``docs/cluster.md``, "How the loop-carried
+    dependence is broken"): per candidate its cluster, ``k.S`` (the previous-token candidate's
+    from the last decision's kind, an own candidate equal to the last joined cluster with
+    ``+ k.k_prev`` while that decision is pending), ``|k.S|``, ``|S|^2`` and count (the last
+    decision's registers where the table's meta may lack its write), eligibility, and one cycle
+    later ``|S + k|^2`` and ``n + 1``.  The accumulator inputs are drawn as ``ClusterDots``
+    forms them (the options and their negations modulo ``2^dot``), extreme values often, so a
+    magnitude taken from the wrong register fails here even where no decision would show it."""
+    rng = random.Random(seed)
+    dut = CandidateResolve(cfg)
+    wd = ClusterWidths.of(cfg)
+    w = wd.dot
+
+    def wrap(v, bits=w):
+        return (v + (1 << (bits - 1))) % (1 << bits) - (1 << (bits - 1))
+
+    def draw(bits, signed=True):
+        lo, hi = (-(1 << (bits - 1)), (1 << (bits - 1)) - 1) if signed else (0, (1 << bits) - 1)
+        return rng.choice(
+            [lo, hi, 0, -1 if signed else 1, rng.randint(lo, hi), rng.randint(lo, hi)]
+        )
+
+    async def bench(ctx):
+        for _ in range(300):
+            v = {
+                "pend": rng.randint(0, 1),
+                "ex": rng.randint(0, 7),
+                "prev": rng.randint(0, 7),
+                "own_id": [rng.randrange(4), rng.randrange(4)],
+                "meta": [(draw(wd.sum_norm, False), draw(cfg.count_bits, False)) for _ in "tu"],
+                "last_id": rng.randrange(4),
+                "last_ok": rng.randint(0, 1),
+                "last_new": rng.randint(0, 1),
+                "last_merge": rng.randint(0, 1),
+                "last_which": rng.randrange(3),
+                "last_norm": draw(wd.sum_norm, False),
+                "last_count": draw(cfg.count_bits, False),
+                "acc": [draw(w) for _ in range(5)],
+                "kk": wrap(draw(wd.key_norm + 1), wd.key_norm + 1),
+                "kn": draw(wd.key_norm, False),
+            }
+            acc, kk = v["acc"], v["kk"]
+            for name in ("pend", "ex", "prev", "last_id", "last_ok", "last_new", "last_merge"):
+                ctx.set(getattr(dut, name), v[name])
+            for name in ("last_which", "last_norm", "last_count", "kk", "kn"):
+                ctx.set(getattr(dut, name), v[name])
+            ctx.set(dut.kk_neg, -kk)
+            for k in range(2):
+                ctx.set(dut.own_id[k], v["own_id"][k])
+                ctx.set(dut.meta[k].norm, v["meta"][k][0])
+                ctx.set(dut.meta[k].count, v["meta"][k][1])
+            for i in range(5):
+                ctx.set(dut.acc[i], acc[i])
+                ctx.set(dut.acc_neg[i], wrap(-acc[i]))
+                ctx.set(dut.acc_kk[i], wrap(acc[i] + kk))
+                ctx.set(dut.acc_kk_neg[i], wrap(-acc[i] - kk))
+            ctx.set(dut.load, 1)
+            await ctx.tick()
+            ctx.set(dut.load, 0)
+            # the rule
+            pend, prev = v["pend"], v["prev"]
+            if not pend:
+                prev_dot = acc[2]  # decided before the token started: port 2 read its cluster
+            elif v["last_new"]:
+                prev_dot = kk  # it opened a cluster: S = k_prev
+            else:
+                prev_dot = acc[2 + v["last_which"]] + kk
+            last = (v["last_id"], v["last_norm"], v["last_count"])
+            want = []
+            for i in range(3):
+                is_prev = prev >> i & 1
+                if i == 1:  # LEFT: always the token before
+                    cid, dot, (norm, count) = v["last_id"], prev_dot, last[1:]
+                else:
+                    own = v["own_id"][0 if i == 0 else 1]
+                    meta = v["meta"][0 if i == 0 else 1]
+                    same = v["last_ok"] and v["last_id"] == own
+                    if is_prev:
+                        cid, dot = v["last_id"], prev_dot
+                    elif pend and v["last_merge"] and same:
+                        cid, dot = own, acc[i if i == 0 else 1] + kk
+                    else:
+                        cid, dot = own, acc[0 if i == 0 else 1]
+                    norm, count = last[1:] if (is_prev or same) else meta
+                dot = wrap(dot)
+                ok = (v["ex"] >> i & 1) and (not is_prev or v["last_ok"])
+                want.append((cid, dot, abs(dot), norm, count, bool(ok and count != cfg.count_max)))
+            for i, (cid, dot, mag, norm, count, elig) in enumerate(want):
+                got = (
+                    ctx.get(dut.id[i]),
+                    ctx.get(dut.dot[i]),
+                    ctx.get(dut.mag[i]),
+                    ctx.get(dut.norm[i]),
+                    ctx.get(dut.count[i]),
+                    bool(ctx.get(dut.elig) >> i & 1),
+                )
+                assert got == (cid, dot, mag, norm, count, elig), (seed, i, v, got)
+            assert ctx.get(dut.key_norm) == v["kn"], seed
+            await ctx.tick()
+            for i, (_, dot, _, norm, count, _) in enumerate(want):
+                assert ctx.get(dut.new_norm[i]) == (norm + 2 * dot + v["kn"]) % (1 << wd.sum_norm)
+                assert ctx.get(dut.new_count[i]) == (count + 1) % (1 << cfg.count_bits)
+
+    _simulate(dut, bench)
+
+
 @pytest.mark.parametrize("digit_bits", [1, 2, 4])
 def test_exact_compare_against_integers(seed, digit_bits):
     cfg = DREConfig()

@@ -294,7 +294,8 @@ def test_threshold_square_against_integers(mant):
 def test_dots_against_integers(seed, cfg):
     """Five k.S sums (with the three-way bypass), k.k_prev and |k|^2 of random tokens against Python
     integers; the wide-sum configuration (sums of 24 bits, as the default's) takes the DSP / LUT
-    split of ``key_sum_terms``, with extreme keys and sums drawn often."""
+    split of ``dsp_operand`` / ``high_slices``, with extreme keys and sums drawn often; also the
+    negations and the speculated sums ``k.S_i + k.k_prev`` modulo the dot width."""
     rng = random.Random(seed)
     dut = ClusterDots(cfg)
     L, G = cfg.cl_lanes, cfg.d // cfg.cl_lanes

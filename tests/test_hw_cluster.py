@@ -51,6 +51,11 @@ ALL = [
 ]
 
 
+def _wrap(v: int, bits: int) -> int:
+    """``v`` modulo ``2^bits``, read as a signed ``bits``-bit value."""
+    return (v + (1 << (bits - 1))) % (1 << bits) - (1 << (bits - 1))
+
+
 def _simulate(dut, bench):
     sim = Simulator(dut)
     sim.add_clock(1e-6)
@@ -304,8 +309,8 @@ def test_dots_against_integers(seed, cfg):
     smin, smax = -(1 << (wsum - 1)), (1 << (wsum - 1)) - 1
     wdot = ClusterWidths.of(cfg).dot
 
-    def wrap(v):  # v as a signed wdot-bit value
-        return (v + (1 << (wdot - 1))) % (1 << wdot) - (1 << (wdot - 1))
+    def wrap(v):
+        return _wrap(v, wdot)
 
     def draw(lo, hi):
         return rng.choice([lo, hi, 0, -1, rng.randint(lo, hi), rng.randint(lo, hi)])
@@ -401,7 +406,7 @@ def test_candidate_resolve_against_rule(seed, cfg):
     w = wd.dot
 
     def wrap(v, bits=w):
-        return (v + (1 << (bits - 1))) % (1 << bits) - (1 << (bits - 1))
+        return _wrap(v, bits)
 
     def draw(bits, signed=True):
         lo, hi = (-(1 << (bits - 1)), (1 << (bits - 1)) - 1) if signed else (0, (1 << bits) - 1)

@@ -15,6 +15,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from amaranth import Module
+from amaranth.lib import wiring
+from amaranth.lib.wiring import In, Out
 
 from hw import dre_regs
 from hw import export as hw_export
@@ -47,6 +50,18 @@ def no_long_work(monkeypatch):
     import verif.runner
 
     monkeypatch.setattr(verif.runner, "run", boom)
+
+
+class _Tiny(wiring.Component):
+    """A one-adder component for the runner's tests (its build never reaches a simulator)."""
+
+    def __init__(self):
+        super().__init__({"a": In(4), "y": Out(4)})
+
+    def elaborate(self, platform):
+        m = Module()
+        m.d.comb += self.y.eq(self.a + 1)
+        return m
 
 
 # ---- python -m hw.export ---------------------------------------------------------------------
@@ -225,6 +240,41 @@ def test_sim_dre_unknown_simulator(capsys, monkeypatch, no_long_work):
     sim_err(capsys, [], "SIM='questa'", "verilator")
 
 
+@pytest.mark.parametrize("value", ["fast", "-O2", "4"])
+def test_sim_dre_bad_sim_opt(capsys, monkeypatch, no_long_work, value):
+    monkeypatch.setenv("SIM_OPT", value)
+    sim_err(capsys, [], f"SIM_OPT={value!r}", "0, 1, 2, 3, s")
+
+
+def test_runner_sim_opt_names_the_build_and_the_make_flag(tmp_path, monkeypatch):
+    """Each optimisation level builds in its own directory (a stale object of another level is
+    never linked) and reaches Verilator's makefile as OPT_FAST; an earlier level's flag is
+    replaced, not appended to."""
+    import verif.runner as runner
+
+    class Stop(Exception):
+        pass
+
+    flags = []
+
+    def get_runner(sim):
+        flags.append(os.environ["MAKEFLAGS"])
+        raise Stop
+
+    monkeypatch.setattr(runner, "get_runner", get_runner)
+    monkeypatch.setattr(runner.toolenv, "require", lambda tool: None)
+    monkeypatch.setenv("MAKEFLAGS", "-j2 OPT_FAST=-O3")
+    for level in ("s", "0"):
+        monkeypatch.setenv("SIM_OPT", level)
+        with pytest.raises(Stop):
+            runner.run(_Tiny(), "tiny", "verif.tb_dre", sim="verilator", build_root=tmp_path)
+    dir_s, dir_0 = sorted(p.name for p in tmp_path.iterdir())
+    assert dir_s.startswith("tiny-verilator-") and dir_0 == f"{dir_s}-O0"
+    flags_s, flags_0 = flags
+    assert flags_s.split().count("OPT_FAST=-Os") == 1 and "OPT_FAST=-O3" not in flags_s
+    assert flags_0.split().count("OPT_FAST=-O0") == 1 and "-Os" not in flags_0
+
+
 def test_sim_dre_good_options_reach_the_golden_model(tmp_path, monkeypatch):
     """The checks do not reject what the regression runs (and fill in the defaults)."""
     seen = {}
@@ -307,20 +357,7 @@ def test_runner_hides_compile_output_unless_verbose(tmp_path, monkeypatch):
     raises SimulationFailed with the end of that log."""
     import logging
 
-    from amaranth import Module
-    from amaranth.lib import wiring
-    from amaranth.lib.wiring import In, Out
-
     import verif.runner as runner
-
-    class Tiny(wiring.Component):
-        def __init__(self):
-            super().__init__({"a": In(4), "y": Out(4)})
-
-        def elaborate(self, platform):
-            m = Module()
-            m.d.comb += self.y.eq(self.a + 1)
-            return m
 
     seen = {}
 
@@ -336,12 +373,12 @@ def test_runner_hides_compile_output_unless_verbose(tmp_path, monkeypatch):
     monkeypatch.setattr(runner, "get_runner", lambda sim: FakeRunner())
     monkeypatch.delenv("VERBOSE", raising=False)
     with pytest.raises(runner.SimulationFailed, match="build failed") as exc:
-        runner.run(Tiny(), "tiny", "verif.tb_dre", build_root=tmp_path)
+        runner.run(_Tiny(), "tiny", "verif.tb_dre", build_root=tmp_path)
     assert seen["verbose"] is False and seen["log_file"].name == "build.log"
     assert "the compiler failed here" in str(exc.value)
     monkeypatch.setenv("VERBOSE", "1")
     with pytest.raises(runner.SimulationFailed):
-        runner.run(Tiny(), "tiny", "verif.tb_dre", build_root=tmp_path)
+        runner.run(_Tiny(), "tiny", "verif.tb_dre", build_root=tmp_path)
     assert seen["verbose"] is True and seen["log_file"] is None
 
 

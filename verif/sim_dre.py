@@ -413,6 +413,12 @@ def check_simulator(name: str | None) -> str:
     sim = name or os.environ.get("SIM", "").strip() or "verilator"
     if sim not in SIMULATORS:
         raise ConfigError(f"SIM={sim!r} is not a simulator here; choose {' or '.join(SIMULATORS)}")
+    from verif.runner import sim_opt
+
+    try:
+        sim_opt()
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     try:
         toolenv.require("verilator" if sim == "verilator" else "iverilog")
     except toolenv.ToolMissing as exc:

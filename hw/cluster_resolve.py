@@ -65,6 +65,15 @@ class CandidateResolve(wiring.Component):
         is formed here, before the register, so that the screen's first stage starts its
         normalisation from a register, not behind a negation's carry chain
         (``docs/cluster.md``, "Fmax, eighth round").
+    screen_dot, screen_mag, screen_norm : Out x 3; screen_key_norm : Out
+        Copies of ``dot``, ``mag``, ``norm`` and ``key_norm`` for the decision screen
+        (:class:`hw.cluster_cosine.ClusterCompare`), registered at the same ``load``.  They
+        are registers of their own so that placement can put them beside the screen while
+        the originals stay beside the decision and the update (the thirteenth round's
+        critical path was one route between the two; "Fmax, fourteenth round" in
+        ``docs/cluster.md``).  Unlike the originals they have a synchronous reset (to 0),
+        only so that synthesis keeps them apart: Yosys merges identical registers, even
+        ones marked ``keep``.
     new_norm, new_count : Out x 3
         Registered one cycle after ``load``: per candidate ``|S + k|^2`` and ``n + 1`` (what the
         decision writes when the token joins it).
@@ -72,9 +81,10 @@ class CandidateResolve(wiring.Component):
     Timing
     ------
     ``id`` .. ``key_norm`` from the cycle after ``load``, ``new_norm``/``new_count`` from the
-    cycle after that; all held until the next ``load``.  No output register has a reset: each
-    is loaded (or, ``new_*``, formed from those) for a token at its ``load``, and read for that
-    token only, after it.
+    cycle after that; all held until the next ``load``.  No output register but the screen's
+    copies has a reset: each is loaded (or, ``new_*``, formed from those) for a token at its
+    ``load``, and read for that token only, after it (so the copies' reset, which makes them
+    differ from the originals until the first ``load``, is never seen).
     """
 
     def __init__(self, cfg: DREConfig):
@@ -111,6 +121,10 @@ class CandidateResolve(wiring.Component):
                 "count": Out(unsigned(cfg.count_bits)).array(3),
                 "elig": Out(3),
                 "key_norm": Out(unsigned(wd.key_norm)),
+                "screen_dot": Out(signed(wd.dot)).array(3),
+                "screen_mag": Out(unsigned(wd.dot)).array(3),
+                "screen_norm": Out(unsigned(wd.sum_norm)).array(3),
+                "screen_key_norm": Out(unsigned(wd.key_norm)),
                 "new_norm": Out(unsigned(wd.sum_norm)).array(3),
                 "new_count": Out(unsigned(cfg.count_bits)).array(3),
             }
@@ -135,6 +149,16 @@ class CandidateResolve(wiring.Component):
         o_new_count = [out_reg(self.new_count[i], f"r_new_count{i}") for i in range(3)]
         o_elig = out_reg(self.elig, "r_elig")
         o_kn = out_reg(self.key_norm, "r_key_norm")
+
+        def screen_reg(port, name):  # the screen's copy: with a reset, so never merged
+            r = Signal.like(port, name=name, reset_less=False)
+            m.d.comb += port.eq(r)
+            return r
+
+        s_dot = [screen_reg(self.screen_dot[i], f"s_dot{i}") for i in range(3)]
+        s_mag = [screen_reg(self.screen_mag[i], f"s_mag{i}") for i in range(3)]
+        s_norm = [screen_reg(self.screen_norm[i], f"s_norm{i}") for i in range(3)]
+        s_kn = screen_reg(self.screen_key_norm, "s_key_norm")
 
         # Every candidate dot product is one of a few sums of the accumulators; ClusterDots
         # accumulates each of them, and its negation, in registers of their own ("Fmax,
@@ -203,11 +227,14 @@ class CandidateResolve(wiring.Component):
                     o_mag[i].eq(dot[1]),
                     o_norm[i].eq(norm),
                     o_count[i].eq(count),
+                    s_dot[i].eq(dot[0]),
+                    s_mag[i].eq(dot[1]),
+                    s_norm[i].eq(norm),
                 ]
             m.d.sync += [
                 o_new_norm[i].eq(o_norm[i] + 2 * o_dot[i] + o_kn),
                 o_new_count[i].eq(o_count[i] + 1),
             ]
         with m.If(self.load):
-            m.d.sync += [o_elig.eq(Cat(*eligible)), o_kn.eq(self.kn)]
+            m.d.sync += [o_elig.eq(Cat(*eligible)), o_kn.eq(self.kn), s_kn.eq(self.kn)]
         return m

@@ -472,16 +472,17 @@ class ClusterUnit(wiring.Component):
         r_id, r_dot, r_norm, r_kn = res.id, res.dot, res.norm, res.key_norm
         for i in range(3):
             m.d.comb += [
-                cmp.dot[i].eq(r_dot[i]),
-                cmp.mag[i].eq(res.mag[i]),
-                cmp.norm[i].eq(r_norm[i]),
+                cmp.dot[i].eq(res.screen_dot[i]),
+                cmp.mag[i].eq(res.screen_mag[i]),
+                cmp.norm[i].eq(res.screen_norm[i]),
                 dcd.dot[i].eq(r_dot[i]),
                 dcd.mag[i].eq(res.mag[i]),
                 dcd.norm[i].eq(r_norm[i]),
             ]
-        # The screen takes the registered T1 results (stage 1 in T2), its threshold operands
-        # one cycle ahead (stage 0 registers them: the bank's, loaded before T1).
-        m.d.comb += cmp.key_norm.eq(r_kn)
+        # The screen takes the registered T1 results (stage 1 in T2: T1's copies for it, which
+        # placement puts beside it, "Fmax, fourteenth round"), its threshold operands one cycle
+        # ahead (stage 0 registers them: the bank's, loaded before T1).
+        m.d.comb += cmp.key_norm.eq(res.screen_key_norm)
         for j in range(2):
             m.d.comb += [
                 cmp.t_mant[j].eq(pick(b_tm[j], B)),

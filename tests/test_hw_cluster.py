@@ -489,7 +489,11 @@ def test_candidate_resolve_against_rule(seed, cfg):
                     bool(ctx.get(dut.elig) >> i & 1),
                 )
                 assert got == (cid, dot, mag, norm, count, elig), (seed, i, v, got)
-            assert ctx.get(dut.key_norm) == v["kn"], seed
+                screen = tuple(
+                    ctx.get(p[i]) for p in (dut.screen_dot, dut.screen_mag, dut.screen_norm)
+                )
+                assert screen == (dot, mag, norm), (seed, i, v, screen)  # the screen's copies
+            assert ctx.get(dut.key_norm) == ctx.get(dut.screen_key_norm) == v["kn"], seed
             await ctx.tick()
             for i, (_, dot, _, norm, count, _) in enumerate(want):
                 assert ctx.get(dut.new_norm[i]) == (norm + 2 * dot + v["kn"]) % (1 << wd.sum_norm)

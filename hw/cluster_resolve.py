@@ -135,8 +135,8 @@ class CandidateResolve(wiring.Component):
         m = Module()
         acc, spec, spec_neg = self.acc, self.acc_kk, self.acc_kk_neg
 
-        def out_reg(port, name):  # the output's register, no reset (see Timing)
-            r = Signal.like(port, name=name, reset_less=True)
+        def out_reg(port, name, reset=False):  # the output's register (see Timing)
+            r = Signal.like(port, name=name, reset_less=not reset)
             m.d.comb += port.eq(r)
             return r
 
@@ -149,16 +149,11 @@ class CandidateResolve(wiring.Component):
         o_new_count = [out_reg(self.new_count[i], f"r_new_count{i}") for i in range(3)]
         o_elig = out_reg(self.elig, "r_elig")
         o_kn = out_reg(self.key_norm, "r_key_norm")
-
-        def screen_reg(port, name):  # the screen's copy: with a reset, so never merged
-            r = Signal.like(port, name=name, reset_less=False)
-            m.d.comb += port.eq(r)
-            return r
-
-        s_dot = [screen_reg(self.screen_dot[i], f"s_dot{i}") for i in range(3)]
-        s_mag = [screen_reg(self.screen_mag[i], f"s_mag{i}") for i in range(3)]
-        s_norm = [screen_reg(self.screen_norm[i], f"s_norm{i}") for i in range(3)]
-        s_kn = screen_reg(self.screen_key_norm, "s_key_norm")
+        # the screen's copies: with a reset, so that synthesis never merges them (see Interface)
+        s_dot = [out_reg(self.screen_dot[i], f"s_dot{i}", True) for i in range(3)]
+        s_mag = [out_reg(self.screen_mag[i], f"s_mag{i}", True) for i in range(3)]
+        s_norm = [out_reg(self.screen_norm[i], f"s_norm{i}", True) for i in range(3)]
+        s_kn = out_reg(self.screen_key_norm, "s_key_norm", True)
 
         # Every candidate dot product is one of a few sums of the accumulators; ClusterDots
         # accumulates each of them, and its negation, in registers of their own ("Fmax,

@@ -1,3 +1,5 @@
+# amaranth: UnusedElaboratable=no
+# (test_bridge_rejects_bad_parameters builds components only to check their parameters)
 """Board build: UART, bridge protocol, host driver framing (no board needed), and a simulation of
 bridge + DRE + driver on the serial line against model.dre.top.DRERef, for the v2 retrieval rule
 (the default) and v1."""

@@ -172,6 +172,12 @@ class ClusterWriteback(wiring.Component):
         shifted = kept(signed(rw), "shifted")
         minus = kept(signed(rw), "minus")
 
+        # ``count + 2`` follows ``count`` one cycle later, free-running, so that no adder sits
+        # on the meta memory's read data (unregistered block RAM output): ``count`` is loaded at
+        # the end of COUNT and the first chunk arrives (``ld``) two cycles after COUNT at the
+        # earliest, when ``count2`` already holds the new count's value.
+        m.d.sync += count2.eq(count + 2)
+
         # Loading: the chunk read two cycles before (granted): ``cl_lanes`` dividends formed
         # once, routed to the dividers of its slot in the round.
         m.d.sync += [ld1.eq(0), ld.eq(ld1), ld_slot.eq(ld1_slot)]
@@ -210,7 +216,7 @@ class ClusterWriteback(wiring.Component):
                     m.next = "COUNT"
             with m.State("COUNT"):  # the meta read was presented in IDLE; chunk 0 now
                 m.d.comb += self.busy.eq(1)
-                m.d.sync += [count.eq(self.meta.data.count), count2.eq(self.meta.data.count + 2)]
+                m.d.sync += count.eq(self.meta.data.count)
                 m.next = "FETCH"
                 fetch()
             with m.State("FETCH"):

@@ -5,11 +5,10 @@ it is printed in the report of every failing test so the failure can be replayed
 ``VREX_SEED=<seed> make test``.
 
 Verilator's model is compiled at ``-O0`` (``SIM_OPT=0``, see ``verif/runner.py``) for every
-test not marked ``regress``: their co-simulations are short, so the C++ compile dominates, and
-``-O0`` builds it about 2.7 times faster (the eleven Verilator co-simulations of `make test`:
-452 s at Verilator's default ``-Os``, 308 s at ``-O0``, fresh builds on 2 cores).  The long
-``regress`` runs keep ``-Os``, whose model simulates about 7 times faster.  A ``SIM_OPT`` set
-in the environment wins over both.
+test not marked ``regress``: their co-simulations are short, so the C++ compile dominates and
+``-O0`` compiles fastest.  The long ``regress`` runs keep Verilator's default ``-Os``, whose
+model simulates faster.  A ``SIM_OPT`` set in the environment wins over both.  The measured
+build and simulation times are in docs/ecosystem.md.
 """
 
 from __future__ import annotations

@@ -63,7 +63,10 @@ class ClusterWriteback(wiring.Component):
     Interface
     ---------
     ids : In(stream.Signature(range(n_max)))
-        Clusters to write back.  Taken (``ready``) only while the engine is idle.
+        Clusters to write back.  Taken (``ready``) only while the engine is idle, and not in
+        the first cycle of ``valid``: the engine addresses the meta memory with a registered
+        copy of ``payload``, which is valid from the second cycle on (the payload must stay
+        fixed while ``valid`` is high and the id is not taken, as a FIFO's head does).
     sum : Out(SumReadSignature), meta : Out(MetaReadSignature)
         Reads of the centroid table: ``sum`` from a registered port (two cycles of latency,
         :class:`hw.centroid_table.CentroidTable`'s ``upd`` or ``wb``), ``meta`` one cycle.
@@ -82,7 +85,8 @@ class ClusterWriteback(wiring.Component):
     Timing: :func:`writeback_cycles` ``= 2 + G + R (bk + 2)`` cycles per cluster (``G = d /
     cl_lanes``; 50 at the default, ``G = 8``, ``R = 4``) from the cycle that takes the id to
     the cycle of the write, both included, plus one cycle per sum read not granted: take the
-    id (IDLE), read the count and chunk 0 (COUNT); per round, the round's chunks (FETCH), a
+    id (IDLE; one cycle after it appears if the engine was idle, at once if it was waiting
+    already), read the count and chunk 0 (COUNT); per round, the round's chunks (FETCH), a
     cycle of the port's latency (WAIT), its last chunk arrives (LAST), ``bk`` division steps
     on the round's elements (DIVIDE), the
     results kept and the next round's first chunk read (NEXT); sign and write (WRITE).  A chunk
@@ -208,11 +212,22 @@ class ClusterWriteback(wiring.Component):
                 with m.Else():
                     m.next = "FETCH"
 
+        # The id stream's payload, registered: the meta read of the id taken in IDLE is
+        # addressed from this register, not from the queue's LUT-RAM read and output
+        # multiplexer (the queue lies far from the table).  ``head_ok``: ``head`` holds the
+        # payload of this cycle (valid in the previous cycle and not taken then).
+        head = kept(range(cfg.n_max), "head")
+        head_ok = Signal()
+        m.d.sync += [
+            head.eq(self.ids.payload),
+            head_ok.eq(self.ids.valid & ~self.ids.ready),
+        ]
+
         with m.FSM():
             with m.State("IDLE"):
-                m.d.comb += [self.ids.ready.eq(1), self.meta.id.eq(self.ids.payload)]
-                with m.If(self.ids.valid):
-                    m.d.sync += [cid.eq(self.ids.payload), chunk.eq(0)]
+                m.d.comb += [self.ids.ready.eq(head_ok), self.meta.id.eq(head)]
+                with m.If(self.ids.valid & head_ok):
+                    m.d.sync += [cid.eq(head), chunk.eq(0)]
                     m.next = "COUNT"
             with m.State("COUNT"):  # the meta read was presented in IDLE; chunk 0 now
                 m.d.comb += self.busy.eq(1)

@@ -995,9 +995,13 @@ def test_writeback_engine_rounds_and_biases(seed, cfg, shared):
         ctx.set(wb.bias_scale, scale)
         order = list(clusters)
         rng.shuffle(order)
-        for cid in order:
+        waiting = False  # the id was presented while the engine was busy
+        for k, cid in enumerate(order):
             ctx.set(wb.ids.valid, 1)
             ctx.set(wb.ids.payload, cid)
+            if not waiting:  # an idle engine takes a new id in its second cycle of ``valid``
+                assert not ctx.get(wb.ids.ready)
+                await ctx.tick()
             assert ctx.get(wb.ids.ready)
             start = 0
             await ctx.tick()
@@ -1020,6 +1024,12 @@ def test_writeback_engine_rounds_and_biases(seed, cfg, shared):
                 assert start + 2 >= period
             else:
                 assert start + 2 == period  # from the accepting cycle to the write's, inclusive
+            # the next id, at random already in the write's cycle: then taken at once
+            waiting = k + 1 < len(order) and rng.random() < 0.5
+            if waiting:
+                ctx.set(wb.ids.valid, 1)
+                ctx.set(wb.ids.payload, order[k + 1])
+                assert not ctx.get(wb.ids.ready)
             await ctx.tick()
             assert not ctx.get(wb.write.en) and not ctx.get(wb.busy)
 

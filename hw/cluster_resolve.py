@@ -16,10 +16,6 @@ from hw.cluster_dots import N_SUMS
 from model.dre.cluster import ClusterWidths
 from model.dre.config import DREConfig, require_config
 
-#: Cycles from :class:`CandidateResolve`'s output registers to its ``screen_*`` outputs (the
-#: pipeline stage in front of the decision screen).
-SCREEN_DELAY = 1
-
 
 class CandidateResolve(wiring.Component):
     """Resolves the three candidates (temporal, left, up) of the token whose dot products are
@@ -70,24 +66,25 @@ class CandidateResolve(wiring.Component):
         normalisation from a register, not behind a negation's carry chain
         (``docs/cluster.md``, "Fmax, eighth round").
     screen_dot, screen_mag, screen_norm : Out x 3; screen_key_norm : Out
-        ``dot``, ``mag``, ``norm`` and ``key_norm`` one cycle later (:data:`SCREEN_DELAY`),
-        for the decision screen (:class:`hw.cluster_cosine.ClusterCompare`): a pipeline stage
-        of registers loaded in every cycle from the output registers.  The screen lies far
-        from T1 on an ECP5 (the DSP columns); a register between two registers is pulled by
-        both ends, so placement can put it in the middle of that route (the fourteenth and
-        fifteenth Fmax rounds' copies, loaded at ``load`` beside the originals, stayed beside
-        T1; "Fmax, sixteenth round" in ``docs/cluster.md``).
+        Copies of ``dot``, ``mag``, ``norm`` and ``key_norm`` for the decision screen
+        (:class:`hw.cluster_cosine.ClusterCompare`), registered at the same ``load``.  They
+        are registers of their own so that placement can put them beside the screen while
+        the originals stay beside the decision and the update (the thirteenth round's
+        critical path was one route between the two; "Fmax, fourteenth round" in
+        ``docs/cluster.md``).  Unlike the originals they have a synchronous reset (to 0),
+        only so that synthesis keeps them apart: Yosys merges identical registers, even
+        ones marked ``keep``.
     new_norm, new_count : Out x 3
         Registered one cycle after ``load``: per candidate ``|S + k|^2`` and ``n + 1`` (what the
         decision writes when the token joins it).
 
     Timing
     ------
-    ``id`` .. ``key_norm`` from the cycle after ``load``, ``new_norm``/``new_count`` and the
-    ``screen_*`` outputs from the cycle after that; all held until the next ``load`` (the
-    ``screen_*`` ones until the cycle after it).  No output register has a reset: each is
-    loaded (or, ``new_*`` and ``screen_*``, formed from those) for a token at its ``load``, and
-    read for that token only, after it.
+    ``id`` .. ``key_norm`` from the cycle after ``load``, ``new_norm``/``new_count`` from the
+    cycle after that; all held until the next ``load``.  No output register but the screen's
+    copies has a reset: each is loaded (or, ``new_*``, formed from those) for a token at its
+    ``load``, and read for that token only, after it (so the copies' reset, which makes them
+    differ from the originals until the first ``load``, is never seen).
     """
 
     def __init__(self, cfg: DREConfig):
@@ -138,8 +135,8 @@ class CandidateResolve(wiring.Component):
         m = Module()
         acc, spec, spec_neg = self.acc, self.acc_kk, self.acc_kk_neg
 
-        def out_reg(port, name):  # the output's register (see Timing)
-            r = Signal.like(port, name=name, reset_less=True)
+        def out_reg(port, name, reset=False):  # the output's register (see Timing)
+            r = Signal.like(port, name=name, reset_less=not reset)
             m.d.comb += port.eq(r)
             return r
 
@@ -152,14 +149,11 @@ class CandidateResolve(wiring.Component):
         o_new_count = [out_reg(self.new_count[i], f"r_new_count{i}") for i in range(3)]
         o_elig = out_reg(self.elig, "r_elig")
         o_kn = out_reg(self.key_norm, "r_key_norm")
-        # the screen's pipeline stage (SCREEN_DELAY): loaded in every cycle from the above
-        for dst, src, name in (
-            *((self.screen_dot[i], o_dot[i], f"p_dot{i}") for i in range(3)),
-            *((self.screen_mag[i], o_mag[i], f"p_mag{i}") for i in range(3)),
-            *((self.screen_norm[i], o_norm[i], f"p_norm{i}") for i in range(3)),
-            (self.screen_key_norm, o_kn, "p_key_norm"),
-        ):
-            m.d.sync += out_reg(dst, name).eq(src)
+        # the screen's copies: with a reset, so that synthesis never merges them (see Interface)
+        s_dot = [out_reg(self.screen_dot[i], f"s_dot{i}", True) for i in range(3)]
+        s_mag = [out_reg(self.screen_mag[i], f"s_mag{i}", True) for i in range(3)]
+        s_norm = [out_reg(self.screen_norm[i], f"s_norm{i}", True) for i in range(3)]
+        s_kn = out_reg(self.screen_key_norm, "s_key_norm", True)
 
         # Every candidate dot product is one of a few sums of the accumulators; ClusterDots
         # accumulates each of them, and its negation, in registers of their own ("Fmax,
@@ -228,11 +222,14 @@ class CandidateResolve(wiring.Component):
                     o_mag[i].eq(dot[1]),
                     o_norm[i].eq(norm),
                     o_count[i].eq(count),
+                    s_dot[i].eq(dot[0]),
+                    s_mag[i].eq(dot[1]),
+                    s_norm[i].eq(norm),
                 ]
             m.d.sync += [
                 o_new_norm[i].eq(o_norm[i] + 2 * o_dot[i] + o_kn),
                 o_new_count[i].eq(o_count[i] + 1),
             ]
         with m.If(self.load):
-            m.d.sync += [o_elig.eq(Cat(*eligible)), o_kn.eq(self.kn)]
+            m.d.sync += [o_elig.eq(Cat(*eligible)), o_kn.eq(self.kn), s_kn.eq(self.kn)]
         return m

@@ -16,7 +16,7 @@ from hw.cluster_frame import TokenFramer
 from hw.cluster_owner import READ_LATENCY as OWNER_READ_LATENCY
 from hw.cluster_owner import OwnerMap
 from hw.cluster_queue import WritebackQueue
-from hw.cluster_resolve import SCREEN_DELAY, CandidateResolve
+from hw.cluster_resolve import CandidateResolve
 from hw.cluster_threshold import ThresholdSquare
 from hw.cluster_update import WRITE_DELAY, SumUpdate
 from hw.cluster_writeback import ClusterWriteback
@@ -33,17 +33,14 @@ __all__ = ["ClusterUnit", "key_layout", "result_layout", "token_latency", "token
 # (``CentroidTable`` ``wr_ahead``, ``ClusterDots``' q2), so the token sees the whole update iff
 # ``s >= commit + 1``, none of it iff ``s <= commit``.
 assert WRITE_DELAY <= 3
-#: Cycles from T1's registers to the screen's outputs: CandidateResolve's pipeline stage in
-#: front of the screen (SCREEN_DELAY), then the screen (ClusterCompare's LATENCY).
-SCREEN_LATENCY = SCREEN_DELAY + COMPARE_LATENCY
-# Commits are at least the test section's SCREEN_LATENCY + 2 cycles apart (T1, the screen,
+# Commits are at least the test section's COMPARE_LATENCY + 2 cycles apart (T1, the screen,
 # DEC); SumUpdate needs WRITE_DELAY + 1 between its starts.
-assert SCREEN_LATENCY + 2 > WRITE_DELAY
+assert COMPARE_LATENCY + 2 > WRITE_DELAY
 # The owner map's reads for a token starting in ``s`` were addressed in ``s - READ_LATENCY``
 # and see the commits up to ``s - READ_LATENCY - 1``.  Candidates one and two tokens back
 # come from the history; the youngest read from the owner map, ``t - 3``, committed at least
 # one commit spacing before ``t - 2``, which committed by ``s - 1`` (``n_undec <= 1``).
-assert SCREEN_LATENCY + 2 >= OWNER_READ_LATENCY
+assert COMPARE_LATENCY + 2 >= OWNER_READ_LATENCY
 # The meta reads of a token starting in ``s`` (its own candidates' |S|^2 and count) are
 # addressed in ``s + 1`` and go into its bank in ``s + 1 + META_READ_LATENCY``; its T1 is in
 # ``s + G + DOTS_LATENCY + 1`` or later (the last chunk's data in ``s + G``, done DOTS_LATENCY
@@ -54,26 +51,27 @@ assert META_READ_LATENCY <= DOTS_LATENCY
 def _loop(cfg: DREConfig) -> int:
     """Cycles from a token's start to the earliest start of the token two after it: ``G`` chunk
     reads, the dot products' :data:`hw.cluster_dots.LATENCY`, T1, the screen's
-    :data:`SCREEN_LATENCY`, DEC, the commit (``docs/cluster.md``, "Where `P` comes from")."""
-    return cfg.cl_groups + DOTS_LATENCY + SCREEN_LATENCY + 4
+    :data:`hw.cluster_cosine.LATENCY`, DEC, the commit (``docs/cluster.md``, "Where `P` comes
+    from")."""
+    return cfg.cl_groups + DOTS_LATENCY + COMPARE_LATENCY + 4
 
 
 def token_period(cfg: DREConfig) -> float:
     """Cycles per token at full rate (no input gaps, no backpressure), on average:
-    ``max(G, loop / 2, S)`` with ``G = d / cl_lanes``, ``loop = G + 16`` (the token loop, which
-    two tokens share) and ``S = 10`` (the test section: T1, the screen's pipeline stage and 7
-    stages, DEC), i.e. ``G`` for ``G >= 16``, 12 at the default ``G = 64 / 8`` (the starts
-    alternate 8 and 16 cycles apart; ``docs/cluster.md`` derives it).  A float: half a cycle
-    where ``loop`` is odd and binds."""
+    ``max(G, loop / 2, S)`` with ``G = d / cl_lanes``, ``loop = G + 15`` (the token loop, which
+    two tokens share) and ``S = 9`` (the test section: T1, 7 screen stages, DEC), i.e. ``G``
+    for ``G >= 15``, 11.5 at the default ``G = 64 / 8`` (the starts alternate 8 and 15 cycles
+    apart; ``docs/cluster.md`` derives it).  A float: half a cycle where ``loop`` is odd and
+    binds."""
     G = cfg.cl_groups
-    return max(2 * G, _loop(cfg), 2 * (SCREEN_LATENCY + 2)) / 2
+    return max(2 * G, _loop(cfg), 2 * (COMPARE_LATENCY + 2)) / 2
 
 
 def token_latency(cfg: DREConfig) -> int:
     """Cycles from a token's acceptance to its result with the pipeline empty (no exact
-    recompute, no backpressure): ``G + 17`` (``docs/cluster.md``): acceptance, the IN stage,
+    recompute, no backpressure): ``G + 16`` (``docs/cluster.md``): acceptance, the IN stage,
     ``G`` chunk reads, the dot products, T1, the screen and DEC."""
-    return cfg.cl_groups + DOTS_LATENCY + SCREEN_LATENCY + 5
+    return cfg.cl_groups + DOTS_LATENCY + COMPARE_LATENCY + 5
 
 
 def result_layout(cfg: DREConfig) -> data.StructLayout:
@@ -135,16 +133,15 @@ class ClusterUnit(wiring.Component):
 
     Timing
     ------
-    Throughput one token per ``token_period(cfg) = max(G, (G + 16) / 2, 10)`` cycles on average
-    (without exact recomputes) (``G = d / cl_lanes``; ``G`` for ``G >= 16``, 12 at the
-    default d = 64 on 8 clustering lanes), latency ``token_latency(cfg) = G + 17`` cycles from
+    Throughput one token per ``token_period(cfg) = max(G, (G + 15) / 2, 9)`` cycles on average
+    (without exact recomputes) (``G = d / cl_lanes``; ``G`` for ``G >= 15``, 11.5 at the
+    default d = 64 on 8 clustering lanes), latency ``token_latency(cfg) = G + 16`` cycles from
     acceptance to the result.  Stages: ``accept | IN: owner-map reads (two cycles of latency,
     addressed from the acceptance on), T^2 of the thresholds | G chunk reads (5 sums) | q1:
     data registered |
     q2: bypass, DSP operands | q3: DSP products | q4: adder-tree levels | A: accumulate (5
-    sums, k.k_prev, |k|^2) | T1: resolve | T2: the screen's pipeline stage | T3 .. T9: screen
-    stages 1-7 | DEC | commit`` (:data:`hw.cluster_dots.LATENCY`, :data:`SCREEN_LATENCY` set
-    the counts);
+    sums, k.k_prev, |k|^2) | T1: resolve | T2 .. T8: screen stages 1-7 | DEC | commit``
+    (:data:`hw.cluster_dots.LATENCY` and :data:`hw.cluster_cosine.LATENCY` set the counts);
     the decision is registered in DEC (the result, the history) and applied one cycle later
     (commit: owner map, meta memory, start of the sum update).
     Token ``t+1`` starts its dot products as soon as the read ports
@@ -171,13 +168,12 @@ class ClusterUnit(wiring.Component):
     :class:`hw.cluster_threshold.ThresholdSquare` (``T^2`` of the token's thresholds, exact and
     normalised, formed in IN and kept in its bank: the token loop reads them from registers),
     :class:`hw.cluster_dots.ClusterDots` (q1 .. q4, A), :class:`hw.cluster_resolve.CandidateResolve`
-    (T1, and the screen's pipeline stage in T2), :class:`hw.cluster_cosine.ClusterCompare`
-    (T3 .. T9),
+    (T1), :class:`hw.cluster_cosine.ClusterCompare` (T2 .. T8),
     :class:`hw.cluster_decide.ClusterDecide` (DEC, exact recomputes),
     :class:`hw.cluster_update.SumUpdate`, :class:`hw.cluster_queue.WritebackQueue`,
     :class:`hw.cluster_writeback.ClusterWriteback`, :class:`hw.centroid_table.CentroidTable`
     and :class:`hw.cluster_owner.OwnerMap`; this module holds the start of the dot products
-    (candidate ids, the two per-token banks), the test section's ``m.FSM`` (IDLE / T2 .. T9 /
+    (candidate ids, the two per-token banks), the test section's ``m.FSM`` (IDLE / T2 .. T8 /
     DEC), the decision history, the result register and the clear.
     """
 
@@ -425,13 +421,13 @@ class ClusterUnit(wiring.Component):
             dots.wdata.eq(upd.write.data),
         ]
 
-        # ---- test section: T1 (resolve) | T2 (stage) | T3 .. T9 (screen stages 1-7) | DEC ------
+        # ---- test section: T1 (resolve) | T2 .. T8 (screen stages 1-7) | DEC -------------------
         tst_par = Signal()  # bank of the token in T2 .. DEC
         full_par, acc_full = Signal(), Signal()  # a token's dot products wait for T1
         t1 = Signal()
         decide = Signal()
-        # the screen's pipeline stage and stages: T2 .. T(SCREEN_LATENCY + 1), then DEC
-        screen = [f"T{n + 2}" for n in range(SCREEN_LATENCY)]
+        # the screen's stages: T2 .. T(COMPARE_LATENCY + 1), then DEC
+        screen = [f"T{n + 2}" for n in range(COMPARE_LATENCY)]
         with m.FSM(name="test") as test_fsm:
             with m.State("IDLE"), m.If(t1):  # T1 is this state's last cycle
                 m.next = screen[0]
@@ -483,16 +479,15 @@ class ClusterUnit(wiring.Component):
                 dcd.mag[i].eq(res.mag[i]),
                 dcd.norm[i].eq(r_norm[i]),
             ]
-        # The screen takes T1's results through CandidateResolve's pipeline stage (registered
-        # in T2; stage 1 in T3; "Fmax, sixteenth round"), its threshold operands one cycle
-        # ahead, in T2 (stage 0 registers them: the bank's, loaded before T1; tst_par names
-        # it from T2 on, while B may already name the next token's bank).
+        # The screen takes the registered T1 results (stage 1 in T2: T1's copies for it, which
+        # placement puts beside it, "Fmax, fourteenth round"), its threshold operands one cycle
+        # ahead (stage 0 registers them: the bank's, loaded before T1).
         m.d.comb += cmp.key_norm.eq(res.screen_key_norm)
         for j in range(2):
             m.d.comb += [
-                cmp.t_mant[j].eq(pick(b_tm[j], tst_par)),
-                cmp.t_exp[j].eq(pick(b_te[j], tst_par)),
-                cmp.t_zero[j].eq(pick(b_tz[j], tst_par)),
+                cmp.t_mant[j].eq(pick(b_tm[j], B)),
+                cmp.t_exp[j].eq(pick(b_te[j], B)),
+                cmp.t_zero[j].eq(pick(b_tz[j], B)),
             ]
         with m.If(t1):
             m.d.sync += tst_par.eq(B)

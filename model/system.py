@@ -412,21 +412,20 @@ def dre_v2_retrieval_cycles(
 
 
 def token_period(d: int, lanes: int) -> float:
-    """Clustering cycles per token on average, ``max(G, (G + 16) / 2, 10)`` with ``G = d / lanes``
-    (``hw/cluster_unit.py`` since the screen's pipeline stage, ``docs/cluster.md`` "Fmax,
-    sixteenth round"; ``max(G, (G + 15) / 2, 9)`` since the screen's registered outputs of the
-    tenth round, ``max(G, (G + 14) / 2, 8)`` after the dot products' and the screen's
+    """Clustering cycles per token on average, ``max(G, (G + 15) / 2, 9)`` with ``G = d / lanes``
+    (``hw/cluster_unit.py`` since the screen's registered outputs, ``docs/cluster.md`` "Fmax,
+    tenth round"; ``max(G, (G + 14) / 2, 8)`` after the dot products' and the screen's
     DSP-register stages of the ninth round, ``max(G, (G + 9) / 2, 5)`` before them, before the
     commit stage ``max(G, ceil((G + 8) / 2), 5)``, before that ``max(G, ceil((G + 4) / 2),
     3)``)."""
     g = d // lanes
-    return max(2 * g, g + 16, 20) / 2
+    return max(2 * g, g + 15, 18) / 2
 
 
 def token_latency(d: int, lanes: int) -> int:
-    """Clustering cycles from a token's acceptance to its result, ``G + 17``
+    """Clustering cycles from a token's acceptance to its result, ``G + 16``
     (``hw/cluster_unit.py`` ``token_latency``; ``tests/test_system.py`` checks they agree)."""
-    return d // lanes + 17
+    return d // lanes + 16
 
 
 def writeback_cycles(d: int, lanes: int, bk: int) -> int:

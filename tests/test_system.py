@@ -202,22 +202,22 @@ def test_select_phase_resv_dre_and_energy():
     # 5 + 168 + 87 + 17 = 277 cycles per layer, at 1000 Hz, 2 layers; member addresses 48 B
     assert sel.seconds == pytest.approx(2 * 277 / 1000 + 2 * 6 * 4 / 1000)
     assert sel.dram == 2 * 6 * 4
-    # clustering: token period max(1, 17 / 2, 10) = 10: 10 x 3 + latency (1 + 17) = 48; the
-    # 2 write-backs of 2 + 1 + 1 x 10 = 13 cycles overlap it: max(48, 26) = 48.  DRE busy
-    # 2 tables x (277 + 48) = 650
-    assert c.dre_seconds == pytest.approx(650 / 1000)
+    # clustering: token period max(1, 16 / 2, 9) = 9: 9 x 3 + latency (1 + 16) = 44; the
+    # 2 write-backs of 2 + 1 + 1 x 10 = 13 cycles overlap it: max(44, 26) = 44.  DRE busy
+    # 2 tables x (277 + 44) = 642
+    assert c.dre_seconds == pytest.approx(642 / 1000)
     # tables on chip, per pair (v2): owner 4 x (3 + 1) + meta 8 x (16 + 48) + sums 8 x 4 x 24
     # + planes 8 x 8 x 4 + counts 8 x 16 + mean values 8 x 4 x 16 = 2192 bits (no bias memory)
     assert c.index_onchip and c.index_bytes == 2 * 2192 / 8
     # frame: linear (no spill) max(9216 / 1e4, 1152 / 1000) = 1.152; attention 3200 / 1000
     assert c.phases["linear"].seconds == pytest.approx(1.152)
     assert c.seconds == pytest.approx(1.152 + 3.2 + sel.seconds)
-    # DRE energy: logic 650 cycles (the busy count above) x 1000 GE x 0.1 x 1 fJ.  SRAM bits per table (partials
+    # DRE energy: logic 642 cycles (the busy count above) x 1000 GE x 0.1 x 1 fJ.  SRAM bits per table (partials
     # 8 + 8 + 3 + 2 = 21 bits): passes 64 plane reads x (4 + 2 x 2 x 21 + 2 x 3) = 6016; soft
     # sweeps 8 x (3 x 2 x 21 + 16 + 21) = 1304; one output round 8 x 21 = 168; 4 unselected
     # mean values x 64 = 256; clustering 4 x (6 x 4 x 24 + 3 x 64 + 2 x 64) = 3584; write-back
     # 2 x (4 x 24 + 4 x 8 + 16) = 288: 11616; 2 tables, 1 pJ/bit; no leakage
-    dre = 650 * 1000 * 0.1 * 1e-15 + 2 * 11616 * 1e-12
+    dre = 642 * 1000 * 0.1 * 1e-15 + 2 * 11616 * 1e-12
     # (relative only: approx's default absolute 1e-12 J would hide a few cycles here)
     assert c.dre_energy == pytest.approx(dre, rel=1e-9, abs=0)
     dram = 1152 + 2 * (6 + 4) * 16 + 2 * 6 * 4
@@ -360,10 +360,10 @@ def test_soft_score_cycles_match_the_unit():
 
 
 def test_token_period_new_formula_by_hand():
-    """``max(G, (G + 16) / 2, 10)`` (hw/cluster_unit.py with the screen's pipeline stage)."""
-    for g, want in ((1, 10), (2, 10), (4, 10), (5, 10.5), (8, 12), (15, 15.5), (16, 16), (32, 32)):
+    """``max(G, (G + 15) / 2, 9)`` (hw/cluster_unit.py with the screen's registered outputs)."""
+    for g, want in ((1, 9), (2, 9), (3, 9), (4, 9.5), (8, 11.5), (14, 14.5), (15, 15), (32, 32)):
         assert sysm.token_period(16 * g, 16) == want, g
-    assert sysm.token_latency(128, 16) == 25
+    assert sysm.token_latency(128, 16) == 24
 
 
 def test_token_period_matches_hardware():
@@ -388,7 +388,7 @@ def test_cluster_cycles_use_the_clustering_lanes():
     s = replace(TOY_SETUP, lanes=cfg.lanes, cluster_lanes=cfg.cluster_lanes, bk=cfg.bk)
     p = 196
     want = cluster_unit.token_period(cfg) * (p - 1) + cluster_unit.token_latency(cfg)
-    assert want == 12 * 195 + 25  # G = 64 / 8 = 8
+    assert want == 11.5 * 195 + 24  # G = 64 / 8 = 8
     s = replace(s, updated_clusters_per_frame=0)
     assert sysm.dre_cluster_cycles(p, cfg.d, s) == want
     s = replace(s, updated_clusters_per_frame=196)

@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
             cells.append(f"{x:.2f}" if isinstance(x, float) else str(x))
         print("| " + " | ".join(cells) + " |")
     print(
-        f"[bench_cluster] documented throughput: token_period = max(G, (G + 16) / 2, 10) "
+        f"[bench_cluster] documented throughput: token_period = max(G, (G + 15) / 2, 9) "
         f"= {token_period(cfg)} cycles per token"
     )
     return 0 if all(r["mismatches"] == 0 for r in rows) else 1

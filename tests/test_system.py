@@ -212,11 +212,12 @@ def test_select_phase_resv_dre_and_energy():
     # frame: linear (no spill) max(9216 / 1e4, 1152 / 1000) = 1.152; attention 3200 / 1000
     assert c.phases["linear"].seconds == pytest.approx(1.152)
     assert c.seconds == pytest.approx(1.152 + 3.2 + sel.seconds)
-    # DRE energy: logic 642 cycles (the busy count above) x 1000 GE x 0.1 x 1 fJ.  SRAM bits per table (partials
-    # 8 + 8 + 3 + 2 = 21 bits): passes 64 plane reads x (4 + 2 x 2 x 21 + 2 x 3) = 6016; soft
-    # sweeps 8 x (3 x 2 x 21 + 16 + 21) = 1304; one output round 8 x 21 = 168; 4 unselected
-    # mean values x 64 = 256; clustering 4 x (6 x 4 x 24 + 3 x 64 + 2 x 64) = 3584; write-back
-    # 2 x (4 x 24 + 4 x 8 + 16) = 288: 11616; 2 tables, 1 pJ/bit; no leakage
+    # DRE energy: logic 642 cycles (the busy count above) x 1000 GE x 0.1 x 1 fJ.  SRAM bits
+    # per table (partials 8 + 8 + 3 + 2 = 21 bits): passes 64 plane reads x (4 + 2 x 2 x 21
+    # + 2 x 3) = 6016; soft sweeps 8 x (3 x 2 x 21 + 16 + 21) = 1304; one output round 8 x 21
+    # = 168; 4 unselected mean values x 64 = 256; clustering 4 x (6 x 4 x 24 + 3 x 64 + 2 x
+    # 64) = 3584; write-back 2 x (4 x 24 + 4 x 8 + 16) = 288: 11616; 2 tables, 1 pJ/bit; no
+    # leakage
     dre = 642 * 1000 * 0.1 * 1e-15 + 2 * 11616 * 1e-12
     # (relative only: approx's default absolute 1e-12 J would hide a few cycles here)
     assert c.dre_energy == pytest.approx(dre, rel=1e-9, abs=0)

@@ -57,7 +57,7 @@ def collect_unbuilt_tops():
     ``BridgedDRE``) is never elaborated, so Amaranth warns ``UnusedElaboratable`` when it is
     freed.  The file's ``# amaranth: UnusedElaboratable=no`` covers only objects constructed
     in this file.  Those tests ignore the warning (``UNBUILT_TOP``); the tops left in
-    reference cycles were freed at a later garbage collection, in whatever test ran then (35
+    reference cycles were freed at a later garbage collection, in whatever test ran then (28
     warnings in a ``make test``), so collect them here, with the warning ignored too."""
     yield
     with warnings.catch_warnings():

@@ -6,13 +6,10 @@ bridge + DRE + driver on the serial line against model.dre.top.DRERef, for the v
 
 from __future__ import annotations
 
-import gc
 import random
-import warnings
 
 import pytest
 from amaranth import Elaboratable, Module
-from amaranth.hdl import UnusedElaboratable
 from amaranth.sim import Simulator
 
 from host.dre_driver import (
@@ -48,35 +45,11 @@ from model.dre.top import ERROR_FLAGS, TOKEN_ERROR_FLAGS, DRERef, Registers
 TINY = DREConfig(d=8, lanes=4, bq=4, bk=4, n_max=8, k_cap=4, grid_max=16, count_bits=5)
 
 
-@pytest.fixture
-def collect_unbuilt_tops():
-    """Free, after the test, the board tops it never elaborates, without a warning.
-
-    The command-line tests stub out the build, and ``test_board_top_instantiates_the_pll``
-    elaborates only the clock domain: the ``ULX3STop`` that ``hw/board.py`` constructs (and its
-    ``BridgedDRE``) is never elaborated, so Amaranth warns ``UnusedElaboratable`` when it is
-    freed.  The file's ``# amaranth: UnusedElaboratable=no`` covers only objects constructed
-    in this file.  Those tests ignore the warning (``UNBUILT_TOP``); the tops left in
-    reference cycles were freed at a later garbage collection, in whatever test ran then (28
-    warnings in a ``make test``), so collect them here, with the warning ignored too."""
-    yield
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UnusedElaboratable)
-        gc.collect()
-
-
-#: The marks of a test that constructs a board top through ``hw/board.py`` and never
-#: elaborates it (see :func:`collect_unbuilt_tops`).
-UNBUILT_TOP = (
-    pytest.mark.filterwarnings("ignore::amaranth.hdl.UnusedElaboratable"),
-    pytest.mark.usefixtures("collect_unbuilt_tops"),
-)
-
-
-def unbuilt_top(test):
-    for mark in UNBUILT_TOP:
-        test = mark(test)
-    return test
+#: A test that constructs a board top through ``hw/board.py`` and never elaborates it (the
+#: command-line tests stub out the build; the PLL test elaborates only the clock domain).  The
+#: file's ``# amaranth: UnusedElaboratable=no`` covers only objects constructed in this file;
+#: ``tests/conftest.py`` also collects the tops' reference cycles after such a test.
+unbuilt_top = pytest.mark.filterwarnings("ignore::amaranth.hdl.UnusedElaboratable")
 
 
 DIV = 4  # clock cycles per bit in simulation

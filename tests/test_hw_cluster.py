@@ -1036,6 +1036,7 @@ def test_writeback_engine_rounds_and_biases(seed, cfg, shared):
     _simulate(h, bench)
 
 
+@pytest.mark.filterwarnings("ignore::amaranth.hdl.UnusedElaboratable")
 def test_components_reject_bad_parameters():
     with pytest.raises(ConfigError):
         ClusterUnit("d=8")

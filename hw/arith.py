@@ -5,6 +5,7 @@
   MULT18X18D on the ECP5; the small products of the clustering unit must not use them).
 * :func:`tree_sum`: a balanced adder tree (:func:`tree_level`, :func:`tree_reduce`: one level,
   and any operator).
+* :func:`one_hot_select`: a multiplexer with one-hot selects, as AND-OR.
 * :func:`normalise`: leading-one normalisation of an unsigned value to an ``M``-bit mantissa
   and an exponent, the front end of the mantissa compares of ``hw/cluster_cosine.py``;
   :func:`normalise_terms` the same values in two halves, with fewer logic levels from ``v`` to
@@ -38,6 +39,13 @@ def tree_sum(terms: list):
     if not terms:
         return Value.cast(0)
     return tree_reduce(terms, operator.add)
+
+
+def one_hot_select(pairs: list):
+    """The value of the ``(condition, value)`` pair whose condition holds, 0 if none does; the
+    conditions must be exclusive.  AND-OR: each value gated by its condition, then a balanced OR
+    tree, ``ceil(log2(len))`` levels deep, with no priority chain."""
+    return tree_reduce([Mux(c, v, 0) for c, v in pairs], operator.or_)
 
 
 def mul_rows(a, b) -> list:

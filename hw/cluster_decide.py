@@ -3,7 +3,7 @@ with exact recomputes of the results the screen left inside its guard band."""
 
 from __future__ import annotations
 
-from amaranth import Module, Mux, Signal, unsigned
+from amaranth import Cat, Module, Mux, Signal, unsigned
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
@@ -54,18 +54,25 @@ class ClusterDecide(wiring.Component):
         the exact unit's operand, from registers (:class:`hw.cluster_threshold.ThresholdSquare`
         forms it outside the token loop).
     ready : Out(1)
-        ``status`` and ``which`` are final (no recompute needed or pending); meaningful while
+        ``status`` .. ``new`` are final (no recompute needed or pending); meaningful while
         ``active`` (and from the cycle after ``fresh`` on).
     status : Out(2)
         ``JOINED`` / ``NEW`` / ``FORCED`` / ``DROPPED`` (``model.dre.cluster``).
     which : Out(range(3))
         The candidate joined (``JOINED``, ``FORCED``; 0 otherwise).
+    sel : Out(3)
+        ``which`` one-hot: bit ``i`` is set if the token joins candidate ``i`` (``JOINED``,
+        ``FORCED``); 0 for ``NEW`` and ``DROPPED``.
+    new : Out(1)
+        ``status`` is ``NEW``.
     exact_count : Out(32)
         Recomputes started since reset (wraps).
 
     Timing
     ------
-    ``ready``, ``status``, ``which`` are combinational from the inputs and the kept results.  A
+    ``ready`` .. ``new`` are combinational from the inputs and the kept results.  ``status`` ..
+    ``new`` are formed as if every result were sure, so only while ``ready`` do they follow
+    the rule (they are then, since every result the rule reads is sure).  A
     needed unsure result found in an ``active`` cycle is registered in that cycle, the exact
     unit starts in the next one and its result replaces the screen's when it is done:
     ``exact_cycles + 1`` cycles per recompute (:func:`hw.cluster_exact.exact_cycles`; 211 at
@@ -91,6 +98,8 @@ class ClusterDecide(wiring.Component):
                 "ready": Out(1),
                 "status": Out(2),
                 "which": Out(range(3)),
+                "sel": Out(3),
+                "new": Out(1),
                 "exact_count": Out(32),
             }
         )
@@ -112,68 +121,67 @@ class ClusterDecide(wiring.Component):
             m.d.sync += h.eq(c)
 
         # Resolution: the first eligible candidate whose test passes; if none and the table is
-        # full, the most similar (walk 0 -> 1 -> 2: more(1, 0), then more(2, best)).  A result
-        # the walk needs that the screen left unsure is recomputed exactly (`need`, item 0-2:
-        # cosine test i; 3-5: the comparison PAIRS[item - 3]).
+        # full, the most similar (walk 0 -> 1 -> 2: more(1, 0), then more(2, best)).
+        #
+        # The outcome is formed without the sure flags, one-hot: when ready, every result the
+        # walk reads is sure, and then this is the walk ("Fmax, seventeenth round" in
+        # docs/cluster.md: the sure flags and the priority encoding of `which` were on the
+        # routed worst path, from the screen to the decision's registers).
         el = self.elig
+        ok = [el[i] & c_pass[i] for i in range(3)]
+        none = ~(ok[0] | ok[1] | ok[2])
+        joins = [ok[0], ~ok[0] & ok[1], ~ok[0] & ~ok[1] & ok[2]]
+        j10, j20, j21 = (PAIRS.index(p) for p in ((1, 0), (2, 0), (2, 1)))
+        top1 = el[1] & (~el[0] | c_more[j10])  # 1 is the best of 0 and 1
+        top2 = el[2] & (~(el[0] | el[1]) | Mux(top1, c_more[j21], c_more[j20]))
+        tops = [el[0] & ~top1 & ~top2, top1 & ~top2, top2]
+        force = none & self.full
+        m.d.comb += [
+            self.sel.eq(Cat(*(joins[i] | (force & tops[i]) for i in range(3)))),
+            self.new.eq(none & ~self.full),
+            self.which.eq(Cat(self.sel[1], self.sel[2])),
+        ]
+        with m.If(~none):
+            m.d.comb += self.status.eq(JOINED)
+        with m.Elif(~self.full):
+            m.d.comb += self.status.eq(NEW)
+        with m.Elif(el != 0):
+            m.d.comb += self.status.eq(FORCED)
+        with m.Else():
+            m.d.comb += self.status.eq(DROPPED)
+
+        # A result the walk needs that the screen left unsure is recomputed exactly (`need`,
+        # item 0-2: cosine test i; 3-5: the comparison PAIRS[item - 3]): a test up to the first
+        # eligible candidate that passes surely; if none passes and the table is full, the
+        # comparisons the walk makes.
         cos_need = Signal()
         cos_item = Signal(range(3))
-        joined = Signal()
-        join_idx = Signal(range(3))
+        decided = Signal()  # a sure pass comes before any unsure test
         with m.If(el[0] & ~c_sure[0]):
             m.d.comb += [cos_need.eq(1), cos_item.eq(0)]
         with m.Elif(el[0] & c_pass[0]):
-            m.d.comb += [joined.eq(1), join_idx.eq(0)]
+            m.d.comb += decided.eq(1)
         with m.Elif(el[1] & ~c_sure[1]):
             m.d.comb += [cos_need.eq(1), cos_item.eq(1)]
         with m.Elif(el[1] & c_pass[1]):
-            m.d.comb += [joined.eq(1), join_idx.eq(1)]
+            m.d.comb += decided.eq(1)
         with m.Elif(el[2] & ~c_sure[2]):
             m.d.comb += [cos_need.eq(1), cos_item.eq(2)]
         with m.Elif(el[2] & c_pass[2]):
-            m.d.comb += [joined.eq(1), join_idx.eq(2)]
-        best01 = Signal(range(3))  # best of candidates 0 and 1 (0 if neither is eligible)
-        best = Signal(range(3))
-        need10 = Signal()  # the first comparison is unsure
-        need2 = Signal()  # the second one is
-        item2 = Signal(range(6))
-        j10, j20, j21 = (3 + PAIRS.index(p) for p in ((1, 0), (2, 0), (2, 1)))
-        with m.If(el[0] & el[1]):
-            m.d.comb += [
-                need10.eq(~c_msure[j10 - 3]),
-                best01.eq(Mux(c_more[j10 - 3], 1, 0)),
-            ]
-        with m.Elif(el[1]):
-            m.d.comb += best01.eq(1)
-        with m.If(el[2] & (el[0] | el[1])):
-            vs1 = best01 == 1
-            more2 = Mux(vs1, c_more[j21 - 3], c_more[j20 - 3])
-            sure2 = Mux(vs1, c_msure[j21 - 3], c_msure[j20 - 3])
-            m.d.comb += [
-                need2.eq(~sure2),
-                item2.eq(Mux(vs1, j21, j20)),
-                best.eq(Mux(more2, 2, best01)),
-            ]
-        with m.Elif(el[2]):
-            m.d.comb += best.eq(2)
-        with m.Else():
-            m.d.comb += best.eq(best01)
-        forced = ~cos_need & ~joined & self.full & (el != 0)
+            m.d.comb += decided.eq(1)
+        need10 = el[0] & el[1] & ~c_msure[j10]  # the first comparison is unsure
+        need2 = (  # the second one is (against the best of 0 and 1)
+            el[2] & (el[0] | el[1]) & ~Mux(top1, c_msure[j21], c_msure[j20])
+        )
+        item2 = Mux(top1, 3 + j21, 3 + j20)
+        forced = ~cos_need & ~decided & self.full & (el != 0)
         need = Signal()
         need_item = Signal(range(6))
         m.d.comb += [
             need.eq(cos_need | (forced & (need10 | need2))),
-            need_item.eq(Mux(cos_need, cos_item, Mux(need10, j10, item2))),
+            need_item.eq(Mux(cos_need, cos_item, Mux(need10, 3 + j10, item2))),
+            self.ready.eq(~need),
         ]
-        with m.If(joined):
-            m.d.comb += [self.status.eq(JOINED), self.which.eq(join_idx)]
-        with m.Elif(~self.full):
-            m.d.comb += self.status.eq(NEW)
-        with m.Elif(el != 0):
-            m.d.comb += [self.status.eq(FORCED), self.which.eq(best)]
-        with m.Else():
-            m.d.comb += self.status.eq(DROPPED)
-        m.d.comb += self.ready.eq(~need)
 
         # ---- exact recompute of one unsure result (shared, time-multiplexed) ----------------
         # A result found unsure while active is registered (``rc_item``) and the exact unit

@@ -3,13 +3,11 @@ products, the table's meta data and the decision of the token before it."""
 
 from __future__ import annotations
 
-import operator
-
 from amaranth import Cat, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
-from hw.arith import tree_reduce
+from hw.arith import one_hot_select
 from hw.centroid_table import meta_layout
 from hw.cluster_decide import LEFT, TEMPORAL
 from hw.cluster_dots import N_SUMS
@@ -170,8 +168,8 @@ class CandidateResolve(wiring.Component):
 
         def one_hot(choices):  # [(condition, (value, magnitude))], conditions exclusive
             # balanced ORs, log2(len) levels deep
-            value = tree_reduce([Mux(c, v, 0) for c, (v, _) in choices], operator.or_)
-            mag = tree_reduce([Mux(c, g, 0) for c, (_, g) in choices], operator.or_)
+            value = one_hot_select([(c, v) for c, (v, _) in choices])
+            mag = one_hot_select([(c, g) for c, (_, g) in choices])
             return value, mag
 
         # the previous-token candidate: its dot product and when each form applies

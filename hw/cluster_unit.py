@@ -6,6 +6,7 @@ from amaranth import Cat, Module, Mux, Signal, Value, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
+from hw.arith import one_hot_select
 from hw.centroid_table import META_READ_LATENCY, CentroidTable, chunk_shape, meta_layout
 from hw.cluster_cosine import LATENCY as COMPARE_LATENCY
 from hw.cluster_cosine import ClusterCompare, check_mantissa_bits
@@ -21,7 +22,7 @@ from hw.cluster_threshold import ThresholdSquare
 from hw.cluster_update import WRITE_DELAY, SumUpdate
 from hw.cluster_writeback import ClusterWriteback
 from hw.plane_store import PlaneWriteSignature
-from model.dre.cluster import DROPPED, FORCED, JOINED, NEW, ClusterWidths
+from model.dre.cluster import DROPPED, ClusterWidths
 from model.dre.config import DREConfig, require_config
 
 __all__ = ["ClusterUnit", "key_layout", "result_layout", "token_latency", "token_period"]
@@ -513,31 +514,23 @@ class ClusterUnit(wiring.Component):
             *(dcd.t_sq[j].eq(pick(b_tsq[j], tst_par)) for j in range(2)),
             self.exact_count.eq(dcd.exact_count),
         ]
-        status, which = dcd.status, dcd.which
+        # The decided id, |S|^2 and count as AND-OR of the decision's one-hot outcome ("Fmax,
+        # seventeenth round"): the ids, sums and counts are registers of T1, only the
+        # selects come from the screen's results.
+        status, which, sel, new = dcd.status, dcd.which, dcd.sel, dcd.new
+
+        def decided(values, opened):  # the joined candidate's value, or `opened` if NEW
+            return one_hot_select([*zip(sel, values, strict=True), (new, opened)])
+
         choice = Signal(range(cfg.n_max))
-        with m.Switch(status):
-            with m.Case(NEW):
-                m.d.comb += choice.eq(n_used)
-            with m.Case(DROPPED):
-                m.d.comb += choice.eq(0)
-            with m.Default(), m.Switch(which):
-                for i in range(3):
-                    with m.Case(i):
-                        m.d.comb += choice.eq(r_id[i])
-        norm_w = Signal(unsigned(wd.sum_norm))
-        count_w = Signal(unsigned(cfg.count_bits))
-        with m.Switch(which):
-            for i in range(3):
-                with m.Case(i):
-                    m.d.comb += [norm_w.eq(res.new_norm[i]), count_w.eq(res.new_count[i])]
-        dropped = status == DROPPED
-        new = status == NEW
         new_norm = Signal(unsigned(wd.sum_norm))
         new_count = Signal(unsigned(cfg.count_bits))
         m.d.comb += [
-            new_norm.eq(Mux(new, r_kn, norm_w)),
-            new_count.eq(Mux(new, 1, count_w)),
+            choice.eq(decided(r_id, n_used)),
+            new_norm.eq(decided(res.new_norm, r_kn)),
+            new_count.eq(decided(res.new_count, 1)),
         ]
+        merge = sel != 0
         # The decision waits until the sum update engine can start in the next cycle (commit).
         m.d.comb += decide.eq(in_dec & dcd.ready & result_free & upd.free_next)
         m.d.sync += commit.eq(decide)
@@ -550,9 +543,9 @@ class ClusterUnit(wiring.Component):
         with m.If(in_dec):
             m.d.sync += [
                 pd_id.eq(choice),
-                pd_ok.eq(~dropped),
+                pd_ok.eq(merge | new),
                 pd_new.eq(new),
-                pd_merge.eq((status == JOINED) | (status == FORCED)),
+                pd_merge.eq(merge),
                 pd_which.eq(which),
                 pd_norm.eq(new_norm),
                 pd_count.eq(new_count),

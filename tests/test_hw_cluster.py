@@ -27,7 +27,15 @@ from hw.cluster_threshold import NORMALISE_LATENCY, SQUARE_LATENCY, ThresholdSqu
 from hw.cluster_unit import ClusterUnit, token_latency, token_period
 from hw.cluster_update import SumUpdate
 from hw.cluster_writeback import ClusterWriteback, log2_fixed, writeback_cycles
-from model.dre.cluster import ClusterWidths, quantise_centroid, size_bias
+from model.dre.cluster import (
+    DROPPED,
+    FORCED,
+    JOINED,
+    NEW,
+    ClusterWidths,
+    quantise_centroid,
+    size_bias,
+)
 from model.dre.cluster import log2_fixed as log2_model
 from model.dre.config import ConfigError, DREConfig
 from verif.runner import run
@@ -558,6 +566,79 @@ def test_exact_compare_against_integers(seed, digit_bits):
             ), (x, y)
             await ctx.tick()
             assert not ctx.get(dut.busy)
+
+    _simulate(dut, bench)
+
+
+# ---- decision ----------------------------------------------------------------------------------
+def _decision_rule(el, passed, sure, more, msure, full):
+    """The ClusterRef rule, written as the walk it states, over bit lists: ``("need", None)`` if a
+    result it reads is unsure, else ``(status, candidate)``."""
+    for i in range(3):
+        if el[i]:
+            if not sure[i]:
+                return "need", None
+            if passed[i]:
+                return JOINED, i
+    if not full:
+        return NEW, None
+    best = None
+    for i in range(3):
+        if el[i]:
+            if best is not None:
+                pair = PAIRS.index((i, best))
+                if not msure[pair]:
+                    return "need", None
+                if not more[pair]:
+                    continue
+            best = i
+    return (DROPPED, None) if best is None else (FORCED, best)
+
+
+def test_decide_outcome_against_rule(seed):
+    """The decision's outputs against the walk of the rule: every combination of eligibility,
+    test and comparison results and fullness with sure results, then random sure flags (``ready``
+    must fall exactly when the walk reads an unsure result, and the outcome must hold when it
+    does not).  No recompute starts (``active`` low), so this is the combinational decision."""
+    rng = random.Random(seed)
+    dut = ClusterDecide(SMALL)
+    bits = [[(v >> i) & 1 for i in range(3)] for v in range(8)]
+    cases = [
+        (el, ps, 7, mo, 7, full)
+        for el in range(8)
+        for ps in range(8)
+        for mo in range(8)
+        for full in (0, 1)
+    ]
+    cases += [(*(rng.randrange(8) for _ in range(5)), rng.randrange(2)) for _ in range(1500)]
+
+    async def bench(ctx):
+        ctx.set(dut.fresh, 1)
+        seen = set()
+        for el, ps, su, mo, ms, full in cases:
+            for port, v in zip(
+                (dut.elig, dut.passed, dut.sure, dut.more, dut.more_sure, dut.full),
+                (el, ps, su, mo, ms, full),
+                strict=True,
+            ):
+                ctx.set(port, v)
+            status, cand = _decision_rule(bits[el], bits[ps], bits[su], bits[mo], bits[ms], full)
+            case = f"seed {seed}: elig {el:03b} pass {ps:03b} sure {su:03b} more {mo:03b} " + (
+                f"more_sure {ms:03b} full {full}"
+            )
+            assert ctx.get(dut.ready) == (status != "need"), case
+            if status == "need":
+                continue
+            seen.add(status)
+            got = (ctx.get(dut.status), ctx.get(dut.sel), ctx.get(dut.which), ctx.get(dut.new))
+            want = (
+                status,
+                0 if cand is None else 1 << cand,
+                cand or 0,
+                int(status == NEW),
+            )
+            assert got == want, case
+        assert seen == {JOINED, NEW, FORCED, DROPPED}
 
     _simulate(dut, bench)
 

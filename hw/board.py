@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from amaranth import ClockDomain, Elaboratable, Instance, Module, Signal
-from amaranth.lib import wiring
+from amaranth.lib import io, wiring
 from amaranth.lib.cdc import ResetSynchronizer
 from amaranth.lib.wiring import In, Out
 
@@ -135,7 +135,8 @@ class ULX3STop(Elaboratable):
 
     def elaborate(self, platform):
         m = Module()
-        clk25 = platform.request(platform.default_clk)  # constrained to 25 MHz by the board
+        # constrained to 25 MHz by the board
+        clk25 = m.submodules.clk25 = io.Buffer("i", platform.request(platform.default_clk, dir="-"))
         m.domains.sync = cd = ClockDomain("sync")
         if self.clock_hz == OSC_HZ:
             m.d.comb += cd.clk.eq(clk25.i)
@@ -182,9 +183,12 @@ class ULX3STop(Elaboratable):
             # nextpnr derives the output's constraint from the PLL settings and clk25's.
             m.submodules.rst = ResetSynchronizer(~locked, domain="sync")
         m.submodules.core = core = self.core
-        uart = platform.request("uart", 0)
-        led0, led1 = platform.request("led", 0), platform.request("led", 1)
-        m.d.comb += [core.rx.eq(uart.rx.i), uart.tx.o.eq(core.tx), led0.o.eq(core.busy)]
+        uart = platform.request("uart", 0, dir="-")
+        m.submodules.uart_rx = rx = io.Buffer("i", uart.rx)
+        m.submodules.uart_tx = tx = io.Buffer("o", uart.tx)
+        m.submodules.led0 = led0 = io.Buffer("o", platform.request("led", 0, dir="-"))
+        m.submodules.led1 = led1 = io.Buffer("o", platform.request("led", 1, dir="-"))
+        m.d.comb += [core.rx.eq(rx.i), tx.o.eq(core.tx), led0.o.eq(core.busy)]
         m.d.comb += led1.o.eq(core.overrun)
         return m
 

@@ -7,6 +7,8 @@ bridge + DRE + driver on the serial line against model.dre.top.DRERef, for the v
 from __future__ import annotations
 
 import random
+import re
+import warnings
 
 import pytest
 from amaranth import Elaboratable, Module
@@ -267,9 +269,15 @@ def test_board_top_instantiates_the_pll():
 
     top = ULX3STop(TINY, 115200, 20_000_000)
     assert top.core.divisor == 174  # round(20e6 / 115200)
-    il = ULX3S_85F_Platform().prepare(top, name="top").files["top.il"]
-    il = il if isinstance(il, str) else il.decode()
+    with warnings.catch_warnings():  # no deprecated request (pins buffered by lib.io)
+        warnings.simplefilter("error", DeprecationWarning)
+        files = ULX3S_85F_Platform().prepare(top, name="top").files
+    il, lpf = (f if isinstance(f, str) else f.decode() for f in (files["top.il"], files["top.lpf"]))
     assert "EHXPLLL" in il and "CLKFB_DIV" in il
+    # the pins of docs/board.md, and no others: clk25, uart rx / tx, LED 0 / 1
+    assert sorted(re.findall(r'LOCATE COMP "\S+" SITE "(\w+)"', lpf)) == sorted(
+        ["G2", "M1", "L4", "B2", "C2"]
+    )
     check_clock(25_000_000)
     with pytest.raises(ConfigError):
         check_clock(33_000_000)

@@ -156,25 +156,20 @@ class ClusterDecide(wiring.Component):
         # comparisons the walk makes.
         cos_need = Signal()
         cos_item = Signal(range(3))
-        decided = Signal()  # a sure pass comes before any unsure test
-        with m.If(el[0] & ~c_sure[0]):
-            m.d.comb += [cos_need.eq(1), cos_item.eq(0)]
-        with m.Elif(el[0] & c_pass[0]):
-            m.d.comb += decided.eq(1)
-        with m.Elif(el[1] & ~c_sure[1]):
-            m.d.comb += [cos_need.eq(1), cos_item.eq(1)]
-        with m.Elif(el[1] & c_pass[1]):
-            m.d.comb += decided.eq(1)
-        with m.Elif(el[2] & ~c_sure[2]):
-            m.d.comb += [cos_need.eq(1), cos_item.eq(2)]
-        with m.Elif(el[2] & c_pass[2]):
-            m.d.comb += decided.eq(1)
+        walk = m.If
+        for i in range(3):  # the walk stops at the first eligible unsure test or pass
+            with walk(el[i] & ~c_sure[i]):
+                m.d.comb += [cos_need.eq(1), cos_item.eq(i)]
+            with m.Elif(el[i] & c_pass[i]):
+                pass  # a sure pass: no test after it is needed
+            walk = m.Elif
         need10 = el[0] & el[1] & ~c_msure[j10]  # the first comparison is unsure
         need2 = (  # the second one is (against the best of 0 and 1)
             el[2] & (el[0] | el[1]) & ~Mux(top1, c_msure[j21], c_msure[j20])
         )
         item2 = Mux(top1, 3 + j21, 3 + j20)
-        forced = ~cos_need & ~decided & self.full & (el != 0)
+        # Without a needed test, every eligible test is sure, and no pass means `none`.
+        forced = ~cos_need & force & (el != 0)
         need = Signal()
         need_item = Signal(range(6))
         m.d.comb += [

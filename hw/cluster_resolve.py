@@ -24,7 +24,7 @@ class CandidateResolve(wiring.Component):
     up candidates, ``acc[2 + j]`` of the token before's candidate ``j``, ``kk = k.k_prev``.  The
     *previous-token* candidate (always the left one; the temporal / up one where ``prev`` says
     so) is the cluster the token before joined (``last_*``): its dot product is
-    ``acc[2 + last_which] + kk`` if that token joined or was forced into a candidate, ``kk`` if
+    ``acc[2 + j] + kk`` if that token joined or was forced into its candidate ``j``, ``kk`` if
     it opened a cluster, ``acc[2]`` if it was decided before this token started (``pend`` low:
     then port 2 read its own cluster).  An own candidate equal to that cluster gets ``+ kk``
     when ``pend`` (its sum update was not seen).  ``|S|^2`` and counts come from the table's
@@ -46,9 +46,13 @@ class CandidateResolve(wiring.Component):
         decision may commit after that read): an own candidate equal to ``last_id``
         (``last_ok``) takes ``last_norm`` and ``last_count`` instead, the values that write
         stores.
-    last_id, last_ok, last_new, last_merge, last_which, last_norm, last_count : In
+    last_id, last_ok, last_new, last_merge, last_sel, last_norm, last_count : In
         The last decision: its cluster, whether it joined or opened one (not dropped), opened,
-        joined / forced, into which candidate slot, and the ``|S|^2`` and count it wrote.
+        joined / forced, into which candidate slot (``last_sel``, one-hot: bit ``j`` for its
+        candidate ``j``; read only where ``last_new`` is low), and the ``|S|^2`` and count it
+        wrote.  ``pend``, ``prev`` and ``last_*`` are registers in the unit, so that the
+        conditions which pick each candidate's option are one LUT of registers ("Fmax,
+        eighteenth round" in ``docs/cluster.md``).
     acc : In(signed(dot)) x 5, kk : In(signed(key_norm + 1)), kn : In(unsigned(key_norm))
         The token's dot products (:class:`hw.cluster_dots.ClusterDots`).
     acc_neg, acc_kk, acc_kk_neg : In(signed(dot)) x 5, kk_neg : In(signed(key_norm + 2))
@@ -102,7 +106,7 @@ class CandidateResolve(wiring.Component):
                 "last_ok": In(1),
                 "last_new": In(1),
                 "last_merge": In(1),
-                "last_which": In(range(3)),
+                "last_sel": In(3),
                 "last_norm": In(unsigned(wd.sum_norm)),
                 "last_count": In(unsigned(cfg.count_bits)),
                 "acc": In(signed(wd.dot)).array(N_SUMS),
@@ -174,7 +178,7 @@ class CandidateResolve(wiring.Component):
 
         # the previous-token candidate: its dot product and when each form applies
         pend, new = self.pend, self.last_new
-        which = [self.last_which == 0, self.last_which == 1, self.last_which >= 2]
+        which = self.last_sel
         kk = Signal(signed(w), name="kk_p")  # k.k_prev at the dot width
         m.d.comb += kk.eq(self.kk)
         prev_choices = [

@@ -275,7 +275,7 @@ class ClusterUnit(wiring.Component):
         pd_ok = Signal()  # not dropped
         # the last decision opened / joined a cluster, its candidate slot (joined / forced)
         pd_new, pd_merge = Signal(reset_less=True), Signal(reset_less=True)
-        pd_which = Signal(range(3), reset_less=True)
+        pd_sel = Signal(3, reset_less=True)  # one-hot ("Fmax, eighteenth round")
         pd_norm = Signal(unsigned(wd.sum_norm), reset_less=True)  # |S|^2 and count it writes
         pd_count = Signal(unsigned(cfg.count_bits), reset_less=True)
         pd_pos = Signal(16, reset_less=True)  # its grid position (owner map)
@@ -323,10 +323,13 @@ class ClusterUnit(wiring.Component):
             spec = Mux(pick(b_prev, pb)[j], dec0_id, pick(b_id[j], pb))
             go_ids.append(Mux(pend, spec, dec0_id))
         rd_ids = [Signal(range(cfg.n_max), name=f"rd_id{i}", reset_less=True) for i in range(5)]
+        # The read address is the started token's unless chunk reads are pending: the ports
+        # read in every cycle and a read is used only at a start or while rd_busy (go needs
+        # ~rd_busy), so `go`'s logic is not before the address ("Fmax, eighteenth round").
         for i in range(5):
             m.d.comb += [
-                table.cand[i].id.eq(Mux(go, go_ids[i], rd_ids[i])),
-                table.cand[i].chunk.eq(Mux(go, 0, rd_chunk)),
+                table.cand[i].id.eq(Mux(rd_busy, rd_ids[i], go_ids[i])),
+                table.cand[i].chunk.eq(Mux(rd_busy, rd_chunk, 0)),
             ]
         with m.If(go):
             m.d.sync += [
@@ -439,8 +442,24 @@ class ClusterUnit(wiring.Component):
                 m.next = "IDLE"
         in_last, in_dec = test_fsm.ongoing(screen[-1]), test_fsm.ongoing("DEC")
         m.d.comb += t1.eq(acc_full & test_fsm.ongoing("IDLE"))
+        # The bank values that pick T1's options (pend, prev, ex, the own ids) are copied into
+        # registers of their own when the token's dot products are done ("Fmax, eighteenth
+        # round"), so that no bank multiplexer lies before those conditions.  The bank is not
+        # reloaded before T1: the token two after it starts only once it is committed.
+        t1_pend = Signal(reset_less=True)
+        t1_ex, t1_prev = Signal(3, reset_less=True), Signal(3, reset_less=True)
+        t1_own = [Signal(range(cfg.n_max), name=f"t1_own{k}", reset_less=True) for k in range(2)]
         with m.If(dots.done):
-            m.d.sync += [acc_full.eq(1), full_par.eq(dots.done_tag)]
+            done = dots.done_tag
+            m.d.sync += [
+                acc_full.eq(1),
+                full_par.eq(done),
+                t1_pend.eq(pick(b_pend, done)),
+                t1_ex.eq(pick(b_ex, done)),
+                t1_prev.eq(pick(b_prev, done)),
+                t1_own[0].eq(pick(b_id[TEMPORAL], done)),
+                t1_own[1].eq(pick(b_id[UP], done)),
+            ]
         with m.Elif(t1):
             m.d.sync += acc_full.eq(0)
 
@@ -448,18 +467,18 @@ class ClusterUnit(wiring.Component):
         B = full_par
         m.d.comb += [
             res.load.eq(t1),
-            res.pend.eq(pick(b_pend, B)),
-            res.ex.eq(pick(b_ex, B)),
-            res.prev.eq(pick(b_prev, B)),
-            res.own_id[0].eq(pick(b_id[TEMPORAL], B)),
-            res.own_id[1].eq(pick(b_id[UP], B)),
+            res.pend.eq(t1_pend),
+            res.ex.eq(t1_ex),
+            res.prev.eq(t1_prev),
+            res.own_id[0].eq(t1_own[0]),
+            res.own_id[1].eq(t1_own[1]),
             res.meta[0].eq(pick(b_meta[0], B)),
             res.meta[1].eq(pick(b_meta[1], B)),
             res.last_id.eq(pd_id),
             res.last_ok.eq(pd_ok),
             res.last_new.eq(pd_new),
             res.last_merge.eq(pd_merge),
-            res.last_which.eq(pd_which),
+            res.last_sel.eq(pd_sel),
             res.last_norm.eq(pd_norm),
             res.last_count.eq(pd_count),
             *(res.acc[i].eq(dots.dot[i]) for i in range(5)),
@@ -517,7 +536,7 @@ class ClusterUnit(wiring.Component):
         # The decided id, |S|^2 and count as AND-OR of the decision's one-hot outcome ("Fmax,
         # seventeenth round"): the ids, sums and counts are registers of T1, only the
         # selects come from the screen's results.
-        status, which, sel, new = dcd.status, dcd.which, dcd.sel, dcd.new
+        status, sel, new = dcd.status, dcd.sel, dcd.new
 
         def decided(values, opened):  # the joined candidate's value, or `opened` if NEW
             return one_hot_select([*zip(sel, values, strict=True), (new, opened)])
@@ -546,7 +565,7 @@ class ClusterUnit(wiring.Component):
                 pd_ok.eq(merge | new),
                 pd_new.eq(new),
                 pd_merge.eq(merge),
-                pd_which.eq(which),
+                pd_sel.eq(sel),
                 pd_norm.eq(new_norm),
                 pd_count.eq(new_count),
                 pd_pos.eq(pick(b_pos, tst_par)),

@@ -434,7 +434,7 @@ def test_candidate_resolve_against_rule(seed, cfg):
                 "last_ok": rng.randint(0, 1),
                 "last_new": rng.randint(0, 1),
                 "last_merge": rng.randint(0, 1),
-                "last_which": rng.randrange(3),
+                "last_which": rng.randrange(3),  # given to the unit one-hot (last_sel)
                 "last_norm": draw(wd.sum_norm, False),
                 "last_count": draw(cfg.count_bits, False),
                 "acc": [draw(w) for _ in range(5)],
@@ -444,8 +444,9 @@ def test_candidate_resolve_against_rule(seed, cfg):
             acc, kk = v["acc"], v["kk"]
             for name in ("pend", "ex", "prev", "last_id", "last_ok", "last_new", "last_merge"):
                 ctx.set(getattr(dut, name), v[name])
-            for name in ("last_which", "last_norm", "last_count", "kk", "kn"):
+            for name in ("last_norm", "last_count", "kk", "kn"):
                 ctx.set(getattr(dut, name), v[name])
+            ctx.set(dut.last_sel, 1 << v["last_which"])
             ctx.set(dut.kk_neg, -kk)
             for k in range(2):
                 ctx.set(dut.own_id[k], v["own_id"][k])

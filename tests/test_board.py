@@ -309,9 +309,10 @@ def test_board_cli_rule(capsys, monkeypatch):
 
 
 @unbuilt_top
-def test_board_cli_config_is_the_default_with_eight_lanes(monkeypatch):
+def test_board_cli_config_is_the_default_with_fewer_lanes(monkeypatch):
     """Without ``--set`` the board build is the DRE's default configuration except ``lanes = 8``
-    (the default's 16 lanes have not routed on the 85F, docs/board.md); ``--set`` overrides it."""
+    and ``cluster_lanes = 4`` (wider builds have not routed on the 85F, docs/board.md);
+    ``--set`` overrides it."""
     built = []
 
     def stop(self, top, **_kw):
@@ -325,7 +326,7 @@ def test_board_cli_config_is_the_default_with_eight_lanes(monkeypatch):
     for args, lanes in (([], 8), (["--set", "lanes=16"], 16)):
         with pytest.raises(SystemExit):
             board.main([*args, "--build-dir", "/nonexistent/x"])
-        want = {**DREConfig().to_dict(), "lanes": lanes}
+        want = {**DREConfig().to_dict(), "lanes": lanes, "cluster_lanes": 4}
         assert built[-1].to_dict() == want
 
 

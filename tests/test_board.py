@@ -6,8 +6,10 @@ bridge + DRE + driver on the serial line against model.dre.top.DRERef, for the v
 
 from __future__ import annotations
 
+import os
 import random
 import re
+import sys
 import warnings
 
 import pytest
@@ -281,6 +283,30 @@ def test_board_top_instantiates_the_pll():
     check_clock(25_000_000)
     with pytest.raises(ConfigError):
         check_clock(33_000_000)
+
+
+@unbuilt_top
+def test_board_build_script_folds_registers_between_yosys_and_nextpnr():
+    """The board's build script runs ``synth.ecp5_flow``'s absorb step on Yosys's netlist
+    before nextpnr reads it, with the Python and the repository of ``yowasp_env``."""
+    top = ULX3STop(TINY, 115200, 20_000_000)
+    platform = board.board_platform()
+    assert "python" in platform.required_tools and "openFPGALoader" not in platform.required_tools
+    plan = platform.build(
+        top,
+        name="top",
+        do_build=False,
+        synth_opts=board.SYNTH_OPTS,
+        script_after_synth=board.script_after_synth("top"),
+    )
+    script = plan.files["build_top.sh"]
+    script = script if isinstance(script, str) else script.decode()
+    steps = [ln.split()[0] for ln in script.splitlines() if ln.startswith('"$')]
+    assert steps == ['"$YOSYS"', '"$PYTHON"', '"$NEXTPNR_ECP5"', '"$ECPPACK"']
+    assert '"$PYTHON" -m synth.ecp5_flow top.json top' in script
+    env = board.yowasp_env()
+    assert env["PYTHONPATH"].split(os.pathsep)[0] == str(board.ROOT)
+    assert env["PYTHON"] == sys.executable
 
 
 @unbuilt_top

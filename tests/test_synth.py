@@ -307,6 +307,49 @@ def test_ecp5_block_ram_output_register_is_absorbed(tmp_path):
     ]
 
 
+def test_ecp5_absorb_command_on_a_netlist_file(tmp_path):
+    """``python -m synth.ecp5_flow NETLIST TOP`` (the board flow's step between Yosys and
+    nextpnr, run as hw.board's build script runs it: another directory, the repository on
+    PYTHONPATH): it rewrites the file with the block RAM's output register set and says how many
+    blocks it changed; a missing netlist is one error line and exit status 2."""
+    import os
+    import subprocess
+
+    root = str(ecp5_flow.Path(ecp5_flow.__file__).resolve().parent.parent)
+    (tmp_path / "design.v").write_text(ecp5_flow.harness_verilog(RamThenRegister(True), "rr"))
+    ecp5_flow._synth("rr", "abc", tmp_path, 600)  # Yosys only: nothing absorbed yet
+    path = tmp_path / "ecp5.json"
+
+    def regmodes():
+        cells = json.loads(path.read_text())["modules"]["rr"]["cells"].values()
+        (ram,) = [c for c in cells if c["type"] == "DP16KD"]
+        return {k: v for k, v in ram["parameters"].items() if k.startswith("REGMODE")}
+
+    assert "OUTREG" not in regmodes().values()
+    env = {**os.environ, "PYTHONPATH": root}
+    run = subprocess.run(
+        [sys.executable, "-m", "synth.ecp5_flow", "ecp5.json", "rr"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert run.returncode == 0, run.stderr
+    assert "1 block RAM read ports with their output register, 0 multipliers" in run.stdout
+    assert "OUTREG" in regmodes().values()
+    bad = subprocess.run(
+        [sys.executable, "-m", "synth.ecp5_flow", "missing.json", "rr"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert bad.returncode == 2 and bad.stderr.startswith("error: missing.json")
+    assert len(bad.stderr.strip().splitlines()) == 1
+
+
 def test_ecp5_multiplier_registers_are_absorbed(tmp_path):
     """synth.ecp5_flow.absorb_dsp_registers: the operand and product registers around a
     multiplier become the MULT18X18D's own (36 + 36 FFs fewer, faster); with a reset on the

@@ -198,6 +198,19 @@ class ULX3STop(Elaboratable):
 
 #: ``synth_ecp5`` options of the board flow: its script up to LUT mapping.
 SYNTH_OPTS = "-run begin:map_luts"
+#: Yosys commands of the board flow between reading Amaranth's RTLIL and ``synth_ecp5``: write
+#: the design as Verilog the way ``amaranth.back.verilog`` does and read that back, so that Yosys
+#: sees what the out-of-context flow (``synth/ecp5_flow.py``) sees.  Amaranth's RTLIL gives every
+#: synchronous read port a defined read-during-write result (``COLLISION_X_MASK = 0``), which
+#: Yosys then emulates around each block RAM (a registered copy of the write data, an address
+#: compare and a multiplexer per read bit) even on memories marked ``no_rw_check``, whose reads
+#: never need it; the Verilog front end applies ``no_rw_check`` when it infers the read ports
+#: (docs/board.md, "Status of the build").
+SCRIPT_AFTER_READ = """proc -nomux -norom
+memory_collect
+write_verilog -norename top_rt.v
+design -reset
+read_verilog -sv top_rt.v"""
 
 
 def script_after_synth(top: str, synth_opts: str = "", *, unmap_macc: bool = False) -> str:
@@ -233,6 +246,17 @@ def with_absorb_step(templates: list[str]) -> list[str]:
     if len(templates) != 3 or "yosys" not in templates[0] or "nextpnr" not in templates[1]:
         raise RuntimeError(f"unexpected Amaranth command templates: {templates!r}")
     return [templates[0], ABSORB_STEP, *templates[1:]]
+
+
+def build_options() -> dict[str, str]:
+    """The Yosys overrides of the board flow, for ``board_platform().build(top, name="top",
+    ...)``: ``synth_ecp5`` up to LUT mapping (:data:`SYNTH_OPTS`), the Verilog round trip
+    after reading (:data:`SCRIPT_AFTER_READ`), the rest after (:func:`script_after_synth`)."""
+    return {
+        "synth_opts": SYNTH_OPTS,
+        "script_after_read": SCRIPT_AFTER_READ,
+        "script_after_synth": script_after_synth("top"),
+    }
 
 
 def board_platform():
@@ -315,8 +339,7 @@ def main(argv: list[str] | None = None) -> int:
         name="top",
         build_dir=str(args.build_dir),
         do_program=False,
-        synth_opts=SYNTH_OPTS,
-        script_after_synth=script_after_synth("top"),
+        **build_options(),
     )
     bit = args.build_dir / "top.bit"
     print(

@@ -6,6 +6,7 @@ bridge + DRE + driver on the serial line against model.dre.top.DRERef, for the v
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import re
@@ -14,6 +15,9 @@ import warnings
 
 import pytest
 from amaranth import Elaboratable, Module
+from amaranth.lib import wiring
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
 from amaranth.sim import Simulator
 
 from host.dre_driver import (
@@ -288,25 +292,66 @@ def test_board_top_instantiates_the_pll():
 @unbuilt_top
 def test_board_build_script_folds_registers_between_yosys_and_nextpnr():
     """The board's build script runs ``synth.ecp5_flow``'s absorb step on Yosys's netlist
-    before nextpnr reads it, with the Python and the repository of ``yowasp_env``."""
+    before nextpnr reads it, with the Python and the repository of ``yowasp_env``; its Yosys
+    script reads the design back as Verilog before ``synth_ecp5``."""
     top = ULX3STop(TINY, 115200, 20_000_000)
     platform = board.board_platform()
     assert "python" in platform.required_tools and "openFPGALoader" not in platform.required_tools
-    plan = platform.build(
-        top,
-        name="top",
-        do_build=False,
-        synth_opts=board.SYNTH_OPTS,
-        script_after_synth=board.script_after_synth("top"),
-    )
+    plan = platform.build(top, name="top", do_build=False, **board.build_options())
     script = plan.files["build_top.sh"]
     script = script if isinstance(script, str) else script.decode()
     steps = [ln.split()[0] for ln in script.splitlines() if ln.startswith('"$')]
     assert steps == ['"$YOSYS"', '"$PYTHON"', '"$NEXTPNR_ECP5"', '"$ECPPACK"']
     assert '"$PYTHON" -m synth.ecp5_flow top.json top' in script
+    # Yosys reads the design back as Verilog before synth_ecp5 (SCRIPT_AFTER_READ)
+    ys = plan.files["top.ys"]
+    ys = ys if isinstance(ys, str) else ys.decode()
+    read, after, synth = (
+        ys.index(x) for x in ("read_rtlil top.il", "read_verilog -sv top_rt.v", "synth_ecp5")
+    )
+    assert read < after < synth
     env = board.yowasp_env()
     assert env["PYTHONPATH"].split(os.pathsep)[0] == str(board.ROOT)
     assert env["PYTHON"] == sys.executable
+
+
+class _MarkedMemory(wiring.Component):
+    """One 512 x 36 memory marked ``no_rw_check``: a write port and a synchronous read port."""
+
+    def __init__(self):
+        super().__init__({"wa": In(9), "wd": In(36), "we": In(1), "ra": In(9), "rd": Out(36)})
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.mem = mem = Memory(shape=36, depth=512, init=[], attrs={"no_rw_check": 1})
+        wp, rp = mem.write_port(), mem.read_port()
+        m.d.comb += [wp.addr.eq(self.wa), wp.data.eq(self.wd), wp.en.eq(self.we)]
+        m.d.comb += [rp.addr.eq(self.ra), self.rd.eq(rp.data)]
+        return m
+
+
+def test_board_flow_maps_a_no_rw_check_memory_to_a_bare_block_ram(tmp_path):
+    """With :data:`hw.board.SCRIPT_AFTER_READ` after ``read_rtlil`` (the board's Yosys script),
+    a memory marked ``no_rw_check`` becomes one DP16KD and nothing else; read straight from
+    Amaranth's RTLIL, Yosys puts read-during-write logic behind it (flip-flops and LUTs)."""
+    from amaranth.back import rtlil
+
+    from synth.yosys_flow import yosys
+
+    (tmp_path / "top.il").write_text(rtlil.convert(_MarkedMemory(), name="top"))
+    cells = {}
+    for name, after_read in (("plain", ""), ("board", board.SCRIPT_AFTER_READ)):
+        script = (
+            f"read_rtlil top.il\n{after_read}\nsynth_ecp5 -top top {board.SYNTH_OPTS}\n"
+            f"tee -q -o {name}.json stat -json\n"
+        )
+        yosys(script, tmp_path, name, 300)
+        stat = json.loads((tmp_path / f"{name}.json").read_text())
+        cells[name] = {
+            k: v for k, v in stat["design"]["num_cells_by_type"].items() if k != "$scopeinfo"
+        }
+    assert cells["board"] == {"DP16KD": 1}
+    assert cells["plain"]["DP16KD"] == 1 and sum(cells["plain"].values()) > 36
 
 
 @unbuilt_top

@@ -4,8 +4,8 @@
 [--build-dir build/ulx3s]``
 (``make bitstream``) builds :class:`BridgedDRE` for ``amaranth_boards.ulx3s.ULX3S_85F_Platform``
 with Yosys, nextpnr-ecp5 and ecppack from YoWASP and writes ``<build-dir>/top.bit``.  The DRE is
-:data:`BOARD_CONFIG` (the default configuration with ``lanes = 8`` and ``cluster_lanes = 4``)
-changed by ``--set``.
+:data:`BOARD_CONFIG` (the default configuration with ``lanes = 8``, ``cluster_lanes = 4`` and
+``n_max = 128``) changed by ``--set``.
 Pins, clock, resources and timing: ``docs/board.md``.
 """
 
@@ -28,17 +28,16 @@ from model.dre.config import ConfigError, DREConfig, require_config
 
 ROOT = Path(__file__).resolve().parent.parent
 #: The DRE configuration the board build starts from (``--set`` changes it): the default
-#: configuration with ``lanes = 8`` and ``cluster_lanes = 4``.  With 16 clustering lanes the
-#: build places (68 % of the LUTs, 99 DSPs, 79 % of the block RAMs) but nextpnr cannot route it
-#: on the 85F: the clustering unit's five ``lanes x 24``-bit sum rows into the DSPs need more
-#: wires than the die has (docs/board.md, "Where it is congested").  The default configuration
-#: has clustered on 8 lanes since (``cluster_lanes``); this build halves the selector's lanes
-#: (the default's 16 had 25 k of 176 k arcs left after an hour of routing) and, since the
-#: clustering unit's seventeenth Fmax round (whose 8-lane board build stalled in routing), the
-#: clustering lanes again: 4 lanes, ``G = 16`` chunk cycles per token instead of 8 (a token
-#: every 16 cycles instead of 11.5), which the serial line hides (a key's 64 bytes take about
-#: 5.6 ms at 115,200 baud, 16 cycles at 15 MHz about 1.1 us).
-BOARD_CONFIG = DREConfig(lanes=8, cluster_lanes=4)
+#: configuration with ``lanes = 8``, ``cluster_lanes = 4`` and ``n_max = 128``, the configuration
+#: that routes on the 85F (docs/board.md, "Status of the build").  Every cut costs cycles or
+#: capacity, not results: the selector reads a plane in 8 cycles instead of 4, the clustering
+#: unit takes 16 cycles per token instead of 11.5 (the serial line hides both: a key's 64 bytes
+#: take about 5.6 ms at 115,200 baud, 16 cycles at 15 MHz about 1.1 us), and the centroid table
+#: holds 128 clusters instead of 256 (half the sum memories' 110 block RAMs).  Wider builds
+#: placed but their routes stalled: 16 clustering lanes at 68 % of the LUTs, 99 DSPs and 79 % of
+#: the block RAMs; 8 clustering lanes after the seventeenth Fmax round; 256 table entries at
+#: 4 clustering lanes, also with the flow's Verilog read-back and register folding.
+BOARD_CONFIG = DREConfig(lanes=8, cluster_lanes=4, n_max=128)
 OSC_HZ = 25_000_000  # the ULX3S's oscillator (clk25)
 #: The design clock of the board build, made from clk25 by the ECP5 PLL (docs/board.md).
 CLOCK_HZ = 15_000_000

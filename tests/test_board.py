@@ -380,10 +380,10 @@ def test_board_cli_rule(capsys, monkeypatch):
 
 
 @unbuilt_top
-def test_board_cli_config_is_the_default_with_fewer_lanes(monkeypatch):
-    """Without ``--set`` the board build is the DRE's default configuration except ``lanes = 8``
-    and ``cluster_lanes = 4`` (wider builds have not routed on the 85F, docs/board.md);
-    ``--set`` overrides it."""
+def test_board_cli_config_is_the_default_with_fewer_lanes_and_entries(monkeypatch):
+    """Without ``--set`` the board build is the DRE's default configuration except ``lanes = 8``,
+    ``cluster_lanes = 4`` and ``n_max = 128`` (wider builds have not routed on the 85F,
+    docs/board.md); ``--set`` overrides it."""
     built = []
 
     def stop(self, top, **_kw):
@@ -397,7 +397,7 @@ def test_board_cli_config_is_the_default_with_fewer_lanes(monkeypatch):
     for args, lanes in (([], 8), (["--set", "lanes=16"], 16)):
         with pytest.raises(SystemExit):
             board.main([*args, "--build-dir", "/nonexistent/x"])
-        want = {**DREConfig().to_dict(), "lanes": lanes, "cluster_lanes": 4}
+        want = {**DREConfig().to_dict(), "lanes": lanes, "cluster_lanes": 4, "n_max": 128}
         assert built[-1].to_dict() == want
 
 

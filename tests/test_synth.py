@@ -327,25 +327,16 @@ def test_ecp5_absorb_command_on_a_netlist_file(tmp_path):
 
     assert "OUTREG" not in regmodes().values()
     env = {**os.environ, "PYTHONPATH": root}
-    run = subprocess.run(
-        [sys.executable, "-m", "synth.ecp5_flow", "ecp5.json", "rr"],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+
+    def absorb(netlist):
+        cmd = [sys.executable, "-m", "synth.ecp5_flow", netlist, "rr"]
+        return subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True)
+
+    run = absorb("ecp5.json")
     assert run.returncode == 0, run.stderr
     assert "1 block RAM read ports with their output register, 0 multipliers" in run.stdout
     assert "OUTREG" in regmodes().values()
-    bad = subprocess.run(
-        [sys.executable, "-m", "synth.ecp5_flow", "missing.json", "rr"],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    bad = absorb("missing.json")
     assert bad.returncode == 2 and bad.stderr.startswith("error: missing.json")
     assert len(bad.stderr.strip().splitlines()) == 1
 

@@ -233,8 +233,8 @@ def script_after_synth(top: str, synth_opts: str = "", *, unmap_macc: bool = Fal
 #: script): the fabric registers right behind block-RAM reads and around multipliers become
 #: the blocks' own registers (:func:`synth.ecp5_flow.absorb_registers`, the out-of-context
 #: flow's step; exact, so the bitstream's behaviour does not change).  Without it every such
-#: register is a fabric flip-flop beside a block-RAM or DSP row, and nextpnr's router stalls
-#: on the default build (docs/board.md, "Status of the build").
+#: register is a fabric flip-flop beside a block-RAM or DSP row, and the board's netlist is
+#: not the one ``make synth`` routes (docs/board.md, "Status of the build").
 ABSORB_STEP = r"""
         {{invoke_tool("python")}} -m synth.ecp5_flow {{name}}.json {{name}}
         """
@@ -330,8 +330,8 @@ def main(argv: list[str] | None = None) -> int:
         flush=True,
     )
     print(
-        "[bitstream] Yosys, nextpnr, ecppack: about 75 minutes for the default on a 2-core "
-        f"machine; nextpnr's progress is in {args.build_dir / 'top.tim'}",
+        "[bitstream] Yosys, nextpnr, ecppack: about 20 minutes for the board configuration on "
+        f"a 2-core machine; nextpnr's progress is in {args.build_dir / 'top.tim'}",
         flush=True,
     )
     board_platform().build(

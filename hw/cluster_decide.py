@@ -73,7 +73,7 @@ class ClusterDecide(wiring.Component):
     the rule (they are then, since every result the rule reads is sure).  A
     needed unsure result found in an ``active`` cycle is registered in that cycle, the exact
     unit starts in the next one and its result replaces the screen's when it is done:
-    ``exact_cycles + 1`` cycles per recompute (:func:`hw.cluster_exact.exact_cycles`; 212 at
+    ``exact_cycles + 1`` cycles per recompute (:func:`hw.cluster_exact.exact_cycles`; 211 at
     the default), one recompute per needed unsure result.
     """
 

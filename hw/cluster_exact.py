@@ -29,12 +29,12 @@ def exact_widths(cfg: DREConfig) -> tuple[int, int]:
 
 def exact_cycles(cfg: DREConfig, digit_bits: int = 4) -> int:
     """Cycles from ``start`` to ``done`` (both included), ``n = ceil(operand / digit_bits)``:
-    ``1 + 4 n + 2`` with 1-bit digits (ripple accumulate); ``1 + 4 (n + 2) + 2`` with wider
-    digits (carry-save accumulate: each product is resolved in two cycles).  The final
-    comparison, registered in halves, takes one cycle before ``done`` in both."""
+    ``1 + 4 n + 1`` with 1-bit digits (ripple accumulate); ``1 + 4 (n + 2) + 2`` with wider
+    digits (carry-save accumulate: each product is resolved in two cycles, and the final
+    comparison takes one more)."""
     operand, _ = exact_widths(cfg)
     n = -(-operand // digit_bits)
-    return 3 + 4 * n if digit_bits == 1 else 3 + 4 * (n + 2)
+    return 2 + 4 * n if digit_bits == 1 else 3 + 4 * (n + 2)
 
 
 class ExactCompare(wiring.Component):
@@ -58,12 +58,12 @@ class ExactCompare(wiring.Component):
     Timing: :func:`exact_cycles` from ``start`` to ``done`` (both included): ``L`` and ``R``
     are each built as ``(x0 x1) x2`` by MSB-first digit steps ``acc = (acc << r) + base * digit``.
     With 1-bit digits (ClusterUnit's, :data:`hw.cluster_decide.EXACT_DIGIT_BITS`) ``acc`` is
-    one register and each step one carry chain: 211 cycles at the default configuration
+    one register and each step one carry chain: 210 cycles at the default configuration
     (52-bit factors).  With wider digits ``acc`` is kept in carry-save form (two registers; a
-    step is a tree of carry-save adders, no carry chain) and each product is resolved into
-    ``base`` in two cycles of half-width carry chains: 63 cycles at the default with 4-bit
-    digits (``1 + 4 x (13 + 2) + 2``).  In both, the comparison of ``L`` and ``R`` is
-    registered in halves before ``done``.
+    step is a tree of carry-save adders, no carry chain), each product is resolved into
+    ``base`` in two cycles of half-width carry chains, and the comparison of ``L`` and ``R`` is
+    registered in halves before ``done``: 63 cycles at the default with 4-bit digits
+    (``1 + 4 x (13 + 2) + 2``).
     """
 
     def __init__(self, cfg: DREConfig, digit_bits: int = 4):
@@ -133,7 +133,16 @@ class ExactCompare(wiring.Component):
                         m.d.sync += acc.eq(0)
                         next_product()
                         with m.If(step == 3):
-                            m.next = "COMPARE"
+                            m.next = "DONE"
+                with m.State("DONE"):
+                    m.d.comb += [
+                        self.busy.eq(1),
+                        self.done.eq(1),
+                        self.ge.eq(lhs >= base),
+                        self.gt.eq(lhs > base),
+                        self.lt.eq(lhs < base),
+                    ]
+                    m.next = "IDLE"
             else:
                 # acc = sum + carry (modulo 2^W): a step compresses (sum << r), (carry << r) and
                 # the digit's r partial products (digit bit j ? base << j : 0) to two with
@@ -150,6 +159,8 @@ class ExactCompare(wiring.Component):
                         reduced += [a ^ b ^ c, (((a & b) | (a & c) | (b & c)) << 1)[:W]]
                     terms = reduced + terms[len(terms) - len(terms) % 3 :]
                 m.d.comb += nxt.eq(Cat(lo[:k], acc_s[k:] + acc_c[k:] + lo[k]))
+                # the comparison of L and R, registered in halves (each one carry chain)
+                gt_hi, lt_hi, gt_lo, lt_lo = Signal(), Signal(), Signal(), Signal()
                 with m.State("MULTIPLY"):
                     m.d.comb += self.busy.eq(1)
                     m.d.sync += [acc_s.eq(terms[0]), acc_c.eq(terms[1])]
@@ -167,28 +178,23 @@ class ExactCompare(wiring.Component):
                     m.next = "MULTIPLY"
                     with m.If(step == 3):
                         m.next = "COMPARE"
-            # the comparison of L and R, registered in halves (each one carry chain of W / 2
-            # bits; with 1-bit digits since "Fmax, twentieth round", where the whole-width
-            # compare in DONE was the routed worst path)
-            k = W // 2
-            gt_hi, lt_hi, gt_lo, lt_lo = Signal(), Signal(), Signal(), Signal()
-            with m.State("COMPARE"):
-                m.d.comb += self.busy.eq(1)
-                m.d.sync += [
-                    gt_hi.eq(lhs[k:] > base[k:]),
-                    lt_hi.eq(lhs[k:] < base[k:]),
-                    gt_lo.eq(lhs[:k] > base[:k]),
-                    lt_lo.eq(lhs[:k] < base[:k]),
-                ]
-                m.next = "DONE"
-            with m.State("DONE"):
-                eq_hi = ~gt_hi & ~lt_hi
-                m.d.comb += [
-                    self.busy.eq(1),
-                    self.done.eq(1),
-                    self.gt.eq(gt_hi | (eq_hi & gt_lo)),
-                    self.lt.eq(lt_hi | (eq_hi & lt_lo)),
-                    self.ge.eq(~self.lt),
-                ]
-                m.next = "IDLE"
+                with m.State("COMPARE"):
+                    m.d.comb += self.busy.eq(1)
+                    m.d.sync += [
+                        gt_hi.eq(lhs[k:] > base[k:]),
+                        lt_hi.eq(lhs[k:] < base[k:]),
+                        gt_lo.eq(lhs[:k] > base[:k]),
+                        lt_lo.eq(lhs[:k] < base[:k]),
+                    ]
+                    m.next = "DONE"
+                with m.State("DONE"):
+                    eq_hi = ~gt_hi & ~lt_hi
+                    m.d.comb += [
+                        self.busy.eq(1),
+                        self.done.eq(1),
+                        self.gt.eq(gt_hi | (eq_hi & gt_lo)),
+                        self.lt.eq(lt_hi | (eq_hi & lt_lo)),
+                        self.ge.eq(~self.lt),
+                    ]
+                    m.next = "IDLE"
         return m

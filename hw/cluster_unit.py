@@ -161,7 +161,7 @@ class ClusterUnit(wiring.Component):
     decision waits for a free ``result`` register and a sum-update engine free in the commit
     cycle (``G`` cycles per update), and for the exact unit when the mantissa screen left a
     result it needs inside its guard band (:func:`hw.cluster_exact.exact_cycles` per
-    recomputed result plus one, 212 at the default; rare).
+    recomputed result plus one, 211 at the default; rare).
     Write-backs run in the background from a queue of updated clusters (each id at most once).
     ``docs/cluster.md`` has the schedule and the hazard argument.
 

@@ -29,15 +29,15 @@ from model.dre.config import ConfigError, DREConfig, require_config
 ROOT = Path(__file__).resolve().parent.parent
 #: The DRE configuration the board build starts from (``--set`` changes it): the default
 #: configuration with ``lanes = 8``, ``cluster_lanes = 4`` and ``n_max = 128``, the configuration
-#: that routes on the 85F (docs/board.md, "Status of the build").  Every cut costs cycles or
-#: capacity, not results: the selector reads a plane in 8 cycles instead of 4, the clustering
-#: unit takes 16 cycles per token instead of 11.5 (the serial line hides both: a key's 64 bytes
-#: take about 5.6 ms at 115,200 baud, 16 cycles at 15 MHz about 1.1 us), and the centroid table
-#: holds 128 clusters instead of 256 (half the sum memories' block RAMs, and one block RAM deep,
-#: so the flow folds each read's register into it).  Wider builds placed but their routes
-#: stalled: 16 clustering lanes at 68 % of the LUTs, 99 DSPs and 79 % of the block RAMs; 8
-#: clustering lanes after the seventeenth Fmax round.  256 entries (``--set n_max=256``) route
-#: with the flow's read-back and register fold, but only after a long plateau in the router.
+#: that routes on the 85F in minutes (docs/board.md, "Status of the build").  Every cut costs cycles
+#: or capacity, not results: the selector reads a plane in 8 cycles instead of 4, the clustering
+#: unit takes 16 cycles per token instead of 11.5 (the serial line hides both: a key's 64 bytes take
+#: about 5.6 ms at 115,200 baud, 16 cycles at 15 MHz about 1.1 us), and the centroid table holds 128
+#: clusters instead of 256 (half the sum memories' block RAMs, and one block RAM deep, so the flow
+#: folds each read's register into it).  Wider builds placed but their routes stalled: 16 clustering
+#: lanes at 68 % of the LUTs, 99 DSPs and 79 % of the block RAMs; 8 clustering lanes after the
+#: seventeenth Fmax round.  256 entries (``--set n_max=256``) route with the flow's read-back and
+#: register fold, but only after a long plateau in the router.
 BOARD_CONFIG = DREConfig(lanes=8, cluster_lanes=4, n_max=128)
 OSC_HZ = 25_000_000  # the ULX3S's oscillator (clk25)
 #: The design clock of the board build, made from clk25 by the ECP5 PLL (docs/board.md).

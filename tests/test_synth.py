@@ -635,19 +635,26 @@ def test_report_uses_each_designs_clock_target(fake_hw, tmp_path, monkeypatch):
     assert "--out-of-context --freq 75 --seed 1`;" in out.read_text()
 
 
-def test_report_seed_reaches_nextpnr(fake_hw, tmp_path, monkeypatch):
-    """``--seed N`` is the seed nextpnr is run with (spied at the command line the flow builds)
-    and the one the page names; the default is 1; a negative seed is one usage error."""
-    monkeypatch.setattr(registry, "REGISTRY", [("tiny", f"{fake_hw}.good", "unit")])
+def _nextpnr_flag(monkeypatch, flag: str) -> list[int]:
+    """The values of ``flag`` on every nextpnr command line the flow runs from now on (a spy on
+    ``ecp5_flow.run_tool``), appended to the returned list as the runs happen."""
     seen = []
     real = ecp5_flow.run_tool
 
     def spy(argv, *args, **kw):
         if "nextpnr" in str(argv[0]):
-            seen.append(int(argv[argv.index("--seed") + 1]))
+            seen.append(int(argv[argv.index(flag) + 1]))
         return real(argv, *args, **kw)
 
     monkeypatch.setattr(ecp5_flow, "run_tool", spy)
+    return seen
+
+
+def test_report_seed_reaches_nextpnr(fake_hw, tmp_path, monkeypatch):
+    """``--seed N`` is the seed nextpnr is run with (spied at the command line the flow builds)
+    and the one the page names; the default is 1; a negative seed is one usage error."""
+    monkeypatch.setattr(registry, "REGISTRY", [("tiny", f"{fake_hw}.good", "unit")])
+    seen = _nextpnr_flag(monkeypatch, "--seed")
     out = tmp_path / "synth.md"
     common = ["--out", str(out), "--configs", "bq=4", "--workdir", str(tmp_path)]
     assert report.main([*common, "--seed", "7"]) == 0
@@ -667,20 +674,14 @@ def test_report_speed_grade_reaches_nextpnr(fake_hw, tmp_path, monkeypatch):
     is faster at 8; any other grade is one usage error (``synth_ecp5``: a ValueError before
     any tool runs)."""
     monkeypatch.setattr(registry, "REGISTRY", [("tiny", f"{fake_hw}.good", "unit")])
-    seen, fmax = [], []
-    real_tool, real_flow = ecp5_flow.run_tool, report.synth_ecp5
-
-    def spy_tool(argv, *args, **kw):
-        if "nextpnr" in str(argv[0]):
-            seen.append(int(argv[argv.index("--speed") + 1]))
-        return real_tool(argv, *args, **kw)
+    seen, fmax = _nextpnr_flag(monkeypatch, "--speed"), []
+    real_flow = report.synth_ecp5
 
     def spy_flow(*args, **kw):
         e = real_flow(*args, **kw)
         fmax.append(e.fmax_mhz)
         return e
 
-    monkeypatch.setattr(ecp5_flow, "run_tool", spy_tool)
     monkeypatch.setattr(report, "synth_ecp5", spy_flow)
     out = tmp_path / "synth.md"
     common = ["--out", str(out), "--configs", "bq=4", "--workdir", str(tmp_path)]

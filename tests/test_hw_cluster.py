@@ -355,7 +355,10 @@ def test_dots_against_integers(seed, cfg):
             want = [0] * 5
             for g in range(G):
                 sums = [[draw(smin, smax) for _ in range(L)] for _ in range(5)]
-                hit = [rng.choice([None, None, None, 0, 1, 2]) for _ in range(5)]
+                # a mask of the writes that hit the row (several when one row is written in
+                # consecutive cycles, G = 1): the newest (highest n) must win
+                masks = [rng.choice([0, 0, 0, 1, 2, 4, rng.randint(3, 7)]) for _ in range(5)]
+                hit = [mk.bit_length() - 1 if mk else None for mk in masks]
                 kc = key[g * L : (g + 1) * L]
                 for i in range(5):
                     row = {
@@ -374,7 +377,7 @@ def test_dots_against_integers(seed, cfg):
                     for i in range(5):
                         ctx.set(dut.sums[i][lane], sums[i][lane])
                 for i in range(5):
-                    ctx.set(dut.hit[i], 0 if hit[i] is None else 1 << hit[i])
+                    ctx.set(dut.hit[i], masks[i])
                 await tick()
             ctx.set(dut.en, 0)
             # the last chunk was presented in cycle D (before the tick above): done in exactly

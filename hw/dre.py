@@ -120,7 +120,7 @@ class DRE(wiring.Component):
         m = Module()
         m.submodules.cluster = cu = ClusterUnit(cfg)
         v2 = self.rule == "v2"
-        m.submodules.store = store = PlaneStore(cfg, counts=v2, out_reg=v2)
+        m.submodules.store = store = PlaneStore(cfg, counts=v2, out_reg=v2, biases=not v2)
         m.submodules.select = core = SelectTokensCore(cfg) if v2 else SelectCore(cfg)
         wiring.connect(m, cu.writeback, store.write)
         wiring.connect(m, core.store, store.read)

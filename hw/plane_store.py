@@ -68,8 +68,9 @@ class PlaneStore(wiring.Component):
 
     Storage: memory ``p`` (``p = 0 .. bk-1``) has ``n_max`` words of ``d`` bits; bit ``i`` of word
     ``j`` is bit ``p`` of ``key[j][i]`` in two's complement (``p = bk-1`` is the sign plane).  A
-    separate ``n_max x bias_bits`` memory holds the signed biases and, with ``counts=True``, an
-    ``n_max x count_bits`` memory the member counts (v2 selection).  All are
+    separate ``n_max x bias_bits`` memory holds the signed biases (with ``biases=True``, the
+    default) and, with ``counts=True``, an ``n_max x count_bits`` memory the member counts (v2
+    selection).  All are
     :class:`amaranth.lib.memory.Memory` (block RAM / SRAM macros after synthesis).
 
     Interface
@@ -92,12 +93,19 @@ class PlaneStore(wiring.Component):
     ``no_rw_check`` (a read in the cycle of a write to the same entry is undefined: the reader
     must not use it), so that the ECP5 flow can fold the registers into the block RAMs' output
     registers (``synth.ecp5_flow``).
+
+    ``biases=False`` (the v2 selectors, which read no bias) keeps no bias memory: ``write.bias``
+    is ignored and ``read.bias`` is 0.  (Kept with its read port never enabled, the memory's
+    read register has no driver in the Verilog, which Yosys reports.)
     """
 
-    def __init__(self, cfg: DREConfig, *, counts: bool = False, out_reg: bool = False):
+    def __init__(
+        self, cfg: DREConfig, *, counts: bool = False, out_reg: bool = False, biases: bool = True
+    ):
         if not isinstance(cfg, DREConfig):
             raise TypeError(f"PlaneStore needs a DREConfig, got {cfg!r}")
         self.counts = bool(counts)
+        self.biases = bool(biases)
         self.out_reg = bool(out_reg)
         # out_reg: reads that matter never meet a write (the reader is idle while keys load), so
         # synthesis needs no read-during-write logic between the memory and its output register
@@ -157,17 +165,20 @@ class PlaneStore(wiring.Component):
                     with m.Case(p):
                         m.d.comb += self.read.word.eq(words[p])
 
-        bias_mem = m.submodules.bias = Memory(shape=signed(cfg.bias_bits), depth=cfg.n_max, init=[])
-        bwr = bias_mem.write_port()
-        brd = bias_mem.read_port()
-        m.d.comb += [
-            bwr.en.eq(self.write.en),
-            bwr.addr.eq(self.write.addr),
-            bwr.data.eq(self.write.bias),
-            brd.en.eq(self.read.bias_en),
-            brd.addr.eq(self.read.bias_addr),
-            self.read.bias.eq(brd.data),
-        ]
+        if self.biases:
+            bias_mem = m.submodules.bias = Memory(
+                shape=signed(cfg.bias_bits), depth=cfg.n_max, init=[]
+            )
+            bwr = bias_mem.write_port()
+            brd = bias_mem.read_port()
+            m.d.comb += [
+                bwr.en.eq(self.write.en),
+                bwr.addr.eq(self.write.addr),
+                bwr.data.eq(self.write.bias),
+                brd.en.eq(self.read.bias_en),
+                brd.addr.eq(self.read.bias_addr),
+                self.read.bias.eq(brd.data),
+            ]
         if self.counts:
             count_mem = m.submodules.counts = Memory(
                 shape=unsigned(cfg.count_bits), depth=cfg.n_max, init=[], attrs=self._attrs

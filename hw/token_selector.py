@@ -44,7 +44,7 @@ class TokenSelector(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         cfg = self.cfg
-        store = m.submodules.store = PlaneStore(cfg, counts=True, out_reg=True)
+        store = m.submodules.store = PlaneStore(cfg, counts=True, out_reg=True, biases=False)
         core = m.submodules.core = SelectTokensCore(cfg)
         wiring.connect(m, core.store, store.read)
         write = self.keys.valid & self.keys.ready

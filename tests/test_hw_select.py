@@ -14,10 +14,12 @@ from __future__ import annotations
 import gc
 import itertools
 import random
+import re
 
 import numpy as np
 import pytest
 from amaranth import Module, Signal, signed, unsigned
+from amaranth.back import verilog
 from amaranth.sim import Simulator
 
 from hw.bitplane_dot import BitplaneDot
@@ -71,13 +73,19 @@ def test_bitplane_dot_rejects_bad_lanes():
     gc.collect()  # the half-built object warns when collected: let that happen here
 
 
-def test_plane_store_timing(seed):
+@pytest.mark.parametrize("biases", [True, False], ids=["biases", "no-biases"])
+def test_plane_store_timing(seed, biases):
+    """Plane and bias reads against the keys written; ``biases=False`` (the v2 selectors) keeps
+    no bias memory (none in the Verilog) and reads a bias of 0 whatever was written."""
     rng = random.Random(seed)
     cfg = DREConfig(d=8, lanes=4, bk=4, n_max=16, k_cap=4, bias_bits=10)
-    dut = PlaneStore(cfg)
+    dut = PlaneStore(cfg, biases=biases)
+    v = verilog.convert(PlaneStore(cfg, biases=biases), emit_src=False)
+    assert bool(re.search(r"reg \[9:0\] bias \[15:0\]", v)) == biases
     lo, hi = -(1 << (cfg.bk - 1)), (1 << (cfg.bk - 1)) - 1
     keys = [[rng.randint(lo, hi) for _ in range(cfg.d)] for _ in range(cfg.n_max)]
     bias = [rng.randint(-512, 511) for _ in range(cfg.n_max)]
+    read_bias = bias if biases else [0] * cfg.n_max
 
     def plane_word(key, p):  # bit p of each element's two's complement code
         return sum((((x & ((1 << cfg.bk) - 1)) >> p) & 1) << i for i, x in enumerate(key))
@@ -99,7 +107,7 @@ def test_plane_store_timing(seed):
             ctx.set(dut.read.bias_addr, j)
             await ctx.tick()
             assert ctx.get(dut.read.word) == plane_word(keys[j], p)  # one cycle of latency
-            assert ctx.get(dut.read.bias) == bias[j]
+            assert ctx.get(dut.read.bias) == read_bias[j]
             # en low: the outputs hold whatever the address/plane does
             ctx.set(dut.read.en, 0)
             ctx.set(dut.read.bias_en, 0)
@@ -107,7 +115,7 @@ def test_plane_store_timing(seed):
             ctx.set(dut.read.plane, (p + 1) % cfg.bk)
             await ctx.tick()
             assert ctx.get(dut.read.word) == plane_word(keys[j], p)
-            assert ctx.get(dut.read.bias) == bias[j]
+            assert ctx.get(dut.read.bias) == read_bias[j]
         # read-during-write of the same entry returns the old key; the next read the new one
         new = [lo] * cfg.d
         ctx.set(dut.write.en, 1)
@@ -122,10 +130,10 @@ def test_plane_store_timing(seed):
         await ctx.tick()
         ctx.set(dut.write.en, 0)
         assert ctx.get(dut.read.word) == plane_word(keys[3], cfg.bk - 1)
-        assert ctx.get(dut.read.bias) == bias[3]
+        assert ctx.get(dut.read.bias) == read_bias[3]
         await ctx.tick()
         assert ctx.get(dut.read.word) == plane_word(new, cfg.bk - 1)
-        assert ctx.get(dut.read.bias) == -512
+        assert ctx.get(dut.read.bias) == (-512 if biases else 0)
 
     run_sim(dut, bench)
 

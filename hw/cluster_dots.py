@@ -254,6 +254,7 @@ class ClusterDots(wiring.Component):
         q1_kp = stage([self.key_prev[l] for l in range(L)], "q1_kp")
         q1_raw = [stage([self.sums[i][l] for l in range(L)], f"q1_s{i}_") for i in range(N_SUMS)]
         q1_hit = stage([self.hit[i] for i in range(N_SUMS)], "q1_hit")  # (no reset: data)
+        q1_any = stage([self.hit[i].any() for i in range(N_SUMS)], "q1_any")  # some hit[n]
         q1_fwd = stage([self.fwd[l] for l in range(L)], "q1_fwd")
         q1_ctl = stage([self.en, self.first, self.last, self.tag], "q1_ctl", reset_less=False)
         # q2: the operands.  The bypass multiplexer, and for wide sums the DSP operand
@@ -261,12 +262,14 @@ class ClusterDots(wiring.Component):
         # comes straight from a register (the flow folds them into the block's input registers).
         wide = len(Value.cast(q1_raw[0][0])) > 18
 
-        # the newest write of the row up to two cycles after the read's address cycle (this one)
+        # the newest write of the row up to two cycles after the read's address cycle (this
+        # one), else the block RAM's data: the writes' data and the hits are registers a cycle
+        # old, the block RAM's output arrives late (a route across the die), so it passes one
+        # two-way multiplexer under one registered bit, not the three of the priority chain
         def bypass(i, l):
             h = q1_hit[i]
-            return Mux(
-                h[2], self.wdata[l], Mux(h[1], self.fwd[l], Mux(h[0], q1_fwd[l], q1_raw[i][l]))
-            )
+            newest = Mux(h[2], self.wdata[l], Mux(h[1], self.fwd[l], q1_fwd[l]))
+            return Mux(q1_any[i], newest, q1_raw[i][l])
 
         q1_s = [[bypass(i, l) for l in range(L)] for i in range(N_SUMS)]
         q2_kc = stage(q1_kc, "q2_kc")

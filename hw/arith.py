@@ -9,7 +9,8 @@
 * :func:`normalise`: leading-one normalisation of an unsigned value to an ``M``-bit mantissa
   and an exponent, the front end of the mantissa compares of ``hw/cluster_cosine.py``;
   :func:`normalise_terms` the same values in two halves, with fewer logic levels from ``v`` to
-  the mantissa.
+  the mantissa; :func:`group_nonzero` the first level of its leading-one search, which a
+  stage before can form and register (:func:`bit_length_grouped` uses it too).
 """
 
 from __future__ import annotations
@@ -94,26 +95,81 @@ def normalise(m: Module, v, mant: int, name: str):
     bits of ``v``, shifted left when ``v`` has fewer), so ``2^(M-1) <= mantissa < 2^M``, and
     ``exponent = b - M``: ``mantissa * 2^exponent <= v < (mantissa + 1) * 2^exponent``, a
     relative truncation error below ``2^-(M-1)`` (none when ``b <= M``).  ``v = 0`` gives 0, -M.
+
+    Built from :func:`normalise_terms` (the mantissa bit ``t`` is the OR of its terms): about
+    eight LUT4 levels from ``v``, where the shift by the bit length (``(v << M) >> b``, what
+    this was until the twenty-first Fmax round of ``docs/cluster.md``) took about eleven.
     """
     v = Value.cast(v)
-    width = len(v)
-    bl = Signal(range(width + 1), name=f"{name}_bitlen")
-    m.d.comb += bl.eq(bit_length(v))
+    terms, bl = normalise_terms(m, v, mant, name)
     mantissa = Signal(mant, name=f"{name}_m")
-    exponent = Signal(exp_shape(width, mant), name=f"{name}_e")
-    m.d.comb += [mantissa.eq(((v << mant) >> bl)[:mant]), exponent.eq(bl - mant)]
+    exponent = Signal(exp_shape(len(v), mant), name=f"{name}_e")
+    m.d.comb += [mantissa.eq(Cat(*(t.any() for t in terms))), exponent.eq(bl - mant)]
     return mantissa, exponent
 
 
-def normalise_terms(m: Module, v, mant: int, name: str, group: int = 5):
+#: Bits per group of :func:`normalise_terms` and :func:`group_nonzero`.
+NORM_GROUP = 5
+
+
+def nonzero_groups(width: int, group: int = NORM_GROUP) -> int:
+    """Number of ``group``-bit groups of a ``width``-bit value (the last one may be short)."""
+    return max(1, -(-width // group))
+
+
+def group_nonzero(v, group: int = NORM_GROUP) -> Value:
+    """Bit ``g``: group ``g`` of ``v`` (bits ``group g`` .. ``group (g + 1) - 1``) is not zero;
+    :func:`nonzero_groups` bits.  Formed and registered a stage ahead (where ``v``'s own
+    register is loaded), it takes the first level of the leading-one search of
+    :func:`normalise_terms` and :func:`bit_length_grouped` out of their stage."""
+    v = Value.cast(v)
+    n = nonzero_groups(len(v), group)
+    return Cat(*(v[group * g : group * (g + 1)].any() for g in range(n)))
+
+
+def _lead_groups(m: Module, nz, name: str) -> list:
+    """One-hot: ``lead[g]`` is set for the highest set bit ``g`` of ``nz``
+    (:func:`group_nonzero`); none for ``nz = 0``."""
+    nz = Value.cast(nz)
+    lead = []
+    for g in range(len(nz)):
+        above = nz[g + 1 :].any() if g < len(nz) - 1 else Const(0, 1)
+        s = Signal(name=f"{name}_lead{g}")
+        m.d.comb += s.eq(nz[g] & ~above)
+        lead.append(s)
+    return lead
+
+
+def bit_length_grouped(m: Module, v, nz, name: str, group: int = NORM_GROUP) -> Signal:
+    """``bitlen(v)`` (0 for 0) from ``nz = group_nonzero(v, group)`` (registered in the stage
+    before): the group of the leading one (:func:`_lead_groups`) selects ``group g +
+    bitlen(group g)`` by AND-OR, about four LUT4 levels from ``v`` and ``nz`` where
+    :func:`bit_length`'s tree takes six or more."""
+    return _bitlen_from_lead(m, v, _lead_groups(m, nz, name), name, group)
+
+
+def _bitlen_from_lead(m: Module, v, lead: list, name: str, group: int) -> Signal:
+    """``bitlen(v)`` as ``OR_g lead[g] ? group g + bitlen(group g) : 0`` (``lead`` one-hot)."""
+    v = Value.cast(v)
+    width = len(v)
+    bl = Signal(range(width + 1), name=f"{name}_bitlen")
+    parts = []
+    for g, lg in enumerate(lead):
+        grp = v[group * g : min(group * (g + 1), width)]
+        parts.append(Mux(lg, group * g + bit_length(grp), 0))
+    m.d.comb += bl.eq(tree_reduce(parts, operator.or_))
+    return bl
+
+
+def normalise_terms(m: Module, v, mant: int, name: str, group: int = NORM_GROUP, nonzero=None):
     """:func:`normalise`'s ``(mantissa, exponent)`` in two halves, with the mantissa built as an
     AND-OR over ``group``-bit groups of ``v`` instead of a shift by the bit length; returns
     ``(terms, bitlen)``: ``mantissa[t] = terms[t].any()`` (``terms`` may be registered in
     between; each ``terms[t]`` has ``ceil(groups / 2)`` bits) and ``exponent = bitlen - M``
     (left to the caller, which may fold the constant into its exponent sums).
 
-    :func:`normalise` finds ``bitlen(v)`` (a multiplexer tree) and then shifts by it (one
-    multiplexer level per bit of the shift): about 11 LUT4 levels for 21 .. 52 bits.  Here,
+    Finding ``bitlen(v)`` (a multiplexer tree) and then shifting by it (one multiplexer level
+    per bit of the shift) takes about 11 LUT4 levels for 21 .. 52 bits.  Here,
     with ``v`` cut into groups ``g`` (from bit 0), ``lead_g`` = group ``g`` holds the leading
     one (it is not zero and every bit above it is), found by OR trees from ``v``; within group
     ``g`` the mantissa bit ``t`` is ``v[p - M + 1 + t]`` for the group's own leading one ``p``
@@ -121,14 +177,28 @@ def normalise_terms(m: Module, v, mant: int, name: str, group: int = 5):
     of ``lead_g`` and that bit (one-hot).  ``terms[t]`` holds the ORs of pairs of groups' ANDs:
     with 5-bit groups, about 4 LUT4 levels from ``v`` (``lead_g`` 3, the pair 1), and the OR of
     the ``terms[t]`` is one more level up to 8 groups (40 bits).  More LUTs than the shift (each
-    mantissa bit is an AND-OR over all groups).  ``bitlen`` is :func:`bit_length`'s, as in
-    :func:`normalise` (it has no shift behind it)."""
+    mantissa bit is an AND-OR over all groups).  ``bitlen`` is :func:`bit_length`'s (it has no
+    shift behind it).
+
+    ``nonzero``: ``group_nonzero(v, group)``, formed and registered in the stage before (an
+    input that disagrees with ``v`` gives undefined results).  Then ``lead_g`` comes from it
+    (one or two LUT levels instead of three from ``v``) and ``bitlen`` from
+    :func:`bit_length_grouped`."""
     v = Value.cast(v)
     width = len(v)
     groups = (width + group - 1) // group
     vp = Cat(v, Const(0, group * groups - width))
-    bl = Signal(range(width + 1), name=f"{name}_bitlen")
-    m.d.comb += bl.eq(bit_length(v))
+    if nonzero is not None:
+        if len(Value.cast(nonzero)) != groups:
+            raise ValueError(
+                f"normalise_terms: nonzero has {len(Value.cast(nonzero))} bits, "
+                f"{groups} groups of {group} in {width} bits"
+            )
+        lead = _lead_groups(m, nonzero, name)
+        bl = _bitlen_from_lead(m, v, lead, name, group)
+    else:
+        bl = Signal(range(width + 1), name=f"{name}_bitlen")
+        m.d.comb += bl.eq(bit_length(v))
 
     def bit(i):  # v[i], 0 below bit 0
         return vp[i] if i >= 0 else Const(0, 1)
@@ -139,13 +209,14 @@ def normalise_terms(m: Module, v, mant: int, name: str, group: int = 5):
         h = len(vs) // 2
         return Mux(Cat(*vs[h:]).any(), prio(vs[h:], ds[h:]), prio(vs[:h], ds[:h]))
 
-    lead = []
-    for g in range(groups):
-        grp = vp[group * g : group * (g + 1)]
-        above = vp[group * (g + 1) :].any() if g < groups - 1 else Const(0, 1)
-        s = Signal(name=f"{name}_lead{g}")
-        m.d.comb += s.eq(grp.any() & ~above)
-        lead.append(s)
+    if nonzero is None:
+        lead = []
+        for g in range(groups):
+            grp = vp[group * g : group * (g + 1)]
+            above = vp[group * (g + 1) :].any() if g < groups - 1 else Const(0, 1)
+            s = Signal(name=f"{name}_lead{g}")
+            m.d.comb += s.eq(grp.any() & ~above)
+            lead.append(s)
     terms = []
     for t in range(mant):
         if t == mant - 1:  # the leading one itself

@@ -7,7 +7,7 @@ from amaranth import Cat, Module, Mux, Shape, Signal, Value, signed, unsigned
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
-from hw.arith import bit_length, exp_shape, normalise_terms
+from hw.arith import bit_length_grouped, exp_shape, nonzero_groups, normalise_terms
 from model.dre.cluster import ClusterWidths
 from model.dre.config import ConfigError, DREConfig, require_config
 
@@ -117,6 +117,16 @@ def screen_operands(wd: ClusterWidths) -> dict:
     }
 
 
+def screen_nonzero(wd: ClusterWidths) -> dict:
+    """The ports of :class:`ClusterCompare`'s group flags: ``group_nonzero`` of ``mag``,
+    ``norm`` and ``key_norm`` (:func:`hw.arith.group_nonzero`)."""
+    return {
+        "mag_nz": In(nonzero_groups(wd.dot)).array(3),
+        "norm_nz": In(nonzero_groups(wd.sum_norm)).array(3),
+        "key_norm_nz": In(nonzero_groups(wd.key_norm)),
+    }
+
+
 class ClusterCompare(wiring.Component):
     """The decisions of one token against its three candidates, on ``M``-bit mantissas.
 
@@ -144,6 +154,13 @@ class ClusterCompare(wiring.Component):
         negation precedes the normalisation in stage 1).
     key_norm : In(unsigned)
         ``|k|^2``.
+    mag_nz, norm_nz : In x 3, key_norm_nz : In
+        :func:`hw.arith.group_nonzero` of ``mag``, ``norm`` and ``key_norm`` (bit ``g``: bits
+        ``5 g`` .. ``5 g + 4`` are not all zero), registered with them by
+        :class:`hw.cluster_resolve.CandidateResolve`: stage 1 finds each operand's leading
+        group from these registers, not from an OR tree over the operand ("Fmax, twenty-first
+        round" in ``docs/cluster.md``).  Flags that disagree with their operand give undefined
+        results.
     t_mant : In(M) x 2, t_exp : In(screen_exp_shape) x 2, t_zero : In(2)
         The thresholds (0 ``tau_t``, 1 ``tau_s``; ``T`` with ``F = tau_frac_bits`` fraction
         bits) as :class:`hw.cluster_threshold.ThresholdSquare` forms them: ``normalise(T^2)``
@@ -163,9 +180,10 @@ class ClusterCompare(wiring.Component):
       normalisation are formed outside the token loop,
       :class:`hw.cluster_threshold.ThresholdSquare`).
     * Stage 1: first half of the normalisation of ``|dot_i|`` and ``|k|^2``
-      (:func:`hw.arith.normalise_terms`: leading-one groups and their pair terms) and the bit
-      lengths of all seven operands; ``|S_i|^2`` registered as it is; the zero / sign /
-      identity flags.
+      (:func:`hw.arith.normalise_terms`: leading-one groups, found from the group flags
+      ``*_nz``, and their pair terms) and the bit lengths of all seven operands (from the same
+      flags, :func:`hw.arith.bit_length_grouped`); ``|S_i|^2`` registered as it is; the zero /
+      sign / identity flags.
     * Stage 2: the mantissas of ``|dot_i|`` and ``|k|^2`` (the OR of the terms; the first
       multipliers' inputs) and of ``|S_i|^2`` (the shift by its bit length); the exponent
       differences of the six compares but for the products' top bits.
@@ -196,6 +214,7 @@ class ClusterCompare(wiring.Component):
         super().__init__(
             {
                 **screen_operands(wd),
+                **screen_nonzero(wd),
                 "t_mant": In(mantissa_bits).array(2),
                 "t_exp": In(screen_exp_shape(wd, mantissa_bits)).array(2),
                 "t_zero": In(2),
@@ -245,22 +264,22 @@ class ClusterCompare(wiring.Component):
 
         # ---- stage 1: normalise |dot_i| and |k|^2, first half; bitlen |S_i|^2 -------------
         # (exponents as bit lengths here: exponent = bitlen - M, the constants folded below)
-        kt, kbl = normalise_terms(m, self.key_norm, M, "kn")
-        new = {"kbl": kbl, "kz": self.key_norm == 0}
+        # (the leading groups from the group flags registered in T1, see Interface)
+        kt, kbl = normalise_terms(m, self.key_norm, M, "kn", nonzero=self.key_norm_nz)
+        new = {"kbl": kbl, "kz": ~self.key_norm_nz.any()}
         new |= {f"kt{t}": v for t, v in enumerate(kt)}
         for i in range(3):
-            at, abl = normalise_terms(m, self.mag[i], M, f"dot{i}")
+            at, abl = normalise_terms(m, self.mag[i], M, f"dot{i}", nonzero=self.mag_nz[i])
             new |= {f"at{i}_{t}": v for t, v in enumerate(at)}
             norm = self.norm[i]
-            nbl = Signal(range(len(norm) + 1), name=f"norm{i}_bitlen")
-            m.d.comb += nbl.eq(bit_length(norm))
+            nbl = bit_length_grouped(m, norm, self.norm_nz[i], f"norm{i}")
             new |= {
                 f"abl{i}": abl,
                 f"nv{i}": norm,
                 f"nbl{i}": nbl,
                 f"pos{i}": self.dot[i] > 0,
                 f"neg{i}": self.dot[i] < 0,
-                f"nz{i}": norm == 0,  # |S|^2 == 0
+                f"nz{i}": ~self.norm_nz[i].any(),  # |S|^2 == 0
             }
         for a, b in PAIRS:
             new[f"eq{a}{b}"] = (self.dot[a] == self.dot[b]) & (self.norm[a] == self.norm[b])

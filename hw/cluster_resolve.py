@@ -7,7 +7,7 @@ from amaranth import Cat, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
-from hw.arith import one_hot_select
+from hw.arith import group_nonzero, nonzero_groups, one_hot_select
 from hw.centroid_table import meta_layout
 from hw.cluster_decide import LEFT, TEMPORAL
 from hw.cluster_dots import N_SUMS
@@ -76,6 +76,12 @@ class CandidateResolve(wiring.Component):
         ``docs/cluster.md``).  Unlike the originals they have a synchronous reset (to 0),
         only so that synthesis keeps them apart: Yosys merges identical registers, even
         ones marked ``keep``.
+    screen_mag_nz, screen_norm_nz : Out x 3; screen_key_norm_nz : Out
+        :func:`hw.arith.group_nonzero` of ``screen_mag``, ``screen_norm`` and
+        ``screen_key_norm``, registered with them (and reset with them), so that the screen's
+        first stage finds each operand's leading group from registers ("Fmax, twenty-first
+        round" in ``docs/cluster.md``).  Formed from each option before the selection (the
+        options are registers), so they add no level behind the selection.
     new_norm, new_count : Out x 3
         Registered one cycle after ``load``: per candidate ``|S + k|^2`` and ``n + 1`` (what the
         decision writes when the token joins it).
@@ -127,6 +133,9 @@ class CandidateResolve(wiring.Component):
                 "screen_mag": Out(unsigned(wd.dot)).array(3),
                 "screen_norm": Out(unsigned(wd.sum_norm)).array(3),
                 "screen_key_norm": Out(unsigned(wd.key_norm)),
+                "screen_mag_nz": Out(nonzero_groups(wd.dot)).array(3),
+                "screen_norm_nz": Out(nonzero_groups(wd.sum_norm)).array(3),
+                "screen_key_norm_nz": Out(nonzero_groups(wd.key_norm)),
                 "new_norm": Out(unsigned(wd.sum_norm)).array(3),
                 "new_count": Out(unsigned(cfg.count_bits)).array(3),
             }
@@ -156,6 +165,9 @@ class CandidateResolve(wiring.Component):
         s_mag = [out_reg(self.screen_mag[i], f"s_mag{i}", True) for i in range(3)]
         s_norm = [out_reg(self.screen_norm[i], f"s_norm{i}", True) for i in range(3)]
         s_kn = out_reg(self.screen_key_norm, "s_key_norm", True)
+        s_mag_nz = [out_reg(self.screen_mag_nz[i], f"s_mag_nz{i}", True) for i in range(3)]
+        s_norm_nz = [out_reg(self.screen_norm_nz[i], f"s_norm_nz{i}", True) for i in range(3)]
+        s_kn_nz = out_reg(self.screen_key_norm_nz, "s_key_norm_nz", True)
 
         # Every candidate dot product is one of a few sums of the accumulators; ClusterDots
         # accumulates each of them, and its negation, in registers of their own ("Fmax,
@@ -165,16 +177,14 @@ class CandidateResolve(wiring.Component):
         # control inputs ("Fmax, ninth round").
         w = wd.dot
 
-        def option(name, p, n):  # (p, |p|) for p and n = -p: signed(w), unsigned(w)
+        def option(name, p, n):  # (p, |p|, group_nonzero(|p|)) for p and n = -p
             mag = Signal(unsigned(w), name=f"{name}_m")
             m.d.comb += mag.eq(Mux(p < 0, n, p))
-            return p, mag
+            return p, mag, group_nonzero(mag)
 
-        def one_hot(choices):  # [(condition, (value, magnitude))], conditions exclusive
+        def one_hot(choices):  # [(condition, (value, magnitude, flags))], exclusive conditions
             # balanced ORs, log2(len) levels deep
-            value = one_hot_select([(c, v) for c, (v, _) in choices])
-            mag = one_hot_select([(c, g) for c, (_, g) in choices])
-            return value, mag
+            return tuple(one_hot_select([(c, o[j]) for c, o in choices]) for j in range(3))
 
         # the previous-token candidate: its dot product and when each form applies
         pend, new = self.pend, self.last_new
@@ -196,6 +206,7 @@ class CandidateResolve(wiring.Component):
             if i == LEFT:  # always the token before
                 cid, dot = self.last_id, one_hot(prev_choices)
                 norm, count = self.last_norm, self.last_count
+                norm_nz = group_nonzero(self.last_norm)
             else:
                 k = 0 if i == TEMPORAL else 1
                 own = self.own_id[k]
@@ -214,6 +225,7 @@ class CandidateResolve(wiring.Component):
                 last = is_prev | (self.last_ok & (self.last_id == own))
                 norm = Mux(last, self.last_norm, meta.norm)
                 count = Mux(last, self.last_count, meta.count)
+                norm_nz = Mux(last, group_nonzero(self.last_norm), group_nonzero(meta.norm))
             el = Signal(name=f"t1_elig{i}")
             m.d.comb += el.eq(ex & (count != cfg.count_max))
             eligible.append(el)
@@ -227,11 +239,18 @@ class CandidateResolve(wiring.Component):
                     s_dot[i].eq(dot[0]),
                     s_mag[i].eq(dot[1]),
                     s_norm[i].eq(norm),
+                    s_mag_nz[i].eq(dot[2]),
+                    s_norm_nz[i].eq(norm_nz),
                 ]
             m.d.sync += [
                 o_new_norm[i].eq(o_norm[i] + 2 * o_dot[i] + o_kn),
                 o_new_count[i].eq(o_count[i] + 1),
             ]
         with m.If(self.load):
-            m.d.sync += [o_elig.eq(Cat(*eligible)), o_kn.eq(self.kn), s_kn.eq(self.kn)]
+            m.d.sync += [
+                o_elig.eq(Cat(*eligible)),
+                o_kn.eq(self.kn),
+                s_kn.eq(self.kn),
+                s_kn_nz.eq(group_nonzero(self.kn)),
+            ]
         return m

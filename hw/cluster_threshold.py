@@ -42,8 +42,9 @@ class ThresholdSquare(wiring.Component):
     ``c + 1`` and by ``t_mant`` .. ``t_zero`` from ``c + 2`` (the clustering unit's IN register
     holds a token from the cycle before its start at the latest; the start loads ``t_sq`` into
     the token's bank, the cycle after it ``t_mant`` .. ``t_zero``).  Stage 1: the LUT product;
-    stage 2: the normalisation (leading one, shift).  Registers without reset (loaded in every
-    cycle).  No DSP block (the product is shift-and-add).
+    stage 2: the normalisation (:func:`hw.arith.normalise`: the leading one's group, an AND-OR
+    per mantissa bit).  Registers without reset (loaded in every cycle).  No DSP block (the
+    product is shift-and-add).
     """
 
     def __init__(self, cfg: DREConfig, mantissa_bits: int = 17):

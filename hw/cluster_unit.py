@@ -499,6 +499,8 @@ class ClusterUnit(wiring.Component):
                 cmp.dot[i].eq(res.screen_dot[i]),
                 cmp.mag[i].eq(res.screen_mag[i]),
                 cmp.norm[i].eq(res.screen_norm[i]),
+                cmp.mag_nz[i].eq(res.screen_mag_nz[i]),
+                cmp.norm_nz[i].eq(res.screen_norm_nz[i]),
                 dcd.dot[i].eq(r_dot[i]),
                 dcd.mag[i].eq(res.mag[i]),
                 dcd.norm[i].eq(r_norm[i]),
@@ -506,7 +508,10 @@ class ClusterUnit(wiring.Component):
         # The screen takes the registered T1 results (stage 1 in T2: T1's copies for it, which
         # placement puts beside it, "Fmax, fourteenth round"), its threshold operands one cycle
         # ahead (stage 0 registers them: the bank's, loaded before T1).
-        m.d.comb += cmp.key_norm.eq(res.screen_key_norm)
+        m.d.comb += [
+            cmp.key_norm.eq(res.screen_key_norm),
+            cmp.key_norm_nz.eq(res.screen_key_norm_nz),
+        ]
         for j in range(2):
             m.d.comb += [
                 cmp.t_mant[j].eq(pick(b_tm[j], B)),

@@ -11,7 +11,7 @@ import pytest
 from amaranth import Elaboratable, Module, Mux, Signal
 from amaranth.sim import Simulator
 
-from hw.arith import normalise_terms
+from hw.arith import bit_length_grouped, nonzero_groups, normalise_terms
 from hw.centroid_table import CentroidTable
 from hw.cluster_cosine import LATENCY as COMPARE_LATENCY
 from hw.cluster_cosine import PAIRS, ClusterCompare
@@ -154,14 +154,31 @@ def _normalise(v, mant):
     return (v << mant >> b if b else 0), b - mant
 
 
+def _group_nonzero(v, width, group=5):
+    """hw.arith.group_nonzero from its definition: bit g set iff v's bits 5g .. 5g + 4 are not
+    all zero."""
+    return sum(1 << g for g in range(-(-width // group)) if (v >> (group * g)) & ((1 << group) - 1))
+
+
+def test_normalise_terms_rejects_flags_of_another_width():
+    m = Module()
+    with pytest.raises(ValueError, match="nonzero has 3 bits, 5 groups of 5 in 21 bits"):
+        normalise_terms(m, Signal(21), 17, "v", nonzero=Signal(3))
+
+
+@pytest.mark.parametrize("nonzero", [False, True], ids=["from-v", "from-nonzero"])
 @pytest.mark.parametrize("width,mant", [(21, 17), (37, 17), (52, 17), (9, 6), (4, 6), (1, 6)])
-def test_compare_normalise_terms(width, mant):
+def test_compare_normalise_terms(width, mant, nonzero):
     """hw.arith.normalise_terms (the screen's first two stages): the OR of each bit's terms and
     ``bitlen - M`` are ``normalise``'s mantissa and exponent, for zero, every power of two and
-    every all-ones value, and random values of every bit length."""
+    every all-ones value, and random values of every bit length; also with the groups' nonzero
+    flags as an input (``nonzero``, as the screen takes them from T1), and
+    ``bit_length_grouped`` on the same flags."""
     m = Module()
     v = Signal(width)
-    terms, bl = normalise_terms(m, v, mant, "v")
+    nz = Signal(nonzero_groups(width))
+    terms, bl = normalise_terms(m, v, mant, "v", nonzero=nz if nonzero else None)
+    blg = bit_length_grouped(m, v, nz, "g")
     rng = random.Random(width)
     vals = [0] + [1 << i for i in range(width)] + [(2 << i) - 1 for i in range(width)]
     vals += [rng.getrandbits(rng.randint(1, width)) for _ in range(200)]
@@ -169,8 +186,10 @@ def test_compare_normalise_terms(width, mant):
     async def bench(ctx):
         for x in vals:
             ctx.set(v, x)
+            ctx.set(nz, _group_nonzero(x, width))
             mant_got = sum(ctx.get(t.any()) << i for i, t in enumerate(terms))
             assert (mant_got, ctx.get(bl) - mant) == _normalise(x, mant), x
+            assert ctx.get(blg) == x.bit_length(), x
 
     sim = Simulator(m)
     sim.add_testbench(bench)
@@ -202,7 +221,10 @@ def _run_compare(cfg, mant, cases):
                     ctx.set(dut.dot[j], dots[j])
                     ctx.set(dut.mag[j], abs(dots[j]))
                     ctx.set(dut.norm[j], norms[j])
+                    ctx.set(dut.mag_nz[j], _group_nonzero(abs(dots[j]), len(dut.mag[j])))
+                    ctx.set(dut.norm_nz[j], _group_nonzero(norms[j], len(dut.norm[j])))
                 ctx.set(dut.key_norm, k2)
+                ctx.set(dut.key_norm_nz, _group_nonzero(k2, len(dut.key_norm)))
             set_taus(ctx, i + 1)
             await ctx.tick()
             if i >= COMPARE_LATENCY - 1:  # inputs set before tick i+1 are answered LATENCY later
@@ -505,7 +527,15 @@ def test_candidate_resolve_against_rule(seed, cfg):
                     ctx.get(p[i]) for p in (dut.screen_dot, dut.screen_mag, dut.screen_norm)
                 )
                 assert screen == (dot, mag, norm), (seed, i, v, screen)  # the screen's copies
+                flags = (ctx.get(dut.screen_mag_nz[i]), ctx.get(dut.screen_norm_nz[i]))
+                want_flags = (
+                    _group_nonzero(mag, len(dut.screen_mag[i])),
+                    _group_nonzero(norm, len(dut.screen_norm[i])),
+                )
+                assert flags == want_flags, (seed, i, v, flags)  # and their group flags
             assert ctx.get(dut.key_norm) == ctx.get(dut.screen_key_norm) == v["kn"], seed
+            kn_nz = _group_nonzero(v["kn"], len(dut.screen_key_norm))
+            assert ctx.get(dut.screen_key_norm_nz) == kn_nz, seed
             await ctx.tick()
             for i, (_, dot, _, norm, count, _) in enumerate(want):
                 assert ctx.get(dut.new_norm[i]) == (norm + 2 * dot + v["kn"]) % (1 << wd.sum_norm)

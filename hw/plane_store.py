@@ -165,37 +165,28 @@ class PlaneStore(wiring.Component):
                     with m.Case(p):
                         m.d.comb += self.read.word.eq(words[p])
 
+        def side_memory(name, field, shape, attrs=None):  # one value per entry, own ports
+            mem = m.submodules[name] = Memory(shape=shape, depth=cfg.n_max, init=[], attrs=attrs)
+            wr = mem.write_port()
+            rd = mem.read_port()
+            m.d.comb += [
+                wr.en.eq(self.write.en),
+                wr.addr.eq(self.write.addr),
+                wr.data.eq(getattr(self.write, field)),
+                rd.en.eq(getattr(self.read, f"{field}_en")),
+                rd.addr.eq(getattr(self.read, f"{field}_addr")),
+            ]
+            return rd.data
+
         if self.biases:
-            bias_mem = m.submodules.bias = Memory(
-                shape=signed(cfg.bias_bits), depth=cfg.n_max, init=[]
-            )
-            bwr = bias_mem.write_port()
-            brd = bias_mem.read_port()
-            m.d.comb += [
-                bwr.en.eq(self.write.en),
-                bwr.addr.eq(self.write.addr),
-                bwr.data.eq(self.write.bias),
-                brd.en.eq(self.read.bias_en),
-                brd.addr.eq(self.read.bias_addr),
-                self.read.bias.eq(brd.data),
-            ]
+            m.d.comb += self.read.bias.eq(side_memory("bias", "bias", signed(cfg.bias_bits)))
         if self.counts:
-            count_mem = m.submodules.counts = Memory(
-                shape=unsigned(cfg.count_bits), depth=cfg.n_max, init=[], attrs=self._attrs
-            )
-            cwr, crd = count_mem.write_port(), count_mem.read_port()
-            m.d.comb += [
-                cwr.en.eq(self.write.en),
-                cwr.addr.eq(self.write.addr),
-                cwr.data.eq(self.write.count),
-                crd.en.eq(self.read.count_en),
-                crd.addr.eq(self.read.count_addr),
-            ]
+            count = side_memory("counts", "count", unsigned(cfg.count_bits), self._attrs)
             if self.out_reg:
                 count_q = Signal(cfg.count_bits, reset_less=True)
                 with m.If(self.read.count_en):
-                    m.d.sync += count_q.eq(crd.data)
+                    m.d.sync += count_q.eq(count)
                 m.d.comb += self.read.count.eq(count_q)
             else:
-                m.d.comb += self.read.count.eq(crd.data)
+                m.d.comb += self.read.count.eq(count)
         return m

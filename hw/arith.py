@@ -96,9 +96,9 @@ def normalise(m: Module, v, mant: int, name: str):
     ``exponent = b - M``: ``mantissa * 2^exponent <= v < (mantissa + 1) * 2^exponent``, a
     relative truncation error below ``2^-(M-1)`` (none when ``b <= M``).  ``v = 0`` gives 0, -M.
 
-    Built from :func:`normalise_terms` (the mantissa bit ``t`` is the OR of its terms): about
-    eight LUT4 levels from ``v``, where the shift by the bit length (``(v << M) >> b``, what
-    this was until the twenty-first Fmax round of ``docs/cluster.md``) took about eleven.
+    Built from :func:`normalise_terms` (the mantissa bit ``t`` is the OR of its terms): fewer
+    LUT levels from ``v`` than the shift by the bit length (``(v << M) >> b``, what this was
+    until the twenty-first Fmax round of ``docs/cluster.md``; routed, ten to eleven levels).
     """
     v = Value.cast(v)
     terms, bl = normalise_terms(m, v, mant, name)
@@ -143,8 +143,8 @@ def _lead_groups(m: Module, nz, name: str) -> list:
 def bit_length_grouped(m: Module, v, nz, name: str, group: int = NORM_GROUP) -> Signal:
     """``bitlen(v)`` (0 for 0) from ``nz = group_nonzero(v, group)`` (registered in the stage
     before): the group of the leading one (:func:`_lead_groups`) selects ``group g +
-    bitlen(group g)`` by AND-OR, about four LUT4 levels from ``v`` and ``nz`` where
-    :func:`bit_length`'s tree takes six or more."""
+    bitlen(group g)`` by AND-OR, so no OR tree over ``v`` lies in front of the selection, as it
+    does in each level of :func:`bit_length`'s tree."""
     return _bitlen_from_lead(m, v, _lead_groups(m, nz, name), name, group)
 
 

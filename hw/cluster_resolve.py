@@ -80,8 +80,9 @@ class CandidateResolve(wiring.Component):
         :func:`hw.arith.group_nonzero` of ``screen_mag``, ``screen_norm`` and
         ``screen_key_norm``, registered with them (and reset with them), so that the screen's
         first stage finds each operand's leading group from registers ("Fmax, twenty-first
-        round" in ``docs/cluster.md``).  Formed from each option before the selection (the
-        options are registers), so they add no level behind the selection.
+        round" in ``docs/cluster.md``).  Formed per option (from its magnitude, one
+        multiplexer behind the option's registers) and selected with it by the same one-hot
+        conditions, so the groups' ORs lie in front of the selection, not behind it.
     new_norm, new_count : Out x 3
         Registered one cycle after ``load``: per candidate ``|S + k|^2`` and ``n + 1`` (what the
         decision writes when the token joins it).

@@ -186,12 +186,13 @@ def normalise_terms(m: Module, v, mant: int, name: str, group: int = NORM_GROUP,
     :func:`bit_length_grouped`."""
     v = Value.cast(v)
     width = len(v)
-    groups = (width + group - 1) // group
+    groups = nonzero_groups(width, group)
     vp = Cat(v, Const(0, group * groups - width))
     if nonzero is not None:
-        if len(Value.cast(nonzero)) != groups:
+        nonzero = Value.cast(nonzero)
+        if len(nonzero) != groups:
             raise ValueError(
-                f"normalise_terms: nonzero has {len(Value.cast(nonzero))} bits, "
+                f"normalise_terms: nonzero has {len(nonzero)} bits, "
                 f"{groups} groups of {group} in {width} bits"
             )
         lead = _lead_groups(m, nonzero, name)

@@ -6,15 +6,18 @@
 * :func:`tree_sum`: a balanced adder tree (:func:`tree_level`, :func:`tree_reduce`: one level,
   and any operator).
 * :func:`one_hot_select`: a multiplexer with one-hot selects, as AND-OR.
-* :func:`normalise`: leading-one normalisation of an unsigned value to an ``M``-bit mantissa
-  and an exponent, the front end of the mantissa compares of ``hw/cluster_cosine.py``;
-  :func:`normalise_terms` the same values in two halves, with fewer logic levels from ``v`` to
-  the mantissa; :func:`group_nonzero` the first level of its leading-one search, which a
-  stage before can form and register (:func:`bit_length_grouped` uses it too).
+* :func:`normalise_terms`: leading-one normalisation of an unsigned value to an ``M``-bit
+  mantissa and an exponent, the front end of the mantissa compares of
+  ``hw/cluster_cosine.py``, as an AND-OR over groups of bits; :func:`group_nonzero` the first
+  level of its leading-one search, which a stage before can form and register
+  (:func:`bit_length_grouped` uses it too).
+* :func:`normalise_by_onehot`: the same normalisation when the bit length is known one-hot a
+  stage ahead, as for a square from its root (:func:`square_bitlen_onehot`).
 """
 
 from __future__ import annotations
 
+import math
 import operator
 
 from amaranth import Cat, Const, Module, Mux, Signal, Value, signed
@@ -83,29 +86,65 @@ def bit_length(v) -> Value:
 
 
 def exp_shape(width: int, mant: int):
-    """Signed shape of a :func:`normalise` exponent ``bitlen(v) - M`` for ``v < 2^width`` (and of
+    """Signed shape of a normalisation exponent ``bitlen(v) - M`` for ``v < 2^width`` (and of
     sums of a few of them): generous, so that no exponent sum in the datapath overflows."""
     return signed(max(width, mant).bit_length() + 4)
 
 
-def normalise(m: Module, v, mant: int, name: str):
-    """``(mantissa, exponent)`` of an unsigned value ``v``, combinationally.
+def square_bitlen_onehot(t) -> list:
+    """One-hot ``bitlen(t^2)`` of an unsigned value ``t`` (``w`` bits) from ``t``'s own bits,
+    with no product in front: element ``k`` (``0 .. 2 w``) is set iff ``bitlen(t^2) = k``;
+    element 0 (``t = 0``) is ``Const(0)``, so an OR over the list is ``t != 0``.
 
-    For ``v > 0`` with ``b = bitlen(v)``: ``mantissa = floor(v * 2^(M - b))`` (the top ``M = mant``
-    bits of ``v``, shifted left when ``v`` has fewer), so ``2^(M-1) <= mantissa < 2^M``, and
-    ``exponent = b - M``: ``mantissa * 2^exponent <= v < (mantissa + 1) * 2^exponent``, a
-    relative truncation error below ``2^-(M-1)`` (none when ``b <= M``).  ``v = 0`` gives 0, -M.
+    For ``bitlen(t) = b >= 1`` (``t[b-1]`` is the leading one: ``lead_b``), ``2^(2b-2) <= t^2 <
+    2^(2b)``, and ``bitlen(t^2) = 2b`` iff ``t^2 >= 2^(2b-1)``, i.e. ``t >= c_b`` with ``c_b =
+    ceil(2^(b-1) sqrt 2)`` (an integer constant; with ``lead_b`` only ``t``'s bits below ``b-1``
+    need comparing): element ``2b`` is ``lead_b & hi_b``, element ``2b-1`` is ``lead_b &
+    ~hi_b``.  A few LUT levels from ``t``, fewer than the product ``t^2`` itself, so a stage that
+    registers ``t^2`` can register these beside it."""
+    t = Value.cast(t)
+    w = len(t)
+    hot = [Const(0, 1)] * (2 * w + 1)
+    for b in range(1, w + 1):
+        lead = t[b - 1] & ~t[b:].any() if b < w else t[b - 1]
+        c = math.isqrt((1 << (2 * b - 1)) - 1) + 1  # least integer with c^2 >= 2^(2b-1)
+        hi = t[: b - 1] >= c - (1 << (b - 1)) if c < (1 << b) else Const(0, 1)
+        hot[2 * b] = lead & hi
+        hot[2 * b - 1] = lead & ~hi
+    return hot
 
-    Built from :func:`normalise_terms` (the mantissa bit ``t`` is the OR of its terms): fewer
-    LUT levels from ``v`` than the shift by the bit length (``(v << M) >> b``, what this was
-    until the twenty-first Fmax round of ``docs/cluster.md``; routed, ten to eleven levels).
-    """
+
+def normalise_by_onehot(v, hot: list, mant: int):
+    """``(mantissa, exponent)`` of an unsigned value ``v`` whose bit length is given one-hot
+    (``hot[k]`` set iff ``bitlen(v) = k``, ``k = 0 .. len(v)``, as from
+    :func:`square_bitlen_onehot`), as values: for ``b = bitlen(v) > 0``, ``mantissa = floor(v
+    2^(M - b))`` (``M = mant``; ``2^(M-1) <= mantissa < 2^M``) and ``exponent = b - M``, so
+    ``mantissa 2^exponent <= v < (mantissa + 1) 2^exponent``; ``v = 0`` gives 0, ``-M``.
+
+    Each mantissa bit ``i`` is ``v[b - M + i]`` (0 below bit 0), an AND-OR over the one-hot
+    (:func:`one_hot_select`), and the exponent the constant ``k - M`` selected the same way:
+    about three LUT levels for ``len(v)`` up to 34, against ten or more for a leading-one
+    search and a shift by its result (``docs/cluster.md``, "Fmax, twenty-second round")."""
     v = Value.cast(v)
-    terms, bl = normalise_terms(m, v, mant, name)
-    mantissa = Signal(mant, name=f"{name}_m")
-    exponent = Signal(exp_shape(len(v), mant), name=f"{name}_e")
-    m.d.comb += [mantissa.eq(Cat(*(t.any() for t in terms))), exponent.eq(bl - mant)]
-    return mantissa, exponent
+    width = len(v)
+    if len(hot) != width + 1:
+        raise ValueError(f"normalise_by_onehot: {len(hot)} one-hot bits for a {width}-bit value")
+    esh = exp_shape(width, mant)
+
+    def bit(i):
+        return v[i] if 0 <= i < width else Const(0, 1)
+
+    mantissa = Cat(
+        *(
+            one_hot_select([(hot[k], bit(k - mant + i)) for k in range(1, width + 1)])
+            for i in range(mant)
+        )
+    )
+    zero = ~Cat(*hot[1:]).any()
+    exponent = one_hot_select(
+        [(hot[k], Const(k - mant, esh)) for k in range(1, width + 1)] + [(zero, Const(-mant, esh))]
+    )
+    return mantissa, exponent.as_signed()
 
 
 #: Bits per group of :func:`normalise_terms` and :func:`group_nonzero`.
@@ -162,11 +201,12 @@ def _bitlen_from_lead(m: Module, v, lead: list, name: str, group: int) -> Signal
 
 
 def normalise_terms(m: Module, v, mant: int, name: str, group: int = NORM_GROUP, nonzero=None):
-    """:func:`normalise`'s ``(mantissa, exponent)`` in two halves, with the mantissa built as an
-    AND-OR over ``group``-bit groups of ``v`` instead of a shift by the bit length; returns
-    ``(terms, bitlen)``: ``mantissa[t] = terms[t].any()`` (``terms`` may be registered in
-    between; each ``terms[t]`` has ``ceil(groups / 2)`` bits) and ``exponent = bitlen - M``
-    (left to the caller, which may fold the constant into its exponent sums).
+    """``(mantissa, exponent)`` of an unsigned value ``v`` (as :func:`normalise_by_onehot`
+    defines them) in two halves, with the mantissa built as an AND-OR over ``group``-bit groups
+    of ``v`` instead of a shift by the bit length; returns ``(terms, bitlen)``: ``mantissa[t] =
+    terms[t].any()`` (``terms`` may be registered in between; each ``terms[t]`` has
+    ``ceil(groups / 2)`` bits) and ``exponent = bitlen - M`` (left to the caller, which may fold
+    the constant into its exponent sums).
 
     Finding ``bitlen(v)`` (a multiplexer tree) and then shifting by it (one multiplexer level
     per bit of the shift) takes about 11 LUT4 levels for 21 .. 52 bits.  Here,

@@ -139,7 +139,7 @@ class ClusterCompare(wiring.Component):
     and for each pair ``(a, b)`` of :data:`PAIRS` the forced-merge comparison
     :func:`model.dre.cluster.more_similar` (``dot_a |dot_a| |S_b|^2 > dot_b |dot_b| |S_a|^2``).
     Signs, zeros, ``T = 0`` and identical candidates (same dot and norm) are decided exactly.
-    Otherwise the products are formed from normalised mantissas (:func:`hw.arith.normalise`,
+    Otherwise the products are formed from normalised mantissas (:func:`hw.arith.normalise_terms`,
     ``M = mantissa_bits``); each true product lies in ``[p, p (1 + 2^-(M-1))^4)`` of its
     mantissa estimate ``p`` (at most four truncations per side), so with the guard
     ``2^-(M-4) >= (1 + 2^-(M-1))^4 - 1`` a comparison outside the band is exact

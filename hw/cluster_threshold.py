@@ -3,11 +3,11 @@ loop (``docs/cluster.md``, "Fmax, seventh round")."""
 
 from __future__ import annotations
 
-from amaranth import Module, Signal, unsigned
+from amaranth import Cat, Const, Module, Signal, unsigned
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
-from hw.arith import lut_mul, normalise
+from hw.arith import lut_mul, normalise_by_onehot, square_bitlen_onehot
 from hw.cluster_cosine import check_mantissa_bits, screen_exp_shape
 from model.dre.cluster import ClusterWidths
 from model.dre.config import DREConfig, require_config
@@ -33,18 +33,20 @@ class ThresholdSquare(wiring.Component):
         ``T^2`` (a LUT product, :func:`hw.arith.lut_mul`), registered: the ``tau`` of
         :data:`SQUARE_LATENCY` = 1 cycle before.
     t_mant : Out(M) x 2, t_exp : Out(screen_exp_shape) x 2, t_zero : Out(2)
-        ``normalise(T^2)`` (:func:`hw.arith.normalise`: ``M``-bit mantissa, exponent; 0, -M for
-        ``T = 0``) and ``T == 0``, registered: the ``tau`` of :data:`NORMALISE_LATENCY` = 2
-        cycles before (``t_sq`` of the cycle before): the threshold inputs of
-        :class:`hw.cluster_cosine.ClusterCompare`.
+        ``normalise(T^2)`` (:func:`hw.arith.normalise_by_onehot`: ``M``-bit mantissa, exponent;
+        0, -M for ``T = 0``) and ``T == 0``, registered: the ``tau`` of
+        :data:`NORMALISE_LATENCY` = 2 cycles before (``t_sq`` of the cycle before): the
+        threshold inputs of :class:`hw.cluster_cosine.ClusterCompare`.
 
     Timing: no handshake; a ``tau`` present from cycle ``c`` on is answered by ``t_sq`` from
     ``c + 1`` and by ``t_mant`` .. ``t_zero`` from ``c + 2`` (the clustering unit's IN register
     holds a token from the cycle before its start at the latest; the start loads ``t_sq`` into
-    the token's bank, the cycle after it ``t_mant`` .. ``t_zero``).  Stage 1: the LUT product;
-    stage 2: the normalisation (:func:`hw.arith.normalise`: the leading one's group, an AND-OR
-    per mantissa bit).  Registers without reset (loaded in every cycle).  No DSP block (the
-    product is shift-and-add).
+    the token's bank, the cycle after it ``t_mant`` .. ``t_zero``).  Stage 1: the LUT product
+    and, beside it, ``bitlen(T^2)`` one-hot from ``T``'s bits
+    (:func:`hw.arith.square_bitlen_onehot`, a few LUT levels: no leading-one search over the
+    product); stage 2: the normalisation by that one-hot (:func:`hw.arith.normalise_by_onehot`,
+    an AND-OR per mantissa and exponent bit).  Registers without reset (loaded in every cycle).
+    No DSP block (the product is shift-and-add).
     """
 
     def __init__(self, cfg: DREConfig, mantissa_bits: int = 17):
@@ -68,8 +70,13 @@ class ThresholdSquare(wiring.Component):
         for j in range(2):
             sq = Signal.like(self.t_sq[j], name=f"sq{j}", reset_less=True)
             z = Signal(name=f"z{j}", reset_less=True)  # T == 0, registered with sq
-            m.d.sync += [sq.eq(lut_mul(self.tau[j], self.tau[j])), z.eq(self.tau[j] == 0)]
-            mt, et = normalise(m, sq, M, f"sq{j}")
+            hot = Signal(len(sq), name=f"hot{j}", reset_less=True)  # bit k-1: bitlen(T^2) = k
+            m.d.sync += [
+                sq.eq(lut_mul(self.tau[j], self.tau[j])),
+                z.eq(self.tau[j] == 0),
+                hot.eq(Cat(*square_bitlen_onehot(self.tau[j])[1:])),
+            ]
+            mt, et = normalise_by_onehot(sq, [Const(0, 1), *hot], M)
             mr = Signal(M, name=f"mt{j}", reset_less=True)
             er = Signal.like(self.t_exp[j], name=f"et{j}", reset_less=True)
             zr = Signal(name=f"tz{j}", reset_less=True)

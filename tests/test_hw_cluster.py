@@ -5,14 +5,22 @@ from __future__ import annotations
 
 import gc
 import json
+import math
 import random
 from fractions import Fraction
 
 import pytest
-from amaranth import Elaboratable, Module, Mux, Signal
+from amaranth import Cat, Const, Elaboratable, Module, Mux, Signal
 from amaranth.sim import Simulator
 
-from hw.arith import bit_length_grouped, nonzero_groups, normalise_terms
+from hw.arith import (
+    bit_length_grouped,
+    exp_shape,
+    nonzero_groups,
+    normalise_by_onehot,
+    normalise_terms,
+    square_bitlen_onehot,
+)
 from hw.centroid_table import CentroidTable
 from hw.cluster_cosine import LATENCY as COMPARE_LATENCY
 from hw.cluster_cosine import PAIRS, ClusterCompare
@@ -198,6 +206,47 @@ def test_compare_normalise_terms(width, mant, nonzero):
     sim = Simulator(m)
     sim.add_testbench(bench)
     sim.run()
+
+
+@pytest.mark.parametrize("width,mant", [(1, 6), (4, 6), (9, 17), (9, 6), (13, 17), (17, 17)])
+def test_square_normalise_by_onehot(width, mant):
+    """hw.arith.square_bitlen_onehot (``bitlen(t^2)`` one-hot from ``t``'s bits) against
+    ``(t * t).bit_length()``, and hw.arith.normalise_by_onehot on ``t^2`` and that one-hot
+    against ``normalise``'s definition (``_normalise``): every ``t`` up to 9 bits, and for wider
+    ``t`` zero, the powers of two, the all-ones values, the roots around each ``2^(b - 1/2)``
+    (where the bit length of the square steps) and random values."""
+    m = Module()
+    t = Signal(width)
+    sq = Signal(2 * width)
+    hot = Signal(2 * width + 1)
+    mant_v, exp_v = Signal(mant), Signal(exp_shape(2 * width, mant))
+    mt, et = normalise_by_onehot(sq, [hot[k] for k in range(2 * width + 1)], mant)
+    m.d.comb += [hot.eq(Cat(*square_bitlen_onehot(t))), mant_v.eq(mt), exp_v.eq(et)]
+    if width <= 9:
+        vals = list(range(1 << width))
+    else:
+        rng = random.Random(width)
+        vals = [0] + [1 << i for i in range(width)] + [(2 << i) - 1 for i in range(width)]
+        for b in range(1, width + 1):
+            r = math.isqrt(1 << (2 * b - 1))
+            vals += [x for x in (r - 1, r, r + 1, r + 2) if 0 <= x < 1 << width]
+        vals += [rng.getrandbits(rng.randint(1, width)) for _ in range(300)]
+
+    async def bench(ctx):
+        for x in vals:
+            ctx.set(t, x)
+            ctx.set(sq, x * x)
+            assert ctx.get(hot) == (1 << (x * x).bit_length() if x else 0), x  # none for 0
+            assert (ctx.get(mant_v), ctx.get(exp_v)) == _normalise(x * x, mant), x
+
+    sim = Simulator(m)
+    sim.add_testbench(bench)
+    sim.run()
+
+
+def test_normalise_by_onehot_rejects_a_one_hot_of_another_width():
+    with pytest.raises(ValueError, match="18 one-hot bits for a 18-bit value"):
+        normalise_by_onehot(Signal(18), [Const(0, 1)] * 18, 17)
 
 
 def _run_compare(cfg, mant, cases):

@@ -32,8 +32,8 @@ class WritebackQueue(wiring.Component):
     cycle is not queued (the id is still waiting), one in any later cycle is.
 
     Structure: whether the updated id is waiting is looked up in two halves (the word of
-    ``2^GROUP_BITS`` dirty bits holding its bit is registered, the bit is selected in the next
-    cycle), and the id is written in that next cycle into a first-word-fall-through
+    ``2^GROUP_BITS`` dirty bits holding its bit is registered, masked to that bit; the next
+    cycle ORs it), and the id is written in that next cycle into a first-word-fall-through
     ``SyncFIFO`` (LUT RAM), which shows it one cycle later: two cycles after the update, as a
     ``SyncFIFOBuffered`` written in the cycle of the update would.  The taken id is registered
     and its dirty bit register clears one cycle late; in that cycle an update of the id counts
@@ -73,16 +73,20 @@ class WritebackQueue(wiring.Component):
         # registered; the bit is selected from it in the next cycle, which decides the write.
         lo = min(GROUP_BITS, cfg.index_bits)
         words = Cat(dirty, C(0, (1 << cfg.index_bits) - cfg.n_max))
+        # The word is registered masked by the one-hot of the id's low bits, so that the next
+        # cycle's lookup is an OR of the word's bits (two LUT levels to the FIFO's write
+        # enable, with the update and the clear) instead of a multiplexer on a register.
         word = Signal(1 << lo, reset_less=True)
         upd_q, clr_q = Signal(), Signal(reset_less=True)
         uid_q = Signal(range(cfg.n_max), reset_less=True)
+        low = Cat(self.update_id[:lo] == j for j in range(1 << lo))
         m.d.sync += [
             upd_q.eq(self.update),
             uid_q.eq(self.update_id),
-            word.eq(words.word_select(self.update_id[lo:], 1 << lo)),
+            word.eq(words.word_select(self.update_id[lo:], 1 << lo) & low),
             clr_q.eq(popped & (popped_id == self.update_id)),
         ]
-        push = upd_q & ~(word.bit_select(uid_q[:lo], 1) & ~clr_q)
+        push = upd_q & ~(word.any() & ~clr_q)
         m.d.comb += [
             fifo.w_en.eq(push),
             fifo.w_data.eq(uid_q),

@@ -313,7 +313,10 @@ class ClusterUnit(wiring.Component):
         rd_chunk = Signal(chunk_shape(cfg))
         go = Signal()
         m.d.comb += go.eq(framer.aged & ~tok.err & ~rd_busy & (n_undec <= 1))
-        pend = n_undec == 1  # the token before is not committed: its sum update is not seen
+        # the token before is not committed: its sum update is not seen.  `n_undec == 1` as a
+        # register of its own (twenty-second round): it selects the read ids of the history
+        # candidates, whose addresses fan out to the sum memory's block RAMs
+        pend = Signal()
         hist_id = Mux(pend, dec0_id, dec1_id)
         hist_ok = Mux(pend, dec0_ok, dec1_ok)
         go_ids = [
@@ -611,7 +614,8 @@ class ClusterUnit(wiring.Component):
             table.wr_meta.data.norm.eq(pd_norm),
             table.wr_meta.data.count.eq(pd_count),
         ]
-        m.d.sync += n_undec.eq(n_undec + go - commit)
+        n_undec_next = n_undec + go - commit
+        m.d.sync += [n_undec.eq(n_undec_next), pend.eq(n_undec_next == 1)]
 
         # ---- sum update (SumUpdate) and write-back (WritebackQueue, ClusterWriteback) --------
         m.d.comb += [

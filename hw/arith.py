@@ -71,18 +71,40 @@ def lut_mul(a, b) -> Value:
     return tree_sum(mul_rows(a, b))
 
 
-def bit_length(v) -> Value:
-    """``bitlen(v)`` of an unsigned value (0 for 0), as a balanced tree: the vector is split at a
-    power of two ``h``, ``bitlen = h + bitlen(high part)`` if the high part is not zero, else
-    ``bitlen(low part)``; depth ``ceil(log2(width))`` multiplexers (a priority chain of
-    ``with m.If(v[b])`` statements is ``width`` multiplexers deep after synthesis)."""
+def _suffix_or(bits: list) -> list:
+    """``s[j]`` = the OR of ``bits[j:]``, as a parallel-prefix tree (``ceil(log2(n))`` levels of
+    2-input ORs, shared between the ``j``)."""
+    s, k = list(bits), 1
+    while k < len(s):
+        s = [s[j] | s[j + k] if j + k < len(s) else s[j] for j in range(len(s))]
+        k *= 2
+    return s
+
+
+def leading_one_onehot(v) -> list:
+    """One-hot leading one of an unsigned value: element ``j`` is ``v[j]`` and no bit above it
+    (none set for ``v = 0``)."""
     v = Value.cast(v)
-    n = len(v)
-    if n == 1:
-        return v[0]
-    h = 1 << ((n - 1).bit_length() - 1)  # largest power of two below n
-    lo, hi = v[:h], v[h:]
-    return Mux(hi.any(), h + bit_length(hi), bit_length(lo))
+    bits = [v[j] for j in range(len(v))]
+    above = [*_suffix_or(bits)[1:], Const(0, 1)]
+    return [b & ~a for b, a in zip(bits, above, strict=True)]
+
+
+def leading_one(v) -> Value:
+    """Position of the leading one of an unsigned value (``bitlen(v) - 1``; 0 for ``v = 0``),
+    carry-free like :func:`bit_length`."""
+    pairs = [(lj, j) for j, lj in enumerate(leading_one_onehot(v)) if j]
+    return one_hot_select(pairs) if pairs else Const(0, 1)
+
+
+def bit_length(v) -> Value:
+    """``bitlen(v)`` of an unsigned value (0 for 0), carry-free: the constant ``j + 1`` selected
+    by the one-hot leading one ``j`` (:func:`leading_one_onehot`, its ORs a parallel-prefix
+    tree), by AND-OR.  Written as ``h + bitlen(high part)`` in a multiplexer tree, as it was
+    until the twenty-second Fmax round of ``docs/cluster.md``, each constant sum became an
+    ``$add`` cell, which Yosys maps onto a carry chain between LUTs: a routed path went through
+    one."""
+    return one_hot_select([(lj, j + 1) for j, lj in enumerate(leading_one_onehot(v))])
 
 
 def exp_shape(width: int, mant: int):
@@ -188,15 +210,17 @@ def bit_length_grouped(m: Module, v, nz, name: str, group: int = NORM_GROUP) -> 
 
 
 def _bitlen_from_lead(m: Module, v, lead: list, name: str, group: int) -> Signal:
-    """``bitlen(v)`` as ``OR_g lead[g] ? group g + bitlen(group g) : 0`` (``lead`` one-hot)."""
+    """``bitlen(v)`` as ``OR_g lead[g] ? group g + bitlen(group g) : 0`` (``lead`` one-hot), with
+    the constant ``group g + j + 1`` selected by ``lead[g]`` and the group's own leading one
+    ``j``: AND-OR, no adder (:func:`bit_length`)."""
     v = Value.cast(v)
     width = len(v)
     bl = Signal(range(width + 1), name=f"{name}_bitlen")
-    parts = []
+    pairs = []
     for g, lg in enumerate(lead):
         grp = v[group * g : min(group * (g + 1), width)]
-        parts.append(Mux(lg, group * g + bit_length(grp), 0))
-    m.d.comb += bl.eq(tree_reduce(parts, operator.or_))
+        pairs += [(lg & lj, group * g + j + 1) for j, lj in enumerate(leading_one_onehot(grp))]
+    m.d.comb += bl.eq(one_hot_select(pairs))
     return bl
 
 

@@ -6,7 +6,7 @@ from amaranth import Cat, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from hw.arith import bit_length
+from hw.arith import leading_one
 from hw.centroid_table import MetaReadSignature, SumReadSignature, chunk_shape
 from hw.plane_store import PlaneWriteSignature
 from model.dre.cluster import ClusterWidths
@@ -22,7 +22,7 @@ def log2_fixed(m: Module, n, frac_bits: int, name: str = "log2"):
     """
     width = len(n)
     msb = Signal(range(max(2, width)), name=f"{name}_msb")
-    m.d.comb += msb.eq(bit_length(n) - 1)  # the highest set bit (a balanced tree); n = 0: unused
+    m.d.comb += msb.eq(leading_one(n))  # the highest set bit (no adder); n = 0: unused
     out = Signal(max(1, (width - 1).bit_length()) + frac_bits, name=name)
     # n in [2^msb, 2^(msb+1)), so (n << LF) >> msb lies in [2^LF, 2^(LF+1)): minus 2^LF it is its
     # low LF bits, and adding msb 2^LF places msb above them, with no adder

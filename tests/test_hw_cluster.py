@@ -14,8 +14,10 @@ from amaranth import Cat, Const, Elaboratable, Module, Mux, Signal
 from amaranth.sim import Simulator
 
 from hw.arith import (
+    bit_length,
     bit_length_grouped,
     exp_shape,
+    leading_one,
     nonzero_groups,
     normalise_by_onehot,
     normalise_terms,
@@ -185,12 +187,14 @@ def test_compare_normalise_terms(width, mant, nonzero):
     ``bitlen - M`` are ``normalise``'s mantissa and exponent, for zero, every power of two and
     every all-ones value, and random values of every bit length; also with the groups' nonzero
     flags as an input (``nonzero``, as the screen takes them from T1), and
-    ``bit_length_grouped`` on the same flags."""
+    ``bit_length_grouped`` on the same flags; ``bit_length`` and ``leading_one`` of ``v``."""
     m = Module()
     v = Signal(width)
     nz = Signal(nonzero_groups(width))
     terms, bl = normalise_terms(m, v, mant, "v", nonzero=nz if nonzero else None)
     blg = bit_length_grouped(m, v, nz, "g")
+    blp, lop = Signal(range(width + 1)), Signal(range(max(2, width)))
+    m.d.comb += [blp.eq(bit_length(v)), lop.eq(leading_one(v))]
     rng = random.Random(width)
     vals = [0] + [1 << i for i in range(width)] + [(2 << i) - 1 for i in range(width)]
     vals += [rng.getrandbits(rng.randint(1, width)) for _ in range(200)]
@@ -202,6 +206,8 @@ def test_compare_normalise_terms(width, mant, nonzero):
             mant_got = sum(ctx.get(t.any()) << i for i, t in enumerate(terms))
             assert (mant_got, ctx.get(bl) - mant) == _normalise(x, mant), x
             assert ctx.get(blg) == x.bit_length(), x
+            assert ctx.get(blp) == x.bit_length(), x
+            assert ctx.get(lop) == max(0, x.bit_length() - 1), x
 
     sim = Simulator(m)
     sim.add_testbench(bench)

@@ -69,13 +69,12 @@ class WritebackQueue(wiring.Component):
         # cleared in the cycle of the take).
         popped, popped_id = Signal(), Signal(range(cfg.n_max))
         # Whether the updated id is waiting, in two halves: the word of GROUP bits that holds
-        # its dirty bit now (and whether it is the id taken in the previous cycle) is
-        # registered; the bit is selected from it in the next cycle, which decides the write.
+        # its dirty bit now, masked by the one-hot of the id's low bits (and whether it is the
+        # id taken in the previous cycle), is registered; the next cycle ORs the word, which
+        # decides the write (two LUT levels to the FIFO's write enable with the update and the
+        # clear, instead of a multiplexer on a register: "Fmax, twenty-second round").
         lo = min(GROUP_BITS, cfg.index_bits)
         words = Cat(dirty, C(0, (1 << cfg.index_bits) - cfg.n_max))
-        # The word is registered masked by the one-hot of the id's low bits, so that the next
-        # cycle's lookup is an OR of the word's bits (two LUT levels to the FIFO's write
-        # enable, with the update and the clear) instead of a multiplexer on a register.
         word = Signal(1 << lo, reset_less=True)
         upd_q, clr_q = Signal(), Signal(reset_less=True)
         uid_q = Signal(range(cfg.n_max), reset_less=True)

@@ -204,8 +204,8 @@ def _lead_groups(m: Module, nz, name: str) -> list:
 def bit_length_grouped(m: Module, v, nz, name: str, group: int = NORM_GROUP) -> Signal:
     """``bitlen(v)`` (0 for 0) from ``nz = group_nonzero(v, group)`` (registered in the stage
     before): the group of the leading one (:func:`_lead_groups`) selects ``group g +
-    bitlen(group g)`` by AND-OR, so no OR tree over ``v`` lies in front of the selection, as it
-    does in each level of :func:`bit_length`'s tree."""
+    bitlen(group g)`` by AND-OR, so no OR tree over ``v`` lies in front of the selection, as
+    :func:`bit_length`'s suffix ORs do."""
     return _bitlen_from_lead(m, v, _lead_groups(m, nz, name), name, group)
 
 
@@ -235,35 +235,34 @@ def normalise_terms(m: Module, v, mant: int, name: str, group: int = NORM_GROUP,
     Finding ``bitlen(v)`` (a multiplexer tree) and then shifting by it (one multiplexer level
     per bit of the shift) takes about 11 LUT4 levels for 21 .. 52 bits.  Here,
     with ``v`` cut into groups ``g`` (from bit 0), ``lead_g`` = group ``g`` holds the leading
-    one (it is not zero and every bit above it is), found by OR trees from ``v``; within group
+    one (it is not zero and every group above it is: :func:`_lead_groups` on the groups'
+    nonzero flags); within group
     ``g`` the mantissa bit ``t`` is ``v[p - M + 1 + t]`` for the group's own leading one ``p``
     (a priority multiplexer on the group's bits), and ``mantissa[t]`` is the OR over the groups
     of ``lead_g`` and that bit (one-hot).  ``terms[t]`` holds the ORs of pairs of groups' ANDs:
     with 5-bit groups, about 4 LUT4 levels from ``v`` (``lead_g`` 3, the pair 1), and the OR of
     the ``terms[t]`` is one more level up to 8 groups (40 bits).  More LUTs than the shift (each
-    mantissa bit is an AND-OR over all groups).  ``bitlen`` is :func:`bit_length`'s (it has no
-    shift behind it).
+    mantissa bit is an AND-OR over all groups).  ``bitlen`` is :func:`bit_length_grouped`'s,
+    from the same ``lead_g``.
 
     ``nonzero``: ``group_nonzero(v, group)``, formed and registered in the stage before (an
-    input that disagrees with ``v`` gives undefined results).  Then ``lead_g`` comes from it
-    (one or two LUT levels instead of three from ``v``) and ``bitlen`` from
-    :func:`bit_length_grouped`."""
+    input that disagrees with ``v`` gives undefined results), so that ``lead_g`` is one or two
+    LUT levels from registers instead of three from ``v``; without it the flags are formed
+    here from ``v``."""
     v = Value.cast(v)
     width = len(v)
     groups = nonzero_groups(width, group)
     vp = Cat(v, Const(0, group * groups - width))
-    if nonzero is not None:
-        nonzero = Value.cast(nonzero)
-        if len(nonzero) != groups:
-            raise ValueError(
-                f"normalise_terms: nonzero has {len(nonzero)} bits, "
-                f"{groups} groups of {group} in {width} bits"
-            )
-        lead = _lead_groups(m, nonzero, name)
-        bl = _bitlen_from_lead(m, v, lead, name, group)
-    else:
-        bl = Signal(range(width + 1), name=f"{name}_bitlen")
-        m.d.comb += bl.eq(bit_length(v))
+    if nonzero is None:
+        nonzero = group_nonzero(v, group)
+    nonzero = Value.cast(nonzero)
+    if len(nonzero) != groups:
+        raise ValueError(
+            f"normalise_terms: nonzero has {len(nonzero)} bits, "
+            f"{groups} groups of {group} in {width} bits"
+        )
+    lead = _lead_groups(m, nonzero, name)
+    bl = _bitlen_from_lead(m, v, lead, name, group)
 
     def bit(i):  # v[i], 0 below bit 0
         return vp[i] if i >= 0 else Const(0, 1)
@@ -274,14 +273,6 @@ def normalise_terms(m: Module, v, mant: int, name: str, group: int = NORM_GROUP,
         h = len(vs) // 2
         return Mux(Cat(*vs[h:]).any(), prio(vs[h:], ds[h:]), prio(vs[:h], ds[:h]))
 
-    if nonzero is None:
-        lead = []
-        for g in range(groups):
-            grp = vp[group * g : group * (g + 1)]
-            above = vp[group * (g + 1) :].any() if g < groups - 1 else Const(0, 1)
-            s = Signal(name=f"{name}_lead{g}")
-            m.d.comb += s.eq(grp.any() & ~above)
-            lead.append(s)
     terms = []
     for t in range(mant):
         if t == mant - 1:  # the leading one itself

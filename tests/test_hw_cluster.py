@@ -44,6 +44,8 @@ from model.dre.cluster import (
     JOINED,
     NEW,
     ClusterWidths,
+    cosine_passes,
+    more_similar,
     quantise_centroid,
     size_bias,
 )
@@ -637,11 +639,15 @@ def test_exact_compare_against_integers(seed, digit_bits):
         cases.append((x, y))
     cases += [([top, 1, 1], [1, top, 1]), ([top, 1, 1], [1, 1, top - 1]), ([top, 0, top], [0] * 3)]
 
+    # the boundary of the strict form: L = R - 1, R and R + 1 (and L = 0, R = 0)
+    cases += [([top, 1, 1], [1, top - 1, 1]), ([0, 5, 7], [0, 0, 0]), ([3, 5, 7], [1, 1, 104])]
+
     async def bench(ctx):
-        for x, y in cases:
+        for (x, y), strict in ((c, s) for c in cases for s in (0, 1)):
             for i in range(3):
                 ctx.set(dut.x[i], x[i])
                 ctx.set(dut.y[i], y[i])
+            ctx.set(dut.strict, strict)
             ctx.set(dut.start, 1)
             await ctx.tick()
             ctx.set(dut.start, 0)
@@ -652,11 +658,7 @@ def test_exact_compare_against_integers(seed, digit_bits):
                 cycles += 1
             assert cycles + 1 == exact_cycles(cfg, digit_bits)  # start to done, both included
             lhs, rhs = x[0] * x[1] * x[2], y[0] * y[1] * y[2]
-            assert (ctx.get(dut.ge), ctx.get(dut.gt), ctx.get(dut.lt)) == (
-                lhs >= rhs,
-                lhs > rhs,
-                lhs < rhs,
-            ), (x, y)
+            assert ctx.get(dut.result) == (lhs > rhs if strict else lhs >= rhs), (x, y, strict)
             await ctx.tick()
             assert not ctx.get(dut.busy)
 
@@ -727,6 +729,91 @@ def test_decide_outcome_against_rule(seed):
             want = (status, 0 if cand is None else 1 << cand, int(status == NEW))
             assert got == want, case
         assert seen == {JOINED, NEW, FORCED, DROPPED}
+
+    _simulate(dut, bench)
+
+
+def test_decide_exact_recompute_against_rule(seed):
+    """Unsure results recomputed by the exact unit: the outcome once ``ready`` against the rule
+    with the exact predicates (``cosine_passes``, ``more_similar``) of the operands, which are
+    often exact ties (``cos == tau``, equal similarities), where ``>=`` and ``>`` differ.  The
+    screen leaves only what it cannot sign unsure: a test with ``dot >= 0`` and nonzero norms, a
+    comparison of two dots of one sign."""
+    rng = random.Random(seed)
+    cfg = SMALL
+    wd = ClusterWidths.of(cfg)
+    F = cfg.tau_frac_bits
+    dut = ClusterDecide(cfg)
+    mag_top = (1 << (wd.dot - 1)) - 1
+    norm_top, kn_top = (1 << wd.sum_norm) - 1, (1 << wd.key_norm) - 1
+
+    def case():
+        el, full = rng.randrange(1, 8), int(rng.random() < 0.7)
+        kn = rng.randint(1, kn_top)
+        taus = [rng.choice([1 << F, rng.randint(0, 1 << F)]) for _ in range(2)]
+        neg = rng.random() < 0.5  # the comparisons' dots: all negative or all >= 0
+        base_mag, base_norm = rng.randint(1, 1 << 6), rng.randint(1, 1 << 6)
+        mags, norms = [], []
+        for _ in range(3):
+            if rng.random() < 0.6:  # a tie with the others: mag and norm scaled by s and s^2
+                sc = rng.randint(1, 4)
+                mags.append(min(mag_top, base_mag * sc))
+                norms.append(min(norm_top, base_norm * sc * sc))
+            else:
+                mags.append(rng.randint(1, mag_top))
+                norms.append(rng.randint(1, norm_top))
+        if rng.random() < 0.3:  # cos == tau exactly: T = 2^F and |k|^2 |S|^2 = (k.S)^2
+            taus = [1 << F, 1 << F]
+            kn = min(kn_top, mags[0])
+            norms[0] = min(norm_top, mags[0])
+        dots = [-m if neg else m for m in mags]
+        tau = [taus[0], taus[1], taus[1]]  # temporal tau_t, left and up tau_s
+        passed = [cosine_passes(dots[i], kn, norms[i], tau[i], F) for i in range(3)]
+        more = [more_similar(dots[a], norms[a], dots[b], norms[b]) for a, b in PAIRS]
+        return el, full, kn, taus, dots, mags, norms, passed, more, neg
+
+    def bits(v):
+        return sum(int(b) << i for i, b in enumerate(v))
+
+    async def bench(ctx):
+        recomputes = 0
+        for n in range(40):
+            el, full, kn, taus, dots, mags, norms, passed, more, neg = case()
+            # unsure: the screen's bit is noise; a negative dot's test is always sure
+            sure = 7 if neg else rng.randrange(8) if n % 4 else 0
+            msure = rng.randrange(8) if n % 4 else 0
+            noise = rng.randrange(8), rng.randrange(8)
+            ctx.set(dut.elig, el)
+            ctx.set(dut.full, full)
+            ctx.set(dut.key_norm, kn)
+            for j in range(2):
+                ctx.set(dut.t_sq[j], taus[j] * taus[j])
+            for i in range(3):
+                ctx.set(dut.dot[i], dots[i])
+                ctx.set(dut.mag[i], mags[i])
+                ctx.set(dut.norm[i], norms[i])
+            ctx.set(dut.passed, (bits(passed) & sure) | (noise[0] & ~sure & 7))
+            ctx.set(dut.more, (bits(more) & msure) | (noise[1] & ~msure & 7))
+            ctx.set(dut.sure, sure)
+            ctx.set(dut.more_sure, msure)
+            ctx.set(dut.fresh, 1)
+            ctx.set(dut.active, 1)
+            await ctx.tick()
+            ctx.set(dut.fresh, 0)
+            for _ in range(4 * exact_cycles(cfg, 1) + 20):
+                if ctx.get(dut.ready):
+                    break
+                await ctx.tick()
+            assert ctx.get(dut.ready), f"seed {seed}: case {n} never ready"
+            bit = [[(v >> i) & 1 for i in range(3)] for v in (el, bits(passed), bits(more))]
+            status, cand = _decision_rule(bit[0], bit[1], [1] * 3, bit[2], [1] * 3, full)
+            got = (ctx.get(dut.status), ctx.get(dut.sel))
+            want = (status, 0 if cand is None else 1 << cand)
+            assert got == want, f"seed {seed}: case {n} {(el, full, dots, norms, kn, taus)}"
+            recomputes = ctx.get(dut.exact_count)
+            ctx.set(dut.active, 0)
+            await ctx.tick()
+        assert recomputes >= 20, recomputes
 
     _simulate(dut, bench)
 

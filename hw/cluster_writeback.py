@@ -253,26 +253,19 @@ class ClusterWriteback(wiring.Component):
             else:
                 fetch()
 
-        # The id stream's payload, registered: the meta read of the id taken in IDLE is
-        # addressed from this register, not from the queue's LUT-RAM read and output
-        # multiplexer (the queue lies far from the table).  ``head_ok``: ``head`` holds the
-        # payload of this cycle (valid in the previous cycle and not taken then).
-        head = kept(range(cfg.n_max), "head")
+        # The id stream's payload, registered into ``cid`` in IDLE and WRITE: the meta read
+        # and the read ahead of chunk 0 of the id taken in IDLE are addressed from ``cid`` as
+        # every other read, not from the queue's LUT-RAM read and output multiplexer (the queue
+        # lies far from the table) nor through a multiplexer of their own.  ``head_ok``: ``cid``
+        # holds the payload of this cycle (valid in the previous cycle and not taken then).
         head_ok = Signal()
-        m.d.sync += [
-            head.eq(self.ids.payload),
-            head_ok.eq(self.ids.valid & ~self.ids.ready),
-        ]
+        m.d.sync += head_ok.eq(self.ids.valid & ~self.ids.ready)
 
         with m.FSM():
-            with m.State("IDLE"):
-                m.d.comb += [
-                    self.ids.ready.eq(head_ok),
-                    self.meta.id.eq(head),
-                    self.sum.id.eq(head),  # chunk 0 (WRITE left `chunk` at 0)
-                ]
-                with m.If(self.ids.valid & head_ok):
-                    m.d.sync += cid.eq(head)
+            with m.State("IDLE"):  # cid: the payload (the taken id at the take's edge)
+                m.d.comb += self.ids.ready.eq(head_ok)
+                m.d.sync += cid.eq(self.ids.payload)
+                with m.If(self.ids.valid & head_ok):  # chunk 0 (WRITE left `chunk` at 0)
                     if G > 1:
                         read_ahead()
                     m.next = "COUNT"
@@ -323,6 +316,6 @@ class ClusterWriteback(wiring.Component):
                     self.write.key.eq(Cat(cen[D * bk :], results) if rounds > 1 else results),
                     self.write.count.eq(count),
                 ]
-                m.d.sync += chunk.eq(0)
+                m.d.sync += [chunk.eq(0), cid.eq(self.ids.payload)]
                 m.next = "IDLE"
         return m

@@ -178,15 +178,12 @@ class ClusterDecide(wiring.Component):
         # A result found unsure while active is registered (``rc_item``) and the exact unit
         # starts in the next cycle (``rc_pend``), so that its operands come from registers.
         rc_item = Signal(range(6))
-        # a comparison of two negative dot products: more <=> L < R, not L >= R; of two
-        # others: more <=> L > R (strict)
-        rc_neg = Signal()
+        rc_neg = Signal()  # a comparison of two negative dot products: more <=> L < R
         rc_pend = Signal()
         rc_req = Signal()
         m.d.comb += [
             rc_req.eq(self.active & need & ~exact.busy & ~rc_pend),
             exact.start.eq(rc_pend),
-            exact.strict.eq((rc_item >= 3) & ~rc_neg),
         ]
         dot, mag, norm = self.dot, self.mag, self.norm
         with m.Switch(rc_item):
@@ -222,11 +219,11 @@ class ClusterDecide(wiring.Component):
         with m.If(exact.done), m.Switch(rc_item):  # overrides the hold above
             for i in range(3):
                 with m.Case(i):
-                    m.d.sync += [held[0][i].eq(exact.result), held[1][i].eq(1)]
+                    m.d.sync += [held[0][i].eq(exact.ge), held[1][i].eq(1)]
             for j in range(3):
                 with m.Case(3 + j):
                     m.d.sync += [
-                        held[2][j].eq(exact.result ^ rc_neg),
+                        held[2][j].eq(Mux(rc_neg, exact.lt, exact.gt)),
                         held[3][j].eq(1),
                     ]
         return m

@@ -7,6 +7,7 @@ from amaranth import Cat, Module, Mux, Signal, unsigned
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
+from hw.arith import lut_mul
 from model.dre.cluster import ClusterWidths
 from model.dre.config import ConfigError, DREConfig, require_config
 
@@ -47,32 +48,22 @@ class ExactCompare(wiring.Component):
     x, y : In(unsigned(operand)) x 3
         The factors (:func:`exact_widths`); sampled while ``busy``: hold them from ``start``
         until ``done``.
-    strict : In(1)
-        Compare ``L > R`` instead of ``L >= R``; sampled while ``busy``, like the factors.
-        (``L < R`` is ``not L >= R``, and ``L <= R`` is ``not L > R``.)
     start : In(1)
         Begin a comparison (ignored while ``busy``).
     busy : Out(1)
         From the cycle after ``start`` to the cycle of ``done``, both included.
     done : Out(1)
-        One cycle; ``result`` holds ``L > R`` (``strict``) or ``L >= R`` then.
+        One cycle; ``ge``, ``gt`` and ``lt`` hold ``L >= R``, ``L > R``, ``L < R`` then.
 
-    Timing: :func:`exact_cycles` from ``start`` to ``done`` (both included), ``L`` before
-    ``R``, each product as ``(x0 x1) x2``.
-
-    * 1-bit digits (ClusterUnit's, :data:`hw.cluster_decide.EXACT_DIGIT_BITS`): LSB-first
-      steps ``acc = acc + (factor bit i ? base << i : 0)``, ``base`` shifted left and the
-      factor right one place a cycle; ``acc`` is one register of ``product + 1`` bits and each
-      step one carry chain: 210 cycles at the default configuration (52-bit factors).  The
-      comparison needs no carry chain of its own: ``L - strict`` is kept (the product ``x0 x1
-      x2`` accumulated onto ``-strict``), and ``R`` is accumulated onto its complement
-      ``-(L - strict) - 1``, so that ``acc`` ends as ``R - L - 1 + strict``, negative exactly
-      when the result holds; ``result`` is its sign bit, a register (twenty-third round).
-    * Wider digits: MSB-first steps ``acc = (acc << r) + base * digit`` with ``acc`` in
-      carry-save form (two registers; a step is a tree of carry-save adders, no carry chain),
-      each product resolved into ``base`` in two cycles of half-width carry chains, and the
-      comparison of ``L`` and ``R`` registered in halves before ``done``: 63 cycles at the
-      default with 4-bit digits (``1 + 4 x (13 + 2) + 2``).
+    Timing: :func:`exact_cycles` from ``start`` to ``done`` (both included): ``L`` and ``R``
+    are each built as ``(x0 x1) x2`` by MSB-first digit steps ``acc = (acc << r) + base * digit``.
+    With 1-bit digits (ClusterUnit's, :data:`hw.cluster_decide.EXACT_DIGIT_BITS`) ``acc`` is
+    one register and each step one carry chain: 210 cycles at the default configuration
+    (52-bit factors).  With wider digits ``acc`` is kept in carry-save form (two registers; a
+    step is a tree of carry-save adders, no carry chain), each product is resolved into
+    ``base`` in two cycles of half-width carry chains, and the comparison of ``L`` and ``R`` is
+    registered in halves before ``done``: 63 cycles at the default with 4-bit digits
+    (``1 + 4 x (13 + 2) + 2``).
     """
 
     def __init__(self, cfg: DREConfig, digit_bits: int = 4):
@@ -85,75 +76,16 @@ class ExactCompare(wiring.Component):
             {
                 "x": In(unsigned(self.operand)).array(3),
                 "y": In(unsigned(self.operand)).array(3),
-                "strict": In(1),
                 "start": In(1),
                 "busy": Out(1),
                 "done": Out(1),
-                "result": Out(1),
+                "ge": Out(1),
+                "gt": Out(1),
+                "lt": Out(1),
             }
         )
 
-    def _following(self, m: Module, step: Signal, width: int) -> Signal:
-        """The next step's factor (``y[2]`` after the last: unused)."""
-        following = Signal(width)
-        with m.Switch(step):
-            for s, f in enumerate((self.x[2], self.y[1], self.y[2], self.y[2])):
-                with m.Case(s):
-                    m.d.comb += following.eq(f)
-        return following
-
     def elaborate(self, platform):
-        if self.r == 1:
-            return self._elaborate_ripple()
-        return self._elaborate_carry_save()
-
-    def _elaborate_ripple(self) -> Module:
-        W, ndig = self.product, self.operand
-        m = Module()
-        base = Signal(W)  # the multiplicand (x0, x0 x1, y0, y0 y1), shifted left a place a cycle
-        lhs = Signal(W + 1)  # L - strict
-        acc = Signal(W + 1)  # the product so far; in the last step R - L - 1 + strict so far
-        step = Signal(range(4))  # 0: x1, 1: x2, 2: y1, 3: y2
-        dig = Signal(range(ndig))  # cycles left in the step
-        factor = Signal(ndig)  # the current step's factor, shifted right a place a cycle
-        following = self._following(m, step, ndig)
-        nxt = Signal(W + 1)
-        m.d.comb += nxt.eq(acc + Mux(factor[0], base, 0))
-        with m.FSM(name="exact"):
-            with m.State("IDLE"), m.If(self.start):
-                m.d.sync += [
-                    base.eq(self.x[0]),
-                    factor.eq(self.x[1]),
-                    acc.eq(0),
-                    step.eq(0),
-                    dig.eq(ndig - 1),
-                ]
-                m.next = "MULTIPLY"
-            with m.State("MULTIPLY"):
-                m.d.comb += self.busy.eq(1)
-                m.d.sync += [
-                    acc.eq(nxt),
-                    base.eq(base << 1),
-                    factor.eq(factor >> 1),
-                    dig.eq(dig - 1),
-                ]
-                with m.If(dig == 0):  # nxt is the step's product
-                    m.d.sync += [dig.eq(ndig - 1), step.eq(step + 1), factor.eq(following)]
-                    with m.Switch(step):
-                        with m.Case(0):  # x0 x1; L accumulates onto -strict
-                            m.d.sync += [base.eq(nxt[:W]), acc.eq(self.strict.replicate(W + 1))]
-                        with m.Case(1):  # L - strict
-                            m.d.sync += [lhs.eq(nxt), base.eq(self.y[0]), acc.eq(0)]
-                        with m.Case(2):  # y0 y1; R accumulates onto -(L - strict) - 1
-                            m.d.sync += [base.eq(nxt[:W]), acc.eq(~lhs)]
-                        with m.Case(3):  # R - L - 1 + strict
-                            m.next = "DONE"
-            with m.State("DONE"):
-                m.d.comb += [self.busy.eq(1), self.done.eq(1), self.result.eq(acc[W])]
-                m.next = "IDLE"
-        return m
-
-    def _elaborate_carry_save(self) -> Module:
         r, W = self.r, self.product
         ndig = -(-self.operand // r)
         m = Module()
@@ -164,7 +96,11 @@ class ExactCompare(wiring.Component):
         # The factor of the current step, shifted left one digit per cycle (MSB-first digits
         # from a register, not a multiplexer on the inputs).
         factor = Signal(ndig * r)
-        following = self._following(m, step, ndig * r)
+        following = Signal(ndig * r)  # the next step's factor (y[2] after it: unused)
+        with m.Switch(step):
+            for s, f in enumerate((self.x[2], self.y[1], self.y[2], self.y[2])):
+                with m.Case(s):
+                    m.d.comb += following.eq(f)
         digit = factor[-r:]
         nxt = Signal(W)  # base * factor, at the end of a product
 
@@ -178,62 +114,87 @@ class ExactCompare(wiring.Component):
                 with m.Case(3):
                     m.d.sync += base.eq(nxt)
 
-        # acc = sum + carry (modulo 2^W): a step compresses (sum << r), (carry << r) and the
-        # digit's r partial products (digit bit j ? base << j : 0) to two with carry-save
-        # adders; RESOLVE_LO / RESOLVE_HI add them in two halves of k bits.
-        acc_s, acc_c = Signal(W), Signal(W)
-        k = W // 2
-        lo = Signal(k + 1)  # the low half of sum + carry, with its carry out
-        terms = [(acc_s << r)[:W], (acc_c << r)[:W]]
-        terms += [Mux(digit[j], base << j, 0)[:W] for j in range(r)]
-        while len(terms) > 2:
-            reduced = []
-            for i in range(0, len(terms) - 2, 3):
-                a, b, c = terms[i : i + 3]
-                reduced += [a ^ b ^ c, (((a & b) | (a & c) | (b & c)) << 1)[:W]]
-            terms = reduced + terms[len(terms) - len(terms) % 3 :]
-        m.d.comb += nxt.eq(Cat(lo[:k], acc_s[k:] + acc_c[k:] + lo[k]))
-        # the comparison of L and R, registered in halves (each one carry chain)
-        gt_hi, lt_hi, gt_lo, lt_lo = Signal(), Signal(), Signal(), Signal()
+        # acc = base * (the digits of the factor seen so far): one register (r = 1) or two
+        acc = [Signal(W)] if r == 1 else [Signal(W), Signal(W)]
+
         with m.FSM(name="exact"):
             with m.State("IDLE"), m.If(self.start):
                 m.d.sync += [base.eq(self.x[0]), step.eq(0), dig.eq(ndig - 1)]
-                m.d.sync += [factor.eq(self.x[1]), acc_s.eq(0), acc_c.eq(0)]
+                m.d.sync += [factor.eq(self.x[1]), *(a.eq(0) for a in acc)]
                 m.next = "MULTIPLY"
-            with m.State("MULTIPLY"):
-                m.d.comb += self.busy.eq(1)
-                m.d.sync += [acc_s.eq(terms[0]), acc_c.eq(terms[1])]
-                m.d.sync += [dig.eq(dig - 1), factor.eq(factor << r)]
-                with m.If(dig == 0):
-                    m.next = "RESOLVE_LO"
-            with m.State("RESOLVE_LO"):
-                m.d.comb += self.busy.eq(1)
-                m.d.sync += lo.eq(acc_s[:k] + acc_c[:k])
-                m.next = "RESOLVE_HI"
-            with m.State("RESOLVE_HI"):
-                m.d.comb += self.busy.eq(1)
-                m.d.sync += [acc_s.eq(0), acc_c.eq(0)]
-                next_product()
-                m.next = "MULTIPLY"
-                with m.If(step == 3):
-                    m.next = "COMPARE"
-            with m.State("COMPARE"):
-                m.d.comb += self.busy.eq(1)
-                m.d.sync += [
-                    gt_hi.eq(lhs[k:] > base[k:]),
-                    lt_hi.eq(lhs[k:] < base[k:]),
-                    gt_lo.eq(lhs[:k] > base[:k]),
-                    lt_lo.eq(lhs[:k] < base[:k]),
-                ]
-                m.next = "DONE"
-            with m.State("DONE"):
-                eq_hi = ~gt_hi & ~lt_hi
-                gt = gt_hi | (eq_hi & gt_lo)
-                lt = lt_hi | (eq_hi & lt_lo)
-                m.d.comb += [
-                    self.busy.eq(1),
-                    self.done.eq(1),
-                    self.result.eq(Mux(self.strict, gt, ~lt)),
-                ]
-                m.next = "IDLE"
+            if r == 1:
+                # one carry chain a step
+                (acc,) = acc
+                m.d.comb += nxt.eq((acc << r) + lut_mul(base, digit))
+                with m.State("MULTIPLY"):
+                    m.d.comb += self.busy.eq(1)
+                    m.d.sync += [acc.eq(nxt), dig.eq(dig - 1), factor.eq(factor << r)]
+                    with m.If(dig == 0):
+                        m.d.sync += acc.eq(0)
+                        next_product()
+                        with m.If(step == 3):
+                            m.next = "DONE"
+                with m.State("DONE"):
+                    m.d.comb += [
+                        self.busy.eq(1),
+                        self.done.eq(1),
+                        self.ge.eq(lhs >= base),
+                        self.gt.eq(lhs > base),
+                        self.lt.eq(lhs < base),
+                    ]
+                    m.next = "IDLE"
+            else:
+                # acc = sum + carry (modulo 2^W): a step compresses (sum << r), (carry << r) and
+                # the digit's r partial products (digit bit j ? base << j : 0) to two with
+                # carry-save adders; RESOLVE_LO / RESOLVE_HI add them in two halves of k bits.
+                k = W // 2
+                acc_s, acc_c = acc
+                lo = Signal(k + 1)  # the low half of sum + carry, with its carry out
+                terms = [(acc_s << r)[:W], (acc_c << r)[:W]]
+                terms += [Mux(digit[j], base << j, 0)[:W] for j in range(r)]
+                while len(terms) > 2:
+                    reduced = []
+                    for i in range(0, len(terms) - 2, 3):
+                        a, b, c = terms[i : i + 3]
+                        reduced += [a ^ b ^ c, (((a & b) | (a & c) | (b & c)) << 1)[:W]]
+                    terms = reduced + terms[len(terms) - len(terms) % 3 :]
+                m.d.comb += nxt.eq(Cat(lo[:k], acc_s[k:] + acc_c[k:] + lo[k]))
+                # the comparison of L and R, registered in halves (each one carry chain)
+                gt_hi, lt_hi, gt_lo, lt_lo = Signal(), Signal(), Signal(), Signal()
+                with m.State("MULTIPLY"):
+                    m.d.comb += self.busy.eq(1)
+                    m.d.sync += [acc_s.eq(terms[0]), acc_c.eq(terms[1])]
+                    m.d.sync += [dig.eq(dig - 1), factor.eq(factor << r)]
+                    with m.If(dig == 0):
+                        m.next = "RESOLVE_LO"
+                with m.State("RESOLVE_LO"):
+                    m.d.comb += self.busy.eq(1)
+                    m.d.sync += lo.eq(acc_s[:k] + acc_c[:k])
+                    m.next = "RESOLVE_HI"
+                with m.State("RESOLVE_HI"):
+                    m.d.comb += self.busy.eq(1)
+                    m.d.sync += [acc_s.eq(0), acc_c.eq(0)]
+                    next_product()
+                    m.next = "MULTIPLY"
+                    with m.If(step == 3):
+                        m.next = "COMPARE"
+                with m.State("COMPARE"):
+                    m.d.comb += self.busy.eq(1)
+                    m.d.sync += [
+                        gt_hi.eq(lhs[k:] > base[k:]),
+                        lt_hi.eq(lhs[k:] < base[k:]),
+                        gt_lo.eq(lhs[:k] > base[:k]),
+                        lt_lo.eq(lhs[:k] < base[:k]),
+                    ]
+                    m.next = "DONE"
+                with m.State("DONE"):
+                    eq_hi = ~gt_hi & ~lt_hi
+                    m.d.comb += [
+                        self.busy.eq(1),
+                        self.done.eq(1),
+                        self.gt.eq(gt_hi | (eq_hi & gt_lo)),
+                        self.lt.eq(lt_hi | (eq_hi & lt_lo)),
+                        self.ge.eq(~self.lt),
+                    ]
+                    m.next = "IDLE"
         return m

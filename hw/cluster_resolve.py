@@ -201,8 +201,6 @@ class CandidateResolve(wiring.Component):
             ),
         ]
         eligible = []
-        last_full = Signal(name="last_full")  # the last decision's cluster is full
-        m.d.comb += last_full.eq(self.last_count == cfg.count_max)
         for i in range(3):
             is_prev = self.prev[i]
             ex = self.ex[i] & (~is_prev | self.last_ok)
@@ -210,7 +208,6 @@ class CandidateResolve(wiring.Component):
                 cid, dot = self.last_id, one_hot(prev_choices)
                 norm, count = self.last_norm, self.last_count
                 norm_nz = group_nonzero(self.last_norm)
-                full = last_full
             else:
                 k = 0 if i == TEMPORAL else 1
                 own = self.own_id[k]
@@ -230,11 +227,8 @@ class CandidateResolve(wiring.Component):
                 norm = Mux(last, self.last_norm, meta.norm)
                 count = Mux(last, self.last_count, meta.count)
                 norm_nz = Mux(last, group_nonzero(self.last_norm), group_nonzero(meta.norm))
-                # each source compared with count_max before the multiplexer, whose select
-                # (`last`: an id compare) comes late (twenty-third round)
-                full = Mux(last, last_full, meta.count == cfg.count_max)
             el = Signal(name=f"t1_elig{i}")
-            m.d.comb += el.eq(ex & ~full)
+            m.d.comb += el.eq(ex & (count != cfg.count_max))
             eligible.append(el)
             with m.If(self.load):
                 m.d.sync += [

@@ -7,7 +7,7 @@ from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from hw.arith import leading_one
-from hw.centroid_table import MetaReadSignature, SumReadSignature, chunk_shape, sum_chunk_layout
+from hw.centroid_table import MetaReadSignature, SumReadSignature, chunk_shape
 from hw.plane_store import PlaneWriteSignature
 from model.dre.cluster import ClusterWidths
 from model.dre.config import DREConfig, require_config
@@ -42,10 +42,9 @@ def writeback_cycles(cfg: DREConfig) -> int:
     """Cycles per cluster of :class:`ClusterWriteback` with every sum read granted, from the
     cycle that takes the id to the cycle of the write, both included:
     ``2 + G + R (bk + 2)`` with ``R = G / chunks_per_round`` rounds (50 at the default's
-    ``G = 8``, 26 at ``G = 4``), one more when ``G = 1`` (its only chunk is not read in the
-    cycle that takes the id)."""
+    ``G = 8``, 26 at ``G = 4``)."""
     rounds = cfg.cl_groups // chunks_per_round(cfg)
-    return 2 + cfg.cl_groups + rounds * (cfg.bk + 2) + (cfg.cl_groups == 1)
+    return 2 + cfg.cl_groups + rounds * (cfg.bk + 2)
 
 
 class ClusterWriteback(wiring.Component):
@@ -85,26 +84,17 @@ class ClusterWriteback(wiring.Component):
 
     Timing: :func:`writeback_cycles` ``= 2 + G + R (bk + 2)`` cycles per cluster (``G = d /
     cl_lanes``; 50 at the default, ``G = 8``, ``R = 4``) from the cycle that takes the id to
-    the cycle of the write, both included, plus one cycle per sum read not granted.  A sum
-    read's data arrive in the table's output register two cycles after its address and are
-    registered once more here (``sum_q``, twenty-third round: the block RAM may lie far from
-    the dividers), three cycles in all; the reads that hide that latency go ahead of the
-    states that wait for them.  Take the id and read its chunk 0 (IDLE, ``G > 1``; one cycle
-    after the id appears if the engine was idle, at once if it was waiting already); the count
-    (COUNT, which reads the round's next chunk as FETCH does); per round, the round's chunks
-    (FETCH), two cycles of latency (WAIT, WAIT2), its last chunk arrives (LAST), ``bk``
-    division steps on the round's elements (DIVIDE; the last one reads the next round's first
-    chunk), the results kept and the next round's next chunk read (NEXT); sign and write
-    (WRITE).  With one chunk per round, a first chunk read ahead is the round's last: COUNT or
-    NEXT then waits as WAIT does.  A chunk is loaded as it arrives: ``cl_lanes`` magnitudes
-    ``2|S_i| + n`` are formed per cycle and routed to their dividers; a chunk read ahead in
-    DIVIDE is loaded after NEXT has kept the round's results.  The next id is taken in the
-    cycle after the write.  The sums and the count are read while the cluster is processed: if
-    the clustering unit updates it meanwhile, it queues the id again, so the last write of an
-    entry always carries its final value.  (The chunk 0 read in the cycle that takes the id is
-    that cycle's row: an update whose last write falls in that cycle, and which therefore does
-    not queue the id again, wrote chunk 0 ``G - 1 >= 1`` cycles earlier.  With ``G = 1`` that
-    write would be the chunk read, so the read waits for COUNT.)
+    the cycle of the write, both included, plus one cycle per sum read not granted: take the
+    id (IDLE; one cycle after it appears if the engine was idle, at once if it was waiting
+    already), read the count and chunk 0 (COUNT); per round, the round's chunks (FETCH), a
+    cycle of the port's latency (WAIT), its last chunk arrives (LAST), ``bk`` division steps
+    on the round's elements (DIVIDE), the
+    results kept and the next round's first chunk read (NEXT); sign and write (WRITE).  A chunk
+    is loaded as it arrives: ``cl_lanes`` magnitudes ``2|S_i| + n`` are formed per cycle and
+    routed to their dividers.  The next
+    id is taken in the cycle after the write.  The sums and the count are read while the
+    cluster is processed: if the clustering unit updates it meanwhile, it queues the id again,
+    so the last write of an entry always carries its final value.
     """
 
     def __init__(self, cfg: DREConfig):
@@ -152,14 +142,9 @@ class ClusterWriteback(wiring.Component):
         neg = kept(D, "neg")
         cen = kept(d * bk, "cen")  # the centroid, filled one round (D elements) at a time
         bias = Signal(signed(cfg.bias_bits))
-        # a granted read's data arrive in the table's register two cycles later and in
-        # ``sum_q`` three cycles later (ld1, ld2, then ld), with its slot
+        # a granted read's data arrive two cycles later (ld1, then ld), with its slot
         ld1, ld1_slot = Signal(), Signal(range(max(2, per)))
-        ld2, ld2_slot = Signal(), Signal(range(max(2, per)))
         ld, ld_slot = Signal(), Signal(range(max(2, per)))
-        sum_q = kept(sum_chunk_layout(cfg), "sum_q")
-        m.d.sync += sum_q.eq(self.sum.data)
-        pre = Signal()  # the first chunk of the coming round was read ahead (chunks_per_round 1)
 
         # Read addresses: the data of a sum address presented in a cycle arrive two cycles
         # later, a meta address's in the next cycle.
@@ -197,18 +182,12 @@ class ClusterWriteback(wiring.Component):
         # earliest, when ``count2`` already holds the new count's value.
         m.d.sync += count2.eq(count + 2)
 
-        # Loading: the chunk read three cycles before (granted): ``cl_lanes`` dividends formed
+        # Loading: the chunk read two cycles before (granted): ``cl_lanes`` dividends formed
         # once, routed to the dividers of its slot in the round.
-        m.d.sync += [
-            ld1.eq(0),
-            ld2.eq(ld1),
-            ld2_slot.eq(ld1_slot),
-            ld.eq(ld2),
-            ld_slot.eq(ld2_slot),
-        ]
+        m.d.sync += [ld1.eq(0), ld.eq(ld1), ld_slot.eq(ld1_slot)]
         dividend = [Signal(signed(rw), name=f"dividend{i}") for i in range(L)]
         for i in range(L):
-            s_i = sum_q[i]
+            s_i = self.sum.data[i]
             # 2|s| + n, both signs formed side by side (2 (-s) = 2 ~s + 2), so no negation's
             # carry chain precedes the sum's: the read data go through one adder
             m.d.comb += dividend[i].eq(Mux(s_i < 0, (~s_i << 1) + count2, (s_i << 1) + count))
@@ -217,69 +196,48 @@ class ClusterWriteback(wiring.Component):
                 with m.If(ld_slot == j):
                     for i in range(L):
                         e = j * L + i
-                        m.d.sync += [neg[e].eq(sum_q[i] < 0), rem[e].eq(dividend[i])]
+                        m.d.sync += [neg[e].eq(self.sum.data[i] < 0), rem[e].eq(dividend[i])]
         results = Signal(D * bk)  # this round's signed quotients
         for i in range(D):
             m.d.comb += results[i * bk : (i + 1) * bk].eq(Mux(neg[i], -quo[i], quo[i]))
 
-        def read():  # present chunk ``chunk``; on a grant its data arrive three cycles later
+        def fetch():  # present chunk ``chunk``; on a grant its data arrive two cycles later
             with m.If(self.sum_grant):
                 m.d.sync += [ld1.eq(1), ld1_slot.eq(chunk % per if per > 1 else 0)]
                 with m.If(chunk != G - 1):
                     m.d.sync += chunk.eq(chunk + 1)
                 m.d.sync += last_round.eq(chunk == G - 1)
-
-        def read_ahead():  # a round's first chunk, before the state that would read it
-            read()
-            if per == 1:
-                m.d.sync += pre.eq(self.sum_grant)
-
-        def fetch():  # read ``chunk`` and go on to the round's next chunk or to WAIT
-            read()
-            with m.If(self.sum_grant):
                 with m.If((chunk % per == per - 1) if per > 1 else 1):
                     m.next = "WAIT"
                 with m.Else():
                     m.next = "FETCH"
 
-        def round_start():  # COUNT, NEXT: the round's reads, after a first chunk read ahead
-            m.next = "FETCH"
-            if per == 1:  # the round's one chunk was read ahead: this cycle is its WAIT
-                m.d.sync += pre.eq(0)
-                with m.If(pre):
-                    m.next = "WAIT2"
-                with m.Else():
-                    fetch()
-            else:
-                fetch()
-
-        # The id stream's payload, registered into ``cid`` in IDLE and WRITE: the meta read
-        # and the read ahead of chunk 0 of the id taken in IDLE are addressed from ``cid`` as
-        # every other read, not from the queue's LUT-RAM read and output multiplexer (the queue
-        # lies far from the table) nor through a multiplexer of their own.  ``head_ok``: ``cid``
-        # holds the payload of this cycle (valid in the previous cycle and not taken then).
+        # The id stream's payload, registered: the meta read of the id taken in IDLE is
+        # addressed from this register, not from the queue's LUT-RAM read and output
+        # multiplexer (the queue lies far from the table).  ``head_ok``: ``head`` holds the
+        # payload of this cycle (valid in the previous cycle and not taken then).
+        head = kept(range(cfg.n_max), "head")
         head_ok = Signal()
-        m.d.sync += head_ok.eq(self.ids.valid & ~self.ids.ready)
+        m.d.sync += [
+            head.eq(self.ids.payload),
+            head_ok.eq(self.ids.valid & ~self.ids.ready),
+        ]
 
         with m.FSM():
-            with m.State("IDLE"):  # cid: the payload (the taken id at the take's edge)
-                m.d.comb += self.ids.ready.eq(head_ok)
-                m.d.sync += cid.eq(self.ids.payload)
-                with m.If(self.ids.valid & head_ok):  # chunk 0 (WRITE left `chunk` at 0)
-                    if G > 1:
-                        read_ahead()
+            with m.State("IDLE"):
+                m.d.comb += [self.ids.ready.eq(head_ok), self.meta.id.eq(head)]
+                with m.If(self.ids.valid & head_ok):
+                    m.d.sync += [cid.eq(head), chunk.eq(0)]
                     m.next = "COUNT"
-            with m.State("COUNT"):  # the meta read was presented in IDLE
+            with m.State("COUNT"):  # the meta read was presented in IDLE; chunk 0 now
                 m.d.comb += self.busy.eq(1)
                 m.d.sync += count.eq(self.meta.data.count)
-                round_start()
+                m.next = "FETCH"
+                fetch()
             with m.State("FETCH"):
                 m.d.comb += self.busy.eq(1)
                 fetch()
-            with m.State("WAIT"):  # the round's last chunk is in the block RAM
-                m.d.comb += self.busy.eq(1)
-                m.next = "WAIT2"
-            with m.State("WAIT2"):  # the round's last chunk is in the table's output register
+            with m.State("WAIT"):  # the round's last chunk is in the table's output register
                 m.d.comb += self.busy.eq(1)
                 m.next = "LAST"
             with m.State("LAST"):  # the round's last chunk is loaded at this cycle's edge
@@ -300,13 +258,12 @@ class ClusterWriteback(wiring.Component):
                     m.next = "NEXT"
                     with m.If(last_round):
                         m.next = "WRITE"
-                    with m.Else():  # its data are loaded after NEXT has kept the results
-                        read_ahead()
-            with m.State("NEXT"):  # keep this round's results; read the next round's chunks
+            with m.State("NEXT"):  # keep this round's results; read the next round's first chunk
                 m.d.comb += self.busy.eq(1)
                 if rounds > 1:
                     m.d.sync += cen.eq(Cat(cen[D * bk :], results))
-                round_start()
+                m.next = "FETCH"
+                fetch()
             with m.State("WRITE"):
                 m.d.comb += [
                     self.busy.eq(1),
@@ -316,6 +273,5 @@ class ClusterWriteback(wiring.Component):
                     self.write.key.eq(Cat(cen[D * bk :], results) if rounds > 1 else results),
                     self.write.count.eq(count),
                 ]
-                m.d.sync += [chunk.eq(0), cid.eq(self.ids.payload)]
                 m.next = "IDLE"
         return m

@@ -430,11 +430,11 @@ def token_latency(d: int, lanes: int) -> int:
 
 def writeback_cycles(d: int, lanes: int, bk: int) -> int:
     """Write-back cycles per updated cluster, ``2 + G + R (bk + 2)`` with ``R = G / 2`` rounds
-    when ``G`` is even, else ``G``, and one more when ``G = 1`` (``hw/cluster_writeback.py``;
-    ``bk + 1`` before its sum reads were registered)."""
+    when ``G`` is even, else ``G`` (``hw/cluster_writeback.py``; ``bk + 1`` before its sum reads
+    were registered)."""
     g = d // lanes
     rounds = g // (2 if g % 2 == 0 else 1)
-    return 2 + g + rounds * (bk + 2) + (g == 1)
+    return 2 + g + rounds * (bk + 2)
 
 
 def dre_cluster_cycles(p: int, d: int, s: Setup) -> float:

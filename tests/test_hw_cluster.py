@@ -747,25 +747,28 @@ def test_decide_exact_recompute_against_rule(seed):
     mag_top = (1 << (wd.dot - 1)) - 1
     norm_top, kn_top = (1 << wd.sum_norm) - 1, (1 << wd.key_norm) - 1
 
-    def case():
+    def case(forced_tie, cos_tie):
         el, full = rng.randrange(1, 8), int(rng.random() < 0.7)
         kn = rng.randint(1, kn_top)
         taus = [rng.choice([1 << F, rng.randint(0, 1 << F)]) for _ in range(2)]
         neg = rng.random() < 0.5  # the comparisons' dots: all negative or all >= 0
+        if forced_tie:  # a full table, every test failing (tau 1, |k|^2 large), tied candidates
+            el, full, kn, taus, neg = rng.choice([3, 5, 6, 7]), 1, kn_top, [1 << F] * 2, False
         base_mag, base_norm = rng.randint(1, 1 << 6), rng.randint(1, 1 << 6)
         mags, norms = [], []
         for _ in range(3):
-            if rng.random() < 0.6:  # a tie with the others: mag and norm scaled by s and s^2
+            if forced_tie or rng.random() < 0.6:  # a tie: mag and norm scaled by s and s^2
                 sc = rng.randint(1, 4)
                 mags.append(min(mag_top, base_mag * sc))
                 norms.append(min(norm_top, base_norm * sc * sc))
             else:
                 mags.append(rng.randint(1, mag_top))
                 norms.append(rng.randint(1, norm_top))
-        if rng.random() < 0.3:  # cos == tau exactly: T = 2^F and |k|^2 |S|^2 = (k.S)^2
+        if cos_tie or rng.random() < 0.3:  # cos == tau: T = 2^F, |k|^2 |S|^2 = (k.S)^2
+            el |= 1
             taus = [1 << F, 1 << F]
-            kn = min(kn_top, mags[0])
-            norms[0] = min(norm_top, mags[0])
+            mags[0] = rng.randint(1, kn_top)
+            kn, norms[0] = mags[0], mags[0]
         dots = [-m if neg else m for m in mags]
         tau = [taus[0], taus[1], taus[1]]  # temporal tau_t, left and up tau_s
         passed = [cosine_passes(dots[i], kn, norms[i], tau[i], F) for i in range(3)]
@@ -777,11 +780,11 @@ def test_decide_exact_recompute_against_rule(seed):
 
     async def bench(ctx):
         recomputes = 0
-        for n in range(40):
-            el, full, kn, taus, dots, mags, norms, passed, more, neg = case()
+        for n in range(60):
+            el, full, kn, taus, dots, mags, norms, passed, more, neg = case(n % 4 == 1, n % 4 == 2)
             # unsure: the screen's bit is noise; a negative dot's test is always sure
-            sure = 7 if neg else rng.randrange(8) if n % 4 else 0
-            msure = rng.randrange(8) if n % 4 else 0
+            sure = 7 if neg or n % 4 == 1 else rng.randrange(8) if n % 2 else 0
+            msure = rng.randrange(8) if n % 4 == 3 else 0
             noise = rng.randrange(8), rng.randrange(8)
             ctx.set(dut.elig, el)
             ctx.set(dut.full, full)
@@ -800,7 +803,7 @@ def test_decide_exact_recompute_against_rule(seed):
             ctx.set(dut.active, 1)
             await ctx.tick()
             ctx.set(dut.fresh, 0)
-            for _ in range(4 * exact_cycles(cfg, 1) + 20):
+            for _ in range(5 * (exact_cycles(cfg, 1) + 2)):  # at most 5 recomputes (3 + 2)
                 if ctx.get(dut.ready):
                     break
                 await ctx.tick()

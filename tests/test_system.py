@@ -402,7 +402,9 @@ def test_writeback_cycles_match_hardware():
 
     # by hand: d 128 / 16 lanes: G 8, 4 rounds: 2 + 8 + 4 x 10 = 50; G 3: 2 + 3 + 3 x 10 = 35
     assert sysm.writeback_cycles(128, 16, 8) == 50 and sysm.writeback_cycles(48, 16, 8) == 35
-    for d, lanes, bk in ((64, 16, 8), (128, 16, 8), (48, 16, 8), (32, 8, 4)):
+    # G 1 (one chunk per key): 2 + 1 + 1 x 6 = 9
+    assert sysm.writeback_cycles(8, 8, 4) == 9
+    for d, lanes, bk in ((64, 16, 8), (128, 16, 8), (48, 16, 8), (32, 8, 4), (8, 8, 4)):
         cfg = C(d=d, lanes=lanes, bk=bk, cluster_lanes=lanes)
         assert sysm.writeback_cycles(d, lanes, bk) == writeback_cycles(cfg)
 

@@ -26,7 +26,7 @@ from hw.arith import (
 from hw.centroid_table import CentroidTable
 from hw.cluster_cosine import LATENCY as COMPARE_LATENCY
 from hw.cluster_cosine import PAIRS, ClusterCompare
-from hw.cluster_decide import ClusterDecide
+from hw.cluster_decide import EXACT_DIGIT_BITS, ClusterDecide
 from hw.cluster_dots import LATENCY as DOTS_LATENCY
 from hw.cluster_dots import ClusterDots
 from hw.cluster_exact import ExactCompare, exact_cycles, exact_widths
@@ -752,7 +752,7 @@ def test_decide_exact_recompute_against_rule(seed):
         kn = rng.randint(1, kn_top)
         taus = [rng.choice([1 << F, rng.randint(0, 1 << F)]) for _ in range(2)]
         neg = rng.random() < 0.5  # the comparisons' dots: all negative or all >= 0
-        if forced_tie:  # a full table, every test failing (tau 1, |k|^2 large), tied candidates
+        if forced_tie:  # a full table, most tests failing (tau 1, |k|^2 largest), tied candidates
             el, full, kn, taus, neg = rng.choice([3, 5, 6, 7]), 1, kn_top, [1 << F] * 2, False
         base_mag, base_norm = rng.randint(1, 1 << 6), rng.randint(1, 1 << 6)
         mags, norms = [], []
@@ -803,7 +803,7 @@ def test_decide_exact_recompute_against_rule(seed):
             ctx.set(dut.active, 1)
             await ctx.tick()
             ctx.set(dut.fresh, 0)
-            for _ in range(5 * (exact_cycles(cfg, 1) + 2)):  # at most 5 recomputes (3 + 2)
+            for _ in range(5 * (exact_cycles(cfg, EXACT_DIGIT_BITS) + 2)):  # <= 5 recomputes
                 if ctx.get(dut.ready):
                     break
                 await ctx.tick()
